@@ -1,0 +1,111 @@
+"""What the user wrote: frozen dataclasses with source spans.
+
+Spans are excluded from equality, so `parse(fmt(x)) == parse(x)` compares meaning, not layout.
+Statements are generic (`keyword arg? setting* body?`): `resolve` decides what each keyword
+means, so unknown words get a did-you-mean instead of a syntax error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Union
+
+from .source import Span
+
+
+def _span():
+    return field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Number:
+    value: Fraction
+    text: str = field(compare=False)  # as written: `5.668G`, `7_978_856`
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Name:
+    id: str
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BinOp:
+    op: str  # + - * / // %
+    left: "Expr"
+    right: "Expr"
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnaryOp:
+    op: str  # - +
+    operand: "Expr"
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    func: str
+    args: tuple["Expr", ...]
+    span: Span | None = _span()
+    func_span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShapeLit:
+    dims: tuple[int, ...]
+    span: Span | None = _span()
+
+
+Expr = Union[Number, Name, BinOp, UnaryOp, Call]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setting:
+    name: str
+    value: Expr
+    span: Span | None = _span()
+    name_span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statement:
+    keyword: str
+    arg: Expr | ShapeLit | None = None
+    settings: tuple[Setting, ...] = ()
+    body: tuple["Statement", ...] | None = None  # None: no braces; (): empty braces
+    span: Span | None = _span()
+    keyword_span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Param:
+    name: str
+    default: Expr
+    span: Span | None = _span()
+    name_span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkDef:
+    name: str
+    params: tuple[Param, ...] = ()
+    body: tuple[Statement, ...] = ()
+    span: Span | None = _span()
+    name_span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Comment:
+    text: str  # from '#' to the end of the line, trailing blanks removed
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpecFile:
+    networks: tuple[NetworkDef, ...] = ()
+    comments: tuple[Comment, ...] = ()
+    span: Span | None = _span()

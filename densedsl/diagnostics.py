@@ -1,0 +1,188 @@
+"""Error codes, diagnostics and their text form.
+
+Stages collect `Diagnostic`s and raise `SpecError(diagnostics)` at the end of the stage when any
+of them is an error. Only `format_diagnostic` turns a diagnostic into text, and only the CLI
+prints. Every code is registered here once and documented in docs/errors.md (a test checks both
+list the same codes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+from .source import Span
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    code: str
+    name: str
+    summary: str
+
+    def __post_init__(self) -> None:
+        if self.code in CODES:
+            raise ValueError(f"error code {self.code} registered twice")
+        CODES[self.code] = self
+
+    def __str__(self) -> str:
+        return self.code
+
+
+CODES: dict[str, Code] = {}
+
+# E0xx: syntax
+SYNTAX = Code("E001", "syntax", "the text does not follow the grammar")
+UNEXPECTED_EOF = Code("E002", "unexpected-eof", "the file ends in the middle of a construct")
+BAD_CHARACTER = Code("E003", "bad-character", "a character that no token can start with")
+TOO_DEEP = Code("E004", "too-deep", "brackets or blocks nested deeper than the parser allows")
+BAD_NUMBER = Code("E005", "bad-number", "a number literal that is malformed or absurdly large")
+
+# E1xx: names and values
+UNKNOWN_STATEMENT = Code("E101", "unknown-statement", "a statement or operation densedsl does not know")
+UNKNOWN_SETTING = Code("E102", "unknown-setting", "a setting the statement does not take")
+DUPLICATE_SETTING = Code("E103", "duplicate-setting", "a setting given twice in one statement")
+WRONG_TYPE = Code("E104", "wrong-type", "a value of the wrong kind (number, yes/no, keyword)")
+OUT_OF_RANGE = Code("E105", "out-of-range", "a value outside the range the setting allows")
+NOT_INTEGER = Code("E106", "not-integer", "a non-integral value where an integer is required")
+UNKNOWN_PARAMETER = Code("E107", "unknown-parameter", "--set or a keyword names no parameter of the network")
+UNKNOWN_NAME = Code("E108", "unknown-name", "an expression uses a name that is not a parameter")
+UNKNOWN_NETWORK = Code("E109", "unknown-network", "no network of that name, or several and none chosen")
+DUPLICATE_DEFINITION = Code("E110", "duplicate-definition", "a network, parameter or statement defined twice")
+DIVISION_BY_ZERO = Code("E111", "division-by-zero", "an expression divides by zero")
+MISSING = Code("E112", "missing", "a required statement, setting or argument is absent")
+MISPLACED = Code("E113", "misplaced", "a statement where it cannot appear")
+BAD_CALL = Code("E114", "bad-call", "an unknown function or a wrong number of arguments")
+UNEXPECTED_ARGUMENT = Code("E115", "unexpected-argument", "a positional value the statement does not take")
+CONFLICT = Code("E116", "conflicting-settings", "settings that exclude each other")
+UNKNOWN_DATASET = Code("E117", "unknown-dataset", "a --data value that names no data set densedsl reads")
+
+# E2xx: graph and shapes
+NO_CHANNELS = Code("E201", "no-channels", "a layer would emit fewer than one channel")
+TOO_SMALL = Code("E202", "too-small", "a feature map would shrink below 1x1")
+KERNEL_TOO_LARGE = Code("E203", "kernel-too-large", "a kernel larger than its (padded) input")
+UNEVEN_SIZE = Code("W204", "uneven-size", "a pooling or strided conv drops rows or columns")
+INVARIANT = Code("E205", "invariant", "the graph breaks a dense-connectivity invariant (a bug)")
+TRAIN_TOO_SMALL = Code("W206", "train-too-small", "a batch of one cannot be trained: the final map is 1x1")
+DATA_MISMATCH = Code("E207", "data-mismatch", "the spec's input shape or classes differ from the data set's")
+
+# E3xx: resources and expectations
+TOO_MANY_PARAMS = Code("E301", "too-many-params", "predicted parameters exceed --max-params")
+TOO_MUCH_MEMORY = Code("E302", "too-much-memory", "predicted activation memory exceeds --max-memory")
+EXPECTATION = Code("E303", "expectation", "an `expect` figure differs from the analysed one")
+TOO_LARGE = Code("E304", "too-large", "a block or network too large to analyse")
+DIVERGED = Code("E305", "diverged", "training produced a non-finite loss")
+NO_DEVICE = Code("E306", "no-device", "the requested device or precision is not available")
+
+# E9xx: files and I/O
+FILE_NOT_FOUND = Code("E901", "file-not-found", "the file does not exist")
+IS_DIRECTORY = Code("E902", "is-directory", "a directory where a file was expected")
+NOT_UTF8 = Code("E903", "not-utf8", "the file is not UTF-8 text")
+EMPTY = Code("E904", "empty", "the file holds no network")
+CANNOT_WRITE = Code("E905", "cannot-write", "an output file could not be written")
+DOT_MISSING = Code("E906", "dot-missing", "Graphviz's `dot` program is not installed")
+BAD_OUTPUT = Code("E907", "bad-output", "an output path whose extension densedsl cannot write")
+BAD_FILE = Code("E908", "bad-file", "an input file (weights, checkpoint, data) that cannot be used")
+CANNOT_READ = Code("E909", "cannot-read", "a file that exists but cannot be read")
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    code: Code
+    message: str                # states the problem: lowercase, no final period
+    span: Span | None           # None only for problems with no place in a spec
+    hint: str | None = None     # the only place that says how to fix it
+    notes: tuple[tuple[Span, str], ...] = ()
+    file: str | None = field(default=None)  # for span-less diagnostics about a file
+
+    @property
+    def severity(self) -> Severity:
+        return "warning" if self.code.code.startswith("W") else "error"
+
+    @property
+    def filename(self) -> str | None:
+        return self.span.file if self.span is not None else self.file
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span is not None else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span is not None else None
+
+    def __str__(self) -> str:
+        return format_diagnostic(self)
+
+
+class SpecError(Exception):
+    """Raised by a stage that found errors; carries every diagnostic it collected."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(sort_diagnostics(diagnostics))
+        super().__init__(format_diagnostics(self.diagnostics))
+
+    def __str__(self) -> str:
+        return format_diagnostics(self.diagnostics)
+
+
+def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
+    return any(d.severity == "error" for d in diagnostics)
+
+
+def raise_if_errors(diagnostics: Iterable[Diagnostic]) -> None:
+    diagnostics = tuple(diagnostics)
+    if has_errors(diagnostics):
+        raise SpecError(diagnostics)
+
+
+def sort_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Sort by file and position and drop exact repeats, so output is stable (golden tests)."""
+    seen: set[tuple] = set()
+    unique = []
+    for d in diagnostics:
+        key = (d.code.code, d.message, d.filename, d.span.start if d.span else -1)
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return sorted(unique, key=lambda d: (d.filename or "", d.span.start if d.span else -1))
+
+
+def _display_column(line_text: str, column: int) -> int:
+    return len(line_text[: column - 1].expandtabs())
+
+
+def format_diagnostic(d: Diagnostic, color: bool = False) -> str:
+    red, yellow, blue, bold, reset = (
+        ("\x1b[31m", "\x1b[33m", "\x1b[34m", "\x1b[1m", "\x1b[0m") if color else ("",) * 5
+    )
+    tint = red if d.severity == "error" else yellow
+    where = f"{d.span}: " if d.span is not None else (f"{d.file}: " if d.file else "")
+    lines = [f"{bold}{where}{tint}{d.severity}[{d.code.code}]{reset}{bold}: {d.message}{reset}"]
+    if d.span is not None:
+        lines.extend(_excerpt(d.span, tint, reset))
+    for span, note in d.notes:
+        lines.append(f"{blue}note{reset}: {span}: {note}")
+        lines.extend(_excerpt(span, blue, reset))
+    if d.hint:
+        lines.append(f"{blue}hint{reset}: {d.hint}")
+    return "\n".join(lines)
+
+
+def _excerpt(span: Span, tint: str, reset: str) -> list[str]:
+    text = span.source.line_text(span.line)
+    if not text.strip():
+        return []
+    start = _display_column(text, span.column)
+    if span.end_line == span.line:
+        end = _display_column(text, max(span.end_column, span.column + 1))
+    else:
+        end = len(text.expandtabs())
+    width = max(1, end - start)
+    return ["    " + text.expandtabs(), "    " + " " * start + tint + "^" * width + reset]
+
+
+def format_diagnostics(diagnostics: Iterable[Diagnostic], color: bool = False) -> str:
+    return "\n\n".join(format_diagnostic(d, color) for d in diagnostics)

@@ -1,0 +1,167 @@
+"""The fully explicit network: what `resolve` produces and every later stage consumes.
+
+Every value here is a plain int, bool, str, float or `Fraction`: defaults applied, parameters
+substituted, arithmetic done, `repeat` unrolled. Spans point back at the spec text that caused
+each piece (for a repeated statement, at the statement inside the `repeat`). Channel counts that
+depend on the data flow (a block's input, a transition's ⌊θ·m⌋) are *not* stored: the graph
+computes them, so there is one place that does channel arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal, Union
+
+from .source import Span
+
+Shape = tuple[int, int, int]  # (C, H, W)
+Order = Literal["pre", "post"]
+PoolMode = Literal["avg", "max"]
+
+
+def _span() -> Span | None:
+    return field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Conv:
+    """A stem convolution."""
+
+    out_channels: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 1
+    bias: bool = False
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Norm:
+    """Batch normalisation (affine, running statistics)."""
+
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReLU:
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pool:
+    mode: PoolMode = "avg"
+    kernel: int = 2
+    stride: int = 2
+    padding: int = 0
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dropout:
+    rate: float
+    span: Span | None = _span()
+
+
+StemOp = Union[Conv, Norm, ReLU, Pool, Dropout]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stem:
+    ops: tuple[StemOp, ...] = ()
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DenseBlock:
+    """L dense layers; layer ℓ (1-based) sees k0 + growth·(ℓ−1) channels and adds `growth`.
+
+    `bottleneck` is the width factor of the 1x1 conv (4 → 4·growth channels) or None for none.
+    Pre-activation layers run BN-ReLU-Conv (the paper); post-activation run Conv-BN-ReLU.
+    Dropout, when > 0, follows every conv of the layer.
+    """
+
+    index: int  # 1-based among dense blocks: compiled as features.denseblock{index}
+    layers: int
+    growth: int
+    bottleneck: int | None = None
+    dropout: float = 0.0
+    bias: bool = False
+    order: Order = "pre"
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    """BN-ReLU-Conv1x1-(Dropout)-Pool.
+
+    Exactly one of `compression` (output ⌊θ·m⌋ for m input channels, 0 < θ ≤ 1) and `channels`
+    (an explicit output count) is set.
+    """
+
+    index: int  # 1-based among transitions: compiled as features.transition{index}
+    compression: Fraction | None = None
+    channels: int | None = None
+    bias: bool = False
+    dropout: float = 0.0
+    pool: Pool = field(default_factory=Pool)
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Head:
+    """(BN-ReLU) → pool → flatten → (Dropout) → Linear(classes), bias on.
+
+    `window` None means a global pool (output 1x1); otherwise (kernel, stride) of a fixed pooling
+    window whose flattened output feeds the classifier, as in the seeds' Keras model.
+    """
+
+    classes: int
+    norm: bool = True
+    pool: PoolMode = "avg"
+    window: tuple[int, int] | None = None
+    dropout: float = 0.0
+    span: Span | None = _span()
+
+
+ExpectKey = Literal["params", "buffers", "macs", "flops", "channels", "connections", "depth"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expectation:
+    """`expect key=value`: the analysed figure must lie within value ± tolerance.
+
+    The tolerance is half a unit of the last digit written (`5.668G` → ±0.0005 G), so an exact
+    integer must match exactly.
+    """
+
+    key: ExpectKey
+    value: Fraction
+    tolerance: Fraction
+    text: str
+    span: Span | None = _span()
+
+
+Stage = Union[DenseBlock, Transition]
+ParamValue = Union[int, float, Fraction, bool, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Network:
+    name: str
+    input: Shape
+    stem: Stem = field(default_factory=Stem)
+    stages: tuple[Stage, ...] = ()
+    head: Head | None = None
+    expectations: tuple[Expectation, ...] = ()
+    parameters: tuple[tuple[str, ParamValue], ...] = ()  # the values used, after overrides
+    span: Span | None = _span()
+    input_span: Span | None = _span()
+
+    @property
+    def blocks(self) -> tuple[DenseBlock, ...]:
+        return tuple(s for s in self.stages if isinstance(s, DenseBlock))
+
+    @property
+    def transitions(self) -> tuple[Transition, ...]:
+        return tuple(s for s in self.stages if isinstance(s, Transition))

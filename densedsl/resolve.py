@@ -1,0 +1,805 @@
+"""AST → `Network`: choose the network, bind parameters, apply defaults, evaluate arithmetic,
+unroll `repeat`, and check every value. Every independent problem becomes a diagnostic; the
+stage raises one SpecError holding all of them.
+
+Arithmetic is exact (`fractions.Fraction`): `(depth-4)/6` with depth=101 is 97/6, which is an
+error where an integer is required, never a silent floor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Mapping
+
+from . import ast
+from . import diagnostics as d
+from . import network as n
+from .source import Source, Span
+
+Value = Fraction | bool | str  # a number, a yes/no, or a keyword such as `post`
+_INT_MAX = 2**31 - 1            # torch's sizes are int32-safe below this
+_MAX_STAGES = 10_000            # after unrolling `repeat`
+
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+_FUNCTIONS: dict[str, tuple[int, int, Callable[..., Fraction]]] = {
+    # name: (min args, max args, implementation) — exact on Fractions
+    "floor": (1, 1, lambda x: Fraction(math.floor(x))),
+    "ceil": (1, 1, lambda x: Fraction(math.ceil(x))),
+    "round": (1, 1, lambda x: Fraction(round(x))),
+    "int": (1, 1, lambda x: Fraction(int(x))),  # truncates toward zero, as Python and Keras code do
+    "abs": (1, 1, abs),
+    "min": (1, 64, min),
+    "max": (1, 64, max),
+}
+
+STATEMENTS = ("input", "defaults", "stem", "dense", "transition", "repeat", "head", "expect")
+STEM_OPS = ("conv", "norm", "relu", "maxpool", "avgpool", "dropout")
+DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order")
+TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding")
+HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout")
+DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order")
+EXPECT_KEYS = ("params", "buffers", "macs", "flops", "channels", "connections", "depth")
+_STEM_SETTINGS = {
+    "conv": ("kernel", "stride", "padding", "bias"),
+    "maxpool": ("kernel", "stride", "padding"),
+    "avgpool": ("kernel", "stride", "padding"),
+    "dropout": ("rate",),
+    "norm": (),
+    "relu": (),
+}
+_OWNER = {  # which statement a setting belongs to, for "'compression' is a transition setting"
+    **{s: "dense" for s in DENSE_SETTINGS},
+    **{s: "transition" for s in ("compression", "channels")},
+    "classes": "head",
+}
+
+
+def _did_you_mean(word: str, known: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(word, list(known), n=1)
+    return f"did you mean '{match[0]}'?" if match else None
+
+
+def resolve(file: ast.SpecFile, network: str | None, params: Mapping[str, Any] | None = None,
+            source: Source | None = None) -> n.Network:
+    """Resolve one network of `file` (the only one when `network` is None)."""
+    params = dict(params or {})
+    chosen = _choose(file, network, source)
+    return _Resolver(chosen, params, source).run()
+
+
+def resolve_all(file: ast.SpecFile, params: Mapping[str, Any] | None = None,
+                source: Source | None = None) -> list[n.Network]:
+    """Resolve every network of `file`; diagnostics from all of them are raised together."""
+    _check_file(file, source)
+    networks, diags = [], []
+    for net in file.networks:
+        try:
+            networks.append(_Resolver(net, dict(params or {}), source).run())
+        except d.SpecError as e:
+            diags.extend(e.diagnostics)
+    d.raise_if_errors(diags)
+    return networks
+
+
+def _check_file(file: ast.SpecFile, source: Source | None) -> None:
+    name = source.name if source is not None else "<string>"
+    if not file.networks:
+        raise d.SpecError([d.Diagnostic(d.EMPTY, "the file holds no network", None,
+                                        "a spec starts with: network NAME { input 3x32x32 ... }",
+                                        file=name)])
+    seen: dict[str, ast.NetworkDef] = {}
+    diags = []
+    for net in file.networks:
+        if net.name in seen:
+            diags.append(d.Diagnostic(d.DUPLICATE_DEFINITION, f"network '{net.name}' is defined twice",
+                                      net.name_span, "rename one of them",
+                                      ((seen[net.name].name_span, "first defined here"),)))
+        seen.setdefault(net.name, net)
+    d.raise_if_errors(diags)
+
+
+def _choose(file: ast.SpecFile, network: str | None, source: Source | None) -> ast.NetworkDef:
+    _check_file(file, source)
+    names = [net.name for net in file.networks]
+    name = source.name if source is not None else "<string>"
+    if network is None:
+        if len(names) == 1:
+            return file.networks[0]
+        raise d.SpecError([d.Diagnostic(
+            d.UNKNOWN_NETWORK, f"the file holds {len(names)} networks ({', '.join(names)}) and none was chosen",
+            None, f"choose one with --network (Python: network=...), e.g. --network {names[0]}", file=name)])
+    for net in file.networks:
+        if net.name == network:
+            return net
+    hint = _did_you_mean(network, names) or f"the file holds: {', '.join(names)}"
+    raise d.SpecError([d.Diagnostic(d.UNKNOWN_NETWORK, f"no network named '{network}' in the file",
+                                    None, hint, file=name)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """A setting's expression and the span to blame for it (the defaults line, if inherited)."""
+
+    expr: ast.Expr
+    span: Span | None
+    name: str
+
+
+class _Invalid(Exception):
+    """An expression that already produced a diagnostic; the caller skips the value."""
+
+
+class _Resolver:
+    def __init__(self, net: ast.NetworkDef, overrides: dict[str, Any], source: Source | None):
+        self.net = net
+        self.overrides = overrides
+        self.source = source
+        self.diags: list[d.Diagnostic] = []
+        self.env: dict[str, Value] = {}
+        self.defaults: dict[str, ast.Setting] = {}
+        self.overridden = False
+
+    # --- diagnostics ------------------------------------------------------------------------
+
+    def error(self, code: d.Code, message: str, span: Span | None, hint: str | None = None,
+              notes: tuple = ()) -> None:
+        self.diags.append(d.Diagnostic(code, message, span, hint, notes,
+                                       file=None if span else (self.source.name if self.source else None)))
+
+    # --- entry ------------------------------------------------------------------------------
+
+    def run(self) -> n.Network:
+        if not self.bind_parameters():
+            raise d.SpecError(self.diags)  # later statements would only cascade from here
+        body = self.net.body
+        self.collect_defaults(body)
+        input_shape = input_span = None
+        stem: n.Stem | None = None
+        stem_stmt = head_stmt = input_stmt = None
+        head: n.Head | None = None
+        stage_stmts: list[ast.Statement] = []
+        expectations: list[n.Expectation] = []
+        expect_seen: dict[str, ast.Setting] = {}
+        for stmt in body:
+            kw = stmt.keyword
+            if kw == "defaults":
+                self.no_arg(stmt)
+                self.no_body(stmt)
+            elif kw == "input":
+                if input_stmt is not None:
+                    self.duplicate(stmt, input_stmt, "input")
+                    continue
+                input_stmt = stmt
+                input_shape, input_span = self.input(stmt)
+            elif kw == "stem":
+                if stem_stmt is not None:
+                    self.duplicate(stmt, stem_stmt, "stem")
+                    continue
+                stem_stmt = stmt
+                if stage_stmts or head_stmt is not None:
+                    self.error(d.MISPLACED, "the stem must come before the first dense block or transition",
+                               stmt.keyword_span, "move `stem { ... }` up, after `input`")
+                stem = self.stem(stmt)
+            elif kw in ("dense", "transition", "repeat"):
+                if head_stmt is not None:
+                    self.error(d.MISPLACED, f"'{kw}' after the head", stmt.keyword_span,
+                               "the head is the last stage; move it to the end")
+                stage_stmts.append(stmt)
+            elif kw == "head":
+                if head_stmt is not None:
+                    self.duplicate(stmt, head_stmt, "head")
+                    continue
+                head_stmt = stmt
+            elif kw == "expect":
+                expectations.extend(self.expect(stmt, expect_seen))
+            else:
+                self.unknown_statement(stmt, STATEMENTS)
+        if input_stmt is None:
+            self.error(d.MISSING, f"network '{self.net.name}' has no input shape", self.net.name_span,
+                       "add a line such as `input 3x32x32` (channels x height x width)")
+        stages = self.stages(stage_stmts)
+        if head_stmt is not None:
+            head = self.head(head_stmt)
+        if d.has_errors(self.diags):
+            raise d.SpecError(self.diags)
+        return n.Network(name=self.net.name, input=input_shape, stem=stem or n.Stem(),
+                         stages=tuple(stages), head=head, expectations=tuple(expectations),
+                         parameters=tuple((k, _plain(v)) for k, v in self.env.items()),
+                         span=self.net.span, input_span=input_span)
+
+    # --- parameters -------------------------------------------------------------------------
+
+    def bind_parameters(self) -> bool:
+        """Bind every parameter; False when one has no value (its uses would all fail)."""
+        declared: dict[str, ast.Param] = {}
+        for p in self.net.params:
+            if p.name in declared:
+                self.error(d.DUPLICATE_DEFINITION, f"parameter '{p.name}' is declared twice", p.name_span,
+                           "remove one of them", ((declared[p.name].name_span, "first declared here"),))
+                continue
+            declared[p.name] = p
+        for name in self.overrides:
+            if name not in declared:
+                hint = _did_you_mean(name, declared) or (
+                    f"'{self.net.name}' takes: {', '.join(declared)}" if declared
+                    else f"'{self.net.name}' declares no parameters; add them as network {self.net.name}(name=default)")
+                self.error(d.UNKNOWN_PARAMETER, f"network '{self.net.name}' has no parameter '{name}'",
+                           self.net.name_span, hint)
+        ok = True
+        defaults: dict[str, Value] = {}
+        for name, p in declared.items():
+            try:
+                defaults[name] = self.eval(p.default, symbols=True)
+                if name in self.overrides:
+                    self.env[name] = self.override_value(name, self.overrides[name])
+                else:
+                    self.env[name] = self.eval(p.default, symbols=True)
+            except _Invalid:
+                ok = False
+        # `expect params=769162` describes the network as written; with other parameter values
+        # only expectations that are written in terms of the parameters still apply.
+        self.overridden = any(defaults.get(k) != v for k, v in self.env.items())
+        return ok
+
+    def override_value(self, name: str, raw: Any) -> Value:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int):
+            return Fraction(raw)
+        if isinstance(raw, float):
+            if not math.isfinite(raw):
+                self.error(d.OUT_OF_RANGE, f"parameter '{name}' must be finite, got {raw}", self.net.name_span)
+                raise _Invalid
+            return Fraction(repr(raw))
+        if isinstance(raw, Fraction):
+            return raw
+        if isinstance(raw, str):
+            from .syntax import parse_expression
+            try:
+                expr = parse_expression(raw, f"--set {name}")
+            except d.SpecError as e:
+                self.diags.extend(e.diagnostics)
+                raise _Invalid from None
+            # names in an override are keywords (`order=post`), not references
+            saved, self.env = self.env, {}
+            try:
+                return self.eval(expr, symbols=True)
+            finally:
+                self.env = saved
+        self.error(d.WRONG_TYPE, f"parameter '{name}' got a {type(raw).__name__}; expected a number, "
+                   "a bool or a keyword", self.net.name_span)
+        raise _Invalid
+
+    # --- expressions ------------------------------------------------------------------------
+
+    def eval(self, e: ast.Expr, symbols: bool = False) -> Value:
+        """Evaluate; a bare name that is not a parameter is a keyword when `symbols` is true."""
+        if isinstance(e, ast.Number):
+            return e.value
+        if isinstance(e, ast.Name):
+            if e.id in self.env:
+                return self.env[e.id]
+            if symbols:
+                return e.id
+            if e.id in _BOOL_WORDS:
+                self.error(d.WRONG_TYPE, f"expected a number, got {e.id}", e.span)
+                raise _Invalid
+            hint = _did_you_mean(e.id, self.env) or (
+                f"parameters: {', '.join(self.env)}" if self.env else
+                f"declare it: network {self.net.name}({e.id}=...)")
+            self.error(d.UNKNOWN_NAME, f"unknown name '{e.id}'", e.span, hint)
+            raise _Invalid
+        if isinstance(e, ast.UnaryOp):
+            v = self.number(e.operand)
+            return -v if e.op == "-" else v
+        if isinstance(e, ast.BinOp):
+            a, b = self.number(e.left), self.number(e.right)
+            if e.op == "+":
+                return a + b
+            if e.op == "-":
+                return a - b
+            if e.op == "*":
+                if abs(a) > 10**300 or abs(b) > 10**300:
+                    self.error(d.BAD_NUMBER, "the product is absurdly large", e.span)
+                    raise _Invalid
+                return a * b
+            if b == 0:
+                self.error(d.DIVISION_BY_ZERO, f"division by zero in {_source_text(e)}", e.span)
+                raise _Invalid
+            if e.op == "/":
+                return a / b
+            if e.op == "//":
+                return Fraction(a // b)
+            return a % b
+        if isinstance(e, ast.Call):
+            spec = _FUNCTIONS.get(e.func)
+            if spec is None:
+                self.error(d.BAD_CALL, f"unknown function '{e.func}'", e.func_span,
+                           _did_you_mean(e.func, _FUNCTIONS) or f"functions: {', '.join(_FUNCTIONS)}")
+                raise _Invalid
+            lo, hi, fn = spec
+            if not lo <= len(e.args) <= hi:
+                want = str(lo) if lo == hi else f"{lo} or more"
+                self.error(d.BAD_CALL, f"{e.func}() takes {want} argument{'s' if hi > 1 else ''}, "
+                           f"got {len(e.args)}", e.span)
+                raise _Invalid
+            return fn(*(self.number(a) for a in e.args))
+        raise AssertionError(f"unknown expression {e!r}")
+
+    def number(self, e: ast.Expr) -> Fraction:
+        v = self.eval(e)
+        if isinstance(v, bool) or not isinstance(v, Fraction):
+            self.error(d.WRONG_TYPE, f"expected a number, got {_show(v)}", e.span)
+            raise _Invalid
+        return v
+
+    def derivation(self, e: ast.Expr) -> str:
+        """`(depth-4)/6 = 97/6 ≈ 16.17 with depth=101`, for messages about derived values."""
+        names = sorted({x.id for x in _walk(e) if isinstance(x, ast.Name) and x.id in self.env})
+        v = self.eval(e)
+        shown = _show(v)
+        if isinstance(v, Fraction) and v.denominator != 1 and "/" in shown:
+            shown += f" ≈ {float(v):.4g}"
+        text = _source_text(e)
+        if isinstance(e, ast.Name):
+            return f"{shown} (parameter {e.id})"
+        where = f" with {', '.join(f'{k}={_show(self.env[k])}' for k in names)}" if names else ""
+        return shown if text == shown else f"{text} = {shown}{where}"
+
+    # --- typed settings ---------------------------------------------------------------------
+
+    def integer(self, b: _Bound, lo: int, hi: int = _INT_MAX, what: str | None = None) -> int:
+        v = self.number(b.expr)
+        what = what or b.name
+        if v.denominator != 1:
+            self.error(d.NOT_INTEGER, f"{what} must be a whole number, but {self.derivation(b.expr)}",
+                       b.span, "change the parameters or round explicitly with floor(...) or round(...)")
+            raise _Invalid
+        if not lo <= v <= hi:
+            if v > hi:
+                self.error(d.OUT_OF_RANGE, f"{what} = {_show(v)} is absurdly large (at most {hi:,})", b.span)
+            else:
+                self.error(d.OUT_OF_RANGE, f"{what} must be at least {lo}, got {self.derivation(b.expr)}", b.span)
+            raise _Invalid
+        return int(v)
+
+    def real(self, b: _Bound, lo: Fraction, hi: Fraction, lo_open: bool, hi_open: bool,
+             what: str | None = None) -> Fraction:
+        v = self.number(b.expr)
+        low_ok = v > lo if lo_open else v >= lo
+        high_ok = v < hi if hi_open else v <= hi
+        if not (low_ok and high_ok):
+            interval = f"{'(' if lo_open else '['}{_show(lo)}, {_show(hi)}{')' if hi_open else ']'}"
+            self.error(d.OUT_OF_RANGE, f"{what or b.name} must lie in {interval}, got {self.derivation(b.expr)}",
+                       b.span)
+            raise _Invalid
+        return v
+
+    def boolean(self, b: _Bound) -> bool:
+        v = self.eval(b.expr, symbols=True)
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v in _BOOL_WORDS:
+            return _BOOL_WORDS[v]
+        self.error(d.WRONG_TYPE, f"{b.name} must be true or false, got {_show(v)}", b.span,
+                   _did_you_mean(v, _BOOL_WORDS) if isinstance(v, str) else None)
+        raise _Invalid
+
+    def choice(self, b: _Bound, options: tuple[str, ...]) -> str:
+        v = self.eval(b.expr, symbols=True)
+        if isinstance(v, str) and v in options:
+            return v
+        hint = (_did_you_mean(v, options) if isinstance(v, str) else None) or f"choose one of: {', '.join(options)}"
+        self.error(d.WRONG_TYPE, f"{b.name} must be one of {', '.join(options)}, got {_show(v)}", b.span, hint)
+        raise _Invalid
+
+    def bottleneck(self, b: _Bound) -> int | None:
+        v = self.eval(b.expr, symbols=True)
+        if v is False or v in ("off", "none", "false", "no"):
+            return None
+        if isinstance(v, str) or isinstance(v, bool):
+            self.error(d.WRONG_TYPE, f"bottleneck must be a width factor (e.g. 4 for 4k channels) or off, "
+                       f"got {_show(v)}", b.span)
+            raise _Invalid
+        return self.integer(b, 1, 1024, "bottleneck")
+
+    # --- statements -------------------------------------------------------------------------
+
+    def settings(self, stmt: ast.Statement, allowed: tuple[str, ...], what: str,
+                 inherit: tuple[str, ...] = ()) -> dict[str, _Bound]:
+        """The statement's settings (checked for unknown and duplicate names) over inherited defaults."""
+        bound: dict[str, _Bound] = {}
+        for name in inherit:
+            if name in self.defaults:
+                s = self.defaults[name]
+                bound[name] = _Bound(s.value, s.value.span, name)
+        seen: dict[str, ast.Setting] = {}
+        for s in stmt.settings:
+            if s.name not in allowed:
+                hint = _did_you_mean(s.name, allowed)
+                if hint is None and s.name in _OWNER:
+                    hint = f"'{s.name}' is a {_OWNER[s.name]} setting; {what} takes: {', '.join(allowed) or 'none'}"
+                elif hint is None:
+                    hint = f"{what} takes: {', '.join(allowed)}" if allowed else f"{what} takes no settings"
+                self.error(d.UNKNOWN_SETTING, f"unknown setting '{s.name}' for {what}", s.name_span, hint)
+                continue
+            if s.name in seen:
+                self.error(d.DUPLICATE_SETTING, f"'{s.name}' is set twice", s.name_span,
+                           "remove one of them", ((seen[s.name].name_span, "first set here"),))
+                continue
+            seen[s.name] = s
+            bound[s.name] = _Bound(s.value, s.value.span, s.name)
+        return bound
+
+    def collect_defaults(self, body: tuple[ast.Statement, ...]) -> None:
+        for stmt in body:
+            if stmt.keyword != "defaults":
+                continue
+            for s in stmt.settings:
+                if s.name not in DEFAULT_SETTINGS:
+                    self.error(d.UNKNOWN_SETTING, f"unknown setting '{s.name}' for defaults", s.name_span,
+                               _did_you_mean(s.name, DEFAULT_SETTINGS)
+                               or f"defaults takes: {', '.join(DEFAULT_SETTINGS)}")
+                elif s.name in self.defaults:
+                    self.error(d.DUPLICATE_SETTING, f"default '{s.name}' is set twice", s.name_span,
+                               "remove one of them", ((self.defaults[s.name].name_span, "first set here"),))
+                else:
+                    self.defaults[s.name] = s
+
+    def unknown_statement(self, stmt: ast.Statement, known: tuple[str, ...], where: str = "a network") -> None:
+        hint = _did_you_mean(stmt.keyword, known)
+        if stmt.keyword in STEM_OPS and "stem" in known:
+            hint = f"'{stmt.keyword}' is a stem operation; put it inside stem {{ ... }}"
+        elif stmt.keyword in STATEMENTS and "stem" not in known:
+            hint = f"'{stmt.keyword}' cannot appear in {where}"
+        self.error(d.UNKNOWN_STATEMENT, f"unknown statement '{stmt.keyword}' in {where}", stmt.keyword_span,
+                   hint or f"{where} holds: {', '.join(known)}")
+
+    def duplicate(self, stmt: ast.Statement, first: ast.Statement, what: str) -> None:
+        self.error(d.DUPLICATE_DEFINITION, f"a second '{what}' statement", stmt.keyword_span,
+                   f"a network has one {what}; merge them", ((first.keyword_span, "first given here"),))
+
+    def no_arg(self, stmt: ast.Statement, hint: str = "write settings as name=value") -> None:
+        if stmt.arg is not None:
+            self.error(d.UNEXPECTED_ARGUMENT, f"'{stmt.keyword}' takes no value before its settings",
+                       stmt.arg.span, hint)
+
+    def no_body(self, stmt: ast.Statement) -> None:
+        if stmt.body is not None:
+            self.error(d.UNEXPECTED_ARGUMENT, f"'{stmt.keyword}' takes no {{ ... }} block", stmt.keyword_span)
+
+    def input(self, stmt: ast.Statement) -> tuple[n.Shape | None, Span | None]:
+        self.no_body(stmt)
+        if stmt.settings:
+            self.error(d.UNKNOWN_SETTING, f"unknown setting '{stmt.settings[0].name}' for input",
+                       stmt.settings[0].name_span, "write the shape as CxHxW, e.g. input 3x32x32")
+        if not isinstance(stmt.arg, ast.ShapeLit) or len(stmt.arg.dims) != 3:
+            span = stmt.arg.span if stmt.arg is not None else stmt.keyword_span
+            self.error(d.WRONG_TYPE, "input expects a shape channels x height x width", span,
+                       "write e.g. input 3x224x224")
+            return None, None
+        dims = stmt.arg.dims
+        if any(x < 1 for x in dims) or any(x > _INT_MAX for x in dims):
+            self.error(d.OUT_OF_RANGE, f"every input dimension must lie in [1, {_INT_MAX:,}]", stmt.arg.span)
+            return None, None
+        return (dims[0], dims[1], dims[2]), stmt.arg.span
+
+    def stem(self, stmt: ast.Statement) -> n.Stem:
+        self.no_arg(stmt)
+        if stmt.settings:
+            self.error(d.UNKNOWN_SETTING, f"unknown setting '{stmt.settings[0].name}' for stem",
+                       stmt.settings[0].name_span, "put operations inside stem { ... }, one per line")
+        if stmt.body is None:
+            self.error(d.MISSING, "stem needs a { ... } block of operations", stmt.keyword_span,
+                       "e.g. stem { conv 16 kernel=3 }")
+            return n.Stem(span=stmt.span)
+        ops = []
+        for op in stmt.body:
+            try:
+                built = self.stem_op(op)
+            except _Invalid:
+                continue
+            if built is not None:
+                ops.append(built)
+        return n.Stem(ops=tuple(ops), span=stmt.span)
+
+    def stem_op(self, op: ast.Statement):
+        kw = op.keyword
+        if kw not in _STEM_SETTINGS:
+            self.unknown_statement(op, STEM_OPS, "a stem")
+            return None
+        self.no_body(op)
+        inherit = ("bias",) if kw == "conv" else ()
+        s = self.settings(op, _STEM_SETTINGS[kw], kw, inherit)
+        if kw == "conv":
+            if op.arg is None:
+                self.error(d.MISSING, "conv needs its number of output channels", op.keyword_span,
+                           "e.g. conv 64 kernel=7 stride=2 padding=3")
+                raise _Invalid
+            v = self.try_all(
+                out_channels=lambda: self.integer(self.positional(op), 1, what="conv channels"),
+                kernel=lambda: self.integer(s["kernel"], 1) if "kernel" in s else 3,
+                stride=lambda: self.integer(s["stride"], 1) if "stride" in s else 1,
+                padding=lambda: self.integer(s["padding"], 0) if "padding" in s else None,
+                bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
+            )
+            if v["padding"] is None:
+                v["padding"] = v["kernel"] // 2  # 'same' for odd kernels
+            return n.Conv(span=op.span, **v)
+        if kw in ("maxpool", "avgpool"):
+            self.no_arg(op)
+            return self.pool(kw[:3], s, op.span)
+        if kw == "dropout":
+            if op.arg is not None and "rate" in s:
+                self.error(d.DUPLICATE_SETTING, "the dropout rate is given twice", s["rate"].span)
+                raise _Invalid
+            b = self.positional(op, "rate") if op.arg is not None else s.get("rate")
+            if b is None:
+                self.error(d.MISSING, "dropout needs a rate", op.keyword_span, "e.g. dropout 0.2")
+                raise _Invalid
+            return n.Dropout(rate=float(self.real(b, Fraction(0), Fraction(1), False, True)), span=op.span)
+        self.no_arg(op)
+        return n.Norm(span=op.span) if kw == "norm" else n.ReLU(span=op.span)
+
+    def positional(self, stmt: ast.Statement, name: str | None = None) -> _Bound:
+        if isinstance(stmt.arg, ast.ShapeLit):
+            self.error(d.WRONG_TYPE, f"{stmt.keyword} expects a number here, not a shape", stmt.arg.span)
+            raise _Invalid
+        return _Bound(stmt.arg, stmt.arg.span, name or stmt.keyword)
+
+    def pool(self, mode: str, s: dict[str, _Bound], span: Span | None) -> n.Pool:
+        kernel = self.integer(s["kernel"], 1) if "kernel" in s else 2
+        stride = self.integer(s["stride"], 1) if "stride" in s else kernel
+        padding = self.integer(s["padding"], 0) if "padding" in s else 0
+        if 2 * padding > kernel:
+            self.error(d.OUT_OF_RANGE, f"pooling padding {padding} is more than half the kernel {kernel}",
+                       s["padding"].span, "PyTorch allows padding up to kernel/2")
+            raise _Invalid
+        return n.Pool(mode=mode, kernel=kernel, stride=stride, padding=padding, span=span)
+
+    def stages(self, stmts: list[ast.Statement]) -> list[n.Stage]:
+        flat = self.unroll(stmts, 1)
+        stages: list[n.Stage] = []
+        blocks = transitions = 0
+        for stmt in flat:
+            try:
+                if stmt.keyword == "dense":
+                    blocks += 1
+                    stages.append(self.dense(stmt, blocks))
+                else:
+                    transitions += 1
+                    stages.append(self.transition(stmt, transitions))
+            except _Invalid:
+                continue
+        return stages
+
+    def unroll(self, stmts: Iterable[ast.Statement], budget: int) -> list[ast.Statement]:
+        """Expand `repeat`; refuses to produce more than _MAX_STAGES stages."""
+        out: list[ast.Statement] = []
+        for stmt in stmts:
+            if stmt.keyword in ("dense", "transition"):
+                out.append(stmt)
+            elif stmt.keyword == "repeat":
+                if stmt.arg is None:
+                    self.error(d.MISSING, "repeat needs a count", stmt.keyword_span, "e.g. repeat 3 { ... }")
+                    continue
+                if stmt.body is None:
+                    self.error(d.MISSING, "repeat needs a { ... } block", stmt.keyword_span,
+                               "e.g. repeat 2 { dense layers=16; transition }")
+                    continue
+                if stmt.settings:
+                    self.error(d.UNKNOWN_SETTING, f"unknown setting '{stmt.settings[0].name}' for repeat",
+                               stmt.settings[0].name_span, "repeat takes only a count: repeat 3 { ... }")
+                try:
+                    count = self.integer(self.positional(stmt, "repeat count"), 0, _MAX_STAGES)
+                except _Invalid:
+                    continue
+                inner = self.unroll(stmt.body, budget * max(count, 1))
+                if len(out) + count * len(inner) > _MAX_STAGES:
+                    self.error(d.TOO_LARGE, f"repeat {count} would make {count * len(inner):,} stages "
+                               f"(at most {_MAX_STAGES:,})", stmt.keyword_span)
+                    continue
+                out.extend(inner * count)
+            elif stmt.keyword in STATEMENTS:
+                self.error(d.MISPLACED, f"'{stmt.keyword}' cannot appear inside repeat", stmt.keyword_span,
+                           "repeat holds dense, transition and repeat statements")
+            else:
+                self.unknown_statement(stmt, ("dense", "transition", "repeat"), "a repeat block")
+        return out
+
+    def dense(self, stmt: ast.Statement, index: int) -> n.DenseBlock:
+        if stmt.arg is not None:
+            shown = _source_text(stmt.arg) if not isinstance(stmt.arg, ast.ShapeLit) else "L"
+            self.no_arg(stmt, f"write the number of layers as a setting: dense layers={shown}")
+            raise _Invalid
+        self.no_body(stmt)
+        s = self.settings(stmt, DENSE_SETTINGS, "dense block",
+                          ("growth", "layers", "bottleneck", "dropout", "bias", "order"))
+        missing = [k for k in ("layers", "growth") if k not in s]
+        for k in missing:
+            self.error(d.MISSING, f"dense block {index} has no {k}", stmt.keyword_span,
+                       f"write dense {k}=N, or set {k} in `defaults`")
+        if missing:
+            raise _Invalid
+        values = self.try_all(
+            layers=lambda: self.integer(s["layers"], 1),
+            growth=lambda: self.integer(s["growth"], 1),
+            bottleneck=lambda: self.bottleneck(s["bottleneck"]) if "bottleneck" in s else None,
+            dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
+            if "dropout" in s else 0.0,
+            bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
+            order=lambda: self.choice(s["order"], ("pre", "post")) if "order" in s else "pre",
+        )
+        return n.DenseBlock(index=index, span=stmt.span, **values)
+
+    def try_all(self, **thunks: Callable[[], Any]) -> dict[str, Any]:
+        """Evaluate every setting, so one run reports every bad value; then give up if any was bad."""
+        values, failed = {}, False
+        for key, thunk in thunks.items():
+            try:
+                values[key] = thunk()
+            except _Invalid:
+                failed = True
+        if failed:
+            raise _Invalid
+        return values
+
+    def transition(self, stmt: ast.Statement, index: int) -> n.Transition:
+        self.no_arg(stmt)
+        self.no_body(stmt)
+        explicit = {x.name for x in stmt.settings}
+        if {"compression", "channels"} <= explicit:
+            self.error(d.CONFLICT, "a transition takes compression or channels, not both", stmt.keyword_span,
+                       "channels=N sets the output count; compression=θ scales the input count")
+            raise _Invalid
+        inherit = ("bias", "dropout") + (() if "channels" in explicit else ("compression",))
+        s = self.settings(stmt, TRANSITION_SETTINGS, "transition", inherit)
+        values = self.try_all(
+            compression=lambda: self.real(s["compression"], Fraction(0), Fraction(1), True, False,
+                                          "compression θ") if "compression" in s else None,
+            channels=lambda: self.integer(s["channels"], 1) if "channels" in s else None,
+            bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
+            dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
+            if "dropout" in s else 0.0,
+            pool=lambda: self.pool(self.choice(s["pool"], ("avg", "max")) if "pool" in s else "avg",
+                                   s, stmt.span),
+        )
+        if values["compression"] is None and values["channels"] is None:
+            values["compression"] = Fraction(1)
+        return n.Transition(index=index, span=stmt.span, **values)
+
+    def head(self, stmt: ast.Statement) -> n.Head | None:
+        self.no_arg(stmt)
+        self.no_body(stmt)
+        s = self.settings(stmt, HEAD_SETTINGS, "head")
+        if "classes" not in s:
+            self.error(d.MISSING, "the head has no classes", stmt.keyword_span, "e.g. head classes=10")
+            return None
+        try:
+            values = self.try_all(
+                classes=lambda: self.integer(s["classes"], 1),
+                norm=lambda: self.boolean(s["norm"]) if "norm" in s else True,
+                pool=lambda: self.choice(s["pool"], ("avg", "max")) if "pool" in s else "avg",
+                kernel=lambda: self.integer(s["kernel"], 1) if "kernel" in s else None,
+                stride=lambda: self.integer(s["stride"], 1) if "stride" in s else None,
+                dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
+                if "dropout" in s else 0.0,
+            )
+        except _Invalid:
+            return None
+        kernel, stride = values.pop("kernel"), values.pop("stride")
+        if stride is not None and kernel is None:
+            self.error(d.MISSING, "a head stride needs a pooling kernel", s["stride"].span,
+                       "add kernel=K for a fixed pooling window, or drop stride for a global pool")
+            return None
+        window = (kernel, stride or kernel) if kernel is not None else None
+        return n.Head(window=window, span=stmt.span, **values)
+
+    def expect(self, stmt: ast.Statement, seen: dict[str, ast.Setting]) -> list[n.Expectation]:
+        self.no_arg(stmt)
+        self.no_body(stmt)
+        out = []
+        for s in stmt.settings:
+            if s.name not in EXPECT_KEYS:
+                self.error(d.UNKNOWN_SETTING, f"unknown figure '{s.name}' for expect", s.name_span,
+                           _did_you_mean(s.name, EXPECT_KEYS) or f"expect takes: {', '.join(EXPECT_KEYS)}")
+                continue
+            if s.name in seen:
+                self.error(d.DUPLICATE_SETTING, f"'{s.name}' is expected twice", s.name_span,
+                           "remove one of them", ((seen[s.name].name_span, "first expected here"),))
+                continue
+            seen[s.name] = s
+            if self.overridden and not any(isinstance(x, ast.Name) and x.id in self.env
+                                           for x in _walk(s.value)):
+                continue
+            try:
+                value = self.number(s.value)
+            except _Invalid:
+                continue
+            out.append(n.Expectation(key=s.name, value=value, tolerance=_tolerance(s.value),
+                                     text=_text(s.value), span=s.span))
+        return out
+
+
+def _tolerance(e: ast.Expr) -> Fraction:
+    """Half a unit of the last digit written: `5.668G` → 0.0005 G; an integer → 0 (exact)."""
+    if not isinstance(e, ast.Number):
+        return Fraction(0)
+    body = e.text.replace("_", "")
+    scale = 1
+    if body[-1] in "KMGT":
+        scale = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[body[-1]]
+        body = body[:-1]
+    mantissa, _, exponent = body.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    if decimals == 0 and not exponent and scale == 1:
+        return Fraction(0)
+    unit = Fraction(10) ** (int(exponent or 0) - decimals) * scale
+    return unit / 2
+
+
+def _source_text(e: ast.Expr) -> str:
+    """The expression exactly as the user wrote it (Elm: show the code as written)."""
+    span = e.span
+    if span is not None and span.source.text and span.end > span.start:
+        return span.source.text[span.start:span.end]
+    return _text(e)
+
+
+def _walk(e: ast.Expr):
+    yield e
+    for child in (getattr(e, "left", None), getattr(e, "right", None), getattr(e, "operand", None)):
+        if child is not None:
+            yield from _walk(child)
+    for a in getattr(e, "args", ()):
+        yield from _walk(a)
+
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
+
+
+def _text(e: ast.Expr, parent: int = 0, right: bool = False) -> str:
+    """Canonical text of an expression, with only the parentheses precedence needs (fmt uses it)."""
+    if isinstance(e, ast.Number):
+        return e.text
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.UnaryOp):
+        return e.op + _text(e.operand, 3)
+    if isinstance(e, ast.Call):
+        return f"{e.func}({', '.join(_text(a) for a in e.args)})"
+    if isinstance(e, ast.BinOp):
+        p = _PRECEDENCE[e.op]
+        s = f"{_text(e.left, p)} {e.op} {_text(e.right, p, True)}" if p == 1 else \
+            f"{_text(e.left, p)}{e.op}{_text(e.right, p, True)}"
+        return f"({s})" if p < parent or (p == parent and right) else s
+    raise AssertionError(e)
+
+
+expression_text = _text
+
+
+def _show(v: Value) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Fraction) and abs(v) >= 10**15:
+        digits = len(str(abs(math.floor(v))))
+        return f"{'-' if v < 0 else ''}{str(abs(math.floor(v)))[0]}e{digits - 1}"
+    if isinstance(v, Fraction):
+        if v.denominator == 1:
+            return str(v.numerator)
+        f = float(v)
+        return repr(f) if Fraction(repr(f)) == v else f"{v.numerator}/{v.denominator}"
+    return f"'{v}'"
+
+
+def _plain(v: Value) -> n.ParamValue:
+    if isinstance(v, Fraction):
+        if v.denominator == 1:
+            return int(v)
+        f = float(v)
+        return f if Fraction(repr(f)) == v else v
+    return v

@@ -1,0 +1,339 @@
+"""Text → AST. The only module that imports lark, and the Transformer the only code that sees
+lark trees. Syntax errors become diagnostics with the position, what was found and what was
+expected; after an error the broken line is neutralised and parsing resumes, so one run
+reports every independently broken line.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from . import ast
+from . import diagnostics as d
+from .source import Source, Span
+
+MAX_NESTING = 64          # brackets and braces; deeper input is refused before parsing
+MAX_SYNTAX_ERRORS = 20
+_MAX_DIGITS = 400         # a literal longer than this is not a network size
+_SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def grammar_text() -> str:
+    """The grammar, from the installed package or, in a source checkout, from grammars/."""
+    try:
+        return resources.files("densedsl.grammars").joinpath("densedsl.lark").read_text("utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        return (Path(__file__).resolve().parent.parent / "grammars" / "densedsl.lark").read_text("utf-8")
+
+
+@lru_cache(maxsize=None)
+def parser(strict: bool = False) -> Lark:
+    options = dict(parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                   start=["start", "expr"])
+    if strict:
+        options["strict"] = True
+    return Lark(grammar_text(), **options)
+
+
+def parse_source(source: Source) -> ast.SpecFile:
+    """Parse a whole file; raises SpecError with every syntax error found."""
+    _check_nesting(source)
+    tree, errors = _parse_recovering(source)
+    if errors:
+        raise d.SpecError(errors)
+    builder = _Builder(source)
+    spec = builder.transform(tree)
+    if builder.errors:
+        raise d.SpecError(builder.errors)
+    comments = tuple(
+        ast.Comment(text=m.group().rstrip(), span=source.span(m.start(), m.end()))
+        for m in re.finditer(r"#[^\r\n]*", source.text))
+    return ast.SpecFile(networks=spec.networks, comments=comments, span=spec.span)
+
+
+def _parse_recovering(source: Source):
+    """Parse; after an error, neutralise the broken line and parse again to find the next one.
+
+    lark's token-skipping `on_error` cascades (every later line of a network fails once the
+    parser has lost its place); replacing the broken line by a harmless statement of the same
+    length keeps every later position and the brace structure intact, so each further error is
+    an independent one. An unexpected end of input ends the search.
+    """
+    text, errors, tries = source.text, [], {}
+    while True:
+        try:
+            return parser().parse(text, start="start"), errors
+        except lark.UnexpectedInput as e:
+            diag = _translate(source, e)
+            line = diag.line or 0
+            if line in tries:
+                # the error lies in our own replacement: never show it; blank the line fully
+                # once, and give up if even that does not help
+                if tries[line] >= 2:
+                    return None, errors
+                tries[line] = 2
+                text = _neutralise(text, source, line, keep_statement=False)
+                continue
+            errors.append(diag)
+            tries[line] = 1
+            expected = getattr(e, "expected", None) or ()
+            header = source.line_text(line).lstrip().startswith("network") if line else True
+            if (diag.code is d.UNEXPECTED_EOF or len(errors) >= MAX_SYNTAX_ERRORS or header
+                    or "NETWORK" in expected or not 1 <= line <= len(source.line_starts)):
+                return None, errors
+            text = _neutralise(text, source, line, keep_statement=True)
+
+
+def _neutralise(text: str, source: Source, line: int, keep_statement: bool) -> str:
+    start = source.line_starts[line - 1]
+    end = source.line_starts[line] - 1 if line < len(source.line_starts) else len(text)
+    old = text[start:end]
+    body = old.rstrip("\r")
+    indent = len(body) - len(body.lstrip())
+    stripped = body.strip()
+    closes = len(stripped) - len(stripped.lstrip("}"))
+    opens = stripped.count("{") - stripped.count("}") + closes
+    new = " " * indent + "}" * closes
+    if keep_statement and opens > 0:
+        new += (" " if closes else "") + "_" + " {" * opens
+    if len(new) > len(body):  # cannot keep the structure in the space the line had
+        new = " " * indent + "}" * closes
+    new = new.ljust(len(body)) + old[len(body):]
+    return text[:start] + new + text[end:]
+
+
+def parse_expression(text: str, name: str = "<value>") -> ast.Expr:
+    """Parse one expression (a `--set` value); raises SpecError."""
+    source = Source.from_text(text, name)
+    _check_nesting(source)
+    try:
+        tree = parser().parse(text, start="expr")
+    except lark.UnexpectedInput as e:
+        raise d.SpecError([_translate(source, e, in_expression=True)]) from None
+    builder = _Builder(source)
+    expr = builder.transform(tree)
+    if builder.errors:
+        raise d.SpecError(builder.errors)
+    return expr
+
+
+def _check_nesting(source: Source) -> None:
+    """Refuse absurd nesting before lark and the Transformer recurse into it."""
+    text, depth, i = source.text, 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "#":  # comments may hold any characters
+            end = text.find("\n", i)
+            i = len(text) if end == -1 else end
+            continue
+        if ch in "({":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise d.SpecError([d.Diagnostic(
+                    d.TOO_DEEP, f"brackets nested more than {MAX_NESTING} deep",
+                    source.span(i, i + 1), "a spec never needs this much nesting; "
+                    "use `repeat` for repeated blocks")])
+        elif ch in ")}":
+            depth = max(0, depth - 1)
+        i += 1
+
+
+_DESCRIPTIONS = {
+    "NAME": "a name", "NUMBER": "a number", "SHAPE": "a shape like 3x32x32",
+    "_NL": "a new line", "$END": "the end of the file",
+}
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _DESCRIPTIONS:
+        return _DESCRIPTIONS[name]
+    try:
+        pattern = parser().get_terminal(name).pattern
+    except KeyError:
+        return name.lower()
+    if isinstance(pattern, lark.lexer.PatternStr):
+        return f"'{pattern.value}'"
+    return name.lower()
+
+
+def _describe_token(token: Token) -> str:
+    if token.type == "_NL":
+        return "comment" if token.value.lstrip().startswith("#") else "end of line"
+    if token.type == "$END":
+        return "end of file"
+    kind = {"NAME": "name", "NUMBER": "number", "SHAPE": "shape"}.get(token.type)
+    return f"{kind} '{token.value}'" if kind else f"'{token.value}'"
+
+
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "__ANON_0"}
+
+
+def _describe_expected(expected: list[str]) -> str:
+    """Collapse token lists: `a value` for anything that can start an expression, `an operator`."""
+    names = set(expected)
+    items = []
+    if "NUMBER" in names:
+        names -= {"NUMBER", "NAME", "LPAR", "PLUS", "MINUS"} - ({"NAME"} if "EQUAL" in names else set())
+        items.append("a value")
+    if names & _OPERATORS:
+        names -= _OPERATORS
+        items.append("an operator")
+    items.extend(_describe_terminal(t) for t in names)
+    return _join(items)
+
+
+def _join(items: list[str]) -> str:
+    items = sorted(set(items), key=lambda s: (not s.startswith("a"), s))
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _translate(source: Source, e: lark.UnexpectedInput, in_expression: bool = False) -> d.Diagnostic:
+    if isinstance(e, lark.UnexpectedCharacters):
+        pos = e.pos_in_stream
+        word = re.match(r"[0-9][0-9A-Za-z_.]*", source.text[pos:])
+        if word and source.text[pos].isdigit():
+            return d.Diagnostic(d.BAD_NUMBER, f"'{word.group()}' is not a number",
+                                source.span(pos, pos + len(word.group())),
+                                "numbers look like 12, 0.5, 1e-4 or 5.668G (suffixes K M G T); "
+                                "write multiplication with '*', e.g. 2*growth")
+        ch = source.text[pos]
+        return d.Diagnostic(d.BAD_CHARACTER, f"unexpected character {ch!r}", source.span(pos, pos + 1),
+                            "densedsl specs use names, numbers, shapes like 3x32x32, "
+                            "= ( ) { } , ; + - * / // % and # comments")
+    if isinstance(e, lark.UnexpectedEOF) or (isinstance(e, lark.UnexpectedToken) and e.token.type == "$END"):
+        expected = getattr(e, "expected", None) or []
+        what = f": expected {_describe_expected(list(expected))}" if expected else ""
+        return d.Diagnostic(d.UNEXPECTED_EOF, f"unexpected end of input{what}", source.end_span(),
+                            "a '{' is probably not closed" if "RBRACE" in expected else None)
+    if isinstance(e, lark.UnexpectedToken):
+        token = e.token
+        expected = sorted(getattr(e, "accepts", None) or e.expected)
+        span = Span.from_meta(source, token)
+        if token.type == "_NL":
+            # point at the end of the previous line, not at the blank space before the comment
+            start = token.start_pos
+            span = source.span(start, start + 1) if token.value.startswith("#") else source.span(start, start)
+        found = _describe_token(token)
+        wanted = _describe_expected(expected)
+        hint = None
+        if "NAME" in expected and "NETWORK" not in expected and token.type == "NUMBER":
+            hint = "settings are written name=value, e.g. layers=6"
+        elif "NETWORK" in expected:
+            hint = "a spec file holds networks: network NAME { ... }"
+        elif token.type == "EQUAL":
+            hint = "a setting needs a name before '=': e.g. growth=32"
+        return d.Diagnostic(d.SYNTAX, f"unexpected {found}: expected {wanted}", span, hint)
+    return d.Diagnostic(d.SYNTAX, str(e).splitlines()[0], source.end_span())
+
+
+def _number(source: Source, token: Token) -> tuple[ast.Number | None, d.Diagnostic | None]:
+    text = token.value
+    body = text.replace("_", "")
+    scale = 1
+    if body[-1] in _SUFFIX:
+        scale, body = _SUFFIX[body[-1]], body[:-1]
+    mantissa, _, exponent = body.lower().partition("e")
+    span = Span.from_meta(source, token)
+    if len(mantissa) > _MAX_DIGITS or (exponent and abs(int(exponent)) > 1000):
+        return None, d.Diagnostic(d.BAD_NUMBER, f"the number '{text}' is absurdly large or precise",
+                                  span, "network sizes are far smaller than this")
+    value = Fraction(mantissa if mantissa not in ("", ".") else "0")
+    if exponent:
+        value *= Fraction(10) ** int(exponent)
+    return ast.Number(value=value * scale, text=text, span=span), None
+
+
+@v_args(meta=True)
+class _Builder(Transformer):
+    """lark tree → ast nodes. Spans come from `meta` (propagate_positions=True)."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+        self.errors: list[d.Diagnostic] = []
+
+    def _span(self, meta) -> Span | None:
+        if getattr(meta, "empty", True):
+            return None
+        return Span.from_meta(self.source, meta)
+
+    def start(self, meta, children):
+        return ast.SpecFile(networks=tuple(children), span=self._span(meta))
+
+    def network(self, meta, children):
+        name, *rest = children
+        params = rest[0] if len(rest) == 2 else ()
+        body = rest[-1]
+        return ast.NetworkDef(name=str(name), params=tuple(params), body=tuple(body),
+                              span=self._span(meta), name_span=Span.from_meta(self.source, name))
+
+    def params(self, meta, children):
+        return tuple(c for c in children if c is not None)
+
+    def param(self, meta, children):
+        name, value = children
+        return ast.Param(name=str(name), default=value, span=self._span(meta),
+                         name_span=Span.from_meta(self.source, name))
+
+    def body(self, meta, children):
+        return tuple(children)
+
+    def statement(self, meta, children):
+        keyword, arg, *settings, body = children
+        return ast.Statement(keyword=str(keyword), arg=arg, settings=tuple(settings),
+                             body=None if body is None else tuple(body), span=self._span(meta),
+                             keyword_span=Span.from_meta(self.source, keyword))
+
+    def setting(self, meta, children):
+        name, value = children
+        return ast.Setting(name=str(name), value=value, span=self._span(meta),
+                           name_span=Span.from_meta(self.source, name))
+
+    def _binop(op):
+        def method(self, meta, children):
+            left, right = children
+            return ast.BinOp(op=op, left=left, right=right, span=self._span(meta))
+        return method
+
+    add, sub, mul = _binop("+"), _binop("-"), _binop("*")
+    div, floordiv, mod = _binop("/"), _binop("//"), _binop("%")
+    del _binop
+
+    def neg(self, meta, children):
+        return ast.UnaryOp(op="-", operand=children[0], span=self._span(meta))
+
+    def pos(self, meta, children):
+        return ast.UnaryOp(op="+", operand=children[0], span=self._span(meta))
+
+    def number(self, meta, children):
+        node, error = _number(self.source, children[0])
+        if error is not None:
+            self.errors.append(error)
+            return ast.Number(value=Fraction(0), text="0", span=error.span)
+        return node
+
+    def name(self, meta, children):
+        return ast.Name(id=str(children[0]), span=self._span(meta))
+
+    def call(self, meta, children):
+        func, *args = children
+        return ast.Call(func=str(func), args=tuple(a for a in args if a is not None),
+                        span=self._span(meta), func_span=Span.from_meta(self.source, func))
+
+    def SHAPE(self, token):
+        span = Span.from_meta(self.source, token)
+        dims = token.value.split("x")
+        if any(len(x) > 12 for x in dims):
+            self.errors.append(d.Diagnostic(d.BAD_NUMBER, f"the shape '{token.value}' is absurdly large",
+                                            span, "shapes are channels x height x width, e.g. 3x224x224"))
+            return ast.ShapeLit(dims=(1, 1, 1), span=span)
+        return ast.ShapeLit(dims=tuple(int(x) for x in dims), span=span)
