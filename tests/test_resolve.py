@@ -10,7 +10,7 @@ import densedsl
 from densedsl import SpecError
 from densedsl import network as n
 
-from .conftest import SPECS
+from conftest import SPECS
 
 BASE = """network n(depth=40, growth=12) {
     input 3x32x32
