@@ -619,7 +619,10 @@ class _Resolver:
         s = self.settings(stmt, DENSE_SETTINGS, "dense block",
                           ("growth", "layers", "bottleneck", "dropout", "bias", "order"))
         missing = [k for k in ("layers", "growth") if k not in s]
+        misspelt = [x.name for x in stmt.settings if x.name not in DENSE_SETTINGS]
         for k in missing:
+            if difflib.get_close_matches(k, misspelt, n=1):
+                continue  # already reported as "unknown setting 'grwoth'… did you mean 'growth'?"
             self.error(d.MISSING, f"dense block {index} has no {k}", stmt.keyword_span,
                        f"write dense {k}=N, or set {k} in `defaults`")
         if missing:
@@ -676,6 +679,8 @@ class _Resolver:
         self.no_body(stmt)
         s = self.settings(stmt, HEAD_SETTINGS, "head")
         if "classes" not in s:
+            if difflib.get_close_matches("classes", [x.name for x in stmt.settings], n=1):
+                return None  # reported as a misspelt setting
             self.error(d.MISSING, "the head has no classes", stmt.keyword_span, "e.g. head classes=10")
             return None
         try:

@@ -39,6 +39,10 @@ def parser(strict: bool = False) -> Lark:
                    start=["start", "expr"])
     if strict:
         options["strict"] = True
+    else:
+        # lark pickles the built LALR tables to the temp directory ("x2 to x3 faster loading"):
+        # grammar construction is most of `densedsl check`'s start-up otherwise
+        options["cache"] = True
     return Lark(grammar_text(), **options)
 
 
