@@ -67,6 +67,7 @@ def _add_check(sub) -> None:
     p = sub.add_parser("check", help="parse, validate and analyse spec files",
                        description="Parse and validate spec files; one line per valid network.")
     _add_spec_options(p, many=True)
+    _add_limit_options(p)
     p.set_defaults(func=_cmd_check)
 
 
@@ -172,12 +173,268 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- summary, diff, explain, sweep (report.py) -------------------------------------------------
+
+def _quantity(text: str) -> int:
+    """argparse type for --max-params 1M, --max-memory 80GiB, --max-flops 5.6G."""
+    from .report import parse_quantity
+    try:
+        return parse_quantity(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CxHxW with positive integers, e.g. 3x224x224, "
+                                         f"not {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """--max-params / --max-memory: the resource guards of `analyze` (E301, E302)."""
+    p.add_argument("--max-params", type=_quantity, metavar="N",
+                   help="refuse networks with more parameters (default 10G), e.g. 50M")
+    p.add_argument("--max-memory", type=_quantity, metavar="BYTES",
+                   help="refuse networks whose training activations at batch 1 exceed this "
+                        "(default 80GiB), e.g. 16GiB")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size for memory (default 1)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16", "float64"),
+                   help="element type for memory (default float32)")
+
+
+def _analyze_file(path: str, args: argparse.Namespace):
+    from .analysis import analyze
+    network = _load(path, args).network
+    if getattr(args, "input", None) is not None:
+        network = network.with_input(args.input)
+    return analyze(network, **_limits(args))
+
+
+def _emit(report, args: argparse.Namespace) -> None:
+    if getattr(args, "json", False):
+        import json
+        print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print(report.text())
+
+
+def _add_summary(sub) -> None:
+    p = sub.add_parser("summary", help="a table of stages (or layers) with shapes, params and MACs",
+                       description="Analyse a spec and print a torchinfo-like table: one row per "
+                                   "stage (--layers: per layer and op) with output shape, params "
+                                   "and MACs, then totals, memory, minimum input size and receptive "
+                                   "field. --json prints the same as JSON (schema 1, "
+                                   "docs/analysis.md).")
+    _add_spec_options(p)
+    p.add_argument("--input", type=_shape, metavar="CxHxW", help="analyse at this input shape instead")
+    _add_run_options(p)
+    p.add_argument("--layers", action="store_true", help="one row per dense layer and op")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_limit_options(p)
+    p.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .report import summary
+    a = _analyze_file(args.file, args)
+    if not args.json:
+        _print_diagnostics(a.diagnostics)
+    _emit(summary(a, batch=args.batch, dtype=args.dtype, layers=args.layers), args)
+    return EXIT_OK
+
+
+def _add_diff(sub) -> None:
+    p = sub.add_parser("diff", help="compare two networks stage by stage",
+                       description="Compare OLD with NEW (default: OLD again) per stage and in "
+                                   "total. --set overrides parameters of NEW, --old-set of OLD: "
+                                   "`diff a.dense b.dense`, `diff a.dense --set depth=190`.")
+    _add_spec_options(p)
+    p.add_argument("new", nargs="?", metavar="NEW", help="the spec to compare with (default: FILE)")
+    p.add_argument("--old-set", dest="old_overrides", nargs="+", default=[], action="extend",
+                   metavar="NAME=VALUE", help="override parameters of FILE (the old side)")
+    p.add_argument("--input", type=_shape, metavar="CxHxW", help="analyse both at this input shape")
+    _add_run_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_limit_options(p)
+    p.set_defaults(func=_cmd_diff)
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from .report import diff
+    new_path = args.new or args.file
+    old_args = argparse.Namespace(**{**vars(args), "overrides": args.old_overrides})
+    old = _analyze_file(args.file, old_args)
+    new = _analyze_file(new_path, args)
+
+    def label(path: str, overrides: list[str]) -> str:
+        return " ".join([path, *(f"--set {o}" for o in overrides)])
+
+    _emit(diff(old, new, old_label=label(args.file, args.old_overrides),
+               new_label=label(new_path, args.overrides), batch=args.batch, dtype=args.dtype), args)
+    return EXIT_OK
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="which feature maps each layer of a block concatenates",
+                       description="For each layer of dense block N (or only --layer L): the "
+                                   "feature maps it concatenates, their channels, the op that "
+                                   "made each and the spec line it comes from.")
+    _add_spec_options(p)
+    p.add_argument("--block", type=int, required=True, metavar="N", help="dense block (1-based)")
+    p.add_argument("--layer", type=int, metavar="L", help="only layer L (1-based)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_limit_options(p)
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .report import explain
+    a = _analyze_file(args.file, args)
+    try:
+        report = explain(a, args.block, args.layer)
+    except ValueError as e:
+        print(f"densedsl explain: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _emit(report, args)
+    return EXIT_OK
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="analyse every combination of parameter values",
+                       description="One row per point of the grid (params, FLOPs, training "
+                                   "memory at --batch); invalid points appear with their error "
+                                   "code; points over --max-params/--max-flops/--max-memory are "
+                                   "left out. Example: sweep specs/densenet_bc_cifar.dense "
+                                   "--grid growth=12,24,40 depth=100,190,250 --max-params 20M "
+                                   "--sort params")
+    _add_spec_options(p)
+    p.add_argument("--grid", nargs="+", required=True, action="extend", metavar="NAME=V1,V2",
+                   help="parameter values to combine")
+    p.add_argument("--max-params", type=_quantity, metavar="N", help="leave out points above, e.g. 1M")
+    p.add_argument("--max-flops", type=_quantity, metavar="N", help="leave out points above, e.g. 1G")
+    p.add_argument("--max-memory", type=_quantity, metavar="BYTES",
+                   help="leave out points whose training memory at --batch is above, e.g. 8GiB")
+    p.add_argument("--sort", choices=("params", "flops", "macs", "memory", "depth"),
+                   help="order valid rows by this figure")
+    _add_run_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .report import parse_grid, sweep
+    try:
+        grid = parse_grid(args.grid)
+    except ValueError as e:
+        print(f"densedsl sweep: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    base = _load(args.file, args)  # fails early, once, on a broken file
+    report = sweep(lambda values: base.with_params(**values).network, grid, batch=args.batch,
+                   dtype=args.dtype, max_params=args.max_params, max_flops=args.max_flops,
+                   max_memory=args.max_memory, sort=args.sort)
+    _emit(report, args)
+    return EXIT_OK if any(r.ok for r in report.rows) or not report.rows else EXIT_INVALID
+
+
+# --- train, eval (train.py) --------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a spec on an image data set (the paper's recipe by default)",
+        description="Train the network of a spec file. Defaults follow the DenseNet paper: SGD "
+                    "with Nesterov momentum 0.9, weight decay 1e-4, batch 64, lr 0.1 divided by 10 "
+                    "at 50%% and 75%% of the epochs, crop+flip augmentation for CIFAR. Works "
+                    "unchanged under torchrun (DistributedDataParallel). Data sets are read from "
+                    "local files: digits, cifar10:DIR, cifar100:DIR, mnist:DIR, fashion-mnist:DIR, "
+                    "folder:DIR, synthetic[:N].")
+    _add_spec_options(p)
+    p.add_argument("--data", required=True, metavar="DATASET",
+                   help="digits | cifar10:DIR | cifar100:DIR | mnist:DIR | fashion-mnist:DIR | "
+                        "folder:DIR | synthetic[:N]")
+    p.add_argument("--epochs", type=int, metavar="N", help="default: 300 for CIFAR, else per data set")
+    p.add_argument("--batch-size", type=int, metavar="B", help="per process (default 64)")
+    p.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float, metavar="M", help="Nesterov momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, metavar="WD", help="default 1e-4")
+    p.add_argument("--milestones", type=float, nargs="+", metavar="F",
+                   help="fractions of the epochs where the lr drops (default 0.5 0.75)")
+    p.add_argument("--gamma", type=float, metavar="G", help="lr factor at each milestone (default 0.1)")
+    p.add_argument("--augment", choices=("none", "flip", "crop", "crop+flip"),
+                   help="default: crop+flip for CIFAR and folders, none otherwise")
+    p.add_argument("--seed", type=int, metavar="S", help="default 0")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast precision (auto: bf16 or fp16 on CUDA, off on the CPU)")
+    p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
+                   help="efficient: recompute concatenations in backward (less memory, ~20%% slower)")
+    p.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun: synchronised batch norm")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (smoke test)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NETWORK-DATA)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, only a line per epoch")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import default_run_dir, train
+    spec = _load(args.file, args)
+    out = args.out if args.out is not None else default_run_dir(spec.name, args.data, resume=args.resume)
+    train(spec, args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+          momentum=args.momentum, weight_decay=args.weight_decay,
+          milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
+          augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, memory=args.memory,
+          workers=args.workers, sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
+          resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress)
+    return EXIT_OK
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="measure a training checkpoint on a data set",
+                       description="Rebuild the model from a checkpoint written by `densedsl train` "
+                                   "(it holds the spec) and report its loss and accuracy.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN_DIR/checkpoint.pt or RUN_DIR")
+    p.add_argument("--data", metavar="DATASET", help="default: the data set it was trained on")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    p.add_argument("--workers", type=int, metavar="N")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from .train import evaluate
+    r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
+                 device=args.device, amp=args.amp, workers=args.workers)
+    if args.json:
+        print(json.dumps({"network": r.network, "epoch": r.epoch, "data": r.data, "split": args.split,
+                          "accuracy": r.accuracy, "loss": r.loss, "correct": r.correct, "total": r.total}))
+    else:
+        print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: accuracy "
+              f"{100 * r.accuracy:.2f}% ({r.correct}/{r.total}), loss {r.loss:.4f}")
+    return EXIT_OK
+
+
 # --- main ------------------------------------------------------------------------------------
 
 _COMMANDS: tuple[Callable, ...] = (
     _add_check,
     _add_fmt,
     _add_compile,
+    _add_summary,
+    _add_diff,
+    _add_explain,
+    _add_sweep,
+    _add_train,
+    _add_eval,
 )
 
 

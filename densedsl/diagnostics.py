@@ -16,7 +16,7 @@ from .source import Span
 Severity = Literal["error", "warning"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Code:
     code: str
     name: str
@@ -29,6 +29,17 @@ class Code:
 
     def __str__(self) -> str:
         return self.code
+
+    def __eq__(self, other: object) -> bool:
+        # `diagnostic.code == "E102"` is what library users write
+        if isinstance(other, Code):
+            return self.code == other.code
+        if isinstance(other, str):
+            return self.code == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.code)
 
 
 CODES: dict[str, Code] = {}
@@ -95,15 +106,15 @@ class Diagnostic:
     span: Span | None           # None only for problems with no place in a spec
     hint: str | None = None     # the only place that says how to fix it
     notes: tuple[tuple[Span, str], ...] = ()
-    file: str | None = field(default=None)  # for span-less diagnostics about a file
+    file: str | None = field(default=None)  # the file; taken from the span when there is one
+
+    def __post_init__(self) -> None:
+        if self.span is not None and self.file is None:
+            object.__setattr__(self, "file", self.span.file)
 
     @property
     def severity(self) -> Severity:
         return "warning" if self.code.code.startswith("W") else "error"
-
-    @property
-    def filename(self) -> str | None:
-        return self.span.file if self.span is not None else self.file
 
     @property
     def line(self) -> int | None:
@@ -143,11 +154,11 @@ def sort_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
     seen: set[tuple] = set()
     unique = []
     for d in diagnostics:
-        key = (d.code.code, d.message, d.filename, d.span.start if d.span else -1)
+        key = (d.code.code, d.message, d.file, d.span.start if d.span else -1)
         if key not in seen:
             seen.add(key)
             unique.append(d)
-    return sorted(unique, key=lambda d: (d.filename or "", d.span.start if d.span else -1))
+    return sorted(unique, key=lambda d: (d.file or "", d.span.start if d.span else -1))
 
 
 def _display_column(line_text: str, column: int) -> int:

@@ -9,7 +9,7 @@ computes them, so there is one place that does channel arithmetic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Literal, Union
 
@@ -157,6 +157,16 @@ class Network:
     parameters: tuple[tuple[str, ParamValue], ...] = ()  # the values used, after overrides
     span: Span | None = _span()
     input_span: Span | None = _span()
+
+    def with_input(self, shape: Shape) -> "Network":
+        """The same network at another input shape.
+
+        `expect macs/flops` state figures at the spec's own input size (and `params` too when a
+        fixed head window makes the classifier's width depend on it), so those are dropped.
+        """
+        sized = {"macs", "flops"} | ({"params"} if self.head and self.head.window else set())
+        return replace(self, input=tuple(shape),
+                       expectations=tuple(e for e in self.expectations if e.key not in sized))
 
     @property
     def blocks(self) -> tuple[DenseBlock, ...]:

@@ -11,6 +11,7 @@ from hypothesis.extra.lark import from_lark
 import densedsl
 from densedsl.fmt import format_spec
 from densedsl.source import Source
+from densedsl.strategies import networks, spec_text
 from densedsl.syntax import parse_source, parser
 
 from conftest import ZOO
@@ -39,7 +40,7 @@ def run_front_end(text: str) -> None:
 
 # from_lark is slow to draw (~0.1 s an example on 2 cores); 60 still walks every rule
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(from_lark(parser(), start="start"))
+@given(from_lark(parser(strict=True), start="start"))  # the cached parser has no .grammar
 def test_grammar_generated_text_never_crashes(text):
     run_front_end(text)
 
@@ -83,3 +84,13 @@ def test_mutated_zoo_files_never_crash(text, rng):
 @settings(max_examples=len(ZOO_TEXTS), deadline=None)
 def test_zoo_round_trips_through_fmt(text):
     run_front_end(text)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks())
+def test_generated_networks_survive_text_fmt_and_resolve(network):
+    text = spec_text(network)
+    assert densedsl.parse(text).network == network  # network → text → network is the identity
+    formatted = format_spec(parse_source(Source.from_text(text)))
+    assert format_spec(parse_source(Source.from_text(formatted))) == formatted
+    assert densedsl.parse(formatted).network == network

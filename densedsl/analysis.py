@@ -1,0 +1,568 @@
+"""Static analysis: every figure densedsl reports, read off the architecture graph.
+
+    a = analyze(network)                 # raises SpecError on any error; warnings on a.diagnostics
+    a.params, a.macs, a.flops, a.depth, a.connections, a.memory(batch=64, mode="efficient")
+
+Order of work, cheapest first, so that absurd specs are refused before anything big is built:
+1. `graph.check`: channels (E201), map sizes (E202, E203, W204) and graph size (E304), from
+   the Network with plain integers;
+2. the parameter prediction of `costs.predict` against the hard ceiling (E304) and
+   `max_params` (E301);
+3. `graph.lower`, then every figure from the graph, the invariants (E205), batch-of-one
+   training (W206), memory against `max_memory` (E302) and the spec's `expect` lines (E303).
+docs/analysis.md documents every attribute and the memory model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+import networkx as nx
+
+from . import costs
+from . import diagnostics as d
+from . import graph as graph_
+from .network import Network
+from .source import Span
+
+MemoryMode = Literal["standard", "efficient", "inference"]
+MEMORY_MODES: tuple[str, ...] = ("standard", "efficient", "inference")
+
+# Defaults for the resource guards, sized for one large accelerator (an 80 GiB GPU): a network
+# past them could not be trained on one anyway. Pass a larger limit (or math.inf) to lift them.
+DEFAULT_MAX_PARAMS = 10**10
+DEFAULT_MAX_MEMORY = 80 * 2**30   # activation bytes of a training step, batch 1, float32
+# Never lifted: 10^12 float32 parameters are 4 TB, beyond any device.
+HARD_MAX_PARAMS = 10**12
+
+_CONVS = ("conv", "linear")
+
+
+# --- formatting shared by analysis and report --------------------------------------------------
+
+_PREFIXES = ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
+
+
+def si(value: int | float, unit: str = "", *, digits: int = 3) -> str:
+    """`7978856` → `7.98 M`; `5668323328, "FLOPs"` → `5.67 GFLOPs`; small values stay exact."""
+    for scale, prefix in _PREFIXES:
+        if abs(value) >= scale:
+            x = value / scale
+            text = f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
+            return f"{text} {prefix}{unit}"
+    text = f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+    return f"{text} {unit}" if unit else text
+
+
+def binary(nbytes: int | float) -> str:
+    """Bytes with binary prefixes: `1610612736` → `1.5 GiB`."""
+    for power, prefix in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if nbytes >= 1024**power:
+            return f"{nbytes / 1024**power:.3g} {prefix}"
+    return f"{int(nbytes)} B"
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+# --- result types ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MinInputSize:
+    """The smallest square input (pixels per side) the network accepts.
+
+    `eval`: every map stays at least 1x1 (torchvision's `min_size`, 29 for DenseNet-121).
+    `train`: additionally every batch norm sees more than one value per channel with a batch of
+    one, so training with batch 1 works.
+    """
+
+    eval: int
+    train: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageFigures:
+    name: str                       # stem, denseblock{i}, transition{j}, head
+    kind: str                       # "stem", "dense", "transition", "head"
+    span: Span | None = field(compare=False, repr=False)
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    params: int
+    buffers: int
+    macs: int
+    flops: int
+    depth: int                      # conv and linear layers in the stage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockFigures(StageFigures):
+    index: int
+    layers: int
+    growth: int
+    bottleneck: int | None
+    in_channels: int
+    out_channels: int
+    connections: int                # dense edges into this block's layers, counted on the graph
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInfo:
+    """One dense block's output, as timm's `feature_info` states it for `features=True`."""
+
+    name: str                       # denseblock{i}
+    module: str                     # features.denseblock{i}
+    channels: int
+    reduction: int                  # cumulative stride relative to the input
+    shape: tuple[int, int, int]     # at the analysed input size
+
+
+@dataclass(frozen=True, slots=True)
+class _MemoryModel:
+    """Bytes = batch·(elements·dtype_bytes + mask_bytes) + fixed_bytes, per mode."""
+
+    elements: int                   # activation elements stored in the model's dtype
+    mask_bytes: int                 # dropout masks (bool) and max-pool indices (int64)
+    fixed_bytes: int                # BN's per-channel saved statistics (float32, batch-free)
+
+    def bytes(self, batch: int, dtype: str) -> int:
+        return batch * (self.elements * costs.dtype_bytes(dtype) + self.mask_bytes) + self.fixed_bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Analysis:
+    network: Network = field(repr=False)
+    graph: nx.DiGraph = field(repr=False, compare=False)
+    params: int
+    buffers: int
+    macs: int
+    flops: int
+    depth: int
+    connections: int
+    channels: int                   # channels of the final feature map (entering the head)
+    state_dict_entries: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    min_input_size: MinInputSize
+    receptive_field: int
+    stages: tuple[StageFigures, ...]
+    feature_info: tuple[FeatureInfo, ...]
+    diagnostics: tuple[d.Diagnostic, ...] = ()
+    _memory: dict[str, _MemoryModel] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    @property
+    def blocks(self) -> tuple[BlockFigures, ...]:
+        return tuple(s for s in self.stages if isinstance(s, BlockFigures))
+
+    def stage(self, name: str) -> StageFigures:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def memory(self, batch: int = 1, dtype: str = "float32", mode: MemoryMode = "standard", *,
+               weights: bool = False) -> int:
+        """Predicted activation bytes of one step; docs/analysis.md states what is counted.
+
+        "standard": tensors autograd keeps for backward in a straightforward (torchvision-style)
+        implementation, quadratic in block depth. "efficient": the same with each layer's
+        concat-norm-relu-conv1 recomputed in backward (torchvision's memory_efficient), linear.
+        "inference": the peak of live tensors in a forward pass without autograd.
+        `weights=True` adds the parameters and buffers, and for training their gradients.
+        """
+        if mode not in self._memory:
+            raise ValueError(f"unknown memory mode {mode!r}; use one of {', '.join(MEMORY_MODES)}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        total = self._memory[mode].bytes(batch, dtype)
+        if weights:
+            size = costs.dtype_bytes(dtype)
+            total += (self.params + self.buffers) * size
+            if mode != "inference":
+                total += self.params * size
+        return total
+
+    def figures(self) -> dict[str, int]:
+        """The figures an `expect` line (and `diff`, `sweep`) can name."""
+        return {"params": self.params, "buffers": self.buffers, "macs": self.macs,
+                "flops": self.flops, "channels": self.channels, "connections": self.connections,
+                "depth": self.depth}
+
+    def check_line(self) -> str:
+        """`densenet121: 7,978,856 params · 5.67 GFLOPs · depth 121 · 535 connections · …`."""
+        return (f"{self.name}: {self.params:,} params · {si(self.flops, 'FLOPs')} · "
+                f"depth {self.depth} · {self.connections:,} connections · "
+                f"{shape_text(self.input_shape)} → {shape_text(self.output_shape)}")
+
+
+# --- analyze -----------------------------------------------------------------------------------
+
+def analyze(network: Network, *, max_params: int | float | None = None,
+            max_memory: int | float | None = None) -> Analysis:
+    """Check the network and compute every figure; raises SpecError when anything is an error.
+
+    `max_params` (default 10^10) and `max_memory` (default 80 GiB of training activations at
+    batch 1, float32, standard mode) guard resources; math.inf lifts them.
+    """
+    max_params = DEFAULT_MAX_PARAMS if max_params is None else max_params
+    max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    diags = graph_.check(network)
+    if not d.has_errors(diags):
+        diags += _check_predicted_params(network, max_params)
+    d.raise_if_errors(diags)
+
+    g = graph_.lower(network, checked=True)
+    nodes = g.nodes
+    params = sum(a["params"] for _, a in nodes(data=True))
+    macs = sum(a["macs"] for _, a in nodes(data=True))
+    stages = _stages(network, g)
+    diags += _check_invariants(network, g, stages)
+    if not d.has_errors(diags):
+        diags += _check_batch_of_one(network, g)
+
+    plan = graph_.spatial_plan(network)
+    rf, jumps = _receptive_fields(g)
+    final = _final_map(g)
+    head_in = nodes[final]["out_shape"]
+    analysis = Analysis(
+        network=network, graph=g, params=params,
+        buffers=sum(a["buffers"] for _, a in nodes(data=True)),
+        macs=macs, flops=sum(a["flops"] for _, a in nodes(data=True)),
+        depth=sum(1 for _, k in nodes(data="kind") if k in _CONVS),
+        connections=sum(1 for _, _, k in g.edges(data="kind") if k == "dense"),
+        channels=head_in[0],
+        state_dict_entries=_state_dict_entries(g),
+        input_shape=tuple(network.input), output_shape=tuple(g.graph["output_shape"]),
+        min_input_size=MinInputSize(graph_.min_input_size(plan),
+                                    graph_.min_input_size(plan, train=True)),
+        receptive_field=rf[final],
+        stages=stages,
+        feature_info=tuple(
+            FeatureInfo(s.name, f"features.{s.name}", s.out_channels, jumps[f"{s.name}.out"],
+                        tuple(s.out_shape))
+            for s in stages if isinstance(s, BlockFigures)),
+        _memory={"standard": _training_memory(g, efficient=False),
+                 "efficient": _training_memory(g, efficient=True),
+                 "inference": _inference_memory(g)},
+    )
+    if not d.has_errors(diags):
+        diags += _check_resources(analysis, max_params, max_memory)
+        diags += _check_expectations(analysis)
+    d.raise_if_errors(diags)
+    return dataclasses.replace(analysis, diagnostics=tuple(d.sort_diagnostics(diags)))
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+def _check_predicted_params(network: Network, max_params: int | float) -> list[d.Diagnostic]:
+    """Refuse from the closed-form count before any graph exists (a fixed head window makes it a
+    lower bound, which still proves the limit is passed)."""
+    predicted = costs.predict(network).params
+    if predicted >= HARD_MAX_PARAMS:
+        return [d.Diagnostic(d.TOO_LARGE, f"the network would have {predicted:,} parameters "
+                             f"({si(predicted)}), more than densedsl analyses ({si(HARD_MAX_PARAMS)})",
+                             network.span, "use fewer layers or a smaller growth rate")]
+    if predicted > max_params:
+        return [_too_many_params(network, predicted, max_params)]
+    return []
+
+
+def _too_many_params(network: Network, params: int, limit: int | float) -> d.Diagnostic:
+    return d.Diagnostic(d.TOO_MANY_PARAMS, f"the network has {params:,} parameters ({si(params)}), "
+                        f"more than the limit of {_limit(limit)}", network.span,
+                        "reduce layers or growth, or raise the limit with --max-params")
+
+
+def _limit(value: int | float) -> str:
+    return f"{int(value):,} ({si(int(value))})" if value != float("inf") else "infinity"
+
+
+def _check_resources(a: Analysis, max_params: int | float, max_memory: int | float) -> list[d.Diagnostic]:
+    diags = []
+    if a.params > max_params:
+        diags.append(_too_many_params(a.network, a.params, max_params))
+    mem = a.memory(1, "float32", "standard")
+    if mem > max_memory:
+        worst = max(a.blocks, key=lambda b: b.out_shape[0] * b.out_shape[1] * b.out_shape[2] * b.layers,
+                    default=None)
+        where = f"; the largest block is {worst.name} ({worst.layers} layers at {shape_text(worst.out_shape)})" \
+            if worst is not None else ""
+        diags.append(d.Diagnostic(
+            d.TOO_MUCH_MEMORY, f"a training step at batch 1 (float32) keeps {binary(mem)} of "
+            f"activations ({mem:,} bytes), more than the limit of {binary(max_memory)}{where}",
+            a.network.span, "use a smaller input, fewer layers, or raise the limit with --max-memory"))
+    return diags
+
+
+def _check_expectations(a: Analysis) -> list[d.Diagnostic]:
+    figures = a.figures()
+    diags = []
+    for e in a.network.expectations:
+        got = figures[e.key]
+        if abs(Fraction(got) - e.value) > e.tolerance:
+            lo, hi = e.value - e.tolerance, e.value + e.tolerance
+            allowed = f"exactly {_number(e.value)}" if e.tolerance == 0 else \
+                f"{_number(lo)} to {_number(hi)}"
+            diags.append(d.Diagnostic(
+                d.EXPECTATION, f"expected {e.key} {e.text} ({allowed}), the analysis gives {got:,}",
+                e.span, f"update the expectation to {e.key}={got} or fix the network"))
+    return diags
+
+
+def _number(x: Fraction) -> str:
+    if x.denominator == 1:
+        return f"{x.numerator:,}"
+    return f"{float(x):,.6g}"
+
+
+def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnostic]:
+    """Dense connectivity as the paper states it, verified on the graph (E205 means a bug)."""
+    problems: list[tuple[Span | None, str]] = []
+    if not nx.is_directed_acyclic_graph(g):
+        problems.append((network.span, "the graph has a cycle"))
+    pred = g.pred
+    for block in network.blocks:
+        name = f"denseblock{block.index}"
+        k0 = g.nodes[f"{name}.x0"]["out_shape"][0]
+        edges = 0
+        for layer in range(1, block.layers + 1):
+            concat = f"{name}.denselayer{layer}.concat"
+            inputs = pred[concat]
+            kinds = {a["kind"] for a in inputs.values()}
+            expected = [f"{name}.x{i}" for i in range(layer)]
+            if sorted(inputs) != sorted(expected) or kinds != {"dense"}:
+                problems.append((block.span, f"{concat} gathers {len(inputs)} maps, expected the "
+                                 f"{layer} maps x0..x{layer - 1} over dense edges"))
+            gathered = sum(g.nodes[u]["out_shape"][0] for u in inputs)
+            if gathered != g.nodes[concat]["out_shape"][0] or gathered != k0 + block.growth * (layer - 1):
+                problems.append((block.span, f"{concat} has {g.nodes[concat]['out_shape'][0]} "
+                                 f"channels from inputs of {gathered}, expected {k0} + "
+                                 f"{block.growth}·{layer - 1}"))
+            edges += len(inputs)
+        if edges != block.layers * (block.layers + 1) // 2:
+            problems.append((block.span, f"{name} has {edges} dense connections, expected "
+                             f"{block.layers}·{block.layers + 1}/2"))
+        out = g.nodes[f"{name}.out"]["out_shape"][0]
+        if out != k0 + block.growth * block.layers:
+            problems.append((block.span, f"{name} emits {out} channels, expected {k0} + "
+                             f"{block.growth}·{block.layers}"))
+    # The closed-form totals the guards trust must agree with the graph they guard.
+    for s in stages:
+        if isinstance(s, BlockFigures):
+            block = next(b for b in network.blocks if b.index == s.index)
+            t = costs.block_totals(block, s.in_channels, s.in_shape[1], s.in_shape[2])
+            if (t.params, t.buffers, t.macs) != (s.params, s.buffers, s.macs):
+                problems.append((block.span, f"{s.name}: graph totals {s.params}/{s.buffers}/{s.macs} "
+                                 f"differ from the closed form {t.params}/{t.buffers}/{t.macs}"))
+    return [d.Diagnostic(d.INVARIANT, msg, span, "this is a bug in densedsl; please report it")
+            for span, msg in problems]
+
+
+def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
+    """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails."""
+    stages: list[str] = []
+    for _, a in g.nodes(data=True):
+        if a["kind"] == "norm" and a["in_shape"][1] * a["in_shape"][2] <= 1 and a["stage"] not in stages:
+            stages.append(a["stage"])
+    if not stages:
+        return []
+    least = graph_.min_input_size(graph_.spatial_plan(network), train=True)
+    which = ", ".join(stages)
+    return [d.Diagnostic(
+        d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained at {shape_text(network.input)}: "
+        f"batch norm in {which} sees a 1x1 map, one value per channel",
+        network.input_span or network.span,
+        f"train with batches of 2 or more, or use an input of at least {least}x{least}")]
+
+
+# --- figures off the graph ---------------------------------------------------------------------
+
+def _stages(network: Network, g: nx.DiGraph) -> tuple[StageFigures, ...]:
+    groups: dict[str, list[str]] = {}
+    for n, stage in g.nodes(data="stage"):
+        if n in ("input", "output"):
+            continue
+        groups.setdefault(stage, []).append(n)
+    blocks = {f"denseblock{b.index}": b for b in network.blocks}
+    spans = {f"denseblock{b.index}": b.span for b in network.blocks}
+    spans.update({f"transition{t.index}": t.span for t in network.transitions})
+    spans["stem"] = network.stem.span
+    spans["head"] = network.head.span if network.head is not None else None
+    result: list[StageFigures] = []
+    for name, members in groups.items():
+        attrs = [g.nodes[n] for n in members]
+        common = dict(
+            name=name, span=spans.get(name), in_shape=attrs[0]["in_shape"], out_shape=attrs[-1]["out_shape"],
+            params=sum(a["params"] for a in attrs), buffers=sum(a["buffers"] for a in attrs),
+            macs=sum(a["macs"] for a in attrs), flops=sum(a["flops"] for a in attrs),
+            depth=sum(1 for a in attrs if a["kind"] in _CONVS))
+        block = blocks.get(name)
+        if block is None:
+            kind = "transition" if name.startswith("transition") else name
+            result.append(StageFigures(kind=kind, **common))
+            continue
+        connections = sum(1 for n in members if n.endswith(".concat") and n != f"{name}.out"
+                          for _, _, k in g.in_edges(n, data="kind") if k == "dense")
+        result.append(BlockFigures(
+            kind="dense", index=block.index, layers=block.layers, growth=block.growth,
+            bottleneck=block.bottleneck, in_channels=attrs[0]["out_shape"][0],
+            out_channels=attrs[-1]["out_shape"][0], connections=connections, **common))
+    return tuple(result)
+
+
+def _final_map(g: nx.DiGraph) -> str:
+    """The node whose output enters the head (or the network's output when there is none)."""
+    for n, a in g.nodes(data=True):
+        if a["stage"] == "head" and n != "output":
+            return next(iter(g.pred[n]))
+    return next(iter(g.pred["output"]))
+
+
+def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
+    """Receptive field and cumulative stride of every node, along the deepest path.
+
+    r_out = r_in + (k − 1)·j_in and j_out = j_in·s for convs and pools; a concat takes the
+    largest field among its inputs (they share one stride).
+    """
+    rf: dict[str, int] = {}
+    jump: dict[str, int] = {}
+    for n, a in g.nodes(data=True):
+        preds = g.pred[n]
+        if not preds:
+            rf[n], jump[n] = 1, 1
+            continue
+        r = max(rf[p] for p in preds)
+        j = jump[next(iter(preds))]
+        if a["kind"] in ("conv", "pool") and not a.get("global"):
+            r += (a["kernel"] - 1) * j
+            j *= a["stride"]
+        rf[n], jump[n] = r, j
+    return rf, jump
+
+
+def _state_dict_entries(g: nx.DiGraph) -> int:
+    """Tensors in the compiled model's state_dict: conv weight (+bias), BN weight, bias,
+    running_mean, running_var and num_batches_tracked, linear weight and bias."""
+    count = 0
+    for _, a in g.nodes(data=True):
+        if a["kind"] == "conv":
+            count += 2 if a["bias"] else 1
+        elif a["kind"] == "norm":
+            count += 5
+        elif a["kind"] == "linear":
+            count += 2
+    return count
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def _storages(g: nx.DiGraph, *, training: bool) -> dict[str, str]:
+    """Which allocation holds each node's output: ReLU runs in place (torchvision's
+    inplace=True), flatten is a view, feature nodes and the output name tensors made elsewhere,
+    and dropout is the identity outside training."""
+    storage: dict[str, str] = {}
+    for n, a in g.nodes(data=True):
+        kind = a["kind"]
+        preds = g.pred[n]
+        alias = kind in ("feature", "output", "flatten") or (kind == "dropout" and not training)
+        if kind == "relu":
+            p = next(iter(preds))
+            alias = g.nodes[p]["kind"] != "input" and len(g.succ[p]) == 1
+        storage[n] = storage[next(iter(preds))] if alias and preds else n
+    return storage
+
+
+def _recomputed(g: nx.DiGraph) -> set[str]:
+    """Nodes that memory-efficient mode recomputes in backward: each dense layer's concat and
+    its ops up to and including the first conv (torchvision's `bn_function`)."""
+    region: set[str] = set()
+    for n, a in g.nodes(data=True):
+        if a["kind"] == "concat" and n.endswith(".concat"):
+            node = n
+            while True:
+                region.add(node)
+                if g.nodes[node]["kind"] == "conv":
+                    break
+                node = next(iter(g.succ[node]))
+    return region
+
+
+def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
+    """What autograd keeps for backward: each op's saved tensors, distinct storages counted once.
+
+    conv, BN, pooling and linear save their input; ReLU its output; dropout its mask (bool);
+    max pooling its indices (int64); BN also its per-channel mean and inverse std (float32).
+    Concat and flatten save nothing. In efficient mode the recomputed region saves nothing but
+    its inputs (the block's feature maps), and backward needs the largest layer's recomputed
+    tensors once more, at a time.
+    """
+    storage = _storages(g, training=True)
+    region = _recomputed(g) if efficient else set()
+    saved: set[str] = set()
+    mask_bytes = fixed = 0
+    for n, a in g.nodes(data=True):
+        kind = a["kind"]
+        if n in region:
+            if kind == "concat":
+                saved.update(storage[p] for p in g.pred[n])
+            continue
+        preds = g.pred[n]
+        if kind in ("conv", "norm", "pool", "linear"):
+            saved.add(storage[next(iter(preds))])
+        if kind == "relu":
+            saved.add(storage[n])
+        if kind == "norm":
+            fixed += 2 * a["channels"] * costs.STAT_BYTES
+        if kind == "dropout" and a["rate"] > 0:
+            mask_bytes += costs.numel(a["out_shape"]) * costs.MASK_BYTES
+        if kind == "pool" and a["mode"] == "max":
+            mask_bytes += costs.numel(a["out_shape"]) * costs.INDEX_BYTES
+    elements = sum(costs.numel(g.nodes[s]["out_shape"]) for s in saved)
+    if efficient:
+        elements += max((_region_elements(g, n, storage) for n in g.nodes
+                         if n in region and n.endswith(".concat")), default=0)
+    return _MemoryModel(elements, mask_bytes, fixed)
+
+
+def _region_elements(g: nx.DiGraph, concat: str, storage: dict[str, str]) -> int:
+    """Elements a recomputed region allocates when backward replays it (its output excluded)."""
+    total, node = 0, concat
+    while g.nodes[node]["kind"] != "conv":
+        if storage[node] == node:
+            total += costs.numel(g.nodes[node]["out_shape"])
+        node = next(iter(g.succ[node]))
+    return total
+
+
+def _inference_memory(g: nx.DiGraph) -> _MemoryModel:
+    """Peak of live tensors in a forward pass without autograd, ops run in graph order.
+
+    A tensor lives from the op that makes it until its last reader has run (a block's feature
+    maps until the block's final concat). The input counts: it is on the device too.
+    """
+    storage = _storages(g, training=False)
+    order = {n: i for i, n in enumerate(g.nodes)}
+    last_use: dict[str, int] = {}
+    for n in g.nodes:
+        s = storage[n]
+        end = max((order[v] for v in g.succ[n]), default=order[n])
+        last_use[s] = max(last_use.get(s, 0), end)
+    frees: dict[int, list[str]] = {}
+    for s, i in last_use.items():
+        frees.setdefault(i, []).append(s)
+    live = peak = 0
+    for n, a in g.nodes(data=True):
+        if storage[n] == n:
+            live += costs.numel(a["out_shape"])
+        peak = max(peak, live)
+        for s in frees.get(order[n], ()):
+            live -= costs.numel(g.nodes[s]["out_shape"])
+    # Max pooling makes no indices without autograd, and dropout is the identity: no masks.
+    return _MemoryModel(peak, 0, 0)

@@ -1,0 +1,190 @@
+"""Hypothesis strategies for densedsl, public so users can property-test their own tools.
+
+    from hypothesis import given
+    from densedsl.strategies import networks, spec_texts, assert_dense_invariants
+
+    @given(networks(max_blocks=2, bottleneck=True))
+    def test_mine(network): ...
+
+`networks()` draws valid `Network`s (analyse without errors; warnings such as W204 may occur),
+`spec_texts()` the same networks written as spec text, `spec_text(network)` writes one, and
+`assert_dense_invariants(analysis)` checks the paper's counting rules on an analysis graph.
+Knobs are keyword-only; related draws sit next to each other and the simplest choice comes
+first, so failures shrink to small networks.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from hypothesis import strategies as st
+
+from . import graph as graph_
+from .analysis import Analysis
+from .network import Conv, DenseBlock, Dropout, Head, Network, Norm, Pool, ReLU, Stem, Transition
+
+# Finite decimals, so the text form is exact; ≥ 1/2 keeps ⌊θ·m⌋ ≥ 1 for any block output m ≥ 2.
+_COMPRESSIONS = (Fraction(1, 2), Fraction(1), Fraction(3, 4))
+_RATES = (0.0, 0.2, 0.5)
+
+
+@st.composite
+def _stem(draw) -> Stem:
+    if not draw(st.booleans()):
+        return Stem()
+    ops: list = []
+    kernel = draw(st.sampled_from((3, 1, 5, 7)))
+    ops.append(Conv(out_channels=draw(st.integers(1, 32)), kernel=kernel,
+                    stride=draw(st.sampled_from((1, 2))), padding=draw(st.integers(0, kernel // 2)),
+                    bias=draw(st.booleans())))
+    if draw(st.booleans()):
+        ops += [Norm(), ReLU()]
+    if draw(st.booleans()):
+        k = draw(st.sampled_from((2, 3)))
+        ops.append(Pool(mode=draw(st.sampled_from(("max", "avg"))), kernel=k,
+                        stride=draw(st.sampled_from((1, 2))), padding=draw(st.integers(0, k // 2))))
+    if draw(st.booleans()):
+        ops.append(Dropout(rate=draw(st.sampled_from(_RATES[1:]))))
+    return Stem(ops=tuple(ops))
+
+
+@st.composite
+def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
+           growth: tuple[int, int]) -> DenseBlock:
+    use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
+    return DenseBlock(
+        index=index, layers=draw(st.integers(1, max_layers)), growth=draw(st.integers(*growth)),
+        bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None,
+        dropout=draw(st.sampled_from(_RATES)), bias=draw(st.booleans()),
+        order=draw(st.sampled_from(("pre", "post"))))
+
+
+@st.composite
+def _transition(draw, index: int) -> Transition:
+    if draw(st.booleans()):
+        compression, channels = draw(st.sampled_from(_COMPRESSIONS)), None
+    else:
+        compression, channels = None, draw(st.integers(1, 32))
+    kernel = draw(st.sampled_from((2, 3)))
+    pool = Pool(mode=draw(st.sampled_from(("avg", "max"))), kernel=kernel,
+                stride=draw(st.sampled_from((2, 1))), padding=draw(st.integers(0, kernel // 2)))
+    return Transition(index=index, compression=compression, channels=channels,
+                      bias=draw(st.booleans()), dropout=draw(st.sampled_from(_RATES)), pool=pool)
+
+
+@st.composite
+def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool | None = None,
+             growth: tuple[int, int] = (1, 16), input_sizes: tuple[int, int] = (1, 48),
+             input_channels: tuple[int, int] = (1, 4), head: bool | None = None) -> Network:
+    """A valid Network: blocks separated by transitions, maps never below 1x1.
+
+    `bottleneck` True/False forces bottleneck layers on/off (None: either); `input_sizes` bounds
+    the square input side, raised where needed to the network's minimum input size; `head`
+    True/False forces a head (None: usually one).
+    """
+    stem = draw(_stem())
+    stages: list = []
+    blocks = draw(st.integers(1, max_blocks))
+    for i in range(1, blocks + 1):
+        if i > 1:
+            stages.append(draw(_transition(i - 1)))
+        stages.append(draw(_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth)))
+    with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
+    net_head = None
+    if with_head:
+        window = draw(st.one_of(st.none(), st.tuples(st.sampled_from((2, 1)), st.sampled_from((2, 1)))))
+        net_head = Head(classes=draw(st.integers(1, 10)), norm=draw(st.booleans().map(lambda b: not b)),
+                        pool=draw(st.sampled_from(("avg", "max"))), window=window,
+                        dropout=draw(st.sampled_from(_RATES)))
+    channels = draw(st.integers(*input_channels))
+    probe = Network(name="n", input=(channels, 1, 1), stem=stem, stages=tuple(stages), head=net_head)
+    least = graph_.min_input_size(graph_.spatial_plan(probe))
+    lo, hi = input_sizes
+    side = draw(st.integers(max(lo, least), max(hi, least)))
+    name = draw(st.sampled_from(("n", "net", "densenet_x")))
+    return Network(name=name, input=(channels, side, side), stem=stem, stages=tuple(stages),
+                   head=net_head)
+
+
+def _bool(b: bool) -> str:
+    return "true" if b else "false"
+
+
+def _num(x) -> str:
+    if isinstance(x, Fraction):
+        return str(x.numerator) if x.denominator == 1 else f"{float(x):g}"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def spec_text(network: Network) -> str:
+    """The network as spec text, every setting explicit (so no `defaults` can change it)."""
+    c, h, w = network.input
+    lines = [f"network {network.name} {{", f"    input {c}x{h}x{w}"]
+    if network.stem.ops:
+        lines.append("    stem {")
+        for op in network.stem.ops:
+            if isinstance(op, Conv):
+                text = (f"conv {op.out_channels} kernel={op.kernel} stride={op.stride} "
+                        f"padding={op.padding} bias={_bool(op.bias)}")
+            elif isinstance(op, Pool):
+                text = f"{op.mode}pool kernel={op.kernel} stride={op.stride} padding={op.padding}"
+            elif isinstance(op, Dropout):
+                text = f"dropout {_num(op.rate)}"
+            else:
+                text = "norm" if isinstance(op, Norm) else "relu"
+            lines.append(f"        {text}")
+        lines.append("    }")
+    for s in network.stages:
+        if isinstance(s, DenseBlock):
+            lines.append(f"    dense layers={s.layers} growth={s.growth} "
+                         f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
+                         f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order}")
+        else:
+            size = (f"compression={_num(s.compression)}" if s.channels is None
+                    else f"channels={s.channels}")
+            lines.append(f"    transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} "
+                         f"pool={s.pool.mode} kernel={s.pool.kernel} stride={s.pool.stride} "
+                         f"padding={s.pool.padding}")
+    if network.head is not None:
+        hd = network.head
+        window = f" kernel={hd.window[0]} stride={hd.window[1]}" if hd.window else ""
+        lines.append(f"    head classes={hd.classes} norm={_bool(hd.norm)} pool={hd.pool}{window} "
+                     f"dropout={_num(hd.dropout)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@st.composite
+def spec_texts(draw, **knobs) -> str:
+    """Valid spec text: `spec_text` of a drawn network; takes the knobs of `networks()`."""
+    return spec_text(draw(networks(**knobs)))
+
+
+def assert_dense_invariants(analysis: Analysis) -> None:
+    """The paper's counting rules, checked on the graph itself (never from the formulas alone).
+
+    For every block of L layers with k0 input channels and growth k: layer ℓ's concat has
+    in-degree ℓ over dense edges from x0..x_{ℓ−1} and k0 + k(ℓ−1) channels, the block has
+    L(L+1)/2 dense edges and emits k0 + kL channels; node params add up to `analysis.params`.
+    """
+    g = analysis.graph
+    total = 0
+    for b in analysis.blocks:
+        k0, k, big_l = b.in_channels, b.growth, b.layers
+        edges = 0
+        for ell in range(1, big_l + 1):
+            concat = f"{b.name}.denselayer{ell}.concat"
+            ins = g.in_edges(concat, data="kind")
+            assert g.in_degree(concat) == ell, (concat, g.in_degree(concat))
+            assert all(kind == "dense" for _, _, kind in ins), concat
+            assert {u for u, _, _ in ins} == {f"{b.name}.x{i}" for i in range(ell)}, concat
+            assert g.nodes[concat]["out_shape"][0] == k0 + k * (ell - 1), concat
+            edges += ell
+        counted = sum(1 for _, v, kind in g.edges(data="kind")
+                      if kind == "dense" and v.startswith(f"{b.name}."))
+        assert counted == edges == big_l * (big_l + 1) // 2 == b.connections, (b.name, counted)
+        assert g.nodes[f"{b.name}.out"]["out_shape"][0] == k0 + k * big_l == b.out_channels
+        assert g.in_degree(f"{b.name}.out") == big_l + 1
+        total += counted
+    assert total == analysis.connections
+    assert sum(p for _, p in g.nodes(data="params")) == analysis.params

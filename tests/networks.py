@@ -1,0 +1,93 @@
+"""Hand-built `Network`s of the zoo, for tests that must not depend on the parser.
+
+The golden tests load `specs/*.dense` when the zoo files exist; these builders state the same
+architectures in Python so graph and analysis tests run on their own, and so a test can check
+that a zoo file resolves to exactly the network the paper describes.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from densedsl.network import Conv, DenseBlock, Head, Network, Norm, Pool, ReLU, Stem, Transition
+
+HALF = Fraction(1, 2)
+
+
+def _stages(layers, growth, *, bottleneck=4, compression=HALF, bias=False, order="pre",
+            pool=None, dropout=0.0):
+    stages = []
+    for i, n in enumerate(layers, start=1):
+        stages.append(DenseBlock(index=i, layers=n, growth=growth, bottleneck=bottleneck, bias=bias,
+                                 order=order, dropout=dropout))
+        if i < len(layers):
+            stages.append(Transition(index=i, compression=compression, bias=bias, dropout=dropout,
+                                     pool=pool or Pool()))
+    return tuple(stages)
+
+
+def imagenet_stem(channels: int, *, bias: bool = False) -> Stem:
+    return Stem(ops=(Conv(out_channels=channels, kernel=7, stride=2, padding=3, bias=bias), Norm(),
+                     ReLU(), Pool(mode="max", kernel=3, stride=2, padding=1)))
+
+
+def torchvision(depth: int, *, input_size: int = 224, classes: int = 1000) -> Network:
+    growth, stem, layers = {
+        121: (32, 64, (6, 12, 24, 16)), 169: (32, 64, (6, 12, 32, 32)),
+        201: (32, 64, (6, 12, 48, 32)), 264: (32, 64, (6, 12, 64, 48)),
+        161: (48, 96, (6, 12, 36, 24)),
+    }[depth]
+    return Network(name=f"densenet{depth}", input=(3, input_size, input_size),
+                   stem=imagenet_stem(stem), stages=_stages(layers, growth),
+                   head=Head(classes=classes))
+
+
+def cifar(depth: int, growth: int, *, bc: bool = False, classes: int = 10,
+          dropout: float = 0.0) -> Network:
+    n = (depth - 4) // (6 if bc else 3)
+    stem = Stem(ops=(Conv(out_channels=2 * growth if bc else 16, kernel=3, stride=1, padding=1),))
+    return Network(name=f"densenet{'_bc' if bc else ''}_{depth}_{growth}", input=(3, 32, 32),
+                   stem=stem,
+                   stages=_stages((n, n, n), growth, bottleneck=4 if bc else None,
+                                  compression=HALF if bc else Fraction(1), dropout=dropout),
+                   head=Head(classes=classes))
+
+
+def d2l_fashion_mnist() -> Network:
+    return Network(name="d2l_fashion_mnist", input=(1, 96, 96), stem=imagenet_stem(64, bias=True),
+                   stages=_stages((4, 4, 4, 4), 32, bottleneck=None, bias=True),
+                   head=Head(classes=10))
+
+
+def d2l_flux() -> Network:
+    """The seeds' Flux port: post-activation, biased convs, transitions pool with padding 1."""
+    stem = Stem(ops=(Conv(out_channels=64, kernel=7, stride=2, padding=3, bias=True), Norm(), ReLU(),
+                     Pool(mode="max", kernel=3, stride=2, padding=1)))
+    return Network(name="d2l_flux", input=(1, 96, 96), stem=stem,
+                   stages=_stages((4, 4, 4, 4), 32, bottleneck=None, bias=True, order="post",
+                                  pool=Pool(mode="avg", kernel=2, stride=2, padding=1)),
+                   head=Head(classes=10, norm=False))
+
+
+def keras_assignment(*, filters: int = 12, layers: int = 12, classes: int = 10) -> Network:
+    """The seeds' Keras course model: the head pools a 2x2 window and flattens."""
+    growth = int(filters * 0.5)
+    stages = []
+    for i in range(1, 5):
+        stages.append(DenseBlock(index=i, layers=layers, growth=growth, dropout=0.2))
+        if i < 4:
+            stages.append(Transition(index=i, channels=growth, dropout=0.2))
+    return Network(name="keras_assignment", input=(3, 32, 32),
+                   stem=Stem(ops=(Conv(out_channels=filters, kernel=3, padding=1),)),
+                   stages=tuple(stages), head=Head(classes=classes, window=(2, 2)))
+
+
+def tiny(*, input_size: int = 32, transitions: int = 1) -> Network:
+    """The smallest interesting network: two blocks (bottleneck and plain) around a transition."""
+    stages: list = [DenseBlock(index=1, layers=4, growth=12, bottleneck=4)]
+    for j in range(1, transitions + 1):
+        stages += [Transition(index=j, compression=HALF),
+                   DenseBlock(index=j + 1, layers=3, growth=12)]
+    return Network(name="n", input=(3, input_size, input_size),
+                   stem=Stem(ops=(Conv(out_channels=16, kernel=3, padding=1),)),
+                   stages=tuple(stages), head=Head(classes=10))

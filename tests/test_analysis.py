@@ -1,0 +1,264 @@
+"""Figures and checks of `analyze`, against the paper, torchvision and the seeds (NOTES.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import pytest
+
+import densedsl
+import networks as N
+from densedsl.analysis import HARD_MAX_PARAMS, MinInputSize, analyze
+from densedsl.diagnostics import SpecError
+from densedsl.network import Conv, DenseBlock, Expectation, Network, Stem, Transition
+
+
+def load(name: str, **params) -> "densedsl.Spec":
+    return densedsl.load(f"specs/{name}.dense", **params)
+
+
+def codes(exc: pytest.ExceptionInfo) -> list[str]:
+    return [x.code.code for x in exc.value.diagnostics]
+
+
+@pytest.fixture(scope="module")
+def a121():
+    return analyze(load("densenet121").network)
+
+
+def test_densenet121_golden_figures(a121):
+    assert a121.params == 7_978_856
+    assert a121.macs == 2_834_161_664
+    assert a121.flops == 5_668_323_328
+    assert a121.depth == 121
+    assert a121.connections == 535
+    assert a121.channels == 1024
+    assert a121.min_input_size == MinInputSize(eval=29, train=61)
+    assert a121.input_shape == (3, 224, 224) and a121.output_shape == (1000,)
+    assert a121.state_dict_entries == 727
+    assert a121.receptive_field == 2071
+    assert a121.diagnostics == ()
+
+
+def test_check_line(a121):
+    assert a121.check_line() == ("densenet121: 7,978,856 params · 5.67 GFLOPs · depth 121 · "
+                                 "535 connections · 3x224x224 → 1000")
+
+
+def test_zoo_file_is_the_paper_network():
+    assert dataclasses.replace(load("densenet121").network, expectations=()) == N.torchvision(121)
+    assert load("d2l_fashion_mnist").network.stages == N.d2l_fashion_mnist().stages
+
+
+@pytest.mark.parametrize("depth, params, depth_figure", [
+    (121, 7_978_856, 121), (169, 14_149_480, 169), (201, 20_013_928, 201),
+    (161, 28_681_000, 161), (264, 33_337_704, 265),  # 6+12+64+48 layers give 265: the name's quirk
+])
+def test_torchvision_params(depth, params, depth_figure):
+    a = analyze(load(f"densenet{depth}").network)
+    assert (a.params, a.depth) == (params, depth_figure)
+
+
+@pytest.mark.parametrize("file, depth, growth, c10, c100", [
+    ("densenet_cifar", 40, 12, 1_019_722, 1_060_132),
+    ("densenet_cifar", 100, 12, 6_979_642, 7_084_852),
+    ("densenet_cifar", 100, 24, 27_249_082, 27_457_972),
+    ("densenet_bc_cifar", 100, 12, 769_162, 800_032),
+    ("densenet_bc_cifar", 250, 24, 15_324_406, 15_480_556),
+    ("densenet_bc_cifar", 190, 40, 25_624_430, 25_821_620),
+])
+def test_cifar_table(file, depth, growth, c10, c100):
+    for classes, params in ((10, c10), (100, c100)):
+        a = analyze(load(file, depth=depth, growth=growth, classes=classes).network)
+        assert a.params == params
+        assert a.depth == depth
+
+
+def test_seed_models():
+    assert analyze(load("d2l_fashion_mnist").network).params == 758_226
+    flux = analyze(load("d2l_flux").network)
+    assert (flux.params, flux.buffers, flux.channels) == (754_082, 2_464, 248)
+    assert flux.graph.nodes["transition1.pool"]["out_shape"][1:] == (13, 13)  # padding 1: 24 → 13
+
+
+def test_every_zoo_file_analyses_cleanly():
+    from conftest import ZOO
+    assert ZOO
+    for path in ZOO:
+        for spec in densedsl.spec.load_all(path):
+            a = analyze(spec.network)
+            assert not [x for x in a.diagnostics if x.code.code == "E205"]
+
+
+def test_stages_add_up(a121):
+    assert [s.name for s in a121.stages] == ["stem", "denseblock1", "transition1", "denseblock2",
+                                             "transition2", "denseblock3", "transition3",
+                                             "denseblock4", "head"]
+    assert sum(s.params for s in a121.stages) == a121.params
+    assert sum(s.macs for s in a121.stages) == a121.macs
+    assert sum(s.depth for s in a121.stages) == 121
+    b3 = a121.stage("denseblock3")
+    assert (b3.layers, b3.growth, b3.in_channels, b3.out_channels, b3.connections) == (24, 32, 256, 1024, 300)
+    assert b3.in_shape == (256, 14, 14) and b3.out_shape == (1024, 14, 14)
+    assert b3.span is not None and b3.span.line == 19
+
+
+def test_feature_info(a121):
+    assert [(f.name, f.module, f.channels, f.reduction) for f in a121.feature_info] == [
+        ("denseblock1", "features.denseblock1", 256, 4), ("denseblock2", "features.denseblock2", 512, 8),
+        ("denseblock3", "features.denseblock3", 1024, 16), ("denseblock4", "features.denseblock4", 1024, 32)]
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def test_memory_by_hand():
+    """1x4x4 input, one plain layer of growth 1, no head: the concat (16 elements) and the
+    in-place BN-ReLU output (16) are kept, plus BN's mean and inverse std (2 floats)."""
+    net = Network(name="m", input=(1, 4, 4), stages=(DenseBlock(index=1, layers=1, growth=1),))
+    a = analyze(net)
+    assert a.memory() == 32 * 4 + 2 * 4
+    assert a.memory(batch=3) == 3 * 32 * 4 + 2 * 4
+    assert a.memory(dtype="float16") == 32 * 2 + 2 * 4
+
+
+def test_memory_modes(a121):
+    std, eff, inf = (a121.memory(32, mode=m) for m in ("standard", "efficient", "inference"))
+    assert inf < eff < std
+    assert a121.memory(64) - a121.memory(32) == a121.memory(33) - a121.memory(1)  # linear in batch
+    assert a121.memory(1, weights=True) == a121.memory(1) + (2 * a121.params + a121.buffers) * 4
+    with pytest.raises(ValueError):
+        a121.memory(mode="fast")
+
+
+def test_standard_memory_is_quadratic_and_efficient_linear_in_depth():
+    def mem(layers, mode):
+        net = Network(name="q", input=(3, 16, 16), stem=Stem(ops=(Conv(out_channels=16),)),
+                      stages=(DenseBlock(index=1, layers=layers, growth=12, bottleneck=4),))
+        return analyze(net).memory(mode=mode)
+    std = [mem(n, "standard") for n in (20, 40, 80)]
+    eff = [mem(n, "efficient") for n in (20, 40, 80)]
+    assert std[2] / std[1] > 3.3 and std[1] / std[0] > 3      # ~4x per doubling
+    assert eff[2] / eff[1] < 2.3 and eff[1] / eff[0] < 2.3    # ~2x per doubling
+
+
+@pytest.mark.slow
+def test_standard_memory_matches_what_autograd_saves():
+    """Counted with saved_tensors_hooks on the compiled model: distinct storages, weights excluded."""
+    torch = pytest.importorskip("torch")
+    from densedsl.compiler import build_model
+    for net in (N.cifar(40, 12), N.torchvision(121, input_size=64)):
+        model = build_model(net).train()
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.randn(2, *net.input))
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        measured = sum(v for k, v in seen.items() if k not in weights)
+        assert abs(analyze(net).memory(2) - measured) / measured < 0.05
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+def test_e201_transition_without_channels():
+    net = dataclasses.replace(N.tiny(), stages=(DenseBlock(index=1, layers=4, growth=12),
+                                                Transition(index=1, compression=Fraction(1, 100))))
+    with pytest.raises(SpecError) as e:
+        analyze(net)
+    assert codes(e) == ["E201"]
+    assert "denseblock1 emits 16 + 12·4 = 64 channels" in e.value.diagnostics[0].message
+    assert "⌊0.01·64⌋ = 0" in e.value.diagnostics[0].message
+
+
+def test_e202_map_shrinks_below_1x1_with_the_size_chain():
+    with pytest.raises(SpecError) as e:
+        analyze(N.tiny(input_size=8, transitions=4))
+    (diag,) = e.value.diagnostics
+    assert diag.code.code == "E202"
+    assert diag.message.startswith("transition4.pool")
+    assert "8x8 → 4x4 (transition1.pool) → 2x2 (transition2.pool) → 1x1 (transition3.pool)" in diag.message
+    assert "16x16" in diag.hint
+
+
+def test_e203_kernel_larger_than_input():
+    net = dataclasses.replace(N.tiny(), input=(3, 5, 5),
+                              stem=Stem(ops=(Conv(out_channels=16, kernel=7, padding=0),)))
+    with pytest.raises(SpecError) as e:
+        analyze(net)
+    assert codes(e) == ["E203"]
+    assert "7x7 kernel, larger than its 5x5 input" in e.value.diagnostics[0].message
+
+
+def test_w204_dropped_rows_and_w206_batch_of_one():
+    a = analyze(N.torchvision(121, input_size=225))
+    assert [x.code.code for x in a.diagnostics] == ["W204"]
+    assert "57x57" in a.diagnostics[0].message
+    small = analyze(N.torchvision(121, input_size=32))
+    (w,) = small.diagnostics
+    assert w.code.code == "W206" and "61x61" in w.hint
+    assert not analyze(N.torchvision(121, input_size=61)).diagnostics
+
+
+def test_e301_e302_guards_and_their_overrides(a121):
+    net = N.torchvision(121)
+    with pytest.raises(SpecError) as e:
+        analyze(net, max_params=1_000_000)
+    assert codes(e) == ["E301"] and "7,978,856" in e.value.diagnostics[0].message
+    with pytest.raises(SpecError) as e:
+        analyze(net, max_memory=2**20)
+    assert codes(e) == ["E302"]
+    assert analyze(net, max_params=math.inf, max_memory=math.inf).params == 7_978_856
+
+
+def test_e303_expectations():
+    exp = (Expectation(key="params", value=Fraction(8_000_000), tolerance=Fraction(5000), text="8.000M"),
+           Expectation(key="connections", value=Fraction(535), tolerance=Fraction(0), text="535"),
+           Expectation(key="channels", value=Fraction(1000), tolerance=Fraction(0), text="1000"))
+    with pytest.raises(SpecError) as e:
+        analyze(dataclasses.replace(N.torchvision(121), expectations=exp))
+    assert codes(e) == ["E303", "E303"]
+    messages = " ".join(x.message for x in e.value.diagnostics)
+    assert "7,995,000 to 8,005,000" in messages and "7,978,856" in messages and "1,024" in messages
+
+
+@pytest.mark.parametrize("stages", [
+    (DenseBlock(index=1, layers=10**6, growth=12),),
+    (DenseBlock(index=1, layers=100, growth=10**6, bottleneck=4),),
+    tuple(DenseBlock(index=i, layers=40, growth=12) for i in range(1, 2000)),
+])
+def test_e304_refused_fast_without_a_graph(stages):
+    net = dataclasses.replace(N.tiny(), stages=stages)
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as e:
+        analyze(net)
+    assert time.perf_counter() - start < 0.5
+    assert codes(e) == ["E304"]
+
+
+def test_hard_params_ceiling_ignores_max_params():
+    net = dataclasses.replace(N.tiny(), stages=(DenseBlock(index=1, layers=200, growth=10**5, bottleneck=4),))
+    with pytest.raises(SpecError) as e:
+        analyze(net, max_params=math.inf)
+    assert codes(e) == ["E304"]
+    assert "parameters" in e.value.diagnostics[0].message
+    assert HARD_MAX_PARAMS == 10**12
+
+
+def test_densenet264_is_fast():
+    net = N.torchvision(264)
+    start = time.perf_counter()
+    analyze(net)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_importing_analysis_does_not_import_torch():
+    code = ("import sys, densedsl, densedsl.cli, densedsl.analysis, densedsl.report, densedsl.graph; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

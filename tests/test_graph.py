@@ -1,0 +1,153 @@
+"""The architecture graph (docs/graph.md): nodes, edges, attributes, counts read off it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+import networks as N
+from densedsl import graph
+from densedsl.diagnostics import SpecError
+from densedsl.network import DenseBlock, Network
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def g121() -> nx.DiGraph:
+    return graph.lower(N.torchvision(121))
+
+
+def test_dense_edges_are_counted_per_block(g121):
+    per_block = {}
+    for _, v, kind in g121.edges(data="kind"):
+        if kind == "dense":
+            block = v.split(".")[0]
+            per_block[block] = per_block.get(block, 0) + 1
+    assert per_block == {"denseblock1": 21, "denseblock2": 78, "denseblock3": 300, "denseblock4": 136}
+    assert sum(per_block.values()) == 535
+
+
+def test_layer_l_gathers_x0_to_x_l_minus_1(g121):
+    for layer in range(1, 25):
+        concat = f"denseblock3.denselayer{layer}.concat"
+        assert sorted(g121.pred[concat], key=lambda n: int(n.rsplit("x", 1)[1])) == \
+            [f"denseblock3.x{i}" for i in range(layer)]
+        assert g121.nodes[concat]["out_shape"] == (256 + 32 * (layer - 1), 14, 14)
+    assert g121.in_degree("denseblock3.out") == 25
+    assert {k for _, _, k in g121.in_edges("denseblock3.out", data="kind")} == {"concat"}
+
+
+def test_nodes_are_in_execution_order(g121):
+    order = list(g121.nodes)
+    assert order[0] == "input" and order[-1] == "output"
+    position = {n: i for i, n in enumerate(order)}
+    assert all(position[u] < position[v] for u, v in g121.edges)
+    assert nx.is_directed_acyclic_graph(g121)
+
+
+def test_every_node_has_the_schema_attributes(g121):
+    for n, a in g121.nodes(data=True):
+        for key in ("kind", "stage", "span", "in_shape", "out_shape", "params", "buffers", "macs", "flops"):
+            assert key in a, (n, key)
+        assert a["flops"] == 2 * a["macs"]
+        if a["kind"] == "conv":
+            assert {"in_channels", "out_channels", "kernel", "stride", "padding", "bias", "module"} <= set(a)
+    for u, v, a in g121.edges(data=True):
+        assert a["kind"] in ("dense", "concat", "flow")
+        assert a["shape"] == g121.nodes[u]["out_shape"]
+
+
+def test_stage_names_and_ids(g121):
+    stages = list(dict.fromkeys(s for _, s in g121.nodes(data="stage")))
+    assert stages == ["stem", "denseblock1", "transition1", "denseblock2", "transition2",
+                      "denseblock3", "transition3", "denseblock4", "head"]
+    for n in ("stem.conv0", "stem.norm0", "stem.relu0", "stem.pool0", "denseblock1.x0",
+              "denseblock1.denselayer1.norm1", "denseblock1.denselayer6.conv2", "transition3.pool",
+              "head.norm", "head.relu", "head.pool", "head.flatten", "head.linear"):
+        assert n in g121, n
+    assert g121.nodes["head.pool"]["global"] is True
+    assert g121.graph["output_shape"] == (1000,)
+
+
+def _state_dict(name: str) -> dict[str, str]:
+    rows = (line.split("\t") for line in (DATA / f"torchvision_{name}_state_dict.tsv").read_text().splitlines()
+            if line and not line.startswith("#"))
+    return {k: shape for k, shape in rows}
+
+
+@pytest.mark.parametrize("depth", [121, 161, 169, 201])
+def test_modules_and_weight_shapes_match_torchvision(depth):
+    g = graph.lower(N.torchvision(depth))
+    expected = _state_dict(f"densenet{depth}")
+    got = {}
+    for _, a in g.nodes(data=True):
+        if a["kind"] == "conv":
+            got[f"{a['module']}.weight"] = f"{a['out_channels']}x{a['in_channels']}x{a['kernel']}x{a['kernel']}"
+        elif a["kind"] == "norm":
+            for t in ("weight", "bias", "running_mean", "running_var"):
+                got[f"{a['module']}.{t}"] = str(a["channels"])
+        elif a["kind"] == "linear":
+            got[f"{a['module']}.weight"] = f"{a['out_features']}x{a['in_features']}"
+            got[f"{a['module']}.bias"] = str(a["out_features"])
+    wanted = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked")}
+    assert got == wanted
+
+
+def test_bottleneck_free_layers_have_only_the_1_ops():
+    g = graph.lower(N.d2l_fashion_mnist())
+    layer = [n for n in g if n.startswith("denseblock1.denselayer2.")]
+    assert layer == ["denseblock1.denselayer2.concat", "denseblock1.denselayer2.norm1",
+                     "denseblock1.denselayer2.relu1", "denseblock1.denselayer2.conv1"]
+    assert g.nodes["denseblock1.denselayer2.conv1"]["kernel"] == 3
+
+
+def test_post_activation_order():
+    g = graph.lower(N.d2l_flux())
+    layer = [g.nodes[n]["kind"] for n in g if n.startswith("denseblock2.denselayer1.")]
+    assert layer == ["concat", "conv", "norm", "relu"]
+    assert "head.norm" not in g
+
+
+def test_dropout_follows_each_conv_and_head_window_flattens():
+    g = graph.lower(N.keras_assignment(layers=2))
+    assert [n.rsplit(".", 1)[1] for n in g if n.startswith("denseblock1.denselayer1.")] == \
+        ["concat", "norm1", "relu1", "conv1", "drop1"]
+    assert g.nodes["head.pool"]["out_shape"] == (6 + 6 * 2, 2, 2)
+    assert g.nodes["head.linear"]["in_features"] == 18 * 2 * 2
+
+
+def test_no_head_ends_at_the_last_map():
+    net = dataclasses.replace(N.tiny(), head=None)
+    g = graph.lower(net)
+    assert g.graph["output_shape"] == (32 + 12 * 3, 16, 16)
+    assert list(g.pred["output"]) == ["denseblock2.out"]
+
+
+def test_spans_point_at_the_statements():
+    import densedsl
+    spec = densedsl.load("specs/densenet121.dense")
+    g = graph.lower(spec.network)
+    assert spec.text.splitlines()[g.nodes["denseblock3.denselayer4.conv2"]["span"].line - 1].strip() == "dense layers=24"
+    assert spec.text.splitlines()[g.nodes["stem.pool0"]["span"].line - 1].strip().startswith("maxpool")
+
+
+def test_lower_refuses_invalid_networks():
+    with pytest.raises(SpecError) as e:
+        graph.lower(N.tiny(input_size=8, transitions=4))
+    assert [x.code.code for x in e.value.diagnostics] == ["E202"]
+
+
+def test_huge_block_is_refused_without_building():
+    net = dataclasses.replace(N.tiny(), stages=(DenseBlock(index=1, layers=10**6, growth=12),))
+    assert [x.code.code for x in graph.check(net)] == ["E304"]
+
+
+def test_min_input_size_search():
+    plan = graph.spatial_plan(N.torchvision(121))
+    assert graph.min_input_size(plan) == 29
+    assert graph.min_input_size(plan, train=True) == 61
+    assert graph.min_input_size(graph.spatial_plan(Network(name="x", input=(1, 1, 1)))) == 1

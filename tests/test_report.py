@@ -1,0 +1,111 @@
+"""summary, diff, explain and sweep: data, text, JSON and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import densedsl
+from densedsl import report
+from densedsl.analysis import analyze, si
+from densedsl.cli import main
+
+
+@pytest.fixture(scope="module")
+def a121():
+    return analyze(densedsl.load("specs/densenet121.dense").network)
+
+
+def test_si_and_quantities():
+    assert si(7_978_856) == "7.98 M"
+    assert si(5_668_323_328, "FLOPs") == "5.67 GFLOPs"
+    assert si(535) == "535"
+    assert report.parse_quantity("1M") == 10**6
+    assert report.parse_quantity("80GiB") == 80 * 2**30
+    assert report.parse_quantity("7_978_856") == 7_978_856
+    with pytest.raises(ValueError):
+        report.parse_quantity("lots")
+
+
+def test_summary_rows_and_text(a121):
+    s = report.summary(a121)
+    assert [r.name for r in s.rows][:3] == ["stem", "denseblock1", "transition1"]
+    text = s.text()
+    assert "7,978,856" in text and "2.83 G" in text and "connections 535" in text
+    assert "min input 29x29" in text
+    layers = report.summary(a121, layers=True)
+    assert sum(r.params for r in layers.rows if r.level == 1) == a121.params
+    assert "denseblock3.denselayer24" in [r.name for r in layers.rows]
+
+
+def test_summary_json_schema(a121):
+    data = report.summary(a121, batch=8, dtype="float16").as_json()
+    assert data["schema"] == 1 and data["report"] == "summary"
+    assert data["totals"]["params"] == 7_978_856
+    assert data["totals"]["memory"]["standard"] == a121.memory(8, "float16")
+    assert data["totals"]["min_input_size"] == {"eval": 29, "train": 61}
+    assert data["stages"][1]["connections"] == 21
+    json.dumps(data)
+
+
+def test_diff_reports_layers_and_params(a121):
+    a169 = analyze(densedsl.load("specs/densenet169.dense").network)
+    text = report.diff(a121, a169).text()
+    assert "denseblock3: 24 → 32 layers" in text
+    assert "params" in text and "+6.17 M" in text
+    data = report.diff(a121, a169).as_json()
+    assert data["totals"]["params"] == {"old": 7_978_856, "new": 14_149_480, "delta": 6_170_624}
+
+
+def test_explain_reads_the_in_edges(a121):
+    e = report.explain(a121, 2, 3)
+    (layer,) = e.layers
+    assert layer.in_channels == 192
+    assert [(i.map, i.channels, i.made_by) for i in layer.inputs] == [
+        ("denseblock2.x0", 128, "transition1.pool"), ("denseblock2.x1", 32, "denselayer1.conv2"),
+        ("denseblock2.x2", 32, "denselayer2.conv2")]
+    assert "dense layers=12" in e.text()
+    with pytest.raises(ValueError):
+        report.explain(a121, 7)
+
+
+def test_sweep_rows_errors_budgets_and_sort():
+    spec = densedsl.load("specs/densenet_bc_cifar.dense")
+    s = report.sweep(lambda v: spec.with_params(**v).network,
+                     {"growth": ["12", "24"], "depth": ["100", "101", "250"]},
+                     max_params=10**7, sort="params")
+    ok = [r for r in s.rows if r.ok]
+    assert [r.analysis.params for r in ok] == sorted(r.analysis.params for r in ok)
+    assert ok[0].analysis.params == 769_162
+    assert all(r.analysis.params <= 10**7 for r in ok)
+    assert s.excluded == 1                                   # growth 24, depth 250: 15.3 M
+    bad = [r for r in s.rows if not r.ok]
+    assert len(bad) == 2 and all(r.errors for r in bad)
+    assert s.as_json()["rows"][-1]["ok"] is False
+
+
+def test_cli_summary_json_and_input(capsys):
+    assert main(["summary", "specs/densenet121.dense", "--json", "--input", "3x64x64"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["input_shape"] == [3, 64, 64] and data["totals"]["params"] == 7_978_856
+
+
+def test_cli_diff_with_set(capsys):
+    assert main(["diff", "specs/densenet_bc_cifar.dense", "--set", "depth=190", "growth=40"]) == 0
+    out = capsys.readouterr().out
+    assert "denseblock1: 16 → 31 layers, 12 → 40 growth" in out and "25,624,430" in out
+
+
+def test_cli_explain_and_sweep(capsys):
+    assert main(["explain", "specs/tiny_digits.dense", "--block", "1"]) == 0
+    assert "denselayer4 concatenates 4 maps" in capsys.readouterr().out
+    assert main(["sweep", "specs/densenet_cifar.dense", "--grid", "growth=12,24", "depth=40,41",
+                 "--max-params", "2M", "--sort", "params"]) == 0
+    out = capsys.readouterr().out
+    assert "1,019,722" in out and "E106" in out
+
+
+def test_cli_limits(capsys):
+    assert main(["summary", "specs/densenet121.dense", "--max-params", "1M"]) == 1
+    assert "E301" in capsys.readouterr().err
