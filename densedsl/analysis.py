@@ -311,9 +311,31 @@ def _check_expectations(a: Analysis) -> list[d.Diagnostic]:
             allowed = f"exactly {_number(e.value)}" if e.tolerance == 0 else \
                 f"{_number(lo)} to {_number(hi)}"
             diags.append(d.Diagnostic(
-                d.EXPECTATION, f"expected {e.key} {e.text} ({allowed}), the analysis gives {got:,}",
+                d.EXPECTATION, f"expected {e.key} {e.text} ({allowed}), the analysis gives "
+                f"{got:,} = {_derivation(a, e.key)}",
                 e.span, f"update the expectation to {e.key}={got} or fix the network"))
     return diags
+
+
+def _derivation(a: Analysis, key: str) -> str:
+    """How a figure adds up, from the per-stage figures: the message's "why"."""
+    if key == "connections":
+        return " + ".join(f"{b.connections:,} ({b.name})" for b in a.blocks) or "0 (no dense block)"
+    if key == "channels":
+        last = next((s for s in reversed(a.stages) if s.kind in ("dense", "transition")), None)
+        if last is None:
+            return "the stem's output channels"
+        if isinstance(last, BlockFigures):
+            return (f"{last.in_channels:,} + {last.layers}·{last.growth} ({last.name}: "
+                    f"{last.in_channels:,} in, {last.layers} layers of growth {last.growth})")
+        t = a.network.transitions[int(last.name.removeprefix("transition")) - 1]
+        if t.channels is not None:
+            return f"channels={t.channels} of {last.name}"
+        return f"⌊{float(t.compression):g}·{last.in_shape[0]:,}⌋ from {last.name}"
+    if key == "depth":
+        return " + ".join(f"{s.depth} ({s.name})" for s in a.stages if s.depth) + \
+            " conv and linear layers"
+    return " + ".join(f"{getattr(s, key):,} ({s.name})" for s in a.stages if getattr(s, key))
 
 
 def _number(x: Fraction) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 import densedsl
 import networks as N
+from conftest import ROOT
 from densedsl.analysis import HARD_MAX_PARAMS, MinInputSize, analyze
 from densedsl.diagnostics import SpecError
 from densedsl.network import Conv, DenseBlock, Expectation, Network, Stem, Transition
@@ -262,3 +263,18 @@ def test_importing_analysis_does_not_import_torch():
     code = ("import sys, densedsl, densedsl.cli, densedsl.analysis, densedsl.report, densedsl.graph; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_failed_expectations_show_expected_got_and_the_derivation():
+    import densedsl
+    text = (ROOT / "specs" / "densenet121.dense").read_text().replace(
+        "connections=535 channels=1024", "connections=536 channels=1000")
+    with pytest.raises(densedsl.SpecError) as e:
+        densedsl.analyze(densedsl.parse(text, source="dn.dense"))
+    messages = {d.message.split()[1]: d.message for d in e.value.diagnostics}
+    assert messages["connections"] == (
+        "expected connections 536 (exactly 536), the analysis gives 535 = 21 (denseblock1) + "
+        "78 (denseblock2) + 300 (denseblock3) + 136 (denseblock4)")
+    assert messages["channels"].endswith(
+        "gives 1,024 = 512 + 16·32 (denseblock4: 512 in, 16 layers of growth 32)")
+    assert all(d.code == "E303" and d.line == 24 for d in e.value.diagnostics)
