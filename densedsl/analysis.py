@@ -195,6 +195,19 @@ class Analysis:
                 "flops": self.flops, "channels": self.channels, "connections": self.connections,
                 "depth": self.depth}
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter shows an analysis as its overview diagram.
+
+        The one reference from the analysis up to the diagram layer: a display hook, imported
+        only when a notebook asks. Without Graphviz's `dot` there is no picture, and Jupyter
+        falls back to the text repr instead of showing an error.
+        """
+        from .diagram import svg
+        try:
+            return svg(self)
+        except d.SpecError:
+            return None
+
     def check_line(self) -> str:
         """`densenet121: 7,978,856 params · 5.67 GFLOPs · depth 121 · 535 connections · …`."""
         return (f"{self.name}: {self.params:,} params · {si(self.flops, 'FLOPs')} · "

@@ -341,6 +341,69 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK if any(r.ok for r in report.rows) or not report.rows else EXIT_INVALID
 
 
+# --- render (diagram.py) -----------------------------------------------------------------------
+
+def _add_render(sub) -> None:
+    p = sub.add_parser(
+        "render", help="draw the network as SVG, PNG, PDF or Graphviz DOT",
+        description="Draw the analysis graph. --detail overview: one node per stage; blocks: the "
+                    "ops of stem, transitions and head, each dense block with its layer recipe; "
+                    "layers: every dense layer and every dense connection. --expand N draws only "
+                    "block N layer by layer (repeatable; works at any detail). OUT.dot needs no "
+                    "Graphviz; .svg, .png and .pdf need its `dot` program. --heatmap --weights "
+                    "CHECKPOINT draws instead how strongly each layer of the trained network uses "
+                    "each earlier feature map (the paper's Figure 5; needs torch and matplotlib). "
+                    "docs/diagrams.md explains the pictures.")
+    _add_spec_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.svg, OUT.png, OUT.pdf or OUT.dot")
+    p.add_argument("--detail", choices=("overview", "blocks", "layers"), default="overview",
+                   help="how much to draw (default overview)")
+    p.add_argument("--expand", type=int, action="append", metavar="N",
+                   help="draw dense block N (1-based) layer by layer; repeat for several")
+    p.add_argument("--rankdir", type=str.upper, choices=("TB", "LR"), default="TB",
+                   help="TB: top to bottom (default); LR: left to right")
+    p.add_argument("--heatmap", action="store_true",
+                   help="draw the connection-strength heatmap of trained weights (OUT.png/.svg/.pdf)")
+    p.add_argument("--weights", metavar="CHECKPOINT",
+                   help="with --heatmap: a densedsl checkpoint or a state_dict .pt of this spec")
+    _add_limit_options(p)
+    p.set_defaults(func=_cmd_render)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    if args.heatmap or args.weights:
+        return _render_heatmap(args)
+    from .diagram import output_format, to_digraph, write
+    output_format(args.output)  # a bad extension (E907) fails before any work
+    a = _analyze_file(args.file, args)
+    _print_diagnostics(a.diagnostics)
+    try:
+        graph = to_digraph(a, args.detail, expand=args.expand, rankdir=args.rankdir)
+    except ValueError as e:
+        print(f"densedsl render: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    write(graph, args.output)
+    print(f"{args.output}: {a.name}, {args.detail}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _render_heatmap(args: argparse.Namespace) -> int:
+    if not (args.heatmap and args.weights):
+        print("densedsl render: --heatmap and --weights CHECKPOINT go together", file=sys.stderr)
+        return EXIT_USAGE
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in (".png", ".svg", ".pdf"):
+        raise SpecError([d.Diagnostic(d.BAD_OUTPUT, f"cannot write a heatmap with '{ext or 'no extension'}'",
+                                      None, "name the output .png, .svg or .pdf", file=args.output)])
+    network = _load(args.file, args).network
+    from .compiler import build_model, load_weights
+    from .heatmap import connection_strength, write_heatmap
+    model = load_weights(build_model(network), args.weights)
+    write_heatmap(connection_strength(model, network), args.output, network=network)
+    print(f"{args.output}: {network.name}, connection strength from {args.weights}", file=sys.stderr)
+    return EXIT_OK
+
+
 # --- train, eval (train.py) --------------------------------------------------------------------
 
 def _add_train(sub) -> None:
@@ -373,6 +436,8 @@ def _add_train(sub) -> None:
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
                    help="efficient: recompute concatenations in backward (less memory, ~20%% slower)")
     p.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (1 is fastest for small models on a busy machine)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: synchronised batch norm")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (smoke test)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NETWORK-DATA)")
@@ -389,7 +454,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
           momentum=args.momentum, weight_decay=args.weight_decay,
           milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
           augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, memory=args.memory,
-          workers=args.workers, sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
+          workers=args.workers, threads=args.threads, sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
           resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress)
     return EXIT_OK
 
@@ -433,6 +498,7 @@ _COMMANDS: tuple[Callable, ...] = (
     _add_diff,
     _add_explain,
     _add_sweep,
+    _add_render,
     _add_train,
     _add_eval,
 )

@@ -61,6 +61,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+        _publish_mode(tmp, target)
         os.replace(tmp, target)
     except OSError as e:
         _remove_quietly(tmp)
@@ -99,6 +100,7 @@ class _AtomicPath:
         assert self.tmp is not None
         if exc_type is None:
             try:
+                _publish_mode(self.tmp, self.target)
                 os.replace(self.tmp, self.target)
             except OSError as e:
                 _remove_quietly(self.tmp)
@@ -107,6 +109,17 @@ class _AtomicPath:
         else:
             _remove_quietly(self.tmp)
         return False
+
+
+def _publish_mode(tmp: str, target: Path) -> None:
+    """mkstemp creates 0600 files; give the output the mode an ordinary write would."""
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
 
 
 def _remove_quietly(path: str) -> None:

@@ -39,10 +39,10 @@ class Spec:
         network = resolve(self.file, self.name, merged)
         return Spec(self.source, self.file, network, tuple(merged.items()))
 
-    def _repr_svg_(self) -> str:  # Jupyter shows a spec as its overview diagram
-        from .diagram import to_digraph
+    def _repr_svg_(self) -> str | None:
+        """Jupyter shows a spec as its overview diagram (no picture without Graphviz)."""
         from .analysis import analyze
-        return to_digraph(analyze(self.network), detail="overview")._repr_image_svg_xml()
+        return analyze(self.network)._repr_svg_()
 
 
 def parse(text: str, source: str = "<string>", *, network: str | None = None, **params: Any) -> Spec:
