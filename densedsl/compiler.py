@@ -1,0 +1,163 @@
+"""Network → torch.nn.Module, and loading weights into it.
+
+`build_model` runs the graph checks first (`analysis.analyze` raises SpecError on any error), so
+a model is never built from a network densedsl rejects; the module classes live in `modules.py`
+and the `.pt`/`.py`/`.onnx` writers in `export.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import diagnostics as d
+from .modules import DenseNet, DenseNetFeatures
+from .network import Network
+
+MEMORY_MODES = ("standard", "efficient")
+
+
+def build_model(network: Network, *, memory: str = "standard", features: bool = False,
+                device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """Check `network` and build its model: a `DenseNet`, or with `features=True` a module whose
+    forward returns {'denseblock{i}': block output} (timm's features_only).
+
+    memory: "standard" keeps every concatenation for backward (fastest); "efficient" recomputes
+    each layer's concat-BN-ReLU-Conv1x1 in backward (memory linear in depth; also switchable
+    later with `model.set_grad_checkpointing()`). device/dtype place the parameters at
+    construction, as timm's `dd` does.
+    """
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, not {memory!r}")
+    from .analysis import analyze
+    analyze(network)
+    model = DenseNet(network, memory=memory, device=device, dtype=dtype)
+    return DenseNetFeatures(model) if features else model
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+class WeightsError(d.SpecError):
+    """Weights that do not fit a model (E908); every mismatch is listed in one message.
+
+    `missing`, `unexpected` (key lists) and `mismatched` ((key, model shape, file shape) triples)
+    are also available as attributes.
+    """
+
+    def __init__(self, diagnostics, *, missing=(), unexpected=(), mismatched=()):
+        super().__init__(diagnostics)
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+        self.mismatched = tuple(mismatched)
+
+
+# torchvision's `_load_state_dict`: '.'s are no longer allowed in module names, but checkpoints
+# of the first _DenseLayer have keys 'norm.1', 'relu.1', 'conv.1', 'norm.2', 'relu.2', 'conv.2'.
+_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+_MAX_LISTED = 8
+
+
+def _fail(message: str, hint: str | None = None, file: str | None = None, **lists) -> WeightsError:
+    return WeightsError([d.Diagnostic(d.BAD_FILE, message, None, hint, file=file)], **lists)
+
+
+def _read(path: str | os.PathLike) -> Any:
+    name = str(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise _fail("no such weights file", "check the path", file=name) from None
+    except IsADirectoryError:
+        raise _fail("is a directory, not a weights file", file=name) from None
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _fail(f"not a weights-only checkpoint ({first})",
+                    "densedsl loads tensors only (torch.load weights_only=True); save "
+                    "model.state_dict() rather than the model object", file=name) from None
+    except (OSError, EOFError, RuntimeError) as e:
+        # torch.load reports a truncated or foreign file as RuntimeError from its zip reader.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _fail(f"cannot read the weights: {first}", "pass a .pt/.pth file written by torch.save",
+                    file=name) from None
+
+
+def _state_dict_of(obj: Any, name: str | None) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):  # densedsl's training checkpoints; Lightning's
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        raise _fail(f"expected a state_dict (a dict of tensors), got {type(obj).__name__}",
+                    "save model.state_dict(), or a checkpoint dict with a 'model' entry", file=name)
+    return dict(obj)
+
+
+def _normalise_key(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    m = _LEGACY_KEY.match(key)
+    return m.group(1) + m.group(2) if m else key
+
+
+def _listing(title: str, items: list[str]) -> list[str]:
+    lines = [f"{title} ({len(items)}):"] + [f"  {item}" for item in items[:_MAX_LISTED]]
+    if len(items) > _MAX_LISTED:
+        lines.append(f"  … and {len(items) - _MAX_LISTED} more")
+    return lines
+
+
+def _shape(t: Any) -> str:
+    return "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) and t.dim() else "scalar"
+
+
+def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.Module:
+    """Load a state_dict, a checkpoint dict with a 'model' entry, or a path to a .pt/.pth file.
+
+    Keys saved from DistributedDataParallel (`module.`) or torch.compile (`_orig_mod.`) and
+    torchvision's legacy `norm.1`-style keys are renamed. Missing, unexpected and wrongly shaped
+    keys are all reported in one WeightsError (E908); `strict=False` tolerates missing and
+    unexpected keys, never a wrong shape. Returns the model.
+    """
+    name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
+    raw = _read(weights) if name is not None else weights
+    state = {}
+    for key, value in _state_dict_of(raw, name).items():
+        state[_normalise_key(key)] = value
+
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [(k, _shape(own[k]), _shape(v)) for k, v in state.items()
+                  if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape)]
+    if mismatched or (strict and (missing or unexpected)):
+        counts = [f"{len(x)} {label}" for x, label in ((missing, "missing"), (unexpected, "unexpected"),
+                                                      (mismatched, "with a different shape")) if x and
+                  (strict or label.startswith("with"))]
+        lines = [f"the weights do not fit the model: {', '.join(counts)}"]
+        if strict:
+            lines += _listing("missing from the weights", [f"{k} ({_shape(own[k])})" for k in missing]) if missing else []
+            lines += _listing("not in the model", [f"{k} ({_shape(state[k])})" for k in unexpected]) if unexpected else []
+        lines += _listing("different shapes", [f"{k}: model {a}, weights {b}" for k, a, b in mismatched]) \
+            if mismatched else []
+        raise _fail("\n".join(lines),
+                    "build the model from the spec and --set values the weights were trained with; "
+                    "to fine-tune with another classifier, drop the 'classifier.*' entries and "
+                    "pass strict=False", file=name,
+                    missing=missing, unexpected=unexpected, mismatched=mismatched)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return model
+
+
+__all__ = ["MEMORY_MODES", "WeightsError", "build_model", "load_weights"]

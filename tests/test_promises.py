@@ -1,0 +1,109 @@
+"""Every promise the analysis makes, held against the compiled PyTorch model.
+
+The analysis never builds a tensor; these tests build the model it describes and check that
+parameters, buffers, state_dict entries, per-module weights, output shape, FLOPs, feature maps and
+the minimum input sizes are what it predicted — for generated networks, not only the zoo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from densedsl.analysis import analyze  # noqa: E402
+from densedsl.compiler import build_model  # noqa: E402
+from densedsl.strategies import networks  # noqa: E402
+
+SMALL = dict(max_blocks=3, max_layers=4, growth=(1, 8))
+PROMISES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROMISES
+@given(networks(**SMALL))
+def test_counts_shapes_and_flops_equal_the_analysis(network):
+    a = analyze(network)
+    model = build_model(network).eval()
+    state = model.state_dict()
+    assert sum(p.numel() for p in model.parameters()) == a.params
+    assert sum(b.numel() for name, b in model.named_buffers()
+               if not name.endswith("num_batches_tracked")) == a.buffers
+    assert len(state) == a.state_dict_entries
+    # every weight-owning node of the graph is a module of the model with exactly its parameters
+    modules = dict(model.named_modules())
+    for node, attrs in a.graph.nodes(data=True):
+        if attrs.get("module"):
+            module = modules[attrs["module"]]
+            assert sum(p.numel() for p in module.parameters()) == attrs["params"], node
+    x = torch.randn(2, *network.input)
+    # the analysis counts the network as specified, which the training path runs op for op
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        y = model.train()(x)
+    assert tuple(y.shape[1:]) == tuple(a.output_shape)
+    assert counter.get_total_flops() == 2 * a.flops  # per image in the analysis, batch of 2 here
+    # inference may only be cheaper (avg-pool before a transition's 1x1 conv), never different
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(x)
+    assert counter.get_total_flops() <= 2 * a.flops
+
+
+@PROMISES
+@given(networks(**SMALL))
+def test_feature_maps_are_what_feature_info_says(network):
+    a = analyze(network)
+    model = build_model(network, features=True).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, *network.input))
+    assert list(maps) == [f.name for f in a.feature_info]
+    for info, tensor in zip(a.feature_info, maps.values()):
+        assert tuple(tensor.shape[1:]) == tuple(info.shape)
+        assert info.reduction == _stride_before(network, info.name)
+
+
+def _stride_before(network, block_name: str) -> int:
+    """The product of every stride before a block: its reduction, derived from the spec alone."""
+    stride = 1
+    for op in network.stem.ops:
+        stride *= getattr(op, "stride", 1)
+    for stage in network.stages:
+        if f"denseblock{getattr(stage, 'layers', None) and stage.index}" == block_name:
+            return stride
+        if hasattr(stage, "pool"):
+            stride *= stage.pool.stride
+    raise AssertionError(block_name)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks(max_blocks=3, max_layers=2, growth=(1, 4)))
+def test_minimum_input_sizes_are_exact(network):
+    """At the predicted minimum the model runs; one pixel less and PyTorch itself refuses."""
+    sizes = analyze(network).min_input_size
+    for train, size in ((False, sizes.eval), (True, sizes.train)):
+        net = dataclasses.replace(network, input=(network.input[0], size, size))
+        model = build_model(net).train(train)
+        model(torch.randn(1, network.input[0], size, size))  # must not raise
+        if size > 1:
+            with pytest.raises((RuntimeError, ValueError)):
+                model(torch.randn(1, network.input[0], size - 1, size - 1))
+
+
+def test_densenet121_minimum_sizes_match_pytorch():
+    import densedsl
+    spec = densedsl.load("specs/densenet121.dense")
+    sizes = densedsl.analyze(spec).min_input_size
+    assert (sizes.eval, sizes.train) == (29, 61)  # torchvision's metadata says 29; 61 measured
+    model = densedsl.compile(spec)
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 29, 29))
+        with pytest.raises(RuntimeError):
+            model(torch.randn(1, 3, 28, 28))
+    model.train()(torch.randn(1, 3, 61, 61))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.randn(1, 3, 60, 60))
