@@ -1,0 +1,44 @@
+"""Training curves: loss and accuracy per epoch, train and test, as one image (matplotlib Agg)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .files import atomic_path
+
+
+def write_curves(metrics: Sequence[dict], path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Write `metrics` rows (epoch, train_loss, test_loss, train_acc, test_acc) to an image file,
+    atomically, so a viewer never sees half a PNG while training rewrites it every epoch."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in metrics]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    marker = "o" if len(epochs) <= 30 else None
+    for split, style in (("train", "-"), ("test", "--")):
+        loss_ax.plot(epochs, [row[f"{split}_loss"] for row in metrics], style, marker=marker,
+                     markersize=3, label=split)
+        acc_ax.plot(epochs, [100 * row[f"{split}_acc"] for row in metrics], style, marker=marker,
+                    markersize=3, label=split)
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    if metrics and all(row["train_loss"] > 0 and row["test_loss"] > 0 for row in metrics):
+        loss_ax.set_yscale("log")
+    best = max(metrics, key=lambda row: row["test_acc"]) if metrics else None
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)",
+               title="accuracy" + (f" (best test {100 * best['test_acc']:.2f}% at epoch {best['epoch']})"
+                                   if best else ""))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if title:
+        fig.suptitle(title)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format=(target.suffix.lstrip(".") or "png"), dpi=100)
