@@ -286,7 +286,8 @@ def bench_model(name: str, device: str, iters: int, ceiling: float, log) -> dict
             model = make(name, impl, fmt, device).train()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             steps[impl] = lambda model=model, opt=opt: train_step(model, x, y, opt)
-        times = interleaved(steps, device, max(2, iters - 1))
+        # more rounds than inference: a step is long, and a 4-round median moved ±10% here
+        times = interleaved(steps, device, 2 if iters <= 2 else iters + 3)
         for impl, t in times.items():
             peak = measure_memory(name, impl, fmt, device)
             mode = "efficient" if impl == "efficient" else "standard"

@@ -514,19 +514,21 @@ def _storages(g: nx.DiGraph, *, training: bool) -> dict[str, str]:
     return storage
 
 
-def _recomputed(g: nx.DiGraph) -> set[str]:
-    """Nodes that memory-efficient mode recomputes in backward: each dense layer's concat and
-    its ops up to and including the first conv (torchvision's `bn_function`)."""
-    region: set[str] = set()
-    for n, a in g.nodes(data=True):
-        if a["kind"] == "concat" and n.endswith(".concat"):
-            node = n
-            while True:
-                region.add(node)
-                if g.nodes[node]["kind"] == "conv":
-                    break
-                node = next(iter(g.succ[node]))
-    return region
+def _layer_of(node: str) -> str | None:
+    """`denseblock2.denselayer5` for any op of that layer, else None."""
+    parts = node.split(".")
+    return ".".join(parts[:2]) if len(parts) == 3 and parts[1].startswith("denselayer") else None
+
+
+def _recomputed(g: nx.DiGraph) -> dict[str, list[str]]:
+    """The regions memory-efficient mode recomputes in backward: every dense layer whole, from
+    its concat to its last op (the compiler checkpoints `DenseLayer._layer`), in graph order."""
+    regions: dict[str, list[str]] = {}
+    for n in g.nodes:
+        layer = _layer_of(n)
+        if layer is not None:
+            regions.setdefault(layer, []).append(n)
+    return regions
 
 
 def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
@@ -534,46 +536,45 @@ def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
 
     conv, BN, pooling and linear save their input; ReLU its output; dropout its mask (bool);
     max pooling its indices (int64); BN also its per-channel mean and inverse std (float32).
-    Concat and flatten save nothing. In efficient mode the recomputed region saves nothing but
-    its inputs (the block's feature maps), and backward needs the largest layer's recomputed
-    tensors once more, at a time.
+    Concat and flatten save nothing. In efficient mode a dense layer keeps only its inputs (the
+    block's feature maps) and its conv outputs; its concat, BN and ReLU outputs and dropout masks
+    are recomputed, so backward needs the largest layer's recomputed tensors once more, at a time.
     """
     storage = _storages(g, training=True)
-    region = _recomputed(g) if efficient else set()
+    regions = _recomputed(g) if efficient else {}
+    region = {n for nodes in regions.values() for n in nodes}
     saved: set[str] = set()
     mask_bytes = fixed = 0
     for n, a in g.nodes(data=True):
         kind = a["kind"]
+        if kind == "norm":
+            fixed += 2 * a["channels"] * costs.STAT_BYTES
         if n in region:
             if kind == "concat":
                 saved.update(storage[p] for p in g.pred[n])
+            elif kind == "conv":
+                saved.add(storage[n])
             continue
         preds = g.pred[n]
         if kind in ("conv", "norm", "pool", "linear"):
             saved.add(storage[next(iter(preds))])
         if kind == "relu":
             saved.add(storage[n])
-        if kind == "norm":
-            fixed += 2 * a["channels"] * costs.STAT_BYTES
         if kind == "dropout" and a["rate"] > 0:
             mask_bytes += costs.numel(a["out_shape"]) * costs.MASK_BYTES
         if kind == "pool" and a["mode"] == "max":
             mask_bytes += costs.numel(a["out_shape"]) * costs.INDEX_BYTES
     elements = sum(costs.numel(g.nodes[s]["out_shape"]) for s in saved)
     if efficient:
-        elements += max((_region_elements(g, n, storage) for n in g.nodes
-                         if n in region and n.endswith(".concat")), default=0)
+        elements += max((_region_elements(g, nodes, storage, saved) for nodes in regions.values()),
+                        default=0)
     return _MemoryModel(elements, mask_bytes, fixed)
 
 
-def _region_elements(g: nx.DiGraph, concat: str, storage: dict[str, str]) -> int:
-    """Elements a recomputed region allocates when backward replays it (its output excluded)."""
-    total, node = 0, concat
-    while g.nodes[node]["kind"] != "conv":
-        if storage[node] == node:
-            total += costs.numel(g.nodes[node]["out_shape"])
-        node = next(iter(g.succ[node]))
-    return total
+def _region_elements(g: nx.DiGraph, nodes: list[str], storage: dict[str, str], saved: set[str]) -> int:
+    """Elements a recomputed layer allocates again when backward replays it."""
+    fresh = {storage[n] for n in nodes if storage[n] == n and n not in saved}
+    return sum(costs.numel(g.nodes[s]["out_shape"]) for s in fresh)
 
 
 def _inference_memory(g: nx.DiGraph) -> _MemoryModel:

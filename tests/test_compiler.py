@@ -488,3 +488,28 @@ def test_load_weights_bad_files(tmp_path):
     assert info.value.diagnostics[0].file == str(junk)
     with pytest.raises(WeightsError, match="expected a state_dict"):
         load_weights(DenseNet(small()), [1, 2])
+
+
+@pytest.mark.parametrize("gammas", ["positive and zero", "some negative"])
+def test_bn_relu_fold_into_pointwise_convs(gammas):
+    """relu(s·x+b) → s·max(x, −b/s) + b folded into 1x1 convs: exact for s ≥ 0, skipped for s < 0."""
+    model = model_of(small()).eval()
+    randomise_norms(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight[::3] = 0.0  # constant channels: relu(β − μ·0) folds into the bias
+                if gammas == "some negative":
+                    m.weight[1::3] *= -1
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        fast = model(x)
+    torch.testing.assert_close(fast, reference_forward(model, x), rtol=1e-4, atol=1e-5)
+    # relu_conv caches (key, fused-or-None); the other folds cache (key, tensor, tensor)
+    folds = [entry[1] for m in model.modules() if hasattr(m, "_folded")
+             for entry in m._folded._cache.values() if len(entry) == 2]
+    assert folds, "no BN-ReLU-Conv1x1 was considered for folding"
+    if gammas == "some negative":
+        assert all(f is None for f in folds)
+    else:
+        assert all(f is not None for f in folds)
