@@ -313,7 +313,8 @@ class Explanation:
         lines = [head + where]
         for li in self.layers:
             lines.append("")
-            lines.append(f"denselayer{li.layer} concatenates {len(li.inputs)} maps, "
+            maps = "1 map" if len(li.inputs) == 1 else f"{len(li.inputs)} maps"
+            lines.append(f"denselayer{li.layer} concatenates {maps}, "
                          f"{li.in_channels} channels:")
             body = [(i.map.split(".")[-1], f"{i.channels}", i.made_by,
                      f"{_where(i.span)}: {_statement(i.span)}" if i.span else "") for i in li.inputs]
