@@ -6,6 +6,7 @@ partial file behind.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from . import diagnostics as d
 from . import network as n
 from .costs import transition_channels, window_out
 from .files import atomic_path, atomic_write
-from .modules import DenseNet
+from .modules import DenseNet, init_weights
 
 SUFFIXES = (".pt", ".py", ".onnx")
 
@@ -139,23 +140,12 @@ class Transition(nn.Sequential):
         self.add_module("pool", pool)
 '''
 
-_INIT = '''
-def _init_weights(model):
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.Linear):
-            nn.init.constant_(m.bias, 0)
-
+# The generated file initialises exactly as the compiled model does: the same function's source.
+_INIT = '\n\n' + inspect.getsource(init_weights).replace('{', '{{').replace('}', '}}') + '''
 
 def build():
     model = {cls}()
-    _init_weights(model)
+    init_weights(model)
     return model
 
 

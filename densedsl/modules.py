@@ -85,40 +85,55 @@ def _state_key(*tensors: Tensor | None) -> tuple:
 
 
 class _Folded:
-    """Conv weights with the following BatchNorm folded in, cached until a parameter changes.
+    """Eval-mode weights with batch norms folded in, cached until a parameter changes.
 
     BN(conv(x)) = conv(x)·s + (β − μ·s) with s = γ/√(σ²+ε): scale the output channels of the
     weight by s and fold the rest into a bias. Valid in eval mode only (running statistics).
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[tuple, Tensor, Tensor]] = {}
+        self._cache: dict[tuple[str, str], tuple[tuple, object]] = {}
 
     def clear(self) -> None:
         self._cache.clear()
 
-    def get(self, name: str, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-        key = _state_key(conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
-                         norm.running_var)
-        hit = self._cache.get(name)
+    def _cached(self, kind: str, name: str, tensors: tuple, compute):
+        """compute() once per (kind, name) while none of `tensors` changed (tensor versions)."""
+        key = _state_key(*tensors)
+        hit = self._cache.get((kind, name))
         if hit is not None and key and hit[0] == key:
-            return hit[1], hit[2]
+            return hit[1]
         with torch.no_grad():
-            scale = torch.rsqrt(norm.running_var + norm.eps)
-            if norm.weight is not None:
-                scale = scale * norm.weight
-            shift = -norm.running_mean * scale
-            if norm.bias is not None:
-                shift = shift + norm.bias
+            value = compute()
+        if key:
+            self._cache[(kind, name)] = (key, value)
+        return value
+
+    @staticmethod
+    def _scale_shift(norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        return scale, shift
+
+    @staticmethod
+    def _norm_tensors(norm: nn.BatchNorm2d) -> tuple:
+        return norm.weight, norm.bias, norm.running_mean, norm.running_var
+
+    def get(self, name: str, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        """Conv → BN as one conv: (weight, bias)."""
+        def compute():
+            scale, shift = self._scale_shift(norm)
             if conv.bias is not None:
                 shift = shift + conv.bias * scale
             weight = conv.weight * scale.reshape(-1, 1, 1, 1)
             if weight.device.type == "cpu" or conv.weight.is_contiguous(memory_format=_CHANNELS_LAST):
                 weight = weight.contiguous(memory_format=_CHANNELS_LAST)  # CPU inference is NHWC
-            bias = shift.to(conv.weight.dtype)
-        if key:
-            self._cache[name] = (key, weight, bias)
-        return weight, bias
+            return weight, shift.to(conv.weight.dtype)
+        return self._cached("conv_bn", name, (conv.weight, conv.bias, *self._norm_tensors(norm)), compute)
 
     def relu_conv(self, name: str, norm: nn.BatchNorm2d, conv: nn.Conv2d,
                   after: nn.BatchNorm2d | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -131,55 +146,32 @@ class _Folded:
         flips max into min for that channel; then this returns None and the caller runs BN and
         ReLU as they are.
         """
-        key = _state_key(norm.weight, norm.bias, norm.running_mean, norm.running_var, conv.weight,
-                         conv.bias, *((after.weight, after.bias, after.running_mean, after.running_var)
-                                      if after is not None else ()))
-        hit = self._cache.get(name)
-        if hit is not None and key and hit[0] == key:
-            return hit[1]
-        with torch.no_grad():
+        def compute():
             s, b = self._scale_shift(norm)
             if bool((s < 0).any()):
-                fused = None
-            else:
-                zero = s == 0
-                t = torch.where(zero, torch.zeros_like(b), -b / torch.where(zero, torch.ones_like(s), s))
-                w = conv.weight.reshape(conv.out_channels, conv.in_channels)
-                bias = w @ torch.where(zero, torch.relu(b), b)
-                if conv.bias is not None:
-                    bias = bias + conv.bias
-                w = w * torch.where(zero, torch.zeros_like(s), s)
-                if after is not None:
-                    s2, b2 = self._scale_shift(after)
-                    w, bias = w * s2[:, None], bias * s2 + b2
-                weight = w.reshape_as(conv.weight).to(conv.weight.dtype)
-                if weight.device.type == "cpu":
-                    weight = weight.contiguous(memory_format=_CHANNELS_LAST)
-                fused = (t.reshape(1, -1, 1, 1).to(conv.weight.dtype), weight, bias.to(conv.weight.dtype))
-        if key:
-            self._cache[name] = (key, fused)
-        return fused
+                return None
+            zero = s == 0
+            t = torch.where(zero, torch.zeros_like(b), -b / torch.where(zero, torch.ones_like(s), s))
+            w = conv.weight.reshape(conv.out_channels, conv.in_channels)
+            bias = w @ torch.where(zero, torch.relu(b), b)
+            if conv.bias is not None:
+                bias = bias + conv.bias
+            w = w * torch.where(zero, torch.zeros_like(s), s)
+            if after is not None:
+                s2, b2 = self._scale_shift(after)
+                w, bias = w * s2[:, None], bias * s2 + b2
+            weight = w.reshape_as(conv.weight).to(conv.weight.dtype)
+            if weight.device.type == "cpu":
+                weight = weight.contiguous(memory_format=_CHANNELS_LAST)
+            return t.reshape(1, -1, 1, 1).to(conv.weight.dtype), weight, bias.to(conv.weight.dtype)
+        tensors = (*self._norm_tensors(norm), conv.weight, conv.bias,
+                   *(self._norm_tensors(after) if after is not None else ()))
+        return self._cached("relu_conv", name, tensors, compute)
 
     def channels_last(self, name: str, conv: nn.Conv2d) -> Tensor:
         """The conv's weight laid out channels_last, so oneDNN does not re-lay it every call."""
-        key = _state_key(conv.weight)
-        hit = self._cache.get(name)
-        if hit is not None and key and hit[0] == key:
-            return hit[1]
-        weight = conv.weight.detach().contiguous(memory_format=_CHANNELS_LAST)
-        if key:
-            self._cache[name] = (key, weight, None)
-        return weight
-
-    @staticmethod
-    def _scale_shift(norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        return scale, shift
+        return self._cached("channels_last", name, (conv.weight,),
+                            lambda: conv.weight.detach().contiguous(memory_format=_CHANNELS_LAST))
 
     def affine(self, name: str, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
         """BN in eval mode as x·scale + shift, both shaped (1, C, 1, 1).
@@ -187,21 +179,10 @@ class _Folded:
         Faster than batch_norm on a channel slice of a preallocated block output, which the
         batch_norm kernel handles through a slow strided path.
         """
-        key = _state_key(norm.weight, norm.bias, norm.running_mean, norm.running_var)
-        hit = self._cache.get(name)
-        if hit is not None and key and hit[0] == key:
-            return hit[1], hit[2]
-        with torch.no_grad():
-            scale = torch.rsqrt(norm.running_var + norm.eps)
-            if norm.weight is not None:
-                scale = scale * norm.weight
-            shift = -norm.running_mean * scale
-            if norm.bias is not None:
-                shift = shift + norm.bias
-            scale, shift = scale.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)
-        if key:
-            self._cache[name] = (key, scale, shift)
-        return scale, shift
+        def compute():
+            scale, shift = self._scale_shift(norm)
+            return scale.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)
+        return self._cached("affine", name, self._norm_tensors(norm), compute)
 
 
 def _foldable_bn(m: nn.Module) -> bool:
@@ -437,6 +418,23 @@ class Transition(nn.Sequential):
 
 # --- the network --------------------------------------------------------------------------------
 
+def init_weights(model: nn.Module) -> None:
+    """torchvision's "Official init from torch repo", plus a zero conv bias.
+
+    Self-contained on purpose: `densedsl compile -o model.py` embeds this function's source.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.Linear):
+            nn.init.constant_(m.bias, 0)
+
+
 class DenseNet(nn.Module):
     """A compiled `Network`: `features` (nn.Sequential) then, with a head, `classifier` (Linear).
 
@@ -524,17 +522,7 @@ class DenseNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # torchvision's "Official init from torch repo", plus a zero conv bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.constant_(m.bias, 0)
+        init_weights(self)
 
     # timm's interface ---------------------------------------------------------------------------
 

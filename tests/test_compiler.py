@@ -505,9 +505,8 @@ def test_bn_relu_fold_into_pointwise_convs(gammas):
     with torch.no_grad():
         fast = model(x)
     torch.testing.assert_close(fast, reference_forward(model, x), rtol=1e-4, atol=1e-5)
-    # relu_conv caches (key, fused-or-None); the other folds cache (key, tensor, tensor)
-    folds = [entry[1] for m in model.modules() if hasattr(m, "_folded")
-             for entry in m._folded._cache.values() if len(entry) == 2]
+    folds = [value for m in model.modules() if hasattr(m, "_folded")
+             for (kind, _), (_, value) in m._folded._cache.items() if kind == "relu_conv"]
     assert folds, "no BN-ReLU-Conv1x1 was considered for folding"
     if gammas == "some negative":
         assert all(f is None for f in folds)
