@@ -169,8 +169,8 @@ def timed(fn, device: str, iters: int, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
-def interleaved(fns: dict, device: str, iters: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn `iters` times."""
+def interleaved(fns: dict, device: str, iters: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of every call of each function, calling them in turn `iters` times."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -182,7 +182,11 @@ def interleaved(fns: dict, device: str, iters: int, warmup: int = 1) -> dict[str
             fn()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return times
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def train_step(model: nn.Module, x, y, opt) -> None:
@@ -250,10 +254,12 @@ def bench_model(name: str, device: str, iters: int, ceiling: float, log) -> dict
     flops = a.flops
     out = {"batch": batch, "input": "x".join(map(str, net.input)), "flops": flops, "rows": []}
 
-    def row(kind, impl, fmt, seconds, extra=None):
+    def row(kind, impl, fmt, rounds, extra=None):
+        seconds = median(rounds)
         ips = batch / seconds
         factor = 1 if kind.startswith("inference") else 3  # backward ≈ 2 forwards
         r = {"kind": kind, "impl": impl, "format": fmt, "images_per_s": ips,
+             "range": (batch / max(rounds), batch / min(rounds)),
              "gflops": ips * flops * factor / 1e9, "ceiling_fraction": ips * flops * factor / 1e9 / ceiling}
         r.update(extra or {})
         out["rows"].append(r)
@@ -296,12 +302,54 @@ def bench_model(name: str, device: str, iters: int, ceiling: float, log) -> dict
     return out
 
 
-def ratio_lines(name: str, rows: list[dict]) -> list[str]:
+def _getter(rows: list[dict]):
     def get(kind, impl, fmt, key="images_per_s"):
         for r in rows:
             if r["kind"] == kind and r["impl"] == impl and r["format"] == fmt:
                 return r[key]
         raise KeyError((kind, impl, fmt))
+    return get
+
+
+def targets(results: dict) -> list[str]:
+    """The CPU targets of the compiler issue, each beside what this run measured."""
+    lines = ["### Targets", "", "| model | target | measured | met |", "| --- | --- | ---: | :---: |"]
+    for name, res in results.items():
+        get = _getter(res["rows"])
+        cl = "channels_last"
+        checks = [
+            ("inference channels_last ≥ 1.1× the channels_last reference",
+             get("inference", "standard", cl) / get("inference", "reference", cl), 1.1, "x", True),
+            ("inference as compiled, fed NCHW, ≥ 1.5× the NCHW reference",
+             get("inference (as compiled)", "standard", "NCHW input") / get("inference", "reference", "NCHW"),
+             1.5, "x", True),
+        ]
+        for fmt in FORMATS:
+            ref_t = get("training step", "reference", fmt)
+            checks += [
+                (f"efficient training peak memory ≤ 0.5× the reference ({fmt})",
+                 get("training step", "efficient", fmt, "peak_mib") / get("training step", "reference", fmt, "peak_mib"),
+                 0.5, "x", False),
+                (f"efficient training step time ≤ 1.3× the reference ({fmt})",
+                 ref_t / get("training step", "efficient", fmt), 1.3, "x", False),
+                (f"standard training ≥ 1.0× the reference's images/s ({fmt})",
+                 get("training step", "standard", fmt) / ref_t, 1.0, "x", True),
+            ]
+            for impl in ("standard", "efficient"):
+                ratio = get("training step", impl, fmt, "peak_mib") / get("training step", impl, fmt, "predicted_mib")
+                checks.append((f"{impl} training: analysis memory prediction within 25% of the measured "
+                               f"peak ({fmt})", ratio, None, "", None))
+        for text, value, bound, unit, at_least in checks:
+            if bound is None:
+                met = abs(value - 1) <= 0.25
+            else:
+                met = value >= bound if at_least else value <= bound
+            lines.append(f"| {name} | {text} | {value:.2f}{unit} | {'yes' if met else '**no**'} |")
+    return lines + [""]
+
+
+def ratio_lines(name: str, rows: list[dict]) -> list[str]:
+    get = _getter(rows)
 
     lines = []
     for fmt in FORMATS:
@@ -325,7 +373,7 @@ def ratio_lines(name: str, rows: list[dict]) -> list[str]:
 
 
 def report(results: dict, meta: dict) -> str:
-    lines = ["# Benchmarks", "",
+    lines = ["## Compiled models vs a straightforward implementation", "",
              "Written by `bench/bench_compiler.py`; numbers from one run, all ratios within that run.", "",
              f"- command: `{meta['command']}`",
              f"- machine: {meta['machine']}; {meta['threads']} torch threads; load average before the run "
@@ -338,18 +386,26 @@ def report(results: dict, meta: dict) -> str:
              "format as the row. Training GFLOP/s assume backward = 2 forwards. Peak memory: peak RSS "
              "delta of one SGD step (model, batch and optimizer allocated before) in a fresh process; it "
              "includes the parameter gradients. Prediction: `analyze(net).memory(batch, 'float32', mode)` "
-             "plus the gradients' bytes.", ""]
+             "plus the gradients' bytes. Images/s is the median over rounds in which every "
+             "implementation runs once in turn; the range shows the slowest and fastest round, i.e. "
+             "how noisy the machine was.", "",
+             "Standard training runs the reference's computation op for op, on purpose: it is what "
+             "keeps the compiled model's FLOPs equal to the analysis (and to torchvision's figure). "
+             "Its ratio to the reference is therefore 1.0 up to noise, and the target row can fall "
+             "either side of 1.0 from one run to the next; compare the ranges.", ""]
+    lines += targets(results)
     for name, res in results.items():
-        lines += [f"## {name} (batch {res['batch']}, input {res['input']}, {res['flops'] / 1e9:.3f} GFLOPs/image)", "",
-                  "| measurement | implementation | format | images/s | GFLOP/s | of ceiling | peak MiB | predicted MiB |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"### {name} (batch {res['batch']}, input {res['input']}, {res['flops'] / 1e9:.3f} GFLOPs/image)", "",
+                  "| measurement | implementation | format | images/s (median) | slowest–fastest round | GFLOP/s | of ceiling | peak MiB | predicted MiB |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in res["rows"]:
             peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else ""
             pred = f"{r['predicted_mib']:.0f}" if "predicted_mib" in r else ""
             lines.append(f"| {r['kind']} | {r['impl']} | {r['format']} | {r['images_per_s']:.1f} | "
+                         f"{r['range'][0]:.1f}–{r['range'][1]:.1f} | "
                          f"{r['gflops']:.1f} | {r['ceiling_fraction']:.0%} | {peak} | {pred} |")
         lines.append("")
-    lines += ["## Ratios", "", "| model | ratio | value |", "| --- | --- | ---: |"]
+    lines += ["### All ratios", "", "| model | ratio | value |", "| --- | --- | ---: |"]
     for name, res in results.items():
         lines += ratio_lines(name, res["rows"])
     return "\n".join(lines) + "\n"
@@ -390,8 +446,8 @@ def main(argv=None) -> int:
     text = report(results, meta)
     print(text)
     if args.write or not args.quick:
-        from densedsl.files import atomic_write
-        atomic_write(args.output, text)
+        from results import write_section
+        write_section(args.output, "compiler", text)
     return 0
 
 

@@ -4,7 +4,7 @@ Each command runs in a fresh interpreter, `--repeat` times; the table reports th
 time and the same for a bare `python -c pass` measured in the same run, so the difference is
 densedsl's own work (imports, parsing, analysis), free of the machine's interpreter start-up.
 
-    python bench/bench_startup.py [--repeat 7] [--markdown]
+    python bench/bench_startup.py [--repeat 7] [--write]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def wall(argv: list[str], repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--write", action="store_true", help="replace its section of BENCHMARKS.md")
     args = parser.parse_args()
     py = sys.executable
     zoo = sorted(glob.glob(str(ROOT / "specs" / "*.dense")))
@@ -49,13 +49,20 @@ def main() -> None:
     wall(cases[2][1], 1)  # warm lark's grammar cache and the file system
     rows = [(name, wall(argv, args.repeat)) for name, argv in cases]
     base = rows[0][1]
-    lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start.",
-             f"Command: `python bench/bench_startup.py --repeat {args.repeat}`", "",
+    lines = ["## Start-up of the light commands (no torch)", "",
+             "Written by `bench/bench_startup.py`: median wall time of a fresh process per command; "
+             "the last column subtracts a bare interpreter start measured in the same run.", "",
+             f"- command: `python bench/bench_startup.py --repeat {args.repeat} --write`",
+             f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start", "",
              "| command | median wall (s) | minus `python -c pass` (s) |", "| --- | ---: | ---: |"]
     for name, t in rows:
         lines.append(f"| {name} | {t:.3f} | {t - base:+.3f} |")
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        from results import write_section  # bench/ is sys.path[0] when run as a script
+        write_section(ROOT / "BENCHMARKS.md", "startup", text)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     diags = graph_.check(network)
     if not d.has_errors(diags):
-        diags += _check_predicted_params(network, max_params)
+        diags += _refuse_unbuildable(network)
     d.raise_if_errors(diags)
 
     g = graph_.lower(network, checked=True)
@@ -274,16 +274,15 @@ def analyze(network: Network, *, max_params: int | float | None = None,
 
 # --- checks ------------------------------------------------------------------------------------
 
-def _check_predicted_params(network: Network, max_params: int | float) -> list[d.Diagnostic]:
-    """Refuse from the closed-form count before any graph exists (a fixed head window makes it a
-    lower bound, which still proves the limit is passed)."""
+def _refuse_unbuildable(network: Network) -> list[d.Diagnostic]:
+    """Refuse, from the closed-form count and before any graph exists, a network too large to
+    analyse at all (a fixed head window makes the count a lower bound, which still proves it).
+    Every figure densedsl reports, E301's included, is read off the graph afterwards."""
     predicted = costs.predict(network).params
     if predicted >= HARD_MAX_PARAMS:
         return [d.Diagnostic(d.TOO_LARGE, f"the network would have {predicted:,} parameters "
                              f"({si(predicted)}), more than densedsl analyses ({si(HARD_MAX_PARAMS)})",
                              network.span, "use fewer layers or a smaller growth rate")]
-    if predicted > max_params:
-        return [_too_many_params(network, predicted, max_params)]
     return []
 
 

@@ -185,6 +185,18 @@ class _Folded:
         return self._cached("affine", name, self._norm_tensors(norm), compute)
 
 
+def _empty_like_layout(x: Tensor) -> Tensor:
+    """An output for an elementwise op on `x` in `x`'s layout.
+
+    A channel prefix of a channels_last block buffer is not dense, so `torch.maximum(x, t)`
+    would allocate NCHW and gather across strides (a third of BC-100's inference time), and
+    the next conv would reorder back. Keeping channels innermost keeps every pass contiguous.
+    """
+    channels_inner = x.dim() == 4 and x.size(1) > 1 and x.stride(1) == 1
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                       memory_format=_CHANNELS_LAST if channels_inner else torch.contiguous_format)
+
+
 def _foldable_bn(m: nn.Module) -> bool:
     return isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None
 
@@ -210,7 +222,7 @@ def _run_eval(ops: list[tuple[str, nn.Module]], x: Tensor, folded: _Folded) -> T
             fused = folded.relu_conv(name, m, ops[i + 2][1], after)
             if fused is not None:
                 t, weight, bias = fused
-                x = F.conv2d(torch.maximum(x, t.to(x.dtype)), weight, bias)
+                x = F.conv2d(torch.maximum(x, t.to(x.dtype), out=_empty_like_layout(x)), weight, bias)
                 i += 4 if after is not None else 3
                 continue
         if isinstance(m, nn.Conv2d) and i + 1 < len(ops) and isinstance(ops[i + 1][1], nn.BatchNorm2d) \
@@ -221,7 +233,7 @@ def _run_eval(ops: list[tuple[str, nn.Module]], x: Tensor, folded: _Folded) -> T
             continue
         if isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None:
             scale, shift = folded.affine(name, m)
-            x = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+            x = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=_empty_like_layout(x))
         elif isinstance(m, nn.ReLU):
             x = F.relu(x, inplace=i > 0)
         elif isinstance(m, nn.Conv2d) and x.device.type == "cpu" and _is_channels_last(x) \
@@ -409,7 +421,8 @@ class Transition(nn.Sequential):
             fused = self._folded.relu_conv("conv", self.norm, self.conv)
             if fused is not None:
                 t, weight, bias = fused
-                return F.conv2d(self.pool(torch.maximum(x, t.to(x.dtype))), weight, bias)
+                return F.conv2d(self.pool(torch.maximum(x, t.to(x.dtype), out=_empty_like_layout(x))),
+                                weight, bias)
         x = F.relu(self.norm(x))
         if self._pool_first:
             return self.conv(self.pool(x))
