@@ -185,6 +185,10 @@ def interleaved(fns: dict, device: str, iters: int, warmup: int = 1) -> dict[str
     return times
 
 
+def rounds(iters: int) -> int:
+    return 2 if iters <= 2 else iters + 3
+
+
 def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -255,11 +259,13 @@ def bench_model(name: str, device: str, iters: int, ceiling: float, log) -> dict
     out = {"batch": batch, "input": "x".join(map(str, net.input)), "flops": flops, "rows": []}
 
     def row(kind, impl, fmt, rounds, extra=None):
-        seconds = median(rounds)
+        # The fastest round is the estimate: on a shared machine interference only ever adds
+        # time (timeit's advice); the median is kept beside it to show the noise.
+        seconds = min(rounds)
         ips = batch / seconds
         factor = 1 if kind.startswith("inference") else 3  # backward ≈ 2 forwards
         r = {"kind": kind, "impl": impl, "format": fmt, "images_per_s": ips,
-             "range": (batch / max(rounds), batch / min(rounds)),
+             "median": batch / median(rounds),
              "gflops": ips * flops * factor / 1e9, "ceiling_fraction": ips * flops * factor / 1e9 / ceiling}
         r.update(extra or {})
         out["rows"].append(r)
@@ -278,7 +284,8 @@ def bench_model(name: str, device: str, iters: int, ceiling: float, log) -> dict
             expected = models["reference"](x[:2])
             for impl, model in models.items():
                 torch.testing.assert_close(model(x[:2]), expected, rtol=1e-3, atol=1e-3)
-            times = interleaved({impl: (lambda m=model: m(x)) for impl, model in models.items()}, device, iters)
+            times = interleaved({impl: (lambda m=model: m(x)) for impl, model in models.items()}, device,
+                                rounds(iters))
         for impl, t in times.items():
             if impl == "as compiled":
                 row("inference (as compiled)", "standard", "NCHW input", t)
@@ -292,8 +299,7 @@ def bench_model(name: str, device: str, iters: int, ceiling: float, log) -> dict
             model = make(name, impl, fmt, device).train()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             steps[impl] = lambda model=model, opt=opt: train_step(model, x, y, opt)
-        # more rounds than inference: a step is long, and a 4-round median moved ±10% here
-        times = interleaved(steps, device, 2 if iters <= 2 else iters + 3)
+        times = interleaved(steps, device, rounds(iters))
         for impl, t in times.items():
             peak = measure_memory(name, impl, fmt, device)
             mode = "efficient" if impl == "efficient" else "standard"
@@ -386,23 +392,24 @@ def report(results: dict, meta: dict) -> str:
              "format as the row. Training GFLOP/s assume backward = 2 forwards. Peak memory: peak RSS "
              "delta of one SGD step (model, batch and optimizer allocated before) in a fresh process; it "
              "includes the parameter gradients. Prediction: `analyze(net).memory(batch, 'float32', mode)` "
-             "plus the gradients' bytes. Images/s is the median over rounds in which every "
-             "implementation runs once in turn; the range shows the slowest and fastest round, i.e. "
-             "how noisy the machine was.", "",
+             "plus the gradients' bytes. Every implementation runs once per round, in turn, for "
+             f"{meta['rounds']} rounds; images/s and every ratio use each one's fastest round "
+             "(interference on a shared machine only ever adds time), and the median round is shown "
+             "beside it as a measure of the noise.", "",
              "Standard training runs the reference's computation op for op, on purpose: it is what "
              "keeps the compiled model's FLOPs equal to the analysis (and to torchvision's figure). "
              "Its ratio to the reference is therefore 1.0 up to noise, and the target row can fall "
-             "either side of 1.0 from one run to the next; compare the ranges.", ""]
+             "either side of 1.0 from one run to the next; compare the medians.", ""]
     lines += targets(results)
     for name, res in results.items():
         lines += [f"### {name} (batch {res['batch']}, input {res['input']}, {res['flops'] / 1e9:.3f} GFLOPs/image)", "",
-                  "| measurement | implementation | format | images/s (median) | slowest–fastest round | GFLOP/s | of ceiling | peak MiB | predicted MiB |",
+                  "| measurement | implementation | format | images/s (best round) | images/s (median round) | GFLOP/s | of ceiling | peak MiB | predicted MiB |",
                   "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in res["rows"]:
             peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else ""
             pred = f"{r['predicted_mib']:.0f}" if "predicted_mib" in r else ""
             lines.append(f"| {r['kind']} | {r['impl']} | {r['format']} | {r['images_per_s']:.1f} | "
-                         f"{r['range'][0]:.1f}–{r['range'][1]:.1f} | "
+                         f"{r['median']:.1f} | "
                          f"{r['gflops']:.1f} | {r['ceiling_fraction']:.0%} | {peak} | {pred} |")
         lines.append("")
     lines += ["### All ratios", "", "| model | ratio | value |", "| --- | --- | ---: |"]
@@ -442,7 +449,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
             "ceiling": ceiling, "load_before": load_before,
             "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-            "elapsed": time.perf_counter() - started}
+            "elapsed": time.perf_counter() - started, "rounds": rounds(iters)}
     text = report(results, meta)
     print(text)
     if args.write or not args.quick:
