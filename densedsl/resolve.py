@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 from . import ast
 from . import diagnostics as d
 from . import network as n
+from .fmt import format_expr
 from .source import Source, Span
 
 Value = Fraction | bool | str  # a number, a yes/no, or a keyword such as `post`
@@ -725,7 +726,7 @@ class _Resolver:
             except _Invalid:
                 continue
             out.append(n.Expectation(key=s.name, value=value, tolerance=_tolerance(s.value),
-                                     text=_text(s.value), span=s.span))
+                                     text=format_expr(s.value), span=s.span))
         return out
 
 
@@ -751,7 +752,7 @@ def _source_text(e: ast.Expr) -> str:
     span = e.span
     if span is not None and span.source.text and span.end > span.start:
         return span.source.text[span.start:span.end]
-    return _text(e)
+    return format_expr(e)
 
 
 def _walk(e: ast.Expr):
@@ -761,30 +762,6 @@ def _walk(e: ast.Expr):
             yield from _walk(child)
     for a in getattr(e, "args", ()):
         yield from _walk(a)
-
-
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
-
-
-def _text(e: ast.Expr, parent: int = 0, right: bool = False) -> str:
-    """Canonical text of an expression, with only the parentheses precedence needs (fmt uses it)."""
-    if isinstance(e, ast.Number):
-        return e.text
-    if isinstance(e, ast.Name):
-        return e.id
-    if isinstance(e, ast.UnaryOp):
-        return e.op + _text(e.operand, 3)
-    if isinstance(e, ast.Call):
-        return f"{e.func}({', '.join(_text(a) for a in e.args)})"
-    if isinstance(e, ast.BinOp):
-        p = _PRECEDENCE[e.op]
-        s = f"{_text(e.left, p)} {e.op} {_text(e.right, p, True)}" if p == 1 else \
-            f"{_text(e.left, p)}{e.op}{_text(e.right, p, True)}"
-        return f"({s})" if p < parent or (p == parent and right) else s
-    raise AssertionError(e)
-
-
-expression_text = _text
 
 
 def _show(v: Value) -> str:

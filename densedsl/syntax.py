@@ -120,7 +120,7 @@ def parse_expression(text: str, name: str = "<value>") -> ast.Expr:
     try:
         tree = parser().parse(text, start="expr")
     except lark.UnexpectedInput as e:
-        raise d.SpecError([_translate(source, e, in_expression=True)]) from None
+        raise d.SpecError([_translate(source, e)]) from None
     builder = _Builder(source)
     expr = builder.transform(tree)
     if builder.errors:
@@ -200,7 +200,7 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " or " + items[-1]
 
 
-def _translate(source: Source, e: lark.UnexpectedInput, in_expression: bool = False) -> d.Diagnostic:
+def _translate(source: Source, e: lark.UnexpectedInput) -> d.Diagnostic:
     if isinstance(e, lark.UnexpectedCharacters):
         pos = e.pos_in_stream
         word = re.match(r"[0-9][0-9A-Za-z_.]*", source.text[pos:])

@@ -448,7 +448,7 @@ def test_load_weights_renames_torchvision_legacy_keys():
     legacy = {}
     for k, v in source.state_dict().items():
         for old in ("norm1", "relu1", "conv1", "norm2", "relu2", "conv2"):
-            if f"denselayer" in k and f".{old}." in k:
+            if "denselayer" in k and f".{old}." in k:
                 k = k.replace(f".{old}.", f".{old[:-1]}.{old[-1]}.")
         legacy[k] = v
     assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
