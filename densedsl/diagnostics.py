@@ -50,6 +50,7 @@ UNEXPECTED_EOF = Code("E002", "unexpected-eof", "the file ends in the middle of 
 BAD_CHARACTER = Code("E003", "bad-character", "a character that no token can start with")
 TOO_DEEP = Code("E004", "too-deep", "brackets or blocks nested deeper than the parser allows")
 BAD_NUMBER = Code("E005", "bad-number", "a number literal that is malformed or absurdly large")
+TOO_COMPLEX = Code("E006", "too-complex", "a spec whose size, values or nesting exceed densedsl's limits")
 
 # E1xx: names and values
 UNKNOWN_STATEMENT = Code("E101", "unknown-statement", "a statement or operation densedsl does not know")
@@ -69,6 +70,7 @@ BAD_CALL = Code("E114", "bad-call", "an unknown function or a wrong number of ar
 UNEXPECTED_ARGUMENT = Code("E115", "unexpected-argument", "a positional value the statement does not take")
 CONFLICT = Code("E116", "conflicting-settings", "settings that exclude each other")
 UNKNOWN_DATASET = Code("E117", "unknown-dataset", "a --data value that names no data set densedsl reads")
+BAD_OVERRIDE = Code("E118", "bad-override", "a --set item that is not NAME=VALUE")
 
 # E2xx: graph and shapes
 NO_CHANNELS = Code("E201", "no-channels", "a layer would emit fewer than one channel")
@@ -78,6 +80,7 @@ UNEVEN_SIZE = Code("W204", "uneven-size", "a pooling or strided conv drops rows 
 INVARIANT = Code("E205", "invariant", "the graph breaks a dense-connectivity invariant (a bug)")
 TRAIN_TOO_SMALL = Code("W206", "train-too-small", "a batch of one cannot be trained: the final map is 1x1")
 DATA_MISMATCH = Code("E207", "data-mismatch", "the spec's input shape or classes differ from the data set's")
+NO_DATA = Code("E208", "no-data", "a data set, or a split of it, with no examples")
 
 # E3xx: resources and expectations
 TOO_MANY_PARAMS = Code("E301", "too-many-params", "predicted parameters exceed --max-params")
@@ -86,6 +89,7 @@ EXPECTATION = Code("E303", "expectation", "an `expect` figure differs from the a
 TOO_LARGE = Code("E304", "too-large", "a block or network too large to analyse")
 DIVERGED = Code("E305", "diverged", "training produced a non-finite loss")
 NO_DEVICE = Code("E306", "no-device", "the requested device or precision is not available")
+OUT_OF_MEMORY = Code("E307", "out-of-memory", "building or running the model would need more memory than is available")
 
 # E9xx: files and I/O
 FILE_NOT_FOUND = Code("E901", "file-not-found", "the file does not exist")
@@ -97,6 +101,10 @@ DOT_MISSING = Code("E906", "dot-missing", "Graphviz's `dot` program is not insta
 BAD_OUTPUT = Code("E907", "bad-output", "an output path whose extension densedsl cannot write")
 BAD_FILE = Code("E908", "bad-file", "an input file (weights, checkpoint, data) that cannot be used")
 CANNOT_READ = Code("E909", "cannot-read", "a file that exists but cannot be read")
+RUN_EXISTS = Code("E910", "run-exists", "the run directory holds another run, or a run is in progress there")
+MISSING_PACKAGE = Code("E911", "missing-package", "an optional package the command needs is not installed")
+NOT_REGULAR = Code("E912", "not-regular", "a FIFO, socket or device where a regular file was expected")
+CORRUPT = Code("E913", "corrupt", "a checkpoint or weights file whose contents fail their checksum")
 
 
 @dataclass(frozen=True, slots=True)
