@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,21 @@ from . import diagnostics as d
 from .source import Source
 
 _MAX_BYTES = 16 * 1024 * 1024  # a spec is a few hundred bytes; refuse to slurp a disk image
+
+
+def require_regular(path: str | os.PathLike, what: str = "file") -> None:
+    """Refuse a FIFO, socket or device (E912) before anything opens it: reading one blocks forever
+    or never ends. Missing files and directories pass through, for the caller's own errors."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise d.SpecError([d.Diagnostic(d.NOT_REGULAR, f"the {what} is {kind}, not a regular file", None,
+                                    f"pass a regular {what}", file=str(path))])
 
 
 def read_source(path: str | os.PathLike) -> Source:
@@ -20,6 +36,7 @@ def read_source(path: str | os.PathLike) -> Source:
     def fail(code: d.Code, message: str, hint: str | None = None) -> "d.SpecError":
         return d.SpecError([d.Diagnostic(code, message, None, hint, file=name)])
 
+    require_regular(p, "spec file")
     if p.is_dir():
         raise fail(d.IS_DIRECTORY, "is a directory, not a spec file",
                    f"pass the spec files inside it, e.g. {name.rstrip('/')}/*.dense")
