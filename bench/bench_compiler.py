@@ -107,7 +107,7 @@ class RefDenseNet(nn.Module):
             if i < len(blocks):
                 self.features.add_module(f"transition{i}", RefTransition(c, c // 2))
                 c //= 2
-        self.features.add_module(f"norm{len(blocks) + 1}", nn.BatchNorm2d(c))
+        self.features.add_module("norm5", nn.BatchNorm2d(c))  # torchvision: norm5 for any block count
         self.classifier = nn.Linear(c, classes)
 
     def forward(self, x):

@@ -18,14 +18,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, assert_never
 
 import networkx as nx
 
 from . import costs
 from . import diagnostics as d
 from . import graph as graph_
-from .network import Network
+from .network import DenseBlock, Network, Transition
+from .ops import kind_of, numel
 from .source import Span
 
 MemoryMode = Literal["standard", "efficient", "inference"]
@@ -37,8 +38,6 @@ DEFAULT_MAX_PARAMS = 10**10
 DEFAULT_MAX_MEMORY = 80 * 2**30   # activation bytes of a training step, batch 1, float32
 # Never lifted: 10^12 float32 parameters are 4 TB, beyond any device.
 HARD_MAX_PARAMS = 10**12
-
-_CONVS = ("conv", "linear")
 
 
 # --- formatting shared by analysis and report --------------------------------------------------
@@ -117,7 +116,7 @@ class FeatureInfo:
     module: str                     # features.denseblock{i}
     channels: int
     reduction: int                  # cumulative stride relative to the input
-    shape: tuple[int, int, int]     # at the analysed input size
+    shape: tuple[int, ...]          # at the analysed input size
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +148,7 @@ class Analysis:
     min_input_size: MinInputSize
     receptive_field: int
     stages: tuple[StageFigures, ...]
+    lowered: tuple[costs.Lowered, ...] = field(repr=False, compare=False)
     feature_info: tuple[FeatureInfo, ...]
     diagnostics: tuple[d.Diagnostic, ...] = ()
     _memory: dict[str, _MemoryModel] = field(repr=False, compare=False, default_factory=dict)
@@ -172,8 +172,9 @@ class Analysis:
         """Predicted activation bytes of one step; docs/analysis.md states what is counted.
 
         "standard": tensors autograd keeps for backward in a straightforward (torchvision-style)
-        implementation, quadratic in block depth. "efficient": the same with each layer's
-        concat-norm-relu-conv1 recomputed in backward (torchvision's memory_efficient), linear.
+        implementation, quadratic in block depth. "efficient": each dense layer keeps only its
+        inputs and its conv outputs; its concatenation, BN, ReLU and dropout are recomputed in
+        backward (Pleiss et al.), linear in depth.
         "inference": the peak of live tensors in a forward pass without autograd.
         `weights=True` adds the parameters and buffers, and for training their gradients.
         """
@@ -231,16 +232,18 @@ def analyze(network: Network, *, max_params: int | float | None = None,
         diags += _refuse_unbuildable(network)
     d.raise_if_errors(diags)
 
-    g = graph_.lower(network, checked=True)
+    lowered = costs.lower(network)
+    g = graph_.lower(network, checked=True, lowered=lowered)
     nodes = g.nodes
     params = sum(a["params"] for _, a in nodes(data=True))
     macs = sum(a["macs"] for _, a in nodes(data=True))
-    stages = _stages(network, g)
+    stages = _stages(lowered, g)
     diags += _check_invariants(network, g, stages)
     if not d.has_errors(diags):
         diags += _check_batch_of_one(network, g)
 
     plan = graph_.spatial_plan(network)
+    rank = len(network.input) - 1
     rf, jumps = _receptive_fields(g)
     final = _final_map(g)
     head_in = nodes[final]["out_shape"]
@@ -248,15 +251,16 @@ def analyze(network: Network, *, max_params: int | float | None = None,
         network=network, graph=g, params=params,
         buffers=sum(a["buffers"] for _, a in nodes(data=True)),
         macs=macs, flops=sum(a["flops"] for _, a in nodes(data=True)),
-        depth=sum(1 for _, k in nodes(data="kind") if k in _CONVS),
+        depth=sum(1 for _, k in nodes(data="kind") if kind_of(k).layer),
         connections=sum(1 for _, _, k in g.edges(data="kind") if k == "dense"),
         channels=head_in[0],
         state_dict_entries=_state_dict_entries(g),
         input_shape=tuple(network.input), output_shape=tuple(g.graph["output_shape"]),
-        min_input_size=MinInputSize(graph_.min_input_size(plan),
-                                    graph_.min_input_size(plan, train=True)),
+        min_input_size=MinInputSize(graph_.min_input_size(plan, rank=rank),
+                                    graph_.min_input_size(plan, train=True, rank=rank)),
         receptive_field=rf[final],
         stages=stages,
+        lowered=lowered,
         feature_info=tuple(
             FeatureInfo(s.name, f"features.{s.name}", s.out_channels, jumps[f"{s.name}.out"],
                         tuple(s.out_shape))
@@ -302,7 +306,7 @@ def _check_resources(a: Analysis, max_params: int | float, max_memory: int | flo
         diags.append(_too_many_params(a.network, a.params, max_params))
     mem = a.memory(1, "float32", "standard")
     if mem > max_memory:
-        worst = max(a.blocks, key=lambda b: b.out_shape[0] * b.out_shape[1] * b.out_shape[2] * b.layers,
+        worst = max(a.blocks, key=lambda b: numel(b.out_shape) * b.layers,
                     default=None)
         where = f"; the largest block is {worst.name} ({worst.layers} layers at {shape_text(worst.out_shape)})" \
             if worst is not None else ""
@@ -337,13 +341,17 @@ def _derivation(a: Analysis, key: str) -> str:
         last = next((s for s in reversed(a.stages) if s.kind in ("dense", "transition")), None)
         if last is None:
             return "the stem's output channels"
-        if isinstance(last, BlockFigures):
-            return (f"{last.in_channels:,} + {last.layers}·{last.growth} ({last.name}: "
-                    f"{last.in_channels:,} in, {last.layers} layers of growth {last.growth})")
-        t = a.network.transitions[int(last.name.removeprefix("transition")) - 1]
-        if t.channels is not None:
-            return f"channels={t.channels} of {last.name}"
-        return f"⌊{float(t.compression):g}·{last.in_shape[0]:,}⌋ from {last.name}"
+        source = next(s.source for s in a.lowered if s.name == last.name)
+        match source:
+            case DenseBlock():
+                return (f"{last.in_shape[0]:,} + {source.layers}·{source.growth} ({last.name}: "
+                        f"{last.in_shape[0]:,} in, {source.layers} layers of growth {source.growth})")
+            case Transition():
+                if source.channels is not None:
+                    return f"channels={source.channels} of {last.name}"
+                return f"⌊{float(source.compression):g}·{last.in_shape[0]:,}⌋ from {last.name}"
+            case _:
+                raise AssertionError(f"{last.name} is neither a block nor a transition")
     if key == "depth":
         return " + ".join(f"{s.depth} ({s.name})" for s in a.stages if s.depth) + \
             " conv and linear layers"
@@ -391,7 +399,7 @@ def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnos
     for s in stages:
         if isinstance(s, BlockFigures):
             block = next(b for b in network.blocks if b.index == s.index)
-            t = costs.block_totals(block, s.in_channels, s.in_shape[1], s.in_shape[2])
+            t = costs.block_totals(block, s.in_shape)
             if (t.params, t.buffers, t.macs) != (s.params, s.buffers, s.macs):
                 problems.append((block.span, f"{s.name}: graph totals {s.params}/{s.buffers}/{s.macs} "
                                  f"differ from the closed form {t.params}/{t.buffers}/{t.macs}"))
@@ -403,51 +411,57 @@ def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
     """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails."""
     stages: list[str] = []
     for _, a in g.nodes(data=True):
-        if a["kind"] == "norm" and a["in_shape"][1] * a["in_shape"][2] <= 1 and a["stage"] not in stages:
+        if kind_of(a["kind"]).normalises and numel(a["in_shape"][1:]) <= 1 and a["stage"] not in stages:
             stages.append(a["stage"])
     if not stages:
         return []
-    least = graph_.min_input_size(graph_.spatial_plan(network), train=True)
+    rank = len(network.input) - 1
+    least = graph_.min_input_size(graph_.spatial_plan(network), train=True, rank=rank)
     which = ", ".join(stages)
     return [d.Diagnostic(
         d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained at {shape_text(network.input)}: "
-        f"batch norm in {which} sees a 1x1 map, one value per channel",
+        f"batch norm in {which} sees a {graph_.size_text(1, rank)} map, one value per channel",
         network.input_span or network.span,
-        f"train with batches of 2 or more, or use an input of at least {least}x{least}")]
+        f"train with batches of 2 or more, or use an input of at least {graph_.size_text(least, rank)}")]
 
 
 # --- figures off the graph ---------------------------------------------------------------------
 
-def _stages(network: Network, g: nx.DiGraph) -> tuple[StageFigures, ...]:
+def _stages(lowered: tuple[costs.Lowered, ...], g: nx.DiGraph) -> tuple[StageFigures, ...]:
     groups: dict[str, list[str]] = {}
     for n, stage in g.nodes(data="stage"):
         if n in ("input", "output"):
             continue
         groups.setdefault(stage, []).append(n)
-    blocks = {f"denseblock{b.index}": b for b in network.blocks}
-    spans = {f"denseblock{b.index}": b.span for b in network.blocks}
-    spans.update({f"transition{t.index}": t.span for t in network.transitions})
-    spans["stem"] = network.stem.span
-    spans["head"] = network.head.span if network.head is not None else None
     result: list[StageFigures] = []
-    for name, members in groups.items():
+    for stage in lowered:
+        members = groups.get(stage.name)
+        if not members:
+            continue  # a stem without ops
         attrs = [g.nodes[n] for n in members]
         common = dict(
-            name=name, span=spans.get(name), in_shape=attrs[0]["in_shape"], out_shape=attrs[-1]["out_shape"],
+            name=stage.name, span=stage.source.span, in_shape=attrs[0]["in_shape"],
+            out_shape=attrs[-1]["out_shape"],
             params=sum(a["params"] for a in attrs), buffers=sum(a["buffers"] for a in attrs),
             macs=sum(a["macs"] for a in attrs), flops=sum(a["flops"] for a in attrs),
-            depth=sum(1 for a in attrs if a["kind"] in _CONVS))
-        block = blocks.get(name)
-        if block is None:
-            kind = "transition" if name.startswith("transition") else name
-            result.append(StageFigures(kind=kind, **common))
-            continue
-        connections = sum(1 for n in members if n.endswith(".concat") and n != f"{name}.out"
-                          for _, _, k in g.in_edges(n, data="kind") if k == "dense")
-        result.append(BlockFigures(
-            kind="dense", index=block.index, layers=block.layers, growth=block.growth,
-            bottleneck=block.bottleneck, in_channels=attrs[0]["out_shape"][0],
-            out_channels=attrs[-1]["out_shape"][0], connections=connections, **common))
+            depth=sum(1 for a in attrs if kind_of(a["kind"]).layer))
+        match stage:
+            case costs.LoweredStem():
+                result.append(StageFigures(kind="stem", **common))
+            case costs.LoweredTransition():
+                result.append(StageFigures(kind="transition", **common))
+            case costs.LoweredHead():
+                result.append(StageFigures(kind="head", **common))
+            case costs.LoweredBlock():
+                block = stage.source
+                connections = sum(1 for n in members if n.endswith(".concat")
+                                  for _, _, k in g.in_edges(n, data="kind") if k == "dense")
+                result.append(BlockFigures(
+                    kind="dense", index=block.index, layers=block.layers, growth=block.growth,
+                    bottleneck=block.bottleneck, in_channels=attrs[0]["out_shape"][0],
+                    out_channels=attrs[-1]["out_shape"][0], connections=connections, **common))
+            case _:
+                assert_never(stage)
     return tuple(result)
 
 
@@ -462,8 +476,9 @@ def _final_map(g: nx.DiGraph) -> str:
 def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
     """Receptive field and cumulative stride of every node, along the deepest path.
 
-    r_out = r_in + (k − 1)·j_in and j_out = j_in·s for convs and pools; a concat takes the
-    largest field among its inputs (they share one stride).
+    r_out = r_in + (k − 1)·j_in and j_out = j_in·s for ops that slide a window (convs and
+    pools); a concat takes the largest field among its inputs (they share one stride). Kernels
+    are the same along every axis, so one number serves every rank.
     """
     rf: dict[str, int] = {}
     jump: dict[str, int] = {}
@@ -474,39 +489,33 @@ def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
             continue
         r = max(rf[p] for p in preds)
         j = jump[next(iter(preds))]
-        if a["kind"] in ("conv", "pool") and not a.get("global"):
-            r += (a["kernel"] - 1) * j
-            j *= a["stride"]
+        window = kind_of(a["kind"]).window(a)
+        if window is not None:
+            kernel, stride, _ = window
+            r += (kernel - 1) * j
+            j *= stride
         rf[n], jump[n] = r, j
     return rf, jump
 
 
 def _state_dict_entries(g: nx.DiGraph) -> int:
-    """Tensors in the compiled model's state_dict: conv weight (+bias), BN weight, bias,
-    running_mean, running_var and num_batches_tracked, linear weight and bias."""
-    count = 0
-    for _, a in g.nodes(data=True):
-        if a["kind"] == "conv":
-            count += 2 if a["bias"] else 1
-        elif a["kind"] == "norm":
-            count += 5
-        elif a["kind"] == "linear":
-            count += 2
-    return count
+    """Tensors in the compiled model's state_dict, as the op table counts them per op."""
+    return sum(kind_of(a["kind"]).state_entries(a) for _, a in g.nodes(data=True))
 
 
 # --- memory ------------------------------------------------------------------------------------
 
 def _storages(g: nx.DiGraph, *, training: bool) -> dict[str, str]:
-    """Which allocation holds each node's output: ReLU runs in place (torchvision's
-    inplace=True), flatten is a view, feature nodes and the output name tensors made elsewhere,
-    and dropout is the identity outside training."""
+    """Which allocation holds each node's output, as the op table states each kind's storage:
+    ReLU runs in place (torchvision's inplace=True) unless its input is the caller's or is read
+    elsewhere, flatten is a view, feature nodes and the output name tensors made elsewhere, and
+    dropout is the identity outside training."""
     storage: dict[str, str] = {}
     for n, a in g.nodes(data=True):
-        kind = a["kind"]
+        rule = kind_of(a["kind"]).storage
         preds = g.pred[n]
-        alias = kind in ("feature", "output", "flatten") or (kind == "dropout" and not training)
-        if kind == "relu":
+        alias = rule == "view" or (rule == "identity_in_eval" and not training)
+        if rule == "in_place":
             p = next(iter(preds))
             alias = g.nodes[p]["kind"] != "input" and len(g.succ[p]) == 1
         storage[n] = storage[next(iter(preds))] if alias and preds else n
@@ -533,11 +542,11 @@ def _recomputed(g: nx.DiGraph) -> dict[str, list[str]]:
 def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
     """What autograd keeps for backward: each op's saved tensors, distinct storages counted once.
 
-    conv, BN, pooling and linear save their input; ReLU its output; dropout its mask (bool);
-    max pooling its indices (int64); BN also its per-channel mean and inverse std (float32).
-    Concat and flatten save nothing. In efficient mode a dense layer keeps only its inputs (the
-    block's feature maps) and its conv outputs; its concat, BN and ReLU outputs and dropout masks
-    are recomputed, so backward needs the largest layer's recomputed tensors once more, at a time.
+    The op table says what each kind saves (conv, BN, pooling and linear their input; ReLU its
+    output; dropout its mask; max pooling its indices; BN its per-channel statistics). In
+    efficient mode a dense layer keeps only its inputs (the block's feature maps) and its conv
+    outputs; its concat, BN and ReLU outputs and dropout masks are recomputed, so backward needs
+    the largest layer's recomputed tensors once more, at a time.
     """
     storage = _storages(g, training=True)
     regions = _recomputed(g) if efficient else {}
@@ -545,25 +554,18 @@ def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
     saved: set[str] = set()
     mask_bytes = fixed = 0
     for n, a in g.nodes(data=True):
-        kind = a["kind"]
-        if kind == "norm":
-            fixed += 2 * a["channels"] * costs.STAT_BYTES
-        if n in region:
-            if kind == "concat":
-                saved.update(storage[p] for p in g.pred[n])
-            elif kind == "conv":
-                saved.add(storage[n])
-            continue
-        preds = g.pred[n]
-        if kind in ("conv", "norm", "pool", "linear"):
-            saved.add(storage[next(iter(preds))])
-        if kind == "relu":
+        spec = kind_of(a["kind"])
+        fixed += spec.fixed_bytes(a)
+        keeps = spec.saves_recomputed if n in region else spec.saves
+        if keeps == "inputs":
+            saved.update(storage[p] for p in g.pred[n])
+        elif keeps == "input":
+            saved.add(storage[next(iter(g.pred[n]))])
+        elif keeps == "output":
             saved.add(storage[n])
-        if kind == "dropout" and a["rate"] > 0:
-            mask_bytes += costs.numel(a["out_shape"]) * costs.MASK_BYTES
-        if kind == "pool" and a["mode"] == "max":
-            mask_bytes += costs.numel(a["out_shape"]) * costs.INDEX_BYTES
-    elements = sum(costs.numel(g.nodes[s]["out_shape"]) for s in saved)
+        if n not in region:
+            mask_bytes += spec.saved_bytes(a)
+    elements = sum(numel(g.nodes[s]["out_shape"]) for s in saved)
     if efficient:
         elements += max((_region_elements(g, nodes, storage, saved) for nodes in regions.values()),
                         default=0)
@@ -573,7 +575,7 @@ def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
 def _region_elements(g: nx.DiGraph, nodes: list[str], storage: dict[str, str], saved: set[str]) -> int:
     """Elements a recomputed layer allocates again when backward replays it."""
     fresh = {storage[n] for n in nodes if storage[n] == n and n not in saved}
-    return sum(costs.numel(g.nodes[s]["out_shape"]) for s in fresh)
+    return sum(numel(g.nodes[s]["out_shape"]) for s in fresh)
 
 
 def _inference_memory(g: nx.DiGraph) -> _MemoryModel:
@@ -595,9 +597,9 @@ def _inference_memory(g: nx.DiGraph) -> _MemoryModel:
     live = peak = 0
     for n, a in g.nodes(data=True):
         if storage[n] == n:
-            live += costs.numel(a["out_shape"])
+            live += numel(a["out_shape"])
         peak = max(peak, live)
         for s in frees.get(order[n], ()):
-            live -= costs.numel(g.nodes[s]["out_shape"])
+            live -= numel(g.nodes[s]["out_shape"])
     # Max pooling makes no indices without autograd, and dropout is the identity: no masks.
     return _MemoryModel(peak, 0, 0)

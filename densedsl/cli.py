@@ -156,7 +156,7 @@ def _add_compile(sub) -> None:
     _add_spec_options(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.pt, OUT.py or OUT.onnx")
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
-                   help="efficient: recompute concat-BN-ReLU-conv1 in backward (memory linear in depth)")
+                   help="efficient: recompute concat, BN and ReLU in backward, keep conv outputs (memory linear in depth)")
     p.set_defaults(func=_cmd_compile)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import diagnostics as d
+from .engine import accelerate
 from .modules import DenseNet, DenseNetFeatures
 from .network import Network
 
@@ -24,20 +25,23 @@ MEMORY_MODES = ("standard", "efficient")
 
 
 def build_model(network: Network, *, memory: str = "standard", features: bool = False,
-                device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
+                device: Any = None, dtype: torch.dtype | None = None, engine: bool = True) -> nn.Module:
     """Check `network` and build its model: a `DenseNet`, or with `features=True` a module whose
     forward returns {'denseblock{i}': block output} (timm's features_only).
 
-    memory: "standard" keeps every concatenation for backward (fastest); "efficient" recomputes
-    each layer's concat-BN-ReLU-Conv1x1 in backward (memory linear in depth; also switchable
-    later with `model.set_grad_checkpointing()`). device/dtype place the parameters at
-    construction, as timm's `dd` does.
+    memory: "standard" keeps every concatenation for backward (fastest); "efficient" keeps each
+    layer's conv outputs and recomputes its concatenation, BN and ReLU in backward (memory
+    linear in depth; also switchable later with `model.set_grad_checkpointing()`). device/dtype
+    place the parameters at construction, as timm's `dd` does. The model is built from the
+    analysis' lowered op list; `engine=True` applies the inference engine (`engine.accelerate`).
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, not {memory!r}")
     from .analysis import analyze
-    analyze(network)
-    model = DenseNet(network, memory=memory, device=device, dtype=dtype)
+    analysis = analyze(network)
+    model = DenseNet(network, memory=memory, lowered=analysis.lowered, device=device, dtype=dtype)
+    if engine:
+        accelerate(model)
     return DenseNetFeatures(model) if features else model
 
 

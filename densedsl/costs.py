@@ -1,13 +1,15 @@
-"""Per-op sizes and costs as pure functions, and the op lists every stage lowers to.
+"""The op lists every stage lowers to, and the sizes and totals computed from them.
 
-Everything here is integer arithmetic on plain values (no graph, no torch), so the same
-functions serve three callers: `graph.lower` turns the op lists into nodes, `analysis` predicts
-totals from a `Network` before building any graph (to refuse absurd specs in microseconds), and
-the minimum-input-size search evaluates the size chain thousands of times.
+Per-op figures live in the op table (`ops.py`); this module decides *which* ops a stem, a dense
+layer, a transition and a head lower to, in execution order. Everything is integer arithmetic on
+plain values (no graph, no torch), so the same functions serve every caller: `lower` gives the
+lowered network that `graph` turns into nodes and `modules`/`export` into torch modules;
+`analysis` predicts totals from a `Network` before building any graph (to refuse absurd specs in
+microseconds), and the minimum-input-size search evaluates the size chain thousands of times.
 
 Conventions (docs/graph.md, docs/analysis.md):
 - params count BN's affine weight and bias; buffers count BN's running mean and var;
-- MACs: conv `Cout·(Cin/groups)·kh·kw·Hout·Wout`, linear `in·out`; BN, ReLU, pooling, concat
+- MACs: conv `Cout·(Cin/groups)·∏kernel·∏out`, linear `in·out`; BN, ReLU, pooling, concat
   and dropout cost 0, as in torch.utils.flop_counter (which counts FLOPs = 2·MACs).
 """
 
@@ -15,19 +17,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator
+from typing import Any, Iterator, Union, assert_never
 
-from .network import Conv, DenseBlock, Dropout, Head, Network, Norm, Pool, ReLU, Stem, Transition
+from . import network as n
+from .network import DenseBlock, Head, Network, Stem, Transition
+from .ops import Conv, Dropout, Flatten, Linear, Norm, Op, Pool, ReLU, Shape, numel, window_out
 
-Shape = tuple[int, ...]  # (C, H, W) for maps, (N,) after flatten
+__all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
+           "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
 
 DTYPE_BYTES: dict[str, int] = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
     "double": 8, "float": 4, "half": 2,
 }
-MASK_BYTES = 1      # dropout masks are torch.bool
-INDEX_BYTES = 8     # max-pool indices are int64
-STAT_BYTES = 4      # BN saves per-channel mean and inverse std in float32, even under autocast
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -39,14 +41,6 @@ def dtype_bytes(dtype: str) -> int:
 
 # --- sizes -------------------------------------------------------------------------------------
 
-def window_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length of a conv or pool along one axis (floor mode, as PyTorch's default).
-
-    Can be 0 or negative: callers check `size + 2·padding >= kernel` first.
-    """
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def drops_input(size: int, kernel: int, stride: int, padding: int) -> bool:
     """True when the last real row (not padding) is covered by no window.
 
@@ -55,13 +49,6 @@ def drops_input(size: int, kernel: int, stride: int, padding: int) -> bool:
     """
     out = window_out(size, kernel, stride, padding)
     return out >= 1 and (out - 1) * stride + kernel < padding + size
-
-
-def numel(shape: Shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def transition_channels(m: int, t: Transition) -> int:
@@ -81,85 +68,13 @@ def layer_in_channels(k0: int, block: DenseBlock, layer: int) -> int:
     return k0 + block.growth * (layer - 1)
 
 
-# --- per-op figures ----------------------------------------------------------------------------
-
-def conv_params(cin: int, cout: int, kernel: int, bias: bool) -> int:
-    return cout * cin * kernel * kernel + (cout if bias else 0)
-
-
-def conv_macs(cin: int, cout: int, kernel: int, hout: int, wout: int) -> int:
-    return cout * cin * kernel * kernel * hout * wout
-
-
-def norm_params(channels: int) -> int:
-    return 2 * channels  # affine weight and bias
-
-
-def norm_buffers(channels: int) -> int:
-    return 2 * channels  # running mean and var; num_batches_tracked is a counter, not counted
-
-
-def linear_params(inf: int, outf: int) -> int:
-    return inf * outf + outf
-
-
-def linear_macs(inf: int, outf: int) -> int:
-    return inf * outf
+def _at(shape: Shape, channels: int) -> Shape:
+    return (channels, *shape[1:])
 
 
 # --- op lists ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One operation of the compiled model: what `graph.lower` turns into a node.
-
-    `name` is the node id inside its stage (`norm1`, `conv0`, `pool`); `module` the state_dict
-    prefix inside `features` for ops with weights, or None. `attrs` holds the op-specific
-    attributes of docs/graph.md.
-    """
-
-    name: str
-    kind: str
-    in_shape: Shape
-    out_shape: Shape
-    params: int = 0
-    buffers: int = 0
-    macs: int = 0
-    module: str | None = None
-    attrs: tuple[tuple[str, Any], ...] = ()
-
-
-def _conv(name: str, shape: Shape, cout: int, kernel: int, stride: int, padding: int, bias: bool,
-          module: str | None) -> Op:
-    c, h, w = shape
-    ho, wo = window_out(h, kernel, stride, padding), window_out(w, kernel, stride, padding)
-    return Op(name, "conv", shape, (cout, ho, wo), conv_params(c, cout, kernel, bias), 0,
-              conv_macs(c, cout, kernel, ho, wo), module,
-              (("in_channels", c), ("out_channels", cout), ("kernel", kernel), ("stride", stride),
-               ("padding", padding), ("bias", bias)))
-
-
-def _norm(name: str, shape: Shape, module: str | None) -> Op:
-    return Op(name, "norm", shape, shape, norm_params(shape[0]), norm_buffers(shape[0]), 0, module,
-              (("channels", shape[0]),))
-
-
-def _relu(name: str, shape: Shape) -> Op:
-    return Op(name, "relu", shape, shape)
-
-
-def _drop(name: str, shape: Shape, rate: float) -> Op:
-    return Op(name, "dropout", shape, shape, attrs=(("rate", rate),))
-
-
-def _pool(name: str, shape: Shape, mode: str, kernel: int, stride: int, padding: int) -> Op:
-    c, h, w = shape
-    out = (c, window_out(h, kernel, stride, padding), window_out(w, kernel, stride, padding))
-    return Op(name, "pool", shape, out, attrs=(("mode", mode), ("kernel", kernel), ("stride", stride),
-                                               ("padding", padding), ("global", False)))
-
-
-def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, Any]]:
+def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
     """The stem's ops with the network op that caused each (for its span).
 
     Ids count ops of one kind (conv0 norm0 relu0 pool0, then conv1 ...), torchvision's names.
@@ -172,27 +87,30 @@ def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, Any]]:
         return f"{prefix}{i}"
 
     for op in stem.ops:
-        if isinstance(op, Conv):
-            n = name("conv")
-            out = _conv(n, shape, op.out_channels, op.kernel, op.stride, op.padding, op.bias,
-                        f"features.{n}")
-        elif isinstance(op, Norm):
-            n = name("norm")
-            out = _norm(n, shape, f"features.{n}")
-        elif isinstance(op, ReLU):
-            out = _relu(name("relu"), shape)
-        elif isinstance(op, Pool):
-            out = _pool(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding)
-        elif isinstance(op, Dropout):
-            out = _drop(name("drop"), shape, op.rate)
-        else:  # pragma: no cover - network.StemOp is a closed union
-            raise TypeError(f"unknown stem op {op!r}")
+        out: Op
+        match op:
+            case n.Conv():
+                nm = name("conv")
+                out = Conv.make(nm, shape, op.out_channels, op.kernel, op.stride, op.padding, op.bias,
+                                f"features.{nm}")
+            case n.Norm():
+                nm = name("norm")
+                out = Norm.make(nm, shape, f"features.{nm}")
+            case n.ReLU():
+                out = ReLU.make(name("relu"), shape)
+            case n.Pool():
+                out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding)
+            case n.Dropout():
+                out = Dropout.make(name("drop"), shape, op.rate)
+            case _:
+                assert_never(op)
         yield out, op
         shape = out.out_shape
 
 
-def layer_ops(block: DenseBlock, cin: int, h: int, w: int, module: str | None) -> tuple[Op, ...]:
-    """The ops of one dense layer after its concatenation, in execution order.
+def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, ...]:
+    """The ops of one dense layer after its concatenation, in execution order; `shape` is the
+    concatenated input's.
 
     Pre-activation runs BN-ReLU-Conv per conv, post-activation Conv-BN-ReLU; dropout ends each
     unit. With a bottleneck the `…1` ops are the 1x1 conv to bottleneck·k channels and the `…2`
@@ -201,54 +119,129 @@ def layer_ops(block: DenseBlock, cin: int, h: int, w: int, module: str | None) -
     k = block.growth
     convs = ([(block.bottleneck * k, 1, 0), (k, 3, 1)] if block.bottleneck else [(k, 3, 1)])
     ops: list[Op] = []
-    shape: Shape = (cin, h, w)
     prefix = f"{module}." if module else ""
     for i, (cout, kernel, padding) in enumerate(convs, start=1):
-        conv = _conv(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}")
+        conv = Conv.make(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}")
         if block.order == "pre":
-            ops += [_norm(f"norm{i}", shape, f"{prefix}norm{i}"), _relu(f"relu{i}", shape), conv]
+            ops += [Norm.make(f"norm{i}", shape, f"{prefix}norm{i}"), ReLU.make(f"relu{i}", shape), conv]
         else:
-            ops += [conv, _norm(f"norm{i}", conv.out_shape, f"{prefix}norm{i}"),
-                    _relu(f"relu{i}", conv.out_shape)]
+            ops += [conv, Norm.make(f"norm{i}", conv.out_shape, f"{prefix}norm{i}"),
+                    ReLU.make(f"relu{i}", conv.out_shape)]
         shape = conv.out_shape
         if block.dropout > 0:
-            ops.append(_drop(f"drop{i}", shape, block.dropout))
+            ops.append(Dropout.make(f"drop{i}", shape, block.dropout))
     return tuple(ops)
 
 
 def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
     cout = transition_channels(shape[0], t)
     prefix = f"{module}." if module else ""
-    ops = [_norm("norm", shape, f"{prefix}norm"), _relu("relu", shape),
-           _conv("conv", shape, cout, 1, 1, 0, t.bias, f"{prefix}conv")]
+    ops = [Norm.make("norm", shape, f"{prefix}norm"), ReLU.make("relu", shape),
+           Conv.make("conv", shape, cout, 1, 1, 0, t.bias, f"{prefix}conv")]
     mid = ops[-1].out_shape
     if t.dropout > 0:
-        ops.append(_drop("drop", mid, t.dropout))
-    ops.append(_pool("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
+        ops.append(Dropout.make("drop", mid, t.dropout))
+    ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
     return tuple(ops)
 
 
-def head_ops(head: Head, shape: Shape, norm_module: str) -> tuple[Op, ...]:
-    """(BN-ReLU) → pool → flatten → (dropout) → Linear; `norm_module` is torchvision's norm5."""
+# torchvision's `DenseNet` names the final norm `norm5` whatever the number of blocks (its
+# 3-block CIFAR models included), so their weights load.
+HEAD_NORM = "features.norm5"
+
+
+def head_ops(head: Head, shape: Shape) -> tuple[Op, ...]:
+    """(BN-ReLU) → pool → flatten → (dropout) → Linear."""
     ops: list[Op] = []
     if head.norm:
-        ops += [_norm("norm", shape, norm_module), _relu("relu", shape)]
-    c = shape[0]
+        ops += [Norm.make("norm", shape, HEAD_NORM), ReLU.make("relu", shape)]
     if head.window is None:
-        pool = Op("pool", "pool", shape, (c, 1, 1),
-                  attrs=(("mode", head.pool), ("kernel", None), ("stride", None), ("padding", 0),
-                         ("global", True)))
+        pool = Pool.make_global("pool", shape, head.pool)
     else:
         kernel, stride = head.window
-        pool = _pool("pool", shape, head.pool, kernel, stride, 0)
-    flat = (numel(pool.out_shape),)
-    ops += [pool, Op("flatten", "flatten", pool.out_shape, flat)]
+        pool = Pool.make("pool", shape, head.pool, kernel, stride, 0)
+    flat = Flatten.make("flatten", pool.out_shape)
+    ops += [pool, flat]
     if head.dropout > 0:
-        ops.append(_drop("drop", flat, head.dropout))
-    ops.append(Op("linear", "linear", flat, (head.classes,), linear_params(flat[0], head.classes), 0,
-                  linear_macs(flat[0], head.classes), "classifier",
-                  (("in_features", flat[0]), ("out_features", head.classes))))
+        ops.append(Dropout.make("drop", flat.out_shape, head.dropout))
+    ops.append(Linear.make("linear", flat.out_shape, head.classes, "classifier"))
     return tuple(ops)
+
+
+# --- the lowered network -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LoweredStem:
+    ops: tuple[Op, ...]
+    spans: tuple[Any, ...]      # the span of the network op behind each op
+    source: Stem
+    name = "stem"
+
+
+@dataclass(frozen=True, slots=True)
+class LoweredBlock:
+    layers: tuple[tuple[Op, ...], ...]   # each dense layer's ops after its concatenation
+    in_shape: Shape
+    out_shape: Shape
+    source: DenseBlock
+
+    @property
+    def name(self) -> str:
+        return f"denseblock{self.source.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoweredTransition:
+    ops: tuple[Op, ...]
+    source: Transition
+
+    @property
+    def name(self) -> str:
+        return f"transition{self.source.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoweredHead:
+    ops: tuple[Op, ...]
+    source: Head
+    name = "head"
+
+
+Lowered = Union[LoweredStem, LoweredBlock, LoweredTransition, LoweredHead]
+
+
+def lower_block(block: DenseBlock, shape: Shape) -> LoweredBlock:
+    name = f"features.denseblock{block.index}"
+    layers = tuple(layer_ops(block, _at(shape, layer_in_channels(shape[0], block, layer)),
+                             f"{name}.denselayer{layer}")
+                   for layer in range(1, block.layers + 1))
+    return LoweredBlock(layers, shape, _at(shape, block_out_channels(shape[0], block)), block)
+
+
+def lower(network: Network) -> tuple[Lowered, ...]:
+    """The network as op lists, stage by stage: what the graph, the model and the `.py` export
+    are all built from. Call after `graph.check` (channel counts must be valid)."""
+    shape: Shape = tuple(network.input)
+    stem = list(stem_ops(network.stem, shape))
+    result: list[Lowered] = [LoweredStem(tuple(op for op, _ in stem),
+                                         tuple(src.span for _, src in stem), network.stem)]
+    if stem:
+        shape = stem[-1][0].out_shape
+    for stage in network.stages:
+        match stage:
+            case DenseBlock():
+                lowered: Lowered = lower_block(stage, shape)
+                shape = lowered.out_shape
+            case Transition():
+                lowered = LoweredTransition(
+                    transition_ops(stage, shape, f"features.transition{stage.index}"), stage)
+                shape = lowered.ops[-1].out_shape
+            case _:
+                assert_never(stage)
+        result.append(lowered)
+    if network.head is not None:
+        result.append(LoweredHead(head_ops(network.head, shape), network.head))
+    return tuple(result)
 
 
 # --- closed-form block totals --------------------------------------------------------------------
@@ -259,19 +252,18 @@ class BlockTotals:
     buffers: int
     macs: int
     ops: int          # op nodes per layer (norm, relu, conv, dropout), without concat and x_ℓ
-    convs: int        # conv layers in the block (the paper's depth)
 
 
-def block_totals(block: DenseBlock, k0: int, h: int, w: int) -> BlockTotals:
-    """Totals over a block's layers in O(1), whatever its depth.
+def block_totals(block: DenseBlock, shape: Shape) -> BlockTotals:
+    """Totals over a block's layers in O(1), whatever its depth; `shape` is the block input's.
 
     A layer's params, buffers and MACs are affine in its input channels, and those grow by k per
     layer, so the totals are L·f(1) + (f(2) − f(1))·L(L−1)/2 with f(ℓ) read off `layer_ops` of the
     first two layers: the same functions the graph uses, so prediction and graph cannot drift.
     """
     big_l = block.layers
-    first = layer_ops(block, k0, h, w, None)
-    second = layer_ops(block, k0 + block.growth, h, w, None)
+    first = layer_ops(block, shape, None)
+    second = layer_ops(block, _at(shape, shape[0] + block.growth), None)
     pairs = big_l * (big_l - 1) // 2
 
     def total(attr: str) -> int:
@@ -279,8 +271,7 @@ def block_totals(block: DenseBlock, k0: int, h: int, w: int) -> BlockTotals:
         f2 = sum(getattr(o, attr) for o in second)
         return big_l * f1 + (f2 - f1) * pairs
 
-    return BlockTotals(total("params"), total("buffers"), total("macs"), len(first),
-                       big_l * sum(o.kind == "conv" for o in first))
+    return BlockTotals(total("params"), total("buffers"), total("macs"), len(first))
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,33 +292,37 @@ def predict(network: Network, *, node_limit: int | None = None) -> Prediction:
     Assumes channel counts are valid (callers check E201 first).
     """
     params, nodes, connections = 0, 2, 0
-    shape: Shape = network.input
-    for op, _ in stem_ops(network.stem, (network.input[0], 1, 1)):
+    ones = (1,) * (len(network.input) - 1)
+    shape: Shape = (network.input[0], *ones)
+    for op, _ in stem_ops(network.stem, shape):
         params += op.params
         nodes += 1
         shape = op.out_shape
     c = shape[0]
     largest: tuple[int, int] | None = None
     for stage in network.stages:
-        if isinstance(stage, DenseBlock):
-            t = block_totals(stage, c, 1, 1)
-            params += t.params
-            big_l = stage.layers
-            nodes += 2 + big_l * (2 + t.ops)  # x0, out; per layer concat, x_ℓ and its ops
-            connections += big_l * (big_l + 1) // 2
-            if largest is None or big_l > largest[1]:
-                largest = (stage.index, big_l)
-            c = block_out_channels(c, stage)
-        else:
-            ops = transition_ops(stage, (c, 2, 2), None)
-            params += sum(o.params for o in ops)
-            nodes += len(ops)
-            c = ops[-1].out_shape[0]
+        match stage:
+            case DenseBlock():
+                t = block_totals(stage, (c, *ones))
+                params += t.params
+                big_l = stage.layers
+                nodes += 2 + big_l * (2 + t.ops)  # x0, out; per layer concat, x_ℓ and its ops
+                connections += big_l * (big_l + 1) // 2
+                if largest is None or big_l > largest[1]:
+                    largest = (stage.index, big_l)
+                c = block_out_channels(c, stage)
+            case Transition():
+                ops = transition_ops(stage, (c, *(2 for _ in ones)), None)
+                params += sum(o.params for o in ops)
+                nodes += len(ops)
+                c = ops[-1].out_shape[0]
+            case _:
+                assert_never(stage)
         if node_limit is not None and nodes > node_limit:
             break
     if network.head is not None:
         # The classifier's width depends on the map size only with a fixed window; the real
         # figure comes from the graph, this bound only guards resources.
-        params += sum(o.params for o in head_ops(network.head, (c, 1, 1), "norm"))
+        params += sum(o.params for o in head_ops(network.head, (c, *ones)))
         nodes += 6
     return Prediction(params, nodes, connections, largest)

@@ -83,7 +83,7 @@ DATA_MISMATCH = Code("E207", "data-mismatch", "the spec's input shape or classes
 NO_DATA = Code("E208", "no-data", "a data set, or a split of it, with no examples")
 
 # E3xx: resources and expectations
-TOO_MANY_PARAMS = Code("E301", "too-many-params", "predicted parameters exceed --max-params")
+TOO_MANY_PARAMS = Code("E301", "too-many-params", "the parameters (counted on the graph) exceed --max-params")
 TOO_MUCH_MEMORY = Code("E302", "too-much-memory", "predicted activation memory exceeds --max-memory")
 EXPECTATION = Code("E303", "expectation", "an `expect` figure differs from the analysed one")
 TOO_LARGE = Code("E304", "too-large", "a block or network too large to analyse")

@@ -41,6 +41,8 @@ import graphviz
 from . import diagnostics as d
 from .analysis import Analysis, BlockFigures, StageFigures, shape_text, si
 from .files import atomic_write
+from .network import Transition
+from .ops import kind_of
 
 DETAILS: tuple[str, ...] = ("overview", "blocks", "layers")
 RANKDIRS: tuple[str, ...] = ("TB", "LR")
@@ -168,7 +170,8 @@ def _num(x: Fraction | float | int) -> str:
 
 
 def _hw(shape: tuple[int, ...]) -> str:
-    return f"{shape[1]}x{shape[2]}" if len(shape) == 3 else ""
+    """The spatial size of a map (`56x56`, `1000` for a signal), empty for a vector."""
+    return "x".join(map(str, shape[1:])) if len(shape) >= 2 else ""
 
 
 def _figures(s: StageFigures) -> str:
@@ -177,53 +180,12 @@ def _figures(s: StageFigures) -> str:
 
 def _op_token(a: dict) -> str:
     """One op in a recipe: `BN`, `ReLU`, `Conv3x3(32)`, `AvgPool2x2/2`, `Dropout(0.2)`."""
-    kind = a["kind"]
-    if kind == "norm":
-        return "BN"
-    if kind == "relu":
-        return "ReLU"
-    if kind == "conv":
-        stride = f"/{a['stride']}" if a["stride"] != 1 else ""
-        return f"Conv{a['kernel']}x{a['kernel']}{stride}({a['out_channels']})"
-    if kind == "pool":
-        mode = "Max" if a["mode"] == "max" else "Avg"
-        if a.get("global"):
-            return f"Global{mode}Pool"
-        return f"{mode}Pool{a['kernel']}x{a['kernel']}/{a['stride']}"
-    if kind == "dropout":
-        return f"Dropout({_num(a['rate'])})"
-    if kind == "flatten":
-        return "Flatten"
-    if kind == "linear":
-        return f"Linear({a['out_features']})"
-    return kind
+    return kind_of(a["kind"]).token(a)
 
 
 def _op_words(a: dict) -> tuple[str, str]:
     """An op node's (title, detail line): `conv 7x7 /2`, `64x112x112`."""
-    kind = a["kind"]
-    out = shape_text(a["out_shape"])
-    if kind == "conv":
-        k = a["kernel"]
-        stride = f" /{a['stride']}" if a["stride"] != 1 else ""
-        return f"conv {k}x{k}{stride}", f"{a['in_channels']} → {a['out_channels']} ch · {_hw(a['out_shape'])}"
-    if kind == "norm":
-        return "batch norm", f"{a['channels']} ch"
-    if kind == "relu":
-        return "ReLU", ""
-    if kind == "pool":
-        mode = "max" if a["mode"] == "max" else "avg"
-        if a.get("global"):
-            return f"global {mode}pool", out
-        pad = f" pad {a['padding']}" if a["padding"] else ""
-        return f"{mode}pool {a['kernel']}x{a['kernel']} /{a['stride']}{pad}", out
-    if kind == "dropout":
-        return f"dropout {_num(a['rate'])}", ""
-    if kind == "flatten":
-        return "flatten", out
-    if kind == "linear":
-        return "linear", f"{a['in_features']} → {a['out_features']}"
-    return kind, out
+    return kind_of(a["kind"]).words(a)
 
 
 def _tooltip(name: str, a: dict) -> str:
@@ -326,10 +288,10 @@ class _Builder:
     def _stage_label(self, s: StageFigures) -> str:
         members = [self.g.nodes[n] for n in self._members(s.name)]
         shapes = f"{s.in_shape[0]} → {s.out_shape[0]} ch"
-        sizes = _hw(s.in_shape) if _hw(s.in_shape) == _hw(s.out_shape) or len(s.out_shape) != 3 \
+        sizes = _hw(s.in_shape) if _hw(s.in_shape) == _hw(s.out_shape) or len(s.out_shape) == 1 \
             else f"{_hw(s.in_shape)} → {_hw(s.out_shape)}"
-        if s.kind == "transition":
-            t = self.a.network.transitions[int(s.name.removeprefix("transition")) - 1]
+        t = next(x.source for x in self.a.lowered if x.name == s.name)
+        if isinstance(t, Transition):
             squeeze = f"θ={_num(t.compression)}" if t.compression is not None else f"channels={t.channels}"
             return _label(f"transition {t.index}", f"{squeeze} · {shapes}",
                           f"{_hw(s.in_shape)} → {_hw(s.out_shape)}", _figures(s))
@@ -367,7 +329,7 @@ class _Builder:
         members = self._members(s.name)
         with self.dot.subgraph(name=f"cluster_{s.name}") as c:
             title = {"transition": f"transition {s.name.removeprefix('transition')}"}.get(s.kind, s.name)
-            sizes = f"{_hw(s.in_shape)} → {_hw(s.out_shape)}" if len(s.out_shape) == 3 else \
+            sizes = f"{_hw(s.in_shape)} → {_hw(s.out_shape)}" if len(s.out_shape) > 1 else \
                 f"{_hw(s.in_shape)} → {s.out_shape[0]}"
             c.attr(label=_label(title, f"{s.in_shape[0]} → {s.out_shape[0]} ch · {sizes} · {_figures(s)}", left=True),
                    labelloc="t", labeljust="l", style="rounded,filled", fillcolor=p.tint,

@@ -11,13 +11,13 @@ runs `check` and then builds the graph node by node from the op lists in `costs`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence, assert_never
 
 import networkx as nx
 
 from . import costs
 from . import diagnostics as d
-from .network import Conv, DenseBlock, Network, Norm, Pool, Transition
+from .network import DenseBlock, Network, Transition
 from .source import Span
 
 # Beyond these a graph would take seconds and gigabytes to build; no real DenseNet comes close
@@ -30,7 +30,7 @@ MAX_CONNECTIONS = 250_000
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """An op that can change H and W, or (kernel None) a BN whose map must hold > 1 value."""
+    """An op that can change the map's size, or (kernel None) a BN whose map must hold > 1 value."""
 
     node: str                  # the graph node it becomes, e.g. "transition1.pool"
     label: str                 # "avg pool 2x2 stride 2"
@@ -40,55 +40,52 @@ class Window:
     span: Span | None = None
 
 
+def _windows(stage: str, ops: Sequence[costs.Op], spans: Sequence[Span | None]) -> Iterator[Window]:
+    """The ops of a stage that slide a window or normalise, as the op table states them."""
+    for op, span in zip(ops, spans):
+        spec, a = op.spec, op.attributes()
+        window = spec.window(a)
+        if window is not None:
+            yield Window(f"{stage}.{op.name}", spec.describe(a), *window, span=span)
+        elif spec.normalises:
+            yield Window(f"{stage}.{op.name}", spec.describe(a), None, span=span)
+
+
 def spatial_plan(network: Network) -> tuple[Window, ...]:
     """The ops that shrink maps, in order, with markers for batch norms (kernel None).
 
-    Dense layers keep H and W (3x3 with padding 1, 1x1) and transitions' convs are 1x1, so only
-    stem convs and pools, transition pools and a fixed head window appear.
+    Dense layers keep the map's size (3x3 with padding 1, 1x1) and transitions' convs are 1x1,
+    so only stem convs and pools, transition pools and a fixed head window appear. Stages are
+    lowered at a one-channel 1x1 map: only windows matter here, and a dense block stands for its
+    first BN, so the plan stays cheap for any depth.
     """
+    probe: costs.Shape = (1,) * len(network.input)
     plan: list[Window] = []
-    counts: dict[type, int] = {}
-    for op in network.stem.ops:
-        # Same numbering as costs.stem_ops: ops of one kind count together (conv0, conv1 ...).
-        i = counts.get(type(op), 0)
-        counts[type(op)] = i + 1
-        span = op.span or network.stem.span
-        if isinstance(op, Conv):
-            plan.append(Window(f"stem.conv{i}", f"conv {op.kernel}x{op.kernel} stride {op.stride} "
-                               f"padding {op.padding}", op.kernel, op.stride, op.padding, span))
-        elif isinstance(op, Pool):
-            plan.append(Window(f"stem.pool{i}", f"{op.mode} pool {op.kernel}x{op.kernel} stride "
-                               f"{op.stride} padding {op.padding}", op.kernel, op.stride, op.padding,
-                               span))
-        elif isinstance(op, Norm):
-            plan.append(Window(f"stem.norm{i}", "batch norm", None, span=span))
+    stem = list(costs.stem_ops(network.stem, probe))
+    plan += _windows("stem", [op for op, _ in stem], [src.span or network.stem.span for _, src in stem])
     for stage in network.stages:
-        if isinstance(stage, DenseBlock):
-            if stage.layers > 0:
-                plan.append(Window(f"denseblock{stage.index}", "batch norm", None, span=stage.span))
-        else:
-            p = stage.pool
-            plan.append(Window(f"transition{stage.index}.norm", "batch norm", None, span=stage.span))
-            plan.append(Window(f"transition{stage.index}.pool", f"{p.mode} pool {p.kernel}x{p.kernel} "
-                               f"stride {p.stride} padding {p.padding}", p.kernel, p.stride, p.padding,
-                               p.span or stage.span))
-    head = network.head
-    if head is not None:
-        if head.norm:
-            plan.append(Window("head.norm", "batch norm", None, span=head.span))
-        if head.window is not None:
-            kernel, stride = head.window
-            plan.append(Window("head.pool", f"{head.pool} pool {kernel}x{kernel} stride {stride}",
-                               kernel, stride, 0, head.span))
+        match stage:
+            case DenseBlock():
+                if stage.layers > 0:
+                    plan.append(Window(f"denseblock{stage.index}", "batch norm", None, span=stage.span))
+            case Transition():
+                ops = costs.transition_ops(stage, probe, None)
+                spans = [(stage.pool.span or stage.span) if op.name == "pool" else stage.span for op in ops]
+                plan += _windows(f"transition{stage.index}", ops, spans)
+            case _:
+                assert_never(stage)
+    if network.head is not None:
+        ops = costs.head_ops(network.head, probe)
+        plan += _windows("head", ops, [network.head.span] * len(ops))
     return tuple(plan)
 
 
-def _fits(plan: Sequence[Window], size: int, *, train: bool) -> bool:
-    """Whether a size×size input passes every window (and, for training with batch 1, every BN
-    sees more than one value per channel)."""
+def _fits(plan: Sequence[Window], size: int, rank: int, *, train: bool) -> bool:
+    """Whether an input of `size` along every axis passes every window (and, for training with
+    batch 1, every BN sees more than one value per channel)."""
     for w in plan:
         if w.kernel is None:
-            if train and size * size <= 1:
+            if train and size ** rank <= 1:
                 return False
             continue
         if size + 2 * w.padding < w.kernel:
@@ -97,16 +94,17 @@ def _fits(plan: Sequence[Window], size: int, *, train: bool) -> bool:
     return True
 
 
-def min_input_size(plan: Sequence[Window], *, train: bool = False) -> int:
-    """The smallest square input the plan accepts (binary search: output sizes are monotone in
-    the input size, so the accepted sizes are all sizes from the minimum up)."""
+def min_input_size(plan: Sequence[Window], *, train: bool = False, rank: int = 2) -> int:
+    """The smallest input side (the same along every axis) the plan accepts (binary search:
+    output sizes are monotone in the input size, so the accepted sizes are all sizes from the
+    minimum up)."""
     hi = 1
-    while not _fits(plan, hi, train=train):
+    while not _fits(plan, hi, rank, train=train):
         hi *= 2
     lo = hi // 2 + 1 if hi > 1 else 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if _fits(plan, mid, train=train):
+        if _fits(plan, mid, rank, train=train):
             hi = mid
         else:
             lo = mid + 1
@@ -125,8 +123,17 @@ def _fraction_text(x) -> str:
     return f"{float(x):g}" if d == 1 and len(f"{float(x):g}") < 12 else str(x)
 
 
-def _hw(h: int, w: int) -> str:
-    return f"{h}x{w}"
+def _size(sizes: Sequence[int]) -> str:
+    return "x".join(map(str, sizes))
+
+
+def size_text(side: int, rank: int) -> str:
+    """A side repeated along every axis: `29x29`, or `29` for a signal."""
+    return _size([side] * rank)
+
+
+# Names of the data along each axis, for W204: what a window leaves uncovered.
+_AXES = {1: ("samples",), 2: ("rows", "columns"), 3: ("slices", "rows", "columns")}
 
 
 # --- checks ----------------------------------------------------------------------------------------
@@ -144,32 +151,39 @@ def _check_channels(network: Network) -> list[d.Diagnostic]:
     diags: list[d.Diagnostic] = []
     c = network.input[0]
     source = f"the input has {c} channels"
-    for op in network.stem.ops:
-        if isinstance(op, Conv):
-            c = op.out_channels
-            source = f"the stem emits {c} channels"
+    stem = [op for op, _ in costs.stem_ops(network.stem, (c,) * len(network.input))]
+    if stem and stem[-1].out_shape[0] != c:
+        c = stem[-1].out_shape[0]
+        source = f"the stem emits {c} channels"
     for stage in network.stages:
-        if isinstance(stage, DenseBlock):
-            out = costs.block_out_channels(c, stage)
-            source = (f"denseblock{stage.index} emits {c} + {stage.growth}·{stage.layers} = {out} "
-                      "channels")
-            c = out
-            continue
-        out = costs.transition_channels(c, stage)
-        if out < 1:
-            if stage.channels is not None:
-                why = f"transition{stage.index} is set to emit {out} channels"
-            else:
-                theta = _fraction_text(stage.compression)
-                why = f"{source}; transition{stage.index} keeps ⌊{theta}·{c}⌋ = {out}"
-            need = (f"compression of at least {1 / c:.3g}" if stage.channels is None and c > 0
-                    else "at least 1 output channel")
-            diags.append(d.Diagnostic(d.NO_CHANNELS, f"transition{stage.index} emits no channels: {why}",
-                                      stage.span, f"use a {need}"))
-            return diags  # later channel counts would be meaningless
-        source = f"transition{stage.index} emits {out} channels"
-        c = out
+        match stage:
+            case DenseBlock():
+                out = costs.block_out_channels(c, stage)
+                source = (f"denseblock{stage.index} emits {c} + {stage.growth}·{stage.layers} = {out} "
+                          "channels")
+                c = out
+            case Transition():
+                out = costs.transition_channels(c, stage)
+                if out < 1:
+                    diags.append(_no_channels(stage, c, out, source))
+                    return diags  # later channel counts would be meaningless
+                source = f"transition{stage.index} emits {out} channels"
+                c = out
+            case _:
+                assert_never(stage)
     return diags
+
+
+def _no_channels(stage: Transition, c: int, out: int, source: str) -> d.Diagnostic:
+    if stage.channels is not None:
+        why = f"transition{stage.index} is set to emit {out} channels"
+    else:
+        theta = _fraction_text(stage.compression)
+        why = f"{source}; transition{stage.index} keeps ⌊{theta}·{c}⌋ = {out}"
+    need = (f"compression of at least {1 / c:.3g}" if stage.channels is None and c > 0
+            else "at least 1 output channel")
+    return d.Diagnostic(d.NO_CHANNELS, f"transition{stage.index} emits no channels: {why}",
+                        stage.span, f"use a {need}")
 
 
 def _check_size(network: Network) -> list[d.Diagnostic]:
@@ -193,52 +207,56 @@ def _check_size(network: Network) -> list[d.Diagnostic]:
 
 
 def _check_spatial(network: Network) -> list[d.Diagnostic]:
-    """Walk H and W through the windows; stop at the first map that cannot be computed."""
+    """Walk the map's size through the windows; stop at the first map that cannot be computed."""
     diags: list[d.Diagnostic] = []
-    _, h, w = network.input
-    chain = [_hw(h, w)]
+    sizes = tuple(network.input[1:])
+    rank = len(sizes)
+    chain = [_size(sizes)]
     plan = spatial_plan(network)
     for win in plan:
         if win.kernel is None:
             continue
         k, s, p = win.kernel, win.stride, win.padding
-        if h + 2 * p < k or w + 2 * p < k:
+        if any(x + 2 * p < k for x in sizes):
             history = " → ".join(chain)
-            padded = f" padded to {_hw(h + 2 * p, w + 2 * p)}" if p else ""
-            least = min_input_size(plan)
-            hint = f"use an input of at least {least}x{least}, or remove a downsampling step"
-            if h == 1 or w == 1:
+            padded = f" padded to {_size([x + 2 * p for x in sizes])}" if p else ""
+            least = size_text(min_input_size(plan, rank=rank), rank)
+            hint = f"use an input of at least {least}, or remove a downsampling step"
+            if 1 in sizes:
                 diags.append(d.Diagnostic(
-                    d.TOO_SMALL, f"{win.node} ({win.label}) would shrink the {_hw(h, w)} map below "
-                    f"1x1: {history} → nothing", win.span, hint))
+                    d.TOO_SMALL, f"{win.node} ({win.label}) would shrink the {_size(sizes)} map below "
+                    f"{size_text(1, rank)}: {history} → nothing", win.span, hint))
             else:
                 diags.append(d.Diagnostic(
-                    d.KERNEL_TOO_LARGE, f"{win.node} has a {k}x{k} kernel, larger than its "
-                    f"{_hw(h, w)} input{padded}: {history}", win.span, hint))
+                    d.KERNEL_TOO_LARGE, f"{win.node} has a {size_text(k, rank)} kernel, larger than its "
+                    f"{_size(sizes)} input{padded}: {history}", win.span, hint))
             return diags
-        nh, nw = costs.window_out(h, k, s, p), costs.window_out(w, k, s, p)
-        dropped = [axis for axis, n in (("rows", h), ("columns", w)) if costs.drops_input(n, k, s, p)]
+        new = tuple(costs.window_out(x, k, s, p) for x in sizes)
+        dropped = [axis for axis, x in zip(_AXES.get(rank, ("values",) * rank), sizes)
+                   if costs.drops_input(x, k, s, p)]
         if dropped:
             diags.append(d.Diagnostic(
                 d.UNEVEN_SIZE, f"{win.node} ({win.label}) drops the last {' and '.join(dropped)} of "
-                f"its {_hw(h, w)} map ({_hw(h, w)} → {_hw(nh, nw)})", win.span,
+                f"its {_size(sizes)} map ({_size(sizes)} → {_size(new)})", win.span,
                 "choose an input size that divides evenly, or pad"))
-        if (nh, nw) != (h, w):
-            chain.append(f"{_hw(nh, nw)} ({win.node})")
-        h, w = nh, nw
+        if new != sizes:
+            chain.append(f"{_size(new)} ({win.node})")
+        sizes = new
     return diags
 
 
 # --- lowering ----------------------------------------------------------------------------------------
 
-def lower(network: Network, *, checked: bool = False) -> nx.DiGraph:
+def lower(network: Network, *, checked: bool = False,
+          lowered: Sequence[costs.Lowered] | None = None) -> nx.DiGraph:
     """The architecture graph of docs/graph.md; raises SpecError when `check` finds an error.
 
-    `checked=True` skips `check` for a caller (analysis) that has just run it.
+    `checked=True` skips `check` for a caller (analysis) that has just run it; `lowered` is
+    `costs.lower(network)` when the caller already has it.
     """
     if not checked:
         d.raise_if_errors(check(network))
-    return _Builder(network).build()
+    return _Builder(network).build(costs.lower(network) if lowered is None else lowered)
 
 
 class _Builder:
@@ -270,61 +288,52 @@ class _Builder:
             prev = node
         return prev
 
-    def build(self) -> nx.DiGraph:
+    def build(self, lowered: Sequence[costs.Lowered]) -> nx.DiGraph:
         net = self.network
         shape = tuple(net.input)
         prev = self.node("input", "input", "stem", net.input_span, shape, shape)
-        stem = list(costs.stem_ops(net.stem, shape))
-        if stem:
-            prev = self.ops("stem", "stem", [op for op, _ in stem], prev, net.stem.span,
-                            [src.span for _, src in stem])
-            shape = stem[-1][0].out_shape
-        for stage in net.stages:
-            if isinstance(stage, DenseBlock):
-                prev, shape = self.block(stage, prev, shape)
-            else:
-                prev, shape = self.transition(stage, prev, shape)
-        if net.head is not None:
-            ops = costs.head_ops(net.head, shape, f"features.norm{len(net.blocks) + 1}")
-            prev = self.ops("head", "head", ops, prev, net.head.span)
-            shape = ops[-1].out_shape
+        for stage in lowered:
+            match stage:
+                case costs.LoweredStem():
+                    prev = self.ops("stem", "stem", stage.ops, prev, net.stem.span, stage.spans)
+                case costs.LoweredBlock():
+                    prev = self.block(stage, prev)
+                case costs.LoweredTransition():
+                    t = stage.source
+                    spans = [t.pool.span if op.name == "pool" else None for op in stage.ops]
+                    prev = self.ops(stage.name, stage.name, stage.ops, prev, t.span, spans)
+                case costs.LoweredHead():
+                    prev = self.ops("head", "head", stage.ops, prev, stage.source.span)
+                case _:
+                    assert_never(stage)
+        shape = self.g.nodes[prev]["out_shape"]
         out_stage = "head" if net.head is not None else self.g.nodes[prev]["stage"]
         self.node("output", "output", out_stage, net.head.span if net.head else None, shape, shape)
         self.edge(prev, "output")
         self.g.graph["output_shape"] = tuple(shape)
         return self.g
 
-    def block(self, block: DenseBlock, prev: str, shape) -> tuple[str, tuple]:
-        name = f"denseblock{block.index}"
-        k0, h, w = shape
+    def block(self, lowered: costs.LoweredBlock, prev: str) -> str:
+        block, name, shape = lowered.source, lowered.name, lowered.in_shape
         x = self.node(f"{name}.x0", "feature", name, block.span, shape, shape, block=block.index,
                       layer=0)
         self.edge(prev, x)
         features = [x]
-        for layer in range(1, block.layers + 1):
-            cin = costs.layer_in_channels(k0, block, layer)
+        for layer, ops in enumerate(lowered.layers, start=1):
             lname = f"{name}.denselayer{layer}"
-            concat = self.node(f"{lname}.concat", "concat", name, block.span, (cin, h, w), (cin, h, w),
+            cin = ops[0].in_shape
+            concat = self.node(f"{lname}.concat", "concat", name, block.span, cin, cin,
                                block=block.index, layer=layer)
             for f in features:
                 self.edge(f, concat, "dense")
-            ops = costs.layer_ops(block, cin, h, w, f"features.{lname}")
             last = self.ops(lname, name, ops, concat, block.span, block=block.index, layer=layer)
             new = ops[-1].out_shape
             x = self.node(f"{name}.x{layer}", "feature", name, block.span, new, new,
                           block=block.index, layer=layer)
             self.edge(last, x)
             features.append(x)
-        out_shape = (costs.block_out_channels(k0, block), h, w)
-        out = self.node(f"{name}.out", "concat", name, block.span, out_shape, out_shape,
-                        block=block.index)
+        out = self.node(f"{name}.out", "concat", name, block.span, lowered.out_shape,
+                        lowered.out_shape, block=block.index)
         for f in features:
             self.edge(f, out, "concat")
-        return out, out_shape
-
-    def transition(self, t: Transition, prev: str, shape) -> tuple[str, tuple]:
-        name = f"transition{t.index}"
-        ops = costs.transition_ops(t, shape, f"features.{name}")
-        spans = [t.pool.span if op.name == "pool" else None for op in ops]
-        last = self.ops(name, name, ops, prev, t.span, spans)
-        return last, ops[-1].out_shape
+        return out

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, assert_never
 
+from .costs import layer_in_channels
 from .files import atomic_path
 from .network import DenseBlock, Network, Transition
 
@@ -39,12 +40,18 @@ def connection_strength(model: "nn.Module", network: Network) -> "list[np.ndarra
     stages = list(network.stages)
     result = []
     for pos, block in enumerate(stages):
-        if not isinstance(block, DenseBlock):
-            continue
+        match block:
+            case DenseBlock():
+                pass
+            case Transition():
+                continue
+            case _:
+                assert_never(block)
         name = f"{prefix}features.denseblock{block.index}"
         k0 = modules[f"{name}.denselayer1.conv1"].weight.shape[1]
-        k, L = block.growth, block.layers
-        bounds = [0] + [k0 + k * s for s in range(L + 1)]  # x_s holds channels bounds[s]:bounds[s+1]
+        L = block.layers
+        # x_s holds channels bounds[s]:bounds[s+1]; layer s+1 reads the first k0 + k·s
+        bounds = [0] + [layer_in_channels(k0, block, s + 1) for s in range(L + 1)]
         matrix = np.full((L + 1, L + 1), np.nan)
         with torch.no_grad():
             for layer in range(1, L + 1):

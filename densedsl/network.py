@@ -15,7 +15,7 @@ from typing import Literal, Union
 
 from .source import Span
 
-Shape = tuple[int, int, int]  # (C, H, W)
+Shape = tuple[int, ...]  # (C, L), (C, H, W) or (C, D, H, W): channels, then one size per axis
 Order = Literal["pre", "post"]
 PoolMode = Literal["avg", "max"]
 

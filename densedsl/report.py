@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import diagnostics as d
 from .analysis import MEMORY_MODES, Analysis, BlockFigures, StageFigures, analyze, binary, shape_text, si
+from .graph import size_text
 from .network import Network
 from .source import Span
 
@@ -125,6 +126,7 @@ class Summary:
         lines += [rule, table[0], rule, *table[1:-1], rule, table[-1], rule]
         mem = self.memory()
         m = a.min_input_size
+        rank = len(a.input_shape) - 1
         lines += [
             f"params {a.params:,} ({si(a.params)}) · buffers {a.buffers:,} · MACs {si(a.macs)} · "
             f"FLOPs {si(a.flops)}",
@@ -132,7 +134,8 @@ class Summary:
             f"receptive field {a.receptive_field:,} px",
             f"memory at batch {self.batch}, {self.dtype}: training {binary(mem['standard'])} "
             f"(standard), {binary(mem['efficient'])} (efficient); inference {binary(mem['inference'])}",
-            f"min input {m.eval}x{m.eval} (inference), {m.train}x{m.train} (training with batch 1)",
+            f"min input {size_text(m.eval, rank)} (inference), {size_text(m.train, rank)} "
+            "(training with batch 1)",
         ]
         return "\n".join(lines)
 

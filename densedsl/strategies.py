@@ -16,12 +16,14 @@ first, so failures shrink to small networks.
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import assert_never
 
 from hypothesis import strategies as st
 
 from . import graph as graph_
 from .analysis import Analysis
-from .network import Conv, DenseBlock, Dropout, Head, Network, Norm, Pool, ReLU, Stem, Transition
+from .network import (Conv, DenseBlock, Dropout, Head, Network, Norm, Pool, ReLU, Stage, Stem, StemOp,
+                      Transition)
 
 # Finite decimals, so the text form is exact; ≥ 1/2 keeps ⌊θ·m⌋ ≥ 1 for any block output m ≥ 2.
 _COMPRESSIONS = (Fraction(1, 2), Fraction(1), Fraction(3, 4))
@@ -116,35 +118,47 @@ def _num(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def spec_text(network: Network) -> str:
-    """The network as spec text, every setting explicit (so no `defaults` can change it)."""
-    c, h, w = network.input
-    lines = [f"network {network.name} {{", f"    input {c}x{h}x{w}"]
-    if network.stem.ops:
-        lines.append("    stem {")
-        for op in network.stem.ops:
-            if isinstance(op, Conv):
-                text = (f"conv {op.out_channels} kernel={op.kernel} stride={op.stride} "
-                        f"padding={op.padding} bias={_bool(op.bias)}")
-            elif isinstance(op, Pool):
-                text = f"{op.mode}pool kernel={op.kernel} stride={op.stride} padding={op.padding}"
-            elif isinstance(op, Dropout):
-                text = f"dropout {_num(op.rate)}"
-            else:
-                text = "norm" if isinstance(op, Norm) else "relu"
-            lines.append(f"        {text}")
-        lines.append("    }")
-    for s in network.stages:
-        if isinstance(s, DenseBlock):
-            lines.append(f"    dense layers={s.layers} growth={s.growth} "
-                         f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
-                         f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order}")
-        else:
+def _stem_op_text(op: StemOp) -> str:
+    match op:
+        case Conv():
+            return (f"conv {op.out_channels} kernel={op.kernel} stride={op.stride} "
+                    f"padding={op.padding} bias={_bool(op.bias)}")
+        case Pool():
+            return f"{op.mode}pool kernel={op.kernel} stride={op.stride} padding={op.padding}"
+        case Dropout():
+            return f"dropout {_num(op.rate)}"
+        case Norm():
+            return "norm"
+        case ReLU():
+            return "relu"
+        case _:
+            assert_never(op)
+
+
+def _stage_text(s: Stage) -> str:
+    match s:
+        case DenseBlock():
+            return (f"dense layers={s.layers} growth={s.growth} "
+                    f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
+                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order}")
+        case Transition():
             size = (f"compression={_num(s.compression)}" if s.channels is None
                     else f"channels={s.channels}")
-            lines.append(f"    transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} "
-                         f"pool={s.pool.mode} kernel={s.pool.kernel} stride={s.pool.stride} "
-                         f"padding={s.pool.padding}")
+            return (f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} "
+                    f"pool={s.pool.mode} kernel={s.pool.kernel} stride={s.pool.stride} "
+                    f"padding={s.pool.padding}")
+        case _:
+            assert_never(s)
+
+
+def spec_text(network: Network) -> str:
+    """The network as spec text, every setting explicit (so no `defaults` can change it)."""
+    lines = [f"network {network.name} {{", f"    input {'x'.join(map(str, network.input))}"]
+    if network.stem.ops:
+        lines.append("    stem {")
+        lines += [f"        {_stem_op_text(op)}" for op in network.stem.ops]
+        lines.append("    }")
+    lines += [f"    {_stage_text(s)}" for s in network.stages]
     if network.head is not None:
         hd = network.head
         window = f" kernel={hd.window[0]} stride={hd.window[1]}" if hd.window else ""

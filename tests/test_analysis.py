@@ -1,4 +1,4 @@
-"""Figures and checks of `analyze`, against the paper, torchvision and the seeds (NOTES.md)."""
+"""Figures and checks of `analyze`, against the paper, torchvision and the seeds (docs/analysis.md)."""
 
 from __future__ import annotations
 

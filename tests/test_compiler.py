@@ -17,6 +17,7 @@ from torch import nn  # noqa: E402
 import densedsl  # noqa: E402
 from densedsl import network as n  # noqa: E402
 from densedsl.compiler import WeightsError, build_model, load_weights  # noqa: E402
+from densedsl.engine import accelerate  # noqa: E402
 from densedsl.modules import DenseBlock, DenseLayer, DenseNet, Transition  # noqa: E402
 from networks import d2l_fashion_mnist, torchvision  # noqa: E402
 
@@ -47,8 +48,9 @@ def small() -> n.Network:
 
 
 def model_of(network: n.Network, **kw) -> DenseNet:
+    """The model as `compile` builds it: with the inference engine (an opt-in pass)."""
     torch.manual_seed(0)
-    return DenseNet(network, **kw)
+    return accelerate(DenseNet(network, **kw))
 
 
 def randomise_norms(model: nn.Module) -> None:
@@ -189,7 +191,7 @@ def test_folded_weights_follow_parameter_updates():
 
 
 def test_block_inference_writes_one_buffer():
-    block = DenseBlock(3, 3, 5, bottleneck=2).eval()
+    block = accelerate(DenseBlock(3, 3, 5, bottleneck=2)).eval()
     randomise_norms(block)
     x = torch.randn(2, 3, 6, 6)
     with torch.no_grad():
@@ -505,10 +507,50 @@ def test_bn_relu_fold_into_pointwise_convs(gammas):
     with torch.no_grad():
         fast = model(x)
     torch.testing.assert_close(fast, reference_forward(model, x), rtol=1e-4, atol=1e-5)
-    folds = [value for m in model.modules() if hasattr(m, "_folded")
-             for (kind, _), (_, value) in m._folded._cache.items() if kind == "relu_conv"]
+    folds = [value for (kind, _), (_, value) in model.engine.folded._cache.items() if kind == "relu_conv"]
     assert folds, "no BN-ReLU-Conv1x1 was considered for folding"
     if gammas == "some negative":
         assert all(f is None for f in folds)
     else:
         assert all(f is not None for f in folds)
+
+
+# --- the op table, the lowered list and the opt-in engine -------------------------------------
+
+def test_final_norm_is_norm5_whatever_the_block_count():
+    """torchvision's DenseNet names it norm5 for 3-block CIFAR models too, so their weights load."""
+    keys = DenseNet(small(), device="meta").state_dict()  # three dense blocks
+    assert "features.norm5.weight" in keys
+    assert not any(k.startswith("features.norm4") for k in keys)
+
+
+def test_inference_engine_is_an_opt_in_pass_compile_applies():
+    assert DenseNet(small()).engine is None
+    assert build_model(small()).engine is not None
+    assert build_model(small(), engine=False).engine is None
+    model = DenseNet(small()).eval()  # the plain path gives the engine's answer
+    fast = accelerate(DenseNet(small())).eval()
+    fast.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_model_is_built_from_the_analysis_op_list():
+    """Every op the analysis lowered is a module of the model, of the op table's type."""
+    from densedsl import ops
+    from densedsl.analysis import analyze
+    a = analyze(small())
+    model = DenseNet(small(), lowered=a.lowered, device="meta")
+    modules = dict(model.named_modules())
+    for node, attrs in a.graph.nodes(data=True):
+        if attrs.get("module"):
+            op = next(o for o in _all_ops(a.lowered) if o.module == attrs["module"])
+            assert type(modules[attrs["module"]]) is type(ops.module(op, {"device": "meta"})), node
+
+
+def _all_ops(lowered):
+    for stage in lowered:
+        yield from getattr(stage, "ops", ())
+        for layer in getattr(stage, "layers", ()):
+            yield from layer

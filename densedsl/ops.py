@@ -1,0 +1,446 @@
+"""The op table: every kind of op densedsl knows, each defined once.
+
+An op kind is one class (sqlglot's shape: one class per expression, its generator beside it).
+Each class states everything every stage needs about its kind:
+
+- `make(...)`: the op at a given input shape, with its output shape, parameters, buffers and
+  MACs (FLOPs are 2·MACs, torch.utils.flop_counter's convention);
+- `storage`, `saves`, `saves_recomputed`, `saved_bytes`, `fixed_bytes`: what autograd keeps
+  for backward in standard and in memory-efficient mode (`analysis` adds these up);
+- `window`: its kernel and stride when it moves over the map (size chain, receptive field);
+- `state_entries`: tensors it adds to a state_dict;
+- `token`, `words`, `describe`: its text in diagrams, recipes and diagnostics;
+- `module`: the torch module that runs it; `source`: the `.py` export's text for that module.
+
+Stages never match on op kinds: they look the kind up with `kind_of` and ask. A new kind of op
+is one new class here (and the lowering that emits it, in `costs`). Shapes are `(C, *spatial)`
+for maps of any rank (1-D signals, 2-D images, 3-D volumes) and `(N,)` for vectors; an op's
+rank is read off its input shape, so one class serves Conv1d, Conv2d and Conv3d alike.
+
+Nothing here imports torch at module level: `check`, `summary` and `render` read the table too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Mapping
+
+Shape = tuple[int, ...]
+Attrs = Mapping[str, Any]  # an op's attributes: a graph node's, or `Op.attributes()`
+
+MASK_BYTES = 1      # dropout masks are torch.bool
+INDEX_BYTES = 8     # max-pool indices are int64
+STAT_BYTES = 4      # BN saves per-channel mean and inverse std in float32, even under autocast
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One operation of the compiled model: what `graph.lower` turns into a node and
+    `modules`/`export` into a torch module.
+
+    `name` is the node id inside its stage (`norm1`, `conv0`, `pool`); `module` the state_dict
+    prefix for ops with weights, or None. `attrs` holds the op-specific attributes of
+    docs/graph.md.
+    """
+
+    name: str
+    kind: str
+    in_shape: Shape
+    out_shape: Shape
+    params: int = 0
+    buffers: int = 0
+    macs: int = 0
+    module: str | None = None
+    attrs: tuple[tuple[str, Any], ...] = ()
+
+    def attributes(self) -> dict[str, Any]:
+        """The op as a graph node sees it: attrs plus kind and shapes."""
+        return {"kind": self.kind, "in_shape": self.in_shape, "out_shape": self.out_shape,
+                "params": self.params, **dict(self.attrs)}
+
+    @property
+    def spec(self) -> "OpKind":
+        return kind_of(self.kind)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def window_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a conv or pool along one axis (floor mode, as PyTorch's default).
+
+    Can be 0 or negative: callers check `size + 2·padding >= kernel` first.
+    """
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def rank(shape: Shape) -> int:
+    """Spatial dimensions of a map: 1 for (C, L), 2 for (C, H, W), 3 for (C, D, H, W)."""
+    return len(shape) - 1
+
+
+def dims_text(value: int, r: int) -> str:
+    """`3` in rank 2 → `3x3`; rank 1 → `3`; rank 3 → `3x3x3`."""
+    return "x".join([str(value)] * max(r, 1))
+
+
+def _sized(shape: Shape, kernel: int, stride: int, padding: int) -> Shape:
+    return tuple(window_out(s, kernel, stride, padding) for s in shape[1:])
+
+
+def _num(x: Any) -> str:
+    return f"{float(x):g}"
+
+
+def _nn(name: str, r: int) -> str:
+    """`Conv`, 2 → `Conv2d`: torch names its modules by rank."""
+    return f"{name}{r}d"
+
+
+Saves = Literal["nothing", "input", "output", "inputs"]
+Storage = Literal["own", "view", "in_place", "identity_in_eval"]
+
+
+class OpKind:
+    """What every stage needs to know about one kind of op; subclasses override."""
+
+    kind: ClassVar[str]
+    layer: ClassVar[bool] = False          # counted in depth (the paper's conv and linear layers)
+    storage: ClassVar[Storage] = "own"     # own: a new tensor; view: its input's; in_place: its
+    #                                        input's when nothing else reads that (ReLU inplace)
+    saves: ClassVar[Saves] = "nothing"     # kept for backward in standard mode
+    saves_recomputed: ClassVar[Saves] = "nothing"  # kept inside a recomputed (efficient) layer
+    normalises: ClassVar[bool] = False     # needs > 1 value per channel in training
+    pointwise: ClassVar[bool] = False      # acts per value or channel, keeps the shape
+
+    def saved_bytes(self, a: Attrs) -> int:
+        """Bytes per sample kept besides activations (masks, indices), standard mode."""
+        return 0
+
+    def fixed_bytes(self, a: Attrs) -> int:
+        """Batch-independent bytes kept for backward in both modes."""
+        return 0
+
+    def window(self, a: Attrs) -> tuple[int, int, int] | None:
+        """(kernel, stride, padding) along every spatial axis, for ops that slide a window."""
+        return None
+
+    def state_entries(self, a: Attrs) -> int:
+        return 0
+
+    def token(self, a: Attrs) -> str:
+        """The op in a recipe line: `BN`, `Conv3x3(32)`."""
+        return self.kind
+
+    def words(self, a: Attrs) -> tuple[str, str]:
+        """A diagram node's (title, detail line)."""
+        return self.kind, ""
+
+    def describe(self, a: Attrs) -> str:
+        """The op in a diagnostic: `avg pool 2x2 stride 2`."""
+        return self.words(a)[0]
+
+    def module(self, a: Attrs, dd: dict) -> Any:
+        """The torch module that runs it."""
+        raise NotImplementedError(f"{self.kind} has no torch module")
+
+    def source(self, a: Attrs) -> str:
+        """Python source that builds `module(a)` (nn.* only)."""
+        raise NotImplementedError(f"{self.kind} has no source")
+
+
+# --- graph-only kinds: data flow, no computation ----------------------------------------------
+
+class Input(OpKind):
+    kind = "input"
+
+
+class Output(OpKind):
+    kind = "output"
+    storage = "view"
+
+
+class Feature(OpKind):
+    """x_ℓ of a dense block: a name for the tensor its layer made."""
+    kind = "feature"
+    storage = "view"
+
+
+class Concat(OpKind):
+    kind = "concat"
+    saves_recomputed = "inputs"  # a recomputed layer keeps the maps it concatenates
+
+
+# --- computing kinds -------------------------------------------------------------------------------
+
+class Conv(OpKind):
+    kind = "conv"
+    layer = True
+    saves = "input"
+    saves_recomputed = "output"  # efficient mode keeps conv outputs, recomputes the rest
+
+    @staticmethod
+    def make(name: str, shape: Shape, cout: int, kernel: int, stride: int, padding: int, bias: bool,
+             module: str | None) -> Op:
+        c = shape[0]
+        out = (cout, *_sized(shape, kernel, stride, padding))
+        taps = kernel ** rank(shape)
+        return Op(name, "conv", shape, out, cout * c * taps + (cout if bias else 0), 0,
+                  cout * c * taps * numel(out[1:]), module,
+                  (("in_channels", c), ("out_channels", cout), ("kernel", kernel), ("stride", stride),
+                   ("padding", padding), ("bias", bias)))
+
+    def window(self, a):
+        return a["kernel"], a["stride"], a["padding"]
+
+    def state_entries(self, a):
+        return 2 if a["bias"] else 1
+
+    def token(self, a):
+        stride = f"/{a['stride']}" if a["stride"] != 1 else ""
+        return f"Conv{dims_text(a['kernel'], rank(a['in_shape']))}{stride}({a['out_channels']})"
+
+    def words(self, a):
+        r = rank(a["in_shape"])
+        stride = f" /{a['stride']}" if a["stride"] != 1 else ""
+        size = "x".join(map(str, a["out_shape"][1:]))
+        return (f"conv {dims_text(a['kernel'], r)}{stride}",
+                f"{a['in_channels']} → {a['out_channels']} ch · {size}")
+
+    def describe(self, a):
+        return (f"conv {dims_text(a['kernel'], rank(a['in_shape']))} stride {a['stride']} "
+                f"padding {a['padding']}")
+
+    def _args(self, a) -> tuple[str, str]:
+        args = f"{a['in_channels']}, {a['out_channels']}, {a['kernel']}"
+        if a["stride"] != 1:
+            args += f", stride={a['stride']}"
+        if a["padding"]:
+            args += f", padding={a['padding']}"
+        return _nn("Conv", rank(a["in_shape"])), args + f", bias={a['bias']}"
+
+    def module(self, a, dd):
+        from torch import nn
+        return getattr(nn, _nn("Conv", rank(a["in_shape"])))(
+            a["in_channels"], a["out_channels"], a["kernel"], stride=a["stride"], padding=a["padding"],
+            bias=a["bias"], **dd)
+
+    def source(self, a):
+        cls, args = self._args(a)
+        return f"nn.{cls}({args})"
+
+
+class Norm(OpKind):
+    """Batch normalisation: affine weight and bias (params), running mean and var (buffers)."""
+    kind = "norm"
+    saves = "input"
+    normalises = True
+    pointwise = True
+
+    @staticmethod
+    def make(name: str, shape: Shape, module: str | None) -> Op:
+        c = shape[0]
+        return Op(name, "norm", shape, shape, 2 * c, 2 * c, 0, module, (("channels", c),))
+
+    def fixed_bytes(self, a):
+        return 2 * a["channels"] * STAT_BYTES  # saved per-channel mean and inverse std
+
+    def state_entries(self, a):
+        return 5  # weight, bias, running_mean, running_var, num_batches_tracked
+
+    def token(self, a):
+        return "BN"
+
+    def words(self, a):
+        return "batch norm", f"{a['channels']} ch"
+
+    def module(self, a, dd):
+        from torch import nn
+        return getattr(nn, _nn("BatchNorm", rank(a["in_shape"])))(a["channels"], **dd)
+
+    def source(self, a):
+        return f"nn.{_nn('BatchNorm', rank(a['in_shape']))}({a['channels']})"
+
+
+class ReLU(OpKind):
+    kind = "relu"
+    storage = "in_place"
+    saves = "output"
+    pointwise = True
+
+    @staticmethod
+    def make(name: str, shape: Shape) -> Op:
+        return Op(name, "relu", shape, shape)
+
+    def token(self, a):
+        return "ReLU"
+
+    def words(self, a):
+        return "ReLU", ""
+
+    def module(self, a, dd):
+        from torch import nn
+        return nn.ReLU(inplace=True)
+
+    def source(self, a):
+        return "nn.ReLU(inplace=True)"
+
+
+class Dropout(OpKind):
+    kind = "dropout"
+    storage = "identity_in_eval"
+    pointwise = True
+
+    @staticmethod
+    def make(name: str, shape: Shape, rate: float) -> Op:
+        return Op(name, "dropout", shape, shape, attrs=(("rate", rate),))
+
+    def saved_bytes(self, a):
+        return numel(a["out_shape"]) * MASK_BYTES if a["rate"] > 0 else 0
+
+    def token(self, a):
+        return f"Dropout({_num(a['rate'])})"
+
+    def words(self, a):
+        return f"dropout {_num(a['rate'])}", ""
+
+    def module(self, a, dd):
+        from torch import nn
+        return nn.Dropout(a["rate"])
+
+    def source(self, a):
+        return f"nn.Dropout({a['rate']!r})"
+
+
+class Pool(OpKind):
+    """Average or max pooling over a window, or (global) over the whole map."""
+    kind = "pool"
+    saves = "input"
+
+    @staticmethod
+    def make(name: str, shape: Shape, mode: str, kernel: int, stride: int, padding: int) -> Op:
+        out = (shape[0], *_sized(shape, kernel, stride, padding))
+        return Op(name, "pool", shape, out, attrs=(("mode", mode), ("kernel", kernel), ("stride", stride),
+                                                   ("padding", padding), ("global", False)))
+
+    @staticmethod
+    def make_global(name: str, shape: Shape, mode: str) -> Op:
+        return Op(name, "pool", shape, (shape[0],) + (1,) * rank(shape),
+                  attrs=(("mode", mode), ("kernel", None), ("stride", None), ("padding", 0),
+                         ("global", True)))
+
+    def saved_bytes(self, a):
+        return numel(a["out_shape"]) * INDEX_BYTES if a["mode"] == "max" else 0
+
+    def window(self, a):
+        return None if a["global"] else (a["kernel"], a["stride"], a["padding"])
+
+    def _mode(self, a) -> str:
+        return "Max" if a["mode"] == "max" else "Avg"
+
+    def token(self, a):
+        if a["global"]:
+            return f"Global{self._mode(a)}Pool"
+        return f"{self._mode(a)}Pool{dims_text(a['kernel'], rank(a['in_shape']))}/{a['stride']}"
+
+    def words(self, a):
+        out = "x".join(map(str, a["out_shape"]))
+        if a["global"]:
+            return f"global {a['mode']}pool", out
+        pad = f" pad {a['padding']}" if a["padding"] else ""
+        return f"{a['mode']}pool {dims_text(a['kernel'], rank(a['in_shape']))} /{a['stride']}{pad}", out
+
+    def describe(self, a):
+        pad = f" padding {a['padding']}" if a["padding"] else ""
+        return f"{a['mode']} pool {dims_text(a['kernel'], rank(a['in_shape']))} stride {a['stride']}{pad}"
+
+    def _call(self, a) -> tuple[str, str]:
+        r = rank(a["in_shape"])
+        if a["global"]:
+            return _nn(f"Adaptive{self._mode(a)}Pool", r), "1"
+        padding = f", padding={a['padding']}" if a["padding"] else ""
+        return _nn(f"{self._mode(a)}Pool", r), f"{a['kernel']}, stride={a['stride']}{padding}"
+
+    def module(self, a, dd):
+        from torch import nn
+        cls, _ = self._call(a)
+        if a["global"]:
+            return getattr(nn, cls)(1)
+        return getattr(nn, cls)(a["kernel"], stride=a["stride"], padding=a["padding"])
+
+    def source(self, a):
+        cls, args = self._call(a)
+        return f"nn.{cls}({args})"
+
+
+class Flatten(OpKind):
+    kind = "flatten"
+    storage = "view"
+
+    @staticmethod
+    def make(name: str, shape: Shape) -> Op:
+        return Op(name, "flatten", shape, (numel(shape),))
+
+    def token(self, a):
+        return "Flatten"
+
+    def words(self, a):
+        return "flatten", "x".join(map(str, a["out_shape"]))
+
+    def module(self, a, dd):
+        from torch import nn
+        return nn.Flatten()
+
+    def source(self, a):
+        return "nn.Flatten()"
+
+
+class Linear(OpKind):
+    kind = "linear"
+    layer = True
+    saves = "input"
+
+    @staticmethod
+    def make(name: str, shape: Shape, out_features: int, module: str | None) -> Op:
+        inf = shape[0]
+        return Op(name, "linear", shape, (out_features,), inf * out_features + out_features, 0,
+                  inf * out_features, module, (("in_features", inf), ("out_features", out_features)))
+
+    def state_entries(self, a):
+        return 2
+
+    def token(self, a):
+        return f"Linear({a['out_features']})"
+
+    def words(self, a):
+        return "linear", f"{a['in_features']} → {a['out_features']}"
+
+    def module(self, a, dd):
+        from torch import nn
+        return nn.Linear(a["in_features"], a["out_features"], **dd)
+
+    def source(self, a):
+        return f"nn.Linear({a['in_features']}, {a['out_features']})"
+
+
+TABLE: dict[str, OpKind] = {cls.kind: cls() for cls in (
+    Input, Output, Feature, Concat, Conv, Norm, ReLU, Dropout, Pool, Flatten, Linear)}
+
+
+def kind_of(kind: str) -> OpKind:
+    return TABLE[kind]
+
+
+def module(op: Op, dd: dict | None = None) -> Any:
+    """The torch module of a lowered op."""
+    return op.spec.module(op.attributes(), dd or {})
+
+
+def source(op: Op) -> str:
+    return op.spec.source(op.attributes())
