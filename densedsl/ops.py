@@ -10,7 +10,8 @@ Each class states everything every stage needs about its kind:
 - `window`: its kernel and stride when it moves over the map (size chain, receptive field);
 - `state_entries`: tensors it adds to a state_dict;
 - `token`, `words`, `describe`: its text in diagrams, recipes and diagnostics;
-- `module`: the torch module that runs it; `source`: the `.py` export's text for that module.
+- `constructor`: the torch.nn class and arguments that run it, from which both `module` (the
+  model's) and `source` (the `.py` export's text) are made.
 
 Stages never match on op kinds: they look the kind up with `kind_of` and ask. A new kind of op
 is one new class here (and the lowering that emits it, in `costs`). Shapes are `(C, *spatial)`
@@ -146,13 +147,21 @@ class OpKind:
         """The op in a diagnostic: `avg pool 2x2 stride 2`."""
         return self.words(a)[0]
 
-    def module(self, a: Attrs, dd: dict) -> Any:
-        """The torch module that runs it."""
+    def constructor(self, a: Attrs) -> tuple[str, tuple, dict[str, Any]]:
+        """The torch.nn class that runs it and the arguments that build it: the one statement
+        from which both `module` and `source` are made, so model and export cannot differ."""
         raise NotImplementedError(f"{self.kind} has no torch module")
 
+    def module(self, a: Attrs, dd: dict) -> Any:
+        """The torch module that runs it; `dd` (device, dtype) reaches modules with state."""
+        from torch import nn
+        cls, args, kwargs = self.constructor(a)
+        return getattr(nn, cls)(*args, **kwargs, **(dd if self.state_entries(a) else {}))
+
     def source(self, a: Attrs) -> str:
-        """Python source that builds `module(a)` (nn.* only)."""
-        raise NotImplementedError(f"{self.kind} has no source")
+        """Python source that builds `module(a)`: `nn.Conv2d(64, 128, 1, bias=False)`."""
+        cls, args, kwargs = self.constructor(a)
+        return f"nn.{cls}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
 
 
 # --- graph-only kinds: data flow, no computation ----------------------------------------------
@@ -217,23 +226,11 @@ class Conv(OpKind):
         return (f"conv {dims_text(a['kernel'], rank(a['in_shape']))} stride {a['stride']} "
                 f"padding {a['padding']}")
 
-    def _args(self, a) -> tuple[str, str]:
-        args = f"{a['in_channels']}, {a['out_channels']}, {a['kernel']}"
-        if a["stride"] != 1:
-            args += f", stride={a['stride']}"
-        if a["padding"]:
-            args += f", padding={a['padding']}"
-        return _nn("Conv", rank(a["in_shape"])), args + f", bias={a['bias']}"
-
-    def module(self, a, dd):
-        from torch import nn
-        return getattr(nn, _nn("Conv", rank(a["in_shape"])))(
-            a["in_channels"], a["out_channels"], a["kernel"], stride=a["stride"], padding=a["padding"],
-            bias=a["bias"], **dd)
-
-    def source(self, a):
-        cls, args = self._args(a)
-        return f"nn.{cls}({args})"
+    def constructor(self, a):
+        kwargs = {"stride": a["stride"]} if a["stride"] != 1 else {}
+        kwargs |= {"padding": a["padding"]} if a["padding"] else {}
+        return (_nn("Conv", rank(a["in_shape"])), (a["in_channels"], a["out_channels"], a["kernel"]),
+                {**kwargs, "bias": a["bias"]})
 
 
 class Norm(OpKind):
@@ -260,12 +257,8 @@ class Norm(OpKind):
     def words(self, a):
         return "batch norm", f"{a['channels']} ch"
 
-    def module(self, a, dd):
-        from torch import nn
-        return getattr(nn, _nn("BatchNorm", rank(a["in_shape"])))(a["channels"], **dd)
-
-    def source(self, a):
-        return f"nn.{_nn('BatchNorm', rank(a['in_shape']))}({a['channels']})"
+    def constructor(self, a):
+        return _nn("BatchNorm", rank(a["in_shape"])), (a["channels"],), {}
 
 
 class ReLU(OpKind):
@@ -284,12 +277,8 @@ class ReLU(OpKind):
     def words(self, a):
         return "ReLU", ""
 
-    def module(self, a, dd):
-        from torch import nn
-        return nn.ReLU(inplace=True)
-
-    def source(self, a):
-        return "nn.ReLU(inplace=True)"
+    def constructor(self, a):
+        return "ReLU", (), {"inplace": True}
 
 
 class Dropout(OpKind):
@@ -310,12 +299,8 @@ class Dropout(OpKind):
     def words(self, a):
         return f"dropout {_num(a['rate'])}", ""
 
-    def module(self, a, dd):
-        from torch import nn
-        return nn.Dropout(a["rate"])
-
-    def source(self, a):
-        return f"nn.Dropout({a['rate']!r})"
+    def constructor(self, a):
+        return "Dropout", (a["rate"],), {}
 
 
 class Pool(OpKind):
@@ -360,23 +345,12 @@ class Pool(OpKind):
         pad = f" padding {a['padding']}" if a["padding"] else ""
         return f"{a['mode']} pool {dims_text(a['kernel'], rank(a['in_shape']))} stride {a['stride']}{pad}"
 
-    def _call(self, a) -> tuple[str, str]:
+    def constructor(self, a):
         r = rank(a["in_shape"])
         if a["global"]:
-            return _nn(f"Adaptive{self._mode(a)}Pool", r), "1"
-        padding = f", padding={a['padding']}" if a["padding"] else ""
-        return _nn(f"{self._mode(a)}Pool", r), f"{a['kernel']}, stride={a['stride']}{padding}"
-
-    def module(self, a, dd):
-        from torch import nn
-        cls, _ = self._call(a)
-        if a["global"]:
-            return getattr(nn, cls)(1)
-        return getattr(nn, cls)(a["kernel"], stride=a["stride"], padding=a["padding"])
-
-    def source(self, a):
-        cls, args = self._call(a)
-        return f"nn.{cls}({args})"
+            return _nn(f"Adaptive{self._mode(a)}Pool", r), (1,), {}
+        padding = {"padding": a["padding"]} if a["padding"] else {}
+        return _nn(f"{self._mode(a)}Pool", r), (a["kernel"],), {"stride": a["stride"], **padding}
 
 
 class Flatten(OpKind):
@@ -393,12 +367,8 @@ class Flatten(OpKind):
     def words(self, a):
         return "flatten", "x".join(map(str, a["out_shape"]))
 
-    def module(self, a, dd):
-        from torch import nn
-        return nn.Flatten()
-
-    def source(self, a):
-        return "nn.Flatten()"
+    def constructor(self, a):
+        return "Flatten", (), {}
 
 
 class Linear(OpKind):
@@ -421,12 +391,8 @@ class Linear(OpKind):
     def words(self, a):
         return "linear", f"{a['in_features']} → {a['out_features']}"
 
-    def module(self, a, dd):
-        from torch import nn
-        return nn.Linear(a["in_features"], a["out_features"], **dd)
-
-    def source(self, a):
-        return f"nn.Linear({a['in_features']}, {a['out_features']})"
+    def constructor(self, a):
+        return "Linear", (a["in_features"], a["out_features"]), {}
 
 
 TABLE: dict[str, OpKind] = {cls.kind: cls() for cls in (
