@@ -64,7 +64,13 @@ class WeightsError(d.SpecError):
 # torchvision's `_load_state_dict`: '.'s are no longer allowed in module names, but checkpoints
 # of the first _DenseLayer have keys 'norm.1', 'relu.1', 'conv.1', 'norm.2', 'relu.2', 'conv.2'.
 _LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+# MONAI's DenseNet (monai.networks.nets.DenseNet121/169/201/264, any spatial_dims) keeps
+# torchvision's layout but wraps each dense layer's modules in `layers` and names the classifier
+# `class_layers.out`.
+_MONAI_LAYER = re.compile(r"^(.*denselayer\d+)\.layers\.(.*)$")
+_MONAI_CLASSIFIER = "class_layers.out."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+CONVENTIONS = ("densedsl/torchvision", "torchvision (legacy keys)", "MONAI")
 _MAX_LISTED = 8
 
 
@@ -104,15 +110,33 @@ def _state_dict_of(obj: Any, name: str | None) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _normalise_key(key: str) -> str:
+def _normalise_key(key: str) -> tuple[str, str]:
+    """The key in densedsl's (torchvision's) layout, and the convention it was written in."""
     stripped = True
     while stripped:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key, stripped = key[len(prefix):], True
-    m = _LEGACY_KEY.match(key)
-    return m.group(1) + m.group(2) if m else key
+    if m := _LEGACY_KEY.match(key):
+        return m.group(1) + m.group(2), CONVENTIONS[1]
+    if m := _MONAI_LAYER.match(key):
+        return f"{m.group(1)}.{m.group(2)}", CONVENTIONS[2]
+    if key.startswith(_MONAI_CLASSIFIER):
+        return "classifier." + key.removeprefix(_MONAI_CLASSIFIER), CONVENTIONS[2]
+    return key, CONVENTIONS[0]
+
+
+def weights_convention(weights: Any) -> str:
+    """Which key layout a state_dict (or checkpoint, or path) is written in: one of CONVENTIONS."""
+    name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
+    raw = _read(weights) if name is not None else weights
+    return _convention(_normalise_key(k)[1] for k in _state_dict_of(raw, name))
+
+
+def _convention(found) -> str:
+    found = set(found)
+    return next((c for c in reversed(CONVENTIONS) if c in found), CONVENTIONS[0])
 
 
 def _listing(title: str, items: list[str]) -> list[str]:
@@ -129,16 +153,21 @@ def _shape(t: Any) -> str:
 def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.Module:
     """Load a state_dict, a checkpoint dict with a 'model' entry, or a path to a .pt/.pth file.
 
-    Keys saved from DistributedDataParallel (`module.`) or torch.compile (`_orig_mod.`) and
-    torchvision's legacy `norm.1`-style keys are renamed. Missing, unexpected and wrongly shaped
-    keys are all reported in one WeightsError (E908); `strict=False` tolerates missing and
-    unexpected keys, never a wrong shape. Returns the model.
+    Keys saved from DistributedDataParallel (`module.`) or torch.compile (`_orig_mod.`),
+    torchvision's legacy `norm.1`-style keys and MONAI's DenseNet layout (`denselayerN.layers.…`,
+    `class_layers.out`) are renamed; the convention recognised is reported in the error message
+    and kept as `model.weights_convention`. Missing, unexpected and wrongly shaped keys are all
+    reported in one WeightsError (E908); `strict=False` tolerates missing and unexpected keys,
+    never a wrong shape. Returns the model.
     """
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     raw = _read(weights) if name is not None else weights
-    state = {}
+    state, found = {}, set()
     for key, value in _state_dict_of(raw, name).items():
-        state[_normalise_key(key)] = value
+        key, convention = _normalise_key(key)
+        state[key] = value
+        found.add(convention)
+    convention = _convention(found)
 
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
@@ -149,7 +178,7 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.M
         counts = [f"{len(x)} {label}" for x, label in ((missing, "missing"), (unexpected, "unexpected"),
                                                       (mismatched, "with a different shape")) if x and
                   (strict or label.startswith("with"))]
-        lines = [f"the weights do not fit the model: {', '.join(counts)}"]
+        lines = [f"the weights ({convention} layout) do not fit the model: {', '.join(counts)}"]
         if strict:
             lines += _listing("missing from the weights", [f"{k} ({_shape(own[k])})" for k in missing]) if missing else []
             lines += _listing("not in the model", [f"{k} ({_shape(state[k])})" for k in unexpected]) if unexpected else []
@@ -161,7 +190,9 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.M
                     "pass strict=False", file=name,
                     missing=missing, unexpected=unexpected, mismatched=mismatched)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model.weights_convention = convention
     return model
 
 
-__all__ = ["MEMORY_MODES", "WeightsError", "build_model", "load_weights"]
+__all__ = ["CONVENTIONS", "MEMORY_MODES", "WeightsError", "build_model", "load_weights",
+           "weights_convention"]

@@ -80,10 +80,11 @@ class Data:
 
 
 class ImageSet(Dataset):
-    """Images held in memory as one uint8 tensor; batches are gathered by indexing it."""
+    """Images (or signals, or volumes: N x C x spatial) held in memory as one uint8 tensor;
+    batches are gathered by indexing it."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        assert images.dtype == torch.uint8 and images.dim() == 4 and len(images) == len(labels)
+        assert images.dtype == torch.uint8 and 3 <= images.dim() <= 5 and len(images) == len(labels)
         self.images = images
         self.labels = labels.to(torch.int64)
 
@@ -225,11 +226,12 @@ def _stats(images: torch.Tensor, pixel_max: float) -> tuple[tuple[float, ...], t
     """Per-channel mean and standard deviation of uint8 images scaled to [0, 1], in chunks."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
+    axes = (0, *range(2, images.dim()))  # all but the channels, whatever the rank
     for chunk in images.split(4096):
         x = chunk.to(torch.float64).div_(pixel_max)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
+        total += x.sum(dim=axes)
+        squares += x.square().sum(dim=axes)
+    n = images.numel() // images.shape[1]
     mean = total / n
     std = (squares / n - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
@@ -470,7 +472,8 @@ def prepare_batch(images: torch.Tensor, *, pixel_max: float, mean: torch.Tensor,
     batch's augmentation depends only on the generator's seed, whatever the device.
     """
     x = images.float().div_(pixel_max)
-    n, _, h, w = x.shape
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    per_channel = (1, -1) + (1,) * (x.dim() - 2)  # signals (N, C, L) and volumes too
     if "crop" in augment:
         pad = max(1, round(h / 8))
         padded = F.pad(x, (pad, pad, pad, pad))
@@ -484,4 +487,4 @@ def prepare_batch(images: torch.Tensor, *, pixel_max: float, mean: torch.Tensor,
     if "flip" in augment:
         flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)[:, None, None, None]
         x = torch.where(flip, x.flip(3), x)
-    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return (x - mean.view(per_channel)) / std.view(per_channel)

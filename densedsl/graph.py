@@ -38,6 +38,7 @@ class Window:
     stride: int = 1
     padding: int = 0
     span: Span | None = None
+    least: int = 1             # the smallest input length along an axis it accepts
 
 
 def _windows(stage: str, ops: Sequence[costs.Op], spans: Sequence[Span | None]) -> Iterator[Window]:
@@ -46,7 +47,8 @@ def _windows(stage: str, ops: Sequence[costs.Op], spans: Sequence[Span | None]) 
         spec, a = op.spec, op.attributes()
         window = spec.window(a)
         if window is not None:
-            yield Window(f"{stage}.{op.name}", spec.describe(a), *window, span=span)
+            yield Window(f"{stage}.{op.name}", spec.describe(a), *window, span=span,
+                         least=spec.least_input(a))
         elif spec.normalises:
             yield Window(f"{stage}.{op.name}", spec.describe(a), None, span=span)
 
@@ -88,7 +90,7 @@ def _fits(plan: Sequence[Window], size: int, rank: int, *, train: bool) -> bool:
             if train and size ** rank <= 1:
                 return False
             continue
-        if size + 2 * w.padding < w.kernel:
+        if size < w.least:
             return False
         size = costs.window_out(size, w.kernel, w.stride, w.padding)
     return True
@@ -134,6 +136,7 @@ def size_text(side: int, rank: int) -> str:
 
 # Names of the data along each axis, for W204: what a window leaves uncovered.
 _AXES = {1: ("samples",), 2: ("rows", "columns"), 3: ("slices", "rows", "columns")}
+_NOUNS = {1: "signal", 2: "map", 3: "volume"}
 
 
 # --- checks ----------------------------------------------------------------------------------------
@@ -217,15 +220,16 @@ def _check_spatial(network: Network) -> list[d.Diagnostic]:
         if win.kernel is None:
             continue
         k, s, p = win.kernel, win.stride, win.padding
-        if any(x + 2 * p < k for x in sizes):
+        if any(x < win.least for x in sizes):
             history = " → ".join(chain)
-            padded = f" padded to {_size([x + 2 * p for x in sizes])}" if p else ""
+            padded = f" padded to {_size([x + 2 * p for x in sizes])}" if p and win.least < k else ""
             least = size_text(min_input_size(plan, rank=rank), rank)
             hint = f"use an input of at least {least}, or remove a downsampling step"
             if 1 in sizes:
                 diags.append(d.Diagnostic(
-                    d.TOO_SMALL, f"{win.node} ({win.label}) would shrink the {_size(sizes)} map below "
-                    f"{size_text(1, rank)}: {history} → nothing", win.span, hint))
+                    d.TOO_SMALL, f"{win.node} ({win.label}) would shrink the {_size(sizes)} "
+                    f"{_NOUNS.get(rank, 'map')} below {size_text(1, rank)}: {history} → nothing",
+                    win.span, hint))
             else:
                 diags.append(d.Diagnostic(
                     d.KERNEL_TOO_LARGE, f"{win.node} has a {size_text(k, rank)} kernel, larger than its "

@@ -132,6 +132,11 @@ class OpKind:
         """(kernel, stride, padding) along every spatial axis, for ops that slide a window."""
         return None
 
+    def least_input(self, a: Attrs) -> int:
+        """The smallest input length along an axis that a windowed op accepts."""
+        kernel, _, padding = self.window(a) or (1, 1, 0)
+        return max(1, kernel - 2 * padding)
+
     def state_entries(self, a: Attrs) -> int:
         return 0
 
@@ -325,6 +330,11 @@ class Pool(OpKind):
 
     def window(self, a):
         return None if a["global"] else (a["kernel"], a["stride"], a["padding"])
+
+    def least_input(self, a):
+        if a["mode"] == "avg" and rank(a["in_shape"]) == 3:
+            return a["kernel"]  # PyTorch's avg_pool3d checks the unpadded input against the kernel
+        return super().least_input(a)
 
     def _mode(self, a) -> str:
         return "Max" if a["mode"] == "max" else "Avg"

@@ -477,16 +477,17 @@ class _Resolver:
         if stmt.settings:
             self.error(d.UNKNOWN_SETTING, f"unknown setting '{stmt.settings[0].name}' for input",
                        stmt.settings[0].name_span, "write the shape as CxHxW, e.g. input 3x32x32")
-        if not isinstance(stmt.arg, ast.ShapeLit) or len(stmt.arg.dims) != 3:
+        if not isinstance(stmt.arg, ast.ShapeLit) or not 2 <= len(stmt.arg.dims) <= 4:
             span = stmt.arg.span if stmt.arg is not None else stmt.keyword_span
-            self.error(d.WRONG_TYPE, "input expects a shape channels x height x width", span,
-                       "write e.g. input 3x224x224")
+            self.error(d.WRONG_TYPE, "input expects a shape: channels x length (a signal), channels x "
+                       "height x width (an image) or channels x depth x height x width (a volume)", span,
+                       "write e.g. input 3x224x224, input 12x1000 or input 1x64x64x64")
             return None, None
         dims = stmt.arg.dims
         if any(x < 1 for x in dims) or any(x > _INT_MAX for x in dims):
             self.error(d.OUT_OF_RANGE, f"every input dimension must lie in [1, {_INT_MAX:,}]", stmt.arg.span)
             return None, None
-        return (dims[0], dims[1], dims[2]), stmt.arg.span
+        return tuple(dims), stmt.arg.span
 
     def stem(self, stmt: ast.Statement) -> n.Stem:
         self.no_arg(stmt)

@@ -77,13 +77,17 @@ def _transition(draw, index: int) -> Transition:
 @st.composite
 def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool | None = None,
              growth: tuple[int, int] = (1, 16), input_sizes: tuple[int, int] = (1, 48),
-             input_channels: tuple[int, int] = (1, 4), head: bool | None = None) -> Network:
+             input_channels: tuple[int, int] = (1, 4), head: bool | None = None,
+             ranks: tuple[int, ...] = (2,)) -> Network:
     """A valid Network: blocks separated by transitions, maps never below 1x1.
 
     `bottleneck` True/False forces bottleneck layers on/off (None: either); `input_sizes` bounds
-    the square input side, raised where needed to the network's minimum input size; `head`
-    True/False forces a head (None: usually one).
+    the input side (the same along every axis), raised where needed to the network's minimum
+    input size; `head` True/False forces a head (None: usually one); `ranks` lists the input
+    ranks to draw from (1: signals CxL, 2: images CxHxW, 3: volumes CxDxHxW; a volume's side is
+    bounded by input_sizes' upper bound to the power 2/3, so it holds about as many values).
     """
+    rank = draw(st.sampled_from(ranks))
     stem = draw(_stem())
     stages: list = []
     blocks = draw(st.integers(1, max_blocks))
@@ -99,12 +103,15 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
                         pool=draw(st.sampled_from(("avg", "max"))), window=window,
                         dropout=draw(st.sampled_from(_RATES)))
     channels = draw(st.integers(*input_channels))
-    probe = Network(name="n", input=(channels, 1, 1), stem=stem, stages=tuple(stages), head=net_head)
-    least = graph_.min_input_size(graph_.spatial_plan(probe))
+    probe = Network(name="n", input=(channels,) + (1,) * rank, stem=stem, stages=tuple(stages),
+                    head=net_head)
+    least = graph_.min_input_size(graph_.spatial_plan(probe), rank=rank)
     lo, hi = input_sizes
+    if rank == 3:
+        hi = max(lo, round(hi ** (2 / 3)))
     side = draw(st.integers(max(lo, least), max(hi, least)))
     name = draw(st.sampled_from(("n", "net", "densenet_x")))
-    return Network(name=name, input=(channels, side, side), stem=stem, stages=tuple(stages),
+    return Network(name=name, input=(channels,) + (side,) * rank, stem=stem, stages=tuple(stages),
                    head=net_head)
 
 

@@ -20,7 +20,7 @@ from densedsl.analysis import analyze  # noqa: E402
 from densedsl.compiler import build_model  # noqa: E402
 from densedsl.strategies import networks  # noqa: E402
 
-SMALL = dict(max_blocks=3, max_layers=4, growth=(1, 8))
+SMALL = dict(max_blocks=3, max_layers=4, growth=(1, 8), ranks=(1, 2, 3))
 PROMISES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -81,17 +81,18 @@ def _stride_before(network, block_name: str) -> int:
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(networks(max_blocks=3, max_layers=2, growth=(1, 4)))
+@given(networks(max_blocks=3, max_layers=2, growth=(1, 4), ranks=(1, 2, 3)))
 def test_minimum_input_sizes_are_exact(network):
     """At the predicted minimum the model runs; one pixel less and PyTorch itself refuses."""
     sizes = analyze(network).min_input_size
+    rank = len(network.input) - 1
     for train, size in ((False, sizes.eval), (True, sizes.train)):
-        net = dataclasses.replace(network, input=(network.input[0], size, size))
+        net = dataclasses.replace(network, input=(network.input[0],) + (size,) * rank)
         model = build_model(net).train(train)
-        model(torch.randn(1, network.input[0], size, size))  # must not raise
+        model(torch.randn(1, *net.input))  # must not raise
         if size > 1:
             with pytest.raises((RuntimeError, ValueError)):
-                model(torch.randn(1, network.input[0], size - 1, size - 1))
+                model(torch.randn(1, network.input[0], *(size - 1,) * rank))
 
 
 def test_densenet121_minimum_sizes_match_pytorch():
