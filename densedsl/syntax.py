@@ -176,7 +176,8 @@ def _describe_token(token: Token) -> str:
     return f"{kind} '{token.value}'" if kind else f"'{token.value}'"
 
 
-_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "__ANON_0"}
+# Terminal names as grammars/densedsl.lark defines them (never lark's generated `__ANON_n`).
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "FLOORDIV", "PERCENT"}
 
 
 def _describe_expected(expected: list[str]) -> str:

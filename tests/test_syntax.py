@@ -168,3 +168,12 @@ def test_columns_count_tabs_as_one_character_and_carets_expand_them():
     line, caret = text.splitlines()[1:3]
     assert "\t" not in line
     assert caret.index("^") == len("    ") + len("        dense layers=6 grwoth=(")
+
+
+def test_every_terminal_is_named_in_the_grammar():
+    """syntax.py's messages name terminals; lark's generated names renumber when the grammar
+    changes, so none may exist."""
+    from densedsl.syntax import parser
+    names = {t.name for t in parser().terminals}
+    assert not {n for n in names if n.startswith("__ANON")}
+    assert {"LPAR", "FLOORDIV", "EQUAL", "RBRACE"} <= names
