@@ -517,7 +517,7 @@ def _storages(g: nx.DiGraph, *, training: bool) -> dict[str, str]:
         alias = rule == "view" or (rule == "identity_in_eval" and not training)
         if rule == "in_place":
             p = next(iter(preds))
-            alias = g.nodes[p]["kind"] != "input" and len(g.succ[p]) == 1
+            alias = not kind_of(g.nodes[p]["kind"]).borrowed and len(g.succ[p]) == 1
         storage[n] = storage[next(iter(preds))] if alias and preds else n
     return storage
 

@@ -184,12 +184,12 @@ def _quantity(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _shape(text: str) -> tuple[int, int, int]:
+def _shape(text: str) -> tuple[int, ...]:
     parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected CxHxW with positive integers, e.g. 3x224x224, "
-                                         f"not {text!r}")
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    if not 2 <= len(parts) <= 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CxHxW (or CxL, CxDxHxW) with positive integers, "
+                                         f"e.g. 3x224x224, not {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:

@@ -322,7 +322,7 @@ class _Builder:
         """Layer 1's ops: every layer of a block runs the same recipe, only its input widens."""
         prefix = f"{b.name}.denselayer1."
         return "-".join(_op_token(self.g.nodes[n]) for n in self._members(b.name)
-                        if n.startswith(prefix) and self.g.nodes[n]["kind"] != "concat")
+                        if n.startswith(prefix) and kind_of(self.g.nodes[n]["kind"]).computes)
 
     def _op_row(self, s: StageFigures) -> None:
         p = self._use(s.kind)

@@ -100,8 +100,8 @@ def _num(x: Any) -> str:
 
 
 def _nn(name: str, r: int) -> str:
-    """`Conv`, 2 → `Conv2d`: torch names its modules by rank."""
-    return f"{name}{r}d"
+    """`Conv`, 2 → `Conv2d`: torch names its modules by rank (a vector's norm is BatchNorm1d)."""
+    return f"{name}{max(r, 1)}d"
 
 
 Saves = Literal["nothing", "input", "output", "inputs"]
@@ -119,6 +119,8 @@ class OpKind:
     saves_recomputed: ClassVar[Saves] = "nothing"  # kept inside a recomputed (efficient) layer
     normalises: ClassVar[bool] = False     # needs > 1 value per channel in training
     pointwise: ClassVar[bool] = False      # acts per value or channel, keeps the shape
+    computes: ClassVar[bool] = True        # False for graph-only kinds (data flow, no module)
+    borrowed: ClassVar[bool] = False       # its tensor is the caller's: never written in place
 
     def saved_bytes(self, a: Attrs) -> int:
         """Bytes per sample kept besides activations (masks, indices), standard mode."""
@@ -173,22 +175,29 @@ class OpKind:
 
 class Input(OpKind):
     kind = "input"
+    computes = False
+    borrowed = True
 
 
 class Output(OpKind):
     kind = "output"
     storage = "view"
+    computes = False
 
 
 class Feature(OpKind):
     """x_ℓ of a dense block: a name for the tensor its layer made."""
     kind = "feature"
     storage = "view"
+    computes = False
 
 
 class Concat(OpKind):
+    """A dense layer's gathering of x0 … x(ℓ−1), or a block's output: part of the layer's data
+    flow (DenseLayer's torch.cat), no module of its own."""
     kind = "concat"
     saves_recomputed = "inputs"  # a recomputed layer keeps the maps it concatenates
+    computes = False
 
 
 # --- computing kinds -------------------------------------------------------------------------------
