@@ -230,15 +230,16 @@ def lower(network: Network) -> tuple[Lowered, ...]:
     for stage in network.stages:
         match stage:
             case DenseBlock():
-                lowered: Lowered = lower_block(stage, shape)
-                shape = lowered.out_shape
+                block = lower_block(stage, shape)
+                result.append(block)
+                shape = block.out_shape
             case Transition():
-                lowered = LoweredTransition(
+                transition = LoweredTransition(
                     transition_ops(stage, shape, f"features.transition{stage.index}"), stage)
-                shape = lowered.ops[-1].out_shape
+                result.append(transition)
+                shape = transition.ops[-1].out_shape
             case _:
                 assert_never(stage)
-        result.append(lowered)
     if network.head is not None:
         result.append(LoweredHead(head_ops(network.head, shape), network.head))
     return tuple(result)
