@@ -70,6 +70,9 @@ def _signed(delta: int, unit: str = "") -> str:
 
 # --- summary -----------------------------------------------------------------------------------
 
+_UNITS = {1: "samples", 2: "px", 3: "voxels"}  # what the receptive field is counted in
+
+
 @dataclass(frozen=True, slots=True)
 class SummaryRow:
     name: str                       # stage name, or stage.child for --layers rows
@@ -117,6 +120,7 @@ class Summary:
 
     def text(self) -> str:
         a = self.analysis
+        rank = len(a.input_shape) - 1
         lines = [f"{a.name} · input {shape_text(a.input_shape)} → {shape_text(a.output_shape)}"]
         body = [(("  " * r.level) + r.name.split(".", r.level)[-1] if r.level else r.name,
                  shape_text(r.out_shape), f"{r.params:,}", si(r.macs)) for r in self.rows]
@@ -126,12 +130,11 @@ class Summary:
         lines += [rule, table[0], rule, *table[1:-1], rule, table[-1], rule]
         mem = self.memory()
         m = a.min_input_size
-        rank = len(a.input_shape) - 1
         lines += [
             f"params {a.params:,} ({si(a.params)}) · buffers {a.buffers:,} · MACs {si(a.macs)} · "
             f"FLOPs {si(a.flops)}",
             f"depth {a.depth} · connections {a.connections:,} · final channels {a.channels:,} · "
-            f"receptive field {a.receptive_field:,} px",
+            f"receptive field {a.receptive_field:,} {_UNITS.get(rank, 'px')}",
             f"memory at batch {self.batch}, {self.dtype}: training {binary(mem['standard'])} "
             f"(standard), {binary(mem['efficient'])} (efficient); inference {binary(mem['inference'])}",
             f"min input {size_text(m.eval, rank)} (inference), {size_text(m.train, rank)} "

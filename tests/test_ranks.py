@@ -113,14 +113,14 @@ def test_model_uses_the_rank_modules_and_equals_the_analysis(text, modules):
 
 
 @pytest.mark.parametrize("text", [SIGNAL, VOLUME], ids=["1d", "3d"])
-def test_python_and_onnx_exports_compute_the_model(text, tmp_path):
+def test_python_export_computes_the_model(text, tmp_path):
     network = densedsl.parse(text).network
     model = densedsl.compile(text).eval()
     x = torch.randn(2, *network.input)
     with torch.no_grad():
         expected = model(x)
     py = tmp_path / "m.py"
-    from densedsl.export import python_source, write_onnx
+    from densedsl.export import python_source
     py.write_text(python_source(network))
     namespace: dict = {}
     exec(compile(py.read_text(), str(py), "exec"), namespace)
@@ -128,8 +128,19 @@ def test_python_and_onnx_exports_compute_the_model(text, tmp_path):
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # the dynamo ONNX exporter takes seconds
+@pytest.mark.parametrize("text", [SIGNAL, VOLUME], ids=["1d", "3d"])
+def test_onnx_export_computes_the_model(text, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    from densedsl.export import write_onnx
+    network = densedsl.parse(text).network
+    model = densedsl.compile(text).eval()
+    x = torch.randn(2, *network.input)
+    with torch.no_grad():
+        expected = model(x)
     path = tmp_path / "m.onnx"
     write_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
