@@ -43,7 +43,7 @@ def write_output(model: DenseNet, network: n.Network, path: str | os.PathLike) -
     if kind == ".pt":
         write_weights(model, path)
     elif kind == ".py":
-        atomic_write(path, python_source(network))
+        atomic_write(path, python_source(network, getattr(model, "lowered", None)))
     else:
         write_onnx(model, path)
 

@@ -221,7 +221,8 @@ class DenseNet(nn.Module):
         self.stem_length = 0
         self.num_features = network.input[0]
         reduction = 1
-        for stage in costs.lower(network) if lowered is None else lowered:
+        self.lowered = tuple(costs.lower(network) if lowered is None else lowered)  # what it is built from
+        for stage in self.lowered:
             match stage:
                 case costs.LoweredStem():
                     _add(self.features, stage.ops, dd)
