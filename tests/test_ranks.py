@@ -112,13 +112,18 @@ def test_model_uses_the_rank_modules_and_equals_the_analysis(text, modules):
     assert counter.get_total_flops() == 2 * a.flops
 
 
-@pytest.mark.parametrize("text", [SIGNAL, VOLUME], ids=["1d", "3d"])
-def test_python_export_computes_the_model(text, tmp_path):
+def _eval_model(text: str):
+    """(network, compiled model in eval mode, an input batch, the model's output on it)."""
     network = densedsl.parse(text).network
     model = densedsl.compile(text).eval()
     x = torch.randn(2, *network.input)
     with torch.no_grad():
-        expected = model(x)
+        return network, model, x, model(x)
+
+
+@pytest.mark.parametrize("text", [SIGNAL, VOLUME], ids=["1d", "3d"])
+def test_python_export_computes_the_model(text, tmp_path):
+    network, model, x, expected = _eval_model(text)
     py = tmp_path / "m.py"
     from densedsl.export import python_source
     py.write_text(python_source(network))
@@ -136,11 +141,7 @@ def test_onnx_export_computes_the_model(text, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from densedsl.export import write_onnx
-    network = densedsl.parse(text).network
-    model = densedsl.compile(text).eval()
-    x = torch.randn(2, *network.input)
-    with torch.no_grad():
-        expected = model(x)
+    _, model, x, expected = _eval_model(text)
     path = tmp_path / "m.onnx"
     write_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
