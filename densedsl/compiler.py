@@ -70,7 +70,11 @@ _LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?
 _MONAI_LAYER = re.compile(r"^(.*denselayer\d+)\.layers\.(.*)$")
 _MONAI_CLASSIFIER = "class_layers.out."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-CONVENTIONS = ("densedsl/torchvision", "torchvision (legacy keys)", "MONAI")
+NATIVE, LEGACY, OLD_NORM, MONAI = ("densedsl/torchvision", "torchvision (legacy keys)",
+                                   "densedsl before norm5", "MONAI")
+CONVENTIONS = (NATIVE, LEGACY, OLD_NORM, MONAI)  # a state_dict's is the last one any key shows
+# densedsl before 0.2 named the head's norm `norm{B+1}` (norm4 for a 3-block network).
+_HEAD_NORM = re.compile(r"^features\.norm(\d+)\.(.*)$")
 _MAX_LISTED = 8
 
 
@@ -119,12 +123,25 @@ def _normalise_key(key: str) -> tuple[str, str]:
             if key.startswith(prefix):
                 key, stripped = key[len(prefix):], True
     if m := _LEGACY_KEY.match(key):
-        return m.group(1) + m.group(2), CONVENTIONS[1]
+        return m.group(1) + m.group(2), LEGACY
     if m := _MONAI_LAYER.match(key):
-        return f"{m.group(1)}.{m.group(2)}", CONVENTIONS[2]
+        return f"{m.group(1)}.{m.group(2)}", MONAI
     if key.startswith(_MONAI_CLASSIFIER):
-        return "classifier." + key.removeprefix(_MONAI_CLASSIFIER), CONVENTIONS[2]
-    return key, CONVENTIONS[0]
+        return "classifier." + key.removeprefix(_MONAI_CLASSIFIER), MONAI
+    return key, NATIVE
+
+
+def _old_head_norm(state: dict, own: Mapping) -> tuple[dict, bool]:
+    """Rename an old checkpoint's `features.norm{B+1}` to `features.norm5` when the model has
+    norm5 and the weights have no norm5 but a norm the model lacks."""
+    if "features.norm5.weight" not in own or "features.norm5.weight" in state:
+        return state, False
+    old = {m.group(1) for k in state if (m := _HEAD_NORM.match(k)) and k not in own}
+    if len(old) != 1:
+        return state, False
+    prefix = f"features.norm{old.pop()}."
+    return {("features.norm5." + k.removeprefix(prefix)) if k.startswith(prefix) else k: v
+            for k, v in state.items()}, True
 
 
 def weights_convention(weights: Any) -> str:
@@ -136,7 +153,7 @@ def weights_convention(weights: Any) -> str:
 
 def _convention(found) -> str:
     found = set(found)
-    return next((c for c in reversed(CONVENTIONS) if c in found), CONVENTIONS[0])
+    return next((c for c in reversed(CONVENTIONS) if c in found), NATIVE)
 
 
 def _listing(title: str, items: list[str]) -> list[str]:
@@ -167,9 +184,12 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.M
         key, convention = _normalise_key(key)
         state[key] = value
         found.add(convention)
+    own = model.state_dict()
+    state, renamed = _old_head_norm(state, own)
+    if renamed:
+        found.add(OLD_NORM)
     convention = _convention(found)
 
-    own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched = [(k, _shape(own[k]), _shape(v)) for k, v in state.items()

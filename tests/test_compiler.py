@@ -554,3 +554,12 @@ def _all_ops(lowered):
         yield from getattr(stage, "ops", ())
         for layer in getattr(stage, "layers", ()):
             yield from layer
+
+
+def test_checkpoints_with_the_old_head_norm_name_still_load():
+    """densedsl named a 3-block network's final norm norm4 before it followed torchvision."""
+    source = model_of(small())
+    old = {k.replace("features.norm5.", "features.norm4."): v for k, v in source.state_dict().items()}
+    target = load_weights(DenseNet(small()), old)
+    assert target.weights_convention == "densedsl before norm5"
+    torch.testing.assert_close(target.features.norm5.weight, source.features.norm5.weight)
