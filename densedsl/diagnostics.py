@@ -105,6 +105,7 @@ RUN_EXISTS = Code("E910", "run-exists", "the run directory holds another run, or
 MISSING_PACKAGE = Code("E911", "missing-package", "an optional package the command needs is not installed")
 NOT_REGULAR = Code("E912", "not-regular", "a FIFO, socket or device where a regular file was expected")
 CORRUPT = Code("E913", "corrupt", "a checkpoint or weights file whose contents fail their checksum")
+DOT_FAILED = Code("E914", "dot-failed", "Graphviz's `dot` program failed to draw the diagram")
 
 
 @dataclass(frozen=True, slots=True)
