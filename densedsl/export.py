@@ -7,6 +7,8 @@ partial file behind.
 from __future__ import annotations
 
 import inspect
+import keyword
+import operator
 import os
 from pathlib import Path
 
@@ -16,14 +18,15 @@ from torch import nn
 from . import diagnostics as d
 from . import network as n
 from .costs import transition_channels, window_out
-from .files import atomic_path, atomic_write
+from .files import atomic_path, atomic_write, check_writable
 from .modules import DenseNet, init_weights
 
 SUFFIXES = (".pt", ".py", ".onnx")
 
 
 def check_output(path: str | os.PathLike) -> str:
-    """The output kind ('.pt', '.py', '.onnx') of `path`, or SpecError E907."""
+    """The output kind ('.pt', '.py', '.onnx') of `path`, or SpecError: E907 for an extension
+    densedsl cannot write, E912/E902 for an output it must not replace (a FIFO, a device)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".pth":
         suffix = ".pt"
@@ -33,6 +36,7 @@ def check_output(path: str | os.PathLike) -> str:
             d.BAD_OUTPUT, f"cannot write {shown}: densedsl compile writes .pt, .py or .onnx", None,
             "use .pt for weights (torch.load), .py for standalone PyTorch source, .onnx for ONNX",
             file=str(path))])
+    check_writable(path)
     return suffix
 
 
@@ -57,7 +61,7 @@ def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18) -> 
     try:
         import onnx  # noqa: F401  (the exporter needs it; say so before tracing)
     except ImportError:
-        raise d.SpecError([d.Diagnostic(d.BAD_OUTPUT, "writing .onnx needs the onnx package", None,
+        raise d.SpecError([d.Diagnostic(d.MISSING_PACKAGE, "writing .onnx needs the onnx package", None,
                                         "pip install 'densedsl[onnx]'", file=str(path))]) from None
     was_training = model.training
     model.eval()
@@ -82,7 +86,7 @@ are those of the densedsl-compiled model (torchvision's DenseNet layout), so wei
 either load into the other:
 
     model = build()
-    model.load_state_dict(torch.load("{stem}.pt", weights_only=True))
+    model.load_state_dict(torch.load({weights}, weights_only=True))
 """
 
 import torch
@@ -158,16 +162,46 @@ if __name__ == "__main__":
 '''
 
 
+def _int(value) -> str:
+    """An integer as source text; anything else (a str smuggled into a hand-built Network) is a
+    TypeError, never text in the generated module."""
+    return str(operator.index(value))
+
+
+def _float(value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
 def _pool_source(pool: n.Pool) -> str:
     cls = "nn.AvgPool2d" if pool.mode == "avg" else "nn.MaxPool2d"
-    padding = f", padding={pool.padding}" if pool.padding else ""
-    return f"{cls}({pool.kernel}, stride={pool.stride}{padding})"
+    padding = f", padding={_int(pool.padding)}" if pool.padding else ""
+    return f"{cls}({_int(pool.kernel)}, stride={_int(pool.stride)}{padding})"
+
+
+# Names the generated module defines or imports itself: a network class by one of them would
+# shadow it (a network called `f` would replace torch.nn.functional's `F`).
+_TAKEN = frozenset({"DenseLayer", "DenseBlock", "Transition", "F", "nn", "torch", "build", "init_weights"})
 
 
 def _class_name(name: str) -> str:
-    words = "".join(ch if ch.isalnum() else " " for ch in name).split()
-    cls = "".join(w[:1].upper() + w[1:] for w in words) or "Network"
-    return cls if cls[0].isalpha() else f"Net{cls}"
+    """A Python class name for network `name`: CamelCase of its letters and digits, never a
+    keyword (`none` → `None`), never a name the module already uses, else `Network`."""
+    words = "".join(ch if ch.isalnum() and f"a{ch}".isidentifier() else " " for ch in name).split()
+    cls = "".join(w[:1].upper() + w[1:] for w in words)[:80] or "Network"
+    cls = cls if cls.isidentifier() else f"Net{cls}"
+    if keyword.iskeyword(cls) or keyword.issoftkeyword(cls) or cls in _TAKEN:
+        cls = f"{cls}Net"
+    return cls
+
+
+def _docstring_text(text: str) -> str:
+    """`text` as it may appear inside the generated module's (non-raw) triple-quoted docstring:
+    its repr(), which escapes newlines and control characters, with backslashes doubled and
+    double quotes escaped, so no user text can end the docstring or form an escape. The
+    docstring then reads back with exactly repr(text) in its place."""
+    return repr(text).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def python_source(network: n.Network) -> str:
@@ -176,10 +210,12 @@ def python_source(network: n.Network) -> str:
 
     source = network.span.file if network.span is not None else "a spec"
     cls = _class_name(network.name)
-    lines = [_PREAMBLE.format(name=network.name, version=__version__, source=source,
-                              stem=network.name)]
+    # User text (the file name, the network's name) enters the source only through repr().
+    lines = [_PREAMBLE.format(name=_docstring_text(network.name), version=__version__,
+                              source=_docstring_text(str(source)),
+                              weights=_docstring_text(f"{network.name}.pt"))]
     lines.append(f"\nclass {cls}(nn.Module):")
-    lines.append(f"    \"\"\"Input {'x'.join(map(str, network.input))}.\"\"\"\n")
+    lines.append(f"    \"\"\"Input {'x'.join(map(_int, network.input))}.\"\"\"\n")
     lines.append("    def __init__(self):")
     lines.append("        super().__init__()")
     lines.append("        f = self.features = nn.Sequential()")
@@ -192,40 +228,40 @@ def python_source(network: n.Network) -> str:
 
     for op in network.stem.ops:
         if isinstance(op, n.Conv):
-            add("conv", f"nn.Conv2d({c}, {op.out_channels}, {op.kernel}, stride={op.stride}, "
-                        f"padding={op.padding}, bias={op.bias})")
+            add("conv", f"nn.Conv2d({_int(c)}, {_int(op.out_channels)}, {_int(op.kernel)}, stride={_int(op.stride)}, "
+                        f"padding={_int(op.padding)}, bias={bool(op.bias)})")
             c = op.out_channels
             h, w = window_out(h, op.kernel, op.stride, op.padding), window_out(w, op.kernel, op.stride, op.padding)
         elif isinstance(op, n.Norm):
-            add("norm", f"nn.BatchNorm2d({c})")
+            add("norm", f"nn.BatchNorm2d({_int(c)})")
         elif isinstance(op, n.ReLU):
             add("relu", "nn.ReLU(inplace=True)")
         elif isinstance(op, n.Pool):
             add("pool", _pool_source(op))
             h, w = window_out(h, op.kernel, op.stride, op.padding), window_out(w, op.kernel, op.stride, op.padding)
         else:
-            add("drop", f"nn.Dropout({op.rate!r})")
+            add("drop", f"nn.Dropout({_float(op.rate)!r})")
     for stage in network.stages:
         if isinstance(stage, n.DenseBlock):
-            options = [f"bottleneck={stage.bottleneck}"] if stage.bottleneck is not None else []
-            options += [f"dropout={stage.dropout!r}"] if stage.dropout else []
+            options = [f"bottleneck={_int(stage.bottleneck)}"] if stage.bottleneck is not None else []
+            options += [f"dropout={_float(stage.dropout)!r}"] if stage.dropout else []
             options += ["bias=True"] if stage.bias else []
-            options += [f"order=\"{stage.order}\""] if stage.order != "pre" else []
-            lines.append(f"        f.add_module(\"denseblock{stage.index}\", DenseBlock({c}, layers={stage.layers}, "
-                         f"growth={stage.growth}{''.join(', ' + o for o in options)}))")
+            options += ['order="post"'] if stage.order == "post" else []
+            lines.append(f"        f.add_module(\"denseblock{_int(stage.index)}\", DenseBlock({_int(c)}, layers={_int(stage.layers)}, "
+                         f"growth={_int(stage.growth)}{''.join(', ' + o for o in options)}))")
             c += stage.layers * stage.growth
         else:
             out = transition_channels(c, stage)
             options = ["bias=True"] if stage.bias else []
-            options += [f"dropout={stage.dropout!r}"] if stage.dropout else []
-            lines.append(f"        f.add_module(\"transition{stage.index}\", Transition({c}, {out}, "
+            options += [f"dropout={_float(stage.dropout)!r}"] if stage.dropout else []
+            lines.append(f"        f.add_module(\"transition{_int(stage.index)}\", Transition({_int(c)}, {_int(out)}, "
                          f"{_pool_source(stage.pool)}{''.join(', ' + o for o in options)}))")
             c = out
             p = stage.pool
             h, w = window_out(h, p.kernel, p.stride, p.padding), window_out(w, p.kernel, p.stride, p.padding)
     head = network.head
     if head is not None and head.norm:
-        lines.append(f"        f.add_module(\"norm{len(network.blocks) + 1}\", nn.BatchNorm2d({c}))")
+        lines.append(f"        f.add_module(\"norm{_int(len(network.blocks) + 1)}\", nn.BatchNorm2d({_int(c)}))")
     if head is not None:
         if head.window is not None:
             kernel, stride = head.window
@@ -233,7 +269,7 @@ def python_source(network: n.Network) -> str:
             width = c * h * w
         else:
             width = c
-        lines.append(f"        self.classifier = nn.Linear({width}, {head.classes})")
+        lines.append(f"        self.classifier = nn.Linear({_int(width)}, {_int(head.classes)})")
     lines.append("")
     lines.append("    def forward(self, x):")
     lines.append("        x = self.features(x)")
@@ -242,16 +278,16 @@ def python_source(network: n.Network) -> str:
             lines.append("        x = F.relu(x, inplace=True)")
         if head.window is not None:
             fn = "F.avg_pool2d" if head.pool == "avg" else "F.max_pool2d"
-            lines.append(f"        x = {fn}(x, {head.window[0]}, {head.window[1]})")
+            lines.append(f"        x = {fn}(x, {_int(head.window[0])}, {_int(head.window[1])})")
         else:
             fn = "F.adaptive_avg_pool2d" if head.pool == "avg" else "F.adaptive_max_pool2d"
             lines.append(f"        x = {fn}(x, 1)")
         lines.append("        x = torch.flatten(x, 1)")
         if head.dropout:
-            lines.append(f"        x = F.dropout(x, {head.dropout!r}, self.training)")
+            lines.append(f"        x = F.dropout(x, {_float(head.dropout)!r}, self.training)")
         lines.append("        x = self.classifier(x)")
     lines.append("        return x\n")
-    lines.append(_INIT.format(cls=cls, shape=", ".join(map(str, network.input))))
+    lines.append(_INIT.format(cls=cls, shape=", ".join(map(_int, network.input))))
     return "\n".join(lines)
 
 
