@@ -488,6 +488,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- lsp -------------------------------------------------------------------------------------
+
+def _add_lsp(sub) -> None:
+    p = sub.add_parser("lsp", help="run the language server (LSP over stdio) for editors",
+                       description="Run the densedsl language server on stdin/stdout: diagnostics, "
+                                   "hovers with figures, completion, formatting, rename. Editors "
+                                   "start it; see docs/editors.md. Needs pip install \"densedsl[lsp]\".")
+    p.add_argument("--stdio", action="store_true",
+                   help="talk over stdin/stdout (the default and only transport; editors pass it)")
+    p.set_defaults(func=_cmd_lsp)
+
+
+def _cmd_lsp(args: argparse.Namespace) -> int:
+    try:
+        from .lsp.server import serve
+    except ModuleNotFoundError as e:
+        package = (e.name or "").partition(".")[0]
+        if package not in ("pygls", "lsprotocol"):
+            raise
+        raise SpecError([d.Diagnostic(d.MISSING_PACKAGE, f"the language server needs {package}, which "
+                                      "is not installed", None, 'pip install "densedsl[lsp]"',
+                                      file="densedsl lsp")]) from None
+    serve()
+    return EXIT_OK
+
+
 # --- main ------------------------------------------------------------------------------------
 
 _COMMANDS: tuple[Callable, ...] = (
@@ -501,6 +527,7 @@ _COMMANDS: tuple[Callable, ...] = (
     _add_render,
     _add_train,
     _add_eval,
+    _add_lsp,
 )
 
 
