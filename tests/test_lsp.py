@@ -203,6 +203,16 @@ async def test_hover_on_a_dense_line_shows_its_figures(client: LanguageClient):
 
 
 @in_session
+async def test_the_readme_hover_transcript_is_what_the_server_sends(client: LanguageClient):
+    readme = (ROOT / "README.md").read_text()
+    transcript = readme.split("as the test client receives it", 1)[1].split("```\n")[1]
+    uri = _open(client, "readme", DN121)
+    hover = await client.text_document_hover_async(types.HoverParams(
+        text_document=_doc(uri), position=types.Position(line=_line_of(DN121, "dense layers=24"), character=6)))
+    assert "\n".join(line.rstrip() for line in hover.contents.value.split("\n")) + "\n" == transcript
+
+
+@in_session
 async def test_hover_shows_resolved_values_and_parameters(client: LanguageClient):
     uri = _open(client, "family", FAMILY)
     line = _line_of(FAMILY, "dense layers=(depth-4)/6")
