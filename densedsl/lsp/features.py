@@ -284,8 +284,8 @@ def _stage_text(stage: StageFigures) -> list[str]:
     if isinstance(stage, BlockFigures):
         width = (f"bottleneck {stage.bottleneck} (1x1 conv to {stage.bottleneck * stage.growth} channels)"
                  if stage.bottleneck else "no bottleneck")
-        lines.append(f"{stage.layers} layers · growth {stage.growth} · {width} · "
-                     f"{stage.connections:,} dense connections")
+        lines.append(f"{stage.layers} layer{'s' if stage.layers != 1 else ''} · growth {stage.growth} · "
+                     f"{width} · {stage.connections:,} dense connection{'s' if stage.connections != 1 else ''}")
     lines.append(f"channels {stage.in_shape[0]} → {stage.out_shape[0]} · "
                  f"{shape_text(stage.in_shape)} → {shape_text(stage.out_shape)}")
     lines.append(f"params {stage.params:,} ({si(stage.params)}) · {si(stage.flops, 'FLOPs')} · "

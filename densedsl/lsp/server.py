@@ -75,7 +75,8 @@ class DenseLanguageServer(LanguageServer):
                 future = asyncio.get_running_loop().run_in_executor(
                     self.worker, self._analyze_if_current, uri, text)
                 running = self.running[uri] = (text, future)
-            snap = await running[1]
+            # shielded: a cancelled publication must not cancel the analysis a hover also awaits
+            snap = await asyncio.shield(running[1])
             if self.running.get(uri) is running:
                 del self.running[uri]
             if snap is not None:
