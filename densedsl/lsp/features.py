@@ -255,7 +255,7 @@ def _statement_text(state: NetworkState, stmt: ast.Statement, offset: int) -> li
             m = state.analysis.min_input_size
             lines.append(f"minimum input {m.eval}x{m.eval} (to train with batch 1: {m.train}x{m.train})")
         return lines
-    if kw in _STEM_SETTINGS and kw not in ("dense", "transition", "head"):
+    if kw in r.STEM_OPS:
         op = state.op_at(stmt.span)
         if op is None:
             return []
@@ -317,13 +317,11 @@ def _settings_text(state: NetworkState, stmt: ast.Statement, stages: list[StageF
 
 
 def _resolved_stage(network: n.Network, stage: StageFigures) -> Any:
-    if stage.kind == "head":
-        return network.head
-    for s in network.stages:
-        if stage.name in (f"denseblock{getattr(s, 'index', 0)}", f"transition{getattr(s, 'index', 0)}") \
-                and stage.kind == ("dense" if isinstance(s, n.DenseBlock) else "transition"):
-            return s
-    return None
+    """The resolved object a stage's figures describe, by the stage's compiled name."""
+    named: dict[str, Any] = {f"denseblock{b.index}": b for b in network.blocks}
+    named.update({f"transition{t.index}": t for t in network.transitions})
+    named["head"] = network.head
+    return named.get(stage.name)
 
 
 def _read(resolved: Any, name: str) -> Any:
