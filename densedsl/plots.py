@@ -38,7 +38,7 @@ def write_curves(metrics: Sequence[dict], path: str | os.PathLike, *, title: str
         if epochs:
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # it holds the user's data path: "$" is no TeX
     target = Path(path)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format=(target.suffix.lstrip(".") or "png"), dpi=100)

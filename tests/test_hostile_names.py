@@ -206,3 +206,17 @@ def test_onnx_export_carries_no_file_or_temporary_name(tmp_path):
     assert b"PWNED" not in data and b"densedsl-tmp" not in data and str(tmp_path).encode() not in data
     onnx.checker.check_model(onnx.load_from_string(data))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([spec.name, out.name])
+
+
+# --- training curves (PNG) -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [*HOSTILE.values(), r"$\bad{$ and $x^$"],
+                         ids=[*HOSTILE.keys(), "mathtext"])
+def test_curves_title_with_a_hostile_data_path(name, tmp_path):
+    """The curves' title names the data set, path included; matplotlib must draw it as text."""
+    pytest.importorskip("matplotlib")
+    from densedsl.plots import write_curves
+    metrics = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.4}]
+    out = tmp_path / f"{name[:200].replace('$', 'S')}.png"
+    write_curves(metrics, out, title=f"tiny on folder:{name}")
+    assert out.read_bytes().startswith(b"\x89PNG")
