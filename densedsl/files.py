@@ -103,10 +103,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             os.fsync(f.fileno())
         target.publish(tmp)
     except OSError as e:
-        _remove_quietly(tmp)
+        target.discard(tmp)
         raise target.cannot_write(e) from None
     except BaseException:
-        _remove_quietly(tmp)
+        target.discard(tmp)
         raise
 
 
@@ -139,10 +139,10 @@ class _AtomicPath:
             _fsync_file(self.tmp)
             self.target.publish(self.tmp)
         except OSError as e:
-            _remove_quietly(self.tmp)
+            self.target.discard(self.tmp)
             raise self.target.cannot_write(e) from None
         except BaseException:
-            _remove_quietly(self.tmp)
+            self.target.discard(self.tmp)
             raise
         return False
 
@@ -152,6 +152,7 @@ class _Target:
 
     def __init__(self, path: str | os.PathLike):
         self.shown = str(path)
+        self.kept: str | None = None   # a temporary that holds the only complete copy
         try:
             self.real = Path(os.path.realpath(path))
         except (OSError, ValueError) as e:
@@ -202,6 +203,7 @@ class _Target:
             try:
                 _copy_into(tmp, self.real)
             except OSError as e:
+                self.kept = tmp
                 raise d.SpecError([d.Diagnostic(
                     d.CANNOT_WRITE, f"cannot rewrite the hard-linked file in place: {e.strerror or e}",
                     None, f"the complete output is in {tmp}", file=self.shown)]) from None
@@ -209,6 +211,11 @@ class _Target:
             return
         os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else _default_mode())
         os.replace(tmp, self.real)
+
+    def discard(self, tmp: str) -> None:
+        """Remove a temporary after a failure, unless it holds the only complete output."""
+        if tmp != self.kept:
+            _remove_quietly(tmp)
 
     def cannot_write(self, e: BaseException, hint: str | None = None) -> d.SpecError:
         reason = getattr(e, "strerror", None) or e

@@ -244,3 +244,24 @@ def test_sigkill_during_compile_onnx(tmp_path):
     assert not out.exists()
     atomic_write(out, b"next write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.dense", "x.onnx"]
+
+
+def test_a_failed_in_place_rewrite_keeps_the_complete_temporary(tmp_path, monkeypatch):
+    import errno
+
+    import densedsl.files as files
+
+    def disk_full(tmp, real):
+        with open(real, "r+b") as f:
+            f.write(b"ha")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    first = tmp_path / "a.dense"
+    first.write_text("old contents")
+    os.link(first, tmp_path / "b.dense")
+    monkeypatch.setattr(files, "_copy_into", disk_full)
+    with pytest.raises(SpecError) as e:
+        atomic_write(first, "new contents")
+    assert codes(e) == ["E905"] and "No space left" in e.value.diagnostics[0].message
+    [kept] = temporaries(tmp_path)
+    assert kept in e.value.diagnostics[0].hint and (tmp_path / kept).read_text() == "new contents"
