@@ -24,7 +24,8 @@ MEMORY_MODES = ("standard", "efficient")
 
 
 def build_model(network: Network, *, memory: str = "standard", features: bool = False,
-                device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
+                device: Any = None, dtype: torch.dtype | None = None,
+                memory_limit: float | None = None) -> nn.Module:
     """Check `network` and build its model: a `DenseNet`, or with `features=True` a module whose
     forward returns {'denseblock{i}': block output} (timm's features_only).
 
@@ -32,11 +33,19 @@ def build_model(network: Network, *, memory: str = "standard", features: bool = 
     each layer's concat-BN-ReLU-Conv1x1 in backward (memory linear in depth; also switchable
     later with `model.set_grad_checkpointing()`). device/dtype place the parameters at
     construction, as timm's `dd` does.
+
+    Before allocating, the weights the analysis predicts are checked against the memory this
+    process can use (SpecError E307, see `densedsl.budget`): `memory_limit` in bytes replaces
+    that figure, math.inf turns the check off; the environment variable DENSEDSL_MEMORY_LIMIT
+    does the same for every call.
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, not {memory!r}")
+    from . import budget
     from .analysis import analyze
-    analyze(network)
+    a = analyze(network)
+    budget.require(budget.for_model(a), network, within=budget.limit(memory_limit, device=device),
+                   library=True)
     model = DenseNet(network, memory=memory, device=device, dtype=dtype)
     return DenseNetFeatures(model) if features else model
 
