@@ -247,7 +247,7 @@ def _digits() -> tuple[ImageSet, ImageSet]:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        raise _fail(d.BAD_FILE, "the digits data set comes with scikit-learn, which is not installed",
+        raise _fail(d.MISSING_PACKAGE, "the digits data set comes with scikit-learn, which is not installed",
                     None, "pip install scikit-learn (or densedsl[train])") from None
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype("uint8")).unsqueeze(1)  # values 0..16

@@ -4,6 +4,7 @@ command that allocates refuses *before* it allocates anything."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -268,3 +269,30 @@ def test_eval_refuses_a_checkpoint_before_building(tmp_path, capsys, monkeypatch
     code, _, err = run(capsys, "train", TINY, "--data", "synthetic:64", "--epochs", "1", "--out", run_dir,
                        "--resume", "--no-progress", "--device", "cpu", "--memory-limit", "10K")
     assert code == 1 and "E307" in err and "training tiny_digits" in err
+
+
+def test_on_cuda_the_gpu_holds_everything_and_the_host_the_weights(monkeypatch):
+    import torch
+    a = analyze(densedsl.load(TINY).network)
+    need = budget.for_training(a, batch=64, mode="standard").bytes
+    weights = budget.for_model(a).bytes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    free = {"gpu": need - 1}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["gpu"], 80 * 2**30))
+    monkeypatch.setattr(budget, "available", lambda: budget.Limit(10 * 2**30, "host"))
+    with pytest.raises(densedsl.SpecError) as e:
+        budget.check_training(a.network, batch=64, device="auto")   # auto: CUDA when there is one
+    assert "free memory of the CUDA device" in str(e.value)
+    free["gpu"] = need
+    budget.check_training(a.network, batch=64, device=torch.device("cuda"))
+    monkeypatch.setattr(budget, "available", lambda: budget.Limit(weights - 1, "host"))
+    with pytest.raises(densedsl.SpecError, match=r"building tiny_digits .*\(host\)"):
+        budget.check_training(a.network, batch=64, device="cuda")
+
+
+def test_digits_without_scikit_learn_is_e911(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    code, _, err = run(capsys, "train", TINY, "--data", "digits", "--out", tmp_path / "run", "--epochs", "1",
+                       "--max-steps", "1", "--no-progress", "--device", "cpu")
+    assert code == 1 and "error[E911]" in err and "scikit-learn" in err
