@@ -205,9 +205,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newli
 def _excerpt(span: Span, tint: str, reset: str) -> list[str]:
     """The span's line with a caret under it, if the text may be quoted.
 
-    Which lines may be quoted: text handed to `densedsl.parse` always; a file's text once it has
-    parsed, and before that (syntax, nesting and size errors) only if its first token is the
-    `network` keyword, so a file that is not a spec (`check /etc/shadow`) is never echoed.
+    Which lines may be quoted (docs/errors.md): any text once it has parsed; before that
+    (syntax and nesting errors) only text whose first token is the `network` keyword; text
+    over a size limit never. So a file that is not a spec (`check /etc/shadow`) is never echoed.
     Binary and non-UTF-8 files never get this far (files.read_source refuses them). Control
     characters print as U+FFFD, so a spec cannot send escape sequences to the terminal.
     """
