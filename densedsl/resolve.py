@@ -8,6 +8,7 @@ error where an integer is required, never a silent floor.
 
 from __future__ import annotations
 
+import decimal
 import difflib
 import math
 import numbers
@@ -856,14 +857,24 @@ def _show(v: Value) -> str:
         if v.denominator == 1:
             return str(v.numerator)
         f = float(v)
-        return repr(f) if Fraction(repr(f)) == v else f"{v.numerator}/{v.denominator}"
+        if Fraction(repr(f)) == v:
+            return repr(f)
+        if v.denominator < 10**15:
+            return f"{v.numerator}/{v.denominator}"
+        with decimal.localcontext() as context:  # 1e-350: no float, and 350 digits say nothing
+            context.prec = 4
+            return f"≈{decimal.Decimal(v.numerator) / decimal.Decimal(v.denominator):.4g}"
     return f"'{v}'"
 
 
 def _plain(v: Value) -> n.ParamValue:
+    """An int where exact, else a float where that is exact, else the Fraction itself."""
     if isinstance(v, Fraction):
         if v.denominator == 1:
             return int(v)
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # beyond 1.8e308: no float holds it
+            return v
         return f if Fraction(repr(f)) == v else v
     return v

@@ -74,6 +74,13 @@ def test_huge_literals_and_intermediate_values_are_refused(value, code):
     assert codes(spec_with(value)) == [code]
 
 
+def test_values_beyond_floats_stay_exact_and_print_short():
+    spec = densedsl.parse("network n(p=1e350/7) {\n    input 3x8x8\n    dense layers=1 growth=4\n}\n")
+    assert dict(spec.network.parameters)["p"] == Fraction(10**350, 7)  # no float holds it
+    (diag,) = diagnostics_of(spec_with("1e-350"))
+    assert diag.code == "E106" and len(diag.message) < 100
+
+
 def test_long_unary_chain_is_refused_where_it_crosses_the_limit():
     (diag,) = diagnostics_of(spec_with("-" * 1000 + "1"))
     assert diag.code == "E006" and diag.line == 3
