@@ -193,8 +193,11 @@ def format_diagnostic(d: Diagnostic, color: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _printable(text: str) -> str:
-    """Control characters as U+FFFD: user text must not drive the terminal (escape sequences)."""
+def _printable(text: str, limit: int = 500) -> str:
+    """Control characters as U+FFFD: user text must not drive the terminal (escape sequences).
+    A message that quotes a megabyte-long name is cut in the middle."""
+    if len(text) > limit:
+        text = text[: limit - 100] + " … " + text[-97:]
     return _CONTROL.sub("\ufffd", text)
 
 

@@ -240,6 +240,11 @@ def test_control_characters_never_reach_the_terminal():
     assert "\x1b" not in text and "\x07" not in text and "\ufffd" in text
 
 
+def test_a_megabyte_name_is_cut_in_messages():
+    (diag,) = diagnostics_of(HEAD + "    " + "a" * 1_000_000 + "\n" + TAIL)
+    assert diag.code == "E101" and len(str(diag)) < 1500  # not 3 MB: message, excerpt and caret are cut
+
+
 def test_long_lines_are_cut_around_the_caret():
     (diag,) = diagnostics_of(HEAD + " " * 5000 + "dense layers=1 grwoth=4" + " " * 5000 + "\n" + TAIL)
     line, caret = str(diag).splitlines()[1:3]
