@@ -48,11 +48,12 @@ def _add_spec_options(p: argparse.ArgumentParser, *, many: bool = False) -> None
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
     """`--set a=1 b=2` as a dict of raw strings; the resolver parses and checks the values."""
     result: dict[str, str] = {}
+    flag = getattr(args, "override_flag", "--set")
     for item in args.overrides:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise SpecError([d.Diagnostic(d.BAD_OVERRIDE, f"--set expects NAME=VALUE, got {item!r}",
-                                          None, "write e.g. --set depth=100", file="--set")])
+            raise SpecError([d.Diagnostic(d.BAD_OVERRIDE, f"{flag} expects NAME=VALUE, got {item!r}",
+                                          None, f"write e.g. {flag} depth=100", file=flag)])
         result[name.strip()] = value.strip()
     return result
 
@@ -260,7 +261,7 @@ def _add_memory_limit_option(p: argparse.ArgumentParser) -> None:
 
 ENV_MEMORY_LIMIT = "DENSEDSL_MEMORY_LIMIT"
 _MAX_BATCH = _MAX_DIM
-_SEED_RANGE = (0, 2**63 - 1)   # torch.manual_seed takes 64 bits; keep clear of sign trouble
+_SEED_RANGE = (-(2**63), 2**63 - 1)   # what a checkpoint stores (int64) and torch.manual_seed takes
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -339,7 +340,7 @@ def _add_diff(sub) -> None:
 def _cmd_diff(args: argparse.Namespace) -> int:
     from .report import diff
     new_path = args.new or args.file
-    old_args = argparse.Namespace(**{**vars(args), "overrides": args.old_overrides})
+    old_args = argparse.Namespace(**{**vars(args), "overrides": args.old_overrides, "override_flag": "--old-set"})
     old = _analyze_file(args.file, old_args)
     new = _analyze_file(new_path, args)
 
@@ -495,13 +496,13 @@ def _add_train(sub) -> None:
     p.add_argument("--data", required=True, metavar="DATASET",
                    help="digits | cifar10:DIR | cifar100:DIR | mnist:DIR | fashion-mnist:DIR | "
                         "folder:DIR | synthetic[:N]")
-    p.add_argument("--epochs", type=_integer(1, 10**6), metavar="N", help="default: 300 for CIFAR, else per data set")
+    p.add_argument("--epochs", type=_integer(1, 10**9), metavar="N", help="default: 300 for CIFAR, else per data set")
     p.add_argument("--batch-size", type=_integer(1, _MAX_BATCH), metavar="B", help="per process (default 64)")
     p.add_argument("--lr", type=_real(0), metavar="LR", help="initial learning rate (default 0.1)")
-    p.add_argument("--momentum", type=_real(0, 1, above=True, below=True, what=" (Nesterov needs momentum > 0)"),
-                   metavar="M", help="Nesterov momentum (default 0.9)")
+    p.add_argument("--momentum", type=_real(0, 1, below=True), metavar="M",
+                   help="Nesterov momentum (default 0.9; 0: plain SGD)")
     p.add_argument("--weight-decay", type=_real(0), metavar="WD", help="default 1e-4")
-    p.add_argument("--milestones", type=_real(0, 1, what=" (a fraction of the epochs)"), nargs="+", metavar="F",
+    p.add_argument("--milestones", type=_real(0, 1, above=True, what=" (a fraction of the epochs)"), nargs="+", metavar="F",
                    help="fractions of the epochs where the lr drops (default 0.5 0.75)")
     p.add_argument("--gamma", type=_real(0, 1, above=True), metavar="G",
                    help="lr factor at each milestone (default 0.1)")
@@ -513,8 +514,8 @@ def _add_train(sub) -> None:
                    help="autocast precision (auto: bf16 or fp16 on CUDA, off on the CPU)")
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
                    help="efficient: recompute concatenations in backward (less memory, ~20%% slower)")
-    p.add_argument("--workers", type=_integer(0, 256), metavar="N", help="DataLoader worker processes")
-    p.add_argument("--threads", type=_integer(1, 1024), metavar="N",
+    p.add_argument("--workers", type=_integer(0, 1024), metavar="N", help="DataLoader worker processes")
+    p.add_argument("--threads", type=_integer(1, 4096), metavar="N",
                    help="CPU threads for torch (1 is fastest for small models on a busy machine)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: synchronised batch norm")
     p.add_argument("--max-steps", type=_integer(1, 2**63 - 1), metavar="N",
@@ -549,7 +550,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=_integer(1, _MAX_BATCH), default=256, metavar="B")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
-    p.add_argument("--workers", type=_integer(0, 256), metavar="N")
+    p.add_argument("--workers", type=_integer(0, 1024), metavar="N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_eval)

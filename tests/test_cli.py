@@ -171,22 +171,23 @@ TRAIN = ("train", TINY, "--data", "digits")
     ((*TRAIN, "--lr", "-0.1"), "--lr", "[0, ∞)"),
     ((*TRAIN, "--lr", "nan"), "--lr", "finite"),
     ((*TRAIN, "--lr", "inf"), "--lr", "finite"),
-    ((*TRAIN, "--momentum", "-1"), "--momentum", "(0, 1)"),
-    ((*TRAIN, "--momentum", "1"), "--momentum", "(0, 1)"),
+    ((*TRAIN, "--momentum", "-1"), "--momentum", "[0, 1)"),
+    ((*TRAIN, "--momentum", "1"), "--momentum", "[0, 1)"),
     ((*TRAIN, "--weight-decay", "-1"), "--weight-decay", "[0, ∞)"),
     ((*TRAIN, "--milestones", "0.5", "nan"), "--milestones", "fraction of the epochs"),
-    ((*TRAIN, "--milestones", "1.5"), "--milestones", "[0, 1]"),
+    ((*TRAIN, "--milestones", "1.5"), "--milestones", "(0, 1]"),
+    ((*TRAIN, "--milestones", "0"), "--milestones", "(0, 1]"),
     ((*TRAIN, "--gamma", "-1"), "--gamma", "(0, 1]"),
     ((*TRAIN, "--gamma", "nan"), "--gamma", "finite"),
-    ((*TRAIN, "--workers", "-1"), "--workers", "from 0 to 256"),
+    ((*TRAIN, "--workers", "-1"), "--workers", "from 0 to 1,024"),
     ((*TRAIN, "--threads", "0"), "--threads", "from 1 to"),
-    ((*TRAIN, "--seed", "1e20"), "--seed", "from 0 to"),
-    ((*TRAIN, "--seed", "100000000000000000000"), "--seed", "from 0 to"),
-    ((*TRAIN, "--seed", "-1"), "--seed", "from 0 to"),
+    ((*TRAIN, "--seed", "1e20"), "--seed", "whole number"),
+    ((*TRAIN, "--seed", "100000000000000000000"), "--seed", "whole number"),
+    ((*TRAIN, "--seed", str(-(2**63) - 1)), "--seed", "from -9,223,372,036,854,775,808 to"),
     ((*TRAIN, "--max-steps", "0"), "--max-steps", "from 1 to"),
     ((*TRAIN, "--memory-limit", "lots"), "--memory-limit", "not a size"),
     (("eval", "run", "--batch-size", "0"), "--batch-size", "from 1 to"),
-    (("eval", "run", "--workers", "-1"), "--workers", "from 0 to 256"),
+    (("eval", "run", "--workers", "-1"), "--workers", "from 0 to 1,024"),
 ])
 def test_bad_option_values_are_usage_errors(capsys, argv, option, words):
     with pytest.raises(SystemExit) as e:
@@ -198,10 +199,10 @@ def test_bad_option_values_are_usage_errors(capsys, argv, option, words):
 
 def test_option_values_at_the_edges_stay_valid():
     parser = build_parser()
-    args = parser.parse_args([*TRAIN, "--lr", "0", "--weight-decay", "0", "--milestones", "0", "1",
-                              "--gamma", "1", "--momentum", "0.99", "--workers", "0", "--seed", "0",
+    args = parser.parse_args([*TRAIN, "--lr", "0", "--weight-decay", "0", "--milestones", "0.01", "1",
+                              "--gamma", "1", "--momentum", "0", "--workers", "0", "--seed", "-1",
                               "--epochs", "1", "--seed", str(2**63 - 1), "--memory-limit", "none"])
-    assert args.lr == 0.0 and args.milestones == [0.0, 1.0] and args.seed == 2**63 - 1
+    assert args.lr == 0.0 and args.momentum == 0.0 and args.milestones == [0.01, 1.0] and args.seed == 2**63 - 1
     assert args.memory_limit == float("inf")
     assert parser.parse_args(["summary", TINY, "--batch", "1_000", "--input", "3X32x32"]).batch == 1000
 
@@ -219,6 +220,8 @@ def test_malformed_set_is_bad_override(capsys):
     for item in ("depth", "=3", " =1"):
         code, _, err = run(capsys, "check", TINY, "--set", item)
         assert code == 1 and "error[E118]" in err and "NAME=VALUE" in err
+    code, _, err = run(capsys, "diff", TINY, "--old-set", "depth")
+    assert code == 1 and "--old-set: error[E118]: --old-set expects NAME=VALUE" in err
 
 
 def test_a_missing_optional_package_is_e911_with_the_extra(capsys, monkeypatch):
