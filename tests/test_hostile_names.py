@@ -103,7 +103,8 @@ def test_py_export_with_a_hostile_spec_file_name(name, tmp_path):
     _same_layout(module, densedsl.load(spec).network)
 
 
-@pytest.mark.parametrize("name", [*HOSTILE.values(), HUGE, "", "none", "f", "transition", "True"],
+@pytest.mark.parametrize("name", [*HOSTILE.values(), pytest.param(HUGE, marks=pytest.mark.slow),
+                                  "", "none", "f", "transition", "True"],
                          ids=[*HOSTILE.keys(), "huge", "empty", "none", "f", "transition", "True"])
 def test_py_export_with_a_hostile_network_name(name, tmp_path):
     from densedsl.export import python_source
