@@ -101,8 +101,8 @@ def _parse_recovering(source: Source):
     """
     text, errors, tries = source.text, [], {}
     # each retry re-parses from the start, up to its error: stop once the retries together have
-    # read the text about twice, so a large file with errors all through it stays fast
-    budget = 2 * len(text) + 64 * 1024
+    # read about as much as the text again, so a large file with errors all through it stays fast
+    budget = len(text) + 64 * 1024
     while True:
         try:
             return parser().parse(text, start="start"), errors

@@ -178,7 +178,7 @@ def test_at_most_fifty_diagnostics_are_printed_and_the_rest_counted():
     assert rendered.endswith("... and 20 more errors not shown")
 
 
-def test_syntax_error_recovery_stops_when_the_retries_have_read_the_text_twice(monkeypatch):
+def test_syntax_error_recovery_stops_when_the_retries_have_read_the_text_again(monkeypatch):
     chunk = "network n{} {{\n    input 3x8x8\n" + "    dense layers=1 growth=4\n" * 60 + "    ) oops\n}}\n"
     text = "".join(chunk.format(i) for i in range(40))
     attempts = []
