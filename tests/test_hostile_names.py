@@ -140,6 +140,20 @@ def test_py_export_writes_numbers_as_plain_ints(tmp_path):
     _same_layout(_import_file(out), network)
 
 
+@pytest.mark.parametrize("name", HOSTILE.values(), ids=HOSTILE.keys())
+def test_pt_export_with_a_hostile_file_name(name, tmp_path):
+    """torch.save names the zip's records after the file: the weights must still load."""
+    torch = pytest.importorskip("torch")
+    from densedsl.modules import DenseNet
+    spec = tmp_path / "tiny.dense"
+    spec.write_text(SPEC)
+    out = tmp_path / f"{name[:200]}.pt"
+    assert cli.main(["compile", str(spec), "-o", str(out)]) == 0
+    state = torch.load(out, weights_only=True)
+    assert list(state) == list(DenseNet(densedsl.load(spec).network, device="meta").state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([spec.name, out.name])
+
+
 # --- DOT -----------------------------------------------------------------------------------------
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
