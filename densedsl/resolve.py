@@ -24,7 +24,13 @@ from .source import Source, Span
 
 Value = Fraction | bool | str  # a number, a yes/no, or a keyword such as `post`
 _INT_MAX = 2**31 - 1            # torch's sizes are int32-safe below this
-_MAX_STAGES = 1_000             # after unrolling `repeat`; DenseNet-264 has 7, analysis ~2 ms each
+# What one network, and one file's networks together, may unroll to: far above any real network
+# (DenseNet-264: 7 stages, 130 dense layers), and small enough that analysing it all takes
+# seconds (~0.5 ms a layer) rather than the minutes 256 networks of 1,000 stages would.
+_MAX_STAGES = 1_000             # after unrolling `repeat`
+_MAX_LAYERS = 4_000             # dense layers, summed over a network's blocks
+_FILE_MAX_STAGES = 2_000
+_FILE_MAX_LAYERS = 8_000
 _MAX_SUGGESTIONS = 100          # did-you-mean searches among parameters, per network
 
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
@@ -77,7 +83,7 @@ def resolve(file: ast.SpecFile, network: str | None, params: Mapping[str, Any] |
     """Resolve one network of `file` (the only one when `network` is None)."""
     params = dict(params or {})
     chosen = _choose(file, network, source)
-    return _Resolver(chosen, params, source).run()
+    return _Resolver(chosen, params, source, _Budget(_MAX_STAGES, _MAX_LAYERS)).run()
 
 
 def resolve_all(file: ast.SpecFile, params: Mapping[str, Any] | None = None,
@@ -85,11 +91,14 @@ def resolve_all(file: ast.SpecFile, params: Mapping[str, Any] | None = None,
     """Resolve every network of `file`; diagnostics from all of them are raised together."""
     _check_file(file, source)
     networks, diags = [], []
+    budget = _Budget(_FILE_MAX_STAGES, _FILE_MAX_LAYERS)  # shared: the file's networks together
     for net in file.networks:
         try:
-            networks.append(_Resolver(net, dict(params or {}), source).run())
+            networks.append(_Resolver(net, dict(params or {}), source, budget).run())
         except d.SpecError as e:
             diags.extend(e.diagnostics)
+        if budget.exhausted:
+            break
     d.raise_if_errors(diags)
     return networks
 
@@ -138,13 +147,24 @@ class _Bound:
     name: str
 
 
+@dataclass(slots=True)
+class _Budget:
+    """Stages and dense layers still allowed; resolve_all shares one among a file's networks."""
+
+    stages: int
+    layers: int
+    exhausted: bool = False  # a file-level limit was reported: the later networks are not resolved
+
+
 class _Invalid(Exception):
     """An expression that already produced a diagnostic; the caller skips the value."""
 
 
 class _Resolver:
-    def __init__(self, net: ast.NetworkDef, overrides: dict[str, Any], source: Source | None):
+    def __init__(self, net: ast.NetworkDef, overrides: dict[str, Any], source: Source | None,
+                 budget: _Budget | None = None):
         self.net = net
+        self.budget = budget or _Budget(_MAX_STAGES, _MAX_LAYERS)
         self.overrides = overrides
         self.source = source
         self.diags: list[d.Diagnostic] = []
@@ -636,19 +656,41 @@ class _Resolver:
 
     def stages(self, stmts: list[ast.Statement]) -> list[n.Stage]:
         flat = self.unroll(stmts, 1)
+        if len(flat) > self.budget.stages:  # only a file's earlier networks make this bind
+            self.error(d.TOO_LARGE, f"this network's {len(flat):,} stages take the file's networks past "
+                       f"{_FILE_MAX_STAGES:,} stages together", self.net.name_span,
+                       "split the networks over several files")
+            self.budget.exhausted = True
+            return []
+        self.budget.stages -= len(flat)
         stages: list[n.Stage] = []
-        blocks = transitions = 0
+        blocks = transitions = layers = 0
         for stmt in flat:
             try:
                 if stmt.keyword == "dense":
                     blocks += 1
                     stages.append(self.dense(stmt, blocks))
+                    layers += stages[-1].layers
+                    if layers > min(_MAX_LAYERS, self.budget.layers):
+                        self.too_many_layers(stmt)
+                        return stages
                 else:
                     transitions += 1
                     stages.append(self.transition(stmt, transitions))
             except _Invalid:
                 continue
+        self.budget.layers -= layers
         return stages
+
+    def too_many_layers(self, stmt: ast.Statement) -> None:
+        if self.budget.layers >= _MAX_LAYERS:
+            self.error(d.TOO_LARGE, f"the network would have more than {_MAX_LAYERS:,} dense layers",
+                       stmt.keyword_span, "DenseNet-264 has 130; densedsl analyses networks up to "
+                       f"{_MAX_LAYERS:,} dense layers")
+        else:
+            self.error(d.TOO_LARGE, f"the file's networks would have more than {_FILE_MAX_LAYERS:,} dense "
+                       "layers together", stmt.keyword_span, "split the networks over several files")
+            self.budget.exhausted = True
 
     def unroll(self, stmts: Iterable[ast.Statement], budget: int) -> list[ast.Statement]:
         """Expand `repeat`; refuses to produce more than _MAX_STAGES stages."""

@@ -119,10 +119,10 @@ def test_evaluation_and_printing_do_not_recurse_on_depth():
     deep = _deep(50_000)
     file = ast.SpecFile(networks=(ast.NetworkDef(name="n", params=(ast.Param(name="p", default=deep),), body=(
         ast.Statement(keyword="input", arg=ast.ShapeLit(dims=(3, 8, 8))),
-        ast.Statement(keyword="dense", settings=(ast.Setting(name="layers", value=ast.Name(id="p")),
-                                                 ast.Setting(name="growth", value=ast.Number(value=Fraction(4), text="4")))),
+        ast.Statement(keyword="dense", settings=(ast.Setting(name="growth", value=ast.Name(id="p")),
+                                                 ast.Setting(name="layers", value=ast.Number(value=Fraction(1), text="1")))),
     )),))
-    assert resolve(file, None).stages[0].layers == 50_001
+    assert resolve(file, None).stages[0].growth == 50_001
     assert format_expr(deep) == "1" + "-(-1)" * 50_000
 
 
@@ -166,6 +166,25 @@ def test_too_many_networks():
     text = "".join(f"network n{i} {{}}\n" for i in range(syntax.MAX_NETWORKS + 1))
     (diag,) = diagnostics_of(text)
     assert diag.code == "E006" and diag.line == syntax.MAX_NETWORKS + 1
+
+
+@pytest.mark.parametrize("network, message", [
+    ("network n{i} {{ input 3x8x8; repeat 1000 {{ dense layers=1 growth=1 }} }}\n", "2,000 stages together"),
+    ("network n{i} {{ input 3x8x8; dense layers=3000 growth=1 }}\n", "8,000 dense layers together"),
+])
+def test_a_file_of_large_networks_is_refused_once_its_budget_is_spent(network, message, tmp_path):
+    path = tmp_path / "many.dense"
+    path.write_text("".join(network.format(i=i) for i in range(syntax.MAX_NETWORKS)))
+    with pytest.raises(densedsl.SpecError) as e:
+        load_all(path)
+    (diag,) = e.value.diagnostics  # reported once; the later networks are not resolved at all
+    assert diag.code == "E304" and message in diag.message and diag.line == 3
+    densedsl.load(path, network="n200")  # each network alone is fine
+
+
+def test_one_network_of_too_many_layers():
+    (diag,) = diagnostics_of(spec_with("4001"))
+    assert diag.code == "E304" and "more than 4,000 dense layers" in diag.message
 
 
 def test_at_most_fifty_diagnostics_are_printed_and_the_rest_counted():
