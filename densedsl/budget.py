@@ -96,11 +96,23 @@ def overridden(limit_bytes: float | None, source: str = "--memory-limit") -> Ite
         _override.reset(token)
 
 
-def limit(explicit: float | None = None, *, device: Any = None) -> Limit:
+def _explicit_bytes(value: Any) -> float:
+    """`memory_limit=`: bytes as a number (math.inf: no check) or a size text like "16GiB"."""
+    if isinstance(value, str):
+        return parse_limit(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"memory_limit must be a number of bytes or a size such as '16GiB', "
+                        f"not {type(value).__name__}")
+    if math.isnan(value) or value < 1:
+        raise ValueError(f"memory_limit must be at least 1 byte (math.inf: no check), not {value!r}")
+    return value
+
+
+def limit(explicit: float | str | None = None, *, device: Any = None) -> Limit:
     """The limit that applies now, in the order of the module docstring; `device` "cuda" (or a
     torch.device of that type) measures the GPU's free memory instead of the host's."""
     if explicit is not None:
-        return Limit(explicit, "memory_limit=")
+        return Limit(_explicit_bytes(explicit), "memory_limit=")
     override = _override.get()
     if override is not None:
         return override

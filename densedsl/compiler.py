@@ -25,7 +25,7 @@ MEMORY_MODES = ("standard", "efficient")
 
 def build_model(network: Network, *, memory: str = "standard", features: bool = False,
                 device: Any = None, dtype: torch.dtype | None = None,
-                memory_limit: float | None = None) -> nn.Module:
+                memory_limit: float | str | None = None) -> nn.Module:
     """Check `network` and build its model: a `DenseNet`, or with `features=True` a module whose
     forward returns {'denseblock{i}': block output} (timm's features_only).
 
@@ -35,9 +35,9 @@ def build_model(network: Network, *, memory: str = "standard", features: bool = 
     construction, as timm's `dd` does.
 
     Before allocating, the weights the analysis predicts are checked against the memory this
-    process can use (SpecError E307, see `densedsl.budget`): `memory_limit` in bytes replaces
-    that figure, math.inf turns the check off; the environment variable DENSEDSL_MEMORY_LIMIT
-    does the same for every call.
+    process can use (SpecError E307, see `densedsl.budget`): `memory_limit` (bytes, or a size
+    such as "16GiB") replaces that figure, math.inf (or "none") turns the check off; the
+    environment variable DENSEDSL_MEMORY_LIMIT does the same for every call.
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, not {memory!r}")

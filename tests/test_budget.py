@@ -296,3 +296,11 @@ def test_digits_without_scikit_learn_is_e911(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "train", TINY, "--data", "digits", "--out", tmp_path / "run", "--epochs", "1",
                        "--max-steps", "1", "--no-progress", "--device", "cpu")
     assert code == 1 and "error[E911]" in err and "scikit-learn" in err
+
+
+def test_library_memory_limit_takes_sizes_and_refuses_nonsense():
+    assert budget.limit("16GiB").bytes == 16 * 2**30 and budget.limit("none").bytes == math.inf
+    for bad, error in (("lots", ValueError), (0, ValueError), (float("nan"), ValueError), (-5, ValueError),
+                       (True, TypeError), ([1], TypeError)):
+        with pytest.raises(error, match="memory_limit|not a size"):
+            densedsl.compile(TINY, memory_limit=bad)
