@@ -27,7 +27,7 @@ from pygls.uris import to_fs_path
 from .. import __version__
 from . import features
 from ..source import Source
-from .document import AnalysisCache, Snapshot, analyze_text
+from .document import AnalysisCache, Snapshot, analyze_text, parse_text
 
 _ERRORS_MD = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
@@ -91,6 +91,15 @@ class DenseLanguageServer(LanguageServer):
         if doc is None or doc.source != text:
             return None
         return analyze_text(text, to_fs_path(uri) or uri, self.cache)
+
+    def parsed(self, uri: str) -> Snapshot:
+        """The analysed snapshot when it is current, else a parse of the current text."""
+        doc = self.workspace.text_documents.get(uri)
+        text = doc.source if doc is not None else ""
+        known = self.snapshots.get(uri)
+        if known is not None and known.source.text == text:
+            return known
+        return parse_text(text, to_fs_path(uri) or uri)
 
     def positions(self, snap: Snapshot) -> features.Positions:
         return features.Positions(snap.source, self.workspace.position_codec.client_num_units)
@@ -191,8 +200,8 @@ async def _inlay_hints(ls: DenseLanguageServer, params: types.InlayHintParams) -
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION,
                 types.CompletionOptions(trigger_characters=[" ", "="]))
-async def _completion(ls: DenseLanguageServer, params: types.CompletionParams) -> types.CompletionList:
-    snap = await ls.snapshot(params.text_document.uri)
+def _completion(ls: DenseLanguageServer, params: types.CompletionParams) -> types.CompletionList:
+    snap = ls.parsed(params.text_document.uri)
     items = features.completion(snap, ls.positions(snap), params.position)
     return types.CompletionList(is_incomplete=False, items=items)
 
