@@ -37,9 +37,9 @@ class Source:
     def line_starts(self) -> tuple[int, ...] | list[int]:
         """0-based offsets at which each line starts (the first is always 0)."""
         if not self._starts:
-            # str.split runs in C; a Python loop over find() took seconds on large inputs
-            self._starts.append(0)
-            self._starts.extend(accumulate(len(line) + 1 for line in self.text.split("\n")[:-1]))
+            # str.split runs in C; a Python loop over find() took seconds on large inputs. One
+            # slice assignment fills the table, so two threads racing here both store the same.
+            self._starts[:] = [0, *accumulate(len(line) + 1 for line in self.text.split("\n")[:-1])]
         return self._starts
 
     def unquotable(self) -> "Source":
