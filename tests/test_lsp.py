@@ -134,7 +134,7 @@ TYPO = DN121.replace("dense layers=12", "dense layers=12 grwoth=32")
 FAMILY = """\
 network family(depth=40, growth=12) {
     input 3x32x32
-    defaults growth=growth bottleneck=off
+    defaults growth=growth bottleneck=off dropout=0.1
     repeat 2 {
         dense layers=(depth-4)/6
         transition
@@ -228,6 +228,11 @@ async def test_hover_shows_resolved_values_and_parameters(client: LanguageClient
     on_default = await client.text_document_hover_async(types.HoverParams(
         text_document=_doc(uri), position=types.Position(line=2, character=14)))
     assert "`growth=growth`: inherited on lines 5, 8" in on_default.contents.value
+    assert "`dropout=0.1` (defaults, line 3)" in text
+    on_head = await client.text_document_hover_async(types.HoverParams(
+        text_document=_doc(uri), position=types.Position(line=_line_of(FAMILY, "head"), character=5)))
+    assert "`dropout=0`" in on_head.contents.value  # a head inherits nothing from defaults
+    assert "(defaults" not in on_head.contents.value
 
 
 @in_session

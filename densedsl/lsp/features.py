@@ -222,7 +222,7 @@ def _network_text(state: NetworkState) -> list[str]:
     lines = [f"**network {state.node.name}**"]
     if state.analysis is not None:
         a = state.analysis
-        lines.append(f"{a.params:,} params ({si(a.params)}) · {si(a.flops, 'FLOPs')} · depth {a.depth} · "
+        lines.append(f"{_count(a.params)} params · {si(a.flops, 'FLOPs')} · depth {a.depth} · "
                      f"{a.connections:,} dense connections")
         lines.append(f"{shape_text(a.input_shape)} → {shape_text(a.output_shape)} · minimum input "
                      f"{a.min_input_size.eval}x{a.min_input_size.eval} · receptive field {a.receptive_field}")
@@ -265,7 +265,8 @@ def _statement_text(state: NetworkState, stmt: ast.Statement, offset: int) -> li
                 f"params {op.params:,} · {si(op.flops, 'FLOPs')}"]
     stages = state.stages_at(stmt.span)
     if kw == "repeat":
-        inner = [s for x in statements(stmt.body) for s in state.stages_at(x.span)]
+        inside = {(x.span.start, x.span.end) for x in statements(stmt.body) if x.span is not None}
+        inner = [s for s in state.stages if s.span is not None and (s.span.start, s.span.end) in inside]
         return ([f"**repeat** → {', '.join(s.name for s in inner)}"] +
                 [f"{s.name}: {shape_text(s.in_shape)} → {shape_text(s.out_shape)}" for s in inner]) if inner else []
     if not stages:
@@ -288,8 +289,7 @@ def _stage_text(stage: StageFigures) -> list[str]:
                      f"{width} · {stage.connections:,} dense connection{'s' if stage.connections != 1 else ''}")
     lines.append(f"channels {stage.in_shape[0]} → {stage.out_shape[0]} · "
                  f"{shape_text(stage.in_shape)} → {shape_text(stage.out_shape)}")
-    lines.append(f"params {stage.params:,} ({si(stage.params)}) · {si(stage.flops, 'FLOPs')} · "
-                 f"depth {stage.depth}")
+    lines.append(f"params {_count(stage.params)} · {si(stage.flops, 'FLOPs')} · depth {stage.depth}")
     return lines
 
 
@@ -309,7 +309,7 @@ def _settings_text(state: NetworkState, stmt: ast.Statement, stages: list[StageF
         if name in written:
             expr = format_expr(written[name].value)
             parts.append(f"`{name}={expr}` → {shown}" if expr != shown else f"`{name}={shown}`")
-        elif name in defaults:
+        elif name in defaults and _inherits(stmt, name):
             parts.append(f"`{name}={shown}` (defaults, line {defaults[name].span.line})")
         else:
             parts.append(f"`{name}={shown}`")
@@ -341,12 +341,8 @@ def _defaults_text(state: NetworkState, stmt: ast.Statement, offset: int) -> lis
     for setting in pointed or stmt.settings:
         inherit, override = [], []
         for x in statements(state.node.body):
-            if x.keyword not in ("dense", "transition") or setting.name not in SETTINGS[x.keyword]:
-                continue
-            written = {s.name for s in x.settings}
-            if setting.name == "compression" and "channels" in written:
-                continue  # channels=N replaces compression
-            (override if setting.name in written else inherit).append(x.span.line)
+            if _inherits(x, setting.name):
+                (override if any(s.name == setting.name for s in x.settings) else inherit).append(x.span.line)
         text = f"`{setting.name}={format_expr(setting.value)}`"
         text += (f": inherited on line{'s' if len(inherit) != 1 else ''} {_lines(inherit)}"
                  if inherit else ": inherited nowhere")
@@ -363,6 +359,20 @@ def _expect_text(state: NetworkState, stmt: ast.Statement) -> list[str]:
         got = figures.get(s.name)
         lines.append(f"`{s.name}={format_expr(s.value)}`" + (f": analysed {got:,}" if got is not None else ""))
     return lines
+
+
+def _count(n: int) -> str:
+    """`2,837,760 (2.84 M)`; a count under a thousand needs no abbreviation."""
+    return f"{n:,} ({si(n)})" if n >= 1000 else f"{n:,}"
+
+
+def _inherits(stmt: ast.Statement, name: str) -> bool:
+    """Whether the statement takes `name` from `defaults` when it does not write it (as the
+    resolver does: dense blocks and transitions inherit, and channels=N replaces compression)."""
+    if stmt.keyword not in ("dense", "transition") or name not in r.DEFAULT_SETTINGS:
+        return False
+    written = {s.name for s in stmt.settings}
+    return name in SETTINGS[stmt.keyword] and not (name == "compression" and "channels" in written)
 
 
 def _lines(numbers: Iterable[int]) -> str:
