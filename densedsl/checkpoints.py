@@ -159,7 +159,9 @@ def _error(code: d.Code, path: Path, message: str, hint: str | None = None) -> S
 def verify_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
     """Check a torch.save zip archive record by record against its CRC-32s (E913), reading it in
     chunks; refuse compressed records (torch never writes them, and they could expand without
-    bound). A file that is not a zip archive at all passes: torch.load reports it."""
+    bound). A file that is not a zip archive at all passes: torch.load reports it. So does one
+    saved with `torch.serialization.set_crc32_options(False)` (every CRC 0): there is nothing to
+    check it against (densedsl's own checkpoints always carry CRCs)."""
     p = Path(path)
     corrupt_hint = f"the {what} was damaged after it was written (a failing disk, a truncated or " \
                    "interrupted copy, an edit): use another copy, or train again"
@@ -172,7 +174,10 @@ def verify_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
                              "is missing", corrupt_hint)
             return
         with zipfile.ZipFile(p) as archive:
-            for member in archive.infolist():
+            members = archive.infolist()
+            if all(m.CRC == 0 for m in members if m.file_size):
+                return
+            for member in members:
                 if member.compress_type != zipfile.ZIP_STORED:
                     raise _error(d.BAD_FILE, p, f"record '{member.filename}' is compressed; torch.save "
                                  "writes stored records only", f"pass a {what} written by torch.save")

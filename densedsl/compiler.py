@@ -79,6 +79,11 @@ def _fail(message: str, hint: str | None = None, file: str | None = None, **list
 
 def _read(path: str | os.PathLike) -> Any:
     name = str(path)
+    from .checkpoints import verify_archive
+    from .files import require_regular
+    require_regular(path, "weights file")   # E912: a FIFO would block torch.load forever
+    if os.path.isfile(path):
+        verify_archive(path, "weights file")  # E913: torch.load ignores the records' CRC-32s
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -432,6 +432,16 @@ def _check_settings(values: dict, threads: int | None) -> None:
                                     file="--" + key.replace("_", "-")) for key, problem in problems])
 
 
+def _check_batch_of_one(net: Network) -> None:
+    """Batches of one image fail in batch norm on a 1x1 map (the analysis' W206): refuse them
+    before training rather than crash at the first step. (A last batch of one is dropped.)"""
+    from .analysis import analyze
+    warning = next((w for w in analyze(net).diagnostics if w.code == d.TRAIN_TOO_SMALL), None)
+    if warning is not None:
+        raise SpecError([Diagnostic(d.OUT_OF_RANGE, f"batch size must be at least 2 for {net.name}: "
+                                    f"{warning.message}", None, warning.hint, file="--batch-size")])
+
+
 def _check_enough_data(data: datasets.Data, batch_size: int, dd: _Dist) -> None:
     """A split must hold images, and an epoch at least one batch (E208): otherwise a run
     "trains" zero steps and saves a checkpoint of its initial weights with a loss of 0."""
@@ -704,6 +714,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: _Dis
                                         "new run with another --out", file=str(run_dir / CHECKPOINT))])
     _check_settings({**values, "memory": memory, "workers": workers if workers is not None else 0,
                      "max_steps": max_steps}, threads)
+    if int(values["batch_size"]) == 1:
+        _check_batch_of_one(net)
 
     dev = _device(device, dd)
     amp = _amp(amp, dev)

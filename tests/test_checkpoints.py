@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import densedsl
 from densedsl import checkpoints, cli, compiler, datasets
 from densedsl.diagnostics import SpecError
 from densedsl.train import CHECKPOINT, Config, evaluate, model_from_checkpoint, read_checkpoint, train
@@ -109,6 +110,31 @@ def test_a_flipped_byte_in_the_pickle_and_a_truncated_file_are_refused(run, tmp_
         with pytest.raises(SpecError) as e:
             read_checkpoint(tmp_path / name)
         assert _codes(e.value) == ["E913"], name
+
+
+def test_weights_loaded_by_the_compiler_are_checked_too(run, tmp_path):
+    start, length = _largest_tensor_record(run / CHECKPOINT)
+    raw = bytearray((run / CHECKPOINT).read_bytes())
+    raw[start + length // 2] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(raw)
+    model = compiler.build_model(densedsl.parse(SPEC).network)
+    with pytest.raises(SpecError) as e:  # compile --weights, render --heatmap --weights
+        compiler.load_weights(model, str(tmp_path / "flipped.pt"))
+    assert _codes(e.value) == ["E913"]
+    os.mkfifo(tmp_path / "fifo.pt")
+    with pytest.raises(SpecError) as e:
+        compiler.load_weights(model, str(tmp_path / "fifo.pt"))
+    assert _codes(e.value) == ["E912"]
+
+
+def test_an_archive_saved_without_crcs_is_not_called_corrupt(run, tmp_path):
+    state = torch.load(run / CHECKPOINT, weights_only=True)["model"]
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(state, tmp_path / "no-crc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    checkpoints.verify_archive(tmp_path / "no-crc.pt")  # nothing to check against: no error
 
 
 def test_eval_of_a_corrupt_checkpoint_exits_1_with_e913(run, tmp_path, capsys):

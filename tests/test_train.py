@@ -257,6 +257,15 @@ def test_non_finite_weights_after_the_last_step_are_never_checkpointed(tmp_path,
     assert not (run / CHECKPOINT).exists() and not (run / "metrics.csv").exists()
 
 
+def test_batches_of_one_are_refused_when_batch_norm_would_see_a_1x1_map(tmp_path):
+    small = SPEC.replace("1x8x8", "1x2x2")  # the transition halves 2x2 to 1x1
+    with pytest.raises(SpecError) as e:
+        train(small, data="synthetic:8", epochs=1, batch_size=1, out=tmp_path / "run")
+    assert _codes(e.value) == ["E105"] and e.value.diagnostics[0].file == "--batch-size"
+    assert "1x1 map" in str(e.value) and not (tmp_path / "run").exists()
+    assert train(SPEC, data="synthetic:8", epochs=1, batch_size=1, max_steps=2).metrics  # 8x8: fine
+
+
 def test_one_training_image_is_refused_not_trained_for_zero_steps(tmp_path):
     with pytest.raises(SpecError) as e:
         train(SPEC, data="synthetic:1", epochs=1, batch_size=16, out=tmp_path / "run")
