@@ -92,6 +92,7 @@ class Data:
     pixel_max: float             # raw value of a white pixel (255; 16 for digits)
     mean: tuple[float, ...]      # per channel, of the training images scaled to [0, 1]
     std: tuple[float, ...]
+    resized: str | None = None   # folder: what sizes (of a sample) are resized to the spec's
 
     @property
     def name(self) -> str:
@@ -230,15 +231,17 @@ def load(data: str | Description, *, shape: Shape, classes: int) -> Data:
     else:
         train, test, names = _folder(desc.path, shape)
     _require_images(desc, train, test)
+    resized = None
     if desc.kind == "folder":
         mean, std = _stats(_sample(train, 1000), pixel_max)
         data_shape = shape
+        resized = _resized(train, shape, 1000)
     else:
         data_shape = _same_shape(desc, train, test, shape)
         mean, std = _stats(train.images, pixel_max)
     return Data(description=desc, train=train, test=test, shape=data_shape,
                 classes=desc.classes or classes, class_names=names, pixel_max=pixel_max,
-                mean=mean, std=std)
+                mean=mean, std=std, resized=resized)
 
 
 def _require_images(desc: Description, train: Dataset, test: Dataset) -> None:
@@ -277,9 +280,29 @@ def _stats(images: torch.Tensor, pixel_max: float) -> tuple[tuple[float, ...], t
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def _sample_indices(n: int, limit: int) -> range:
+    return range(0, n, max(1, n // limit))[:limit]
+
+
 def _sample(ds: "FolderSet", limit: int) -> torch.Tensor:
-    step = max(1, len(ds) // limit)
-    return torch.stack([ds[i][0] for i in range(0, len(ds), step)][:limit])
+    return torch.stack([ds[i][0] for i in _sample_indices(len(ds), limit)])
+
+
+def _resized(ds: "FolderSet", shape: Shape, limit: int) -> str | None:
+    """Folder images are resized to the spec's input, explicitly: say from what sizes (those of
+    a sample, read from the headers), so an upscaled thumbnail is not a silent surprise."""
+    from PIL import Image
+    sizes = set()
+    for i in _sample_indices(len(ds), limit):
+        with Image.open(ds.files[i]) as im:  # decoded once already by _sample: known to be sane
+            sizes.add((im.size[1], im.size[0]))
+    target = (shape[1], shape[2])
+    if sizes == {target}:
+        return None
+    smallest, largest = min(sizes, key=lambda s: (s[0] * s[1], s)), max(sizes, key=lambda s: (s[0] * s[1], s))
+    found = "x".join(map(str, smallest)) + ("" if smallest == largest else " … " + "x".join(map(str, largest)))
+    return (f"from {found} to {'x'.join(map(str, target))}, bilinear (sizes of a sample of "
+            f"{len(_sample_indices(len(ds), limit))} images)")
 
 
 # --- digits ------------------------------------------------------------------------------------

@@ -761,7 +761,11 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: _Dis
         start_epoch = int(ckpt["epoch"])
         states = ckpt["rng"]
         if len(states) == dd.world:
-            _set_rng_state(states[dd.rank])
+            try:
+                _set_rng_state(states[dd.rank])
+            except (RuntimeError, ValueError, TypeError) as e:  # CUDA states are checked only here
+                raise _checkpoint_error(run_dir / CHECKPOINT, f"invalid checkpoint: 'rng[{dd.rank}]' is not a "
+                                        f"random state this machine accepts ({e})", "the file was edited") from None
         say(f"resumed from {run_dir / CHECKPOINT} after epoch {start_epoch}")
     trained = nn.parallel.DistributedDataParallel(
         model, device_ids=[dev.index] if dev.type == "cuda" else None) if dd.active else model
@@ -1031,6 +1035,7 @@ def _report(say: Log, net: Network, record: dict | None, data: datasets.Data, co
          "  (paper)" if all(origin[k] == "default" for k in ("momentum", "nesterov", "weight_decay")) else ""),
         ("augmentation", config.augment, why("augment", f"default for {data.description.kind}")),
         ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)"),
+        *([("resize", data.resized, "  (folder images to the spec's input)")] if data.resized else []),
         ("seed", str(config.seed), why("seed", "default")),
         ("device", config.device + (f" ×{dd.world} processes" if dd.active else ""), ""),
         ("precision", "float32" if config.amp == "off" else f"autocast {config.amp}", ""),

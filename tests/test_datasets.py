@@ -196,6 +196,9 @@ def test_folder_resizes_and_converts_per_spec(tmp_path):
     assert images[0, :, 4, 4].tolist() == [255, 0, 0] and images[1, :, 4, 4].tolist() == [0, 0, 255]
     gray = datasets.load(desc, shape=(1, 5, 5), classes=2)
     assert gray.test[0][0].shape == (1, 5, 5)
+    # The resize is said, not silent: the run's report prints it.
+    assert data.resized == "from 10x12 … 10x14 to 8x8, bilinear (sizes of a sample of 6 images)"
+    assert datasets.load(desc, shape=(3, 10, 13), classes=2).resized.startswith("from 10x12 … 10x14 to 10x13")
 
 
 def test_folder_problems(tmp_path):
@@ -323,6 +326,14 @@ def test_idx_images_of_another_size_than_the_spec_are_refused(tmp_path):
     assert _codes(e.value) == ["E207"]
     assert "the spec's input is 1x28x28 but the test images of mnist:" in str(e.value)
     assert "are 1x20x20" in str(e.value)
+
+
+def test_folder_images_already_at_the_spec_size_need_no_resize_note(tmp_path):
+    _write_folder(tmp_path)  # 12x10, 13x10 and 14x10 (width x height)
+    for image in (tmp_path / "train").rglob("*.png"):
+        if image.name != "0.png":
+            image.unlink()
+    assert datasets.load(f"folder:{tmp_path}", shape=(3, 10, 12), classes=2).resized is None
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
