@@ -186,6 +186,13 @@ async def test_an_analysis_error_has_its_figures(client: LanguageClient):
     [diag] = await _diagnostics(client, uri)
     assert diag.code == "E303" and "7,978,856" in diag.message
     assert diag.range.start.line == _line_of(DN121, "expect params")
+    # while `expect` lags behind an edit, the hovers still show the network's figures
+    hover = await client.text_document_hover_async(types.HoverParams(
+        text_document=_doc(uri), position=types.Position(line=diag.range.start.line, character=6)))
+    assert "`params=7_978_857`: analysed 7,978,856" in hover.contents.value
+    on_block = await client.text_document_hover_async(types.HoverParams(
+        text_document=_doc(uri), position=types.Position(line=_line_of(DN121, "dense layers=6"), character=6)))
+    assert "**denseblock1**" in on_block.contents.value
 
 
 # --- hover, inlay hints, symbols ------------------------------------------------------------------
@@ -388,3 +395,19 @@ def test_lsp_without_pygls_is_a_missing_package_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pygls", None)  # as if it were not installed
     assert main(["lsp"]) == 1
     assert 'error[E911]: the language server needs pygls' in capsys.readouterr().err
+
+
+def test_a_cached_analysis_moves_its_spans_to_the_current_text():
+    from densedsl.lsp.document import AnalysisCache, analyze_text
+    cache = AnalysisCache()
+    wrong = DN121.replace("params=7_978_856", "params=7_978_857")
+    first = analyze_text(wrong, "a.dense", cache)
+    shifted = "# three lines\n# of comments\n\n" + wrong  # the same network: a cache hit
+    second = analyze_text(shifted, "a.dense", cache)
+    assert len(cache.entries) == 1
+    [before], [after] = first.diagnostics, second.diagnostics
+    assert after.code == "E303" and after.line == before.line + 3
+    assert after.span.source.text == shifted
+    line = _line_of(shifted, "dense layers=12") + 1
+    [block] = [s for s in second.networks[0].stages if s.name == "denseblock2"]
+    assert block.span.line == line and second.networks[0].stages_at(block.span) == [block]

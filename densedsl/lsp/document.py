@@ -17,6 +17,7 @@ Two things differ from `check`, both because an editor shows a text while it is 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -96,6 +97,19 @@ class Snapshot:
         return None
 
 
+# Errors that `analyze` finds only after every figure is known (a failed `expect`, a resource
+# limit): the figures still describe the network, and the editor shows them beside the error.
+_AFTER_FIGURES = frozenset({d.TOO_MANY_PARAMS, d.TOO_MUCH_MEMORY, d.EXPECTATION})
+
+
+@dataclass(frozen=True, slots=True)
+class Analysed:
+    """What analysing a network gave: its figures (None when it has none) and its diagnostics."""
+
+    figures: Analysis | None
+    diagnostics: tuple[d.Diagnostic, ...]
+
+
 @dataclass
 class AnalysisCache:
     """The last few analyses, keyed by the resolved network (equality ignores spans)."""
@@ -103,20 +117,34 @@ class AnalysisCache:
     size: int = 8
     entries: OrderedDict = field(default_factory=OrderedDict)
 
-    def analyze(self, network: Network) -> tuple[Network, Analysis | d.SpecError]:
-        """(the network the result was computed for, the Analysis or the SpecError)."""
+    def analyze(self, network: Network) -> tuple[Network, Analysed]:
+        """(the network the result was computed for, what analysing it gave)."""
         hit = self.entries.get(network)
         if hit is not None:
             self.entries.move_to_end(network)
             return hit
-        try:
-            result: Analysis | d.SpecError = analyze(network)
-        except d.SpecError as e:
-            result = e
-        self.entries[network] = (network, result)
+        self.entries[network] = (network, _analyse(network))
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
-        return network, result
+        return self.entries[network]
+
+
+def _analyse(network: Network) -> Analysed:
+    try:
+        a = analyze(network)
+        return Analysed(a, a.diagnostics)
+    except d.SpecError as e:
+        found = e.diagnostics
+    if not all(x.code in _AFTER_FIGURES for x in found if x.severity == "error"):
+        return Analysed(None, found)
+    # while an `expect` line lags behind an edit, hovers still show the new figures: the same
+    # network again without its expectations and limits (a second analysis, only in this case)
+    try:
+        figures = analyze(dataclasses.replace(network, expectations=()), max_params=math.inf,
+                          max_memory=math.inf)
+    except d.SpecError:
+        figures = None
+    return Analysed(figures, found)
 
 
 def analyze_text(text: str, name: str, cache: AnalysisCache | None = None) -> Snapshot:
@@ -169,14 +197,15 @@ def _network_state(file: ast.SpecFile, node: ast.NetworkDef, source: Source,
         return NetworkState(node), list(e.diagnostics)
     analysed_for, result = cache.analyze(network)
     moved = _span_map(analysed_for, network)
-    if isinstance(result, d.SpecError):
-        return NetworkState(node, network), [_move_diagnostic(x, moved) for x in result.diagnostics]
-    stages = tuple(dataclasses.replace(s, span=moved(s.span)) for s in result.stages)
-    ops = tuple(OpFigures(moved(a["span"]), a["kind"], a["in_shape"], a["out_shape"], a["params"],
-                          a["flops"])
-                for n, a in result.graph.nodes(data=True) if a["stage"] == "stem" and n != "input")
-    return (NetworkState(node, network, result, stages, ops),
-            [_move_diagnostic(x, moved) for x in result.diagnostics])
+    diagnostics = [_move_diagnostic(x, moved) for x in result.diagnostics]
+    a = result.figures
+    if a is None:
+        return NetworkState(node, network), diagnostics
+    stages = tuple(dataclasses.replace(s, span=moved(s.span)) for s in a.stages)
+    ops = tuple(OpFigures(moved(attrs["span"]), attrs["kind"], attrs["in_shape"], attrs["out_shape"],
+                          attrs["params"], attrs["flops"])
+                for n, attrs in a.graph.nodes(data=True) if attrs["stage"] == "stem" and n != "input")
+    return NetworkState(node, network, a, stages, ops), diagnostics
 
 
 def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]) -> list[d.Diagnostic]:
