@@ -31,6 +31,7 @@ _MAX_STAGES = 1_000             # after unrolling `repeat`
 _MAX_LAYERS = 4_000             # dense layers, summed over a network's blocks
 _FILE_MAX_STAGES = 2_000
 _FILE_MAX_LAYERS = 8_000
+_MAX_FIGURE = 10**18            # an `expect` figure: counts, and DenseNet-264 has ~10**10 FLOPs
 _MAX_SUGGESTIONS = 100          # did-you-mean searches among parameters, per network
 
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
@@ -837,7 +838,8 @@ class _Resolver:
                                            for x in _walk(s.value)):
                 continue
             try:
-                value = self.number(s.value)
+                value = self.real(_Bound(s.value, s.value.span, f"expected {s.name}"), Fraction(0),
+                                  Fraction(_MAX_FIGURE), False, False)
             except _Invalid:
                 continue
             out.append(n.Expectation(key=s.name, value=value, tolerance=_tolerance(s.value),
@@ -893,8 +895,7 @@ def _show(v: Value) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Fraction) and abs(v) >= 10**15:
-        digits = len(str(abs(math.floor(v))))
-        return f"{'-' if v < 0 else ''}{str(abs(math.floor(v)))[0]}e{digits - 1}"
+        return _scientific(v)
     if isinstance(v, Fraction):
         if v.denominator == 1:
             return str(v.numerator)
@@ -903,10 +904,16 @@ def _show(v: Value) -> str:
             return repr(f)
         if v.denominator < 10**15:
             return f"{v.numerator}/{v.denominator}"
-        with decimal.localcontext() as context:  # 1e-350: no float, and 350 digits say nothing
-            context.prec = 4
-            return f"≈{decimal.Decimal(v.numerator) / decimal.Decimal(v.denominator):.4g}"
+        return "≈" + _scientific(v)  # 1e-350: no float holds it, and 350 digits say nothing
     return f"'{v}'"
+
+
+def _scientific(v: Fraction) -> str:
+    """Four significant digits: 1e308, 1.286e399, 6.667e-21 (Decimal: no float overflow)."""
+    with decimal.localcontext() as context:
+        context.prec = 4
+        x = decimal.Decimal(v.numerator) / decimal.Decimal(v.denominator)
+        return f"{x.normalize():e}".replace("e+", "e")
 
 
 def _plain(v: Value) -> n.ParamValue:

@@ -81,6 +81,13 @@ def test_values_beyond_floats_stay_exact_and_print_short():
     assert diag.code == "E106" and len(diag.message) < 100
 
 
+@pytest.mark.parametrize("figure", ["params=9e399/7", "flops=1e19", "depth=-1"])
+def test_expected_figures_are_counts_in_a_sane_range(figure):
+    # 9e399/7 reached the analysis, whose float() of it raised OverflowError
+    (diag,) = diagnostics_of(f"{HEAD}    dense layers=1 growth=4\n    expect {figure}\n{TAIL}")
+    assert diag.code == "E105"
+
+
 def test_long_unary_chain_is_refused_where_it_crosses_the_limit():
     (diag,) = diagnostics_of(spec_with("-" * 1000 + "1"))
     assert diag.code == "E006" and diag.line == 3
