@@ -203,6 +203,9 @@ def read(path: str | os.PathLike) -> dict:
         raise _error(d.FILE_NOT_FOUND, p, "no such checkpoint",
                      f"pass RUN_DIR/{CHECKPOINT} (or the run directory)")
     verify_archive(p)
+    if not zipfile.is_zipfile(p):  # densedsl writes torch's zip format only
+        raise _error(d.BAD_FILE, p, "not a densedsl training checkpoint (not a torch.save zip archive)",
+                     f"pass RUN_DIR/{CHECKPOINT} as written by densedsl train")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -137,6 +137,20 @@ def test_an_archive_saved_without_crcs_is_not_called_corrupt(run, tmp_path):
     checkpoints.verify_archive(tmp_path / "no-crc.pt")  # nothing to check against: no error
 
 
+def test_a_compressed_record_and_a_foreign_file_are_refused_before_loading(run, tmp_path):
+    # A deflated record can expand a thousandfold; torch never writes one, so none is read.
+    with zipfile.ZipFile(run / CHECKPOINT) as src, zipfile.ZipFile(tmp_path / "bomb.pt", "w") as out:
+        for member in src.infolist():
+            out.writestr(member, src.read(member.filename))
+        out.writestr(src.infolist()[0].filename.split("/")[0] + "/data/999", bytes(8 << 20),
+                     compress_type=zipfile.ZIP_DEFLATED)
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 16)
+    for name, says in (("bomb.pt", "is compressed"), ("random.pt", "not a torch.save zip archive")):
+        with pytest.raises(SpecError) as e:
+            read_checkpoint(tmp_path / name)
+        assert _codes(e.value) == ["E908"] and says in str(e.value), name
+
+
 def test_eval_of_a_corrupt_checkpoint_exits_1_with_e913(run, tmp_path, capsys):
     start, length = _largest_tensor_record(run / CHECKPOINT)
     raw = bytearray((run / CHECKPOINT).read_bytes())
