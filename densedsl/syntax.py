@@ -189,7 +189,7 @@ def _check_limits(source: Source) -> None:
     if len(text) > MAX_CHARS:
         raise refuse(MAX_CHARS, f"the text is longer than {MAX_CHARS // 1024:,} KiB",
                      "a spec is a short text file; split a collection of networks over several files")
-    if text.count("\n") >= MAX_LINES:
+    if text.count("\n") + (not text.endswith("\n")) > MAX_LINES:
         offset = -1
         for _ in range(MAX_LINES):
             offset = text.find("\n", offset + 1)

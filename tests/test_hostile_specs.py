@@ -161,6 +161,14 @@ def test_oversized_text_is_refused_before_parsing(parser_unused, text, where):
     assert diag.line is not None  # located, even though the file is never parsed
 
 
+def test_a_text_of_exactly_the_line_limit_is_accepted():
+    lines = HEAD + "\n" * (syntax.MAX_LINES - 3) + TAIL
+    assert lines.count("\n") == syntax.MAX_LINES
+    densedsl.parse(lines)
+    assert codes(lines + "\n") == ["E006"]
+    assert codes(lines + "#") == ["E006"]
+
+
 def test_the_line_table_is_not_built_to_refuse_a_huge_file():
     source = Source.from_text("\n" * (8 * 1024 * 1024), "x.dense")
     with pytest.raises(densedsl.SpecError) as e:
