@@ -31,6 +31,7 @@ import itertools
 import math
 import os
 import random
+import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -289,7 +290,7 @@ class RunLock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.created_dir = not existed
             while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+                fd = self._open()
                 if not self._lock(fd):
                     holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                     os.close(fd)
@@ -313,6 +314,24 @@ class RunLock:
         self.fd = fd
         _held_locks.add(fd)
         return self
+
+    def _open(self) -> int:
+        # Never through a link: a run directory someone handed over could point .lock at a
+        # file of yours, which the pid written below would overwrite.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
+        except OSError as e:
+            if os.path.islink(self.path):
+                raise SpecError([Diagnostic(d.NOT_REGULAR, "the run directory's .lock is a symbolic link",
+                                            None, "remove it (densedsl creates .lock itself)",
+                                            file=str(self.path))]) from None
+            raise e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SpecError([Diagnostic(d.NOT_REGULAR, "the run directory's .lock is not a regular file",
+                                        None, "remove it (densedsl creates .lock itself)", file=str(self.path))])
+        return fd
 
     @staticmethod
     def _lock(fd: int) -> bool:

@@ -216,6 +216,17 @@ def test_a_stale_lock_file_from_a_killed_run_does_not_block(tmp_path):
     assert train(SPEC, epochs=1, out=run, **FAST).epochs == 1
 
 
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(precious)
+    with pytest.raises(SpecError) as e:
+        train(SPEC, epochs=1, out=run, **FAST)
+    assert _codes(e.value) == ["E912"] and precious.read_text() == "keep me\n"
+
+
 def test_a_smoke_test_run_directory_is_not_overwritten(tmp_path):
     run = tmp_path / "run"
     train(SPEC, epochs=1, max_steps=1, out=run, **FAST)  # metrics.csv, no checkpoint
