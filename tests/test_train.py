@@ -424,3 +424,13 @@ def test_densenet_bc_100_smoke_run_on_synthetic_data():
 def test_tiny_digits_reaches_97_percent():
     result = train(ROOT / "specs" / "tiny_digits.dense", data="digits", device="cpu", threads=1)
     assert result.test_accuracy >= 0.97 and result.config.epochs == 15
+
+
+def test_curves_with_characters_the_font_lacks_draw_without_warnings(tmp_path):
+    import warnings
+    from densedsl.plots import write_curves
+    rows = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.4}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be printed in the middle of the training log
+        write_curves(rows, tmp_path / "curves.png", title="t on folder:/data/a\x07b")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
