@@ -35,11 +35,16 @@ def analyze(spec: Spec | str, *, network: str | None = None, **params: Any) -> "
 
 
 def compile(spec: Spec | str, memory: str = "standard", *, features: bool = False,
-            network: str | None = None, **params: Any) -> "torch.nn.Module":
-    """Build the PyTorch model; `memory` is "standard" or "efficient" (recompute in backward)."""
+            network: str | None = None, memory_limit: float | None = None,
+            **params: Any) -> "torch.nn.Module":
+    """Build the PyTorch model; `memory` is "standard" or "efficient" (recompute in backward).
+
+    A network whose weights exceed the memory this process can use is refused before anything
+    is allocated (SpecError E307); `memory_limit` (bytes, math.inf for none) or the environment
+    variable DENSEDSL_MEMORY_LIMIT replaces the measured figure."""
     from .compiler import build_model
     return build_model(as_spec(spec, network=network, **params).network, memory=memory,
-                       features=features)
+                       features=features, memory_limit=memory_limit)
 
 
 def load_weights(model: "torch.nn.Module", weights: Any, *, strict: bool = True) -> "torch.nn.Module":

@@ -13,6 +13,17 @@ from typing import Union
 
 from .source import Span
 
+# Every number a spec holds or computes (literals, parameters, intermediate results) has at most
+# this many digits in its numerator and in its denominator. Exact arithmetic on larger values is
+# what let `p1=p0*p0, p2=p1*p1, ...` run for minutes; no network size needs more than a dozen.
+MAX_DIGITS = 400
+_MAX_BITS = 1329  # 2**1329 < 10**400 < 2**1330: a bound on bit_length, which costs nothing
+
+
+def fits(value: Fraction) -> bool:
+    """Whether numerator and denominator both stay within MAX_DIGITS digits."""
+    return value.numerator.bit_length() <= _MAX_BITS and value.denominator.bit_length() <= _MAX_BITS
+
 
 def _span():
     return field(default=None, compare=False, repr=False)

@@ -13,6 +13,7 @@ Commands import heavy modules (torch, graphviz) inside `_cmd_NAME`, never at the
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -47,11 +48,12 @@ def _add_spec_options(p: argparse.ArgumentParser, *, many: bool = False) -> None
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
     """`--set a=1 b=2` as a dict of raw strings; the resolver parses and checks the values."""
     result: dict[str, str] = {}
+    flag = getattr(args, "override_flag", "--set")
     for item in args.overrides:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise SpecError([d.Diagnostic(d.UNKNOWN_PARAMETER, f"--set expects NAME=VALUE, got '{item}'",
-                                          None, "write e.g. --set depth=100", file="--set")])
+            raise SpecError([d.Diagnostic(d.BAD_OVERRIDE, f"{flag} expects NAME=VALUE, got {item!r}",
+                                          None, f"write e.g. {flag} depth=100", file=flag)])
         result[name.strip()] = value.strip()
     return result
 
@@ -157,19 +159,29 @@ def _add_compile(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.pt, OUT.py or OUT.onnx")
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
                    help="efficient: recompute concat, BN and ReLU in backward, keep conv outputs (memory linear in depth)")
+    _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_compile)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .export import check_output
-    check_output(args.output)  # a bad extension fails before torch is imported
+    kind = check_output(args.output)  # a bad extension fails before torch is imported
     spec = _load(args.file, args)
-    from .compiler import build_model
-    from .export import write_output
-    model = build_model(spec.network, memory=args.memory)
-    write_output(model, spec.network, args.output)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{args.output}: {spec.network.name}, {params:,} parameters", file=sys.stderr)
+    from .analysis import analyze
+    a = analyze(spec.network)
+    if kind == ".py":
+        # Source text only: nothing is built, so any network that passes the checks is written.
+        from .export import python_source
+        from .files import atomic_write
+        atomic_write(args.output, python_source(spec.network))
+    else:
+        from . import budget
+        budget.require(budget.for_onnx(a) if kind == ".onnx" else budget.for_weights_file(a, "writing the weights of"),
+                       spec.network)
+        from .compiler import build_model
+        from .export import write_output
+        write_output(build_model(spec.network, memory=args.memory), spec.network, args.output)
+    print(f"{args.output}: {spec.network.name}, {a.params:,} parameters", file=sys.stderr)
     return EXIT_OK
 
 
@@ -182,14 +194,74 @@ def _quantity(text: str) -> int:
         return parse_quantity(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    except OverflowError:  # 1e400 reads as float infinity
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (write e.g. 1M, 5.6G, 80GiB)") from None
+
+
+_MAX_DIM = 2**31 - 1   # torch sizes are int64, but no input or batch is anywhere near this
 
 
 def _shape(text: str) -> tuple[int, ...]:
     parts = text.lower().split("x")
-    if not 2 <= len(parts) <= 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected CxHxW (or CxL, CxDxHxW) with positive integers, "
-                                         f"e.g. 3x224x224, not {text!r}")
+    if not 2 <= len(parts) <= 4 or not all(p.isascii() and p.isdigit() and len(p) <= 10
+                                           and 0 < int(p) <= _MAX_DIM for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CxHxW (or CxL, CxDxHxW) with positive integers up to "
+                                         f"{_MAX_DIM}, e.g. 3x224x224, not {text!r:.60}")
     return tuple(int(p) for p in parts)
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: a whole number in [low, high], else a usage error naming the range."""
+    def parse(text: str) -> int:
+        stripped = text.strip().replace("_", "")
+        digits = stripped[1:] if stripped[:1] in "+-" else stripped
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 20 or not low <= int(stripped) <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low:,} to {high:,}, "
+                                             f"not {text!r:.60}")
+        return int(stripped)
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _real(low: float, high: float = float("inf"), *, above: bool = False, below: bool = False,
+          what: str = "") -> Callable[[str], float]:
+    """argparse type: a finite number in the interval (open at `low` when `above`, at `high`
+    when `below`); nan and infinity are refused, since they would train to NaN."""
+    left, right = "(" if above else "[", ")" if below or high == float("inf") else "]"
+    interval = f"{left}{low:g}, {'∞' if high == float('inf') else f'{high:g}'}{right}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        inside = (value > low if above else value >= low) and (value < high if below else value <= high)
+        if not math.isfinite(value) or not inside:
+            raise argparse.ArgumentTypeError(f"expected a finite number in {interval}{what}, not {text!r:.60}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _memory_limit(text: str) -> float:
+    """argparse type for --memory-limit: a size (16GiB, 500M) or none."""
+    from .budget import parse_limit
+    try:
+        return parse_limit(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_memory_limit_option(p: argparse.ArgumentParser) -> None:
+    """--memory-limit: what the E307 guard compares the predicted memory with (densedsl.budget)."""
+    p.add_argument("--memory-limit", type=_memory_limit, metavar="SIZE",
+                   help="memory this command may use (default: what the machine has free, or "
+                        f"${ENV_MEMORY_LIMIT}); e.g. 64GiB, or none to skip the check")
+
+
+ENV_MEMORY_LIMIT = "DENSEDSL_MEMORY_LIMIT"
+_MAX_BATCH = _MAX_DIM
+_SEED_RANGE = (-(2**63), 2**63 - 1)   # what a checkpoint stores (int64) and torch.manual_seed takes
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -202,7 +274,8 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size for memory (default 1)")
+    p.add_argument("--batch", type=_integer(1, _MAX_BATCH), default=1, metavar="N",
+                   help="batch size for memory (default 1)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16", "float64"),
                    help="element type for memory (default float32)")
 
@@ -267,7 +340,7 @@ def _add_diff(sub) -> None:
 def _cmd_diff(args: argparse.Namespace) -> int:
     from .report import diff
     new_path = args.new or args.file
-    old_args = argparse.Namespace(**{**vars(args), "overrides": args.old_overrides})
+    old_args = argparse.Namespace(**{**vars(args), "overrides": args.old_overrides, "override_flag": "--old-set"})
     old = _analyze_file(args.file, old_args)
     new = _analyze_file(new_path, args)
 
@@ -285,8 +358,8 @@ def _add_explain(sub) -> None:
                                    "feature maps it concatenates, their channels, the op that "
                                    "made each and the spec line it comes from.")
     _add_spec_options(p)
-    p.add_argument("--block", type=int, required=True, metavar="N", help="dense block (1-based)")
-    p.add_argument("--layer", type=int, metavar="L", help="only layer L (1-based)")
+    p.add_argument("--block", type=_integer(1, _MAX_DIM), required=True, metavar="N", help="dense block (1-based)")
+    p.add_argument("--layer", type=_integer(1, _MAX_DIM), metavar="L", help="only layer L (1-based)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_limit_options(p)
     p.set_defaults(func=_cmd_explain)
@@ -358,7 +431,7 @@ def _add_render(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.svg, OUT.png, OUT.pdf or OUT.dot")
     p.add_argument("--detail", choices=("overview", "blocks", "layers"), default="overview",
                    help="how much to draw (default overview)")
-    p.add_argument("--expand", type=int, action="append", metavar="N",
+    p.add_argument("--expand", type=_integer(1, _MAX_DIM), action="append", metavar="N",
                    help="draw dense block N (1-based) layer by layer; repeat for several")
     p.add_argument("--rankdir", type=str.upper, choices=("TB", "LR"), default="TB",
                    help="TB: top to bottom (default); LR: left to right")
@@ -367,6 +440,7 @@ def _add_render(sub) -> None:
     p.add_argument("--weights", metavar="CHECKPOINT",
                    help="with --heatmap: a densedsl checkpoint or a state_dict .pt of this spec")
     _add_limit_options(p)
+    _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_render)
 
 
@@ -396,6 +470,9 @@ def _render_heatmap(args: argparse.Namespace) -> int:
         raise SpecError([d.Diagnostic(d.BAD_OUTPUT, f"cannot write a heatmap with '{ext or 'no extension'}'",
                                       None, "name the output .png, .svg or .pdf", file=args.output)])
     network = _load(args.file, args).network
+    from . import budget
+    from .analysis import analyze
+    budget.require(budget.for_weights_file(analyze(network, **_limits(args)), "reading the weights of"), network)
     from .compiler import build_model, load_weights
     from .heatmap import connection_strength, write_heatmap
     model = load_weights(build_model(network), args.weights)
@@ -419,30 +496,34 @@ def _add_train(sub) -> None:
     p.add_argument("--data", required=True, metavar="DATASET",
                    help="digits | cifar10:DIR | cifar100:DIR | mnist:DIR | fashion-mnist:DIR | "
                         "folder:DIR | synthetic[:N]")
-    p.add_argument("--epochs", type=int, metavar="N", help="default: 300 for CIFAR, else per data set")
-    p.add_argument("--batch-size", type=int, metavar="B", help="per process (default 64)")
-    p.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default 0.1)")
-    p.add_argument("--momentum", type=float, metavar="M", help="Nesterov momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, metavar="WD", help="default 1e-4")
-    p.add_argument("--milestones", type=float, nargs="+", metavar="F",
+    p.add_argument("--epochs", type=_integer(1, 10**9), metavar="N", help="default: 300 for CIFAR, else per data set")
+    p.add_argument("--batch-size", type=_integer(1, _MAX_BATCH), metavar="B", help="per process (default 64)")
+    p.add_argument("--lr", type=_real(0), metavar="LR", help="initial learning rate (default 0.1)")
+    p.add_argument("--momentum", type=_real(0, 1, below=True), metavar="M",
+                   help="Nesterov momentum (default 0.9; 0: plain SGD)")
+    p.add_argument("--weight-decay", type=_real(0), metavar="WD", help="default 1e-4")
+    p.add_argument("--milestones", type=_real(0, 1, above=True, what=" (a fraction of the epochs)"), nargs="+", metavar="F",
                    help="fractions of the epochs where the lr drops (default 0.5 0.75)")
-    p.add_argument("--gamma", type=float, metavar="G", help="lr factor at each milestone (default 0.1)")
+    p.add_argument("--gamma", type=_real(0, 1, above=True), metavar="G",
+                   help="lr factor at each milestone (default 0.1)")
     p.add_argument("--augment", choices=("none", "flip", "crop", "crop+flip"),
                    help="default: crop+flip for CIFAR and folders, none otherwise")
-    p.add_argument("--seed", type=int, metavar="S", help="default 0")
+    p.add_argument("--seed", type=_integer(*_SEED_RANGE), metavar="S", help="default 0")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="autocast precision (auto: bf16 or fp16 on CUDA, off on the CPU)")
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
                    help="efficient: recompute concatenations in backward (less memory, ~20%% slower)")
-    p.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--workers", type=_integer(0, 1024), metavar="N", help="DataLoader worker processes")
+    p.add_argument("--threads", type=_integer(1, 4096), metavar="N",
                    help="CPU threads for torch (1 is fastest for small models on a busy machine)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: synchronised batch norm")
-    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (smoke test)")
+    p.add_argument("--max-steps", type=_integer(1, 2**63 - 1), metavar="N",
+                   help="stop after N optimizer steps (smoke test)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NETWORK-DATA)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only a line per epoch")
+    _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -466,11 +547,12 @@ def _add_eval(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN_DIR/checkpoint.pt or RUN_DIR")
     p.add_argument("--data", metavar="DATASET", help="default: the data set it was trained on")
     p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--batch-size", type=int, default=256, metavar="B")
+    p.add_argument("--batch-size", type=_integer(1, _MAX_BATCH), default=256, metavar="B")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
-    p.add_argument("--workers", type=int, metavar="N")
+    p.add_argument("--workers", type=_integer(0, 1024), metavar="N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -488,6 +570,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- lsp -------------------------------------------------------------------------------------
+
+def _add_lsp(sub) -> None:
+    p = sub.add_parser("lsp", help="run the language server (LSP over stdio) for editors",
+                       description="Run the densedsl language server on stdin/stdout: diagnostics, "
+                                   "hovers with figures, completion, formatting, rename. Editors "
+                                   "start it; see docs/editors.md. Needs pip install \"densedsl[lsp]\".")
+    p.add_argument("--stdio", action="store_true",
+                   help="talk over stdin/stdout (the default and only transport; editors pass it)")
+    p.set_defaults(func=_cmd_lsp)
+
+
+def _cmd_lsp(args: argparse.Namespace) -> int:
+    try:
+        from .lsp.server import serve
+    except ModuleNotFoundError as e:
+        package = (e.name or "").partition(".")[0]
+        if package not in ("pygls", "lsprotocol"):
+            raise
+        raise SpecError([d.Diagnostic(d.MISSING_PACKAGE, f"the language server needs {package}, which "
+                                      "is not installed", None, 'pip install "densedsl[lsp]"',
+                                      file="densedsl lsp")]) from None
+    serve()
+    return EXIT_OK
+
+
 # --- main ------------------------------------------------------------------------------------
 
 _COMMANDS: tuple[Callable, ...] = (
@@ -501,6 +609,7 @@ _COMMANDS: tuple[Callable, ...] = (
     _add_render,
     _add_train,
     _add_eval,
+    _add_lsp,
 )
 
 
@@ -522,10 +631,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .budget import overridden
     try:
-        return args.func(args)
+        with overridden(getattr(args, "memory_limit", None)):
+            return args.func(args)
     except SpecError as e:
         _print_diagnostics(e.diagnostics)
+        return EXIT_INVALID
+    except ModuleNotFoundError as e:
+        from .optional import missing_package
+        error = missing_package(e)
+        if error is None:
+            return _internal_error(args)
+        _print_diagnostics(error.diagnostics)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -533,13 +651,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception:  # the one catch-all: a bug in densedsl, never the user's fault
-        print("densedsl: internal error: this is a bug in densedsl, not in your spec.\n"
-              "Please report it with the command you ran"
-              + (" and the traceback below." if args.traceback else
-                 " and the output of the same command with --traceback."), file=sys.stderr)
-        if args.traceback:
-            traceback.print_exc()
-        return EXIT_INTERNAL
+        return _internal_error(args)
+
+
+def _internal_error(args: argparse.Namespace) -> int:
+    """Called inside an `except` block: the exception being handled is the bug."""
+    print("densedsl: internal error: this is a bug in densedsl, not in your spec.\n"
+          "Please report it with the command you ran"
+          + (" and the traceback below." if args.traceback else
+             " and the output of the same command with --traceback."), file=sys.stderr)
+    if args.traceback:
+        traceback.print_exc()
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ MEMORY_MODES = ("standard", "efficient")
 
 
 def build_model(network: Network, *, memory: str = "standard", features: bool = False,
-                device: Any = None, dtype: torch.dtype | None = None, engine: bool = True) -> nn.Module:
+                device: Any = None, dtype: torch.dtype | None = None, engine: bool = True,
+                memory_limit: float | str | None = None) -> nn.Module:
     """Check `network` and build its model: a `DenseNet`, or with `features=True` a module whose
     forward returns {'denseblock{i}': block output} (timm's features_only).
 
@@ -34,11 +35,19 @@ def build_model(network: Network, *, memory: str = "standard", features: bool = 
     linear in depth; also switchable later with `model.set_grad_checkpointing()`). device/dtype
     place the parameters at construction, as timm's `dd` does. The model is built from the
     analysis' lowered op list; `engine=True` applies the inference engine (`engine.accelerate`).
+
+    Before allocating, the weights the analysis predicts are checked against the memory this
+    process can use (SpecError E307, see `densedsl.budget`): `memory_limit` (bytes, or a size
+    such as "16GiB") replaces that figure, math.inf (or "none") turns the check off; the
+    environment variable DENSEDSL_MEMORY_LIMIT does the same for every call.
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, not {memory!r}")
+    from . import budget
     from .analysis import analyze
     analysis = analyze(network)
+    budget.require(budget.for_model(analysis), network, within=budget.limit(memory_limit, device=device),
+                   library=True)
     model = DenseNet(network, memory=memory, lowered=analysis.lowered, device=device, dtype=dtype)
     if engine:
         accelerate(model)
@@ -84,6 +93,11 @@ def _fail(message: str, hint: str | None = None, file: str | None = None, **list
 
 def _read(path: str | os.PathLike) -> Any:
     name = str(path)
+    from .checkpoints import verify_archive
+    from .files import require_regular
+    require_regular(path, "weights file")   # E912: a FIFO would block torch.load forever
+    if os.path.isfile(path):
+        verify_archive(path, "weights file")  # E913: torch.load ignores the records' CRC-32s
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -12,12 +12,21 @@ normalisation happen batch-wise in `prepare_batch`, on the training device, with
     --data fashion-mnist:DIR   Fashion-MNIST, same IDX files
     --data folder:DIR          DIR/train/<class>/*.png and DIR/test/<class>/... (or DIR/val)
     --data synthetic[:N]       N (default 512) random learnable images of the spec's shape
+
+Data files are untrusted: every size a header declares is checked against the file's actual
+size (or, gzipped, against what decompresses, read in chunks and never past the promise) and
+against `MAX_FILE_BYTES` before anything is allocated; images are checked against
+`MAX_IMAGE_PIXELS` from their header before they are decoded. Every split must hold images (E208)
+of the spec's input shape (E207; only folder data is resized, explicitly, to the spec's size).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,12 +37,22 @@ from torch.utils.data import Dataset
 
 from . import diagnostics as d
 from .diagnostics import Diagnostic, SpecError
+from .files import require_regular
 
 Shape = tuple[int, int, int]
 
 KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic")
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+# A data file (CIFAR, IDX, decompressed) is read whole into memory: a header or a gzip stream
+# cannot make densedsl allocate more than this for one file. MNIST's largest file is 47 MB.
+MAX_FILE_BYTES = 1 << 30
+# Images are decoded one at a time at full size before resizing: 8192x8192 RGB is 192 MiB.
+# (Pillow's own bomb check warns at 89M pixels and fails at 179M, with an exception densedsl
+# would otherwise not expect.)
+MAX_IMAGE_PIXELS = 8192 * 8192
+_CHUNK = 1 << 22
 
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _MNIST_URL = "https://yann.lecun.com/exdb/mnist/ (or the mirror https://ossci-datasets.s3.amazonaws.com/mnist/)"
@@ -73,6 +92,7 @@ class Data:
     pixel_max: float             # raw value of a white pixel (255; 16 for digits)
     mean: tuple[float, ...]      # per channel, of the training images scaled to [0, 1]
     std: tuple[float, ...]
+    resized: str | None = None   # folder: what sizes (of a sample) are resized to the spec's
 
     @property
     def name(self) -> str:
@@ -211,15 +231,40 @@ def load(data: str | Description, *, shape: Shape, classes: int) -> Data:
         train, test = _mnist(desc.path, desc.kind)
     else:
         train, test, names = _folder(desc.path, shape)
+    _require_images(desc, train, test)
+    resized = None
     if desc.kind == "folder":
         mean, std = _stats(_sample(train, 1000), pixel_max)
         data_shape = shape
+        resized = _resized(train, shape, 1000)
     else:
+        data_shape = _same_shape(desc, train, test, shape)
         mean, std = _stats(train.images, pixel_max)
-        data_shape = tuple(train.images.shape[1:])
     return Data(description=desc, train=train, test=test, shape=data_shape,
                 classes=desc.classes or classes, class_names=names, pixel_max=pixel_max,
-                mean=mean, std=std)
+                mean=mean, std=std, resized=resized)
+
+
+def _require_images(desc: Description, train: Dataset, test: Dataset) -> None:
+    """An empty split would train zero steps, or report a mean of nothing (NaN) as a result."""
+    for split, images in (("training", train), ("test", test)):
+        if len(images) == 0:
+            raise _fail(d.NO_DATA, f"the {split} split of {desc.name} holds no images", desc.path,
+                        "point --data at a data set with images in both splits")
+
+
+def _same_shape(desc: Description, train: ImageSet, test: ImageSet, shape: Shape) -> Shape:
+    """Files declare their own image size; only the spec's input can be fed to the network
+    (a smaller image would pass through a network with global pooling and train on nonsense)."""
+    want = "x".join(map(str, shape))
+    for split, images in (("training", train), ("test", test)):
+        found = tuple(images.images.shape[1:])
+        if found != tuple(shape):
+            raise _fail(d.DATA_MISMATCH, f"the spec's input is {want} but the {split} images of {desc.name} "
+                        f"are {'x'.join(map(str, found))}", desc.path,
+                        f"write `input {'x'.join(map(str, found))}` in the spec, or use data of {want} "
+                        "images (densedsl resizes only folder: data)")
+    return tuple(shape)
 
 
 def _stats(images: torch.Tensor, pixel_max: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -237,9 +282,29 @@ def _stats(images: torch.Tensor, pixel_max: float) -> tuple[tuple[float, ...], t
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def _sample_indices(n: int, limit: int) -> range:
+    return range(0, n, max(1, n // limit))[:limit]
+
+
 def _sample(ds: "FolderSet", limit: int) -> torch.Tensor:
-    step = max(1, len(ds) // limit)
-    return torch.stack([ds[i][0] for i in range(0, len(ds), step)][:limit])
+    return torch.stack([ds[i][0] for i in _sample_indices(len(ds), limit)])
+
+
+def _resized(ds: "FolderSet", shape: Shape, limit: int) -> str | None:
+    """Folder images are resized to the spec's input, explicitly: say from what sizes (those of
+    a sample, read from the headers), so an upscaled thumbnail is not a silent surprise."""
+    from PIL import Image
+    sizes = set()
+    for i in _sample_indices(len(ds), limit):
+        with Image.open(ds.files[i]) as im:  # decoded once already by _sample: known to be sane
+            sizes.add((im.size[1], im.size[0]))
+    target = (shape[1], shape[2])
+    if sizes == {target}:
+        return None
+    smallest, largest = min(sizes, key=lambda s: (s[0] * s[1], s)), max(sizes, key=lambda s: (s[0] * s[1], s))
+    found = "x".join(map(str, smallest)) + ("" if smallest == largest else " … " + "x".join(map(str, largest)))
+    return (f"from {found} to {'x'.join(map(str, target))}, bilinear (sizes of a sample of "
+            f"{len(_sample_indices(len(ds), limit))} images)")
 
 
 # --- digits ------------------------------------------------------------------------------------
@@ -249,7 +314,7 @@ def _digits() -> tuple[ImageSet, ImageSet]:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        raise _fail(d.BAD_FILE, "the digits data set comes with scikit-learn, which is not installed",
+        raise _fail(d.MISSING_PACKAGE, "the digits data set comes with scikit-learn, which is not installed",
                     None, "pip install scikit-learn (or densedsl[train])") from None
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype("uint8")).unsqueeze(1)  # values 0..16
@@ -292,7 +357,7 @@ def _cifar(path: Path, classes: int) -> tuple[ImageSet, ImageSet]:
            + ("(coarse, fine) " if label_bytes == 2 else "") + "and 3072 pixel bytes (3x32x32, RGB planes)")
     root = path / subdir if not (path / train_files[0]).exists() and (path / subdir).is_dir() else path
     for name in train_files + test_files:
-        if not (root / name).is_file():
+        if not _is_file_entry(root / name):
             python_version = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
             hint = where
             if (root / name.removesuffix(".bin")).exists() or (path / python_version).exists() \
@@ -310,13 +375,24 @@ def _cifar(path: Path, classes: int) -> tuple[ImageSet, ImageSet]:
     return read(train_files), read(test_files)
 
 
+def _is_file_entry(path: Path) -> bool:
+    """Present and not a directory: a FIFO or a device counts, so reading it says E912 rather
+    than "missing"."""
+    return path.exists() and not path.is_dir()
+
+
 def _read_cifar_file(path: Path, classes: int, label_bytes: int, fmt: str, where: str):
     record = label_bytes + 3072
-    raw = _read_bytes(path)
-    if not raw or len(raw) % record:
-        raise _fail(d.BAD_FILE, f"the file holds {len(raw)} bytes, not a whole number of "
-                    f"{record}-byte records ({fmt})", path, f"the file may be truncated: {where}")
-    table = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, record)
+    with _open_data(path) as f:
+        size = _file_size(f)
+        if not size or size % record:
+            raise _fail(d.BAD_FILE, f"the file holds {size} bytes, not a whole number of "
+                        f"{record}-byte records ({fmt})", path, f"the file may be truncated: {where}")
+        _within_limit(size, path, f"{size // record} records")
+        raw = _read_exactly(f, size, path)
+    if len(raw) != size:
+        raise _fail(d.BAD_FILE, f"the file changed while it was read ({len(raw)} of {size} bytes)", path)
+    table = torch.frombuffer(raw, dtype=torch.uint8).view(-1, record)
     labels = table[:, label_bytes - 1].to(torch.int64)  # CIFAR-100: the fine label
     if int(labels.max()) >= classes:
         bad = int((labels >= classes).nonzero()[0, 0])
@@ -344,7 +420,7 @@ def _mnist(path: Path, kind: str) -> tuple[ImageSet, ImageSet]:
     for key, name in _IDX_FILES.items():
         variants = [name, name.replace("-idx", ".idx")]
         found = [c / (v + gz) for c in candidates for v in variants for gz in ("", ".gz")
-                 if (c / (v + gz)).is_file()]
+                 if _is_file_entry(c / (v + gz))]
         if not found:
             raise _fail(d.FILE_NOT_FOUND, f"missing {title} file '{name}' or '{name}.gz' (IDX format: "
                         f"big-endian header, then unsigned bytes)", path / name,
@@ -367,33 +443,82 @@ def _mnist(path: Path, kind: str) -> tuple[ImageSet, ImageSet]:
 
 
 def _read_idx(path: Path, ndim: int, where: str) -> torch.Tensor:
-    raw = _read_bytes(path)
     what = "images (magic 0x00000803)" if ndim == 3 else "labels (magic 0x00000801)"
-    header = 4 + 4 * ndim
-    if len(raw) < header or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
-        found = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
-        raise _fail(d.BAD_FILE, f"not an IDX file of unsigned-byte {what}: the file starts with "
-                    f"{found}", path, f"expected the {what.split()[0]} file here; {where}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    count = 1
-    for n in dims:
-        count *= n
-    if len(raw) != header + count:
-        raise _fail(d.BAD_FILE, f"the header promises {'x'.join(map(str, dims))} values but the file "
-                    f"holds {len(raw) - header}", path, f"the file may be truncated: {where}")
-    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).view(*dims).clone() \
-        if count else torch.zeros(dims, dtype=torch.uint8)
+    header_size = 4 + 4 * ndim
+    with _open_data(path) as f:
+        header = _read_exactly(f, header_size, path)
+        if len(header) < header_size or header[:3] != b"\x00\x00\x08" or header[3] != ndim:
+            found = bytes(header[:4]).hex() if len(header) >= 4 else f"{len(header)} bytes"
+            raise _fail(d.BAD_FILE, f"not an IDX file of unsigned-byte {what}: the file starts with "
+                        f"{found}", path, f"expected the {what.split()[0]} file here; {where}")
+        dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        count = math.prod(dims)
+        promise = f"the header promises {'x'.join(map(str, dims))} values"
+        _within_limit(count, path, promise.removeprefix("the header promises "))
+        if path.suffix != ".gz":  # the file's size says at once whether the promise holds
+            held = _file_size(f) - header_size
+            if held != count:
+                raise _fail(d.BAD_FILE, f"{promise} but the file holds {held}", path,
+                            f"the file may be truncated: {where}")
+        # Read no further than the promise (plus one byte, to notice more): a gzip stream may
+        # decompress to far more than its header says.
+        raw = _read_exactly(f, count + 1, path)
+    if len(raw) != count:
+        held = f"{len(raw)}" if len(raw) < count else f"more than {count}"
+        raise _fail(d.BAD_FILE, f"{promise} but the file holds {held}", path,
+                    f"the file may be truncated: {where}")
+    return torch.frombuffer(raw, dtype=torch.uint8).view(*dims) if count else torch.zeros(dims, dtype=torch.uint8)
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
-        raise _fail(d.BAD_FILE if isinstance(e, (gzip.BadGzipFile, EOFError)) else d.CANNOT_READ,
-                    f"cannot read the file: {getattr(e, 'strerror', None) or e}", path) from None
+class _open_data:
+    """A data file opened for reading (decompressed when it ends in .gz), with I/O and format
+    failures as diagnostics; FIFOs and devices are refused before opening (E912)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = None
+
+    def __enter__(self):
+        require_regular(self.path, "data file")
+        try:
+            self.file = gzip.open(self.path, "rb") if self.path.suffix == ".gz" else open(self.path, "rb")
+        except OSError as e:
+            raise _fail(d.CANNOT_READ, f"cannot read the file: {e.strerror or e}", self.path) from None
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.file.close()
+        if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
+            # gzip: a bad header (BadGzipFile), a damaged stream (zlib.error), a cut one (EOFError)
+            raise _fail(d.BAD_FILE, f"cannot read the file: {exc}", self.path,
+                        "the file is damaged or not gzip-compressed") from None
+        if isinstance(exc, OSError):
+            raise _fail(d.CANNOT_READ, f"cannot read the file: {exc.strerror or exc}", self.path) from None
+        return False
+
+
+def _file_size(f) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _within_limit(size: int, path: Path, what: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise _fail(d.BAD_FILE, f"the file declares {what} ({size / 2**30:.1f} GiB), more than densedsl "
+                    f"reads from one data file ({MAX_FILE_BYTES / 2**30:g} GiB)", path,
+                    "a header this large is damaged or crafted; a data set this large belongs in a "
+                    "folder: data set, whose images are read as they are needed")
+
+
+def _read_exactly(f, size: int, path: Path) -> bytearray:
+    """Up to `size` bytes, in chunks: memory grows with what the file really holds, not with
+    what it promises."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = f.read(min(_CHUNK, size - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 # --- folder ------------------------------------------------------------------------------------
@@ -438,7 +563,7 @@ def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, 
             files += found
             labels += [index[c.name]] * len(found)
         if not files:
-            raise _fail(d.BAD_FILE, f"no image files ({', '.join(IMAGE_SUFFIXES)}) under the class "
+            raise _fail(d.NO_DATA, f"no image files ({', '.join(IMAGE_SUFFIXES)}) under the class "
                         "directories", split_dir, "put the images in DIR/<split>/<class>/")
         return files, labels
 
@@ -449,16 +574,35 @@ def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, 
 
 def _read_image(path: Path, shape: Shape) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
+    require_regular(path, "image")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow warns from 89M pixels on; densedsl's own, lower limit is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as im:
+            _check_pixels(im.size, path)  # Image.open read only the header: nothing is decoded yet
             im = im.convert("L" if shape[0] == 1 else "RGB")
             if im.size != (shape[2], shape[1]):
                 im = im.resize((shape[2], shape[1]), Image.BILINEAR)
             data = bytearray(im.tobytes())
-    except (OSError, UnidentifiedImageError) as e:
+    except Image.DecompressionBombError as e:  # beyond Pillow's hard limit, refused by Image.open
+        raise _fail(d.BAD_FILE, f"the image is too large to decode: {e}", path,
+                    f"densedsl decodes images of at most {MAX_IMAGE_PIXELS:,} pixels; shrink it or "
+                    "remove it") from None
+    except (OSError, UnidentifiedImageError, ValueError, EOFError, SyntaxError) as e:
+        # Pillow reports damaged files as any of these, depending on the format's plugin.
         raise _fail(d.BAD_FILE, f"cannot read the image: {e}", path,
                     "remove or replace the file (Pillow could not decode it)") from None
     return torch.frombuffer(data, dtype=torch.uint8).view(shape[1], shape[2], shape[0]).permute(2, 0, 1).contiguous()
+
+
+def _check_pixels(size: tuple[int, int], path: Path) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _fail(d.BAD_FILE, f"the image is {width}x{height} pixels, more than densedsl decodes "
+                    f"({MAX_IMAGE_PIXELS:,} pixels)", path, "shrink it or remove it: every image "
+                    "is decoded at full size before it is resized to the spec's input")
 
 
 # --- batches on the device ---------------------------------------------------------------------

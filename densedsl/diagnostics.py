@@ -8,6 +8,7 @@ list the same codes).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -105,6 +106,7 @@ RUN_EXISTS = Code("E910", "run-exists", "the run directory holds another run, or
 MISSING_PACKAGE = Code("E911", "missing-package", "an optional package the command needs is not installed")
 NOT_REGULAR = Code("E912", "not-regular", "a FIFO, socket or device where a regular file was expected")
 CORRUPT = Code("E913", "corrupt", "a checkpoint or weights file whose contents fail their checksum")
+DOT_FAILED = Code("E914", "dot-failed", "Graphviz's `dot` program failed to draw the diagram")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,29 +181,70 @@ def format_diagnostic(d: Diagnostic, color: bool = False) -> str:
     )
     tint = red if d.severity == "error" else yellow
     where = f"{d.span}: " if d.span is not None else (f"{d.file}: " if d.file else "")
-    lines = [f"{bold}{where}{tint}{d.severity}[{d.code.code}]{reset}{bold}: {d.message}{reset}"]
+    where, message = _printable(where), _printable(d.message)  # names and paths come from users
+    lines = [f"{bold}{where}{tint}{d.severity}[{d.code.code}]{reset}{bold}: {message}{reset}"]
     if d.span is not None:
         lines.extend(_excerpt(d.span, tint, reset))
     for span, note in d.notes:
         lines.append(f"{blue}note{reset}: {span}: {note}")
         lines.extend(_excerpt(span, blue, reset))
     if d.hint:
-        lines.append(f"{blue}hint{reset}: {d.hint}")
+        lines.append(f"{blue}hint{reset}: {_printable(d.hint)}")
     return "\n".join(lines)
 
 
+def _printable(text: str, limit: int = 500) -> str:
+    """Control characters as U+FFFD: user text must not drive the terminal (escape sequences).
+    A message that quotes a megabyte-long name is cut in the middle."""
+    if len(text) > limit:
+        text = text[: limit - 100] + " … " + text[-97:]
+    return _CONTROL.sub("\ufffd", text)
+
+
+_EXCERPT_WIDTH = 200  # a longer line is cut to a window around the caret
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+
+
 def _excerpt(span: Span, tint: str, reset: str) -> list[str]:
+    """The span's line with a caret under it, if the text may be quoted.
+
+    Which lines may be quoted (docs/errors.md): any text once it has parsed; before that
+    (syntax and nesting errors) only text whose first token is the `network` keyword; text
+    over a size limit never. So a file that is not a spec (`check /etc/shadow`) is never echoed.
+    Binary and non-UTF-8 files never get this far (files.read_source refuses them). Control
+    characters print as U+FFFD, so a spec cannot send escape sequences to the terminal.
+    """
+    if not span.source.quotable:
+        return []
     text = span.source.line_text(span.line)
     if not text.strip():
         return []
-    start = _display_column(text, span.column)
+    text = _CONTROL.sub("\ufffd", text).expandtabs()
+    start = _display_column(span.source.line_text(span.line), span.column)
     if span.end_line == span.line:
-        end = _display_column(text, max(span.end_column, span.column + 1))
+        end = _display_column(span.source.line_text(span.line), max(span.end_column, span.column + 1))
     else:
-        end = len(text.expandtabs())
+        end = len(text)
     width = max(1, end - start)
-    return ["    " + text.expandtabs(), "    " + " " * start + tint + "^" * width + reset]
+    if len(text) > _EXCERPT_WIDTH:
+        first = max(0, start - _EXCERPT_WIDTH // 3)
+        shown = text[first:first + _EXCERPT_WIDTH]
+        text = ("…" if first else "") + shown + ("…" if first + _EXCERPT_WIDTH < len(text) else "")
+        start = start - first + (1 if first else 0)
+        width = max(1, min(width, len(shown) - (start - (1 if first else 0))))
+    return ["    " + text, "    " + " " * start + tint + "^" * width + reset]
+
+
+MAX_SHOWN = 50  # like clang's -ferror-limit: after this many, say how many more there are
 
 
 def format_diagnostics(diagnostics: Iterable[Diagnostic], color: bool = False) -> str:
-    return "\n\n".join(format_diagnostic(d, color) for d in diagnostics)
+    diagnostics = list(diagnostics)
+    shown = [format_diagnostic(d, color) for d in diagnostics[:MAX_SHOWN]]
+    hidden = diagnostics[MAX_SHOWN:]
+    if hidden:
+        errors = sum(d.severity == "error" for d in hidden)
+        counts = [f"{n} more {kind}{'s' if n != 1 else ''}" for n, kind in
+                  ((errors, "error"), (len(hidden) - errors, "warning")) if n]
+        shown.append(f"... and {' and '.join(counts)} not shown")
+    return "\n\n".join(shown)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import html
 import math
 import os
+import signal
+import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,7 +42,7 @@ import graphviz
 
 from . import diagnostics as d
 from .analysis import Analysis, BlockFigures, StageFigures, shape_text, si
-from .files import atomic_write
+from .files import atomic_write, check_writable
 from .network import Transition
 from .ops import kind_of
 
@@ -101,13 +103,15 @@ def svg(analysis: Analysis, detail: str = "overview", **options) -> str:
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """The format a diagram path asks for (`svg`, `png`, `pdf` or `dot`), or SpecError E907."""
+    """The format a diagram path asks for (`svg`, `png`, `pdf` or `dot`), or SpecError: E907 for
+    an extension densedsl cannot write, E912/E902 for an output it must not replace."""
     ext = Path(path).suffix.lower().lstrip(".")
     if ext not in FORMATS:
         shown = f"'.{ext}'" if ext else "no extension"
         raise d.SpecError([d.Diagnostic(
             d.BAD_OUTPUT, f"cannot write a diagram with {shown}", None,
             "name the output .svg, .png, .pdf or .dot (.dot needs no Graphviz)", file=str(path))])
+    check_writable(path)
     return ext
 
 
@@ -120,20 +124,49 @@ def write(graph: graphviz.Digraph, path: str | os.PathLike) -> None:
 
 
 def _pipe(graph: graphviz.Digraph, fmt: str, name: str) -> bytes:
+    """Run `dot -T<fmt>` on the graph's source. Any failure of `dot` is an error that names it and
+    quotes its message (E906 not installed, E914 failed): dot exiting early while densedsl still
+    writes its input must not pass for success (`subprocess.run` absorbs the broken pipe and
+    reports dot's status and stderr instead)."""
     try:
-        return graph.pipe(format=fmt, quiet=True)
-    except graphviz.ExecutableNotFound:
+        done = subprocess.run(["dot", f"-T{fmt}"], input=graph.source.encode("utf-8"),
+                              capture_output=True, check=False)
+    except FileNotFoundError:
         raise d.SpecError([d.Diagnostic(
             d.DOT_MISSING, f"cannot draw {fmt.upper()}: Graphviz's `dot` program is not installed "
             "(or not on PATH)", None,
             "install Graphviz (apt-get install graphviz, brew install graphviz, conda install "
             "graphviz), or write a .dot file, which needs no Graphviz", file=name)]) from None
-    except graphviz.CalledProcessError as e:
-        stderr = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else str(e.stderr or "")
-        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {e.returncode}"
-        raise d.SpecError([d.Diagnostic(
-            d.BAD_OUTPUT, f"Graphviz's `dot` could not write {fmt.upper()}: {last}", None,
-            "write a .dot or .svg file instead", file=name)]) from None
+    except OSError as e:
+        raise _dot_failed(fmt, f"cannot run it: {e.strerror or e}", name) from None
+    if done.returncode != 0:
+        raise _dot_failed(fmt, _dot_message(done.stderr, done.returncode), name)
+    if not done.stdout:
+        raise _dot_failed(fmt, "it wrote nothing", name)
+    return done.stdout
+
+
+def _dot_failed(fmt: str, message: str, name: str) -> d.SpecError:
+    return d.SpecError([d.Diagnostic(
+        d.DOT_FAILED, f"Graphviz's `dot` could not draw {fmt.upper()}: {message}", None,
+        "write a .dot file (no Graphviz needed) and run `dot` on it to see the whole message",
+        file=name)])
+
+
+def _dot_message(stderr: bytes, returncode: int) -> str:
+    """dot's first error line (its later lines quote the input, possibly a megabyte of it), or
+    how it ended."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error")] or lines
+    if errors:
+        first = errors[0]
+        return first if len(first) <= 300 else first[:300] + "…"
+    if returncode < 0:
+        try:
+            return f"it was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"it was killed by signal {-returncode}"
+    return f"it exited with status {returncode}"
 
 
 def _expanded(analysis: Analysis, detail: str, expand: int | Iterable[int] | None) -> frozenset[int]:
@@ -145,7 +178,7 @@ def _expanded(analysis: Analysis, detail: str, expand: int | Iterable[int] | Non
         if n not in indices:
             have = f"blocks 1 to {len(indices)}" if len(indices) > 1 else \
                 ("block 1" if indices else "no dense blocks")
-            raise ValueError(f"there is no dense block {n}: {analysis.name} has {have}")
+            raise ValueError(f"there is no dense block {n}: {_shown_name(analysis.name)} has {have}")
     return frozenset(wanted)
 
 
@@ -153,6 +186,29 @@ def _expanded(analysis: Analysis, detail: str, expand: int | Iterable[int] | Non
 
 def _h(text: str) -> str:
     return html.escape(text, quote=False)
+
+
+# dot refuses quoted strings over 16,384 characters and control characters in HTML labels; a
+# diagram shows at most this much of a name.
+_NAME_CHARS = 200
+
+
+def _shown_name(name: str) -> str:
+    """A network's name as the diagram shows it: control characters (newlines, tabs, escapes)
+    written as repr() writes them, and cut to _NAME_CHARS with the number of characters left
+    out; never empty (dot rejects an empty <B></B>). Used through _h() in HTML labels, where <,
+    > and & become entities."""
+    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in name) or "(unnamed)"
+    if len(shown) > _NAME_CHARS:
+        shown = f"{shown[:_NAME_CHARS]}… ({len(shown) - _NAME_CHARS:,} more characters)"
+    return shown
+
+
+def _graph_id(name: str) -> str:
+    """The DOT graph's name (shown as the SVG's <title>): the shown name without the two
+    characters DOT's quoted strings escape, `"` and `\\`, so no name can end the string; as
+    nohtml, so a name in <...> is not read as an HTML string."""
+    return graphviz.nohtml(_shown_name(name).replace("\\", "_").replace('"', "_"))
 
 
 def _label(title: str, *lines: str, size: int = 9, left: bool = False) -> str:
@@ -218,7 +274,7 @@ class _Builder:
         # Dense arcs are flat edges, routed in the gap above their row: give them room.
         ranksep = 0.45 if not biggest else min(0.5 + 0.06 * biggest, 1.8)
         self.dot = graphviz.Digraph(
-            name=analysis.name,
+            name=_graph_id(analysis.name),
             graph_attr={"rankdir": rankdir, "ranksep": f"{ranksep:.2f}", "nodesep": "0.25",
                         "newrank": "true", "outputorder": "edgesfirst", "bgcolor": "white",
                         "pad": "0.25", "fontname": SANS, "fontsize": "11", "fontcolor": INK,
@@ -454,7 +510,7 @@ class _Builder:
             f'<TD BGCOLOR="{_PALETTE[k].fill}" COLOR="{_PALETTE[k].border}" BORDER="1" '
             f'FIXEDSIZE="TRUE" WIDTH="{12 + 6 * len(_PALETTE[k].label)}" HEIGHT="18"><FONT POINT-SIZE="9">{_h(_PALETTE[k].label)}</FONT></TD>'
             for k in _PALETTE if k in self.kinds)
-        rows = [f'<TR><TD><B>{_h(a.name)}</B>  <FONT FACE="{MONO}" POINT-SIZE="9">{_h(totals)}</FONT></TD></TR>',
+        rows = [f'<TR><TD><B>{_h(_shown_name(a.name))}</B>  <FONT FACE="{MONO}" POINT-SIZE="9">{_h(totals)}</FONT></TD></TR>',
                 f'<TR><TD ALIGN="CENTER"><TABLE BORDER="0" CELLSPACING="4"><TR>{swatches}</TR></TABLE></TD></TR>']
         if self.expanded:
             rows.append('<TR><TD><FONT POINT-SIZE="9" COLOR="#5f6b76">solid arcs: dense connections '

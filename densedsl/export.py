@@ -7,6 +7,8 @@ partial file behind.
 from __future__ import annotations
 
 import inspect
+import keyword
+import operator
 import os
 from pathlib import Path
 from typing import Sequence, assert_never
@@ -18,14 +20,15 @@ from . import costs
 from . import diagnostics as d
 from . import network as n
 from . import ops as ops_
-from .files import atomic_path, atomic_write
+from .files import atomic_path, atomic_write, check_writable
 from .modules import DenseNet, init_weights
 
 SUFFIXES = (".pt", ".py", ".onnx")
 
 
 def check_output(path: str | os.PathLike) -> str:
-    """The output kind ('.pt', '.py', '.onnx') of `path`, or SpecError E907."""
+    """The output kind ('.pt', '.py', '.onnx') of `path`, or SpecError: E907 for an extension
+    densedsl cannot write, E912/E902 for an output it must not replace (a FIFO, a device)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".pth":
         suffix = ".pt"
@@ -35,6 +38,7 @@ def check_output(path: str | os.PathLike) -> str:
             d.BAD_OUTPUT, f"cannot write {shown}: densedsl compile writes .pt, .py or .onnx", None,
             "use .pt for weights (torch.load), .py for standalone PyTorch source, .onnx for ONNX",
             file=str(path))])
+    check_writable(path)
     return suffix
 
 
@@ -59,7 +63,7 @@ def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18) -> 
     try:
         import onnx  # noqa: F401  (the exporter needs it; say so before tracing)
     except ImportError:
-        raise d.SpecError([d.Diagnostic(d.BAD_OUTPUT, "writing .onnx needs the onnx package", None,
+        raise d.SpecError([d.Diagnostic(d.MISSING_PACKAGE, "writing .onnx needs the onnx package", None,
                                         "pip install 'densedsl[onnx]'", file=str(path))]) from None
     was_training = model.training
     model.eval()
@@ -85,7 +89,7 @@ keys are those of the densedsl-compiled model (torchvision's DenseNet layout), s
 from either load into the other:
 
     model = build()
-    model.load_state_dict(torch.load("{stem}.pt", weights_only=True))
+    model.load_state_dict(torch.load({weights}, weights_only=True))
 """
 
 from collections import OrderedDict as ops
@@ -137,10 +141,34 @@ if __name__ == "__main__":
 '''
 
 
+def _int(value) -> str:
+    """An integer as source text; anything else (a str smuggled into a hand-built Network) is a
+    TypeError, never text in the generated module."""
+    return str(operator.index(value))
+
+
+# Names the generated module defines or imports itself: a network class by one of them would
+# shadow it (a network called `f` would replace torch.nn.functional's `F`).
+_TAKEN = frozenset({"DenseLayer", "DenseBlock", "Transition", "F", "nn", "torch", "build", "init_weights", "ops"})
+
+
 def _class_name(name: str) -> str:
-    words = "".join(ch if ch.isalnum() else " " for ch in name).split()
-    cls = "".join(w[:1].upper() + w[1:] for w in words) or "Network"
-    return cls if cls[0].isalpha() else f"Net{cls}"
+    """A Python class name for network `name`: CamelCase of its letters and digits, never a
+    keyword (`none` → `None`), never a name the module already uses, else `Network`."""
+    words = "".join(ch if ch.isalnum() and f"a{ch}".isidentifier() else " " for ch in name).split()
+    cls = "".join(w[:1].upper() + w[1:] for w in words)[:80] or "Network"
+    cls = cls if cls.isidentifier() else f"Net{cls}"
+    if keyword.iskeyword(cls) or keyword.issoftkeyword(cls) or cls in _TAKEN:
+        cls = f"{cls}Net"
+    return cls
+
+
+def _docstring_text(text: str) -> str:
+    """`text` as it may appear inside the generated module's (non-raw) triple-quoted docstring:
+    its repr(), which escapes newlines and control characters, with backslashes doubled and
+    double quotes escaped, so no user text can end the docstring or form an escape. The
+    docstring then reads back with exactly repr(text) in its place."""
+    return repr(text).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _named(op_list) -> str:
@@ -173,10 +201,12 @@ def python_source(network: n.Network, lowered: Sequence[costs.Lowered] | None = 
 
     source = network.span.file if network.span is not None else "a spec"
     cls = _class_name(network.name)
-    lines = [_PREAMBLE.format(name=network.name, version=__version__, source=source,
-                              stem=network.name)]
+    # User text (the file name, the network's name) enters the source only through repr().
+    lines = [_PREAMBLE.format(name=_docstring_text(network.name), version=__version__,
+                              source=_docstring_text(str(source)),
+                              weights=_docstring_text(f"{network.name}.pt"))]
     lines.append(f"\nclass {cls}(nn.Module):")
-    lines.append(f"    \"\"\"Input {'x'.join(map(str, network.input))}.\"\"\"\n")
+    lines.append(f"    \"\"\"Input {'x'.join(map(_int, network.input))}.\"\"\"\n")
     lines.append("    def __init__(self):")
     lines.append("        super().__init__()")
     lines.append("        f = self.features = nn.Sequential()")
@@ -201,7 +231,7 @@ def python_source(network: n.Network, lowered: Sequence[costs.Lowered] | None = 
     lines.append("    def forward(self, x):")
     lines += forward
     lines.append("        return x\n")
-    lines.append(_INIT.format(cls=cls, shape=", ".join(map(str, network.input))))
+    lines.append(_INIT.format(cls=cls, shape=", ".join(map(_int, network.input))))
     return "\n".join(lines)
 
 

@@ -64,79 +64,227 @@ def read_source(path: str | os.PathLike) -> Source:
     return Source.from_text(text, name)
 
 
+# --- writing outputs ---------------------------------------------------------------------------
+#
+# Every output goes through `atomic_write` or `atomic_path`, and both follow one set of rules:
+#
+# - The bytes go to a temporary file beside the output, named `.NAME.densedsl-tmp-PID-XXXXXXXX`
+#   (recognisable, and carrying the writer's PID). Only a complete temporary is published.
+# - A symbolic link is written through: the real file is replaced, the link stays a link.
+# - A file with several hard links is rewritten in place (same inode), so every name sees the new
+#   contents. The trade-off: that copy is not atomic; if it fails half-way (a full disk) the
+#   complete output is still in the temporary, and the error names it.
+# - Anything that is not a regular file (a FIFO, a socket, a device such as /dev/null, a
+#   directory) is refused before any work, never replaced: E912 (E902 for a directory). Writing
+#   to /dev/null is refused too: an atomic replace would turn the device into a plain file, and
+#   writing into a device is not an atomic write; `densedsl check` is the way to test a spec.
+# - A temporary left by a killed writer (its PID no longer runs) is removed by the next write to
+#   the same output.
+
+_TMP_MARK = ".densedsl-tmp-"
+_TMP_NAME_BYTES = 96    # of the output's name kept in a temporary's name (names end at 255 bytes)
+_TMP_SUFFIX_CHARS = 16  # writers pick the format from the suffix (.onnx, .png); longer ones are dropped
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output densedsl must not replace (E912, E902; see above)."""
+    _Target(path)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write to a temporary file beside `path`, then rename: a failure leaves no partial file."""
-    target = Path(path)
+    """Write `data` to `path` as a whole or not at all (see the rules above); SpecError E9xx."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    target = _Target(path)
+    tmp = target.temporary()
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".",
-                                   prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as e:
-        raise d.SpecError([d.Diagnostic(d.CANNOT_WRITE, f"cannot write the file: {e.strerror or e}",
-                                        None, "check that the directory exists and is writable",
-                                        file=str(path))]) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY), "wb") as f:
             f.write(payload)
-        _publish_mode(tmp, target)
-        os.replace(tmp, target)
+            f.flush()
+            os.fsync(f.fileno())
+        target.publish(tmp)
     except OSError as e:
-        _remove_quietly(tmp)
-        raise d.SpecError([d.Diagnostic(d.CANNOT_WRITE, f"cannot write the file: {e.strerror or e}",
-                                        None, file=str(path))]) from None
+        target.discard(tmp)
+        raise target.cannot_write(e) from None
     except BaseException:
-        _remove_quietly(tmp)
+        target.discard(tmp)
         raise
 
 
 def atomic_path(path: str | os.PathLike):
-    """Context manager yielding a temporary path beside `path`; renamed onto it on success.
+    """Context manager yielding a temporary path beside `path`; published onto it on success.
 
-    For writers that insist on a file name (torch.save, onnx export, graphviz).
+    For writers that insist on a file name (torch.save, onnx export, graphviz, matplotlib). The
+    temporary keeps the output's suffix, so writers that read the format off it still work.
     """
-    return _AtomicPath(Path(path))
+    return _AtomicPath(path)
 
 
 class _AtomicPath:
-    def __init__(self, target: Path):
-        self.target = target
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.target: _Target | None = None
         self.tmp: str | None = None
 
     def __enter__(self) -> str:
-        try:
-            fd, self.tmp = tempfile.mkstemp(dir=self.target.parent if str(self.target.parent) else ".",
-                                            prefix=f".{self.target.name}.", suffix=self.target.suffix)
-        except OSError as e:
-            raise d.SpecError([d.Diagnostic(d.CANNOT_WRITE, f"cannot write the file: {e.strerror or e}",
-                                            None, "check that the directory exists and is writable",
-                                            file=str(self.target))]) from None
-        os.close(fd)
+        self.target = _Target(self.path)   # refuses a FIFO or device before the writer's work
+        self.tmp = self.target.temporary()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        assert self.tmp is not None
-        if exc_type is None:
-            try:
-                _publish_mode(self.tmp, self.target)
-                os.replace(self.tmp, self.target)
-            except OSError as e:
-                _remove_quietly(self.tmp)
-                raise d.SpecError([d.Diagnostic(d.CANNOT_WRITE, f"cannot write the file: {e.strerror or e}",
-                                                None, file=str(self.target))]) from None
-        else:
+        assert self.target is not None and self.tmp is not None
+        if exc_type is not None:
             _remove_quietly(self.tmp)
+            return False
+        try:
+            _fsync_file(self.tmp)
+            self.target.publish(self.tmp)
+        except OSError as e:
+            self.target.discard(self.tmp)
+            raise self.target.cannot_write(e) from None
+        except BaseException:
+            self.target.discard(self.tmp)
+            raise
         return False
 
 
-def _publish_mode(tmp: str, target: Path) -> None:
-    """mkstemp creates 0600 files; give the output the mode an ordinary write would."""
+class _Target:
+    """An output path, resolved through symbolic links and checked to be writable over."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.shown = str(path)
+        self.kept: str | None = None   # a temporary that holds the only complete copy
+        try:
+            self.real = Path(os.path.realpath(path))
+        except (OSError, ValueError) as e:
+            raise self.cannot_write(e) from None
+        self.check()
+
+    def check(self) -> os.stat_result | None:
+        """The real file's status (None when it does not exist yet), or SpecError when it is
+        something densedsl must not replace."""
+        try:
+            st = os.stat(self.real)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise self.cannot_write(e) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise d.SpecError([d.Diagnostic(d.IS_DIRECTORY, "the output is a directory, not a file",
+                                            None, "name a file inside it", file=self.shown)])
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                    else "not a regular file")
+            shown = "" if str(self.real) == os.path.abspath(self.shown) else f" ({self.real})"
+            raise d.SpecError([d.Diagnostic(
+                d.NOT_REGULAR, f"the output{shown} is {kind}; densedsl writes only regular files "
+                "and never replaces anything else", None,
+                "name a regular file (to test a spec without keeping an output, use `densedsl check`)",
+                file=self.shown)])
+        return st
+
+    def temporary(self) -> str:
+        """A new empty temporary beside the real file, after removing stale ones."""
+        directory = self.real.parent
+        prefix = _tmp_prefix(self.real.name)
+        _remove_stale(directory, prefix)
+        suffix = self.real.suffix if len(self.real.suffix) <= _TMP_SUFFIX_CHARS else ""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{prefix}{os.getpid()}-", suffix=suffix)
+        except OSError as e:
+            raise self.cannot_write(e, "check that the directory exists and is writable") from None
+        os.close(fd)
+        return tmp
+
+    def publish(self, tmp: str) -> None:
+        """Make the complete temporary the output (rename, or in-place copy for hard links)."""
+        st = self.check()   # again: the path may have changed while the writer worked
+        if st is not None and st.st_nlink > 1:
+            try:
+                _copy_into(tmp, self.real)
+            except OSError as e:
+                self.kept = tmp
+                raise d.SpecError([d.Diagnostic(
+                    d.CANNOT_WRITE, f"cannot rewrite the hard-linked file in place: {e.strerror or e}",
+                    None, f"the complete output is in {tmp}", file=self.shown)]) from None
+            _remove_quietly(tmp)
+            return
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else _default_mode())
+        os.replace(tmp, self.real)
+
+    def discard(self, tmp: str) -> None:
+        """Remove a temporary after a failure, unless it holds the only complete output."""
+        if tmp != self.kept:
+            _remove_quietly(tmp)
+
+    def cannot_write(self, e: BaseException, hint: str | None = None) -> d.SpecError:
+        reason = getattr(e, "strerror", None) or e
+        return d.SpecError([d.Diagnostic(d.CANNOT_WRITE, f"cannot write the file: {reason}", None,
+                                         hint, file=self.shown)])
+
+
+def _tmp_prefix(name: str) -> str:
+    """`.NAME.densedsl-tmp-`, NAME cut to a length every file system takes."""
+    short = os.fsdecode(os.fsencode(name)[:_TMP_NAME_BYTES])
+    return f".{short}{_TMP_MARK}"
+
+
+def _remove_stale(directory: Path, prefix: str) -> None:
+    """Remove the temporaries of earlier writes to this output whose writer no longer runs
+    (killed mid-write: SIGKILL, OOM killer, power loss)."""
     try:
-        mode = target.stat().st_mode & 0o7777
+        entries = list(os.scandir(directory))
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.chmod(tmp, mode)
+        return
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie counts); unknown means yes, to keep its file."""
+    if os.name == "nt" or pid <= 0:
+        return True   # os.kill on Windows would terminate the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _copy_into(tmp: str, real: Path) -> None:
+    """Overwrite `real`'s contents with `tmp`'s, keeping its inode (hence links, owner, mode)."""
+    with open(tmp, "rb") as src, open(real, "r+b") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+        dst.truncate()
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _default_mode() -> int:
+    """The mode an ordinary open() would give a new file (mkstemp creates 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _remove_quietly(path: str) -> None:

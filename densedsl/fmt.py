@@ -16,22 +16,57 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
 
 
 def format_expr(e: ast.Expr | ast.ShapeLit, parent: int = 0, right: bool = False) -> str:
+    """`e` in canonical form, with only the parentheses precedence needs.
+
+    Iterative (an explicit stack of (node, parent precedence, is-right-operand)), so no
+    expression depth can exhaust Python's stack.
+    """
+    done: list[str] = []
+    todo: list[tuple[object, int, bool, bool]] = [(e, parent, right, False)]
+    while todo:
+        node, outer, is_right, operands_done = todo.pop()
+        if isinstance(node, (ast.ShapeLit, ast.Number, ast.Name)):
+            done.append(_leaf(node))
+        elif not operands_done:
+            todo.append((node, outer, is_right, True))
+            todo.extend((child, p, r, False) for child, p, r in reversed(_contexts(node)))
+        else:
+            count = len(_contexts(node))
+            parts = done[len(done) - count:]
+            del done[len(done) - count:]
+            done.append(_compose(node, parts, outer, is_right))
+    return done[0]
+
+
+def _leaf(e: ast.ShapeLit | ast.Number | ast.Name) -> str:
     if isinstance(e, ast.ShapeLit):
         return "x".join(str(x) for x in e.dims)
     if isinstance(e, ast.Number):
         return e.text
-    if isinstance(e, ast.Name):
-        return e.id
+    return e.id
+
+
+def _contexts(e) -> tuple[tuple[ast.Expr, int, bool], ...]:
+    """The operands of `e`, each with the precedence it sits under and whether it is a right operand."""
     if isinstance(e, ast.Call):
-        return f"{e.func}({', '.join(format_expr(a) for a in e.args)})"
+        return tuple((a, 0, False) for a in e.args)
     if isinstance(e, ast.UnaryOp):
-        s = e.op + format_expr(e.operand, 3)
-        return f"({s})" if parent else s  # `a-(-1)`, never `a--1`
+        return ((e.operand, 3, False),)
     if isinstance(e, ast.BinOp):
         p = _PRECEDENCE[e.op]
-        s = f"{format_expr(e.left, p)}{e.op}{format_expr(e.right, p, True)}"
-        return f"({s})" if p < parent or (p == parent and right) else s
+        return ((e.left, p, False), (e.right, p, True))
     raise AssertionError(e)
+
+
+def _compose(e, parts: list[str], parent: int, right: bool) -> str:
+    if isinstance(e, ast.Call):
+        return f"{e.func}({', '.join(parts)})"
+    if isinstance(e, ast.UnaryOp):
+        s = e.op + parts[0]
+        return f"({s})" if parent else s  # `a-(-1)`, never `a--1`
+    p = _PRECEDENCE[e.op]
+    s = f"{parts[0]}{e.op}{parts[1]}"
+    return f"({s})" if p < parent or (p == parent and right) else s
 
 
 def format_spec(spec: ast.SpecFile) -> str:

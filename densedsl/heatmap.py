@@ -85,7 +85,8 @@ def write_heatmap(strengths: Sequence[Sequence[Sequence[float]]], path: str | os
                   network: Network | None = None, title: str | None = None) -> None:
     """Draw the matrices of `connection_strength` side by side (one panel per dense block), each
     scaled to its own maximum as in the paper; written atomically, format from the suffix."""
-    import matplotlib
+    from .optional import require
+    matplotlib = require("matplotlib", "drawing a heatmap")
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 

@@ -168,7 +168,7 @@ class OpKind:
     def source(self, a: Attrs) -> str:
         """Python source that builds `module(a)`: `nn.Conv2d(64, 128, 1, bias=False)`."""
         cls, args, kwargs = self.constructor(a)
-        return f"nn.{cls}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
+        return f"nn.{cls}({', '.join([*map(_literal, args), *(f'{k}={_literal(v)}' for k, v in kwargs.items())])})"
 
 
 # --- graph-only kinds: data flow, no computation ----------------------------------------------
@@ -416,6 +416,24 @@ class Linear(OpKind):
 
 TABLE: dict[str, OpKind] = {cls.kind: cls() for cls in (
     Input, Output, Feature, Concat, Conv, Norm, ReLU, Dropout, Pool, Flatten, Linear)}
+
+
+def _literal(value: Any) -> str:
+    """`value` as a Python literal in generated source. Only plain values pass, rebuilt as their
+    base type first: a subclass of int whose repr() is code (a hand-built Network) cannot reach
+    the `.py` export."""
+    if value is None or isinstance(value, bool):
+        return repr(value if value is None else bool(value))
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        return repr(float(value))
+    if isinstance(value, str):
+        return repr(str(value))
+    if isinstance(value, tuple):
+        items = [_literal(v) for v in value]
+        return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+    raise TypeError(f"cannot write {type(value).__name__} into generated source")
 
 
 def kind_of(kind: str) -> OpKind:

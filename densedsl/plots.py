@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +39,10 @@ def write_curves(metrics: Sequence[dict], path: str | os.PathLike, *, title: str
         if epochs:
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # it holds the user's data path: "$" is no TeX
     target = Path(path)
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, warnings.catch_warnings():
+        # A title character the font lacks (a control character in a data path) is drawn as a
+        # box; matplotlib's warning about it would only interrupt the training log.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.savefig(tmp, format=(target.suffix.lstrip(".") or "png"), dpi=100)

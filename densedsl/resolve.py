@@ -8,8 +8,10 @@ error where an integer is required, never a silent floor.
 
 from __future__ import annotations
 
+import decimal
 import difflib
 import math
+import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping
@@ -22,7 +24,15 @@ from .source import Source, Span
 
 Value = Fraction | bool | str  # a number, a yes/no, or a keyword such as `post`
 _INT_MAX = 2**31 - 1            # torch's sizes are int32-safe below this
-_MAX_STAGES = 10_000            # after unrolling `repeat`
+# What one network, and one file's networks together, may unroll to: far above any real network
+# (DenseNet-264: 7 stages, 130 dense layers), and small enough that analysing it all takes
+# seconds (~0.5 ms a layer) rather than the minutes 256 networks of 1,000 stages would.
+_MAX_STAGES = 1_000             # after unrolling `repeat`
+_MAX_LAYERS = 4_000             # dense layers, summed over a network's blocks
+_FILE_MAX_STAGES = 2_000
+_FILE_MAX_LAYERS = 8_000
+_MAX_FIGURE = 10**18            # an `expect` figure: counts, and DenseNet-264 has ~10**10 FLOPs
+_MAX_SUGGESTIONS = 100          # did-you-mean searches among parameters, per network
 
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 _FUNCTIONS: dict[str, tuple[int, int, Callable[..., Fraction]]] = {
@@ -32,8 +42,8 @@ _FUNCTIONS: dict[str, tuple[int, int, Callable[..., Fraction]]] = {
     "round": (1, 1, lambda x: Fraction(round(x))),
     "int": (1, 1, lambda x: Fraction(int(x))),  # truncates toward zero, as Python and Keras code do
     "abs": (1, 1, abs),
-    "min": (1, 64, min),
-    "max": (1, 64, max),
+    "min": (1, 64, lambda *xs: min(xs)),  # min(x) of one argument is x, not min() of an iterable
+    "max": (1, 64, lambda *xs: max(xs)),
 }
 
 STATEMENTS = ("input", "defaults", "stem", "dense", "transition", "repeat", "head", "expect")
@@ -58,6 +68,12 @@ _OWNER = {  # which statement a setting belongs to, for "'compression' is a tran
 }
 
 
+def _listing(names: Iterable[str], limit: int = 12) -> str:
+    names = list(names)
+    more = f", … ({len(names) - limit:,} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _did_you_mean(word: str, known: Iterable[str]) -> str | None:
     match = difflib.get_close_matches(word, list(known), n=1)
     return f"did you mean '{match[0]}'?" if match else None
@@ -68,7 +84,7 @@ def resolve(file: ast.SpecFile, network: str | None, params: Mapping[str, Any] |
     """Resolve one network of `file` (the only one when `network` is None)."""
     params = dict(params or {})
     chosen = _choose(file, network, source)
-    return _Resolver(chosen, params, source).run()
+    return _Resolver(chosen, params, source, _Budget(_MAX_STAGES, _MAX_LAYERS)).run()
 
 
 def resolve_all(file: ast.SpecFile, params: Mapping[str, Any] | None = None,
@@ -76,11 +92,14 @@ def resolve_all(file: ast.SpecFile, params: Mapping[str, Any] | None = None,
     """Resolve every network of `file`; diagnostics from all of them are raised together."""
     _check_file(file, source)
     networks, diags = [], []
+    budget = _Budget(_FILE_MAX_STAGES, _FILE_MAX_LAYERS)  # shared: the file's networks together
     for net in file.networks:
         try:
-            networks.append(_Resolver(net, dict(params or {}), source).run())
+            networks.append(_Resolver(net, dict(params or {}), source, budget).run())
         except d.SpecError as e:
             diags.extend(e.diagnostics)
+        if budget.exhausted:
+            break
     d.raise_if_errors(diags)
     return networks
 
@@ -129,19 +148,32 @@ class _Bound:
     name: str
 
 
+@dataclass(slots=True)
+class _Budget:
+    """Stages and dense layers still allowed; resolve_all shares one among a file's networks."""
+
+    stages: int
+    layers: int
+    exhausted: bool = False  # a file-level limit was reported: the later networks are not resolved
+
+
 class _Invalid(Exception):
     """An expression that already produced a diagnostic; the caller skips the value."""
 
 
 class _Resolver:
-    def __init__(self, net: ast.NetworkDef, overrides: dict[str, Any], source: Source | None):
+    def __init__(self, net: ast.NetworkDef, overrides: dict[str, Any], source: Source | None,
+                 budget: _Budget | None = None):
         self.net = net
+        self.budget = budget or _Budget(_MAX_STAGES, _MAX_LAYERS)
         self.overrides = overrides
         self.source = source
         self.diags: list[d.Diagnostic] = []
         self.env: dict[str, Value] = {}
         self.defaults: dict[str, ast.Setting] = {}
         self.overridden = False
+        self.failed: set[str] = set()  # parameters whose value was refused (already reported)
+        self._suggested: dict[tuple, str | None] = {}
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -149,6 +181,17 @@ class _Resolver:
               notes: tuple = ()) -> None:
         self.diags.append(d.Diagnostic(code, message, span, hint, notes,
                                        file=None if span else (self.source.name if self.source else None)))
+
+    def suggest(self, word: str, known: Iterable[str]) -> str | None:
+        """A did-you-mean among a network's own names, which may be many: difflib costs ~5 µs a
+        candidate, so past the first diagnostics (the only ones printed) it is skipped, and a
+        name is looked up once."""
+        if len(self.diags) >= _MAX_SUGGESTIONS:
+            return None
+        key = (word, id(known), len(known))
+        if key not in self._suggested:
+            self._suggested[key] = _did_you_mean(word, known)
+        return self._suggested[key]
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -224,8 +267,8 @@ class _Resolver:
             declared[p.name] = p
         for name in self.overrides:
             if name not in declared:
-                hint = _did_you_mean(name, declared) or (
-                    f"'{self.net.name}' takes: {', '.join(declared)}" if declared
+                hint = self.suggest(name, declared) or (
+                    f"'{self.net.name}' takes: {_listing(declared)}" if declared
                     else f"'{self.net.name}' declares no parameters; add them as network {self.net.name}(name=default)")
                 self.error(d.UNKNOWN_PARAMETER, f"network '{self.net.name}' has no parameter '{name}'",
                            self.net.name_span, hint)
@@ -239,6 +282,7 @@ class _Resolver:
                 else:
                     self.env[name] = self.eval(p.default, symbols=True)
             except _Invalid:
+                self.failed.add(name)
                 ok = False
         # `expect params=769162` describes the network as written; with other parameter values
         # only expectations that are written in terms of the parameters still apply.
@@ -246,17 +290,17 @@ class _Resolver:
         return ok
 
     def override_value(self, name: str, raw: Any) -> Value:
+        """A value passed from Python (`load(p, depth=100)`) or `--set` (a string to parse)."""
         if isinstance(raw, bool):
             return raw
-        if isinstance(raw, int):
-            return Fraction(raw)
-        if isinstance(raw, float):
-            if not math.isfinite(raw):
-                self.error(d.OUT_OF_RANGE, f"parameter '{name}' must be finite, got {raw}", self.net.name_span)
+        if isinstance(raw, numbers.Rational):  # int, Fraction, numpy integers
+            return self.override_fits(name, Fraction(raw.numerator, raw.denominator))
+        if isinstance(raw, numbers.Real):  # float, numpy floats
+            real = float(raw)
+            if not math.isfinite(real):
+                self.error(d.OUT_OF_RANGE, f"parameter '{name}' must be finite, got {real}", self.net.name_span)
                 raise _Invalid
-            return Fraction(repr(raw))
-        if isinstance(raw, Fraction):
-            return raw
+            return self.override_fits(name, Fraction(repr(real)))  # 0.1 means 1/10, not 0.1000000000000000055…
         if isinstance(raw, str):
             from .syntax import parse_expression
             try:
@@ -270,65 +314,115 @@ class _Resolver:
                 return self.eval(expr, symbols=True)
             finally:
                 self.env = saved
-        self.error(d.WRONG_TYPE, f"parameter '{name}' got a {type(raw).__name__}; expected a number, "
-                   "a bool or a keyword", self.net.name_span)
+        self.error(d.WRONG_TYPE, f"parameter '{name}' must be a number, a bool or a keyword (str), "
+                   f"not {type(raw).__name__}", self.net.name_span)
+        raise _Invalid
+
+    def override_fits(self, name: str, value: Fraction) -> Fraction:
+        if ast.fits(value):
+            return value
+        self.error(d.TOO_COMPLEX, f"the value given for parameter '{name}' has more than {ast.MAX_DIGITS} digits",
+                   self.net.name_span, "no network needs numbers this large or this precise")
         raise _Invalid
 
     # --- expressions ------------------------------------------------------------------------
 
     def eval(self, e: ast.Expr, symbols: bool = False) -> Value:
-        """Evaluate; a bare name that is not a parameter is a keyword when `symbols` is true."""
-        if isinstance(e, ast.Number):
-            return e.value
+        """Evaluate; a bare name that is not a parameter is a keyword when `symbols` is true.
+
+        Iterative (an explicit stack, operands left to right), so no input depth can exhaust
+        Python's stack; every value, intermediate ones included, is checked against
+        `ast.MAX_DIGITS` as soon as it exists, so chained squaring stops within a few steps.
+        """
         if isinstance(e, ast.Name):
-            if e.id in self.env:
-                return self.env[e.id]
-            if symbols:
-                return e.id
-            if e.id in _BOOL_WORDS:
-                self.error(d.WRONG_TYPE, f"expected a number, got {e.id}", e.span)
-                raise _Invalid
-            hint = _did_you_mean(e.id, self.env) or (
-                f"parameters: {', '.join(self.env)}" if self.env else
-                f"declare it: network {self.net.name}({e.id}=...)")
-            self.error(d.UNKNOWN_NAME, f"unknown name '{e.id}'", e.span, hint)
+            return self.lookup(e, symbols)
+        values: list[Fraction] = []
+        todo: list[tuple[ast.Expr, bool]] = [(e, False)]
+        while todo:
+            node, operands_done = todo.pop()
+            if isinstance(node, (ast.Number, ast.Name)):
+                values.append(self.operand(node))
+            elif not operands_done:
+                if isinstance(node, ast.Call):
+                    self.check_call(node)
+                todo.append((node, True))
+                todo.extend((child, False) for child in reversed(_operands(node)))
+            else:
+                count = len(_operands(node))
+                args = values[len(values) - count:]
+                del values[len(values) - count:]
+                values.append(self.bounded(self.apply(node, args), node))
+        return values[0]
+
+    def lookup(self, e: ast.Name, symbols: bool) -> Value:
+        if e.id in self.env:
+            return self.env[e.id]
+        if e.id in self.failed:
+            raise _Invalid  # its own error says why; "unknown name" would be a cascade
+        if symbols:
+            return e.id
+        if e.id in _BOOL_WORDS:
+            self.error(d.WRONG_TYPE, f"expected a number, got {e.id}", e.span)
             raise _Invalid
+        hint = self.suggest(e.id, self.env) or (
+            f"parameters: {_listing(self.env)}" if self.env else
+            f"declare it: network {self.net.name}({e.id}=...)")
+        self.error(d.UNKNOWN_NAME, f"unknown name '{e.id}'", e.span, hint)
+        raise _Invalid
+
+    def operand(self, e: ast.Number | ast.Name) -> Fraction:
+        """A literal or a parameter used inside arithmetic: it must be a number."""
+        if isinstance(e, ast.Number):
+            return self.bounded(e.value, e)
+        v = self.lookup(e, symbols=False)
+        if isinstance(v, bool) or not isinstance(v, Fraction):
+            self.error(d.WRONG_TYPE, f"expected a number, got {_show(v)}", e.span)
+            raise _Invalid
+        return v
+
+    def bounded(self, v: Fraction, e: ast.Expr | None) -> Fraction:
+        if ast.fits(v):
+            return v
+        self.error(d.TOO_COMPLEX, f"this value would have more than {ast.MAX_DIGITS} digits",
+                   e.span if e is not None else self.net.name_span,
+                   "no network needs numbers this large or this precise; write the value you mean")
+        raise _Invalid
+
+    def check_call(self, e: ast.Call) -> None:
+        spec = _FUNCTIONS.get(e.func)
+        if spec is None:
+            self.error(d.BAD_CALL, f"unknown function '{e.func}'", e.func_span,
+                       _did_you_mean(e.func, _FUNCTIONS) or f"functions: {', '.join(_FUNCTIONS)}")
+            raise _Invalid
+        lo, hi, _ = spec
+        if not lo <= len(e.args) <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            self.error(d.BAD_CALL, f"{e.func}() takes {want} argument{'s' if hi > 1 else ''}, "
+                       f"got {len(e.args)}", e.span)
+            raise _Invalid
+
+    def apply(self, e: ast.Expr, args: list[Fraction]) -> Fraction:
         if isinstance(e, ast.UnaryOp):
-            v = self.number(e.operand)
-            return -v if e.op == "-" else v
-        if isinstance(e, ast.BinOp):
-            a, b = self.number(e.left), self.number(e.right)
-            if e.op == "+":
-                return a + b
-            if e.op == "-":
-                return a - b
-            if e.op == "*":
-                if abs(a) > 10**300 or abs(b) > 10**300:
-                    self.error(d.BAD_NUMBER, "the product is absurdly large", e.span)
-                    raise _Invalid
-                return a * b
-            if b == 0:
-                self.error(d.DIVISION_BY_ZERO, f"division by zero in {_source_text(e)}", e.span)
-                raise _Invalid
-            if e.op == "/":
-                return a / b
-            if e.op == "//":
-                return Fraction(a // b)
-            return a % b
+            return -args[0] if e.op == "-" else args[0]
         if isinstance(e, ast.Call):
-            spec = _FUNCTIONS.get(e.func)
-            if spec is None:
-                self.error(d.BAD_CALL, f"unknown function '{e.func}'", e.func_span,
-                           _did_you_mean(e.func, _FUNCTIONS) or f"functions: {', '.join(_FUNCTIONS)}")
-                raise _Invalid
-            lo, hi, fn = spec
-            if not lo <= len(e.args) <= hi:
-                want = str(lo) if lo == hi else f"{lo} or more"
-                self.error(d.BAD_CALL, f"{e.func}() takes {want} argument{'s' if hi > 1 else ''}, "
-                           f"got {len(e.args)}", e.span)
-                raise _Invalid
-            return fn(*(self.number(a) for a in e.args))
-        raise AssertionError(f"unknown expression {e!r}")
+            return _FUNCTIONS[e.func][2](*args)
+        if not isinstance(e, ast.BinOp):
+            raise AssertionError(f"unknown expression {e!r}")
+        a, b = args
+        if e.op == "+":
+            return a + b
+        if e.op == "-":
+            return a - b
+        if e.op == "*":
+            return a * b  # both operands fit, so the product is at most twice as long
+        if b == 0:
+            self.error(d.DIVISION_BY_ZERO, f"division by zero in {_source_text(e)}", e.span)
+            raise _Invalid
+        if e.op == "/":
+            return a / b
+        if e.op == "//":
+            return Fraction(a // b)
+        return a % b
 
     def number(self, e: ast.Expr) -> Fraction:
         v = self.eval(e)
@@ -564,19 +658,41 @@ class _Resolver:
 
     def stages(self, stmts: list[ast.Statement]) -> list[n.Stage]:
         flat = self.unroll(stmts, 1)
+        if len(flat) > self.budget.stages:  # only a file's earlier networks make this bind
+            self.error(d.TOO_LARGE, f"this network's {len(flat):,} stages take the file's networks past "
+                       f"{_FILE_MAX_STAGES:,} stages together", self.net.name_span,
+                       "split the networks over several files")
+            self.budget.exhausted = True
+            return []
+        self.budget.stages -= len(flat)
         stages: list[n.Stage] = []
-        blocks = transitions = 0
+        blocks = transitions = layers = 0
         for stmt in flat:
             try:
                 if stmt.keyword == "dense":
                     blocks += 1
                     stages.append(self.dense(stmt, blocks))
+                    layers += stages[-1].layers
+                    if layers > min(_MAX_LAYERS, self.budget.layers):
+                        self.too_many_layers(stmt)
+                        return stages
                 else:
                     transitions += 1
                     stages.append(self.transition(stmt, transitions))
             except _Invalid:
                 continue
+        self.budget.layers -= layers
         return stages
+
+    def too_many_layers(self, stmt: ast.Statement) -> None:
+        if self.budget.layers >= _MAX_LAYERS:
+            self.error(d.TOO_LARGE, f"the network would have more than {_MAX_LAYERS:,} dense layers",
+                       stmt.keyword_span, "DenseNet-264 has 130; densedsl analyses networks up to "
+                       f"{_MAX_LAYERS:,} dense layers")
+        else:
+            self.error(d.TOO_LARGE, f"the file's networks would have more than {_FILE_MAX_LAYERS:,} dense "
+                       "layers together", stmt.keyword_span, "split the networks over several files")
+            self.budget.exhausted = True
 
     def unroll(self, stmts: Iterable[ast.Statement], budget: int) -> list[ast.Statement]:
         """Expand `repeat`; refuses to produce more than _MAX_STAGES stages."""
@@ -723,7 +839,8 @@ class _Resolver:
                                            for x in _walk(s.value)):
                 continue
             try:
-                value = self.number(s.value)
+                value = self.real(_Bound(s.value, s.value.span, f"expected {s.name}"), Fraction(0),
+                                  Fraction(_MAX_FIGURE), False, False)
             except _Invalid:
                 continue
             out.append(n.Expectation(key=s.name, value=value, tolerance=_tolerance(s.value),
@@ -756,33 +873,58 @@ def _source_text(e: ast.Expr) -> str:
     return format_expr(e)
 
 
+def _operands(e: ast.Expr) -> tuple[ast.Expr, ...]:
+    if isinstance(e, ast.BinOp):
+        return (e.left, e.right)
+    if isinstance(e, ast.UnaryOp):
+        return (e.operand,)
+    if isinstance(e, ast.Call):
+        return e.args
+    return ()
+
+
 def _walk(e: ast.Expr):
-    yield e
-    for child in (getattr(e, "left", None), getattr(e, "right", None), getattr(e, "operand", None)):
-        if child is not None:
-            yield from _walk(child)
-    for a in getattr(e, "args", ()):
-        yield from _walk(a)
+    """Every node of `e`, parents before children (iterative: no recursion on input depth)."""
+    todo = [e]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(reversed(_operands(node)))
 
 
 def _show(v: Value) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Fraction) and abs(v) >= 10**15:
-        digits = len(str(abs(math.floor(v))))
-        return f"{'-' if v < 0 else ''}{str(abs(math.floor(v)))[0]}e{digits - 1}"
+        return _scientific(v)
     if isinstance(v, Fraction):
         if v.denominator == 1:
             return str(v.numerator)
         f = float(v)
-        return repr(f) if Fraction(repr(f)) == v else f"{v.numerator}/{v.denominator}"
+        if Fraction(repr(f)) == v:
+            return repr(f)
+        if v.denominator < 10**15:
+            return f"{v.numerator}/{v.denominator}"
+        return "≈" + _scientific(v)  # 1e-350: no float holds it, and 350 digits say nothing
     return f"'{v}'"
 
 
+def _scientific(v: Fraction) -> str:
+    """Four significant digits: 1e308, 1.286e399, 6.667e-21 (Decimal: no float overflow)."""
+    with decimal.localcontext() as context:
+        context.prec = 4
+        x = decimal.Decimal(v.numerator) / decimal.Decimal(v.denominator)
+        return f"{x.normalize():e}".replace("e+", "e")
+
+
 def _plain(v: Value) -> n.ParamValue:
+    """An int where exact, else a float where that is exact, else the Fraction itself."""
     if isinstance(v, Fraction):
         if v.denominator == 1:
             return int(v)
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # beyond 1.8e308: no float holds it
+            return v
         return f if Fraction(repr(f)) == v else v
     return v

@@ -3,45 +3,64 @@
 `Span` keeps lark's convention: 1-based line and column, `end_column` is the column just after
 the last character, `start`/`end` are 0-based offsets into the text. Conversion to display
 columns (tabs expanded) happens only in `diagnostics`.
+
+Line starts are computed on first use: a hostile 16 MiB file of newlines is refused by the parser
+before anyone needs its 16 million line starts (building them eagerly cost seconds and ~600 MB).
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import accumulate
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """A named text and the offsets where its lines start."""
+    """A named text and the offsets where its lines start.
+
+    `quotable` says whether diagnostics may print this text's lines: false for a file that has
+    not been shown to be a spec (see `diagnostics` for the rule), so that `check /etc/shadow`
+    never prints a line of /etc/shadow.
+    """
 
     name: str
     text: str
-    line_starts: tuple[int, ...] = field(repr=False, compare=False, default=())
+    _starts: list = field(repr=False, compare=False, default_factory=list)  # [] until first use
+    quotable: bool = field(repr=False, compare=False, default=True)
 
     @classmethod
     def from_text(cls, text: str, name: str = "<string>") -> "Source":
-        starts = [0]
-        find = text.find
-        i = find("\n")
-        while i != -1:
-            starts.append(i + 1)
-            i = find("\n", i + 1)
-        return cls(name, text, tuple(starts))
+        return cls(name, text)
+
+    @property
+    def line_starts(self) -> tuple[int, ...] | list[int]:
+        """0-based offsets at which each line starts (the first is always 0)."""
+        if not self._starts:
+            # str.split runs in C; a Python loop over find() took seconds on large inputs. One
+            # slice assignment fills the table, so two threads racing here both store the same.
+            self._starts[:] = [0, *accumulate(len(line) + 1 for line in self.text.split("\n")[:-1])]
+        return self._starts
+
+    def unquotable(self) -> "Source":
+        """The same text, marked as not to be quoted (shares the line table)."""
+        return self if not self.quotable else replace(self, quotable=False)
 
     def line_text(self, line: int) -> str:
         """The text of 1-based `line`, without its line break."""
-        if not 1 <= line <= len(self.line_starts):
+        starts = self.line_starts
+        if not 1 <= line <= len(starts):
             return ""
-        start = self.line_starts[line - 1]
-        end = self.line_starts[line] - 1 if line < len(self.line_starts) else len(self.text)
+        start = starts[line - 1]
+        end = starts[line] - 1 if line < len(starts) else len(self.text)
         return self.text[start:end].rstrip("\r")
 
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a 0-based offset."""
+        starts = self.line_starts
         offset = max(0, min(offset, len(self.text)))
-        index = bisect.bisect_right(self.line_starts, offset) - 1
-        return index + 1, offset - self.line_starts[index] + 1
+        index = bisect.bisect_right(starts, offset) - 1
+        return index + 1, offset - starts[index] + 1
 
     def span(self, start: int, end: int) -> "Span":
         line, column = self.position(start)

@@ -1,4 +1,10 @@
-"""`Spec`: a parsed and resolved network, plus the entry points that make one."""
+"""`Spec`: a parsed and resolved network, plus the entry points that make one.
+
+Errors: anything wrong with a spec, a file or a parameter value raises `SpecError` (with
+diagnostics). An argument of the wrong Python type (`parse(None)`, `parse(b"...")`,
+`load(path, network=5)`, `load(3)`) raises `TypeError` naming the argument and the type
+expected: that is a bug in the calling program, not in a spec.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ast
+from . import diagnostics as d
 from .files import read_source
 from .network import Network
 from .resolve import resolve
@@ -46,19 +53,29 @@ class Spec:
 
 def parse(text: str, source: str = "<string>", *, network: str | None = None, **params: Any) -> Spec:
     """Parse and resolve spec text; raises SpecError listing every problem found."""
+    if isinstance(text, (bytes, bytearray)):
+        raise TypeError("parse() takes spec text as str, not bytes; decode it first "
+                        "(data.decode('utf-8')) or pass a path to densedsl.load()")
+    if not isinstance(text, str):
+        raise TypeError(f"parse() takes spec text as str, not {type(text).__name__}")
+    if not isinstance(source, str):
+        raise TypeError(f"parse(source=...) is the name shown in messages, a str, not {type(source).__name__}")
+    _check_network(network)
     src = Source.from_text(text, source)
     return _spec(src, parse_source(src), network, params)
 
 
 def load(path: str | os.PathLike, network: str | None = None, **params: Any) -> Spec:
     """Read, parse and resolve a spec file; raises SpecError listing every problem found."""
-    src = read_source(path)
+    _check_network(network)
+    src = _read(path)
     return _spec(src, parse_source(src), network, params)
 
 
 def load_all(path: str | os.PathLike, network: str | None = None, **params: Any) -> list[Spec]:
     """Every network of a file (or only `network`), each resolved with `params`."""
-    src = read_source(path)
+    _check_network(network)
+    src = _read(path)
     file = parse_source(src)
     if network is not None:
         return [_spec(src, file, network, params)]
@@ -79,5 +96,24 @@ def as_spec(spec: "Spec | str | os.PathLike", network: str | None = None, **para
     raise TypeError(f"expected a Spec, a path or spec text, not {type(spec).__name__}")
 
 
+def _check_network(network: object) -> None:
+    if network is not None and not isinstance(network, str):
+        raise TypeError(f"network= names a network of the file (a str) or is None, not {type(network).__name__}")
+
+
+def _read(path: object) -> Source:
+    """read_source, with the path's type checked and every OS refusal as a SpecError: a name too
+    long for the file system, or one holding a NUL byte, is the user's input, not our bug."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"expected the path of a spec file (str or os.PathLike), not {type(path).__name__}")
+    try:
+        return read_source(path)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise d.SpecError([d.Diagnostic(d.CANNOT_READ, f"cannot read the file: {reason}", None,
+                                        "check the path", file=str(path))]) from None
+
+
 def _spec(src: Source, file: ast.SpecFile, network: str | None, params: dict[str, Any]) -> Spec:
+    _check_network(network)
     return Spec(src, file, resolve(file, network, params, src), tuple(params.items()))

@@ -2,6 +2,13 @@
 lark trees. Syntax errors become diagnostics with the position, what was found and what was
 expected; after an error the broken line is neutralised and parsing resumes, so one run
 reports every independently broken line.
+
+Hostile input is refused before it costs anything (E006, E004): the text's size, lines and tokens,
+the bracket depth, the number of networks and the operators in one expression are all capped far
+above any real spec, so parsing takes well under a second and tens of MB at worst. Nothing here
+recurses on the input's structure (lark's LALR parser is iterative; the Transformer is lark's
+non-recursive one), and the expression cap keeps every later tree walk, dataclass `==` and
+`repr` included, far from Python's recursion limit.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, v_args
+from lark.visitors import Transformer_NonRecursive
 
 from . import ast
 from . import diagnostics as d
@@ -21,7 +29,17 @@ from .source import Source, Span
 
 MAX_NESTING = 64          # brackets and braces; deeper input is refused before parsing
 MAX_SYNTAX_ERRORS = 20
-_MAX_DIGITS = 400         # a literal longer than this is not a network size
+# Limits on a whole spec (E006). Real specs are ~1 KB, ~40 lines, ~200 tokens, one network and
+# expressions of a few operators; each limit sits 100x or more above that. Together they bound
+# the parser's work: lark handles ~60,000 tokens a second on a loaded core.
+MAX_CHARS = 1024 * 1024
+MAX_LINES = 10_000
+MAX_TOKENS = 20_000       # names, numbers, operators, brackets, ";" and comments
+MAX_NETWORKS = 256
+MAX_OPERATORS = 200       # operators, calls and arguments in one expression
+_TOKEN = re.compile(r"[A-Za-z0-9_.]+|//|#[^\n]*|\S")
+_BLANKS = re.compile(r"[\s;\\]*")  # one character class: no backtracking, no per-character state
+_HEADER = re.compile(r"network(?![A-Za-z0-9_])")
 _SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
@@ -47,15 +65,26 @@ def parser(strict: bool = False) -> Lark:
 
 
 def parse_source(source: Source) -> ast.SpecFile:
-    """Parse a whole file; raises SpecError with every syntax error found."""
-    _check_nesting(source)
-    tree, errors = _parse_recovering(source)
+    """Parse a whole file; raises SpecError with every syntax error found.
+
+    Until the text has parsed, its lines are quoted only if it opens like a spec (its first token
+    is `network`): `densedsl check /etc/shadow` must not print the first line of /etc/shadow.
+    """
+    _check_limits(source.unquotable())  # refused unread: no line of it is known to be spec text
+    shown = source if _opens_like_spec(source.text) else source.unquotable()
+    _check_nesting(shown)
+    tree, errors = _parse_recovering(shown)
     if errors:
         raise d.SpecError(errors)
     builder = _Builder(source)
     spec = builder.transform(tree)
     if builder.errors:
         raise d.SpecError(builder.errors)
+    if len(spec.networks) > MAX_NETWORKS:
+        extra = spec.networks[MAX_NETWORKS]
+        raise d.SpecError([d.Diagnostic(
+            d.TOO_COMPLEX, f"the file holds {len(spec.networks):,} networks (at most {MAX_NETWORKS:,})",
+            extra.name_span, "split the networks over several files")])
     comments = tuple(
         ast.Comment(text=m.group().rstrip(), span=source.span(m.start(), m.end()))
         for m in re.finditer(r"#[^\r\n]*", source.text))
@@ -71,11 +100,15 @@ def _parse_recovering(source: Source):
     an independent one. An unexpected end of input ends the search.
     """
     text, errors, tries = source.text, [], {}
+    # each retry re-parses from the start, up to its error: stop once the retries together have
+    # read about as much as the text again, so a large file with errors all through it stays fast
+    budget = len(text) + 64 * 1024
     while True:
         try:
             return parser().parse(text, start="start"), errors
         except lark.UnexpectedInput as e:
             diag = _translate(source, e)
+            budget -= diag.span.start if diag.span is not None else len(text)
             line = diag.line or 0
             if line in tries:
                 # the error lies in our own replacement: never show it; blank the line fully
@@ -89,7 +122,7 @@ def _parse_recovering(source: Source):
             tries[line] = 1
             expected = getattr(e, "expected", None) or ()
             header = source.line_text(line).lstrip().startswith("network") if line else True
-            if (diag.code is d.UNEXPECTED_EOF or len(errors) >= MAX_SYNTAX_ERRORS or header
+            if (diag.code is d.UNEXPECTED_EOF or len(errors) >= MAX_SYNTAX_ERRORS or budget < 0 or header
                     or "NETWORK" in expected or not 1 <= line <= len(source.line_starts)):
                 return None, errors
             text = _neutralise(text, source, line, keep_statement=True)
@@ -116,6 +149,7 @@ def _neutralise(text: str, source: Source, line: int, keep_statement: bool) -> s
 def parse_expression(text: str, name: str = "<value>") -> ast.Expr:
     """Parse one expression (a `--set` value); raises SpecError."""
     source = Source.from_text(text, name)
+    _check_limits(source)
     _check_nesting(source)
     try:
         tree = parser().parse(text, start="expr")
@@ -128,25 +162,69 @@ def parse_expression(text: str, name: str = "<value>") -> ast.Expr:
     return expr
 
 
+def _opens_like_spec(text: str) -> bool:
+    """Whether the first token, after blanks, ';' and comments, is the `network` keyword."""
+    pos = _BLANKS.match(text).end()
+    while text.startswith("#", pos):
+        end = text.find("\n", pos)
+        if end == -1:
+            return False
+        pos = _BLANKS.match(text, end).end()
+    return _HEADER.match(text, pos) is not None
+
+
+def _check_limits(source: Source) -> None:
+    """Refuse a text too large to be a spec (E006) before lark reads it.
+
+    Checked in order of cost: characters (free), lines (one C-level count), tokens (a scan that
+    stops at the limit). A run of blank lines or ';' is a single token for lark, whose regex
+    engine nonetheless keeps ~600 bytes per repetition (3 MiB of newlines took 1.8 GB): the line
+    and token limits bound that too.
+    """
+    text = source.text
+
+    def refuse(offset: int, what: str, hint: str) -> d.SpecError:
+        return d.SpecError([d.Diagnostic(d.TOO_COMPLEX, what, _span_at(source, offset), hint)])
+
+    if len(text) > MAX_CHARS:
+        raise refuse(MAX_CHARS, f"the text is longer than {MAX_CHARS // 1024:,} KiB",
+                     "a spec is a short text file; split a collection of networks over several files")
+    if text.count("\n") + (not text.endswith("\n")) > MAX_LINES:
+        offset = -1
+        for _ in range(MAX_LINES):
+            offset = text.find("\n", offset + 1)
+        raise refuse(offset + 1, f"the text has more than {MAX_LINES:,} lines",
+                     "a spec is a short text file; split a collection of networks over several files")
+    for count, match in enumerate(_TOKEN.finditer(text), 1):
+        if count > MAX_TOKENS:
+            raise refuse(match.start(), f"the text has more than {MAX_TOKENS:,} tokens",
+                         "a spec is a short text file; split a collection of networks over several files")
+
+
+def _span_at(source: Source, offset: int) -> Span:
+    """A one-character span at `offset`, without building the text's whole line table."""
+    text = source.text
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    end = min(offset + 1, len(text))
+    return Span(source, line, column, line, column + (end - offset), offset, end)
+
+
 def _check_nesting(source: Source) -> None:
-    """Refuse absurd nesting before lark and the Transformer recurse into it."""
-    text, depth, i = source.text, 0, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "#":  # comments may hold any characters
-            end = text.find("\n", i)
-            i = len(text) if end == -1 else end
-            continue
+    """Refuse absurd nesting (E004) before anything walks it."""
+    depth = 0
+    for match in re.finditer(r"#[^\n]*|[(){}]", source.text):  # comments may hold any characters
+        ch = match.group()
         if ch in "({":
             depth += 1
             if depth > MAX_NESTING:
+                i = match.start()
                 raise d.SpecError([d.Diagnostic(
                     d.TOO_DEEP, f"brackets nested more than {MAX_NESTING} deep",
                     source.span(i, i + 1), "a spec never needs this much nesting; "
                     "use `repeat` for repeated blocks")])
         elif ch in ")}":
             depth = max(0, depth - 1)
-        i += 1
 
 
 _DESCRIPTIONS = {
@@ -167,12 +245,15 @@ def _describe_terminal(name: str) -> str:
     return name.lower()
 
 
-def _describe_token(token: Token) -> str:
+def _describe_token(token: Token, quote: bool = True) -> str:
+    """`name 'grwoth'`; only the kind (`a name`) when the text may not be quoted."""
     if token.type == "_NL":
         return "comment" if token.value.lstrip().startswith("#") else "end of line"
     if token.type == "$END":
         return "end of file"
     kind = {"NAME": "name", "NUMBER": "number", "SHAPE": "shape"}.get(token.type)
+    if not quote:
+        return kind or "symbol"
     return f"{kind} '{token.value}'" if kind else f"'{token.value}'"
 
 
@@ -206,12 +287,14 @@ def _translate(source: Source, e: lark.UnexpectedInput) -> d.Diagnostic:
         pos = e.pos_in_stream
         word = re.match(r"[0-9][0-9A-Za-z_.]*", source.text[pos:])
         if word and source.text[pos].isdigit():
-            return d.Diagnostic(d.BAD_NUMBER, f"'{word.group()}' is not a number",
+            shown = f"'{word.group()}'" if source.quotable else "a word starting with a digit"
+            return d.Diagnostic(d.BAD_NUMBER, f"{shown} is not a number",
                                 source.span(pos, pos + len(word.group())),
                                 "numbers look like 12, 0.5, 1e-4 or 5.668G (suffixes K M G T); "
                                 "write multiplication with '*', e.g. 2*growth")
         ch = source.text[pos]
-        return d.Diagnostic(d.BAD_CHARACTER, f"unexpected character {ch!r}", source.span(pos, pos + 1),
+        shown = f" {ch!r}" if source.quotable else ""
+        return d.Diagnostic(d.BAD_CHARACTER, f"unexpected character{shown}", source.span(pos, pos + 1),
                             "densedsl specs use names, numbers, shapes like 3x32x32, "
                             "= ( ) { } , ; + - * / // % and # comments")
     if isinstance(e, lark.UnexpectedEOF) or (isinstance(e, lark.UnexpectedToken) and e.token.type == "$END"):
@@ -227,7 +310,7 @@ def _translate(source: Source, e: lark.UnexpectedInput) -> d.Diagnostic:
             # point at the end of the previous line, not at the blank space before the comment
             start = token.start_pos
             span = source.span(start, start + 1) if token.value.startswith("#") else source.span(start, start)
-        found = _describe_token(token)
+        found = _describe_token(token, source.quotable)
         wanted = _describe_expected(expected)
         hint = None
         if "NAME" in expected and "NETWORK" not in expected and token.type == "NUMBER":
@@ -248,23 +331,43 @@ def _number(source: Source, token: Token) -> tuple[ast.Number | None, d.Diagnost
         scale, body = _SUFFIX[body[-1]], body[:-1]
     mantissa, _, exponent = body.lower().partition("e")
     span = Span.from_meta(source, token)
-    if len(mantissa) > _MAX_DIGITS or (exponent and abs(int(exponent)) > 1000):
-        return None, d.Diagnostic(d.BAD_NUMBER, f"the number '{text}' is absurdly large or precise",
+    shown = text if len(text) <= 40 else text[:20] + "…" + text[-8:]
+    if len(mantissa) > ast.MAX_DIGITS or (exponent and abs(int(exponent)) > 1000):
+        return None, d.Diagnostic(d.BAD_NUMBER, f"the number '{shown}' is absurdly large or precise",
                                   span, "network sizes are far smaller than this")
     value = Fraction(mantissa if mantissa not in ("", ".") else "0")
     if exponent:
         value *= Fraction(10) ** int(exponent)
-    return ast.Number(value=value * scale, text=text, span=span), None
+    value *= scale
+    if not ast.fits(value):
+        return None, d.Diagnostic(d.BAD_NUMBER, f"the number '{shown}' has more than {ast.MAX_DIGITS} digits",
+                                  span, "network sizes are far smaller than this")
+    return ast.Number(value=value, text=text, span=span), None
 
 
 @v_args(meta=True)
-class _Builder(Transformer):
-    """lark tree → ast nodes. Spans come from `meta` (propagate_positions=True)."""
+class _Builder(Transformer_NonRecursive):
+    """lark tree → ast nodes. Spans come from `meta` (propagate_positions=True).
+
+    Counts the operators of every expression as it builds it bottom-up, and refuses one with more
+    than MAX_OPERATORS (E006) once, at the innermost node that crosses the limit.
+    """
 
     def __init__(self, source: Source):
         super().__init__()
         self.source = source
         self.errors: list[d.Diagnostic] = []
+        self._sizes: dict[int, int] = {}  # id(expression node) -> its operators; 0 when absent
+
+    def _counted(self, node, children, extra: int = 0):
+        sizes = [self._sizes.get(id(c), 0) for c in children]
+        size = 1 + extra + sum(sizes)
+        self._sizes[id(node)] = size
+        if size > MAX_OPERATORS and max(sizes, default=0) <= MAX_OPERATORS:
+            self.errors.append(d.Diagnostic(
+                d.TOO_COMPLEX, f"the expression has more than {MAX_OPERATORS} operators", node.span,
+                "write the value itself, or split the computation over parameters"))
+        return node
 
     def _span(self, meta) -> Span | None:
         if getattr(meta, "empty", True):
@@ -306,7 +409,7 @@ class _Builder(Transformer):
     def _binop(op):
         def method(self, meta, children):
             left, right = children
-            return ast.BinOp(op=op, left=left, right=right, span=self._span(meta))
+            return self._counted(ast.BinOp(op=op, left=left, right=right, span=self._span(meta)), children)
         return method
 
     add, sub, mul = _binop("+"), _binop("-"), _binop("*")
@@ -314,10 +417,10 @@ class _Builder(Transformer):
     del _binop
 
     def neg(self, meta, children):
-        return ast.UnaryOp(op="-", operand=children[0], span=self._span(meta))
+        return self._counted(ast.UnaryOp(op="-", operand=children[0], span=self._span(meta)), children)
 
     def pos(self, meta, children):
-        return ast.UnaryOp(op="+", operand=children[0], span=self._span(meta))
+        return self._counted(ast.UnaryOp(op="+", operand=children[0], span=self._span(meta)), children)
 
     def number(self, meta, children):
         node, error = _number(self.source, children[0])
@@ -331,8 +434,10 @@ class _Builder(Transformer):
 
     def call(self, meta, children):
         func, *args = children
-        return ast.Call(func=str(func), args=tuple(a for a in args if a is not None),
-                        span=self._span(meta), func_span=Span.from_meta(self.source, func))
+        args = tuple(a for a in args if a is not None)
+        # each argument counts as an operator: `max(1,1,…)` with 100,000 arguments is refused too
+        return self._counted(ast.Call(func=str(func), args=args, span=self._span(meta),
+                                      func_span=Span.from_meta(self.source, func)), args, len(args))
 
     def SHAPE(self, token):
         span = Span.from_meta(self.source, token)

@@ -15,20 +15,27 @@ checkpoint and restored on resume. On the CPU a run killed after an epoch and re
 exactly the weights of an uninterrupted run.
 
 Run directory (`out`): `checkpoint.pt` (every epoch, atomically), `metrics.csv`, `curves.png`,
-`spec.dense` (a copy of the spec text). Only rank 0 writes.
+`spec.dense` (a copy of the spec text). Only rank 0 writes. A run holds an exclusive lock on the
+directory (`RUN_DIR/.lock`, fcntl.flock) for its whole life, so a second run into the same
+directory is refused (E910) instead of overwriting the first run's results; the kernel drops the
+lock when the process dies, so even a SIGKILLed run leaves no stale lock. A checkpoint is never
+written with non-finite weights, and one is read only after its CRCs and every entry check out
+(`densedsl.checkpoints`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
-import pickle
 import random
+import stat
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -39,21 +46,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from . import datasets
+from . import checkpoints, datasets
 from . import diagnostics as d
+from .checkpoints import CHECKPOINT, FORMAT, FORMAT_VERSION, METRIC_FIELDS
 from .diagnostics import Diagnostic, SpecError
 from .files import atomic_path, atomic_write
 from .network import Network
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 CURVES = "curves.png"
-FORMAT = "densedsl-checkpoint"
-FORMAT_VERSION = 1
+LOCK = ".lock"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
-METRIC_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                 "images_per_s", "seconds")
 
 # The paper's recipe (§4.2); `epochs` and `augment` depend on the data (datasets.describe).
 RECIPE = {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
@@ -206,47 +210,199 @@ def _checkpoint_error(path: Path, message: str, hint: str | None = None) -> Spec
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a densedsl training checkpoint (weights_only) and check that it is one."""
-    p = Path(path)
-    if p.is_dir() and (p / CHECKPOINT).is_file():
-        p = p / CHECKPOINT
-    if not p.is_file():
-        raise SpecError([Diagnostic(d.FILE_NOT_FOUND, "no such checkpoint", None,
-                                    f"pass RUN_DIR/{CHECKPOINT} (or the run directory)", file=str(p))])
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        why = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
-        raise _checkpoint_error(p, "not a weights-only densedsl checkpoint" + (f" ({why})" if why else ""),
-                                "densedsl train writes checkpoints that load with weights_only=True") from None
-    except (OSError, EOFError, RuntimeError, ValueError) as e:
-        # torch.load reports a truncated or foreign file as RuntimeError from its zip reader.
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise _checkpoint_error(p, f"cannot read the checkpoint: {first}",
-                                "the file may be truncated or not written by densedsl train") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise _checkpoint_error(p, "not a densedsl training checkpoint (no 'format' entry)",
-                                "use densedsl compile --weights for plain state_dicts")
-    if ckpt.get("version", 0) > FORMAT_VERSION:
-        raise _checkpoint_error(p, f"checkpoint format {ckpt['version']} is newer than this densedsl "
-                                f"reads ({FORMAT_VERSION})", "upgrade densedsl")
-    return ckpt
+    """Load a densedsl training checkpoint (a file, or the run directory holding one): refused
+    unless it is a regular file whose zip records match their CRC-32s (E913), that loads with
+    weights_only=True and whose every entry is one densedsl writes (E908). See `densedsl.checkpoints`."""
+    return checkpoints.read(path)
 
 
 def model_from_checkpoint(checkpoint: str | os.PathLike | dict, *, memory: str = "standard"):
     """(model with the checkpoint's weights, in eval mode, the Spec) from the checkpoint alone
     (a path, or what `read_checkpoint` returned)."""
+    if isinstance(checkpoint, dict):
+        checkpoints.check(checkpoint)
+        return _model_from_checkpoint(checkpoint, Path("checkpoint"), memory)
+    return _model_from_checkpoint(read_checkpoint(checkpoint), Path(checkpoint), memory)
+
+
+def _model_from_checkpoint(ckpt: dict, where: Path, memory: str):
     from .compiler import build_model, load_weights
-    ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
-    if ckpt.get("spec") is None:
-        raise _checkpoint_error(Path(str(ckpt.get("network", "checkpoint"))) if isinstance(checkpoint, dict)
-                                else Path(checkpoint), "the checkpoint holds no spec text (it was trained from "
-                                "a Network object)", "rebuild the model yourself and use "
+    if ckpt["spec"] is None:
+        raise _checkpoint_error(where, "the checkpoint holds no spec text (it was trained from a Network "
+                                "object)", "rebuild the model yourself and use "
                                 "densedsl.load_weights(model, checkpoint)")
     spec = spec_from_record(ckpt["spec"])
+    _check_checkpoint_data(ckpt, spec.network, where)
     model = build_model(spec.network, memory=memory)
     load_weights(model, ckpt["model"])
     return model.eval(), spec
+
+
+def _check_checkpoint_data(ckpt: dict, net: Network, where: Path) -> None:
+    """The data record must describe the spec's input and classes: its statistics normalise it."""
+    saved = ckpt["data"]
+    if tuple(saved["shape"]) != tuple(net.input):
+        raise _checkpoint_error(where, f"invalid checkpoint: 'data.shape' {saved['shape']} is not the spec's "
+                                f"input {'x'.join(map(str, net.input))}", "the file was edited")
+    if net.head is None or saved["classes"] != net.head.classes:
+        raise _checkpoint_error(where, f"invalid checkpoint: 'data.classes' {saved['classes']} is not the "
+                                "spec's number of classes", "the file was edited")
+
+
+# --- the run directory ---------------------------------------------------------------------------
+
+_held_locks: set[int] = set()
+
+
+def _close_held_locks() -> None:
+    """In a forked child (a DataLoader worker): drop its copy of the lock, which is the run's."""
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks)
+
+
+class RunLock:
+    """An exclusive `fcntl.flock` on RUN_DIR/.lock, held for the life of a run.
+
+    The kernel drops a flock when its process dies, however it dies, so a SIGKILLed run never
+    leaves a stale lock. `release` removes the lock file (and the directory, when this run
+    created it and wrote nothing into it); `acquire` therefore checks that the file it locked is
+    still the one at that path, or a run that released it meanwhile would leave two runs holding
+    locks on different files.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self.fd: int | None = None
+        self.created_dir = False
+
+    def acquire(self) -> "RunLock":
+        existed = self.run_dir.is_dir()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.created_dir = not existed
+            while True:
+                fd = self._open()
+                if not self._lock(fd):
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                    os.close(fd)
+                    raise SpecError([Diagnostic(
+                        d.RUN_EXISTS, "another densedsl train" + (f" (pid {holder})" if holder.isdigit() else "")
+                        + " is running in this run directory", None, "wait for it to finish, choose another "
+                        "--out, or omit --out to let train pick a fresh directory", file=str(self.run_dir))])
+                if self._still_at_path(fd):
+                    break
+                os.close(fd)  # removed by the run that just released it: lock the new file
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except FileExistsError:
+            raise SpecError([Diagnostic(d.CANNOT_WRITE, "the run directory is a file, not a directory",
+                                        None, "choose another --out", file=str(self.run_dir))]) from None
+        except OSError as e:
+            self._remove_dir_if_created()
+            raise SpecError([Diagnostic(d.CANNOT_WRITE, f"cannot create the run directory: {e.strerror or e}",
+                                        None, "check that the directory is writable",
+                                        file=str(self.run_dir))]) from None
+        self.fd = fd
+        _held_locks.add(fd)
+        return self
+
+    def _open(self) -> int:
+        # Never through a link: a run directory someone handed over could point .lock at a
+        # file of yours, which the pid written below would overwrite.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
+        except OSError as e:
+            if os.path.islink(self.path):
+                raise SpecError([Diagnostic(d.NOT_REGULAR, "the run directory's .lock is a symbolic link",
+                                            None, "remove it (densedsl creates .lock itself)",
+                                            file=str(self.path))]) from None
+            raise e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SpecError([Diagnostic(d.NOT_REGULAR, "the run directory's .lock is not a regular file",
+                                        None, "remove it (densedsl creates .lock itself)", file=str(self.path))])
+        return fd
+
+    @staticmethod
+    def _lock(fd: int) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock, as before
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:  # a file system without flock (some network mounts): no lock, as before
+            return True
+        return True
+
+    def _still_at_path(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _remove_dir_if_created(self) -> None:
+        if self.created_dir:
+            try:
+                self.run_dir.rmdir()  # only if empty: this run wrote nothing there
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        _held_locks.discard(self.fd)
+        try:
+            os.unlink(self.path)  # while still locked: see the class docstring
+        except OSError:
+            pass
+        self._remove_dir_if_created()
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextmanager
+def _run_directory(out, dd: "_Dist", device: torch.device):
+    """Rank 0 locks the run directory for the life of the run; when it cannot, every rank stops."""
+    if out is None:
+        yield
+        return
+    lock, refused = RunLock(out), None
+    if dd.main:
+        try:
+            lock.acquire()
+        except SpecError as e:
+            refused = e
+    if _agree(refused is not None, dd, device):
+        raise refused or SpecError([Diagnostic(d.RUN_EXISTS, "rank 0 could not take the run directory",
+                                               None, file=str(out))])
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _existing_run(run_dir: Path) -> str | None:
+    """The output of an earlier run that `run_dir` holds, if any."""
+    return next((name for name in (CHECKPOINT, METRICS) if (run_dir / name).exists()), None)
 
 
 # --- checks before training ------------------------------------------------------------------
@@ -281,6 +437,39 @@ def check_data(network: Network, desc: datasets.Description) -> list[Diagnostic]
             f"{desc.classes}", network.head.span, f"{fix}",
             file=None if network.head.span else "--data"))
     return problems
+
+
+def _check_settings(values: dict, threads: int | None) -> None:
+    """Every training setting against the rules a checkpoint is held to (E105), before any work:
+    a NaN learning rate, say, would otherwise take one step and save NaN weights."""
+    problems = checkpoints.setting_problems(values)
+    want = checkpoints.integer(1, 4096)(threads) if threads is not None else None
+    if want is not None:
+        problems.append(("threads", f"must be {want}, not {threads!r}"))
+    if problems:
+        raise SpecError([Diagnostic(d.OUT_OF_RANGE, f"{key.replace('_', ' ')} {problem}", None,
+                                    file="--" + key.replace("_", "-")) for key, problem in problems])
+
+
+def _check_batch_of_one(net: Network) -> None:
+    """Batches of one image fail in batch norm on a 1x1 map (the analysis' W206): refuse them
+    before training rather than crash at the first step. (A last batch of one is dropped.)"""
+    from .analysis import analyze
+    warning = next((w for w in analyze(net).diagnostics if w.code == d.TRAIN_TOO_SMALL), None)
+    if warning is not None:
+        raise SpecError([Diagnostic(d.OUT_OF_RANGE, f"batch size must be at least 2 for {net.name}: "
+                                    f"{warning.message}", None, warning.hint, file="--batch-size")])
+
+
+def _check_enough_data(data: datasets.Data, batch_size: int, dd: _Dist) -> None:
+    """A split must hold images, and an epoch at least one batch (E208): otherwise a run
+    "trains" zero steps and saves a checkpoint of its initial weights with a loss of 0."""
+    per_process = math.ceil(len(data.train) / dd.world)
+    if per_process == 1 and batch_size > 1:  # the batch of one is dropped (see the loop): no steps
+        raise SpecError([Diagnostic(
+            d.NO_DATA, f"{data.name} has {len(data.train)} training image{'s' if len(data.train) != 1 else ''}"
+            + (f" for {dd.world} processes" if dd.active else "") + ": one image per batch cannot be trained "
+            "on (batch norm needs two)", None, "train on a data set with more images", file="--data")])
 
 
 def _device(requested: str, dd: _Dist) -> torch.device:
@@ -365,8 +554,33 @@ class _Progress:
 
 
 class _Diverged(Exception):
-    def __init__(self, step: int, value: float):
-        self.step, self.value = step, value
+    def __init__(self, step: int, value: float | str, what: str = "the training loss"):
+        self.step, self.value, self.what = step, value, what
+
+
+def _diverged(e: _Diverged, epoch: int, optimizer, net: Network, last_checkpoint: Path | None) -> SpecError:
+    kept = (f"the last good checkpoint is {last_checkpoint} (epoch {epoch - 1})"
+            if last_checkpoint is not None else "no checkpoint was written")
+    return SpecError([Diagnostic(d.DIVERGED, f"{e.what} became {e.value} at epoch {epoch}, step {e.step} "
+                                 f"(learning rate {optimizer.param_groups[0]['lr']:g})", None,
+                                 f"{kept}; try a lower --lr, --amp bf16 or off instead of fp16, or check "
+                                 "the data", file=net.name)])
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor in `state` holding a NaN or an infinity."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _check_weights(model: nn.Module, step: int) -> None:
+    """After the last step of an epoch: the loss was finite, but the step that followed it may
+    not have been (a huge or NaN learning rate), and that step's weights would be saved."""
+    name = _non_finite(model.state_dict())
+    if name is not None:
+        raise _Diverged(step, "non-finite", f"the weights ({name.removeprefix('module.')})")
 
 
 def _loader(dataset, batches, workers: int, pin: bool, seed: int) -> DataLoader:
@@ -460,9 +674,11 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
                   weight_decay=weight_decay, gamma=gamma, augment=augment, seed=seed,
                   milestones=tuple(milestones) if milestones is not None else None)
     try:
-        return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp, memory=memory,
-                    workers=workers, threads=threads, sync_bn=sync_bn, max_steps=max_steps, out=out,
-                    resume=resume, log=log if dd.main else None, progress=progress, callback=callback)
+        with _run_directory(out, dd, _device(device, dd)):
+            return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
+                        memory=memory, workers=workers, threads=threads, sync_bn=sync_bn,
+                        max_steps=max_steps, out=out, resume=resume, log=log if dd.main else None,
+                        progress=progress, callback=callback)
     finally:
         if dd.created:
             dist.destroy_process_group()
@@ -485,10 +701,11 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: _Dis
                                         file=str(run_dir / CHECKPOINT))])
         ckpt = read_checkpoint(run_dir / CHECKPOINT)
         _check_same_spec(ckpt, record, run_dir)
-    elif run_dir is not None and (run_dir / CHECKPOINT).exists():
-        raise SpecError([Diagnostic(d.CONFLICT, "the run directory already holds a checkpoint", None,
-                                    "pass --resume to continue that run, or choose another --out",
-                                    file=str(run_dir))])
+    elif run_dir is not None and (found := _existing_run(run_dir)) is not None:
+        raise SpecError([Diagnostic(
+            d.RUN_EXISTS, f"the run directory already holds a run ({found})", None,
+            ("pass --resume to continue that run, " if found == CHECKPOINT else "")
+            + "choose another --out, or omit --out to let train pick a fresh directory", file=str(run_dir))])
 
     # Settings: explicit, else the checkpoint's, else the recipe / the data set's default.
     given = {"data": desc.name, **recipe}
@@ -503,6 +720,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: _Dis
         else:
             values[key], origin[key] = default, "default"
     values["milestones"] = tuple(values["milestones"])
+    if origin["nesterov"] == "default" and values["momentum"] == 0:
+        values["nesterov"] = False  # --momentum 0 asks for plain SGD: Nesterov needs momentum
     if ckpt:
         clashes = [f"{k} {given[k] if k != 'data' else desc.name} (checkpoint: {saved[k]})"
                    for k in _RESUME_FIXED
@@ -512,19 +731,21 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: _Dis
                                         "checkpoint's: " + "; ".join(clashes), None,
                                         "leave them out to continue the run as it was, or start a "
                                         "new run with another --out", file=str(run_dir / CHECKPOINT))])
-    if values["augment"] not in datasets.AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {', '.join(datasets.AUGMENTATIONS)}, not {values['augment']!r}")
-    for key, low in (("epochs", 1), ("batch_size", 1)):
-        if int(values[key]) < low:
-            raise ValueError(f"{key} must be at least {low}, got {values[key]}")
+    _check_settings({**values, "memory": memory, "workers": workers if workers is not None else 0,
+                     "max_steps": max_steps}, threads)
+    if int(values["batch_size"]) == 1:
+        _check_batch_of_one(net)
 
     dev = _device(device, dd)
     amp = _amp(amp, dev)
+    from .budget import check_training  # E307 before the data set or the model is allocated
+    check_training(net, batch=int(values["batch_size"]), mode=memory, device=dev)
     if threads is not None:
         torch.set_num_threads(threads)
     if sync_bn and not dd.active:
         sync_bn = False  # one process: nothing to synchronise
     data = datasets.load(desc, shape=net.input, classes=net.head.classes)
+    _check_enough_data(data, int(values["batch_size"]), dd)
     workers = workers if workers is not None else (min(4, os.cpu_count() or 1)
                                                    if desc.kind == "folder" and dev.type == "cuda" else 0)
     config = Config(data=desc.name, epochs=int(values["epochs"]), batch_size=int(values["batch_size"]),
@@ -554,16 +775,16 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: _Dis
     metrics: list[dict[str, float]] = []
     start_epoch = 0
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+        _restore(ckpt, model, optimizer, scheduler, scaler, run_dir / CHECKPOINT)
         metrics = [dict(row) for row in ckpt["metrics"]]
         start_epoch = int(ckpt["epoch"])
         states = ckpt["rng"]
         if len(states) == dd.world:
-            _set_rng_state(states[dd.rank])
+            try:
+                _set_rng_state(states[dd.rank])
+            except (RuntimeError, ValueError, TypeError) as e:  # CUDA states are checked only here
+                raise _checkpoint_error(run_dir / CHECKPOINT, f"invalid checkpoint: 'rng[{dd.rank}]' is not a "
+                                        f"random state this machine accepts ({e})", "the file was edited") from None
         say(f"resumed from {run_dir / CHECKPOINT} after epoch {start_epoch}")
     trained = nn.parallel.DistributedDataParallel(
         model, device_ids=[dev.index] if dev.type == "cuda" else None) if dd.active else model
@@ -592,17 +813,14 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: _Dis
                 trained, loader, optimizer, scaler, data, config, dev, amp, mean, std, augment_rng,
                 dd, _Progress(log, progress, len(batches.sampler) * dd.world, epoch, config.epochs), limit)
         except _Diverged as e:
-            kept = (f"the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch - 1})"
-                    if last_checkpoint is not None else "no checkpoint was written")
-            raise SpecError([Diagnostic(d.DIVERGED, f"the training loss became {e.value} at epoch {epoch}, "
-                                        f"step {e.step} (learning rate {optimizer.param_groups[0]['lr']:g})",
-                                        None, f"{kept}; try a lower --lr, --amp bf16 or off instead of "
-                                        "fp16, or check the data", file=net.name)]) from None
+            raise _diverged(e, epoch, optimizer, net, last_checkpoint) from None
         steps_done += steps
         train_seconds = time.perf_counter() - t0
         lr_now = optimizer.param_groups[0]["lr"]
         test_loss, test_acc, _, _ = _evaluate(model, data, device=dev, amp=amp, batch_size=max(256, config.batch_size),
                                               workers=workers, dd=dd, norm=(mean, std))
+        if not math.isfinite(test_loss):  # finite weights can still overflow the logits
+            raise _diverged(_Diverged(steps, test_loss, "the test loss"), epoch, optimizer, net, last_checkpoint)
         row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss, "train_acc": acc,
                "test_loss": test_loss, "test_acc": test_acc,
                "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
@@ -731,6 +949,7 @@ def _train_epoch(model, loader, optimizer, scaler, data, config: Config, device,
             else:
                 bar.update(len(y) * dd.world, None, None)
         _check_finite(first_bad, bad_value, dd, device)
+        _check_weights(model, steps)
     finally:
         bar.close()
     total_loss, total_correct, total_seen = _all_sum([float(loss_sum), float(correct), seen], dd, device)
@@ -747,8 +966,26 @@ def _check_finite(first_bad: torch.Tensor, bad_value: torch.Tensor, dd: _Dist, d
         raise _Diverged(int(step), float(bad_value) if int(first_bad) >= 0 else float("nan"))
 
 
+def _restore(ckpt: dict, model, optimizer, scheduler, scaler, path: Path) -> None:
+    """Load a validated checkpoint's states; one that does not fit this model is E908, not a crash."""
+    from .compiler import load_weights
+    load_weights(model, ckpt["model"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise _checkpoint_error(path, f"invalid checkpoint: its optimizer state does not fit the model ({e})",
+                                "the file was edited, or written for another spec") from None
+
+
 def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, epoch: int, metrics, config: Config,
                      record: dict | None, data: datasets.Data, net: Network, rng: list[dict]) -> None:
+    bad = _non_finite(model.state_dict())
+    if bad is not None:  # never reached (the loop checks first); the last line of defence
+        raise SpecError([Diagnostic(d.DIVERGED, f"refusing to save non-finite weights ({bad})", None,
+                                    file=str(path))])
     state = {
         "format": FORMAT, "version": FORMAT_VERSION, "epoch": epoch,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -761,8 +998,13 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, epoch: int
                  "pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)},
         "torch": str(torch.__version__),  # TorchVersion itself does not load with weights_only
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    crc = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)  # read_checkpoint checks every record's CRC-32
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    finally:
+        torch.serialization.set_crc32_options(crc)
 
 
 def _write_metrics(path: Path, metrics: list[dict]) -> None:
@@ -812,6 +1054,7 @@ def _report(say: Log, net: Network, record: dict | None, data: datasets.Data, co
          "  (paper)" if all(origin[k] == "default" for k in ("momentum", "nesterov", "weight_decay")) else ""),
         ("augmentation", config.augment, why("augment", f"default for {data.description.kind}")),
         ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)"),
+        *([("resize", data.resized, "  (folder images to the spec's input)")] if data.resized else []),
         ("seed", str(config.seed), why("seed", "default")),
         ("device", config.device + (f" ×{dd.world} processes" if dd.active else ""), ""),
         ("precision", "float32" if config.amp == "off" else f"autocast {config.amp}", ""),
@@ -838,8 +1081,12 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
     it was trained on), normalised with the training run's statistics."""
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', not {split!r}")
+    _check_settings({"batch_size": batch_size, **({"workers": workers} if workers is not None else {})}, None)
     ckpt = read_checkpoint(checkpoint)
-    model, spec = model_from_checkpoint(ckpt)
+    if ckpt["spec"] is not None:  # E307 before building: a checkpoint may carry a spec too large here
+        from .budget import check_evaluation
+        check_evaluation(spec_from_record(ckpt["spec"]).network, batch=batch_size, device=device)
+    model, spec = _model_from_checkpoint(ckpt, Path(checkpoint), "standard")
     net = spec.network
     desc = datasets.describe(data or ckpt["data"]["name"])
     d.raise_if_errors(check_data(net, desc))
@@ -865,16 +1112,22 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
 
 
 def default_run_dir(network: str, data: str, *, resume: bool, root: str | os.PathLike = "runs") -> Path:
-    """runs/NAME-DATA, or NAME-DATA-2, -3 ... when taken; with resume, the newest that has a checkpoint."""
+    """runs/NAME-DATA, or NAME-DATA-2, -3 ... when taken (holding anything: a finished run, a run
+    in progress, a smoke test's metrics); with resume, the newest that has a checkpoint."""
     kind = datasets.describe(data).kind
     base = Path(root) / f"{network}-{kind}"
     taken = [base] + sorted(Path(root).glob(f"{network}-{kind}-*"))
     if resume:
         with_ckpt = [p for p in taken if (p / CHECKPOINT).is_file()]
         return max(with_ckpt, key=lambda p: (p / CHECKPOINT).stat().st_mtime) if with_ckpt else base
-    if not (base / CHECKPOINT).exists():
-        return base
-    i = 2
-    while (Path(root) / f"{network}-{kind}-{i}" / CHECKPOINT).exists():
-        i += 1
-    return Path(root) / f"{network}-{kind}-{i}"
+    candidates = (base if i == 1 else Path(root) / f"{network}-{kind}-{i}" for i in itertools.count(1))
+    return next(p for p in candidates if not _holds_anything(p))
+
+
+def _holds_anything(path: Path) -> bool:
+    try:
+        return next(path.iterdir(), None) is not None
+    except FileNotFoundError:
+        return False
+    except OSError:  # a file, or unreadable: not a directory to train into
+        return True

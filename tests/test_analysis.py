@@ -6,7 +6,6 @@ import dataclasses
 import math
 import subprocess
 import sys
-import time
 from fractions import Fraction
 
 import pytest
@@ -14,7 +13,8 @@ import pytest
 import densedsl
 import networks as N
 from conftest import ROOT
-from densedsl.analysis import HARD_MAX_PARAMS, MinInputSize, analyze
+from densedsl import costs
+from densedsl.analysis import MinInputSize, _check_invariants, analyze
 from densedsl.diagnostics import SpecError
 from densedsl.network import Conv, DenseBlock, Expectation, Network, Stem, Transition
 
@@ -88,12 +88,47 @@ def test_seed_models():
 
 
 def test_every_zoo_file_analyses_cleanly():
+    """analyze raises on any error, E205 among them, so an E205 can never reach a.diagnostics:
+    run the invariant checker itself on each analysed graph, where its findings are visible."""
     from conftest import ZOO
     assert ZOO
     for path in ZOO:
         for spec in densedsl.spec.load_all(path):
             a = analyze(spec.network)
-            assert not [x for x in a.diagnostics if x.code.code == "E205"]
+            assert _check_invariants(spec.network, a.graph, a.stages) == [], path.name
+
+
+def _drop_dense_edge(g, block: str = "denseblock1") -> None:
+    g.remove_edge(f"{block}.x0", f"{block}.denselayer2.concat")
+
+
+@pytest.mark.parametrize("damage", ["drop a dense edge", "add a skip edge", "widen a concat"])
+def test_invariant_checker_finds_a_broken_graph(a121, damage):
+    """The checker the zoo test relies on is not vacuous: each kind of damage is an E205."""
+    g = a121.graph.copy()
+    if damage == "drop a dense edge":
+        _drop_dense_edge(g)
+    elif damage == "add a skip edge":
+        g.add_edge("stem.conv0", "denseblock2.denselayer3.concat", kind="dense", shape=(64, 56, 56))
+    else:
+        concat = g.nodes["denseblock3.denselayer5.concat"]
+        concat["out_shape"] = (concat["out_shape"][0] + 1, *concat["out_shape"][1:])
+    problems = _check_invariants(a121.network, g, a121.stages)
+    assert problems and {x.code.code for x in problems} == {"E205"}
+
+
+def test_a_broken_lowering_raises_e205(monkeypatch, a121):
+    lower = densedsl.analysis.graph_.lower
+
+    def broken(*args, **kwargs):
+        g = lower(*args, **kwargs)
+        _drop_dense_edge(g, "denseblock2")
+        return g
+
+    monkeypatch.setattr(densedsl.analysis.graph_, "lower", broken)
+    with pytest.raises(SpecError) as e:
+        analyze(a121.network)
+    assert "E205" in codes(e)
 
 
 def test_stages_add_up(a121):
@@ -234,29 +269,36 @@ def test_e303_expectations():
     (DenseBlock(index=1, layers=100, growth=10**6, bottleneck=4),),
     tuple(DenseBlock(index=i, layers=40, growth=12) for i in range(1, 2000)),
 ])
-def test_e304_refused_fast_without_a_graph(stages):
+def test_e304_refused_without_a_graph(stages, monkeypatch):
+    """Refused from the closed form, before any graph is built (how long that takes is measured
+    by bench/bench_analysis.py, not asserted here)."""
+    def no_graph(*args, **kwargs):
+        raise AssertionError("a graph was built for a network refused from its size")
+
+    monkeypatch.setattr(densedsl.analysis.graph_, "lower", no_graph)
     net = dataclasses.replace(N.tiny(), stages=stages)
-    start = time.perf_counter()
     with pytest.raises(SpecError) as e:
         analyze(net)
-    assert time.perf_counter() - start < 0.5
     assert codes(e) == ["E304"]
 
 
-def test_hard_params_ceiling_ignores_max_params():
+def test_hard_params_ceiling_ignores_max_params(monkeypatch):
     net = dataclasses.replace(N.tiny(), stages=(DenseBlock(index=1, layers=200, growth=10**5, bottleneck=4),))
     with pytest.raises(SpecError) as e:
         analyze(net, max_params=math.inf)
     assert codes(e) == ["E304"]
-    assert "parameters" in e.value.diagnostics[0].message
-    assert HARD_MAX_PARAMS == 10**12
-
-
-def test_densenet264_is_fast():
-    net = N.torchvision(264)
-    start = time.perf_counter()
-    analyze(net)
-    assert time.perf_counter() - start < 1.0
+    message = e.value.diagnostics[0].message
+    assert f"{costs.predict(net).params:,} parameters" in message and "(1 T)" in message
+    # The ceiling is HARD_MAX_PARAMS, inclusive, whatever max_params says: moved to a small
+    # network's exact count, it refuses that network, and one parameter higher it lets it pass.
+    tiny = N.tiny()
+    count = costs.predict(tiny).params
+    monkeypatch.setattr(densedsl.analysis, "HARD_MAX_PARAMS", count)
+    with pytest.raises(SpecError) as e:
+        analyze(tiny, max_params=math.inf)
+    assert codes(e) == ["E304"]
+    monkeypatch.setattr(densedsl.analysis, "HARD_MAX_PARAMS", count + 1)
+    assert analyze(tiny, max_params=math.inf).params == count
 
 
 def test_importing_analysis_does_not_import_torch():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
-from densedsl.cli import main
+from densedsl.cli import build_parser, main
 
 from conftest import ROOT, ZOO
 
@@ -142,3 +143,114 @@ def test_light_commands_do_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# --- option values are checked where they are parsed (exit 2, never an internal error) -----------
+
+TINY = str(ROOT / "specs/tiny_digits.dense")
+TRAIN = ("train", TINY, "--data", "digits")
+
+
+@pytest.mark.parametrize("argv, option, words", [
+    (("summary", TINY, "--batch", "0"), "--batch", "from 1 to"),
+    (("diff", TINY, "--batch", "-3"), "--batch", "from 1 to"),
+    (("sweep", TINY, "--grid", "growth=4,8", "--batch", "0"), "--batch", "from 1 to"),
+    (("summary", TINY, "--input", "1x" + "9" * 5000 + "x8"), "--input", "CxHxW"),
+    (("summary", TINY, "--input", "1x²x8"), "--input", "CxHxW"),
+    (("check", TINY, "--max-memory", "1e400"), "--max-memory", "too large"),
+    (("sweep", TINY, "--grid", "growth=4,8", "--max-params", "1e400"), "--max-params", "too large"),
+    (("sweep", TINY, "--grid", "growth=4,8", "--max-flops", "1e400"), "--max-flops", "too large"),
+    (("explain", TINY, "--block", "0"), "--block", "from 1 to"),
+    (("explain", TINY, "--block", "1", "--layer", "-1"), "--layer", "from 1 to"),
+    (("render", TINY, "-o", "x.dot", "--expand", "0"), "--expand", "from 1 to"),
+    (("compile", TINY, "-o", "x.pt", "--memory-limit", "0"), "--memory-limit", "at least 1 byte"),
+    (("compile", TINY, "-o", "x.pt", "--memory-limit", "1e400"), "--memory-limit", "not a size"),
+    ((*TRAIN, "--epochs", "0"), "--epochs", "from 1 to"),
+    ((*TRAIN, "--epochs", "-1"), "--epochs", "from 1 to"),
+    ((*TRAIN, "--batch-size", "0"), "--batch-size", "from 1 to"),
+    ((*TRAIN, "--lr", "-0.1"), "--lr", "[0, ∞)"),
+    ((*TRAIN, "--lr", "nan"), "--lr", "finite"),
+    ((*TRAIN, "--lr", "inf"), "--lr", "finite"),
+    ((*TRAIN, "--momentum", "-1"), "--momentum", "[0, 1)"),
+    ((*TRAIN, "--momentum", "1"), "--momentum", "[0, 1)"),
+    ((*TRAIN, "--weight-decay", "-1"), "--weight-decay", "[0, ∞)"),
+    ((*TRAIN, "--milestones", "0.5", "nan"), "--milestones", "fraction of the epochs"),
+    ((*TRAIN, "--milestones", "1.5"), "--milestones", "(0, 1]"),
+    ((*TRAIN, "--milestones", "0"), "--milestones", "(0, 1]"),
+    ((*TRAIN, "--gamma", "-1"), "--gamma", "(0, 1]"),
+    ((*TRAIN, "--gamma", "nan"), "--gamma", "finite"),
+    ((*TRAIN, "--workers", "-1"), "--workers", "from 0 to 1,024"),
+    ((*TRAIN, "--threads", "0"), "--threads", "from 1 to"),
+    ((*TRAIN, "--seed", "1e20"), "--seed", "whole number"),
+    ((*TRAIN, "--seed", "100000000000000000000"), "--seed", "whole number"),
+    ((*TRAIN, "--seed", str(-(2**63) - 1)), "--seed", "from -9,223,372,036,854,775,808 to"),
+    ((*TRAIN, "--max-steps", "0"), "--max-steps", "from 1 to"),
+    ((*TRAIN, "--memory-limit", "lots"), "--memory-limit", "not a size"),
+    (("eval", "run", "--batch-size", "0"), "--batch-size", "from 1 to"),
+    (("eval", "run", "--workers", "-1"), "--workers", "from 0 to 1,024"),
+])
+def test_bad_option_values_are_usage_errors(capsys, argv, option, words):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert f"argument {option}" in err and words in err and "Traceback" not in err
+
+
+def test_option_values_at_the_edges_stay_valid():
+    parser = build_parser()
+    args = parser.parse_args([*TRAIN, "--lr", "0", "--weight-decay", "0", "--milestones", "0.01", "1",
+                              "--gamma", "1", "--momentum", "0", "--workers", "0", "--seed", "-1",
+                              "--epochs", "1", "--seed", str(2**63 - 1), "--memory-limit", "none"])
+    assert args.lr == 0.0 and args.momentum == 0.0 and args.milestones == [0.01, 1.0] and args.seed == 2**63 - 1
+    assert args.memory_limit == float("inf")
+    assert parser.parse_args(["summary", TINY, "--batch", "1_000", "--input", "3X32x32"]).batch == 1000
+
+
+def test_every_numeric_option_is_validated():
+    """A new option with plain `type=int` or `type=float` would let 0, -1, nan or 1e400 through."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.type not in (int, float), f"{name} {action.option_strings}: use a checked type"
+
+
+def test_malformed_set_is_bad_override(capsys):
+    for item in ("depth", "=3", " =1"):
+        code, _, err = run(capsys, "check", TINY, "--set", item)
+        assert code == 1 and "error[E118]" in err and "NAME=VALUE" in err
+    code, _, err = run(capsys, "diff", TINY, "--old-set", "depth")
+    assert code == 1 and "--old-set: error[E118]: --old-set expects NAME=VALUE" in err
+
+
+def test_a_missing_optional_package_is_e911_with_the_extra(capsys, monkeypatch):
+    import densedsl.cli as cli
+
+    def needs_tqdm(args):
+        raise ModuleNotFoundError("No module named 'tqdm'", name="tqdm")
+    monkeypatch.setattr(cli, "_cmd_check", needs_tqdm)
+    code, _, err = run(capsys, "check", TINY)
+    assert code == 1 and "error[E911]" in err and "tqdm" in err and 'densedsl[train]' in err
+
+    def bug(args):
+        raise ModuleNotFoundError("No module named 'densedsl.nothing'", name="densedsl.nothing")
+    monkeypatch.setattr(cli, "_cmd_check", bug)
+    code, _, err = run(capsys, "check", TINY)
+    assert code == 3 and "internal error" in err
+
+
+def test_heatmap_without_matplotlib_is_e911(tmp_path, monkeypatch):
+    from densedsl import SpecError
+    from densedsl.heatmap import write_heatmap
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib now fails
+    with pytest.raises(SpecError) as e:
+        write_heatmap([[[1.0]]], tmp_path / "h.png")
+    assert "E911" in str(e.value) and "matplotlib" in str(e.value) and 'densedsl[train]' in str(e.value)
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_onnx_without_onnx_is_e911(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    code, _, err = run(capsys, "compile", TINY, "-o", str(tmp_path / "m.onnx"))
+    assert code == 1 and "error[E911]" in err and 'densedsl[onnx]' in err

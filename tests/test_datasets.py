@@ -196,6 +196,9 @@ def test_folder_resizes_and_converts_per_spec(tmp_path):
     assert images[0, :, 4, 4].tolist() == [255, 0, 0] and images[1, :, 4, 4].tolist() == [0, 0, 255]
     gray = datasets.load(desc, shape=(1, 5, 5), classes=2)
     assert gray.test[0][0].shape == (1, 5, 5)
+    # The resize is said, not silent: the run's report prints it.
+    assert data.resized == "from 10x12 … 10x14 to 8x8, bilinear (sizes of a sample of 6 images)"
+    assert datasets.load(desc, shape=(3, 10, 13), classes=2).resized.startswith("from 10x12 … 10x14 to 10x13")
 
 
 def test_folder_problems(tmp_path):
@@ -260,3 +263,145 @@ def test_prepare_batch_flip_and_normalise_are_deterministic():
     plain = (images.float() - 1) / 2
     for i in range(2):
         assert torch.equal(a[i], plain[i]) or torch.equal(a[i], plain[i].flip(2))
+
+
+# --- hostile and broken files: refused before allocating ----------------------------------------
+
+def _gzip_idx(path, dims: list[int], payload_bytes: int) -> None:
+    """An IDX file, gzipped, whose header says `dims` and whose data is `payload_bytes` zeros."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(bytes([0, 0, 8, len(dims)]) + b"".join(struct.pack(">I", n) for n in dims))
+        for _ in range(payload_bytes // (1 << 20)):
+            f.write(bytes(1 << 20))
+        f.write(bytes(payload_bytes % (1 << 20)))
+
+
+def test_an_idx_header_promising_more_than_the_limit_is_refused_before_reading(tmp_path):
+    _write_mnist(tmp_path, gz=True)
+    _gzip_idx(tmp_path / "train-images-idx3-ubyte.gz", [4_000_000, 28, 28], 10)  # 2.9 GiB promised
+    with pytest.raises(SpecError) as e:
+        datasets.load(f"mnist:{tmp_path}", shape=(1, 28, 28), classes=10)
+    assert _codes(e.value) == ["E908"] and "4000000x28x28" in str(e.value) and "1 GiB" in str(e.value)
+    (tmp_path / "train-images-idx3-ubyte.gz").unlink()  # uncompressed: the file's size is known
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx([100, 28, 28], [0] * 50))
+    with pytest.raises(SpecError) as e:
+        datasets.load(f"mnist:{tmp_path}", shape=(1, 28, 28), classes=10)
+    assert "promises 100x28x28 values but the file holds 50" in str(e.value)
+
+
+def test_a_gzip_stream_longer_than_its_header_is_read_only_up_to_the_promise(tmp_path):
+    import tracemalloc
+    _write_mnist(tmp_path, gz=True)
+    # 3 images promised, 64 MiB of zeros in the stream (a 64 KiB file): a bomb, within the limit.
+    _gzip_idx(tmp_path / "train-images-idx3-ubyte.gz", [3, 28, 28], 64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpecError) as e:
+            datasets.load(f"mnist:{tmp_path}", shape=(1, 28, 28), classes=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert _codes(e.value) == ["E908"] and "holds more than 2352" in str(e.value)
+    assert peak < 16 << 20  # the stream was not decompressed whole
+
+
+def test_a_damaged_gzip_stream_is_a_bad_file(tmp_path):
+    _write_mnist(tmp_path, gz=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    intact = path.read_bytes()
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name
+    for damaged in (header + b"\x07" + bytes(8),  # a deflate block of the reserved type 3: zlib.error
+                    intact[:-8] + bytes(8)):       # the right data, a wrong CRC-32: BadGzipFile
+        path.write_bytes(damaged)
+        with pytest.raises(SpecError) as e:
+            datasets.load(f"mnist:{tmp_path}", shape=(1, 28, 28), classes=10)
+        assert _codes(e.value) == ["E908"] and "train-images" in str(e.value)
+
+
+def test_idx_images_of_another_size_than_the_spec_are_refused(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx([2, 20, 20], [0] * 800))
+    with pytest.raises(SpecError) as e:
+        datasets.load(f"mnist:{tmp_path}", shape=(1, 28, 28), classes=10)
+    assert _codes(e.value) == ["E207"]
+    assert "the spec's input is 1x28x28 but the test images of mnist:" in str(e.value)
+    assert "are 1x20x20" in str(e.value)
+
+
+def test_folder_images_already_at_the_spec_size_need_no_resize_note(tmp_path):
+    _write_folder(tmp_path)  # 12x10, 13x10 and 14x10 (width x height)
+    for image in (tmp_path / "train").rglob("*.png"):
+        if image.name != "0.png":
+            image.unlink()
+    assert datasets.load(f"folder:{tmp_path}", shape=(3, 10, 12), classes=2).resized is None
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_is_no_data(tmp_path, split):
+    _write_mnist(tmp_path, gz=False, **{f"n_{split}": 0})
+    with pytest.raises(SpecError) as e:
+        datasets.load(f"mnist:{tmp_path}", shape=(1, 28, 28), classes=10)
+    assert _codes(e.value) == ["E208"]
+    assert f"the {'training' if split == 'train' else 'test'} split" in str(e.value)
+
+
+def test_a_folder_split_without_images_is_no_data(tmp_path):
+    _write_folder(tmp_path)
+    for image in (tmp_path / "test").rglob("*.png"):
+        image.unlink()
+    with pytest.raises(SpecError) as e:
+        datasets.load(f"folder:{tmp_path}", shape=(3, 8, 8), classes=2)
+    assert _codes(e.value) == ["E208"]
+
+
+def test_a_fifo_in_place_of_a_data_file_is_refused(tmp_path):
+    import os
+    import threading
+    _write_cifar10(tmp_path)
+    fifo = tmp_path / "test_batch.bin"
+    fifo.unlink()
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    outcome: list = []
+
+    def load() -> None:
+        try:
+            datasets.load(f"cifar10:{tmp_path}", shape=(3, 32, 32), classes=10)
+        except SpecError as e:
+            outcome.append(_codes(e))
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=20)
+    if loader.is_alive():  # unblock it, so the test fails instead of hanging
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert outcome == [["E912"]]
+
+
+def test_cifar_file_larger_than_the_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, records_per_file=3)
+    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 2 * 3073)
+    with pytest.raises(SpecError) as e:
+        datasets.load(f"cifar10:{tmp_path}", shape=(3, 32, 32), classes=10)
+    assert _codes(e.value) == ["E908"] and "3 records" in str(e.value)
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header declares width x height; Pillow reads only the header on open."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height, says", [(9000, 9000, "9000x9000 pixels, more than densedsl decodes"),
+                                                 (20000, 20000, "too large to decode")])
+def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path, width, height, says):
+    # 9000x9000 passes Pillow's own bomb check (with a warning); 20000x20000 fails it (raises).
+    _write_folder(tmp_path)
+    _png_header_only(tmp_path / "train" / "cat" / "0.png", width, height)
+    with pytest.raises(SpecError) as e:
+        datasets.load(f"folder:{tmp_path}", shape=(3, 8, 8), classes=2)  # the statistics read it
+    assert _codes(e.value) == ["E908"] and "0.png" in str(e.value) and says in str(e.value)

@@ -319,6 +319,44 @@ def test_cli_render(root: Path, tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bc.dot"]
 
 
+def _fake_dot(directory: Path, script: str) -> None:
+    """A `dot` on PATH that runs `script` (sh) instead of drawing."""
+    directory.mkdir()
+    dot = directory / "dot"
+    dot.write_text(f"#!/bin/sh\n{script}\n")
+    dot.chmod(0o755)
+
+
+@pytest.mark.parametrize("script, said", [
+    # Exits before reading its input: densedsl's write into dot's stdin breaks the pipe.
+    ('echo "Error: out of memory in the layout" >&2; exit 1', "Error: out of memory in the layout"),
+    ("kill -9 $$", "killed by SIGKILL"),
+    ("exit 0", "it wrote nothing"),
+])
+def test_any_dot_failure_is_e914_naming_dot(root: Path, tmp_path: Path, monkeypatch, capsys,
+                                            script: str, said: str) -> None:
+    _fake_dot(tmp_path / "bin", script)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    out = tmp_path / "out" / "dn121.svg"
+    out.parent.mkdir()
+    # Large enough (about 1 MB of DOT) that dot's early exit breaks densedsl's pipe into it.
+    status = main(["render", str(root / "specs" / "densenet264.dense"), "--detail", "layers", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert "error[E914]" in err and "`dot`" in err and said in err
+    assert list(out.parent.iterdir()) == []
+
+
+@needs_dot
+def test_huge_network_name_still_renders(seed: Analysis, tmp_path: Path) -> None:
+    """A 1,000,000-character name (dot's strings end at 16,384) is shown cut, not fatal."""
+    import dataclasses
+    huge = analyze(dataclasses.replace(seed.network, name="n" * 1_000_000))
+    out = tmp_path / "huge.svg"
+    diagram.write(diagram.to_digraph(huge), out)
+    assert "999,800 more characters" in out.read_text(encoding="utf-8")
+
+
 # --- with Graphviz -----------------------------------------------------------------------------
 
 @needs_dot

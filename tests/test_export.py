@@ -17,8 +17,6 @@ from densedsl.export import python_source  # noqa: E402
 from densedsl.modules import DenseNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_analysis = pytest.mark.skipif(not (ROOT / "densedsl" / "analysis.py").exists(),
-                                    reason="densedsl.analysis has not landed yet")
 
 SPEC = """
 network tiny(growth=4) {
@@ -60,7 +58,6 @@ def _exec_source(text: str) -> dict:
     return namespace
 
 
-@needs_analysis
 def test_compile_pt_is_a_weights_only_state_dict(spec_file, tmp_path, capsys):
     out = tmp_path / "tiny.pt"
     assert cli.main(["compile", str(spec_file), "-o", str(out)]) == 0
@@ -71,7 +68,6 @@ def test_compile_pt_is_a_weights_only_state_dict(spec_file, tmp_path, capsys):
     assert "parameters" in capsys.readouterr().err
 
 
-@needs_analysis
 def test_compile_set_and_network_options(spec_file, tmp_path):
     out = tmp_path / "wide.pt"
     assert cli.main(["compile", str(spec_file), "--network", "tiny", "--set", "growth=6",
@@ -113,7 +109,6 @@ def test_python_source_runs_as_a_script(spec_file, tmp_path):
     assert "output (1, 5)" in done.stdout
 
 
-@needs_analysis
 def test_compile_onnx_matches_pytorch(spec_file, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -17,7 +17,8 @@ import torch
 import densedsl
 from densedsl import cli
 from densedsl.diagnostics import SpecError
-from densedsl.train import CHECKPOINT, default_run_dir, evaluate, read_checkpoint, train
+from densedsl import checkpoints
+from densedsl.train import CHECKPOINT, RunLock, default_run_dir, evaluate, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,11 +118,11 @@ def test_resume_refuses_what_would_change_the_run(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(SpecError) as e:
         train(SPEC, epochs=1, out=run, resume=True, **FAST)
-    assert _codes(e.value) == ["E901"]
+    assert _codes(e.value) == ["E901"] and not run.exists()  # the failed run leaves nothing behind
     train(SPEC, epochs=1, out=run, **FAST)
     with pytest.raises(SpecError) as e:
         train(SPEC, epochs=1, out=run, **FAST)
-    assert _codes(e.value) == ["E116"] and "--resume" in str(e.value)
+    assert _codes(e.value) == ["E910"] and "--resume" in str(e.value)
     with pytest.raises(SpecError) as e:
         train(SPEC, epochs=1, lr=0.05, out=run, resume=True, **FAST)
     assert _codes(e.value) == ["E116"] and "lr 0.05 (checkpoint: 0.1)" in str(e.value)
@@ -180,9 +181,107 @@ def test_folder_data_trains_at_the_spec_size(tmp_path):
 def test_default_run_dir_never_reuses_a_finished_run(tmp_path):
     assert default_run_dir("t", "digits", resume=False, root=tmp_path) == tmp_path / "t-digits"
     (tmp_path / "t-digits").mkdir()
+    assert default_run_dir("t", "digits", resume=False, root=tmp_path) == tmp_path / "t-digits"  # empty
     (tmp_path / "t-digits" / CHECKPOINT).write_bytes(b"")
     assert default_run_dir("t", "digits", resume=False, root=tmp_path) == tmp_path / "t-digits-2"
     assert default_run_dir("t", "digits", resume=True, root=tmp_path) == tmp_path / "t-digits"
+    (tmp_path / "t-digits-2").mkdir()
+    (tmp_path / "t-digits-2" / ".lock").write_text("123\n")  # a run in progress, nothing written yet
+    assert default_run_dir("t", "digits", resume=False, root=tmp_path) == tmp_path / "t-digits-3"
+
+
+# --- the run directory lock (E910) -----------------------------------------------------------
+
+def test_a_locked_run_directory_is_refused_and_the_lock_ends_with_the_run(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):  # another run, in progress (a separate open file: flock conflicts in-process too)
+        with pytest.raises(SpecError) as e:
+            train(SPEC, epochs=1, out=run, **FAST)
+        assert _codes(e.value) == ["E910"] and f"pid {os.getpid()}" in str(e.value)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the refused run wrote nothing
+    assert not run.exists()  # the lock created the directory; released empty, it is removed
+    train(SPEC, epochs=1, out=run, **FAST)
+    assert not (run / ".lock").exists() and (run / CHECKPOINT).exists()
+    with RunLock(run):  # a resume is refused while another run holds the directory, too
+        with pytest.raises(SpecError) as e:
+            train(SPEC, epochs=2, out=run, resume=True, **FAST)
+        assert _codes(e.value) == ["E910"]
+    assert read_checkpoint(run)["epoch"] == 1
+
+
+def test_a_stale_lock_file_from_a_killed_run_does_not_block(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("999999999\n")  # what SIGKILL leaves: the file, with no lock on it
+    assert train(SPEC, epochs=1, out=run, **FAST).epochs == 1
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(precious)
+    with pytest.raises(SpecError) as e:
+        train(SPEC, epochs=1, out=run, **FAST)
+    assert _codes(e.value) == ["E912"] and precious.read_text() == "keep me\n"
+
+
+def test_a_smoke_test_run_directory_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    train(SPEC, epochs=1, max_steps=1, out=run, **FAST)  # metrics.csv, no checkpoint
+    with pytest.raises(SpecError) as e:
+        train(SPEC, epochs=1, out=run, **FAST)
+    assert _codes(e.value) == ["E910"] and "metrics.csv" in str(e.value)
+
+
+# --- settings and data, refused before training ------------------------------------------------
+
+@pytest.mark.parametrize("setting, value, option", [
+    ("lr", math.nan, "--lr"), ("lr", -0.1, "--lr"), ("lr", math.inf, "--lr"),
+    ("momentum", -1.0, "--momentum"), ("weight_decay", -1.0, "--weight-decay"),
+    ("epochs", 0, "--epochs"), ("epochs", 1.5, "--epochs"), ("batch_size", 0, "--batch-size"),
+    ("milestones", (math.nan,), "--milestones"), ("gamma", 0.0, "--gamma"), ("seed", 10**20, "--seed"),
+    ("threads", 0, "--threads"), ("workers", -1, "--workers"), ("max_steps", 0, "--max-steps"),
+    ("augment", "rotate", "--augment"), ("memory", "tiny", "--memory"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, setting, value, option):
+    with pytest.raises(SpecError) as e:
+        train(SPEC, out=tmp_path / "run", **{**FAST, "epochs": 1, setting: value})
+    assert _codes(e.value) == ["E105"] and e.value.diagnostics[0].file == option
+    assert not (tmp_path / "run").exists()
+
+
+def test_momentum_0_means_plain_sgd_rather_than_an_error():
+    result = train(SPEC, epochs=1, momentum=0.0, max_steps=1, **FAST)
+    assert result.config.nesterov is False
+
+
+def test_non_finite_weights_after_the_last_step_are_never_checkpointed(tmp_path, monkeypatch):
+    # With the settings check bypassed, a NaN learning rate leaves the one step's loss finite
+    # and its weights NaN: the run must stop there, not save them.
+    monkeypatch.setattr(checkpoints, "setting_problems", lambda values: [])
+    run = tmp_path / "run"
+    with pytest.raises(SpecError) as e:
+        train(SPEC, epochs=1, lr=math.nan, out=run, **{**FAST, "data": "synthetic:16"})
+    assert _codes(e.value) == ["E305"] and "the weights" in str(e.value) and "step 1" in str(e.value)
+    assert not (run / CHECKPOINT).exists() and not (run / "metrics.csv").exists()
+
+
+def test_batches_of_one_are_refused_when_batch_norm_would_see_a_1x1_map(tmp_path):
+    small = SPEC.replace("1x8x8", "1x2x2")  # the transition halves 2x2 to 1x1
+    with pytest.raises(SpecError) as e:
+        train(small, data="synthetic:8", epochs=1, batch_size=1, out=tmp_path / "run")
+    assert _codes(e.value) == ["E105"] and e.value.diagnostics[0].file == "--batch-size"
+    assert "1x1 map" in str(e.value) and not (tmp_path / "run").exists()
+    assert train(SPEC, data="synthetic:8", epochs=1, batch_size=1, max_steps=2).metrics  # 8x8: fine
+
+
+def test_one_training_image_is_refused_not_trained_for_zero_steps(tmp_path):
+    with pytest.raises(SpecError) as e:
+        train(SPEC, data="synthetic:1", epochs=1, batch_size=16, out=tmp_path / "run")
+    assert _codes(e.value) == ["E208"]
+    assert not (tmp_path / "run").exists()
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -276,6 +375,28 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_trainings_into_one_directory_one_wins_and_nothing_is_lost(tmp_path):
+    spec, run = _spec_file(tmp_path), tmp_path / "run"
+    command = [sys.executable, "-m", "densedsl", "train", str(spec), "--data", "synthetic:256",
+               "--epochs", "2", "--batch-size", "16", "--no-progress", "--threads", "1", "--out", str(run)]
+    procs = {seed: subprocess.Popen(command + ["--seed", str(seed)], env=_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for seed in (11, 22)}
+    outcomes = {seed: (p.wait(timeout=300), p.stderr.read()) for seed, p in procs.items()}
+    for p in procs.values():
+        p.stdout.close(), p.stderr.close()
+    codes = sorted(rc for rc, _ in outcomes.values())
+    assert codes == [0, 1], outcomes
+    winner = next(seed for seed, (rc, _) in outcomes.items() if rc == 0)
+    loser_err = next(err for rc, err in outcomes.values() if rc == 1)
+    assert "error[E910]" in loser_err and "Traceback" not in loser_err
+    # The winner's result is whole: its seed, every epoch, its metrics; no lock left behind.
+    ckpt = read_checkpoint(run)
+    assert ckpt["config"]["seed"] == winner and ckpt["epoch"] == 2
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv", "spec.dense"]
+
+
+@pytest.mark.slow
 def test_torchrun_two_processes_on_the_cpu(tmp_path):
     spec, run = _spec_file(tmp_path), tmp_path / "run"
     done = subprocess.run(
@@ -303,3 +424,13 @@ def test_densenet_bc_100_smoke_run_on_synthetic_data():
 def test_tiny_digits_reaches_97_percent():
     result = train(ROOT / "specs" / "tiny_digits.dense", data="digits", device="cpu", threads=1)
     assert result.test_accuracy >= 0.97 and result.config.epochs == 15
+
+
+def test_curves_with_characters_the_font_lacks_draw_without_warnings(tmp_path):
+    import warnings
+    from densedsl.plots import write_curves
+    rows = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.4}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be printed in the middle of the training log
+        write_curves(rows, tmp_path / "curves.png", title="t on folder:/data/a\x07b")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
