@@ -14,6 +14,10 @@ A checkpoint is a file someone hands you, so before anything in it is used:
 
 The training settings' rules (`setting_problems`) are the same ones `train` checks its
 arguments against: a checkpoint can hold no setting that `train` would refuse.
+
+Writing (`save`: atomically, with a CRC-32 for every record, never non-finite weights) and what a
+checkpoint rebuilds (`spec_record`/`spec_from_record`, `model_from_checkpoint`, `restore`) live
+here too, so the format is defined in one file.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import pickle
 import random
 import zipfile
 import zlib
+from dataclasses import asdict
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -32,7 +38,7 @@ import torch
 
 from . import diagnostics as d
 from .diagnostics import Diagnostic, SpecError
-from .files import require_regular
+from .files import atomic_path, require_regular
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "densedsl-checkpoint"
@@ -458,3 +464,122 @@ def _data(record: Any) -> None:
     channels = data["shape"][0]
     _rule(sequence_of(real(), length=channels), "data.mean", data["mean"])
     _rule(sequence_of(real(0, above=True), length=channels), "data.std", data["std"])
+
+
+# --- writing, and what a checkpoint rebuilds ---------------------------------------------------
+
+def _portable(value: Any) -> Any:
+    """A parameter value as something torch.load(weights_only=True) accepts."""
+    if isinstance(value, Fraction):
+        return {"fraction": [value.numerator, value.denominator]}
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def _unportable(value: Any) -> Any:
+    if isinstance(value, dict) and "fraction" in value:
+        return Fraction(*value["fraction"])
+    return value
+
+
+def spec_record(spec) -> dict:
+    """The entry `spec` of a checkpoint: what rebuilds `spec` (a `Spec`) without its file."""
+    return {"text": spec.source.text, "source": spec.source.name, "network": spec.network.name,
+            "overrides": [[k, _portable(v)] for k, v in spec.overrides]}
+
+
+def spec_from_record(record: dict):
+    """Rebuild the `Spec` a checkpoint was trained from."""
+    from .spec import parse
+    overrides = {k: _unportable(v) for k, v in record["overrides"]}
+    return parse(record["text"], record["source"], network=record["network"], **overrides)
+
+
+def invalid(path: str | os.PathLike, message: str, hint: str | None = None) -> SpecError:
+    """E908 for a checkpoint that loaded but does not fit what it is used for."""
+    return _error(d.BAD_FILE, Path(path), message, hint)
+
+
+def model_from_checkpoint(checkpoint: str | os.PathLike | dict, *, memory: str = "standard"):
+    """(model with the checkpoint's weights, in eval mode, the Spec) from the checkpoint alone
+    (a path, or what `read` returned)."""
+    if isinstance(checkpoint, dict):
+        check(checkpoint)
+        return model_and_spec(checkpoint, Path("checkpoint"), memory)
+    return model_and_spec(read(checkpoint), Path(checkpoint), memory)
+
+
+def model_and_spec(ckpt: dict, where: Path, memory: str):
+    """(model, Spec) from a checkpoint `read` has validated."""
+    from .compiler import build_model, load_weights
+    if ckpt["spec"] is None:
+        raise invalid(where, "the checkpoint holds no spec text (it was trained from a Network object)",
+                      "rebuild the model yourself and use densedsl.load_weights(model, checkpoint)")
+    spec = spec_from_record(ckpt["spec"])
+    _check_data_fits(ckpt, spec.network, where)
+    model = build_model(spec.network, memory=memory)
+    load_weights(model, ckpt["model"])
+    return model.eval(), spec
+
+
+def _check_data_fits(ckpt: dict, net, where: Path) -> None:
+    """The data record must describe the spec's input and classes: its statistics normalise it."""
+    saved = ckpt["data"]
+    if tuple(saved["shape"]) != tuple(net.input):
+        raise invalid(where, f"invalid checkpoint: 'data.shape' {saved['shape']} is not the spec's "
+                      f"input {'x'.join(map(str, net.input))}", "the file was edited")
+    if net.head is None or saved["classes"] != net.head.classes:
+        raise invalid(where, f"invalid checkpoint: 'data.classes' {saved['classes']} is not the "
+                      "spec's number of classes", "the file was edited")
+
+
+def restore(ckpt: dict, model, optimizer, scheduler, scaler, path: Path) -> None:
+    """Load a validated checkpoint's states; one that does not fit this model is E908, not a crash."""
+    from .compiler import load_weights
+    load_weights(model, ckpt["model"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise invalid(path, f"invalid checkpoint: its optimizer state does not fit the model ({e})",
+                      "the file was edited, or written for another spec") from None
+
+
+def save(path: Path, model, optimizer, scheduler, scaler, epoch: int, metrics, config,
+         record: dict | None, data, net, rng: list[dict]) -> None:
+    """Write a checkpoint atomically, with a CRC-32 for every record; never one with
+    non-finite weights. `config` is the run's `train_config.Config`, `data` its `datasets.Data`."""
+    bad = non_finite(model.state_dict())
+    if bad is not None:  # never reached (the loop checks first); the last line of defence
+        raise SpecError([Diagnostic(d.DIVERGED, f"refusing to save non-finite weights ({bad})", None,
+                                    file=str(path))])
+    state = {
+        "format": FORMAT, "version": FORMAT_VERSION, "epoch": epoch,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "rng": rng, "metrics": [dict(row) for row in metrics],
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "spec": record, "network": net.name,
+        "data": {"name": data.name, "kind": data.description.kind, "shape": list(data.shape),
+                 "classes": data.classes, "class_names": list(data.class_names),
+                 "pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)},
+        "torch": str(torch.__version__),  # TorchVersion itself does not load with weights_only
+    }
+    crc = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)  # read checks every record's CRC-32
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    finally:
+        torch.serialization.set_crc32_options(crc)
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor in `state` holding a NaN or an infinity."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

@@ -255,7 +255,7 @@ def test_train_batch_size_scales_the_figure(tmp_path, capsys, no_model_built):
 
 
 def test_eval_refuses_a_checkpoint_before_building(tmp_path, capsys, monkeypatch):
-    from densedsl import train as train_module
+    from densedsl import checkpoints
     run_dir = tmp_path / "run"
     code, _, err = run(capsys, "train", TINY, "--data", "synthetic:64", "--epochs", "1", "--out", run_dir,
                        "--batch-size", "32", "--no-progress", "--device", "cpu", "--threads", "1")
@@ -263,7 +263,7 @@ def test_eval_refuses_a_checkpoint_before_building(tmp_path, capsys, monkeypatch
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built although the guard should have refused")
-    monkeypatch.setattr(train_module, "_model_from_checkpoint", refuse)
+    monkeypatch.setattr(checkpoints, "model_and_spec", refuse)
     code, _, err = run(capsys, "eval", run_dir, "--memory-limit", "10K", "--device", "cpu")
     assert code == 1 and "E307" in err and "evaluating tiny_digits at batch 256" in err
     code, _, err = run(capsys, "train", TINY, "--data", "synthetic:64", "--epochs", "1", "--out", run_dir,
