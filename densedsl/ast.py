@@ -66,12 +66,37 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ListExpr:
+    """`[6, 12, 24, 16]`: a list value (of numbers or keywords; lists do not nest)."""
+
+    items: tuple["Expr", ...]
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Index:
+    """`rates[i]`: one element of a list, counted from 0."""
+
+    target: "Expr"
+    index: "Expr"
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dims:
+    """`3 x size x size`: an input shape whose dimensions are expressions."""
+
+    dims: tuple["Expr", ...]
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ShapeLit:
     dims: tuple[int, ...]
     span: Span | None = _span()
 
 
-Expr = Union[Number, Name, BinOp, UnaryOp, Call]
+Expr = Union[Number, Name, BinOp, UnaryOp, Call, ListExpr, Index]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,12 +109,19 @@ class Setting:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Statement:
+    """Also a `for` loop: keyword "for", `names` its variables (index first when there are two),
+    `arg` the list it walks, `body` written once per element and `between` between elements."""
+
     keyword: str
-    arg: Expr | ShapeLit | None = None
+    arg: Expr | ShapeLit | Dims | None = None
     settings: tuple[Setting, ...] = ()
     body: tuple["Statement", ...] | None = None  # None: no braces; (): empty braces
+    names: tuple[str, ...] = ()
+    between: tuple["Statement", ...] | None = None
     span: Span | None = _span()
     keyword_span: Span | None = _span()
+    name_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
+    between_span: Span | None = _span()  # the `between` keyword
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,7 +15,7 @@ INDENT = "    "
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
 
 
-def format_expr(e: ast.Expr | ast.ShapeLit, parent: int = 0, right: bool = False) -> str:
+def format_expr(e: ast.Expr | ast.ShapeLit | ast.Dims, parent: int = 0, right: bool = False) -> str:
     """`e` in canonical form, with only the parentheses precedence needs.
 
     Iterative (an explicit stack of (node, parent precedence, is-right-operand)), so no
@@ -50,6 +50,10 @@ def _contexts(e) -> tuple[tuple[ast.Expr, int, bool], ...]:
     """The operands of `e`, each with the precedence it sits under and whether it is a right operand."""
     if isinstance(e, ast.Call):
         return tuple((a, 0, False) for a in e.args)
+    if isinstance(e, (ast.ListExpr, ast.Dims)):
+        return tuple((a, 0, False) for a in (e.items if isinstance(e, ast.ListExpr) else e.dims))
+    if isinstance(e, ast.Index):
+        return ((e.target, 4, False), (e.index, 0, False))  # `(a+b)[0]`, `(-a)[0]`
     if isinstance(e, ast.UnaryOp):
         return ((e.operand, 3, False),)
     if isinstance(e, ast.BinOp):
@@ -61,6 +65,12 @@ def _contexts(e) -> tuple[tuple[ast.Expr, int, bool], ...]:
 def _compose(e, parts: list[str], parent: int, right: bool) -> str:
     if isinstance(e, ast.Call):
         return f"{e.func}({', '.join(parts)})"
+    if isinstance(e, ast.ListExpr):
+        return f"[{', '.join(parts)}]"
+    if isinstance(e, ast.Dims):
+        return " x ".join(parts)
+    if isinstance(e, ast.Index):
+        return f"{parts[0]}[{parts[1]}]"
     if isinstance(e, ast.UnaryOp):
         s = e.op + parts[0]
         return f"({s})" if parent else s  # `a-(-1)`, never `a--1`
@@ -149,6 +159,9 @@ class _Formatter:
 
     def statement(self, stmt: ast.Statement, indent: str) -> None:
         self.start_item(stmt.span, indent)
+        if stmt.keyword == "for" and stmt.names:
+            self.for_loop(stmt, indent)
+            return
         parts = [stmt.keyword]
         if stmt.arg is not None:
             parts.append(format_expr(stmt.arg))
@@ -168,4 +181,21 @@ class _Formatter:
         self.lines.append(text + " {" + self.trailing_comment(head_line))
         self.last_line = head_line
         self.body(stmt.body, indent + INDENT)
+        self.close(stmt.span, indent)
+
+    def for_loop(self, stmt: ast.Statement, indent: str) -> None:
+        """`for i, n in blocks {` … `} between {` … `}`: both bodies always open on their line."""
+        head_line = stmt.keyword_span.line if stmt.keyword_span else self.last_line
+        self.lines.append(f"{indent}for {', '.join(stmt.names)} in {format_expr(stmt.arg)} {{"
+                          + self.trailing_comment(head_line))
+        self.last_line = head_line
+        self.body(stmt.body or (), indent + INDENT)
+        if stmt.between is None:
+            self.close(stmt.span, indent)
+            return
+        between_line = stmt.between_span.line if stmt.between_span else self.last_line
+        self.leading_comments(between_line, indent + INDENT)
+        self.lines.append(f"{indent}}} between {{" + self.trailing_comment(between_line))
+        self.last_line = between_line
+        self.body(stmt.between, indent + INDENT)
         self.close(stmt.span, indent)

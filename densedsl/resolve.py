@@ -9,6 +9,7 @@ error where an integer is required, never a silent floor.
 from __future__ import annotations
 
 import decimal
+from contextlib import contextmanager
 import difflib
 import math
 import numbers
@@ -22,7 +23,10 @@ from . import network as n
 from .fmt import format_expr
 from .source import Source, Span
 
-Value = Fraction | bool | str  # a number, a yes/no, or a keyword such as `post`
+Value = Fraction | bool | str | tuple  # a number, a yes/no, a keyword such as `post`, or a list
+# A list holds at most this many elements (a literal's elements count against syntax.MAX_OPERATORS,
+# the same figure; a list from Python or --set against this): DenseNet-264 has 4 blocks.
+MAX_LIST = 200
 _INT_MAX = 2**31 - 1            # torch's sizes are int32-safe below this
 # What one network, and one file's networks together, may unroll to: far above any real network
 # (DenseNet-264: 7 stages, 130 dense layers), and small enough that analysing it all takes
@@ -44,9 +48,14 @@ _FUNCTIONS: dict[str, tuple[int, int, Callable[..., Fraction]]] = {
     "abs": (1, 1, abs),
     "min": (1, 64, lambda *xs: min(xs)),  # min(x) of one argument is x, not min() of an iterable
     "max": (1, 64, lambda *xs: max(xs)),
+    # on a list (`len(blocks)`, `sum(blocks)`, `max(rates)`): see _Resolver.call
+    "len": (1, 1, lambda xs: Fraction(len(xs))),
+    "sum": (1, 1, lambda xs: sum(xs, Fraction(0))),
 }
+_LIST_FUNCTIONS = ("len", "sum")
 
 STATEMENTS = ("input", "defaults", "stem", "dense", "transition", "repeat", "head", "expect")
+STAGE_STATEMENTS = ("dense", "transition", "repeat", "for")  # what repeat and for bodies hold
 STEM_OPS = ("conv", "norm", "relu", "maxpool", "avgpool", "dropout")
 DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order")
 TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding")
@@ -174,11 +183,17 @@ class _Resolver:
         self.overridden = False
         self.failed: set[str] = set()  # parameters whose value was refused (already reported)
         self._suggested: dict[tuple, str | None] = {}
+        self._reported: set[tuple] = set()
 
     # --- diagnostics ------------------------------------------------------------------------
 
     def error(self, code: d.Code, message: str, span: Span | None, hint: str | None = None,
               notes: tuple = ()) -> None:
+        # a `for` body is resolved once per element: its mistakes are reported once
+        key = (code, message, None if span is None else (span.start, span.end))
+        if key in self._reported:
+            return
+        self._reported.add(key)
         self.diags.append(d.Diagnostic(code, message, span, hint, notes,
                                        file=None if span else (self.source.name if self.source else None)))
 
@@ -227,7 +242,7 @@ class _Resolver:
                     self.error(d.MISPLACED, "the stem must come before the first dense block or transition",
                                stmt.keyword_span, "move `stem { ... }` up, after `input`")
                 stem = self.stem(stmt)
-            elif kw in ("dense", "transition", "repeat"):
+            elif kw in STAGE_STATEMENTS:
                 if head_stmt is not None:
                     self.error(d.MISPLACED, f"'{kw}' after the head", stmt.keyword_span,
                                "the head is the last stage; move it to the end")
@@ -301,8 +316,20 @@ class _Resolver:
                 self.error(d.OUT_OF_RANGE, f"parameter '{name}' must be finite, got {real}", self.net.name_span)
                 raise _Invalid
             return self.override_fits(name, Fraction(repr(real)))  # 0.1 means 1/10, not 0.1000000000000000055…
+        if isinstance(raw, (list, tuple)):
+            if len(raw) > MAX_LIST:
+                self.error(d.TOO_COMPLEX, f"the list given for parameter '{name}' has {len(raw):,} elements "
+                           f"(at most {MAX_LIST})", self.net.name_span)
+                raise _Invalid
+            if any(isinstance(x, (list, tuple)) for x in raw):
+                self.error(d.WRONG_TYPE, f"parameter '{name}' is a list of lists; lists do not nest",
+                           self.net.name_span, "give a flat list, e.g. blocks=[6, 12, 24, 16]")
+                raise _Invalid
+            return tuple(self.override_value(name, x) for x in raw)
         if isinstance(raw, str):
             from .syntax import parse_expression
+            if _top_level_comma(raw):
+                raw = f"[{raw}]"  # --set blocks=6,12,32,32
             try:
                 expr = parse_expression(raw, f"--set {name}")
             except d.SpecError as e:
@@ -314,7 +341,7 @@ class _Resolver:
                 return self.eval(expr, symbols=True)
             finally:
                 self.env = saved
-        self.error(d.WRONG_TYPE, f"parameter '{name}' must be a number, a bool or a keyword (str), "
+        self.error(d.WRONG_TYPE, f"parameter '{name}' must be a number, a bool, a keyword (str) or a list, "
                    f"not {type(raw).__name__}", self.net.name_span)
         raise _Invalid
 
@@ -336,22 +363,28 @@ class _Resolver:
         """
         if isinstance(e, ast.Name):
             return self.lookup(e, symbols)
-        values: list[Fraction] = []
-        todo: list[tuple[ast.Expr, bool]] = [(e, False)]
+        values: list[Value] = []
+        # (node, operands done, a bare name here is a keyword): the elements of a list are, as
+        # the value of a setting is (`orders=[pre, post]`)
+        todo: list[tuple[ast.Expr, bool, bool]] = [(e, False, False)]
         while todo:
-            node, operands_done = todo.pop()
-            if isinstance(node, (ast.Number, ast.Name)):
-                values.append(self.operand(node))
+            node, operands_done, keyword = todo.pop()
+            if isinstance(node, ast.Number):
+                values.append(self.bounded(node.value, node))
+            elif isinstance(node, ast.Name):
+                values.append(self.lookup(node, symbols=keyword))
             elif not operands_done:
                 if isinstance(node, ast.Call):
                     self.check_call(node)
-                todo.append((node, True))
-                todo.extend((child, False) for child in reversed(_operands(node)))
+                todo.append((node, True, keyword))
+                in_list = isinstance(node, ast.ListExpr)
+                todo.extend((child, False, in_list) for child in reversed(_operands(node)))
             else:
                 count = len(_operands(node))
                 args = values[len(values) - count:]
                 del values[len(values) - count:]
-                values.append(self.bounded(self.apply(node, args), node))
+                result = self.apply(node, args)
+                values.append(self.bounded(result, node) if isinstance(result, Fraction) else result)
         return values[0]
 
     def lookup(self, e: ast.Name, symbols: bool) -> Value:
@@ -370,13 +403,21 @@ class _Resolver:
         self.error(d.UNKNOWN_NAME, f"unknown name '{e.id}'", e.span, hint)
         raise _Invalid
 
-    def operand(self, e: ast.Number | ast.Name) -> Fraction:
-        """A literal or a parameter used inside arithmetic: it must be a number."""
-        if isinstance(e, ast.Number):
-            return self.bounded(e.value, e)
-        v = self.lookup(e, symbols=False)
+    def need_number(self, v: Value, e: ast.Expr) -> Fraction:
+        """An operand of arithmetic or of a function: it must be a number."""
+        if isinstance(v, tuple):
+            self.error(d.WRONG_TYPE, f"expected a number, got the list {_show(v)}", e.span, _LIST_HINT)
+            raise _Invalid
         if isinstance(v, bool) or not isinstance(v, Fraction):
-            self.error(d.WRONG_TYPE, f"expected a number, got {_show(v)}", e.span)
+            hint = self.suggest(v, self.env) if isinstance(v, str) else None
+            self.error(d.WRONG_TYPE, f"expected a number, got {_show(v)}", e.span, hint)
+            raise _Invalid
+        return v
+
+    def need_list(self, v: Value, e: ast.Expr, what: str) -> tuple:
+        if not isinstance(v, tuple):
+            self.error(d.WRONG_TYPE, f"{what} needs a list, got {_show(v)}", e.span,
+                       "lists are written [6, 12, 24, 16]; a parameter holds one as blocks=[6, 12, 24, 16]")
             raise _Invalid
         return v
 
@@ -401,11 +442,16 @@ class _Resolver:
                        f"got {len(e.args)}", e.span)
             raise _Invalid
 
-    def apply(self, e: ast.Expr, args: list[Fraction]) -> Fraction:
+    def apply(self, e: ast.Expr, values: list[Value]) -> Value:
+        if isinstance(e, ast.ListExpr):
+            return self.make_list(e, values)
+        if isinstance(e, ast.Index):
+            return self.element(e, values[0], values[1])
+        if isinstance(e, ast.Call):
+            return self.call(e, values)
+        args = [self.need_number(v, x) for v, x in zip(values, _operands(e))]
         if isinstance(e, ast.UnaryOp):
             return -args[0] if e.op == "-" else args[0]
-        if isinstance(e, ast.Call):
-            return _FUNCTIONS[e.func][2](*args)
         if not isinstance(e, ast.BinOp):
             raise AssertionError(f"unknown expression {e!r}")
         a, b = args
@@ -424,8 +470,47 @@ class _Resolver:
             return Fraction(a // b)
         return a % b
 
+    def make_list(self, e: ast.ListExpr, values: list[Value]) -> tuple:
+        for v, x in zip(values, e.items):
+            if isinstance(v, tuple):
+                self.error(d.WRONG_TYPE, "lists do not nest", x.span, "write a flat list, e.g. [6, 12, 24, 16]")
+                raise _Invalid
+        return tuple(values)
+
+    def element(self, e: ast.Index, target: Value, index: Value) -> Value:
+        items = self.need_list(target, e.target, "indexing")
+        i = self.need_number(index, e.index)
+        shown = _source_text(e.target)
+        if i.denominator != 1:
+            self.error(d.NOT_INTEGER, f"a list index must be a whole number, got {_show(i)}", e.index.span,
+                       "round explicitly with floor(...) or round(...)")
+            raise _Invalid
+        if not 0 <= i < len(items):
+            last = f"0 to {len(items) - 1}" if items else "none: the list is empty"
+            self.error(d.OUT_OF_RANGE, f"index {_show(i)} is out of range: {shown} has {len(items)} "
+                       f"element{'s' if len(items) != 1 else ''} (indices {last})", e.span,
+                       f"indices count from 0; the last element is {shown}[len({shown})-1]")
+            raise _Invalid
+        return items[int(i)]
+
+    def call(self, e: ast.Call, values: list[Value]) -> Fraction:
+        impl = _FUNCTIONS[e.func][2]
+        if e.func == "len":
+            return impl(self.need_list(values[0], e.args[0], "len()"))
+        if e.func == "sum" or (e.func in ("min", "max") and len(values) == 1 and isinstance(values[0], tuple)):
+            items = self.need_list(values[0], e.args[0], f"{e.func}()")
+            numbers_ = [self.need_number(v, e.args[0]) for v in items]
+            if not numbers_ and e.func != "sum":
+                self.error(d.BAD_CALL, f"{e.func}() of an empty list", e.span)
+                raise _Invalid
+            return impl(numbers_) if e.func == "sum" else impl(*numbers_)  # max(rates): the largest
+        return impl(*(self.need_number(v, x) for v, x in zip(values, e.args)))
+
     def number(self, e: ast.Expr) -> Fraction:
         v = self.eval(e)
+        if isinstance(v, tuple):
+            self.error(d.WRONG_TYPE, f"expected a number, got the list {_show(v)}", e.span, _LIST_HINT)
+            raise _Invalid
         if isinstance(v, bool) or not isinstance(v, Fraction):
             self.error(d.WRONG_TYPE, f"expected a number, got {_show(v)}", e.span)
             raise _Invalid
@@ -571,17 +656,32 @@ class _Resolver:
         if stmt.settings:
             self.error(d.UNKNOWN_SETTING, f"unknown setting '{stmt.settings[0].name}' for input",
                        stmt.settings[0].name_span, "write the shape as CxHxW, e.g. input 3x32x32")
+        if isinstance(stmt.arg, ast.Dims) and 2 <= len(stmt.arg.dims) <= 4:
+            return self.input_dims(stmt.arg)
         if not isinstance(stmt.arg, ast.ShapeLit) or not 2 <= len(stmt.arg.dims) <= 4:
             span = stmt.arg.span if stmt.arg is not None else stmt.keyword_span
             self.error(d.WRONG_TYPE, "input expects a shape: channels x length (a signal), channels x "
                        "height x width (an image) or channels x depth x height x width (a volume)", span,
-                       "write e.g. input 3x224x224, input 12x1000 or input 1x64x64x64")
+                       "write e.g. input 3x224x224, input 12x1000, input 1x64x64x64 or, with "
+                       "parameters, input 3 x size x size")
             return None, None
         dims = stmt.arg.dims
         if any(x < 1 for x in dims) or any(x > _INT_MAX for x in dims):
             self.error(d.OUT_OF_RANGE, f"every input dimension must lie in [1, {_INT_MAX:,}]", stmt.arg.span)
             return None, None
         return tuple(dims), stmt.arg.span
+
+    def input_dims(self, dims: ast.Dims) -> tuple[n.Shape | None, Span | None]:
+        """`input 3 x size x size`: each dimension a whole number in [1, _INT_MAX]."""
+        names = ("channels",) + {2: ("length",), 3: ("height", "width"),
+                                 4: ("depth", "height", "width")}[len(dims.dims)]
+        shape = []
+        for what, e in zip(names, dims.dims):
+            try:
+                shape.append(self.integer(_Bound(e, e.span, f"input {what}"), 1))
+            except _Invalid:
+                pass
+        return (tuple(shape), dims.span) if len(shape) == len(dims.dims) else (None, None)
 
     def stem(self, stmt: ast.Statement) -> n.Stem:
         self.no_arg(stmt)
@@ -657,7 +757,7 @@ class _Resolver:
         return n.Pool(mode=mode, kernel=kernel, stride=stride, padding=padding, span=span)
 
     def stages(self, stmts: list[ast.Statement]) -> list[n.Stage]:
-        flat = self.unroll(stmts, 1)
+        flat = self.unroll(stmts, {})
         if len(flat) > self.budget.stages:  # only a file's earlier networks make this bind
             self.error(d.TOO_LARGE, f"this network's {len(flat):,} stages take the file's networks past "
                        f"{_FILE_MAX_STAGES:,} stages together", self.net.name_span,
@@ -667,18 +767,19 @@ class _Resolver:
         self.budget.stages -= len(flat)
         stages: list[n.Stage] = []
         blocks = transitions = layers = 0
-        for stmt in flat:
+        for stmt, scope in flat:
             try:
-                if stmt.keyword == "dense":
-                    blocks += 1
-                    stages.append(self.dense(stmt, blocks))
-                    layers += stages[-1].layers
-                    if layers > min(_MAX_LAYERS, self.budget.layers):
-                        self.too_many_layers(stmt)
-                        return stages
-                else:
-                    transitions += 1
-                    stages.append(self.transition(stmt, transitions))
+                with self.scoped(scope):
+                    if stmt.keyword == "dense":
+                        blocks += 1
+                        stages.append(self.dense(stmt, blocks))
+                        layers += stages[-1].layers
+                        if layers > min(_MAX_LAYERS, self.budget.layers):
+                            self.too_many_layers(stmt)
+                            return stages
+                    else:
+                        transitions += 1
+                        stages.append(self.transition(stmt, transitions))
             except _Invalid:
                 continue
         self.budget.layers -= layers
@@ -694,12 +795,29 @@ class _Resolver:
                        "layers together", stmt.keyword_span, "split the networks over several files")
             self.budget.exhausted = True
 
-    def unroll(self, stmts: Iterable[ast.Statement], budget: int) -> list[ast.Statement]:
-        """Expand `repeat`; refuses to produce more than _MAX_STAGES stages."""
-        out: list[ast.Statement] = []
+    @contextmanager
+    def scoped(self, scope: Mapping[str, Value]):
+        """Evaluate with a `for` loop's variables bound (they never reach Network.parameters)."""
+        if not scope:
+            yield
+            return
+        saved = self.env
+        self.env = {**saved, **scope}
+        try:
+            yield
+        finally:
+            self.env = saved
+
+    def unroll(self, stmts: Iterable[ast.Statement], scope: Mapping[str, Value],
+               where: str = "repeat") -> list[tuple[ast.Statement, Mapping[str, Value]]]:
+        """Expand `repeat` and `for`: each dense block or transition with the loop variables it
+        sees. Refuses to produce more than _MAX_STAGES stages."""
+        out: list[tuple[ast.Statement, Mapping[str, Value]]] = []
         for stmt in stmts:
             if stmt.keyword in ("dense", "transition"):
-                out.append(stmt)
+                out.append((stmt, scope))
+            elif stmt.keyword == "for" and stmt.names:
+                out.extend(self.for_loop(stmt, scope, len(out)))
             elif stmt.keyword == "repeat":
                 if stmt.arg is None:
                     self.error(d.MISSING, "repeat needs a count", stmt.keyword_span, "e.g. repeat 3 { ... }")
@@ -712,20 +830,57 @@ class _Resolver:
                     self.error(d.UNKNOWN_SETTING, f"unknown setting '{stmt.settings[0].name}' for repeat",
                                stmt.settings[0].name_span, "repeat takes only a count: repeat 3 { ... }")
                 try:
-                    count = self.integer(self.positional(stmt, "repeat count"), 0, _MAX_STAGES)
+                    with self.scoped(scope):
+                        count = self.integer(self.positional(stmt, "repeat count"), 0, _MAX_STAGES)
                 except _Invalid:
                     continue
-                inner = self.unroll(stmt.body, budget * max(count, 1))
+                inner = self.unroll(stmt.body, scope)
                 if len(out) + count * len(inner) > _MAX_STAGES:
                     self.error(d.TOO_LARGE, f"repeat {count} would make {count * len(inner):,} stages "
                                f"(at most {_MAX_STAGES:,})", stmt.keyword_span)
                     continue
                 out.extend(inner * count)
             elif stmt.keyword in STATEMENTS:
-                self.error(d.MISPLACED, f"'{stmt.keyword}' cannot appear inside repeat", stmt.keyword_span,
-                           "repeat holds dense, transition and repeat statements")
+                self.error(d.MISPLACED, f"'{stmt.keyword}' cannot appear inside {where}", stmt.keyword_span,
+                           f"{where} holds dense, transition, repeat and for statements")
             else:
-                self.unknown_statement(stmt, ("dense", "transition", "repeat"), "a repeat block")
+                self.unknown_statement(stmt, STAGE_STATEMENTS, f"a {where} block")
+        return out
+
+    def for_loop(self, stmt: ast.Statement, scope: Mapping[str, Value], before: int
+                 ) -> list[tuple[ast.Statement, Mapping[str, Value]]]:
+        """`for [i,] n in LIST { body } between { … }`: the body once per element, `between`
+        after every element but the last (with that element's variables bound)."""
+        clash = False
+        for name, span in zip(stmt.names, stmt.name_spans or (None,) * len(stmt.names)):
+            if name in self.env or name in scope or stmt.names.count(name) > 1:
+                what = "a parameter" if name in self.env else "another loop variable"
+                self.error(d.DUPLICATE_DEFINITION, f"loop variable '{name}' has the name of {what}",
+                           span or stmt.keyword_span, "give the loop variable a name of its own, e.g. for n in blocks")
+                clash = True
+        try:
+            with self.scoped(scope):
+                items = self.eval(stmt.arg)
+        except _Invalid:
+            return []
+        if not isinstance(items, tuple):
+            self.error(d.WRONG_TYPE, f"for walks a list, but {_source_text(stmt.arg)} is {_show(items)}",
+                       stmt.arg.span, "write a list, e.g. for n in [6, 12, 24, 16] { ... }, or use "
+                       "repeat N { ... } to write a block N times")
+            return []
+        if clash:
+            return []
+        out: list[tuple[ast.Statement, Mapping[str, Value]]] = []
+        for i, item in enumerate(items):
+            values = (Fraction(i), item) if len(stmt.names) == 2 else (item,)
+            inner = {**scope, **dict(zip(stmt.names, values))}
+            out.extend(self.unroll(stmt.body or (), inner, "for"))
+            if stmt.between is not None and i < len(items) - 1:
+                out.extend(self.unroll(stmt.between, inner, "for"))
+            if before + len(out) > _MAX_STAGES:
+                self.error(d.TOO_LARGE, f"this for loop makes more than {_MAX_STAGES:,} stages",
+                           stmt.keyword_span, f"a network has at most {_MAX_STAGES:,} stages after unrolling")
+                return []
         return out
 
     def dense(self, stmt: ast.Statement, index: int) -> n.DenseBlock:
@@ -873,7 +1028,28 @@ def _source_text(e: ast.Expr) -> str:
     return format_expr(e)
 
 
+_LIST_HINT = ("pick one element with an index (blocks[0]), or write one block per element: "
+              "for n in blocks { dense layers=n }")
+
+
+def _top_level_comma(text: str) -> bool:
+    """Whether a --set value is a bare list (`6,12,32,32`), not `max(1, 2)` or `[6, 12]`."""
+    depth = 0
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
 def _operands(e: ast.Expr) -> tuple[ast.Expr, ...]:
+    if isinstance(e, ast.ListExpr):
+        return e.items
+    if isinstance(e, ast.Index):
+        return (e.target, e.index)
     if isinstance(e, ast.BinOp):
         return (e.left, e.right)
     if isinstance(e, ast.UnaryOp):
@@ -893,6 +1069,9 @@ def _walk(e: ast.Expr):
 
 
 def _show(v: Value) -> str:
+    if isinstance(v, tuple):
+        shown = ", ".join(_show(x) for x in v[:8])
+        return f"[{shown}{', …' if len(v) > 8 else ''}]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Fraction) and abs(v) >= 10**15:
@@ -919,6 +1098,8 @@ def _scientific(v: Fraction) -> str:
 
 def _plain(v: Value) -> n.ParamValue:
     """An int where exact, else a float where that is exact, else the Fraction itself."""
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
     if isinstance(v, Fraction):
         if v.denominator == 1:
             return int(v)

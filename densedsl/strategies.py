@@ -8,6 +8,7 @@
 
 `networks()` draws valid `Network`s (analyse without errors; warnings such as W204 may occur),
 `spec_texts()` the same networks written as spec text, `spec_text(network)` writes one, and
+`family_text(network)` writes one with list parameters and a `for … between` loop, and
 `assert_dense_invariants(analysis)` checks the paper's counting rules on an analysis graph.
 Knobs are keyword-only; related draws sit next to each other and the simplest choice comes
 first, so failures shrink to small networks.
@@ -15,6 +16,7 @@ first, so failures shrink to small networks.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from typing import assert_never
 
@@ -78,7 +80,7 @@ def _transition(draw, index: int) -> Transition:
 def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool | None = None,
              growth: tuple[int, int] = (1, 16), input_sizes: tuple[int, int] = (1, 48),
              input_channels: tuple[int, int] = (1, 4), head: bool | None = None,
-             ranks: tuple[int, ...] = (2,)) -> Network:
+             ranks: tuple[int, ...] = (2,), same_transitions: bool = False) -> Network:
     """A valid Network: blocks separated by transitions, maps never below 1x1.
 
     `bottleneck` True/False forces bottleneck layers on/off (None: either); `input_sizes` bounds
@@ -86,14 +88,16 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     input size; `head` True/False forces a head (None: usually one); `ranks` lists the input
     ranks to draw from (1: signals CxL, 2: images CxHxW, 3: volumes CxDxHxW; a volume's side is
     bounded by input_sizes' upper bound to the power 2/3, so it holds about as many values).
+    `same_transitions` makes every transition the same (as `family_text` writes them).
     """
     rank = draw(st.sampled_from(ranks))
     stem = draw(_stem())
     stages: list = []
     blocks = draw(st.integers(1, max_blocks))
+    first = draw(_transition(1)) if same_transitions and blocks > 1 else None
     for i in range(1, blocks + 1):
         if i > 1:
-            stages.append(draw(_transition(i - 1)))
+            stages.append(replace(first, index=i - 1) if first else draw(_transition(i - 1)))
         stages.append(draw(_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth)))
     with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
     net_head = None
@@ -167,12 +171,56 @@ def spec_text(network: Network) -> str:
         lines.append("    }")
     lines += [f"    {_stage_text(s)}" for s in network.stages]
     if network.head is not None:
-        hd = network.head
-        window = f" kernel={hd.window[0]} stride={hd.window[1]}" if hd.window else ""
-        lines.append(f"    head classes={hd.classes} norm={_bool(hd.norm)} pool={hd.pool}{window} "
-                     f"dropout={_num(hd.dropout)}")
+        lines.append(f"    {_head_text(network.head)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def family_text(network: Network) -> str:
+    """The network as a family spec: every per-block setting a list parameter, one
+    `for i, n in layers { dense … } between { transition … }`, the input side a parameter.
+
+    Needs a network whose transitions are all the same (`networks(same_transitions=True)`); its
+    resolved form is `network` with these parameters.
+    """
+    blocks, transitions = network.blocks, network.transitions
+    assert len({replace(t, index=1) for t in transitions}) <= 1, "transitions differ"
+    lists = {
+        "layers": [b.layers for b in blocks],
+        "growths": [b.growth for b in blocks],
+        "bottlenecks": [b.bottleneck or "off" for b in blocks],
+        "dropouts": [_num(b.dropout) for b in blocks],
+        "biases": [_bool(b.bias) for b in blocks],
+        "orders": [b.order for b in blocks],
+    }
+    side = network.input[1]  # networks() draws the same side along every axis
+    params = ", ".join([f"{k}=[{', '.join(map(str, v))}]" for k, v in lists.items()] + [f"side={side}"])
+    shape = " x ".join([str(network.input[0])] + ["side"] * (len(network.input) - 1))
+    lines = [f"network {network.name}({params}) {{", f"    input {shape}"]
+    if network.stem.ops:
+        lines += ["    stem {"] + [f"        {_stem_op_text(op)}" for op in network.stem.ops] + ["    }"]
+    lines += ["    for i, n in layers {",
+              "        dense layers=n growth=growths[i] bottleneck=bottlenecks[i] dropout=dropouts[i] "
+              "bias=biases[i] order=orders[i]"]
+    if transitions:
+        lines += ["    } between {", f"        {_stage_text(transitions[0])}"]
+    lines.append("    }")
+    if network.head is not None:
+        lines.append(f"    {_head_text(network.head)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _head_text(hd: Head) -> str:
+    window = f" kernel={hd.window[0]} stride={hd.window[1]}" if hd.window else ""
+    return f"head classes={hd.classes} norm={_bool(hd.norm)} pool={hd.pool}{window} dropout={_num(hd.dropout)}"
+
+
+@st.composite
+def family_texts(draw, **knobs) -> tuple[Network, str]:
+    """A drawn network (with equal transitions) and its `family_text`."""
+    network = draw(networks(same_transitions=True, **knobs))
+    return network, family_text(network)
 
 
 @st.composite

@@ -213,9 +213,9 @@ def _span_at(source: Source, offset: int) -> Span:
 def _check_nesting(source: Source) -> None:
     """Refuse absurd nesting (E004) before anything walks it."""
     depth = 0
-    for match in re.finditer(r"#[^\n]*|[(){}]", source.text):  # comments may hold any characters
+    for match in re.finditer(r"#[^\n]*|[(){}\[\]]", source.text):  # comments may hold any characters
         ch = match.group()
-        if ch in "({":
+        if ch in "({[":
             depth += 1
             if depth > MAX_NESTING:
                 i = match.start()
@@ -223,12 +223,12 @@ def _check_nesting(source: Source) -> None:
                     d.TOO_DEEP, f"brackets nested more than {MAX_NESTING} deep",
                     source.span(i, i + 1), "a spec never needs this much nesting; "
                     "use `repeat` for repeated blocks")])
-        elif ch in ")}":
+        elif ch in ")}]":
             depth = max(0, depth - 1)
 
 
 _DESCRIPTIONS = {
-    "NAME": "a name", "NUMBER": "a number", "SHAPE": "a shape like 3x32x32",
+    "NAME": "a name", "NUMBER": "a number", "SHAPE": "a shape like 3x32x32", "TIMES": "'x'",
     "_NL": "a new line", "$END": "the end of the file",
 }
 
@@ -264,6 +264,12 @@ _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "FLOORDIV", "PERCENT"}
 def _describe_expected(expected: list[str]) -> str:
     """Collapse token lists: `a value` for anything that can start an expression, `an operator`."""
     names = set(expected)
+    # `[`, the `x` of `3 x size` and `for` are extensions of what is already listed (a value
+    # or an index, an operator, a statement's name): naming them only lengthens every message
+    if names & ({"NUMBER", "LPAR"} | _OPERATORS):
+        names -= {"LSQB", "TIMES"}
+    if "NAME" in names:
+        names.discard("FOR")
     items = []
     if "NUMBER" in names:
         names -= {"NUMBER", "NAME", "LPAR", "PLUS", "MINUS"} - ({"NAME"} if "EQUAL" in names else set())
@@ -296,7 +302,7 @@ def _translate(source: Source, e: lark.UnexpectedInput) -> d.Diagnostic:
         shown = f" {ch!r}" if source.quotable else ""
         return d.Diagnostic(d.BAD_CHARACTER, f"unexpected character{shown}", source.span(pos, pos + 1),
                             "densedsl specs use names, numbers, shapes like 3x32x32, "
-                            "= ( ) { } , ; + - * / // % and # comments")
+                            "= ( ) [ ] { } , ; + - * / // % and # comments")
     if isinstance(e, lark.UnexpectedEOF) or (isinstance(e, lark.UnexpectedToken) and e.token.type == "$END"):
         expected = getattr(e, "expected", None) or []
         what = f": expected {_describe_expected(list(expected))}" if expected else ""
@@ -400,6 +406,29 @@ class _Builder(Transformer_NonRecursive):
         return ast.Statement(keyword=str(keyword), arg=arg, settings=tuple(settings),
                              body=None if body is None else tuple(body), span=self._span(meta),
                              keyword_span=Span.from_meta(self.source, keyword))
+
+    def for_loop(self, meta, children):
+        _, first, second, _, iterable, body, between, between_body = children
+        names = (first,) if second is None else (first, second)
+        return ast.Statement(keyword="for", arg=iterable, body=tuple(body),
+                             names=tuple(str(x) for x in names),
+                             between=None if between_body is None else tuple(between_body),
+                             span=self._span(meta), keyword_span=Span.from_meta(self.source, children[0]),
+                             name_spans=tuple(Span.from_meta(self.source, x) for x in names),
+                             between_span=None if between is None else Span.from_meta(self.source, between))
+
+    def dims(self, meta, children):
+        dims = tuple(c for c in children if not isinstance(c, Token))
+        return self._counted(ast.Dims(dims=dims, span=self._span(meta)), dims)
+
+    def list(self, meta, children):
+        items = tuple(c for c in children if c is not None)
+        # each element counts as an operator, as a call's arguments do: the list-length cap
+        return self._counted(ast.ListExpr(items=items, span=self._span(meta)), items, len(items))
+
+    def index(self, meta, children):
+        target, index = children
+        return self._counted(ast.Index(target=target, index=index, span=self._span(meta)), children)
 
     def setting(self, meta, children):
         name, value = children

@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from densedsl.analysis import analyze  # noqa: E402
 from densedsl.compiler import build_model  # noqa: E402
-from densedsl.strategies import networks  # noqa: E402
+import densedsl  # noqa: E402
+from densedsl.strategies import family_texts, networks  # noqa: E402
 
 SMALL = dict(max_blocks=3, max_layers=4, growth=(1, 8), ranks=(1, 2, 3))
 PROMISES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -108,3 +109,18 @@ def test_densenet121_minimum_sizes_match_pytorch():
     model.train()(torch.randn(1, 3, 61, 61))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         model(torch.randn(1, 3, 60, 60))
+
+
+@PROMISES
+@given(family_texts(**SMALL))
+def test_networks_written_as_families_compile_to_what_the_analysis_counts(drawn):
+    """Lists and `for … between` are front-end only: the model of the family text is the analysed one."""
+    _, text = drawn
+    network = densedsl.parse(text).network
+    a = analyze(network)
+    model = build_model(network).eval()
+    assert sum(p.numel() for p in model.parameters()) == a.params
+    assert len(model.state_dict()) == a.state_dict_entries
+    with torch.no_grad():
+        y = model(torch.randn(2, *network.input))
+    assert tuple(y.shape[1:]) == tuple(a.output_shape)
