@@ -52,6 +52,7 @@ MAX_FILE_BYTES = 1 << 30
 # (Pillow's own bomb check warns at 89M pixels and fails at 179M, with an exception densedsl
 # would otherwise not expect.)
 MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_SYNTHETIC = 1_000_000   # synthetic:N images; far more than a smoke test needs
 _CHUNK = 1 << 22
 
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -189,9 +190,9 @@ def describe(data: str) -> Description:
         return Description(kind=kind, path=None, shape=(1, 8, 8), classes=10, augment="none",
                            epochs=15, epochs_why="default for digits")
     if kind == "synthetic":
-        if sep and not (rest.isdigit() and int(rest) >= 1):
-            raise _fail(d.UNKNOWN_DATASET, f"synthetic takes a number of training images, got '{rest}'",
-                        None, "write e.g. --data synthetic:256")
+        if sep and not (rest.isascii() and rest.isdigit() and 1 <= int(rest.lstrip('0')[:12] or '0') <= MAX_SYNTHETIC):
+            raise _fail(d.UNKNOWN_DATASET, f"synthetic takes a number of training images from 1 to "
+                        f"{MAX_SYNTHETIC:,}, got '{rest[:40]}'", None, "write e.g. --data synthetic:256")
         return Description(kind=kind, path=None, shape=None, classes=None, augment="none",
                            epochs=1, epochs_why="default for synthetic data (a smoke test)",
                            size=int(rest) if sep else None)
@@ -331,6 +332,12 @@ def _synthetic(shape: Shape, classes: int, desc: Description) -> tuple[ImageSet,
     """Noisy copies of one random template per class: learnable, so a smoke run can improve."""
     n_train = desc.size or 512
     n_test = max(classes, n_train // 4)
+    # generating costs ~5 bytes an element at its peak (int16 noise and templates, uint8 result)
+    needed = 5 * (n_train + n_test + classes) * math.prod(shape)
+    if needed > MAX_FILE_BYTES:
+        raise _fail(d.OUT_OF_MEMORY, f"synthetic:{n_train} images of {'x'.join(map(str, shape))} would need "
+                    f"{needed / 2**30:.1f} GiB to generate, more than the {MAX_FILE_BYTES / 2**30:.0f} GiB "
+                    "a data set may use", None, "ask for fewer images, e.g. --data synthetic:256")
     g = torch.Generator().manual_seed(1234)
     templates = torch.randint(0, 256, (classes, *shape), generator=g, dtype=torch.int16)
 

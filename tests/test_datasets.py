@@ -37,12 +37,27 @@ def test_describe_known_kinds(tmp_path):
     ("digits:/tmp", "takes no directory"),
     ("cifar10", "needs the directory"),
     ("synthetic:lots", "number of training images"),
+    ("synthetic:0", "from 1 to 1,000,000"),
+    ("synthetic:1000001", "from 1 to 1,000,000"),
+    ("synthetic:100000000000000000000", "from 1 to 1,000,000"),
+    ("synthetic:１２", "number of training images"),  # full-width digits pass str.isdigit()
 ])
 def test_describe_rejects(value, expected):
     with pytest.raises(SpecError) as e:
         datasets.describe(value)
     assert _codes(e.value) == ["E117"]
     assert expected in str(e.value)
+
+
+def test_synthetic_counts_with_leading_zeros_are_numbers():
+    assert datasets.describe("synthetic:000000000000007").size == 7
+
+
+def test_synthetic_data_too_large_to_generate_is_refused_before_allocating():
+    # 1,000,000 images of 3x224x224 would take ~900 GiB; refused from the arithmetic alone
+    with pytest.raises(SpecError) as e:
+        datasets.load("synthetic:1000000", shape=(3, 224, 224), classes=10)
+    assert _codes(e.value) == ["E307"] and "GiB" in str(e.value)
 
 
 # --- CIFAR ----------------------------------------------------------------------------------
