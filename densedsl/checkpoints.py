@@ -139,7 +139,11 @@ SETTINGS: dict[str, Rule] = {
     "workers": integer(0, 1024),
     "sync_bn": instance(bool, "True or False"),
     "max_steps": optional(integer(1)),
+    "init": optional(instance(str, "a weights file path")),
 }
+# Settings added after format 1 shipped, with the value a checkpoint that lacks one was trained
+# with: older checkpoints still load, and resume as they were.
+LATER_SETTINGS: dict[str, Any] = {"init": None}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -302,7 +306,8 @@ def _schema(ckpt: Any) -> None:
     _entries(ckpt, "", TOP_LEVEL)
     _need(ckpt["format"] == FORMAT, "format", repr(FORMAT), ckpt["format"])
     _rule(integer(1, FORMAT_VERSION), "version", ckpt["version"])
-    config = _entries(ckpt["config"], "config", SETTINGS)
+    config = _entries(ckpt["config"], "config", [k for k in SETTINGS if k not in LATER_SETTINGS],
+                      LATER_SETTINGS)
     for key, problem in setting_problems(config):
         raise _Invalid(f"'config.{key}' {problem}")
     _rule(integer(1, config["epochs"]), "epoch", ckpt["epoch"])

@@ -151,12 +151,17 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
 def _add_compile(sub) -> None:
     p = sub.add_parser("compile", help="build the PyTorch model and write it as .pt, .py or .onnx",
                        description="Build the PyTorch model of a spec (after the same checks as "
-                                   "`check`) and write it: OUT.pt the freshly initialised weights "
-                                   "(a state_dict for torch.load(weights_only=True)), OUT.py "
-                                   "standalone PyTorch source with the same state_dict keys, "
-                                   "OUT.onnx an ONNX graph with a dynamic batch size.")
+                                   "`check`) and write it: OUT.pt the weights (freshly initialised, "
+                                   "or those of --weights; a state_dict for "
+                                   "torch.load(weights_only=True)), OUT.py standalone PyTorch source "
+                                   "with the same state_dict keys, OUT.onnx an ONNX graph with a "
+                                   "dynamic batch size.")
     _add_spec_options(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.pt, OUT.py or OUT.onnx")
+    p.add_argument("--weights", metavar="CHECKPOINT",
+                   help="export trained weights: a densedsl checkpoint (or its run directory), or a "
+                        "state_dict / torchvision, timm or MONAI DenseNet checkpoint (.pt/.pth); every "
+                        "tensor must fit the spec")
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
                    help="efficient: recompute concat, BN and ReLU in backward, keep conv outputs (memory linear in depth)")
     _add_memory_limit_option(p)
@@ -169,7 +174,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     spec = _load(args.file, args)
     from .analysis import analyze
     a = analyze(spec.network)
-    if kind == ".py":
+    if kind == ".py" and args.weights is None:
         # Source text only: nothing is built, so any network that passes the checks is written.
         from .export import python_source
         from .files import atomic_write
@@ -180,8 +185,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                        spec.network)
         from .compiler import build_model
         from .export import write_output
-        write_output(build_model(spec.network, memory=args.memory), spec.network, args.output)
-    print(f"{args.output}: {spec.network.name}, {a.params:,} parameters", file=sys.stderr)
+        model = build_model(spec.network, memory=args.memory)
+        if args.weights is not None:  # every tensor must fit: nothing is written otherwise
+            from .transfer import load_exactly
+            load_exactly(model, args.weights)
+        write_output(model, spec.network, args.output)
+    weights = f", weights from {args.weights}" if args.weights is not None else ""
+    print(f"{args.output}: {spec.network.name}, {a.params:,} parameters{weights}", file=sys.stderr)
+    if kind == ".py" and args.weights is not None:
+        print(f"note: {args.output} is source only; the weights fit it and load with "
+              f"model.load_state_dict (write them with -o OUT.pt)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -488,7 +501,7 @@ def _add_train(sub) -> None:
         "train", help="train a spec on an image data set (the paper's recipe by default)",
         description="Train the network of a spec file. Defaults follow the DenseNet paper: SGD "
                     "with Nesterov momentum 0.9, weight decay 1e-4, batch 64, lr 0.1 divided by 10 "
-                    "at 50%% and 75%% of the epochs, crop+flip augmentation for CIFAR. Works "
+                    "at 50% and 75% of the epochs, crop+flip augmentation for CIFAR. Works "
                     "unchanged under torchrun (DistributedDataParallel). Data sets are read from "
                     "local files: digits, cifar10:DIR, cifar100:DIR, mnist:DIR, fashion-mnist:DIR, "
                     "folder:DIR, synthetic[:N].")
@@ -522,6 +535,13 @@ def _add_train(sub) -> None:
                    help="stop after N optimizer steps (smoke test)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NETWORK-DATA)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start from these weights: a densedsl checkpoint (or run directory), a state_dict "
+                        "or a torchvision/timm/MONAI DenseNet checkpoint; tensors of another shape (the "
+                        "classifier) stay at their initialisation, and the run lists them")
+    p.add_argument("--init-partial", action="store_true",
+                   help="with --init: tensors the model or the weights lack are left at their "
+                        "initialisation instead of an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only a line per epoch")
     _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_train)
@@ -536,7 +556,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
           milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
           augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, memory=args.memory,
           workers=args.workers, threads=args.threads, sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
-          resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress)
+          resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress,
+          init=args.init, init_partial=args.init_partial)
     return EXIT_OK
 
 

@@ -91,7 +91,8 @@ def _fail(message: str, hint: str | None = None, file: str | None = None, **list
     return WeightsError([d.Diagnostic(d.BAD_FILE, message, None, hint, file=file)], **lists)
 
 
-def _read(path: str | os.PathLike) -> Any:
+def read_weights_file(path: str | os.PathLike) -> Any:
+    """A weights file as torch.load(weights_only=True) returns it, after E912/E913 checks."""
     name = str(path)
     from .checkpoints import verify_archive
     from .files import require_regular
@@ -161,7 +162,7 @@ def _old_head_norm(state: dict, own: Mapping) -> tuple[dict, bool]:
 def weights_convention(weights: Any) -> str:
     """Which key layout a state_dict (or checkpoint, or path) is written in: one of CONVENTIONS."""
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
-    raw = _read(weights) if name is not None else weights
+    raw = read_weights_file(weights) if name is not None else weights
     return _convention(_normalise_key(k)[1] for k in _state_dict_of(raw, name))
 
 
@@ -181,6 +182,23 @@ def _shape(t: Any) -> str:
     return "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) and t.dim() else "scalar"
 
 
+def normalised_weights(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """(the state_dict of `weights` in densedsl's key layout, the convention it was written in)
+    for a model whose own state_dict is `own`. `weights`: a state_dict, a checkpoint dict with a
+    'model' entry, or a path."""
+    name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
+    raw = read_weights_file(weights) if name is not None else weights
+    state, found = {}, set()
+    for key, value in _state_dict_of(raw, name).items():
+        key, convention = _normalise_key(key)
+        state[key] = value
+        found.add(convention)
+    state, renamed = _old_head_norm(state, own)
+    if renamed:
+        found.add(OLD_NORM)
+    return state, _convention(found)
+
+
 def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.Module:
     """Load a state_dict, a checkpoint dict with a 'model' entry, or a path to a .pt/.pth file.
 
@@ -192,17 +210,8 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.M
     never a wrong shape. Returns the model.
     """
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
-    raw = _read(weights) if name is not None else weights
-    state, found = {}, set()
-    for key, value in _state_dict_of(raw, name).items():
-        key, convention = _normalise_key(key)
-        state[key] = value
-        found.add(convention)
     own = model.state_dict()
-    state, renamed = _old_head_norm(state, own)
-    if renamed:
-        found.add(OLD_NORM)
-    convention = _convention(found)
+    state, convention = normalised_weights(weights, own)
 
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -229,4 +238,4 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.M
 
 
 __all__ = ["CONVENTIONS", "MEMORY_MODES", "WeightsError", "build_model", "load_weights",
-           "weights_convention"]
+           "normalised_weights", "read_weights_file", "weights_convention"]

@@ -6,6 +6,7 @@ partial file behind.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import keyword
 import operator
@@ -70,12 +71,31 @@ def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18) -> 
     example = torch.randn(2, *model.input_shape)
     batch = torch.export.Dim("batch", min=1)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, _quiet_exporter():
             torch.onnx.export(model, (example,), tmp, input_names=["input"], output_names=["output"],
                               dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
                               external_data=False, verbose=False)
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence what torch's exporter says about itself, not about the user's model: "torchvision
+    is not installed. Skipping torchvision::nms" (its op registry, once per torchvision op) and
+    FutureWarnings/DeprecationWarnings from its own internals. Errors still raise."""
+    import logging
+    import warnings
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 # --- standalone Python source -------------------------------------------------------------------

@@ -98,6 +98,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           workers: int | None = None, threads: int | None = None, sync_bn: bool = False,
           max_steps: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
           log: Log | None = None, progress: bool = True, callback: Callable[[dict], bool | None] | None = None,
+          init: str | os.PathLike | None = None, init_partial: bool = False,
           network: str | None = None, **params: Any) -> RunResult:
     """Train a spec (a `Spec`, a path, spec text or a resolved `Network`) on a data set.
 
@@ -111,6 +112,11 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     (None: silent); `progress` adds a per-epoch bar when stdout is a terminal. `callback(row)` runs after every
     epoch with its metrics row; returning True stops training (early stopping). Under torchrun
     the processes train one DistributedDataParallel model; only rank 0 logs and writes.
+
+    `init` starts from the weights of a file (`transfer.initialise`): a densedsl checkpoint, a
+    state_dict or a torchvision/timm/MONAI DenseNet checkpoint. Tensors whose shape differs (the
+    classifier, when the classes differ) stay at their initialisation; tensors the model or the
+    file lacks are an error unless `init_partial`. The log names every tensor not taken.
     """
     started = time.perf_counter()
     net, record = _resolve_spec(spec, network, params)
@@ -126,7 +132,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
             return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
                         memory=memory, workers=workers, threads=threads, sync_bn=sync_bn,
                         max_steps=max_steps, out=out, resume=resume, log=log if dd.main else None,
-                        progress=progress, callback=callback)
+                        progress=progress, callback=callback, init=init, init_partial=init_partial)
     finally:
         if dd.created:
             dist.destroy_process_group()
@@ -136,7 +142,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
          recipe: dict, device: str, amp: str, memory: str, workers: int | None, threads: int | None,
          sync_bn: bool,
          max_steps: int | None, out, resume: bool, log: Log | None, progress: bool,
-         callback) -> RunResult:
+         callback, init, init_partial: bool) -> RunResult:
     say = log or (lambda line: None)
     run_dir = Path(out) if out is not None else None
     ckpt = None
@@ -147,6 +153,11 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
             raise SpecError([Diagnostic(d.FILE_NOT_FOUND, f"no checkpoint to resume in {run_dir}", None,
                                         "run without --resume to start training there",
                                         file=str(run_dir / CHECKPOINT))])
+        if init is not None:
+            raise SpecError([Diagnostic(d.CONFLICT, "--init with --resume: a resumed run continues from "
+                                        "its checkpoint's weights", None, "leave out --init to continue "
+                                        "the run, or start a new run with another --out",
+                                        file="--init")])
         ckpt = read_checkpoint(run_dir / CHECKPOINT)
         check_same_spec(ckpt, record, run_dir)
     elif run_dir is not None and (found := existing_run(run_dir)) is not None:
@@ -178,7 +189,9 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     nesterov=bool(values["nesterov"]), weight_decay=float(values["weight_decay"]),
                     milestones=tuple(float(m) for m in values["milestones"]), gamma=float(values["gamma"]),
                     augment=values["augment"], seed=int(values["seed"]), device=str(dev), amp=amp,
-                    memory=memory, workers=workers, sync_bn=sync_bn, max_steps=max_steps)
+                    memory=memory, workers=workers, sync_bn=sync_bn, max_steps=max_steps,
+                    init=ckpt["config"].get("init") if ckpt else (
+                        str(Path(init).absolute()) if init is not None else None))
     report(say, net, record, data, config, origin, dd, run_dir, ckpt)
 
     # Model, optimizer, schedule. Every rank seeds alike, so initial weights agree (DDP would
@@ -186,7 +199,12 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     from .compiler import build_model
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = build_model(net, memory=memory).to(dev)
+    model = build_model(net, memory=memory)
+    if init is not None:
+        from .transfer import initialise
+        for line in initialise(model, init, partial=init_partial).lines():
+            say(line)
+    model = model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)

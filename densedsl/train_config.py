@@ -58,6 +58,7 @@ class Config:
     workers: int
     sync_bn: bool
     max_steps: int | None
+    init: str | None = None          # the weights file the run started from (train --init)
 
     def milestone_epochs(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.milestones})
@@ -240,6 +241,7 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)"),
         *([("resize", data.resized, "  (folder images to the spec's input)")] if data.resized else []),
         ("seed", str(config.seed), why("seed", "default")),
+        *([("initial weights", config.init, "")] if config.init is not None else []),
         ("device", config.device + (f" ×{dd.world} processes" if dd.active else ""), ""),
         ("precision", "float32" if config.amp == "off" else f"autocast {config.amp}", ""),
         ("memory", config.memory, ""),
