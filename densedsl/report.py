@@ -19,6 +19,7 @@ from . import diagnostics as d
 from .analysis import MEMORY_MODES, Analysis, BlockFigures, StageFigures, analyze, binary, shape_text, si
 from .graph import size_text
 from .network import Network
+from .ops import kind_of
 from .source import Span
 
 SCHEMA = 1
@@ -302,9 +303,11 @@ class LayerInputs:
 class Explanation:
     block: BlockFigures
     layers: tuple[LayerInputs, ...]
+    recipe: str = ""  # every layer's ops, as the diagrams write them: BN-SiLU-Conv3x3(32)
 
     def as_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "report": "explain", "block": _stage_json(self.block),
+                "recipe": self.recipe,
                 "layers": [{"layer": li.layer, "in_channels": li.in_channels,
                             "inputs": [{"map": i.map, "channels": i.channels, "made_by": i.made_by,
                                         "file": i.span.file if i.span else None, "line": i.line,
@@ -316,7 +319,7 @@ class Explanation:
         head = (f"{b.name}: {b.layers} layers, growth {b.growth}, {b.in_channels} + "
                 f"{b.growth}·{b.layers} = {b.out_channels} channels, {b.connections:,} connections")
         where = f"  ({_where(b.span)}: {_statement(b.span)})" if b.span else ""
-        lines = [head + where]
+        lines = [head + where] + ([f"each layer: {self.recipe}"] if self.recipe else [])
         for li in self.layers:
             lines.append("")
             maps = "1 map" if len(li.inputs) == 1 else f"{len(li.inputs)} maps"
@@ -351,7 +354,10 @@ def explain(a: Analysis, block: int, layer: int | None = None) -> Explanation:
             inputs.append(Input(m, g.nodes[m]["out_shape"][0], maker.removeprefix(f"{name}."),
                                 g.nodes[maker]["span"]))
         out.append(LayerInputs(ell, g.nodes[concat]["out_shape"][0], tuple(inputs)))
-    return Explanation(figures, tuple(out))
+    prefix = f"{name}.denselayer1."
+    recipe = "-".join(kind_of(a_["kind"]).token(a_) for n_, a_ in g.nodes(data=True)
+                      if n_.startswith(prefix) and kind_of(a_["kind"]).computes)
+    return Explanation(figures, tuple(out), recipe)
 
 
 # --- sweep -------------------------------------------------------------------------------------
@@ -429,7 +435,18 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
         if name.strip() in grid:
             raise ValueError(f"--grid names {name.strip()!r} twice")
         grid[name.strip()] = parts
+    _check_grid_size(grid)
     return grid
+
+
+MAX_SWEEP_POINTS = 500  # each point is a whole analysis, kept for the report
+
+
+def _check_grid_size(grid: Mapping[str, Sequence[str]]) -> None:
+    points = math.prod(len(v) for v in grid.values())
+    if points > MAX_SWEEP_POINTS:
+        raise ValueError(f"the grid has {points:,} points; a sweep analyses at most {MAX_SWEEP_POINTS:,} "
+                         "(split it into several sweeps)")
 
 
 def sweep(make: Callable[[Mapping[str, str]], Network], grid: Mapping[str, Sequence[str]], *,
@@ -445,6 +462,7 @@ def sweep(make: Callable[[Mapping[str, str]], Network], grid: Mapping[str, Seque
     """
     if sort is not None and sort not in SORT_KEYS:
         raise ValueError(f"cannot sort by {sort!r}; use one of {', '.join(SORT_KEYS)}")
+    _check_grid_size(grid)
     keys = list(grid)
     rows: list[SweepRow] = []
     excluded = 0

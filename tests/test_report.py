@@ -106,6 +106,17 @@ def test_cli_explain_and_sweep(capsys):
     assert "1,019,722" in out and "E106" in out
 
 
+def test_sweep_refuses_a_grid_too_large_before_analysing(capsys, monkeypatch):
+    # 25 x 24 = 600 points > 500; no point may be analysed first
+    monkeypatch.setattr(report, "analyze", lambda *a, **k: pytest.fail("analysed a point"))
+    growth = ",".join(str(g) for g in range(1, 26))
+    depth = ",".join(str(40 + 6 * i) for i in range(24))
+    assert main(["sweep", "specs/densenet_cifar.dense", "--grid", f"growth={growth}", f"depth={depth}"]) == 2
+    assert "600 points" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at most 500"):
+        report.sweep(lambda v: None, {"a": [str(i) for i in range(501)]})
+
+
 def test_cli_limits(capsys):
     assert main(["summary", "specs/densenet121.dense", "--max-params", "1M"]) == 1
     assert "E301" in capsys.readouterr().err
