@@ -21,7 +21,7 @@ from typing import Any, Iterator, Union, assert_never
 
 from . import network as n
 from .network import DenseBlock, Head, Network, Stem, Transition
-from .ops import Conv, Dropout, Flatten, Linear, Norm, Op, Pool, ReLU, Shape, numel, window_out
+from .ops import Activation, Conv, Dropout, Flatten, Linear, Norm, Op, Pool, ReLU, Shape, numel, window_out
 
 __all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
            "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
@@ -117,31 +117,40 @@ def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, 
     ops the 3x3 conv to k; without one, the layer has only the `…1` ops with the 3x3 conv.
     """
     k = block.growth
-    convs = ([(block.bottleneck * k, 1, 0), (k, 3, 1)] if block.bottleneck else [(k, 3, 1)])
+    grow = (k, block.kernel, block.kernel // 2, block.groups)  # the growth conv keeps the size
+    convs = [(block.bottleneck * k, 1, 0, 1), grow] if block.bottleneck else [grow]
     ops: list[Op] = []
     prefix = f"{module}." if module else ""
-    for i, (cout, kernel, padding) in enumerate(convs, start=1):
-        conv = Conv.make(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}")
+    for i, (cout, kernel, padding, groups) in enumerate(convs, start=1):
+        conv = Conv.make(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}", groups)
         if block.order == "pre":
-            ops += [Norm.make(f"norm{i}", shape, f"{prefix}norm{i}"), ReLU.make(f"relu{i}", shape), conv]
+            ops += [Norm.make(f"norm{i}", shape, f"{prefix}norm{i}"), _activation(block, i, shape), conv]
         else:
             ops += [conv, Norm.make(f"norm{i}", conv.out_shape, f"{prefix}norm{i}"),
-                    ReLU.make(f"relu{i}", conv.out_shape)]
+                    _activation(block, i, conv.out_shape)]
         shape = conv.out_shape
         if block.dropout > 0:
             ops.append(Dropout.make(f"drop{i}", shape, block.dropout))
     return tuple(ops)
 
 
+def _activation(block: DenseBlock, i: int, shape: Shape) -> Op:
+    """`relu{i}` (torchvision's name and in-place ReLU) or `act{i}` for another activation."""
+    if block.activation == "relu":
+        return ReLU.make(f"relu{i}", shape)
+    return Activation.make(f"act{i}", shape, block.activation)
+
+
 def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
     cout = transition_channels(shape[0], t)
     prefix = f"{module}." if module else ""
     ops = [Norm.make("norm", shape, f"{prefix}norm"), ReLU.make("relu", shape),
-           Conv.make("conv", shape, cout, 1, 1, 0, t.bias, f"{prefix}conv")]
+           Conv.make("conv", shape, cout, 1, t.stride, 0, t.bias, f"{prefix}conv")]
     mid = ops[-1].out_shape
     if t.dropout > 0:
         ops.append(Dropout.make("drop", mid, t.dropout))
-    ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
+    if t.pool is not None:
+        ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
     return tuple(ops)
 
 

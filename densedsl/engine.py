@@ -274,7 +274,8 @@ class InferenceEngine:
 
     def transition(self, t: Transition, x: Tensor) -> Tensor:
         # avg-pool(conv1x1(x)) == conv1x1(avg-pool(x)) when no padding mixes in zeros.
-        pool_first = isinstance(t.pool, nn.AvgPool2d) and t.pool.padding == 0 and _pointwise(t.conv)
+        pool = getattr(t, "pool", None)  # `pool=none` transitions have none
+        pool_first = isinstance(pool, nn.AvgPool2d) and pool.padding == 0 and _pointwise(t.conv)
         if pool_first and _foldable_bn(t.norm):
             # s·max(x, t) + b pooled is s·pool(max(x, t)) + b: the affine part folds into the conv
             fused = self.folded.relu_conv(id(t.conv), t.norm, t.conv)

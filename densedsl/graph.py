@@ -161,6 +161,8 @@ def _check_channels(network: Network) -> list[d.Diagnostic]:
     for stage in network.stages:
         match stage:
             case DenseBlock():
+                if stage.groups != 1 and (bad := _bad_groups(stage, c)) is not None:
+                    diags.append(bad)
                 out = costs.block_out_channels(c, stage)
                 source = (f"denseblock{stage.index} emits {c} + {stage.growth}·{stage.layers} = {out} "
                           "channels")
@@ -175,6 +177,25 @@ def _check_channels(network: Network) -> list[d.Diagnostic]:
             case _:
                 assert_never(stage)
     return diags
+
+
+def _bad_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
+    """The first growth conv of `block` (fed `c` channels) whose channels `groups` does not divide."""
+    g, k = block.groups, block.growth
+    for ell in range(1, block.layers + 1):
+        cin = block.bottleneck * k if block.bottleneck else c + k * (ell - 1)
+        what = (f"its bottleneck's {block.bottleneck}·{k} = {cin}" if block.bottleneck
+                else f"its {cin} concatenated" if ell > 1 else f"its {cin}")
+        for count, name in ((cin, f"{what} input channels"), (k, f"its {k} output channels (the growth)")):
+            if count % g:
+                return d.Diagnostic(
+                    d.BAD_GROUPS, f"denseblock{block.index}.denselayer{ell}: groups={g} does not divide "
+                    f"{name} ({count} = {count // g}·{g} + {count % g})", block.span,
+                    "groups must divide the growth conv's input and output channels; without a "
+                    "bottleneck the input grows by the growth rate each layer")
+        if block.bottleneck:
+            break  # every layer's growth conv has the same widths
+    return None
 
 
 def _no_channels(stage: Transition, c: int, out: int, source: str) -> d.Diagnostic:

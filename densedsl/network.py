@@ -17,6 +17,8 @@ from .source import Span
 
 Shape = tuple[int, ...]  # (C, L), (C, H, W) or (C, D, H, W): channels, then one size per axis
 Order = Literal["pre", "post"]
+# A dense layer's activation (torch.nn: ReLU, ReLU6, LeakyReLU, SiLU, GELU, ELU); relu is the paper's
+ActivationFn = Literal["relu", "relu6", "leaky_relu", "silu", "gelu", "elu"]
 PoolMode = Literal["avg", "max"]
 
 
@@ -77,8 +79,8 @@ class DenseBlock:
     """L dense layers; layer ℓ (1-based) sees k0 + growth·(ℓ−1) channels and adds `growth`.
 
     `bottleneck` is the width factor of the 1x1 conv (4 → 4·growth channels) or None for none.
-    Pre-activation layers run BN-ReLU-Conv (the paper); post-activation run Conv-BN-ReLU.
-    Dropout, when > 0, follows every conv of the layer.
+    Pre-activation layers run BN-ReLU-Conv (the paper); post-activation run Conv-BN-ReLU;
+    `activation` replaces the ReLU. Dropout, when > 0, follows every conv of the layer.
     """
 
     index: int  # 1-based among dense blocks: compiled as features.denseblock{index}
@@ -88,6 +90,9 @@ class DenseBlock:
     dropout: float = 0.0
     bias: bool = False
     order: Order = "pre"
+    activation: ActivationFn = "relu"
+    kernel: int = 3  # the growth conv's (odd, padded to keep the size)
+    groups: int = 1  # the growth conv's groups
     span: Span | None = _span()
 
 
@@ -96,7 +101,8 @@ class Transition:
     """BN-ReLU-Conv1x1-(Dropout)-Pool.
 
     Exactly one of `compression` (output ⌊θ·m⌋ for m input channels, 0 < θ ≤ 1) and `channels`
-    (an explicit output count) is set.
+    (an explicit output count) is set. `pool` None (`pool=none`) leaves the pool out; `stride` is
+    the 1x1 conv's (`pool=none stride=2` downsamples in the conv instead of a pool).
     """
 
     index: int  # 1-based among transitions: compiled as features.transition{index}
@@ -104,7 +110,8 @@ class Transition:
     channels: int | None = None
     bias: bool = False
     dropout: float = 0.0
-    pool: Pool = field(default_factory=Pool)
+    pool: Pool | None = field(default_factory=Pool)
+    stride: int = 1
     span: Span | None = _span()
 
 

@@ -210,14 +210,16 @@ class Conv(OpKind):
 
     @staticmethod
     def make(name: str, shape: Shape, cout: int, kernel: int, stride: int, padding: int, bias: bool,
-             module: str | None) -> Op:
+             module: str | None, groups: int = 1) -> Op:
+        """`groups` splits the channels into independent convs: each output sees c/groups inputs
+        (the attribute is present only when it is not 1, so ungrouped graphs read as before)."""
         c = shape[0]
         out = (cout, *_sized(shape, kernel, stride, padding))
-        taps = kernel ** rank(shape)
-        return Op(name, "conv", shape, out, cout * c * taps + (cout if bias else 0), 0,
-                  cout * c * taps * numel(out[1:]), module,
+        taps = kernel ** rank(shape) * (c // groups)
+        return Op(name, "conv", shape, out, cout * taps + (cout if bias else 0), 0,
+                  cout * taps * numel(out[1:]), module,
                   (("in_channels", c), ("out_channels", cout), ("kernel", kernel), ("stride", stride),
-                   ("padding", padding), ("bias", bias)))
+                   ("padding", padding), ("bias", bias)) + ((("groups", groups),) if groups != 1 else ()))
 
     def window(self, a):
         return a["kernel"], a["stride"], a["padding"]
@@ -227,7 +229,8 @@ class Conv(OpKind):
 
     def token(self, a):
         stride = f"/{a['stride']}" if a["stride"] != 1 else ""
-        return f"Conv{dims_text(a['kernel'], rank(a['in_shape']))}{stride}({a['out_channels']})"
+        groups = f"g{a['groups']}" if a.get("groups", 1) != 1 else ""
+        return f"Conv{dims_text(a['kernel'], rank(a['in_shape']))}{stride}{groups}({a['out_channels']})"
 
     def words(self, a):
         r = rank(a["in_shape"])
@@ -243,6 +246,7 @@ class Conv(OpKind):
     def constructor(self, a):
         kwargs = {"stride": a["stride"]} if a["stride"] != 1 else {}
         kwargs |= {"padding": a["padding"]} if a["padding"] else {}
+        kwargs |= {"groups": a["groups"]} if a.get("groups", 1) != 1 else {}
         return (_nn("Conv", rank(a["in_shape"])), (a["in_channels"], a["out_channels"], a["kernel"]),
                 {**kwargs, "bias": a["bias"]})
 
@@ -293,6 +297,34 @@ class ReLU(OpKind):
 
     def constructor(self, a):
         return "ReLU", (), {"inplace": True}
+
+
+# activation name → torch.nn class; `relu` stays the ReLU kind (in place, and the engine folds it)
+ACTIVATIONS = {"relu6": "ReLU6", "leaky_relu": "LeakyReLU", "silu": "SiLU", "gelu": "GELU", "elu": "ELU"}
+
+
+class Activation(OpKind):
+    """An activation other than ReLU. Not in place (torch's defaults), and each of these saves its
+    input for backward (derivatives.yaml: hardtanh, leaky_relu, silu, gelu and elu backward read
+    `self`), so the memory model keeps both the input and the output."""
+
+    kind = "activation"
+    storage = "own"
+    saves = "input"
+    pointwise = True
+
+    @staticmethod
+    def make(name: str, shape: Shape, fn: str) -> Op:
+        return Op(name, "activation", shape, shape, attrs=(("fn", fn),))
+
+    def token(self, a):
+        return ACTIVATIONS[a["fn"]]
+
+    def words(self, a):
+        return ACTIVATIONS[a["fn"]], ""
+
+    def constructor(self, a):
+        return ACTIVATIONS[a["fn"]], (), {}
 
 
 class Dropout(OpKind):
@@ -415,7 +447,7 @@ class Linear(OpKind):
 
 
 TABLE: dict[str, OpKind] = {cls.kind: cls() for cls in (
-    Input, Output, Feature, Concat, Conv, Norm, ReLU, Dropout, Pool, Flatten, Linear)}
+    Input, Output, Feature, Concat, Conv, Norm, ReLU, Activation, Dropout, Pool, Flatten, Linear)}
 
 
 def _literal(value: Any) -> str:

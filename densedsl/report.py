@@ -181,6 +181,11 @@ def summary(a: Analysis, *, batch: int = 1, dtype: str = "float32", layers: bool
 
 # --- diff --------------------------------------------------------------------------------------
 
+def _spelled(value: Any) -> str:
+    """A setting as a spec writes it: no bottleneck is `off`, not Python's None."""
+    return "off" if value is None else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class DiffRow:
     name: str
@@ -198,7 +203,7 @@ class DiffRow:
         if isinstance(o, BlockFigures) and isinstance(n, BlockFigures):
             for attr, word in (("layers", "layers"), ("growth", "growth"), ("bottleneck", "bottleneck")):
                 if getattr(o, attr) != getattr(n, attr):
-                    out.append(f"{getattr(o, attr)} → {getattr(n, attr)} {word}")
+                    out.append(f"{_spelled(getattr(o, attr))} → {_spelled(getattr(n, attr))} {word}")
         if o.out_shape != n.out_shape:
             out.append(f"{shape_text(o.out_shape)} → {shape_text(n.out_shape)}")
         if o.params != n.params:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import difflib
 import math
 import numbers
+import typing
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping
@@ -57,10 +58,11 @@ _LIST_FUNCTIONS = ("len", "sum")
 STATEMENTS = ("input", "defaults", "stem", "dense", "transition", "repeat", "head", "expect")
 STAGE_STATEMENTS = ("dense", "transition", "repeat", "for")  # what repeat and for bodies hold
 STEM_OPS = ("conv", "norm", "relu", "maxpool", "avgpool", "dropout")
-DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order")
+DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order", "activation", "kernel", "groups")
+ACTIVATIONS = typing.get_args(n.ActivationFn)
 TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding")
 HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout")
-DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order")
+DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order", "activation")
 EXPECT_KEYS = ("params", "buffers", "macs", "flops", "channels", "connections", "depth")
 _STEM_SETTINGS = {
     "conv": ("kernel", "stride", "padding", "bias"),
@@ -890,7 +892,7 @@ class _Resolver:
             raise _Invalid
         self.no_body(stmt)
         s = self.settings(stmt, DENSE_SETTINGS, "dense block",
-                          ("growth", "layers", "bottleneck", "dropout", "bias", "order"))
+                          ("growth", "layers", "bottleneck", "dropout", "bias", "order", "activation"))
         missing = [k for k in ("layers", "growth") if k not in s]
         misspelt = [x.name for x in stmt.settings if x.name not in DENSE_SETTINGS]
         for k in missing:
@@ -908,8 +910,19 @@ class _Resolver:
             if "dropout" in s else 0.0,
             bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
             order=lambda: self.choice(s["order"], ("pre", "post")) if "order" in s else "pre",
+            activation=lambda: self.choice(s["activation"], ACTIVATIONS) if "activation" in s else "relu",
+            kernel=lambda: self.odd_kernel(s["kernel"]) if "kernel" in s else 3,
+            groups=lambda: self.integer(s["groups"], 1, 1 << 16) if "groups" in s else 1,
         )
         return n.DenseBlock(index=index, span=stmt.span, **values)
+
+    def odd_kernel(self, b: _Bound) -> int:
+        k = self.integer(b, 1, 255, "kernel")
+        if k % 2 == 0:
+            self.error(d.OUT_OF_RANGE, f"a dense layer's kernel must be odd, got {k}", b.span,
+                       f"padding k//2 keeps the map's size only for odd kernels: use {k - 1} or {k + 1}")
+            raise _Invalid
+        return k
 
     def try_all(self, **thunks: Callable[[], Any]) -> dict[str, Any]:
         """Evaluate every setting, so one run reports every bad value; then give up if any was bad."""
@@ -933,6 +946,8 @@ class _Resolver:
             raise _Invalid
         inherit = ("bias", "dropout") + (() if "channels" in explicit else ("compression",))
         s = self.settings(stmt, TRANSITION_SETTINGS, "transition", inherit)
+        if "pool" in s and self.eval_quietly(s["pool"]) == "none":
+            return self.poolless_transition(stmt, index, s)
         values = self.try_all(
             compression=lambda: self.real(s["compression"], Fraction(0), Fraction(1), True, False,
                                           "compression θ") if "compression" in s else None,
@@ -940,12 +955,44 @@ class _Resolver:
             bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
             dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
             if "dropout" in s else 0.0,
-            pool=lambda: self.pool(self.choice(s["pool"], ("avg", "max")) if "pool" in s else "avg",
+            pool=lambda: self.pool(self.choice(s["pool"], ("avg", "max", "none")) if "pool" in s else "avg",
                                    s, stmt.span),
         )
         if values["compression"] is None and values["channels"] is None:
             values["compression"] = Fraction(1)
         return n.Transition(index=index, span=stmt.span, **values)
+
+    def eval_quietly(self, b: _Bound) -> Value | None:
+        """The value, or None when it is invalid (the caller's own check reports it)."""
+        mark, reported = len(self.diags), set(self._reported)
+        try:
+            return self.eval(b.expr, symbols=True)
+        except _Invalid:
+            return None
+        finally:
+            del self.diags[mark:]
+            self._reported = reported
+
+    def poolless_transition(self, stmt: ast.Statement, index: int, s: dict[str, _Bound]) -> n.Transition:
+        """`pool=none`: BN-ReLU-Conv1x1 only; `stride` is the conv's (2 downsamples in the conv)."""
+        for name in ("kernel", "padding"):
+            if name in s:
+                self.error(d.CONFLICT, f"'{name}' sets the pooling window, and this transition has "
+                           "pool=none", s[name].span,
+                           "the transition's conv is 1x1; use stride=2 to downsample in the conv")
+                raise _Invalid
+        values = self.try_all(
+            compression=lambda: self.real(s["compression"], Fraction(0), Fraction(1), True, False,
+                                          "compression θ") if "compression" in s else None,
+            channels=lambda: self.integer(s["channels"], 1) if "channels" in s else None,
+            bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
+            dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
+            if "dropout" in s else 0.0,
+            stride=lambda: self.integer(s["stride"], 1) if "stride" in s else 1,
+        )
+        if values["compression"] is None and values["channels"] is None:
+            values["compression"] = Fraction(1)
+        return n.Transition(index=index, span=stmt.span, pool=None, **values)
 
     def head(self, stmt: ast.Statement) -> n.Head | None:
         self.no_arg(stmt)

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 from fractions import Fraction
+import typing
 from typing import assert_never
 
 from hypothesis import strategies as st
 
 from . import graph as graph_
 from .analysis import Analysis
-from .network import (Conv, DenseBlock, Dropout, Head, Network, Norm, Pool, ReLU, Stage, Stem, StemOp,
+from .network import (ActivationFn, Conv, DenseBlock, Dropout, Head, Network, Norm, Pool, ReLU, Stage, Stem, StemOp,
                       Transition)
 
 # Finite decimals, so the text form is exact; ≥ 1/2 keeps ⌊θ·m⌋ ≥ 1 for any block output m ≥ 2.
 _COMPRESSIONS = (Fraction(1, 2), Fraction(1), Fraction(3, 4))
 _RATES = (0.0, 0.2, 0.5)
+_ACTIVATIONS = typing.get_args(ActivationFn)  # relu first: failures shrink to the paper's
 
 
 @st.composite
@@ -56,10 +58,14 @@ def _stem(draw) -> Stem:
 def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
            growth: tuple[int, int]) -> DenseBlock:
     use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
+    k = draw(st.integers(*growth))
     return DenseBlock(
-        index=index, layers=draw(st.integers(1, max_layers)), growth=draw(st.integers(*growth)),
+        index=index, layers=draw(st.integers(1, max_layers)), growth=k,
         bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None,
         dropout=draw(st.sampled_from(_RATES)), bias=draw(st.booleans()),
+        activation=draw(st.sampled_from(_ACTIVATIONS)), kernel=draw(st.sampled_from((3, 1, 5))),
+        # groups divide the growth, hence the bottleneck's width; without one the input varies
+        groups=draw(st.sampled_from([g for g in range(1, 5) if k % g == 0])) if use_bottleneck else 1,
         order=draw(st.sampled_from(("pre", "post"))))
 
 
@@ -72,8 +78,11 @@ def _transition(draw, index: int) -> Transition:
     kernel = draw(st.sampled_from((2, 3)))
     pool = Pool(mode=draw(st.sampled_from(("avg", "max"))), kernel=kernel,
                 stride=draw(st.sampled_from((2, 1))), padding=draw(st.integers(0, kernel // 2)))
+    # pool=none: the 1x1 conv downsamples (stride 2) or keeps the size
+    pooled = draw(st.booleans().map(lambda b: not b))
     return Transition(index=index, compression=compression, channels=channels,
-                      bias=draw(st.booleans()), dropout=draw(st.sampled_from(_RATES)), pool=pool)
+                      bias=draw(st.booleans()), dropout=draw(st.sampled_from(_RATES)),
+                      pool=pool if pooled else None, stride=1 if pooled else draw(st.sampled_from((2, 1))))
 
 
 @st.composite
@@ -151,13 +160,14 @@ def _stage_text(s: Stage) -> str:
         case DenseBlock():
             return (f"dense layers={s.layers} growth={s.growth} "
                     f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
-                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order}")
+                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
+                    f"activation={s.activation} kernel={s.kernel} groups={s.groups}")
         case Transition():
             size = (f"compression={_num(s.compression)}" if s.channels is None
                     else f"channels={s.channels}")
-            return (f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} "
-                    f"pool={s.pool.mode} kernel={s.pool.kernel} stride={s.pool.stride} "
-                    f"padding={s.pool.padding}")
+            pool = (f"pool={s.pool.mode} kernel={s.pool.kernel} stride={s.pool.stride} "
+                    f"padding={s.pool.padding}" if s.pool else f"pool=none stride={s.stride}")
+            return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} {pool}"
         case _:
             assert_never(s)
 
@@ -192,6 +202,9 @@ def family_text(network: Network) -> str:
         "dropouts": [_num(b.dropout) for b in blocks],
         "biases": [_bool(b.bias) for b in blocks],
         "orders": [b.order for b in blocks],
+        "activations": [b.activation for b in blocks],
+        "kernels": [b.kernel for b in blocks],
+        "groups": [b.groups for b in blocks],
     }
     side = network.input[1]  # networks() draws the same side along every axis
     params = ", ".join([f"{k}=[{', '.join(map(str, v))}]" for k, v in lists.items()] + [f"side={side}"])
@@ -201,7 +214,8 @@ def family_text(network: Network) -> str:
         lines += ["    stem {"] + [f"        {_stem_op_text(op)}" for op in network.stem.ops] + ["    }"]
     lines += ["    for i, n in layers {",
               "        dense layers=n growth=growths[i] bottleneck=bottlenecks[i] dropout=dropouts[i] "
-              "bias=biases[i] order=orders[i]"]
+              "bias=biases[i] order=orders[i] activation=activations[i] "
+              "kernel=kernels[i] groups=groups[i]"]
     if transitions:
         lines += ["    } between {", f"        {_stage_text(transitions[0])}"]
     lines.append("    }")

@@ -77,7 +77,7 @@ def _stride_before(network, block_name: str) -> int:
         if f"denseblock{getattr(stage, 'layers', None) and stage.index}" == block_name:
             return stride
         if hasattr(stage, "pool"):
-            stride *= stage.pool.stride
+            stride *= stage.pool.stride if stage.pool else stage.stride  # pool=none: the conv's
     raise AssertionError(block_name)
 
 
@@ -124,3 +124,33 @@ def test_networks_written_as_families_compile_to_what_the_analysis_counts(drawn)
     with torch.no_grad():
         y = model(torch.randn(2, *network.input))
     assert tuple(y.shape[1:]) == tuple(a.output_shape)
+
+
+def _saved_bytes(network) -> int:
+    """Bytes of the distinct non-weight storages autograd keeps for backward, batch of 2."""
+    model = build_model(network).train()
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(2, *network.input))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(v for k, v in seen.items() if k not in weights)
+
+
+@pytest.mark.parametrize("order", ["pre", "post"])
+@pytest.mark.parametrize("activation", ["relu6", "leaky_relu", "silu", "gelu", "elu"])
+def test_an_activations_saved_tensors_are_what_the_analysis_adds(activation, order):
+    """Against the same network with ReLU: what the analysis adds for the activation (its output
+    beside the input it saves, where ReLU runs in place) is exactly what autograd keeps more."""
+    def net(fn):
+        return densedsl.parse(f"network d {{\n input 3x16x16\n stem {{\n conv 8\n }}\n"
+                              f" dense layers=3 growth=4 bottleneck=2 activation={fn} order={order}\n"
+                              f" transition\n dense layers=2 growth=4 activation={fn} order={order}\n"
+                              f" head classes=2\n}}\n").network
+    relu, other = net("relu"), net(activation)
+    assert analyze(other).params == analyze(relu).params
+    assert analyze(other).memory(2) > analyze(relu).memory(2)
+    assert _saved_bytes(other) - analyze(other).memory(2) == _saved_bytes(relu) - analyze(relu).memory(2)

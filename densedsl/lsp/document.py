@@ -270,10 +270,11 @@ def _move_diagnostic(x: d.Diagnostic, moved) -> d.Diagnostic:
 # --- what lies at an offset ---------------------------------------------------------------------
 
 def statements(body: tuple[ast.Statement, ...] | None) -> Iterator[ast.Statement]:
-    """Every statement of a body, nested ones (inside stem and repeat) included."""
+    """Every statement of a body, nested ones (inside stem, repeat and for) included."""
     for stmt in body or ():
         yield stmt
         yield from statements(stmt.body)
+        yield from statements(stmt.between)
 
 
 def innermost_statement(node: ast.NetworkDef, offset: int) -> ast.Statement | None:
@@ -283,7 +284,7 @@ def innermost_statement(node: ast.NetworkDef, offset: int) -> ast.Statement | No
     while body:
         for stmt in body:
             if stmt.span is not None and stmt.span.start <= offset <= stmt.span.end:
-                found, body = stmt, stmt.body
+                found, body = stmt, (stmt.body or ()) + (stmt.between or ())
                 break
         else:
             break
@@ -297,8 +298,10 @@ def names(e: ast.Expr | ast.ShapeLit | None) -> Iterator[ast.Name]:
     for child in (getattr(e, "left", None), getattr(e, "right", None), getattr(e, "operand", None)):
         if child is not None:
             yield from names(child)
-    for arg in getattr(e, "args", ()):
-        yield from names(arg)
+    for arg in (*getattr(e, "args", ()), *getattr(e, "items", ()), *getattr(e, "dims", ()),
+                getattr(e, "target", None), getattr(e, "index", None)):
+        if arg is not None:
+            yield from names(arg)
 
 
 def parameter_uses(node: ast.NetworkDef, name: str) -> list[Span]:

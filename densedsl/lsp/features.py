@@ -53,6 +53,8 @@ DOCS: dict[str, str] = {
     "bottleneck": "width factor of the 1x1 conv (4: 4k channels), or off",
     "bias": "convolutions with a bias term (true|false)",
     "order": "pre: BN-ReLU-Conv (the paper); post: Conv-BN-ReLU",
+    "groups": "a dense layer's growth conv in groups (must divide its input and output channels)",
+    "activation": "a dense layer's activation: relu (the paper), relu6, leaky_relu, silu, gelu or elu",
     "compression": "θ in (0, 1]: a transition emits ⌊θ·m⌋ of its m input channels",
     "channels": "a transition's output channels (instead of compression); as a figure: the "
                 "channels of the final feature map",
@@ -90,8 +92,9 @@ def enumerated_values(keyword: str, setting: str) -> tuple[str, ...]:
     """The words a setting accepts (`order` → pre, post), read off the network's field types."""
     for cls in _BUILDS.get(keyword, ()):
         hint = typing.get_type_hints(cls).get(setting)
-        if hint is n.Pool:  # `pool=` on a transition sets its Pool's mode
-            hint = typing.get_type_hints(n.Pool)["mode"]
+        if hint is n.Pool or n.Pool in typing.get_args(hint):  # a transition's `pool=`: its Pool's mode
+            modes = typing.get_args(typing.get_type_hints(n.Pool)["mode"])
+            return modes + (("none",) if type(None) in typing.get_args(hint) else ())
         if hint is bool:
             return ("true", "false")
         if typing.get_origin(hint) is Literal:
