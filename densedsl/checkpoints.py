@@ -45,7 +45,7 @@ FORMAT = "densedsl-checkpoint"
 FORMAT_VERSION = 1
 METRIC_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                  "images_per_s", "seconds")
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")     # datasets.AUGMENTATIONS (a test keeps both equal)
+AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")  # datasets.AUGMENTATIONS (a test keeps both equal)
 MEMORY_MODES = ("standard", "efficient")                  # compiler.MEMORY_MODES
 DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic")
 MAX_SPEC_CHARS = 16 * 1024 * 1024                          # files._MAX_BYTES: a spec is a short text
@@ -140,10 +140,18 @@ SETTINGS: dict[str, Rule] = {
     "sync_bn": instance(bool, "True or False"),
     "max_steps": optional(integer(1)),
     "init": optional(instance(str, "a weights file path")),
+    "optimizer": one_of(("sgd", "adamw")),
+    "schedule": one_of(("step", "cosine")),
+    "warmup": integer(0, 10**9),
+    "label_smoothing": real(0),
+    "grad_clip": optional(real(0, above=True)),
+    "freeze": sequence_of(instance(str, "a stage name"), at_most=10_000),
+    "head_lr": optional(real(0)),
 }
 # Settings added after format 1 shipped, with the value a checkpoint that lacks one was trained
 # with: older checkpoints still load, and resume as they were.
-LATER_SETTINGS: dict[str, Any] = {"init": None}
+LATER_SETTINGS: dict[str, Any] = {"init": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
+                                  "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -157,6 +165,12 @@ def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
             problems.append((key, f"must be {want}, not {_shown(value)}"))
     if values.get("nesterov") is True and _is_real(values.get("momentum")) and values["momentum"] == 0:
         problems.append(("nesterov", "must be False when momentum is 0 (Nesterov momentum needs momentum)"))
+    if _is_real(values.get("label_smoothing")) and values["label_smoothing"] >= 1:
+        problems.append(("label_smoothing", f"must be below 1, not {_shown(values['label_smoothing'])}"))
+    if _is_int(values.get("warmup")) and values["warmup"] > 0 and values.get("schedule", "step") != "cosine":
+        problems.append(("warmup", "needs --schedule cosine (the step schedule has no warm-up)"))
+    if _is_int(values.get("warmup")) and _is_int(values.get("epochs")) and values["warmup"] >= values["epochs"] > 0:
+        problems.append(("warmup", f"must be fewer epochs than the run's {values['epochs']}"))
     return problems
 
 
@@ -351,9 +365,11 @@ def _optimizer(state: Any) -> None:
 
 
 def _scheduler_entries() -> dict[str, type]:
-    """The entries this torch's MultiStepLR state_dict has, and their types."""
+    """The entries this torch's MultiStepLR (step) and LambdaLR (cosine) state_dicts have, and
+    their types."""
     param = torch.zeros(1, requires_grad=True)
-    fresh = torch.optim.lr_scheduler.MultiStepLR(torch.optim.SGD([param], lr=0.1), [1]).state_dict()
+    fresh = {**torch.optim.lr_scheduler.MultiStepLR(torch.optim.SGD([param], lr=0.1), [1]).state_dict(),
+             **torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=0.1), lambda e: 1.0).state_dict()}
     kinds = {bool: bool, int: int, float: numbers.Real}
     return {k: kinds.get(type(v), dict if isinstance(v, dict) else type(v)) for k, v in fresh.items()}
 
@@ -375,6 +391,9 @@ def _scheduler(state: Any, epoch: int) -> None:
             _rule(sequence_of(real(0), at_least=1), f"scheduler.{key}", state[key])
     if "gamma" in state:
         _rule(real(0, above=True), "scheduler.gamma", state["gamma"])
+    if "lr_lambdas" in state:  # LambdaLR would copy a dict entry onto the function: only None
+        _need(all(f is None for f in state["lr_lambdas"]), "scheduler.lr_lambdas", "a list of None",
+              state["lr_lambdas"])
     for milestone, count in state.get("milestones", {}).items():
         _need(_is_int(milestone) and _is_int(count) and count >= 1, "scheduler.milestones",
               "a Counter of epochs", state["milestones"])

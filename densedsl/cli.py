@@ -256,6 +256,14 @@ def _real(low: float, high: float = float("inf"), *, above: bool = False, below:
     return parse
 
 
+def _stage_name(text: str) -> str:
+    """argparse type for --freeze: a module name (which exist is known once the model is built)."""
+    if not (text.isascii() and text.isidentifier() and len(text) <= 100):
+        raise argparse.ArgumentTypeError(f"expected a stage name such as features, stem or denseblock1, "
+                                         f"not {text!r:.60}")
+    return text
+
+
 def _memory_limit(text: str) -> float:
     """argparse type for --memory-limit: a size (16GiB, 500M) or none."""
     from .budget import parse_limit
@@ -519,8 +527,25 @@ def _add_train(sub) -> None:
                    help="fractions of the epochs where the lr drops (default 0.5 0.75)")
     p.add_argument("--gamma", type=_real(0, 1, above=True), metavar="G",
                    help="lr factor at each milestone (default 0.1)")
-    p.add_argument("--augment", choices=("none", "flip", "crop", "crop+flip"),
-                   help="default: crop+flip for CIFAR and folders, none otherwise")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"),
+                   help="sgd (default, the paper's: Nesterov momentum) or adamw (ignores --momentum)")
+    p.add_argument("--schedule", choices=("step", "cosine"),
+                   help="step (default: ×gamma at the milestones) or cosine (down to 0, after --warmup)")
+    p.add_argument("--warmup", type=_integer(0, 10**9), metavar="E",
+                   help="with --schedule cosine: epochs of linear warm-up (default 0)")
+    p.add_argument("--label-smoothing", type=_real(0, 1, below=True), metavar="S",
+                   help="of the training loss (default 0)")
+    p.add_argument("--grad-clip", type=_real(0, above=True), metavar="NORM",
+                   help="clip the gradients' total norm to NORM (default: no clipping)")
+    p.add_argument("--freeze", type=_stage_name, nargs="+", metavar="STAGE",
+                   help="do not train these stages: features (all but the classifier), stem, or "
+                        "modules of features by name (denseblock1, transition1, norm5 …)")
+    p.add_argument("--head-lr", type=_real(0), metavar="LR",
+                   help="learning rate of the classifier (default: --lr); with --freeze features, "
+                        "the usual recipe for small data sets")
+    p.add_argument("--augment", choices=("none", "standard", "flip", "crop", "crop+flip", "resized-crop+flip"),
+                   help="standard (the default) is the data set's own: the paper's crop+flip for CIFAR, "
+                        "resized-crop+flip for folders, none for digits, MNIST and synthetic data")
     p.add_argument("--seed", type=_integer(*_SEED_RANGE), metavar="S", help="default 0")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
@@ -557,7 +582,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
           augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, memory=args.memory,
           workers=args.workers, threads=args.threads, sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
           resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress,
-          init=args.init, init_partial=args.init_partial)
+          init=args.init, init_partial=args.init_partial, optimizer=args.optimizer, schedule=args.schedule,
+          warmup=args.warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
+          freeze=tuple(args.freeze) if args.freeze else None, head_lr=args.head_lr)
     return EXIT_OK
 
 

@@ -42,7 +42,7 @@ from .files import require_regular
 Shape = tuple[int, int, int]
 
 KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic")
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 # A data file (CIFAR, IDX, decompressed) is read whole into memory: a header or a gzip stream
@@ -210,7 +210,7 @@ def describe(data: str) -> Description:
         return Description(kind=kind, path=path, shape=(1, 28, 28), classes=10, augment="none",
                            epochs=40, epochs_why=f"default for {kind}")
     classes = _folder_classes(path)
-    return Description(kind=kind, path=path, shape=None, classes=len(classes), augment="crop+flip",
+    return Description(kind=kind, path=path, shape=None, classes=len(classes), augment="resized-crop+flip",
                        epochs=90, epochs_why="the paper's ImageNet recipe")
 
 
@@ -614,18 +614,39 @@ def _check_pixels(size: tuple[int, int], path: Path) -> None:
 
 # --- batches on the device ---------------------------------------------------------------------
 
+def _random_resized_crop(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Each image cropped to a random box of 8% to 100% of its area and aspect ratio 3/4 to 4/3,
+    resized back bilinearly (torchvision's RandomResizedCrop defaults, for 2-D images). A box
+    that would not fit is clamped to the image rather than drawn again, so every image takes
+    the same number of draws."""
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    area = torch.empty(n).uniform_(0.08, 1.0, generator=generator)
+    ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).exp()
+    fw, fh = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - fw)  # box centre, in [-1, 1] units
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - fh)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = fw, cx, fh, cy
+    grid = F.affine_grid(theta.to(x.device), [n, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def prepare_batch(images: torch.Tensor, *, pixel_max: float, mean: torch.Tensor, std: torch.Tensor,
                   augment: str = "none", generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 images → float network input: scale to [0, 1], augment, normalise per channel.
 
-    `crop` is the paper's random crop with zero padding (4 pixels for 32x32, H/8 in general) and
-    `flip` a horizontal flip with probability 1/2; both draw from `generator` (on the CPU), so a
-    batch's augmentation depends only on the generator's seed, whatever the device.
+    `crop` is the paper's random crop with zero padding (4 pixels for 32x32, H/8 in general),
+    `resized-crop` the usual one for photographs (`_random_resized_crop`) and `flip` a horizontal
+    flip with probability 1/2; all draw from `generator` (on the CPU), so a batch's augmentation
+    depends only on the generator's seed, whatever the device.
     """
     x = images.float().div_(pixel_max)
     n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     per_channel = (1, -1) + (1,) * (x.dim() - 2)  # signals (N, C, L) and volumes too
-    if "crop" in augment:
+    steps = set(augment.split("+"))
+    if "resized-crop" in steps:
+        x = _random_resized_crop(x, generator)
+    if "crop" in steps:
         pad = max(1, round(h / 8))
         padded = F.pad(x, (pad, pad, pad, pad))
         dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator).to(x.device)
@@ -635,7 +656,7 @@ def prepare_batch(images: torch.Tensor, *, pixel_max: float, mean: torch.Tensor,
         batch = torch.arange(n, device=x.device)[:, None, None]
         # Advanced indices on dims 0, 2, 3 around the channel slice give (N, H, W, C).
         x = padded[batch, :, rows, cols].permute(0, 3, 1, 2)
-    if "flip" in augment:
+    if "flip" in steps:
         flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)[:, None, None, None]
         x = torch.where(flip, x.flip(3), x)
     return (x - mean.view(per_channel)) / std.view(per_channel)

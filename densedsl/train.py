@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +40,8 @@ from .rundir import CURVES, LOCK, METRICS, RunLock, default_run_dir, existing_ru
 from .train_config import (AMP_MODES, DEVICES, RECIPE, Config, Log, check_batch_of_one, check_data,
                            check_enough_data, check_same_spec, check_settings, pick_amp, pick_device,
                            report, resolve)
-from .train_loop import Run, derived_seed, evaluate_split, fit, set_rng_state
+from .train_loop import (Run, derived_seed, evaluate_split, fit, optimizer_for, replayed, scheduler_for,
+                         set_rng_state)
 
 __all__ = ["AMP_MODES", "CHECKPOINT", "CURVES", "DEVICES", "LOCK", "METRICS", "RECIPE", "Config",
            "EvalResult", "RunLock", "RunResult", "check_data", "default_run_dir", "evaluate",
@@ -99,11 +101,15 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           max_steps: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
           log: Log | None = None, progress: bool = True, callback: Callable[[dict], bool | None] | None = None,
           init: str | os.PathLike | None = None, init_partial: bool = False,
+          optimizer: str | None = None, schedule: str | None = None, warmup: int | None = None,
+          label_smoothing: float | None = None, grad_clip: float | None = None,
+          freeze: tuple[str, ...] | None = None, head_lr: float | None = None,
           network: str | None = None, **params: Any) -> RunResult:
     """Train a spec (a `Spec`, a path, spec text or a resolved `Network`) on a data set.
 
     Settings left at None take the paper's recipe (`RECIPE`) or the data set's default (epochs,
-    augmentation: "none", "flip", "crop" or "crop+flip"); on `resume` they take the checkpoint's,
+    augmentation: "none", "flip", "crop", "crop+flip" or "resized-crop+flip"; "standard" is the data
+    set's default); on `resume` they take the checkpoint's,
     and one that differs from the checkpoint's is an error (it would change what the weights
     become). `milestones` are fractions of `epochs` where the learning rate is multiplied by
     `gamma`. `max_steps` ends the run after that many optimizer steps (a smoke test: the partial
@@ -117,16 +123,27 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     state_dict or a torchvision/timm/MONAI DenseNet checkpoint. Tensors whose shape differs (the
     classifier, when the classes differ) stay at their initialisation; tensors the model or the
     file lacks are an error unless `init_partial`. The log names every tensor not taken.
+
+    Fine-tuning: `optimizer` "sgd" (default) or "adamw"; `schedule` "step" (default: the
+    milestones) or "cosine" (with `warmup` epochs); `label_smoothing`; `grad_clip` (the largest
+    gradient norm); `freeze` (stage names: "features", "stem" or a module of `features`, whose
+    parameters are not trained); `head_lr` (the classifier's learning rate). On `resume`, a larger
+    `epochs` extends the run, and the log says whether the result is exactly that of a run of
+    that length (`_extension`).
     """
     started = time.perf_counter()
     net, record = _resolve_spec(spec, network, params)
     desc = datasets.describe(data)
+    if desc.path is not None:  # stored absolute: `eval` of the checkpoint works from anywhere
+        desc = replace(desc, path=desc.path.absolute())
     d.raise_if_errors(check_data(net, desc))
 
     dd = setup("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     recipe = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                   weight_decay=weight_decay, gamma=gamma, augment=augment, seed=seed,
-                  milestones=tuple(milestones) if milestones is not None else None)
+                  milestones=tuple(milestones) if milestones is not None else None,
+                  optimizer=optimizer, schedule=schedule, warmup=warmup, label_smoothing=label_smoothing,
+                  grad_clip=grad_clip, freeze=tuple(freeze) if freeze is not None else None, head_lr=head_lr)
     try:
         with run_directory(out, dd, pick_device(device, dd)):
             return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
@@ -191,8 +208,12 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     augment=values["augment"], seed=int(values["seed"]), device=str(dev), amp=amp,
                     memory=memory, workers=workers, sync_bn=sync_bn, max_steps=max_steps,
                     init=ckpt["config"].get("init") if ckpt else (
-                        str(Path(init).absolute()) if init is not None else None))
-    report(say, net, record, data, config, origin, dd, run_dir, ckpt)
+                        str(Path(init).absolute()) if init is not None else None),
+                    optimizer=values["optimizer"], schedule=values["schedule"], warmup=int(values["warmup"]),
+                    label_smoothing=float(values["label_smoothing"]),
+                    grad_clip=float(values["grad_clip"]) if values["grad_clip"] is not None else None,
+                    freeze=tuple(values["freeze"]),
+                    head_lr=float(values["head_lr"]) if values["head_lr"] is not None else None)
 
     # Model, optimizer, schedule. Every rank seeds alike, so initial weights agree (DDP would
     # broadcast rank 0's anyway); dropout then draws from a per-rank stream.
@@ -202,8 +223,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     model = build_model(net, memory=memory)
     if init is not None:
         from .transfer import initialise
-        for line in initialise(model, init, partial=init_partial).lines():
-            say(line)
+        initialised = initialise(model, init, partial=init_partial)
     model = model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -211,10 +231,13 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     torch.manual_seed(derived_seed(config.seed, "rank", dd.rank))
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestone_epochs(), config.gamma)
+    optimizer = optimizer_for(model, config)
+    scheduler = scheduler_for(optimizer, config)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp == "fp16")
+    report(say, net, record, data, config, origin, dd, run_dir, ckpt)  # every setting checked by now
+    if init is not None:
+        for line in initialised.lines():
+            say(line)
     metrics: list[dict[str, float]] = []
     start_epoch = 0
     if ckpt:
@@ -229,6 +252,9 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                 raise checkpoints.invalid(run_dir / CHECKPOINT, f"invalid checkpoint: 'rng[{dd.rank}]' is not a "
                                           f"random state this machine accepts ({e})", "the file was edited") from None
         say(f"resumed from {run_dir / CHECKPOINT} after epoch {start_epoch}")
+        if config.epochs > int(ckpt["config"]["epochs"]):
+            scheduler, lrs = replayed(optimizer, config, start_epoch)
+            say(_extension(int(ckpt["config"]["epochs"]), config.epochs, metrics, lrs))
     if run_dir is not None and dd.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if record is not None:
@@ -250,6 +276,21 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
 
 # --- evaluation ----------------------------------------------------------------------------------
 
+def _extension(before: int, after: int, metrics: list[dict], lrs: list[float]) -> str:
+    """What extending a run from `before` to `after` epochs means for its result. The epochs
+    done keep what they were trained with; the rest follow the `after`-epoch schedule. The
+    result equals a fresh `after`-epoch run bit for bit exactly when every epoch done ran at the
+    learning rate that run uses (the data order, augmentation and dropout of an epoch depend only
+    on the seed and the epoch number)."""
+    differ = [(row["epoch"], row["lr"], lr) for row, lr in zip(metrics, lrs) if row["lr"] != lr]
+    head = f"extending the run from {before} to {after} epochs: the remaining epochs follow the {after}-epoch schedule"
+    if not differ:
+        return head + f"; the result is exactly that of a {after}-epoch run"
+    shown = ", ".join(f"epoch {e} ran at lr {was:g} where a {after}-epoch run uses {now:g}"
+                      for e, was, now in differ[:3]) + (" …" if len(differ) > 3 else "")
+    return head + f"; it is not that of a {after}-epoch run from the start ({shown})"
+
+
 def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: str = "test",
              batch_size: int = 256, device: str = "auto", amp: str = "auto",
              workers: int | None = None) -> EvalResult:
@@ -264,13 +305,15 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
         check_evaluation(spec_from_record(ckpt["spec"]).network, batch=batch_size, device=device)
     model, spec = checkpoints.model_and_spec(ckpt, Path(checkpoint), "standard")
     net = spec.network
-    desc = datasets.describe(data or ckpt["data"]["name"])
+    with _data_hint(data is None, ckpt["data"]["name"]):
+        desc = datasets.describe(data or ckpt["data"]["name"])
     d.raise_if_errors(check_data(net, desc))
     dd = setup("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
     try:
         dev = pick_device(device, dd)
         amp = pick_amp(amp, dev)
-        loaded = datasets.load(desc, shape=net.input, classes=net.head.classes)
+        with _data_hint(data is None, ckpt["data"]["name"]):
+            loaded = datasets.load(desc, shape=net.input, classes=net.head.classes)
         saved = ckpt["data"]
         # The statistics the model was trained with, not the evaluation data's own.
         loaded = replace(loaded, mean=tuple(saved["mean"]), std=tuple(saved["std"]),
@@ -287,3 +330,16 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
                       data=desc.name, epoch=int(ckpt["epoch"]))
 
 
+@contextmanager
+def _data_hint(from_checkpoint: bool, name: str):
+    """When the data a checkpoint names is gone, the fix `eval` can make is --data."""
+    try:
+        yield
+    except SpecError as e:
+        if not from_checkpoint or not any(x.code in (d.FILE_NOT_FOUND, d.NO_DATA) for x in e.diagnostics):
+            raise
+        kind = name.partition(":")[0]
+        hint = (f"the checkpoint was trained on {name}; pass --data {kind}:DIR to evaluate on where "
+                "that data is now")
+        raise SpecError([replace(x, hint=hint) if x.code in (d.FILE_NOT_FOUND, d.NO_DATA) else x
+                         for x in e.diagnostics]) from None

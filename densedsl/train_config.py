@@ -26,13 +26,19 @@ from .network import Network
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
 
 # The paper's recipe (§4.2); `epochs` and `augment` depend on the data (datasets.describe).
+# The fine-tuning settings default to what the paper did: SGD, step schedule, nothing frozen.
 RECIPE = {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
-          "milestones": (0.5, 0.75), "gamma": 0.1, "seed": 0}
+          "milestones": (0.5, 0.75), "gamma": 0.1, "seed": 0, "optimizer": "sgd", "schedule": "step",
+          "warmup": 0, "label_smoothing": 0.0, "grad_clip": None, "freeze": (), "head_lr": None}
 # Settings a resumed run must share with its checkpoint: they decide what the weights become.
+# (`epochs` may grow: see `resolve`.)
 RESUME_FIXED = ("data", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
-                "milestones", "gamma", "augment", "seed")
+                "milestones", "gamma", "augment", "seed", "optimizer", "schedule", "warmup",
+                "label_smoothing", "grad_clip", "freeze", "head_lr")
 
 Log = Callable[[str], None]
 
@@ -59,6 +65,13 @@ class Config:
     sync_bn: bool
     max_steps: int | None
     init: str | None = None          # the weights file the run started from (train --init)
+    optimizer: str = "sgd"           # OPTIMIZERS; adamw ignores momentum and nesterov
+    schedule: str = "step"           # SCHEDULES: step (milestones, gamma) or cosine (to 0)
+    warmup: int = 0                  # cosine: epochs of linear warm-up before the decay
+    label_smoothing: float = 0.0     # of the training loss (the test loss is plain cross-entropy)
+    grad_clip: float | None = None   # largest gradient norm, all trained parameters together
+    freeze: tuple[str, ...] = ()     # stages not trained: "features", "stem" or features.NAME
+    head_lr: float | None = None     # the classifier's learning rate (None: lr)
 
     def milestone_epochs(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.milestones})
@@ -163,9 +176,11 @@ def resolve(desc: datasets.Description, recipe: dict, ckpt: dict | None, run_dir
             ) -> tuple[dict[str, Any], dict[str, str]]:
     """(value, origin) of every recipe setting: explicit, else the checkpoint's, else the recipe /
     the data set's default. On resume, an explicit value that differs from the checkpoint's is
-    E116: it would change what the weights become."""
+    E116: it would change what the weights become. The one exception is a larger `epochs`, which
+    extends the run (`extension`)."""
     given = {"data": desc.name, **recipe}
-    saved = ckpt["config"] if ckpt else {}
+    # A checkpoint written before a setting existed was trained with its default.
+    saved = {**checkpoints.LATER_SETTINGS, **ckpt["config"]} if ckpt else {}
     defaults = {**RECIPE, "epochs": desc.epochs, "augment": desc.augment}
     values, origin = {}, {}
     for key, default in defaults.items():
@@ -176,18 +191,45 @@ def resolve(desc: datasets.Description, recipe: dict, ckpt: dict | None, run_dir
         else:
             values[key], origin[key] = default, "default"
     values["milestones"] = tuple(values["milestones"])
+    values["freeze"] = tuple(values["freeze"])
+    if values["augment"] == "standard":  # the data set's own: crop+flip for CIFAR, and so on
+        values["augment"] = desc.augment
     if origin["nesterov"] == "default" and values["momentum"] == 0:
         values["nesterov"] = False  # --momentum 0 asks for plain SGD: Nesterov needs momentum
     if ckpt:
-        clashes = [f"{k} {given[k] if k != 'data' else desc.name} (checkpoint: {saved[k]})"
-                   for k in RESUME_FIXED
-                   if k in saved and _norm(values[k] if k != "data" else desc.name) != _norm(saved[k])]
+        def differs(k: str) -> bool:
+            if k == "epochs" and int(values[k]) > int(saved[k]):
+                return False  # extending the run: see extension()
+            if k == "data":  # older checkpoints hold the path as given, relative or not
+                return absolute_data(desc.name) != absolute_data(saved[k])
+            return _norm(values[k]) != _norm(saved[k])
+        clashes = [f"{k} {_shown(given[k]) if k != 'data' else desc.name} (checkpoint: {_shown(saved[k])})"
+                   for k in RESUME_FIXED if k in saved and differs(k)]
         if clashes:
             raise SpecError([Diagnostic(d.CONFLICT, "--resume with settings that differ from the "
                                         "checkpoint's: " + "; ".join(clashes), None,
-                                        "leave them out to continue the run as it was, or start a "
-                                        "new run with another --out", file=str(run_dir / CHECKPOINT))])
+                                        "leave them out to continue the run as it was (only a larger "
+                                        "--epochs extends it), or start a new run with another --out",
+                                        file=str(run_dir / CHECKPOINT))])
     return values, origin
+
+
+def absolute_data(name: str) -> str:
+    """A `--data` value with its directory made absolute, as checkpoints store it: `eval` of the
+    checkpoint then finds the data from any directory."""
+    kind, sep, rest = name.partition(":")
+    if not sep or not rest or kind.strip().lower() in ("digits", "synthetic"):
+        return name
+    return f"{kind}:{Path(rest).expanduser().absolute()}"
+
+
+def _shown(value: Any) -> str:
+    """A setting as the command line spells it."""
+    if value is None:
+        return "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
 
 
 def _norm(value: Any) -> Any:
@@ -227,16 +269,27 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
     milestones = ", ".join(str(m) for m in config.milestone_epochs())
     fmt = lambda v: ", ".join(f"{x:.4f}" for x in v)  # noqa: E731
     rows = [
-        ("epochs", str(config.epochs), why("epochs", data.description.epochs_why)),
+        ("epochs", str(config.epochs), why("epochs", data.description.epochs_why)
+         + (f"  (extends the checkpoint's {ckpt['config']['epochs']})"
+            if ckpt and config.epochs > int(ckpt["config"]["epochs"]) else "")),
         ("batch size", str(config.batch_size) + (f" per process ({config.batch_size * dd.world} in all)"
                                                  if dd.active else ""), why("batch_size", "paper")),
         ("learning rate", f"{config.lr:g}", why("lr", "paper")),
         ("schedule", f"×{config.gamma:g} after epochs {milestones} "
                      f"({', '.join(f'{100 * m:g}%' for m in config.milestones)} of the epochs)",
-         why("milestones", "paper") if origin["milestones"] != "set" else why("gamma", "paper")),
+         why("milestones", "paper") if origin["milestones"] != "set" else why("gamma", "paper"))
+        if config.schedule == "step" else
+        ("schedule", "cosine to 0" + (f" after {config.warmup} warm-up epoch{'s' if config.warmup > 1 else ''}"
+                                      if config.warmup else ""), why("schedule", "default")),
         ("optimizer", f"SGD, {'Nesterov ' if config.nesterov else ''}momentum {config.momentum:g}, "
                       f"weight decay {config.weight_decay:g}",
-         "  (paper)" if all(origin[k] == "default" for k in ("momentum", "nesterov", "weight_decay")) else ""),
+         "  (paper)" if all(origin[k] == "default" for k in ("momentum", "nesterov", "weight_decay")) else "")
+        if config.optimizer == "sgd" else
+        ("optimizer", f"AdamW, weight decay {config.weight_decay:g}", why("optimizer", "default")),
+        *([("head learning rate", f"{config.head_lr:g}", "  (classifier)")] if config.head_lr is not None else []),
+        *([("frozen", ", ".join(config.freeze), "  (not trained)")] if config.freeze else []),
+        *([("label smoothing", f"{config.label_smoothing:g}", "")] if config.label_smoothing else []),
+        *([("gradient clipping", f"total norm {config.grad_clip:g}", "")] if config.grad_clip is not None else []),
         ("augmentation", config.augment, why("augment", f"default for {data.description.kind}")),
         ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)"),
         *([("resize", data.resized, "  (folder images to the spec's input)")] if data.resized else []),

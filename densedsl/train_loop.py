@@ -193,6 +193,88 @@ def _autocast(device: torch.device, amp: str):
 
 
 
+# --- optimizer and schedule ------------------------------------------------------------------------
+
+HEAD = "classifier."  # the parameters --head-lr applies to
+
+
+def stages(model: nn.Module) -> dict[str, str | tuple[str, ...]]:
+    """Stage name → parameter-name prefix, for --freeze: `features` (all but the head), `stem`
+    (what comes before the first dense block) and every module of `features` by name."""
+    names = [name for name, _ in model.features.named_children()]
+    first_block = next((i for i, n in enumerate(names) if n.startswith("denseblock")), len(names))
+    found: dict[str, str | tuple[str, ...]] = {"features": "features."}
+    if first_block:
+        found["stem"] = tuple(f"features.{n}." for n in names[:first_block])
+    found.update({name: f"features.{name}." for name in names})
+    return found
+
+
+def frozen_parameters(model: nn.Module, freeze: tuple[str, ...]) -> set[str]:
+    """The names of the parameters `freeze` (stage names, checked) keeps as they are."""
+    known = stages(model)
+    unknown = [name for name in freeze if name not in known]
+    if unknown:
+        raise SpecError([Diagnostic(d.OUT_OF_RANGE, f"--freeze {unknown[0]}: no such stage in this network",
+                                    None, "freeze one of: " + ", ".join(known), file="--freeze")])
+    prefixes = tuple(p for name in freeze for p in ((known[name],) if isinstance(known[name], str)
+                                                     else known[name]))
+    return {name for name, _ in model.named_parameters() if prefixes and name.startswith(prefixes)}
+
+
+def optimizer_for(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """SGD (the paper's) or AdamW over the parameters not frozen; with --head-lr the classifier
+    is a second parameter group with its own learning rate."""
+    frozen = frozen_parameters(model, config.freeze)
+    body, head = [], []
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+        else:
+            (head if config.head_lr is not None and name.startswith(HEAD) else body).append(parameter)
+    # An empty group (everything but the head frozen) would only show its unused rate in the log.
+    groups = ([{"params": body}] if body else []) + ([{"params": head, "lr": config.head_lr}] if head else [])
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                           weight_decay=config.weight_decay)
+
+
+def cosine_factor(epoch: int, epochs: int, warmup: int) -> float:
+    """The cosine schedule's factor for epoch `epoch` (0-based): linear warm-up over `warmup`
+    epochs, then half a cosine from 1 down to 0 at the end of the last epoch."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+
+
+def scheduler_for(optimizer: torch.optim.Optimizer, config: Config):
+    """The paper's step schedule (MultiStepLR at the milestones) or cosine; stepped once an epoch."""
+    if config.schedule == "cosine":
+        # A function, so that LambdaLR's state_dict holds None for it: plain data only.
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: cosine_factor(epoch, config.epochs, config.warmup))
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestone_epochs(), config.gamma)
+
+
+def replayed(optimizer: torch.optim.Optimizer, config: Config, epochs_done: int):
+    """A fresh scheduler for `config` stepped `epochs_done` times from the initial learning rates:
+    the schedule a run of config.epochs would be at, for a run being extended. Returns it and the
+    learning rate of each epoch done under it."""
+    import warnings
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+        del group["initial_lr"]  # a scheduler built on a group with initial_lr would keep it
+    scheduler = scheduler_for(optimizer, config)
+    lrs = []
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epochs_done):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+    return scheduler, lrs
+
+
 def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path | None
         ) -> tuple[Path | None, str | None]:
     """Train epochs start_epoch + 1 .. config.epochs, appending to `metrics`; returns (the last
@@ -292,9 +374,13 @@ def train_epoch(model, loader, optimizer, scaler, data, config: Config, device, 
             y = labels.to(device, non_blocking=True)
             with _autocast(device, amp):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not fp16-scaled ones
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                         config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             with torch.no_grad():

@@ -120,3 +120,24 @@ def test_sweep_refuses_a_grid_too_large_before_analysing(capsys, monkeypatch):
 def test_cli_limits(capsys):
     assert main(["summary", "specs/densenet121.dense", "--max-params", "1M"]) == 1
     assert "E301" in capsys.readouterr().err
+
+
+SMALL_WITH_BOTTLENECK = """network a {
+    input 3x32x32
+    stem {
+        conv 16 kernel=3 padding=1
+    }
+    dense layers=2 growth=4 bottleneck=4
+    head classes=10
+}
+"""
+
+
+def test_diff_spells_no_bottleneck_as_the_language_does():
+    """`bottleneck=off`, not Python's None (issue 14)."""
+    from densedsl.report import diff
+    from densedsl.spec import parse
+    old = analyze(parse(SMALL_WITH_BOTTLENECK).network)
+    new = analyze(parse(SMALL_WITH_BOTTLENECK.replace("bottleneck=4", "bottleneck=off")).network)
+    text = diff(old, new).text()
+    assert "4 → off bottleneck" in text and "None" not in text

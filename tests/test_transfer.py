@@ -196,3 +196,184 @@ def test_train_help_shows_percent_signs_once(capsys):
         cli.main(["train", "--help"])
     out = capsys.readouterr().out
     assert "50% and 75%" in out and "%%" not in out
+
+
+# --- fine-tuning settings, resuming, extending ---------------------------------------------------
+
+SMALL = dict(data="synthetic:48", batch_size=16, threads=1, device="cpu", progress=False)
+
+
+def _train(spec_text=SPEC, **kwargs):
+    from densedsl.train import train
+    return train(spec_text, **{**SMALL, **kwargs})
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_extending_a_finished_run_equals_the_longer_run_bit_for_bit(tmp_path):
+    lines: list[str] = []
+    # Milestone 0.9 falls after the last epoch of both a 2- and a 3-epoch run, so every epoch done
+    # ran at the learning rate the 3-epoch run uses: the extension is exact.
+    _train(epochs=2, milestones=(0.9,), out=tmp_path / "a")
+    _train(epochs=3, out=tmp_path / "a", resume=True, log=lines.append)
+    _train(epochs=3, milestones=(0.9,), out=tmp_path / "b")
+    assert _equal(read_checkpoint(tmp_path / "a")["model"], read_checkpoint(tmp_path / "b")["model"])
+    assert ("extending the run from 2 to 3 epochs: the remaining epochs follow the 3-epoch schedule; "
+            "the result is exactly that of a 3-epoch run") in lines
+    assert read_checkpoint(tmp_path / "a")["config"]["epochs"] == 3
+
+
+def test_an_extension_the_schedule_makes_inexact_says_which_epochs_differ(tmp_path):
+    lines: list[str] = []
+    # The paper's milestones are fractions: 50% of 2 epochs is after epoch 1, of 4 after epoch 2.
+    _train(epochs=2, out=tmp_path / "a")
+    result = _train(epochs=4, out=tmp_path / "a", resume=True, log=lines.append)
+    assert result.epochs == 4
+    assert any(line.endswith("it is not that of a 4-epoch run from the start (epoch 2 ran at lr 0.01 "
+                             "where a 4-epoch run uses 0.1)") for line in lines), lines
+    assert [row["lr"] for row in result.metrics][2:] == [pytest.approx(0.01), pytest.approx(0.001)]
+
+
+def test_resume_refuses_fewer_epochs_and_every_fine_tuning_setting_that_differs(tmp_path):
+    from densedsl.diagnostics import SpecError
+    _train(epochs=2, out=tmp_path / "a")
+    changes = dict(epochs=1, optimizer="adamw", schedule="cosine", label_smoothing=0.1, grad_clip=1.0,
+                   freeze=("stem",), head_lr=0.5)
+    for key, value in changes.items():
+        with pytest.raises(SpecError) as e:
+            _train(out=tmp_path / "a", resume=True, **{key: value})
+        assert [x.code.code for x in e.value.diagnostics] == ["E116"] and f"{key} " in str(e.value), key
+
+
+def test_adamw_cosine_warmup_smoothing_and_clipping_resume_bit_identical(tmp_path):
+    settings = dict(epochs=3, optimizer="adamw", lr=0.01, schedule="cosine", warmup=1, label_smoothing=0.1,
+                    grad_clip=0.5)
+    whole = _train(out=tmp_path / "whole", **settings)
+    _train(out=tmp_path / "cut", callback=lambda row: row["epoch"] == 1, **settings)  # "killed" after 1
+    resumed = _train(out=tmp_path / "cut", resume=True)  # every setting from the checkpoint
+    assert _equal(read_checkpoint(tmp_path / "whole")["model"], read_checkpoint(tmp_path / "cut")["model"])
+    config = read_checkpoint(tmp_path / "cut")["config"]
+    assert {k: config[k] for k in settings} == settings
+    # Warm-up: half the rate in epoch 1, the full rate in epoch 2, then half a cosine.
+    assert [row["lr"] for row in whole.metrics] == pytest.approx([0.005, 0.01, 0.005])
+    assert [row["lr"] for row in resumed.metrics] == [row["lr"] for row in whole.metrics]
+
+
+def test_freeze_features_trains_the_classifier_alone_at_its_own_rate(tmp_path):
+    lines: list[str] = []
+    start = _train(epochs=1, out=tmp_path / "start")
+    result = _train(epochs=1, out=tmp_path / "ft", init=tmp_path / "start", freeze=("features",), head_lr=0.05,
+                    log=lines.append)
+    before, after = read_checkpoint(tmp_path / "start")["model"], read_checkpoint(tmp_path / "ft")["model"]
+    parameters = {name for name, _ in start.model.named_parameters()}
+    assert all(torch.equal(before[k], after[k]) for k in parameters if k.startswith("features."))
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    assert "frozen features (not trained)" in [" ".join(line.split()) for line in lines]
+    assert "head learning rate 0.05 (classifier)" in [" ".join(line.split()) for line in lines]
+    optimizer = read_checkpoint(tmp_path / "ft")["optimizer"]
+    assert [g["initial_lr"] for g in optimizer["param_groups"]] == [0.1, 0.05]
+    assert result.config.freeze == ("features",)
+
+
+def test_freeze_a_stage_the_network_lacks_is_refused_naming_the_stages(tmp_path):
+    from densedsl.diagnostics import SpecError
+    with pytest.raises(SpecError) as e:
+        _train(epochs=1, out=tmp_path / "x", freeze=("denseblock9",))
+    assert [x.code.code for x in e.value.diagnostics] == ["E105"]
+    assert "features, stem, conv0, denseblock1, transition1, denseblock2, norm5" in str(e.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_checkpoint_from_before_the_fine_tuning_settings_still_resumes(tmp_path):
+    from densedsl import checkpoints
+    _train(epochs=1, out=tmp_path / "old")
+    ckpt = torch.load(tmp_path / "old" / CHECKPOINT, weights_only=True)
+    for key in checkpoints.LATER_SETTINGS:
+        del ckpt["config"][key]
+    torch.serialization.set_crc32_options(True)
+    torch.save(ckpt, tmp_path / "old" / CHECKPOINT)
+    result = _train(epochs=2, out=tmp_path / "old", resume=True)
+    assert result.epochs == 2 and result.config.optimizer == "sgd" and result.config.schedule == "step"
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--label-smoothing", "1"), ("--label-smoothing", "-0.1"), ("--grad-clip", "0"), ("--grad-clip", "nan"),
+    ("--warmup", "-1"), ("--head-lr", "-1"), ("--freeze", "dense-block"), ("--optimizer", "adam"),
+    ("--schedule", "linear")])
+def test_fine_tuning_options_are_checked_where_they_are_parsed(option, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "x.dense", "--data", "digits", option, value])
+    assert e.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_grad_clip_bounds_every_step_and_label_smoothing_changes_the_training_loss(tmp_path):
+    start = _train(epochs=1, out=tmp_path / "start")
+    before = read_checkpoint(tmp_path / "start")["model"]
+    clipped = _train(epochs=1, out=tmp_path / "c", init=tmp_path / "start", grad_clip=1e-9, weight_decay=0.0)
+    after = read_checkpoint(tmp_path / "c")["model"]
+    # 3 steps of lr 0.1 with a gradient norm of at most 1e-9 move no parameter by more than 1e-9.
+    moved = max(float((after[k] - before[k]).abs().max()) for k, _ in start.model.named_parameters())
+    assert moved < 1e-9
+    plain = _train(epochs=1)
+    smoothed = _train(epochs=1, label_smoothing=0.5)
+    assert smoothed.metrics[0]["train_loss"] != plain.metrics[0]["train_loss"]
+    assert smoothed.metrics[0]["test_loss"] != plain.metrics[0]["test_loss"]  # other weights follow
+
+
+# --- usability ------------------------------------------------------------------------------------
+
+def test_eval_finds_folder_data_from_another_directory_and_hints_at_data_when_it_moved(tmp_path, monkeypatch,
+                                                                                     capsys):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    _write_folder(Path("shapes"))
+    Path("t.dense").write_text(SPEC)
+    code, _, err = run(capsys, "train", "t.dense", "--set", "classes=3", "--data", "folder:shapes",
+                       "--epochs", "1", "--batch-size", "6", "--out", "run", *QUIET)
+    assert code == 0, err
+    assert read_checkpoint("run")["data"]["name"] == f"folder:{tmp_path / 'work' / 'shapes'}"
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "eval", "work/run", "--device", "cpu")
+    assert code == 0 and "accuracy" in out, err
+    (tmp_path / "work" / "shapes").rename(tmp_path / "moved")
+    code, _, err = run(capsys, "eval", "work/run", "--device", "cpu")
+    assert code == 1 and "E901" in err
+    assert f"hint: the checkpoint was trained on folder:{tmp_path / 'work' / 'shapes'}; pass --data folder:DIR" in err
+    code, out, err = run(capsys, "eval", "work/run", "--device", "cpu", "--data", "folder:moved")
+    assert code == 0 and "accuracy" in out, err
+    # Resuming with the path as first given (relative) is the same data, not an E116 clash.
+    monkeypatch.chdir(tmp_path / "work")
+    (tmp_path / "moved").rename(tmp_path / "work" / "shapes")
+    code, _, err = run(capsys, "train", "t.dense", "--set", "classes=3", "--data", "folder:shapes", "--epochs", "2",
+                       "--resume", "--out", "run", *QUIET)
+    assert code == 0, err
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+def test_resized_crop_keeps_the_shape_stays_inside_the_image_and_follows_the_seed():
+    from densedsl import datasets
+    images = torch.arange(4 * 3 * 16 * 16, dtype=torch.int64).remainder(256).to(torch.uint8).view(4, 3, 16, 16)
+    norm = dict(pixel_max=255.0, mean=torch.zeros(3), std=torch.ones(3))
+
+    def crop(seed: int) -> torch.Tensor:
+        return datasets.prepare_batch(images, augment="resized-crop",  # the crop alone, no flip
+                                      generator=torch.Generator().manual_seed(seed), **norm)
+    plain = datasets.prepare_batch(images, **norm)
+    assert crop(0).shape == plain.shape and torch.equal(crop(0), crop(0)) and not torch.equal(crop(0), crop(1))
+    assert not torch.equal(crop(0), plain)
+    assert crop(0).min() >= plain.min() and crop(0).max() <= plain.max()  # interpolated, never padded
+    flat = torch.full((2, 1, 9, 9), 77, dtype=torch.uint8)
+    out = datasets.prepare_batch(flat, augment="resized-crop+flip", generator=torch.Generator().manual_seed(3),
+                                 pixel_max=255.0, mean=torch.zeros(1), std=torch.ones(1))
+    assert torch.allclose(out, torch.full_like(out, 77 / 255))
+
+
+def test_standard_augmentation_is_each_data_sets_own(tmp_path):
+    folder = _write_folder(tmp_path / "shapes")
+    on_folder = _train(epochs=1, data=f"folder:{folder}", batch_size=6, augment="standard", **{"classes": 3})
+    assert on_folder.config.augment == "resized-crop+flip"
+    assert _train(epochs=1, augment="standard").config.augment == "none"
+    assert _train(epochs=1, data=f"folder:{folder}", batch_size=6, classes=3).config.augment == "resized-crop+flip"
