@@ -12,29 +12,13 @@ import torch
 
 from densedsl import cli
 from densedsl.train import CHECKPOINT, read_checkpoint
+from test_checkpoints import SPEC as CHECKPOINTS_SPEC
+from test_train import _one_thread  # noqa: F401  (autouse: every test here runs torch on one thread)
 
-# Tiny, so that an epoch of the 1,797 digits takes about a second on one thread.
-SPEC = """network t(classes=10) {
-    input 1x8x8
-    defaults growth=4 bottleneck=2 compression=0.5
-    stem {
-        conv 8 kernel=3 padding=1
-    }
-    dense layers=2
-    transition
-    dense layers=2
-    head classes=classes
-}
-"""
+# test_checkpoints' tiny spec (an epoch of the 1,797 digits takes about a second on one thread),
+# with the digits' 10 classes by default; and test_train's fixture that runs torch on one thread.
+SPEC = CHECKPOINTS_SPEC.replace("network t(classes=3)", "network t(classes=10)")
 QUIET = ("--no-progress", "--device", "cpu", "--threads", "1")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -273,7 +257,9 @@ def test_freeze_features_trains_the_classifier_alone_at_its_own_rate(tmp_path):
     assert "frozen features (not trained)" in [" ".join(line.split()) for line in lines]
     assert "head learning rate 0.05 (classifier)" in [" ".join(line.split()) for line in lines]
     optimizer = read_checkpoint(tmp_path / "ft")["optimizer"]
-    assert [g["initial_lr"] for g in optimizer["param_groups"]] == [0.1, 0.05]
+    # Nothing but the head is trained: one parameter group, at the head's rate (the log's lr).
+    assert [g["initial_lr"] for g in optimizer["param_groups"]] == [0.05]
+    assert result.metrics[0]["lr"] == 0.05
     assert result.config.freeze == ("features",)
 
 
@@ -377,3 +363,10 @@ def test_standard_augmentation_is_each_data_sets_own(tmp_path):
     assert on_folder.config.augment == "resized-crop+flip"
     assert _train(epochs=1, augment="standard").config.augment == "none"
     assert _train(epochs=1, data=f"folder:{folder}", batch_size=6, classes=3).config.augment == "resized-crop+flip"
+
+
+def test_head_lr_is_a_second_parameter_group_beside_the_stages_still_trained(tmp_path):
+    _train(epochs=1, out=tmp_path / "r", freeze=("stem",), head_lr=0.05)
+    optimizer = read_checkpoint(tmp_path / "r")["optimizer"]
+    assert [g["initial_lr"] for g in optimizer["param_groups"]] == [0.1, 0.05]
+    assert len(optimizer["param_groups"][1]["params"]) == 2  # classifier.weight and .bias
