@@ -173,7 +173,18 @@ def head_ops(head: Head, shape: Shape) -> tuple[Op, ...]:
     ops += [pool, flat]
     if head.dropout > 0:
         ops.append(Dropout.make("drop", flat.out_shape, head.dropout))
-    ops.append(Linear.make("linear", flat.out_shape, head.classes, "classifier"))
+    shape = flat.out_shape
+    for j, width in enumerate(head.hidden, start=1):
+        # hidden layers live in the model's `pre_logits` (timm's name for what precedes the
+        # classifier), so `classifier` stays torchvision's single Linear
+        fc = Linear.make(f"fc{j}", shape, width, f"pre_logits.fc{j}")
+        shape = fc.out_shape
+        act = (ReLU.make(f"relu{j}", shape) if head.activation == "relu"
+               else Activation.make(f"act{j}", shape, head.activation))
+        ops += [fc, act]
+        if head.dropout > 0:
+            ops.append(Dropout.make(f"drop{j}", shape, head.dropout))
+    ops.append(Linear.make("linear", shape, head.classes, "classifier"))
     return tuple(ops)
 
 

@@ -200,17 +200,19 @@ def _head_lines(head) -> tuple[list[str], list[str]]:
     """(__init__ lines, forward lines) of the head: modules with weights where their path says
     (`features.norm5`, `classifier`), the rest in `self.head` after the features."""
     init, rest = [], []
+    # hidden layers (`pre_logits.fc1`) sit with the pool and flatten, under the model's name
+    holder = "pre_logits" if any((op.module or "").startswith("pre_logits.") for op in head) else "head"
     for op in head:
-        if op.module is None:
+        if op.module is None or op.module.startswith("pre_logits."):
             rest.append(op)
             continue
         if rest:
-            init.append(f"        self.head = nn.Sequential({_named(rest)})")
+            init.append(f"        self.{holder} = nn.Sequential({_named(rest)})")
         parent, _, name = op.module.rpartition(".")
         target = "f" if parent == "features" else "self"
         init.append(f"        {target}.add_module(\"{name}\", {ops_.source(op)})" if target == "f"
                     else f"        self.{name} = {ops_.source(op)}")
-    forward = ["        x = self.head(x)"] if any(line.startswith("        self.head =") for line in init) else []
+    forward = [f"        x = self.{holder}(x)"] if any(line.startswith(f"        self.{holder} =") for line in init) else []
     return init, forward + ["        x = self.classifier(x)"]
 
 

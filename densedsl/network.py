@@ -117,7 +117,8 @@ class Transition:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Head:
-    """(BN-ReLU) → pool → flatten → (Dropout) → Linear(classes), bias on.
+    """(BN-ReLU) → pool → flatten → (Dropout) → [Linear(h) → activation → (Dropout)] per hidden
+    width → Linear(classes), bias on.
 
     `window` None means a global pool (output 1x1); otherwise (kernel, stride) of a fixed pooling
     window whose flattened output feeds the classifier, as in the seeds' Keras model.
@@ -128,6 +129,8 @@ class Head:
     pool: PoolMode = "avg"
     window: tuple[int, int] | None = None
     dropout: float = 0.0
+    hidden: tuple[int, ...] = ()          # widths of fully-connected layers before the classifier
+    activation: ActivationFn = "relu"     # after each hidden layer
     span: Span | None = _span()
 
 

@@ -61,7 +61,7 @@ STEM_OPS = ("conv", "norm", "relu", "maxpool", "avgpool", "dropout")
 DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order", "activation", "kernel", "groups")
 ACTIVATIONS = typing.get_args(n.ActivationFn)
 TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding")
-HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout")
+HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout", "hidden", "activation")
 DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order", "activation")
 EXPECT_KEYS = ("params", "buffers", "macs", "flops", "channels", "connections", "depth")
 _STEM_SETTINGS = {
@@ -916,6 +916,22 @@ class _Resolver:
         )
         return n.DenseBlock(index=index, span=stmt.span, **values)
 
+    def widths(self, b: _Bound) -> tuple[int, ...]:
+        """`hidden=[512, 256]` (or one width, `hidden=512`): whole numbers ≥ 1."""
+        v = self.eval(b.expr)
+        items = v if isinstance(v, tuple) else (v,)
+        spans = [x.span for x in b.expr.items] if isinstance(b.expr, ast.ListExpr) else [b.span] * len(items)
+        out = []
+        for i, (x, span) in enumerate(zip(items, spans)):
+            what = f"hidden width {i}" if isinstance(v, tuple) else "hidden width"
+            if isinstance(x, bool) or not isinstance(x, Fraction) or x.denominator != 1 or not 1 <= x <= _INT_MAX:
+                self.error(d.OUT_OF_RANGE if isinstance(x, Fraction) else d.WRONG_TYPE,
+                           f"{what} must be a whole number of at least 1, got {_show(x)}", span,
+                           "hidden lists the widths of the layers before the classifier, e.g. hidden=[512, 256]")
+                raise _Invalid
+            out.append(int(x))
+        return tuple(out)
+
     def odd_kernel(self, b: _Bound) -> int:
         k = self.integer(b, 1, 255, "kernel")
         if k % 2 == 0:
@@ -1012,6 +1028,8 @@ class _Resolver:
                 stride=lambda: self.integer(s["stride"], 1) if "stride" in s else None,
                 dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
                 if "dropout" in s else 0.0,
+                hidden=lambda: self.widths(s["hidden"]) if "hidden" in s else (),
+                activation=lambda: self.choice(s["activation"], ACTIVATIONS) if "activation" in s else "relu",
             )
         except _Invalid:
             return None

@@ -114,7 +114,9 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
         window = draw(st.one_of(st.none(), st.tuples(st.sampled_from((2, 1)), st.sampled_from((2, 1)))))
         net_head = Head(classes=draw(st.integers(1, 10)), norm=draw(st.booleans().map(lambda b: not b)),
                         pool=draw(st.sampled_from(("avg", "max"))), window=window,
-                        dropout=draw(st.sampled_from(_RATES)))
+                        dropout=draw(st.sampled_from(_RATES)),
+                        hidden=tuple(draw(st.lists(st.integers(1, 16), max_size=2))),
+                        activation=draw(st.sampled_from(_ACTIVATIONS)))
     channels = draw(st.integers(*input_channels))
     probe = Network(name="n", input=(channels,) + (1,) * rank, stem=stem, stages=tuple(stages),
                     head=net_head)
@@ -227,7 +229,8 @@ def family_text(network: Network) -> str:
 
 def _head_text(hd: Head) -> str:
     window = f" kernel={hd.window[0]} stride={hd.window[1]}" if hd.window else ""
-    return f"head classes={hd.classes} norm={_bool(hd.norm)} pool={hd.pool}{window} dropout={_num(hd.dropout)}"
+    return (f"head classes={hd.classes} norm={_bool(hd.norm)} pool={hd.pool}{window} dropout={_num(hd.dropout)} "
+            f"hidden=[{', '.join(map(str, hd.hidden))}] activation={hd.activation}")
 
 
 @st.composite

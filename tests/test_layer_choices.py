@@ -217,3 +217,51 @@ def test_grouped_layers_compile_export_and_accelerate_alike():
         expected = model(x)
         torch.testing.assert_close(exported(x), expected)
         torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+# --- heads with hidden layers -------------------------------------------------------------------
+
+HIDDEN = """network n {
+    input 3x16x16
+    dense layers=2 growth=4
+    head classes=5 hidden=[32, 16] activation=gelu dropout=0.2
+}
+"""
+
+
+def test_hidden_layers_are_costed_and_named_like_timms_pre_logits():
+    a = analyze(densedsl.parse(HIDDEN).network)
+    # 11 features → 32 → 16 → 5, each Linear with a bias; the head's BN has 2·11
+    assert a.stage("head").params == 2 * 11 + (11 * 32 + 32) + (32 * 16 + 16) + (16 * 5 + 5)
+    assert a.graph.nodes["head.fc1"]["module"] == "pre_logits.fc1"
+    assert a.graph.nodes["head.act2"]["fn"] == "gelu"
+    assert a.depth == analyze(densedsl.parse(HIDDEN.replace(" hidden=[32, 16]", "")).network).depth + 2
+    assert format_spec(parse_source(Source.from_text(HIDDEN))) == HIDDEN
+
+
+def test_a_bad_hidden_width_is_located():
+    with pytest.raises(densedsl.SpecError) as e:
+        densedsl.parse(HIDDEN.replace("[32, 16]", "[32, 0]"))
+    (diag,) = e.value.diagnostics
+    assert diag.code is d.OUT_OF_RANGE and "hidden width 1" in diag.message
+    assert diag.span.source.text[diag.span.start:diag.span.end] == "0"
+    assert densedsl.parse(HIDDEN.replace("[32, 16]", "64")).network.head.hidden == (64,)
+
+
+def test_hidden_heads_compile_export_and_keep_the_classifier():
+    torch = pytest.importorskip("torch")
+    from densedsl.compiler import build_model
+    from densedsl.export import python_source
+    network = densedsl.parse(HIDDEN).network
+    model = build_model(network).eval()
+    assert sum(p.numel() for p in model.parameters()) == analyze(network).params
+    assert tuple(model.classifier.weight.shape) == (5, 16) and model.head_hidden_size == 16
+    assert "pre_logits.fc2.weight" in model.state_dict()
+    namespace: dict = {"__name__": "exported"}
+    exec(python_source(network), namespace)
+    exported = namespace["build"]().eval()
+    exported.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x))
+        assert tuple(model.forward_head(model.forward_features(x), pre_logits=True).shape) == (2, 16)

@@ -53,6 +53,7 @@ DOCS: dict[str, str] = {
     "bottleneck": "width factor of the 1x1 conv (4: 4k channels), or off",
     "bias": "convolutions with a bias term (true|false)",
     "order": "pre: BN-ReLU-Conv (the paper); post: Conv-BN-ReLU",
+    "hidden": "widths of fully-connected layers before the classifier: hidden=[512, 256]",
     "groups": "a dense layer's growth conv in groups (must divide its input and output channels)",
     "activation": "a dense layer's activation: relu (the paper), relu6, leaky_relu, silu, gelu or elu",
     "compression": "θ in (0, 1]: a transition emits ⌊θ·m⌋ of its m input channels",
