@@ -430,11 +430,12 @@ class Sweep:
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
-    """`["growth=12,24", "depth=40,100"]` → `{"growth": ["12", "24"], "depth": ["40", "100"]}`."""
+    """`["growth=12,24", "depth=40,100"]` → `{"growth": ["12", "24"], "depth": ["40", "100"]}`;
+    a list value is one point: `blocks=[6,12,24,16],[6,12,32,32]` has two."""
     grid: dict[str, list[str]] = {}
     for item in items:
         name, sep, values = item.partition("=")
-        parts = [v.strip() for v in values.split(",") if v.strip()]
+        parts = [v.strip() for v in _top_level_split(values) if v.strip()]
         if not sep or not name.strip() or not parts:
             raise ValueError(f"--grid expects NAME=V1,V2,..., got {item!r}")
         if name.strip() in grid:
@@ -442,6 +443,20 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
         grid[name.strip()] = parts
     _check_grid_size(grid)
     return grid
+
+
+def _top_level_split(text: str) -> list[str]:
+    """Split at commas outside brackets and parentheses: `[6,12],[6,32]` → `[6,12]`, `[6,32]`."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
 
 
 MAX_SWEEP_POINTS = 500  # each point is a whole analysis, kept for the report

@@ -265,3 +265,9 @@ def test_generated_families_resolve_to_the_network_and_survive_fmt(drawn):
     formatted = format_spec(parse_source(Source.from_text(text)))
     assert format_spec(parse_source(Source.from_text(formatted))) == formatted
     assert densedsl.parse(formatted).network == resolved
+
+
+def test_a_sweep_grid_takes_lists_as_points():
+    from densedsl.report import parse_grid
+    grid = parse_grid(["blocks=[6,12,24,16],[6,12,32,32]", "growth=32,48", "n=max(1,2),3"])
+    assert grid == {"blocks": ["[6,12,24,16]", "[6,12,32,32]"], "growth": ["32", "48"], "n": ["max(1,2)", "3"]}
