@@ -38,6 +38,9 @@ _FILE_MAX_STAGES = 2_000
 _FILE_MAX_LAYERS = 8_000
 _MAX_FIGURE = 10**18            # an `expect` figure: counts, and DenseNet-264 has ~10**10 FLOPs
 _MAX_SUGGESTIONS = 100          # did-you-mean searches among parameters, per network
+# Elements `for` loops may visit in one network, nested ones included: nested loops over lists of
+# 200 with empty bodies make no stage (so the stage cap never trips) yet would run 200**depth steps
+_MAX_LOOP_STEPS = 10_000
 
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 _FUNCTIONS: dict[str, tuple[int, int, Callable[..., Fraction]]] = {
@@ -186,6 +189,8 @@ class _Resolver:
         self.failed: set[str] = set()  # parameters whose value was refused (already reported)
         self._suggested: dict[tuple, str | None] = {}
         self._reported: set[tuple] = set()
+        self._loop_steps = 0
+        self._unroll_failed = False  # a loop went past a cap: stop unrolling, report it once
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -874,6 +879,14 @@ class _Resolver:
             return []
         out: list[tuple[ast.Statement, Mapping[str, Value]]] = []
         for i, item in enumerate(items):
+            self._loop_steps += 1
+            if self._unroll_failed:
+                return []
+            if self._loop_steps > _MAX_LOOP_STEPS:
+                self.error(d.TOO_COMPLEX, f"the for loops take more than {_MAX_LOOP_STEPS:,} steps",
+                           stmt.keyword_span, "nested loops multiply: loop over shorter lists")
+                self._unroll_failed = True
+                return []
             values = (Fraction(i), item) if len(stmt.names) == 2 else (item,)
             inner = {**scope, **dict(zip(stmt.names, values))}
             out.extend(self.unroll(stmt.body or (), inner, "for"))
@@ -882,6 +895,7 @@ class _Resolver:
             if before + len(out) > _MAX_STAGES:
                 self.error(d.TOO_LARGE, f"this for loop makes more than {_MAX_STAGES:,} stages",
                            stmt.keyword_span, f"a network has at most {_MAX_STAGES:,} stages after unrolling")
+                self._unroll_failed = True
                 return []
         return out
 

@@ -271,3 +271,16 @@ def test_a_sweep_grid_takes_lists_as_points():
     from densedsl.report import parse_grid
     grid = parse_grid(["blocks=[6,12,24,16],[6,12,32,32]", "growth=32,48", "n=max(1,2),3"])
     assert grid == {"blocks": ["[6,12,24,16]", "[6,12,32,32]"], "growth": ["32", "48"], "n": ["max(1,2)", "3"]}
+
+
+def test_nested_loops_are_bounded_by_their_steps_not_only_by_their_stages():
+    """Empty nested loops make no stage, so only the step cap stops 150**6 iterations; and a
+    loop past the stage cap stops the unrolling at once instead of retrying every outer element."""
+    from densedsl.resolve import _MAX_LOOP_STEPS
+    big = ", ".join(["1"] * 150)
+    nested = "".join(f"for a{i} in b {{ " for i in range(6)) + "}" * 6
+    diags = diagnostics_of(spec(f"    {nested}\n    dense layers=1 growth=1", f"b=[{big}], size=8"))
+    assert [x.code for x in diags] == [d.TOO_COMPLEX] and f"{_MAX_LOOP_STEPS:,}" in diags[0].message
+    grow = "".join(f"for a{i} in b {{ " for i in range(12)) + "dense layers=1 growth=1 " + "}" * 12
+    diags = diagnostics_of(spec(f"    {grow}", "b=[1, 1], size=8"))
+    assert [x.code for x in diags] == [d.TOO_LARGE]
