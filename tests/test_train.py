@@ -175,7 +175,8 @@ def test_folder_data_trains_at_the_spec_size(tmp_path):
                 Image.new("RGB", (20, 16), color).save(tmp_path / split / c / f"{i}.png")
     spec = SPEC.replace("1x8x8", "3x8x8").replace("classes=3", "classes=2")
     result = train(spec, data=f"folder:{tmp_path}", epochs=1, batch_size=4, workers=1)
-    assert result.metrics[0]["steps"] == 2 and result.config.augment == "crop+flip"
+    # Folders' standard augmentation (issue 14): random resized crop and flip.
+    assert result.metrics[0]["steps"] == 2 and result.config.augment == "resized-crop+flip"
 
 
 def test_default_run_dir_never_reuses_a_finished_run(tmp_path):

@@ -75,6 +75,7 @@ def test_compile_weights_pt_holds_exactly_the_checkpoints_weights(digits_run, tm
     assert all(torch.equal(v, written[k]) for k, v in torch.load(tmp_path / "d.pt", weights_only=True).items())
 
 
+@pytest.mark.slow  # a fresh interpreter and the ONNX exporter: ~15 s
 def test_compile_weights_onnx_equals_pytorch_and_says_nothing_of_torchs_own(digits_run, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from densedsl.train import model_from_checkpoint
