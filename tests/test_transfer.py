@@ -371,3 +371,13 @@ def test_head_lr_is_a_second_parameter_group_beside_the_stages_still_trained(tmp
     optimizer = read_checkpoint(tmp_path / "r")["optimizer"]
     assert [g["initial_lr"] for g in optimizer["param_groups"]] == [0.1, 0.05]
     assert len(optimizer["param_groups"][1]["params"]) == 2  # classifier.weight and .bias
+
+
+def test_compile_weights_to_python_source_checks_the_fit_and_says_where_the_weights_go(digits_run, tmp_path,
+                                                                                       capsys):
+    spec, run_dir = digits_run
+    code, _, err = run(capsys, "compile", spec, "--weights", run_dir, "-o", tmp_path / "m.py")
+    assert code == 0, err
+    assert "note: " in err and "is source only" in err and (tmp_path / "m.py").exists()
+    code, _, err = run(capsys, "compile", spec, "--set", "classes=3", "--weights", run_dir, "-o", tmp_path / "n.py")
+    assert code == 1 and "E908" in err and not (tmp_path / "n.py").exists()
