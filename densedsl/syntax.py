@@ -325,6 +325,8 @@ def _translate(source: Source, e: lark.UnexpectedInput) -> d.Diagnostic:
             hint = "a spec file holds networks: network NAME { ... }"
         elif token.type == "EQUAL":
             hint = "a setting needs a name before '=': e.g. growth=32"
+        elif token.type == "TIMES":
+            hint = "after a value, 'x' separates input dimensions (input 3 x size x size); no setting is called x"
         return d.Diagnostic(d.SYNTAX, f"unexpected {found}: expected {wanted}", span, hint)
     return d.Diagnostic(d.SYNTAX, str(e).splitlines()[0], source.end_span())
 

@@ -284,3 +284,8 @@ def test_nested_loops_are_bounded_by_their_steps_not_only_by_their_stages():
     grow = "".join(f"for a{i} in b {{ " for i in range(12)) + "dense layers=1 growth=1 " + "}" * 12
     diags = diagnostics_of(spec(f"    {grow}", "b=[1, 1], size=8"))
     assert [x.code for x in diags] == [d.TOO_LARGE]
+
+
+def test_an_x_after_a_value_explains_itself():
+    (diag,) = diagnostics_of("network n {\n    input 3x8x8\n    dense layers=3 x=1 growth=2\n}\n")
+    assert diag.code is d.SYNTAX and "separates input dimensions" in diag.hint
