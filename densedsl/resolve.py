@@ -979,18 +979,29 @@ class _Resolver:
         if "pool" in s and self.eval_quietly(s["pool"]) == "none":
             return self.poolless_transition(stmt, index, s)
         values = self.try_all(
+            **self.transition_values(s),
+            pool=lambda: self.pool(self.choice(s["pool"], ("avg", "max", "none")) if "pool" in s else "avg",
+                                   s, stmt.span),
+        )
+        return n.Transition(index=index, span=stmt.span, **self.default_compression(values))
+
+    def transition_values(self, s: dict[str, _Bound]) -> dict[str, Callable[[], Any]]:
+        """The settings every transition takes, pooled or not, as `try_all` thunks."""
+        return dict(
             compression=lambda: self.real(s["compression"], Fraction(0), Fraction(1), True, False,
                                           "compression θ") if "compression" in s else None,
             channels=lambda: self.integer(s["channels"], 1) if "channels" in s else None,
             bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
             dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
             if "dropout" in s else 0.0,
-            pool=lambda: self.pool(self.choice(s["pool"], ("avg", "max", "none")) if "pool" in s else "avg",
-                                   s, stmt.span),
         )
+
+    @staticmethod
+    def default_compression(values: dict[str, Any]) -> dict[str, Any]:
+        """Neither compression nor channels: θ = 1 (the transition keeps every channel)."""
         if values["compression"] is None and values["channels"] is None:
             values["compression"] = Fraction(1)
-        return n.Transition(index=index, span=stmt.span, **values)
+        return values
 
     def eval_quietly(self, b: _Bound) -> Value | None:
         """The value, or None when it is invalid (the caller's own check reports it)."""
@@ -1012,17 +1023,10 @@ class _Resolver:
                            "the transition's conv is 1x1; use stride=2 to downsample in the conv")
                 raise _Invalid
         values = self.try_all(
-            compression=lambda: self.real(s["compression"], Fraction(0), Fraction(1), True, False,
-                                          "compression θ") if "compression" in s else None,
-            channels=lambda: self.integer(s["channels"], 1) if "channels" in s else None,
-            bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
-            dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
-            if "dropout" in s else 0.0,
+            **self.transition_values(s),
             stride=lambda: self.integer(s["stride"], 1) if "stride" in s else 1,
         )
-        if values["compression"] is None and values["channels"] is None:
-            values["compression"] = Fraction(1)
-        return n.Transition(index=index, span=stmt.span, pool=None, **values)
+        return n.Transition(index=index, span=stmt.span, pool=None, **self.default_compression(values))
 
     def head(self, stmt: ast.Statement) -> n.Head | None:
         self.no_arg(stmt)
