@@ -21,7 +21,7 @@ from typing import Any, Iterator, Union, assert_never
 
 from . import network as n
 from .network import DenseBlock, Head, Network, Stem, Transition
-from .ops import Activation, Conv, Dropout, Flatten, Linear, Norm, Op, Pool, ReLU, Shape, numel, window_out
+from .ops import Activation, Conv, Dropout, Flatten, GroupNorm, Linear, Norm, Op, Pool, ReLU, Shape, numel, window_out
 
 __all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
            "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
@@ -102,6 +102,9 @@ def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
                 out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding)
             case n.Dropout():
                 out = Dropout.make(name("drop"), shape, op.rate)
+            case n.Linear():
+                nm = name("linear")
+                out = Linear.make(nm, shape, op.out_features, f"features.{nm}", op.bias)
             case _:
                 assert_never(op)
         yield out, op
@@ -115,6 +118,7 @@ def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, 
     Pre-activation runs BN-ReLU-Conv per conv, post-activation Conv-BN-ReLU; dropout ends each
     unit. With a bottleneck the `…1` ops are the 1x1 conv to bottleneck·k channels and the `…2`
     ops the 3x3 conv to k; without one, the layer has only the `…1` ops with the 3x3 conv.
+    A block of linear layers (an MLP's) has the same recipe with `linear{i}` for `conv{i}`.
     """
     k = block.growth
     grow = (k, block.kernel, block.kernel // 2, block.groups)  # the growth conv keeps the size
@@ -122,30 +126,69 @@ def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, 
     ops: list[Op] = []
     prefix = f"{module}." if module else ""
     for i, (cout, kernel, padding, groups) in enumerate(convs, start=1):
-        conv = Conv.make(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}", groups)
+        conv = _unit(block, i, shape, cout, kernel, padding, groups, prefix)
+        # With no norm a ReLU reads what the norm would have copied, so it must not write in
+        # place: relu1 (pre) reads the concatenation, which in layer 1 is the block's input that
+        # every later layer reads; a ReLU after a conv would overwrite the conv output that
+        # memory-efficient mode keeps for backward (torch refuses a mutated checkpointed tensor).
+        inplace = block.norm != "none"
         if block.order == "pre":
-            ops += [Norm.make(f"norm{i}", shape, f"{prefix}norm{i}"), _activation(block, i, shape), conv]
+            ops += [*_norm(block, i, shape, prefix), *_activation(block, i, shape, inplace), conv]
         else:
-            ops += [conv, Norm.make(f"norm{i}", conv.out_shape, f"{prefix}norm{i}"),
-                    _activation(block, i, conv.out_shape)]
+            ops += [conv, *_norm(block, i, conv.out_shape, prefix),
+                    *_activation(block, i, conv.out_shape, inplace)]
         shape = conv.out_shape
         if block.dropout > 0:
             ops.append(Dropout.make(f"drop{i}", shape, block.dropout))
     return tuple(ops)
 
 
-def _activation(block: DenseBlock, i: int, shape: Shape) -> Op:
-    """`relu{i}` (torchvision's name and in-place ReLU) or `act{i}` for another activation."""
-    if block.activation == "relu":
-        return ReLU.make(f"relu{i}", shape)
-    return Activation.make(f"act{i}", shape, block.activation)
+def _norm(block: DenseBlock, i: int, shape: Shape, prefix: str) -> tuple[Op, ...]:
+    """`norm{i}` as the block's `norm` says (BN by default, torchvision's names), or no op."""
+    name, module = f"norm{i}", f"{prefix}norm{i}"
+    match block.norm:
+        case "batch":
+            return (Norm.make(name, shape, module),)
+        case "none":
+            return ()
+        case "group" | "instance" | "layer" as style:
+            groups = {"group": block.norm_groups, "instance": shape[0], "layer": 1}[style]
+            return (GroupNorm.make(name, shape, module, style, groups),)
+        case _:
+            assert_never(block.norm)
+
+
+def _unit(block: DenseBlock, i: int, shape: Shape, cout: int, kernel: int, padding: int, groups: int,
+          prefix: str) -> Op:
+    """The layer's i-th weighted op: `conv{i}` on maps, `linear{i}` (fully connected, to the same
+    width) in a block of linear layers, whose input is a vector (an MLP)."""
+    if block.kind == "linear":
+        return Linear.make(f"linear{i}", shape, cout, f"{prefix}linear{i}", block.bias)
+    return Conv.make(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}", groups)
+
+
+def _activation(block: DenseBlock, i: int, shape: Shape, inplace: bool = True) -> tuple[Op, ...]:
+    """`relu{i}` (torchvision's name and in-place ReLU), `act{i}` for another activation, or no
+    op for `activation=none`."""
+    return _activation_op(block.activation, f"{i}", shape, inplace)
+
+
+def _activation_op(fn: str, suffix: str, shape: Shape, inplace: bool = True) -> tuple[Op, ...]:
+    if fn == "none":
+        return ()
+    if fn == "relu":
+        return (ReLU.make(f"relu{suffix}", shape, inplace),)
+    return (Activation.make(f"act{suffix}", shape, fn),)
 
 
 def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
+    """BN-ReLU-Conv1x1-(Dropout)-(Pool); on a vector (an MLP) BN-ReLU-Linear-(Dropout), the
+    linear projection to ⌊θ·m⌋ features."""
     cout = transition_channels(shape[0], t)
     prefix = f"{module}." if module else ""
-    ops = [Norm.make("norm", shape, f"{prefix}norm"), ReLU.make("relu", shape),
-           Conv.make("conv", shape, cout, 1, t.stride, 0, t.bias, f"{prefix}conv")]
+    project = (Linear.make("linear", shape, cout, f"{prefix}linear", t.bias) if len(shape) == 1
+               else Conv.make("conv", shape, cout, 1, t.stride, 0, t.bias, f"{prefix}conv"))
+    ops = [Norm.make("norm", shape, f"{prefix}norm"), ReLU.make("relu", shape), project]
     mid = ops[-1].out_shape
     if t.dropout > 0:
         ops.append(Dropout.make("drop", mid, t.dropout))
@@ -160,28 +203,27 @@ HEAD_NORM = "features.norm5"
 
 
 def head_ops(head: Head, shape: Shape) -> tuple[Op, ...]:
-    """(BN-ReLU) → pool → flatten → (dropout) → Linear."""
+    """(BN-ReLU) → pool → flatten → (dropout) → Linear; a vector (an MLP's) is not pooled."""
     ops: list[Op] = []
     if head.norm:
         ops += [Norm.make("norm", shape, HEAD_NORM), ReLU.make("relu", shape)]
-    if head.window is None:
-        pool = Pool.make_global("pool", shape, head.pool)
-    else:
-        kernel, stride = head.window
-        pool = Pool.make("pool", shape, head.pool, kernel, stride, 0)
-    flat = Flatten.make("flatten", pool.out_shape)
-    ops += [pool, flat]
+    if len(shape) > 1:
+        if head.window is None:
+            pool = Pool.make_global("pool", shape, head.pool)
+        else:
+            kernel, stride = head.window
+            pool = Pool.make("pool", shape, head.pool, kernel, stride, 0)
+        flat = Flatten.make("flatten", pool.out_shape)
+        ops += [pool, flat]
+        shape = flat.out_shape
     if head.dropout > 0:
-        ops.append(Dropout.make("drop", flat.out_shape, head.dropout))
-    shape = flat.out_shape
+        ops.append(Dropout.make("drop", shape, head.dropout))
     for j, width in enumerate(head.hidden, start=1):
         # hidden layers live in the model's `pre_logits` (timm's name for what precedes the
         # classifier), so `classifier` stays torchvision's single Linear
         fc = Linear.make(f"fc{j}", shape, width, f"pre_logits.fc{j}")
         shape = fc.out_shape
-        act = (ReLU.make(f"relu{j}", shape) if head.activation == "relu"
-               else Activation.make(f"act{j}", shape, head.activation))
-        ops += [fc, act]
+        ops += [fc, *_activation_op(head.activation, f"{j}", shape)]
         if head.dropout > 0:
             ops.append(Dropout.make(f"drop{j}", shape, head.dropout))
     ops.append(Linear.make("linear", shape, head.classes, "classifier"))
@@ -196,6 +238,19 @@ class LoweredStem:
     spans: tuple[Any, ...]      # the span of the network op behind each op
     source: Stem
     name = "stem"
+
+    @property
+    def tap(self) -> int | None:
+        """Index of the op whose output is the stem's feature tap, or None without one.
+
+        timm taps DenseNet's stem before its max pool (norm0 with the ReLU, reduction 2): here
+        the last op before the stem's trailing pools and dropouts, so a stem without a pool is
+        tapped at its output, and an empty stem, or one of pools only, has no tap.
+        """
+        i = len(self.ops)
+        while i and self.ops[i - 1].kind in ("pool", "dropout"):
+            i -= 1
+        return i - 1 if i else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,8 @@ INVARIANT = Code("E205", "invariant", "the graph breaks a dense-connectivity inv
 TRAIN_TOO_SMALL = Code("W206", "train-too-small", "a batch of one cannot be trained: the final map is 1x1")
 DATA_MISMATCH = Code("E207", "data-mismatch", "the spec's input shape or classes differ from the data set's")
 NO_DATA = Code("E208", "no-data", "a data set, or a split of it, with no examples")
-BAD_GROUPS = Code("E209", "bad-groups", "a grouped convolution whose groups do not divide its channels")
+BAD_GROUPS = Code("E209", "bad-groups", "a grouped convolution or group norm whose groups do not divide its channels")
+WRONG_DATA_KIND = Code("E210", "wrong-data-kind", "an op for maps on a feature vector, or a linear layer on a map")
 
 # E3xx: resources and expectations
 TOO_MANY_PARAMS = Code("E301", "too-many-params", "the parameters (counted on the graph) exceed --max-params")

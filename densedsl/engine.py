@@ -314,7 +314,12 @@ class InferenceEngine:
         x = _inference_format(x)
         out: dict[str, Tensor] = {}
         children = list(model.features.named_children())[: model.last + 1]
-        x = self.stem([m for _, m in children[:model.stem_length]], x)
+        stem = [m for _, m in children[:model.stem_length]]
+        if model.stem_tap is not None:  # the stem in two chains, so that BN folding stops at the tap
+            x = self.stem(stem[:model.stem_tap + 1], x)
+            out["stem"] = _caller_format(x, given)
+            stem = stem[model.stem_tap + 1:]
+        x = self.stem(stem, x)
         for name, m in children[model.stem_length:]:
             x = self.stage(m, x)
             if isinstance(m, DenseBlock):
@@ -324,9 +329,10 @@ class InferenceEngine:
 
 def accelerate(model: nn.Module) -> nn.Module:
     """Attach one inference engine to every DenseNet, DenseNetFeatures and DenseBlock in
-    `model`; returns `model`. A model with any conv that is not 2-D is returned as it is."""
+    `model`; returns `model`. A model with any conv that is not 2-D, or with no conv at all (an
+    MLP on feature vectors: the engine's buffers are 2-D maps), is returned as it is."""
     convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    if any(not isinstance(m, nn.Conv2d) for m in convs):
+    if not convs or any(not isinstance(m, nn.Conv2d) for m in convs):
         return model
     engine = InferenceEngine()
     for m in model.modules():

@@ -17,6 +17,7 @@ import networkx as nx
 
 from . import costs
 from . import diagnostics as d
+from . import network as n
 from .network import DenseBlock, Network, Transition
 from .source import Span
 
@@ -39,6 +40,7 @@ class Window:
     padding: int = 0
     span: Span | None = None
     least: int = 1             # the smallest input length along an axis it accepts
+    always: bool = False       # (kernel None) a norm that refuses one value at batch 1 in eval too
 
 
 def _windows(stage: str, ops: Sequence[costs.Op], spans: Sequence[Span | None]) -> Iterator[Window]:
@@ -58,20 +60,25 @@ def spatial_plan(network: Network) -> tuple[Window, ...]:
 
     Dense layers keep the map's size (3x3 with padding 1, 1x1) and transitions' convs are 1x1,
     so only stem convs and pools, transition pools and a fixed head window appear. Stages are
-    lowered at a one-channel 1x1 map: only windows matter here, and a dense block stands for its
-    first BN, so the plan stays cheap for any depth.
+    lowered at a 1x1 map: only windows matter here, and a dense block stands for its first layer's
+    norms (whose channel counts say whether a group norm has one channel per group), so the plan
+    stays cheap for any depth.
     """
-    probe: costs.Shape = (1,) * len(network.input)
+    ones = (1,) * (len(network.input) - 1)
+    probe: costs.Shape = (network.input[0], *ones)
     plan: list[Window] = []
     stem = list(costs.stem_ops(network.stem, probe))
     plan += _windows("stem", [op for op, _ in stem], [src.span or network.stem.span for _, src in stem])
+    c = stem[-1][0].out_shape[0] if stem else network.input[0]
     for stage in network.stages:
         match stage:
             case DenseBlock():
                 if stage.layers > 0:
-                    plan.append(Window(f"denseblock{stage.index}", "batch norm", None, span=stage.span))
+                    plan += _block_norms(stage, (c, *ones))
+                c = costs.block_out_channels(c, stage)
             case Transition():
-                ops = costs.transition_ops(stage, probe, None)
+                ops = costs.transition_ops(stage, (c, *ones), None)
+                c = ops[-1].out_shape[0]
                 spans = [(stage.pool.span or stage.span) if op.name == "pool" else stage.span for op in ops]
                 plan += _windows(f"transition{stage.index}", ops, spans)
             case _:
@@ -82,12 +89,26 @@ def spatial_plan(network: Network) -> tuple[Window, ...]:
     return tuple(plan)
 
 
+def _block_norms(block: DenseBlock, shape: costs.Shape) -> list[Window]:
+    """One marker for a block's norms that refuse a single value at batch 1, or none (norm=none,
+    or group norms with several channels per group): its first layer has the fewest channels."""
+    fails = {}
+    for op in costs.layer_ops(block, shape, None):
+        when = op.spec.one_value_fails(op.attributes())
+        if when is not None:
+            fails.setdefault(when, op.spec.describe(op.attributes()))
+    when = "always" if "always" in fails else "train" if fails else None
+    if when is None:
+        return []
+    return [Window(f"denseblock{block.index}", fails[when], None, span=block.span, always=when == "always")]
+
+
 def _fits(plan: Sequence[Window], size: int, rank: int, *, train: bool) -> bool:
     """Whether an input of `size` along every axis passes every window (and, for training with
     batch 1, every BN sees more than one value per channel)."""
     for w in plan:
         if w.kernel is None:
-            if train and size ** rank <= 1:
+            if (train or w.always) and size ** rank <= 1:
                 return False
             continue
         if size < w.least:
@@ -99,7 +120,9 @@ def _fits(plan: Sequence[Window], size: int, rank: int, *, train: bool) -> bool:
 def min_input_size(plan: Sequence[Window], *, train: bool = False, rank: int = 2) -> int:
     """The smallest input side (the same along every axis) the plan accepts (binary search:
     output sizes are monotone in the input size, so the accepted sizes are all sizes from the
-    minimum up)."""
+    minimum up). A feature vector (rank 0) has no axis to size: 1."""
+    if rank == 0:
+        return 1
     hi = 1
     while not _fits(plan, hi, rank, train=train):
         hi *= 2
@@ -142,11 +165,50 @@ _NOUNS = {1: "signal", 2: "map", 3: "volume"}
 # --- checks ----------------------------------------------------------------------------------------
 
 def check(network: Network) -> list[d.Diagnostic]:
-    """E201, E202, E203, W204 and E304, from the Network alone (no graph is built)."""
+    """E210, E201, E202, E203, W204 and E304, from the Network alone (no graph is built)."""
+    diags = _check_data_kind(network)
+    if diags:
+        return diags  # a conv on a vector has no meaningful size or channel chain
     diags = _check_channels(network)
     if not diags:
         diags += _check_size(network)
     diags += _check_spatial(network)
+    return diags
+
+
+def _check_data_kind(network: Network) -> list[d.Diagnostic]:
+    """E210: ops for maps on a feature vector (an MLP), or linear layers on a map. densedsl never
+    flattens between stages, so the input's kind holds from the stem to the head."""
+    vector = len(network.input) == 1
+    data = (f"the input is a vector of {network.input[0]} features" if vector
+            else f"the input is a {'x'.join(map(str, network.input))} map")
+    hint = ("on a feature vector use linear layers: `linear N` in the stem, dense blocks of linear "
+            "layers (the default for `input F`), transitions without a pool" if vector else
+            "a map needs convolutions; linear layers apply to a feature vector (`input F`)")
+    diags: list[d.Diagnostic] = []
+
+    def refuse(what: str, needs: str, span: Span | None) -> None:
+        diags.append(d.Diagnostic(d.WRONG_DATA_KIND, f"{what} needs {needs}, but {data}", span, hint))
+
+    for op in network.stem.ops:
+        if vector and isinstance(op, (n.Conv, n.Pool)):
+            refuse(f"the stem's {'conv' if isinstance(op, n.Conv) else 'pool'}", "a map", op.span)
+        elif not vector and isinstance(op, n.Linear):
+            refuse("the stem's linear layer", "a feature vector", op.span)
+    for stage in network.stages:
+        match stage:
+            case DenseBlock():
+                if (stage.kind == "linear") != vector:
+                    refuse(f"denseblock{stage.index} of {stage.kind} layers",
+                           "a feature vector" if stage.kind == "linear" else "a map", stage.span)
+            case Transition():
+                if vector and (stage.pool is not None or stage.stride != 1):
+                    refuse(f"transition{stage.index}'s {'pool' if stage.pool else 'stride'}", "a map",
+                           stage.span)
+            case _:
+                assert_never(stage)
+    if vector and network.head is not None and network.head.window is not None:
+        refuse("the head's pooling window", "a map", network.head.span)
     return diags
 
 
@@ -162,6 +224,8 @@ def _check_channels(network: Network) -> list[d.Diagnostic]:
         match stage:
             case DenseBlock():
                 if stage.groups != 1 and (bad := _bad_groups(stage, c)) is not None:
+                    diags.append(bad)
+                if stage.norm == "group" and (bad := _bad_norm_groups(stage, c)) is not None:
                     diags.append(bad)
                 out = costs.block_out_channels(c, stage)
                 source = (f"denseblock{stage.index} emits {c} + {stage.growth}·{stage.layers} = {out} "
@@ -195,6 +259,25 @@ def _bad_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
                     "bottleneck the input grows by the growth rate each layer")
         if block.bottleneck:
             break  # every layer's growth conv has the same widths
+    return None
+
+
+def _bad_norm_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
+    """The first group norm of `block` (fed `c` channels) whose channels `norm_groups` does not
+    divide. A layer's norm widths are affine in the layer (c + k·(ℓ−1) or fixed), so when the
+    first two layers divide, every later one does."""
+    g = block.norm_groups
+    for ell in range(1, min(block.layers, 2) + 1):
+        shape = (costs.layer_in_channels(c, block, ell),)
+        for op in costs.layer_ops(block, shape, None):
+            count = op.in_shape[0]
+            if op.kind == "groupnorm" and count % g:
+                return d.Diagnostic(
+                    d.BAD_GROUPS, f"denseblock{block.index}.denselayer{ell}.{op.name}: norm_groups={g} does "
+                    f"not divide its {count} channels ({count} = {count // g}·{g} + {count % g})",
+                    block.span, "norm_groups must divide every normalised width: the layer's input (it "
+                    "grows by the growth rate each layer), the bottleneck's bottleneck·growth and the "
+                    "growth rate")
     return None
 
 

@@ -191,7 +191,7 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             nn.init.constant_(m.weight, 1)
             nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.constant_(m.bias, 0)
 
 
@@ -219,6 +219,7 @@ class DenseNet(nn.Module):
         self.feature_info: list[dict] = []
         self.engine = None  # engine.accelerate sets it
         self.stem_length = 0
+        self.stem_tap: int | None = None  # index in `features` of the stem's feature tap
         self.num_features = network.input[0]
         reduction = 1
         self.lowered = tuple(costs.lower(network) if lowered is None else lowered)  # what it is built from
@@ -227,6 +228,12 @@ class DenseNet(nn.Module):
                 case costs.LoweredStem():
                     _add(self.features, stage.ops, dd)
                     self.stem_length = len(stage.ops)
+                    self.stem_tap = stage.tap
+                    if stage.tap is not None:  # timm's first entry: the stem before its pool
+                        tapped = stage.ops[:stage.tap + 1]
+                        self.feature_info.append({"num_chs": tapped[-1].out_shape[0],
+                                                  "reduction": _reduction(tapped),
+                                                  "module": f"features.{tapped[-1].name}"})
                     reduction *= _reduction(stage.ops)
                     if stage.ops:
                         self.num_features = stage.ops[-1].out_shape[0]
@@ -319,15 +326,18 @@ class DenseNet(nn.Module):
 
 
 class DenseNetFeatures(nn.Module):
-    """timm's `features_only`: `forward` returns {'denseblock{i}': output of dense block i}."""
+    """timm's `features_only`: `forward` returns {'stem': the stem before its pool (when the
+    stem has a tap, see `costs.LoweredStem.tap`), 'denseblock{i}': output of dense block i}."""
 
     def __init__(self, model: DenseNet) -> None:
         super().__init__()
         self.features = model.features
         self.feature_info = model.feature_info
         self.stem_length = model.stem_length
+        self.stem_tap = model.stem_tap
         self.engine = model.engine
-        self.last = max((i for i, m in enumerate(self.features) if isinstance(m, DenseBlock)), default=-1)
+        self.last = max((i for i, m in enumerate(self.features) if isinstance(m, DenseBlock)),
+                        default=-1 if self.stem_tap is None else self.stem_tap)  # the last tap
 
     def train(self, mode: bool = True) -> "DenseNetFeatures":
         if self.engine is not None:
@@ -342,7 +352,9 @@ class DenseNetFeatures(nn.Module):
             if i > self.last:
                 break
             x = m(x)
-            if isinstance(m, DenseBlock):
+            if i == self.stem_tap:
+                out["stem"] = x
+            elif isinstance(m, DenseBlock):
                 out[name] = x
         return out
 

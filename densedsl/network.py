@@ -15,10 +15,19 @@ from typing import Literal, Union
 
 from .source import Span
 
-Shape = tuple[int, ...]  # (C, L), (C, H, W) or (C, D, H, W): channels, then one size per axis
+Shape = tuple[int, ...]  # (F,) a feature vector; (C, L), (C, H, W) or (C, D, H, W): channels, then one size per axis
 Order = Literal["pre", "post"]
+# A dense block's layers: convolutions on maps, or fully-connected (Linear) layers on vectors (MLPs)
+LayerKind = Literal["conv", "linear"]
+# A dense layer's normalisation: batch norm (the paper's), group norm (GroupNorm(G, C), maps only),
+# instance norm (GroupNorm(C, C), maps only), layer norm (LayerNorm on vectors, GroupNorm(1, C) on
+# maps), or none
+NormKind = Literal["batch", "group", "instance", "layer", "none"]
+# What the head's outputs are: class logits (cross-entropy applies the softmax) or regression values
+Task = Literal["classification", "regression"]
 # A dense layer's activation (torch.nn: ReLU, ReLU6, LeakyReLU, SiLU, GELU, ELU); relu is the paper's
-ActivationFn = Literal["relu", "relu6", "leaky_relu", "silu", "gelu", "elu"]
+# `none` leaves the activation out (the seeds' DenseNet-MLP layers have none)
+ActivationFn = Literal["relu", "relu6", "leaky_relu", "silu", "gelu", "elu", "none"]
 PoolMode = Literal["avg", "max"]
 
 
@@ -65,7 +74,16 @@ class Dropout:
     span: Span | None = _span()
 
 
-StemOp = Union[Conv, Norm, ReLU, Pool, Dropout]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Linear:
+    """A stem fully-connected layer (feature-vector inputs): `linear 64`."""
+
+    out_features: int
+    bias: bool = True
+    span: Span | None = _span()
+
+
+StemOp = Union[Conv, Norm, ReLU, Pool, Dropout, Linear]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +99,11 @@ class DenseBlock:
     `bottleneck` is the width factor of the 1x1 conv (4 → 4·growth channels) or None for none.
     Pre-activation layers run BN-ReLU-Conv (the paper); post-activation run Conv-BN-ReLU;
     `activation` replaces the ReLU. Dropout, when > 0, follows every conv of the layer.
+
+    `kind="linear"` (a feature-vector network, an MLP) makes the layers fully connected: the
+    same recipe with Linear in place of each conv (the bottleneck a Linear to bottleneck·growth
+    features), `norm` batch (BatchNorm1d), layer (LayerNorm) or none, `activation` may be
+    `none`; `kernel` and `groups` do not apply.
     """
 
     index: int  # 1-based among dense blocks: compiled as features.denseblock{index}
@@ -93,6 +116,9 @@ class DenseBlock:
     activation: ActivationFn = "relu"
     kernel: int = 3  # the growth conv's (odd, padded to keep the size)
     groups: int = 1  # the growth conv's groups
+    kind: LayerKind = "conv"
+    norm: NormKind = "batch"
+    norm_groups: int = 32  # GroupNorm's group count, for norm="group" only (Wu & He's default)
     span: Span | None = _span()
 
 
@@ -117,7 +143,9 @@ class Transition:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Head:
-    """(BN-ReLU) → pool → flatten → (Dropout) → [Linear(h) → activation → (Dropout)] per hidden
+    """On a feature vector (an MLP): (BN-ReLU) → (Dropout) → [hidden] → Linear(classes); no pool.
+
+    On maps: (BN-ReLU) → pool → flatten → (Dropout) → [Linear(h) → activation → (Dropout)] per hidden
     width → Linear(classes), bias on.
 
     `window` None means a global pool (output 1x1); otherwise (kernel, stride) of a fixed pooling
@@ -131,6 +159,10 @@ class Head:
     dropout: float = 0.0
     hidden: tuple[int, ...] = ()          # widths of fully-connected layers before the classifier
     activation: ActivationFn = "relu"     # after each hidden layer
+    # What training optimises: classification (`classes` logits, cross-entropy, which applies the
+    # softmax: it is not a layer) or regression (`classes` real outputs, MSE). The spec's
+    # `task=`; without it, regression when classes=1 (a one-class classifier learns nothing).
+    task: Task = "classification"
     span: Span | None = _span()
 
 
@@ -158,6 +190,10 @@ ParamValue = Union[int, float, Fraction, bool, str]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Network:
+    """A resolved network. `input` is `(F,)` for a feature vector (an MLP), `(C, *sizes)` for a
+    map. Whether it classifies or regresses is `head.task` (None without a head); `task` reads it.
+    """
+
     name: str
     input: Shape
     stem: Stem = field(default_factory=Stem)
@@ -177,6 +213,16 @@ class Network:
         sized = {"macs", "flops"} | ({"params"} if self.head and self.head.window else set())
         return replace(self, input=tuple(shape),
                        expectations=tuple(e for e in self.expectations if e.key not in sized))
+
+    @property
+    def task(self) -> Task | None:
+        """`classification` or `regression` (training picks its loss by it); None without a head."""
+        return self.head.task if self.head is not None else None
+
+    @property
+    def vector(self) -> bool:
+        """Whether the input is a feature vector `(F,)` (an MLP) rather than a map."""
+        return len(self.input) == 1
 
     @property
     def blocks(self) -> tuple[DenseBlock, ...]:

@@ -134,6 +134,15 @@ class OpKind:
         """(kernel, stride, padding) along every spatial axis, for ops that slide a window."""
         return None
 
+    def storage_of(self, a: Attrs) -> Storage:
+        """Where this op's output lives (`storage`, unless the op's attributes say otherwise)."""
+        return self.storage
+
+    def one_value_fails(self, a: Attrs) -> Literal["train", "always"] | None:
+        """When a batch of one with a single value per channel makes torch refuse this op: BN in
+        training (`normalises`); a group norm with one channel per group in any mode."""
+        return "train" if self.normalises else None
+
     def least_input(self, a: Attrs) -> int:
         """The smallest input length along an axis that a windowed op accepts."""
         kernel, _, padding = self.window(a) or (1, 1, 0)
@@ -279,15 +288,65 @@ class Norm(OpKind):
         return _nn("BatchNorm", rank(a["in_shape"])), (a["channels"],), {}
 
 
+# norm= choices that run as torch's GroupNorm: (diagram words, recipe token); `group` adds its count
+GROUP_NORMS = {"group": ("group norm", "GN"), "instance": ("instance norm", "IN"),
+               "layer": ("layer norm", "LN")}
+
+
+class GroupNorm(OpKind):
+    """`norm=group`, `instance` or `layer` of a dense layer: torch's GroupNorm(groups, C), affine,
+    no running statistics. Instance norm is GroupNorm(C, C) (the same function and parameters as
+    InstanceNorm2d(C, affine=True)); layer norm over (C, H, W) is GroupNorm(1, C), the usual
+    "LayerNorm" of conv maps. Backward saves the input and a mean and 1/std per sample and group
+    (float32, derivatives.yaml: native_group_norm)."""
+
+    kind = "groupnorm"
+    saves = "input"
+    pointwise = True
+
+    @staticmethod
+    def make(name: str, shape: Shape, module: str | None, style: str, groups: int) -> Op:
+        c = shape[0]
+        return Op(name, "groupnorm", shape, shape, 2 * c, 0, 0, module,
+                  (("channels", c), ("groups", groups), ("style", style)))
+
+    def saved_bytes(self, a):
+        return 2 * a["groups"] * STAT_BYTES
+
+    def one_value_fails(self, a):
+        # F.group_norm refuses (batch·C/groups)·∏spatial == 1 in eval and in training alike
+        return "always" if a["channels"] == a["groups"] else None
+
+    def state_entries(self, a):
+        return 2  # weight, bias
+
+    def token(self, a):
+        short = GROUP_NORMS[a["style"]][1]
+        return f"{short}{a['groups']}" if a["style"] == "group" else short
+
+    def words(self, a):
+        detail = f"{a['channels']} ch" + (f" · {a['groups']} groups" if a["style"] == "group" else "")
+        return GROUP_NORMS[a["style"]][0], detail
+
+    def constructor(self, a):
+        return "GroupNorm", (a["groups"], a["channels"]), {}
+
+
 class ReLU(OpKind):
+    """In place (torchvision's), unless `inplace` is False: a ReLU that opens a dense layer with
+    no norm before it would otherwise overwrite the block's input, which later layers read."""
+
     kind = "relu"
     storage = "in_place"
     saves = "output"
     pointwise = True
 
     @staticmethod
-    def make(name: str, shape: Shape) -> Op:
-        return Op(name, "relu", shape, shape)
+    def make(name: str, shape: Shape, inplace: bool = True) -> Op:
+        return Op(name, "relu", shape, shape, attrs=() if inplace else (("inplace", False),))
+
+    def storage_of(self, a):
+        return "in_place" if a.get("inplace", True) else "own"
 
     def token(self, a):
         return "ReLU"
@@ -296,7 +355,7 @@ class ReLU(OpKind):
         return "ReLU", ""
 
     def constructor(self, a):
-        return "ReLU", (), {"inplace": True}
+        return "ReLU", (), {"inplace": a.get("inplace", True)}
 
 
 # activation name → torch.nn class; `relu` stays the ReLU kind (in place, and the engine folds it)
@@ -423,18 +482,25 @@ class Flatten(OpKind):
 
 
 class Linear(OpKind):
+    """A fully-connected layer on a vector `(F,)`: the head's classifier and hidden layers, an
+    MLP's stem and dense layers. In a recomputed (memory-efficient) dense layer it keeps its
+    output, as a conv does."""
+
     kind = "linear"
     layer = True
     saves = "input"
+    saves_recomputed = "output"
 
     @staticmethod
-    def make(name: str, shape: Shape, out_features: int, module: str | None) -> Op:
+    def make(name: str, shape: Shape, out_features: int, module: str | None, bias: bool = True) -> Op:
+        """`bias` False appears as an attribute only then, so existing graphs read as before."""
         inf = shape[0]
-        return Op(name, "linear", shape, (out_features,), inf * out_features + out_features, 0,
-                  inf * out_features, module, (("in_features", inf), ("out_features", out_features)))
+        return Op(name, "linear", shape, (out_features,), inf * out_features + (out_features if bias else 0), 0,
+                  inf * out_features, module, (("in_features", inf), ("out_features", out_features))
+                  + ((("bias", False),) if not bias else ()))
 
     def state_entries(self, a):
-        return 2
+        return 2 if a.get("bias", True) else 1
 
     def token(self, a):
         return f"Linear({a['out_features']})"
@@ -443,11 +509,11 @@ class Linear(OpKind):
         return "linear", f"{a['in_features']} → {a['out_features']}"
 
     def constructor(self, a):
-        return "Linear", (a["in_features"], a["out_features"]), {}
+        return "Linear", (a["in_features"], a["out_features"]), ({} if a.get("bias", True) else {"bias": False})
 
 
 TABLE: dict[str, OpKind] = {cls.kind: cls() for cls in (
-    Input, Output, Feature, Concat, Conv, Norm, ReLU, Activation, Dropout, Pool, Flatten, Linear)}
+    Input, Output, Feature, Concat, Conv, Norm, GroupNorm, ReLU, Activation, Dropout, Pool, Flatten, Linear)}
 
 
 def _literal(value: Any) -> str:

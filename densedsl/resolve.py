@@ -60,12 +60,17 @@ _LIST_FUNCTIONS = ("len", "sum")
 
 STATEMENTS = ("input", "defaults", "stem", "dense", "transition", "repeat", "head", "expect")
 STAGE_STATEMENTS = ("dense", "transition", "repeat", "for")  # what repeat and for bodies hold
-STEM_OPS = ("conv", "norm", "relu", "maxpool", "avgpool", "dropout")
-DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order", "activation", "kernel", "groups")
+STEM_OPS = ("conv", "norm", "relu", "maxpool", "avgpool", "dropout", "linear")
+DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order", "activation", "kernel", "groups",
+                  "kind", "norm", "norm_groups")
 ACTIVATIONS = typing.get_args(n.ActivationFn)
+LAYER_KINDS = typing.get_args(n.LayerKind)
+NORMS = typing.get_args(n.NormKind)
+TASKS = typing.get_args(n.Task)
 TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding")
-HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout", "hidden", "activation")
-DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order", "activation")
+HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout", "hidden", "activation", "task")
+DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order", "activation",
+                    "norm", "norm_groups")
 EXPECT_KEYS = ("params", "buffers", "macs", "flops", "channels", "connections", "depth")
 _STEM_SETTINGS = {
     "conv": ("kernel", "stride", "padding", "bias"),
@@ -74,6 +79,7 @@ _STEM_SETTINGS = {
     "dropout": ("rate",),
     "norm": (),
     "relu": (),
+    "linear": ("bias",),
 }
 _OWNER = {  # which statement a setting belongs to, for "'compression' is a transition setting"
     **{s: "dense" for s in DENSE_SETTINGS},
@@ -191,6 +197,7 @@ class _Resolver:
         self._reported: set[tuple] = set()
         self._loop_steps = 0
         self._unroll_failed = False  # a loop went past a cap: stop unrolling, report it once
+        self.input_shape: n.Shape | None = None  # (F,) makes dense blocks linear by default
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -240,6 +247,7 @@ class _Resolver:
                     continue
                 input_stmt = stmt
                 input_shape, input_span = self.input(stmt)
+                self.input_shape = input_shape
             elif kw == "stem":
                 if stem_stmt is not None:
                     self.duplicate(stmt, stem_stmt, "stem")
@@ -665,18 +673,28 @@ class _Resolver:
                        stmt.settings[0].name_span, "write the shape as CxHxW, e.g. input 3x32x32")
         if isinstance(stmt.arg, ast.Dims) and 2 <= len(stmt.arg.dims) <= 4:
             return self.input_dims(stmt.arg)
+        if stmt.arg is not None and not isinstance(stmt.arg, (ast.ShapeLit, ast.Dims)):
+            return self.input_features(stmt.arg)
         if not isinstance(stmt.arg, ast.ShapeLit) or not 2 <= len(stmt.arg.dims) <= 4:
             span = stmt.arg.span if stmt.arg is not None else stmt.keyword_span
-            self.error(d.WRONG_TYPE, "input expects a shape: channels x length (a signal), channels x "
-                       "height x width (an image) or channels x depth x height x width (a volume)", span,
-                       "write e.g. input 3x224x224, input 12x1000, input 1x64x64x64 or, with "
-                       "parameters, input 3 x size x size")
+            self.error(d.WRONG_TYPE, "input expects a shape: features (a vector), channels x length (a "
+                       "signal), channels x height x width (an image) or channels x depth x height x "
+                       "width (a volume)", span,
+                       "write e.g. input 20, input 3x224x224, input 12x1000, input 1x64x64x64 or, with "
+                       "parameters, input features or input 3 x size x size")
             return None, None
         dims = stmt.arg.dims
         if any(x < 1 for x in dims) or any(x > _INT_MAX for x in dims):
             self.error(d.OUT_OF_RANGE, f"every input dimension must lie in [1, {_INT_MAX:,}]", stmt.arg.span)
             return None, None
         return tuple(dims), stmt.arg.span
+
+    def input_features(self, e: ast.Expr) -> tuple[n.Shape | None, Span | None]:
+        """`input 20` or `input features`: a feature vector (an MLP's input), shape (F,)."""
+        try:
+            return (self.integer(_Bound(e, e.span, "input features"), 1),), e.span
+        except _Invalid:
+            return None, None
 
     def input_dims(self, dims: ast.Dims) -> tuple[n.Shape | None, Span | None]:
         """`input 3 x size x size`: each dimension a whole number in [1, _INT_MAX]."""
@@ -715,7 +733,7 @@ class _Resolver:
             self.unknown_statement(op, STEM_OPS, "a stem")
             return None
         self.no_body(op)
-        inherit = ("bias",) if kw == "conv" else ()
+        inherit = ("bias",) if kw in ("conv", "linear") else ()
         s = self.settings(op, _STEM_SETTINGS[kw], kw, inherit)
         if kw == "conv":
             if op.arg is None:
@@ -732,6 +750,16 @@ class _Resolver:
             if v["padding"] is None:
                 v["padding"] = v["kernel"] // 2  # 'same' for odd kernels
             return n.Conv(span=op.span, **v)
+        if kw == "linear":
+            if op.arg is None:
+                self.error(d.MISSING, "linear needs its number of output features", op.keyword_span,
+                           "e.g. linear 64")
+                raise _Invalid
+            v = self.try_all(
+                out_features=lambda: self.integer(self.positional(op), 1, what="linear features"),
+                bias=lambda: self.boolean(s["bias"]) if "bias" in s else True,
+            )
+            return n.Linear(span=op.span, **v)
         if kw in ("maxpool", "avgpool"):
             self.no_arg(op)
             return self.pool(kw[:3], s, op.span)
@@ -906,7 +934,8 @@ class _Resolver:
             raise _Invalid
         self.no_body(stmt)
         s = self.settings(stmt, DENSE_SETTINGS, "dense block",
-                          ("growth", "layers", "bottleneck", "dropout", "bias", "order", "activation"))
+                          ("growth", "layers", "bottleneck", "dropout", "bias", "order", "activation", "norm",
+                           "norm_groups"))
         missing = [k for k in ("layers", "growth") if k not in s]
         misspelt = [x.name for x in stmt.settings if x.name not in DENSE_SETTINGS]
         for k in missing:
@@ -927,8 +956,45 @@ class _Resolver:
             activation=lambda: self.choice(s["activation"], ACTIVATIONS) if "activation" in s else "relu",
             kernel=lambda: self.odd_kernel(s["kernel"]) if "kernel" in s else 3,
             groups=lambda: self.integer(s["groups"], 1, 1 << 16) if "groups" in s else 1,
+            kind=lambda: self.choice(s["kind"], LAYER_KINDS) if "kind" in s else self.default_kind(),
+            norm=lambda: self.choice(s["norm"], NORMS) if "norm" in s else "batch",
+            norm_groups=lambda: self.integer(s["norm_groups"], 1, 1 << 16) if "norm_groups" in s else 32,
         )
+        self.norm_fits(s, values, {x.name for x in stmt.settings})
+        if values["kind"] == "linear":
+            self.linear_only(s, index, values)
+            values["bias"] = self.boolean(s["bias"]) if "bias" in s else True
         return n.DenseBlock(index=index, span=stmt.span, **values)
+
+    def norm_fits(self, s: dict[str, _Bound], values: dict[str, Any], explicit: set[str]) -> None:
+        """`norm_groups` belongs to `norm=group` (a default one is simply unused by other norms);
+        group and instance norms need maps (channels)."""
+        norm = values["norm"]
+        if "norm_groups" in explicit and norm != "group":
+            self.error(d.CONFLICT, f"norm_groups sets a group norm's groups, and this block has norm={norm}",
+                       s["norm_groups"].span, "write norm=group norm_groups=G, or remove norm_groups")
+            raise _Invalid
+        if values["kind"] == "linear" and norm in ("group", "instance"):
+            self.error(d.WRONG_DATA_KIND, f"norm={norm} normalises groups of a map's channels, and these "
+                       "layers are linear (fully connected)", s["norm"].span,
+                       "on a feature vector use norm=batch, norm=layer or norm=none")
+            raise _Invalid
+        if norm != "group":
+            values["norm_groups"] = n.DenseBlock.__dataclass_fields__["norm_groups"].default  # unused
+
+    def default_kind(self) -> n.LayerKind:
+        """A dense block on a feature vector (`input F`) is made of linear layers, else of convs."""
+        return "linear" if self.input_shape is not None and len(self.input_shape) == 1 else "conv"
+
+    def linear_only(self, s: dict[str, _Bound], index: int, values: dict[str, Any]) -> None:
+        """`kernel` and `groups` are a conv's: refused on a block of linear layers (E210)."""
+        for name in ("kernel", "groups"):
+            if name in s:
+                self.error(d.WRONG_DATA_KIND, f"'{name}' is a conv setting, and denseblock{index}'s layers "
+                           "are linear (fully connected)", s[name].span,
+                           f"remove {name}=…; a linear layer sees every feature")
+        if any(name in s for name in ("kernel", "groups")):
+            raise _Invalid
 
     def widths(self, b: _Bound) -> tuple[int, ...]:
         """`hidden=[512, 256]` (or one width, `hidden=512`): whole numbers ≥ 1."""
@@ -976,6 +1042,8 @@ class _Resolver:
             raise _Invalid
         inherit = ("bias", "dropout") + (() if "channels" in explicit else ("compression",))
         s = self.settings(stmt, TRANSITION_SETTINGS, "transition", inherit)
+        if self.default_kind() == "linear":
+            return self.vector_transition(stmt, index, s)
         if "pool" in s and self.eval_quietly(s["pool"]) == "none":
             return self.poolless_transition(stmt, index, s)
         values = self.try_all(
@@ -1014,6 +1082,19 @@ class _Resolver:
             del self.diags[mark:]
             self._reported = reported
 
+    def vector_transition(self, stmt: ast.Statement, index: int, s: dict[str, _Bound]) -> n.Transition:
+        """On a feature vector (an MLP): BN-ReLU-Linear to ⌊θ·m⌋ features, no pool (E210 for a
+        window setting)."""
+        windowed = [name for name in ("pool", "kernel", "stride", "padding") if name in s]
+        for name in windowed:
+            self.error(d.WRONG_DATA_KIND, f"the transition's '{name}' is a map's, and the input is a feature "
+                       "vector", s[name].span, f"remove {name}=…; on a vector a transition is a linear "
+                       "projection to ⌊θ·m⌋ features (compression=θ) or channels=N")
+        if windowed:
+            raise _Invalid
+        values = self.try_all(**self.transition_values(s))
+        return n.Transition(index=index, span=stmt.span, pool=None, **self.default_compression(values))
+
     def poolless_transition(self, stmt: ast.Statement, index: int, s: dict[str, _Bound]) -> n.Transition:
         """`pool=none`: BN-ReLU-Conv1x1 only; `stride` is the conv's (2 downsamples in the conv)."""
         for name in ("kernel", "padding"):
@@ -1037,10 +1118,17 @@ class _Resolver:
                 return None  # reported as a misspelt setting
             self.error(d.MISSING, "the head has no classes", stmt.keyword_span, "e.g. head classes=10")
             return None
+        vector = self.default_kind() == "linear"
+        if vector and (windowed := [x for x in ("pool", "kernel", "stride") if x in s]):
+            for name in windowed:
+                self.error(d.WRONG_DATA_KIND, f"the head's '{name}' sets a pooling window, and the input is a "
+                           "feature vector: there is no map to pool", s[name].span,
+                           f"remove {name}=…; on a vector the head is (dropout) → linear layers")
+            return None
         try:
             values = self.try_all(
                 classes=lambda: self.integer(s["classes"], 1),
-                norm=lambda: self.boolean(s["norm"]) if "norm" in s else True,
+                norm=lambda: self.boolean(s["norm"]) if "norm" in s else not vector,
                 pool=lambda: self.choice(s["pool"], ("avg", "max")) if "pool" in s else "avg",
                 kernel=lambda: self.integer(s["kernel"], 1) if "kernel" in s else None,
                 stride=lambda: self.integer(s["stride"], 1) if "stride" in s else None,
@@ -1048,8 +1136,16 @@ class _Resolver:
                 if "dropout" in s else 0.0,
                 hidden=lambda: self.widths(s["hidden"]) if "hidden" in s else (),
                 activation=lambda: self.choice(s["activation"], ACTIVATIONS) if "activation" in s else "relu",
+                task=lambda: self.choice(s["task"], TASKS) if "task" in s else None,
             )
         except _Invalid:
+            return None
+        if values["task"] is None:  # one output is a regression: a one-class classifier learns nothing
+            values["task"] = "regression" if values["classes"] == 1 else "classification"
+        elif values["task"] == "classification" and values["classes"] == 1:
+            self.error(d.OUT_OF_RANGE, "a classification head needs at least 2 classes, got classes=1",
+                       s["task"].span, "a one-class classifier learns nothing (its softmax is always 1); "
+                       "for one real-valued output write task=regression, or leave task out")
             return None
         kernel, stride = values.pop("kernel"), values.pop("stride")
         if stride is not None and kernel is None:

@@ -18,20 +18,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 from fractions import Fraction
+import math
 import typing
 from typing import assert_never
 
 from hypothesis import strategies as st
 
+from . import costs
 from . import graph as graph_
 from .analysis import Analysis
-from .network import (ActivationFn, Conv, DenseBlock, Dropout, Head, Network, Norm, Pool, ReLU, Stage, Stem, StemOp,
-                      Transition)
+from .network import (ActivationFn, Conv, DenseBlock, Dropout, Head, Linear, Network, Norm, Pool, ReLU, Stage, Stem,
+                      StemOp, Transition)
 
 # Finite decimals, so the text form is exact; ≥ 1/2 keeps ⌊θ·m⌋ ≥ 1 for any block output m ≥ 2.
 _COMPRESSIONS = (Fraction(1, 2), Fraction(1), Fraction(3, 4))
 _RATES = (0.0, 0.2, 0.5)
 _ACTIVATIONS = typing.get_args(ActivationFn)  # relu first: failures shrink to the paper's
+_VECTOR_NORMS = ("batch", "layer", "none")      # what an MLP's dense layers take
+_MAP_NORMS = ("batch", "group", "instance", "layer", "none")  # a conv layer's; batch first (the paper's)
 
 
 @st.composite
@@ -55,6 +59,57 @@ def _stem(draw) -> Stem:
 
 
 @st.composite
+def _vector_stem(draw) -> Stem:
+    """An MLP's stem: linear (norm relu) (dropout), or nothing."""
+    if not draw(st.booleans()):
+        return Stem()
+    ops: list = [Linear(out_features=draw(st.integers(1, 32)), bias=draw(st.booleans().map(lambda b: not b)))]
+    if draw(st.booleans()):
+        ops += [Norm(), ReLU()] if draw(st.booleans()) else [ReLU()]
+    if draw(st.booleans()):
+        ops.append(Dropout(rate=draw(st.sampled_from(_RATES[1:]))))
+    return Stem(ops=tuple(ops))
+
+
+@st.composite
+def _linear_block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
+                  growth: tuple[int, int]) -> DenseBlock:
+    """A dense block of linear layers (an MLP's): no kernel or groups; norm batch, layer or none."""
+    use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
+    return DenseBlock(
+        index=index, layers=draw(st.integers(1, max_layers)), growth=draw(st.integers(*growth)),
+        bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None, kind="linear",
+        dropout=draw(st.sampled_from(_RATES)), bias=draw(st.booleans().map(lambda b: not b)),
+        activation=draw(st.sampled_from(_ACTIVATIONS)), norm=draw(st.sampled_from(_VECTOR_NORMS)),
+        order=draw(st.sampled_from(("pre", "post"))))
+
+
+@st.composite
+def _vector_transition(draw, index: int) -> Transition:
+    """BN-ReLU-Linear: a projection to ⌊θ·m⌋ (or N) features, no pool."""
+    if draw(st.booleans()):
+        compression, channels = draw(st.sampled_from(_COMPRESSIONS)), None
+    else:
+        compression, channels = None, draw(st.integers(1, 32))
+    return Transition(index=index, compression=compression, channels=channels, bias=draw(st.booleans()),
+                      dropout=draw(st.sampled_from(_RATES)), pool=None)
+
+
+@st.composite
+def _head(draw, *, vector: bool) -> Head:
+    """A head; one output is a regression (the resolver's rule), more may be either task."""
+    classes = draw(st.integers(1, 10))
+    task = "regression" if classes == 1 else draw(st.sampled_from(("classification", "regression")))
+    window = None if vector else draw(st.one_of(
+        st.none(), st.tuples(st.sampled_from((2, 1)), st.sampled_from((2, 1)))))
+    return Head(classes=classes, norm=draw(st.booleans().map(lambda b: not b)),
+                pool="avg" if vector else draw(st.sampled_from(("avg", "max"))), window=window,
+                dropout=draw(st.sampled_from(_RATES)),
+                hidden=tuple(draw(st.lists(st.integers(1, 16), max_size=2))),
+                activation=draw(st.sampled_from(_ACTIVATIONS)), task=task)
+
+
+@st.composite
 def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
            growth: tuple[int, int]) -> DenseBlock:
     use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
@@ -66,7 +121,31 @@ def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
         activation=draw(st.sampled_from(_ACTIVATIONS)), kernel=draw(st.sampled_from((3, 1, 5))),
         # groups divide the growth, hence the bottleneck's width; without one the input varies
         groups=draw(st.sampled_from([g for g in range(1, 5) if k % g == 0])) if use_bottleneck else 1,
-        order=draw(st.sampled_from(("pre", "post"))))
+        order=draw(st.sampled_from(("pre", "post"))),
+        # group norm's count depends on the channels entering the block: `_fit_norm_groups` picks it
+        norm=draw(st.sampled_from(_MAP_NORMS)))
+
+
+@st.composite
+def _fit_norm_groups(draw, stages: list, channels: int, stem: Stem) -> list:
+    """Each `norm=group` block gets a group count dividing every width its layers normalise (the
+    layer input grows by the growth rate; the first two layers' widths fix every later one's)."""
+    c = next((op.out_channels for op in reversed(stem.ops) if isinstance(op, Conv)), channels)
+    out = []
+    for stage in stages:
+        if isinstance(stage, DenseBlock):
+            if stage.norm == "group":
+                widths = [op.in_shape[0] for ell in range(1, min(stage.layers, 2) + 1)
+                          for op in costs.layer_ops(stage, (costs.layer_in_channels(c, stage, ell), 1), None)
+                          if op.kind == "groupnorm"]
+                common = math.gcd(*widths)
+                stage = replace(stage, norm_groups=draw(st.sampled_from(
+                    [g for g in range(min(common, 8), 0, -1) if common % g == 0])))
+            c = costs.block_out_channels(c, stage)
+        else:
+            c = costs.transition_channels(c, stage)
+        out.append(stage)
+    return out
 
 
 @st.composite
@@ -95,11 +174,15 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     `bottleneck` True/False forces bottleneck layers on/off (None: either); `input_sizes` bounds
     the input side (the same along every axis), raised where needed to the network's minimum
     input size; `head` True/False forces a head (None: usually one); `ranks` lists the input
-    ranks to draw from (1: signals CxL, 2: images CxHxW, 3: volumes CxDxHxW; a volume's side is
+    ranks to draw from (0: feature vectors F, i.e. MLPs of linear layers with `input_channels`
+    bounding F; 1: signals CxL, 2: images CxHxW, 3: volumes CxDxHxW; a volume's side is
     bounded by input_sizes' upper bound to the power 2/3, so it holds about as many values).
     `same_transitions` makes every transition the same (as `family_text` writes them).
     """
     rank = draw(st.sampled_from(ranks))
+    if rank == 0:
+        return draw(_mlp(max_blocks=max_blocks, max_layers=max_layers, bottleneck=bottleneck, growth=growth,
+                         input_channels=input_channels, head=head, same_transitions=same_transitions))
     stem = draw(_stem())
     stages: list = []
     blocks = draw(st.integers(1, max_blocks))
@@ -111,13 +194,9 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
     net_head = None
     if with_head:
-        window = draw(st.one_of(st.none(), st.tuples(st.sampled_from((2, 1)), st.sampled_from((2, 1)))))
-        net_head = Head(classes=draw(st.integers(1, 10)), norm=draw(st.booleans().map(lambda b: not b)),
-                        pool=draw(st.sampled_from(("avg", "max"))), window=window,
-                        dropout=draw(st.sampled_from(_RATES)),
-                        hidden=tuple(draw(st.lists(st.integers(1, 16), max_size=2))),
-                        activation=draw(st.sampled_from(_ACTIVATIONS)))
+        net_head = draw(_head(vector=False))
     channels = draw(st.integers(*input_channels))
+    stages = draw(_fit_norm_groups(stages, channels, stem))
     probe = Network(name="n", input=(channels,) + (1,) * rank, stem=stem, stages=tuple(stages),
                     head=net_head)
     least = graph_.min_input_size(graph_.spatial_plan(probe), rank=rank)
@@ -128,6 +207,27 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     name = draw(st.sampled_from(("n", "net", "densenet_x")))
     return Network(name=name, input=(channels,) + (side,) * rank, stem=stem, stages=tuple(stages),
                    head=net_head)
+
+
+@st.composite
+def _mlp(draw, *, max_blocks: int, max_layers: int, bottleneck: bool | None, growth: tuple[int, int],
+         input_channels: tuple[int, int], head: bool | None, same_transitions: bool) -> Network:
+    """A valid MLP: `input F`, a vector stem, blocks of linear layers, linear transitions."""
+    stem = draw(_vector_stem())
+    stages: list = []
+    blocks = draw(st.integers(1, max_blocks))
+    first = draw(_vector_transition(1)) if same_transitions and blocks > 1 else None
+    transitions = 0
+    for i in range(1, blocks + 1):
+        # consecutive blocks with no transition between them are an MLP's (the seeds')
+        if i > 1 and (first or draw(st.booleans())):
+            transitions += 1
+            stages.append(replace(first, index=transitions) if first else draw(_vector_transition(transitions)))
+        stages.append(draw(_linear_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth)))
+    with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
+    name = draw(st.sampled_from(("n", "mlp")))
+    return Network(name=name, input=(draw(st.integers(*input_channels)),), stem=stem, stages=tuple(stages),
+                   head=draw(_head(vector=True)) if with_head else None)
 
 
 def _bool(b: bool) -> str:
@@ -153,17 +253,29 @@ def _stem_op_text(op: StemOp) -> str:
             return "norm"
         case ReLU():
             return "relu"
+        case Linear():
+            return f"linear {op.out_features} bias={_bool(op.bias)}"
         case _:
             assert_never(op)
 
 
-def _stage_text(s: Stage) -> str:
+def _stage_text(s: Stage, vector: bool = False) -> str:
     match s:
+        case DenseBlock() if s.kind == "linear":
+            return (f"dense layers={s.layers} growth={s.growth} "
+                    f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
+                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
+                    f"activation={s.activation} kind=linear norm={s.norm}")
+        case Transition() if vector:
+            size = (f"compression={_num(s.compression)}" if s.channels is None
+                    else f"channels={s.channels}")
+            return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)}"
         case DenseBlock():
             return (f"dense layers={s.layers} growth={s.growth} "
                     f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
                     f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
-                    f"activation={s.activation} kernel={s.kernel} groups={s.groups}")
+                    f"activation={s.activation} kernel={s.kernel} groups={s.groups} norm={s.norm}"
+                    + (f" norm_groups={s.norm_groups}" if s.norm == "group" else ""))
         case Transition():
             size = (f"compression={_num(s.compression)}" if s.channels is None
                     else f"channels={s.channels}")
@@ -181,9 +293,9 @@ def spec_text(network: Network) -> str:
         lines.append("    stem {")
         lines += [f"        {_stem_op_text(op)}" for op in network.stem.ops]
         lines.append("    }")
-    lines += [f"    {_stage_text(s)}" for s in network.stages]
+    lines += [f"    {_stage_text(s, network.vector)}" for s in network.stages]
     if network.head is not None:
-        lines.append(f"    {_head_text(network.head)}")
+        lines.append(f"    {_head_text(network.head, network.vector)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -208,35 +320,49 @@ def family_text(network: Network) -> str:
         "kernels": [b.kernel for b in blocks],
         "groups": [b.groups for b in blocks],
     }
-    side = network.input[1]  # networks() draws the same side along every axis
+    # an MLP's layers take a norm, not a kernel or groups; its input width is the parameter
+    if network.vector:
+        del lists["kernels"], lists["groups"]
+    lists["norms"] = [b.norm for b in blocks]
+    grouped = all(b.norm == "group" for b in blocks)  # norm_groups beside another norm is E116
+    if grouped:
+        lists["norm_groups"] = [b.norm_groups for b in blocks]
+    side = network.input[-1]  # networks() draws the same side along every axis
     params = ", ".join([f"{k}=[{', '.join(map(str, v))}]" for k, v in lists.items()] + [f"side={side}"])
-    shape = " x ".join([str(network.input[0])] + ["side"] * (len(network.input) - 1))
+    shape = "side" if network.vector else " x ".join([str(network.input[0])] + ["side"] * (len(network.input) - 1))
     lines = [f"network {network.name}({params}) {{", f"    input {shape}"]
     if network.stem.ops:
         lines += ["    stem {"] + [f"        {_stem_op_text(op)}" for op in network.stem.ops] + ["    }"]
     lines += ["    for i, n in layers {",
               "        dense layers=n growth=growths[i] bottleneck=bottlenecks[i] dropout=dropouts[i] "
               "bias=biases[i] order=orders[i] activation=activations[i] "
-              "kernel=kernels[i] groups=groups[i]"]
+              + ("norm=norms[i]" if network.vector else "kernel=kernels[i] groups=groups[i] norm=norms[i]")
+              + (" norm_groups=norm_groups[i]" if grouped else "")]
     if transitions:
-        lines += ["    } between {", f"        {_stage_text(transitions[0])}"]
+        lines += ["    } between {", f"        {_stage_text(transitions[0], network.vector)}"]
     lines.append("    }")
     if network.head is not None:
-        lines.append(f"    {_head_text(network.head)}")
+        lines.append(f"    {_head_text(network.head, network.vector)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def _head_text(hd: Head) -> str:
+def _head_text(hd: Head, vector: bool = False) -> str:
     window = f" kernel={hd.window[0]} stride={hd.window[1]}" if hd.window else ""
-    return (f"head classes={hd.classes} norm={_bool(hd.norm)} pool={hd.pool}{window} dropout={_num(hd.dropout)} "
-            f"hidden=[{', '.join(map(str, hd.hidden))}] activation={hd.activation}")
+    pool = "" if vector else f" pool={hd.pool}{window}"  # a vector is not pooled (E210)
+    return (f"head classes={hd.classes} norm={_bool(hd.norm)}{pool} dropout={_num(hd.dropout)} "
+            f"hidden=[{', '.join(map(str, hd.hidden))}] activation={hd.activation} task={hd.task}")
 
 
 @st.composite
 def family_texts(draw, **knobs) -> tuple[Network, str]:
     """A drawn network (with equal transitions) and its `family_text`."""
     network = draw(networks(same_transitions=True, **knobs))
+    if len({b.norm == "group" for b in network.blocks}) > 1:
+        # one loop writes norm_groups for every block or none: mixed blocks take layer norm
+        network = replace(network, stages=tuple(
+            replace(s, norm="layer", norm_groups=32) if isinstance(s, DenseBlock) and s.norm == "group" else s
+            for s in network.stages))
     return network, family_text(network)
 
 

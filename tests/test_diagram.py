@@ -102,7 +102,9 @@ def assert_corresponds(a: Analysis, g: graphviz.Digraph, expanded: set[int]) -> 
                 label = _attr(nodes[f"{b.name}.denselayer{layer}"], "label")
                 cin = b.in_channels + b.growth * (layer - 1)
                 assert (f"{cin} → {b.growth} ch" in label or f">{cin}<" in label), label
-            assert f"{b.out_shape[0]}x" in _attr(nodes[f"{b.name}.out"], "label")
+            # a map's size reads 64x8x8; a feature vector's (an MLP's) is its width alone
+            shown = f"{b.out_shape[0]}x" if len(b.out_shape) > 1 else f">{b.out_shape[0]}<"
+            assert shown in _attr(nodes[f"{b.name}.out"], "label")
         else:
             assert dense == []
             assert f"{b.in_channels} → {b.out_channels} ch" in _attr(nodes[b.name], "label")
