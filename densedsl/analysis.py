@@ -110,10 +110,11 @@ class BlockFigures(StageFigures):
 
 @dataclass(frozen=True, slots=True)
 class FeatureInfo:
-    """One dense block's output, as timm's `feature_info` states it for `features=True`."""
+    """One feature map as timm's `feature_info` states it for `features=True`: the stem's tap
+    (before its pool, as timm's) first when the stem has one, then each dense block's output."""
 
-    name: str                       # denseblock{i}
-    module: str                     # features.denseblock{i}
+    name: str                       # stem, denseblock{i}
+    module: str                     # the module whose output it is: features.relu0, features.denseblock{i}
     channels: int
     reduction: int                  # cumulative stride relative to the input
     shape: tuple[int, ...]          # at the analysed input size
@@ -261,7 +262,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
         receptive_field=rf[final],
         stages=stages,
         lowered=lowered,
-        feature_info=tuple(
+        feature_info=_stem_tap(lowered[0], g, jumps) + tuple(
             FeatureInfo(s.name, f"features.{s.name}", s.out_channels, jumps[f"{s.name}.out"],
                         tuple(s.out_shape))
             for s in stages if isinstance(s, BlockFigures)),
@@ -274,6 +275,15 @@ def analyze(network: Network, *, max_params: int | float | None = None,
         diags += _check_expectations(analysis)
     d.raise_if_errors(diags)
     return dataclasses.replace(analysis, diagnostics=tuple(d.sort_diagnostics(diags)))
+
+
+def _stem_tap(stem: costs.LoweredStem, g: nx.DiGraph, jumps: dict[str, int]) -> tuple[FeatureInfo, ...]:
+    """The stem's feature map (timm's first `feature_info` entry), when the stem has a tap."""
+    if stem.tap is None:
+        return ()
+    op = stem.ops[stem.tap]
+    shape = tuple(g.nodes[f"stem.{op.name}"]["out_shape"])
+    return (FeatureInfo("stem", f"features.{op.name}", shape[0], jumps[f"stem.{op.name}"], shape),)
 
 
 # --- checks ------------------------------------------------------------------------------------

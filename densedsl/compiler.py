@@ -28,7 +28,8 @@ def build_model(network: Network, *, memory: str = "standard", features: bool = 
                 device: Any = None, dtype: torch.dtype | None = None, engine: bool = True,
                 memory_limit: float | str | None = None) -> nn.Module:
     """Check `network` and build its model: a `DenseNet`, or with `features=True` a module whose
-    forward returns {'denseblock{i}': block output} (timm's features_only).
+    forward returns {'stem': the stem before its pool, 'denseblock{i}': block output} (timm's
+    features_only, in `feature_info`'s order; no 'stem' without a stem tap).
 
     memory: "standard" keeps every concatenation for backward (fastest); "efficient" keeps each
     layer's conv outputs and recomputes its concatenation, BN and ReLU in backward (memory

@@ -146,8 +146,46 @@ def test_stages_add_up(a121):
 
 def test_feature_info(a121):
     assert [(f.name, f.module, f.channels, f.reduction) for f in a121.feature_info] == [
+        ("stem", "features.relu0", 64, 2),  # timm's first entry: the stem before its max pool
         ("denseblock1", "features.denseblock1", 256, 4), ("denseblock2", "features.denseblock2", 512, 8),
         ("denseblock3", "features.denseblock3", 1024, 16), ("denseblock4", "features.denseblock4", 1024, 32)]
+
+
+
+def _stem_tap(text_stem: str, input_: str = "3x32x32") -> list[tuple]:
+    stem = "\n".join(text_stem.split(", "))
+    spec = densedsl.parse(f"network t {{\n input {input_}\n stem {{\n{stem}\n}}\n"
+                          " dense layers=1 growth=2\n}\n")
+    return [(f.name, f.module, f.channels, f.reduction, f.shape)
+            for f in analyze(spec.network).feature_info if f.name == "stem"]
+
+
+@pytest.mark.parametrize("stem, input_, expected", [
+    # no pool: the stem's output, at its own stride
+    ("conv 8 kernel=3 padding=1", "3x32x32", [("stem", "features.conv0", 8, 1, (8, 32, 32))]),
+    ("conv 8 kernel=3 stride=2 padding=1, norm, relu", "3x32x32",
+     [("stem", "features.relu0", 8, 2, (8, 16, 16))]),
+    # two trailing pools: tapped before both
+    ("conv 8 kernel=3 padding=1, relu, maxpool kernel=2 stride=2, avgpool kernel=2 stride=2", "3x32x32",
+     [("stem", "features.relu0", 8, 1, (8, 32, 32))]),
+    # a pool inside the stem counts towards the tap's reduction
+    ("conv 8 kernel=3 padding=1, maxpool kernel=2 stride=2, conv 8 kernel=3 padding=1, maxpool kernel=2 stride=2",
+     "3x32x32", [("stem", "features.conv1", 8, 2, (8, 16, 16))]),
+    # ranks 1 and 3
+    ("conv 8 kernel=7 stride=2 padding=3, norm, relu, maxpool kernel=3 stride=2 padding=1", "3x64",
+     [("stem", "features.relu0", 8, 2, (8, 32))]),
+    ("conv 8 kernel=7 stride=2 padding=3, norm, relu, maxpool kernel=3 stride=2 padding=1", "1x16x16x16",
+     [("stem", "features.relu0", 8, 2, (8, 8, 8, 8))]),
+    # a stem of pools only computes nothing of its own: no tap
+    ("maxpool kernel=2 stride=2", "3x32x32", []),
+])
+def test_feature_info_stem_tap(stem, input_, expected):
+    assert _stem_tap(stem, input_) == expected
+
+
+def test_feature_info_without_a_stem_starts_at_the_first_block():
+    a = analyze(load("seed_example").network)
+    assert [f.name for f in a.feature_info] == ["denseblock1"]
 
 
 # --- memory ------------------------------------------------------------------------------------

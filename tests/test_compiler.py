@@ -371,24 +371,50 @@ def test_feature_info_and_features_only():
     network = small()
     model = model_of(network)
     assert model.feature_info == [
+        {"num_chs": 8, "reduction": 1, "module": "features.relu0"},  # a stem without a pool: its output
         {"num_chs": 8 + 3 * 4, "reduction": 1, "module": "features.denseblock1"},
         {"num_chs": 10 + 2 * 4, "reduction": 2, "module": "features.denseblock2"},
         {"num_chs": 6 + 2 * 3, "reduction": 4, "module": "features.denseblock3"},
     ]
     from densedsl.modules import DenseNetFeatures
+    randomise_norms(model)
     feats = DenseNetFeatures(model)
+    x = torch.randn(2, 3, 16, 16)
     for train in (True, False):
         feats.train(train)
         with torch.no_grad():
-            out = feats(torch.randn(2, 3, 16, 16))
-        assert list(out) == ["denseblock1", "denseblock2", "denseblock3"]
-        assert [tuple(v.shape) for v in out.values()] == [(2, 20, 16, 16), (2, 18, 8, 8), (2, 12, 4, 4)]
+            out = feats(x)
+        assert list(out) == ["stem", "denseblock1", "denseblock2", "denseblock3"]
+        assert [tuple(v.shape) for v in out.values()] == [(2, 8, 16, 16), (2, 20, 16, 16), (2, 18, 8, 8), (2, 12, 4, 4)]
+    with torch.no_grad():  # eval: the engine's folded stem, split at the tap, and the plain path
+        stem = model.features.relu0(model.features.norm0(model.features.conv0(x)))
+        torch.testing.assert_close(feats(x)["stem"], stem, rtol=1e-5, atol=1e-5)
+        feats.engine = None
+        torch.testing.assert_close(feats(x)["stem"], stem)
+
+
+def test_features_only_engine_taps_the_stem_before_its_pool():
+    """The engine folds the stem's BN into its conv; split at the tap, every map is the plain one."""
+    network = densedsl.parse(SMALL.replace("        relu\n", "        relu\n        maxpool kernel=3 stride=2 padding=1\n")).network
+    model = model_of(network)
+    randomise_norms(model)
+    from densedsl.modules import DenseNetFeatures
+    feats = DenseNetFeatures(model).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        fast = feats(x)
+        feats.engine = None
+        plain = feats(x)
+    assert list(fast) == list(plain) == ["stem", "denseblock1", "denseblock2", "denseblock3"]
+    assert tuple(fast["stem"].shape) == (2, 8, 16, 16)  # before the pool
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-4, atol=1e-4)
 
 
 def test_build_model_features_flag():
     model = build_model(small(), features=True)
     assert not hasattr(model, "classifier")
-    assert set(model(torch.randn(1, 3, 16, 16))) == {"denseblock1", "denseblock2", "denseblock3"}
+    assert set(model(torch.randn(1, 3, 16, 16))) == {"stem", "denseblock1", "denseblock2", "denseblock3"}
 
 
 def test_build_model_rejects_unknown_memory_mode():

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from densedsl.analysis import analyze  # noqa: E402
 from densedsl.compiler import build_model  # noqa: E402
+from densedsl.network import Dropout, Pool  # noqa: E402
 import densedsl  # noqa: E402
 from densedsl.strategies import family_texts, networks  # noqa: E402
 
@@ -60,19 +61,38 @@ def test_counts_shapes_and_flops_equal_the_analysis(network):
 def test_feature_maps_are_what_feature_info_says(network):
     a = analyze(network)
     model = build_model(network, features=True).eval()
+    # the model's timm-style list says what the analysis says, entry for entry
+    assert model.feature_info == [{"num_chs": f.channels, "reduction": f.reduction, "module": f.module}
+                                  for f in a.feature_info]
+    x = torch.randn(1, *network.input)
+    plain = build_model(network, features=True, engine=False).eval()  # the engine calls no hooks
+    hooked = {}
+    modules = dict(plain.named_modules())
+    for info in a.feature_info:  # `module` names the module whose output the map is
+        modules[info.module].register_forward_hook(
+            lambda m, i, out, name=info.name: hooked.update({name: tuple(out.shape[1:])}))
     with torch.no_grad():
-        maps = model(torch.randn(1, *network.input))
+        plain(x)
+        maps = model(x)
     assert list(maps) == [f.name for f in a.feature_info]
+    assert ("stem" in maps) == any(not isinstance(op, (Pool, Dropout)) for op in network.stem.ops)
     for info, tensor in zip(a.feature_info, maps.values()):
-        assert tuple(tensor.shape[1:]) == tuple(info.shape)
+        assert tuple(tensor.shape[1:]) == tuple(info.shape) == hooked[info.name]
         assert info.reduction == _stride_before(network, info.name)
 
 
 def _stride_before(network, block_name: str) -> int:
-    """The product of every stride before a block: its reduction, derived from the spec alone."""
+    """The product of every stride before a block (or the stem's tap, before its trailing pools
+    and dropouts): its reduction, derived from the spec alone."""
     stride = 1
-    for op in network.stem.ops:
+    stem = list(network.stem.ops)
+    if block_name == "stem":
+        while isinstance(stem[-1], (Pool, Dropout)):
+            stem.pop()
+    for op in stem:
         stride *= getattr(op, "stride", 1)
+    if block_name == "stem":
+        return stride
     for stage in network.stages:
         if f"denseblock{getattr(stage, 'layers', None) and stage.index}" == block_name:
             return stride
