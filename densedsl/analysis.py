@@ -418,19 +418,27 @@ def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnos
 
 
 def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
-    """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails."""
+    """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails (and
+    a group norm with one channel per group, instance norm, fails in eval too)."""
     stages: list[str] = []
+    norms: dict[str, str] = {}  # the norms that refuse, by name, and when: train or always
     for _, a in g.nodes(data=True):
-        if kind_of(a["kind"]).normalises and numel(a["in_shape"][1:]) <= 1 and a["stage"] not in stages:
-            stages.append(a["stage"])
+        fails = kind_of(a["kind"]).one_value_fails(a)
+        if fails and numel(a["in_shape"][1:]) <= 1:
+            norms.setdefault(kind_of(a["kind"]).words(a)[0], fails)
+            if a["stage"] not in stages:
+                stages.append(a["stage"])
     if not stages:
         return []
+    always = [w for w, when in norms.items() if when == "always"]
+    also = f" ({' and '.join(always)} refuses it in eval too)" if always else ""
     rank = len(network.input) - 1
     least = graph_.min_input_size(graph_.spatial_plan(network), train=True, rank=rank)
     which = ", ".join(stages)
     return [d.Diagnostic(
         d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained at {shape_text(network.input)}: "
-        f"batch norm in {which} sees a {graph_.size_text(1, rank)} map, one value per channel",
+        f"{' and '.join(norms)} in {which} sees a {graph_.size_text(1, rank)} map, one value per "
+        f"channel{also}",
         network.input_span or network.span,
         f"train with batches of 2 or more, or use an input of at least {graph_.size_text(least, rank)}")]
 
@@ -522,7 +530,7 @@ def _storages(g: nx.DiGraph, *, training: bool) -> dict[str, str]:
     dropout is the identity outside training."""
     storage: dict[str, str] = {}
     for n, a in g.nodes(data=True):
-        rule = kind_of(a["kind"]).storage
+        rule = kind_of(a["kind"]).storage_of(a)
         preds = g.pred[n]
         alias = rule == "view" or (rule == "identity_in_eval" and not training)
         if rule == "in_place":

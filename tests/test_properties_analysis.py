@@ -50,9 +50,12 @@ def test_min_input_size_is_tight(network):
     analyze(dataclasses.replace(network, input=(c, side, side)))
     if side > 1:
         try:
-            analyze(dataclasses.replace(network, input=(c, side - 1, side - 1)))
+            smaller = analyze(dataclasses.replace(network, input=(c, side - 1, side - 1)))
         except SpecError as e:
             errors = {x.code.code for x in e.diagnostics if x.severity == "error"}
             assert errors and errors <= {"E202", "E203"}
         else:
-            raise AssertionError(f"{side - 1} should be too small")
+            # a norm with one channel per group (instance norm) refuses a 1x1 map at batch 1 in
+            # eval too: a warning, since larger batches run
+            assert any(x.code.code == "W206" and "in eval too" in x.message for x in smaller.diagnostics), \
+                f"{side - 1} should be too small"
