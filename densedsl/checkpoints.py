@@ -45,9 +45,14 @@ FORMAT = "densedsl-checkpoint"
 FORMAT_VERSION = 1
 METRIC_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                  "images_per_s", "seconds")
+# A regression's rows: losses are MSEs of the standardised target, RMSEs in the target's units;
+# test_log_rmse (d2l's house-price score) only when every target is positive.
+REGRESSION_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_rmse", "test_loss", "test_rmse",
+                     "test_log_rmse", "rows_per_s", "seconds")
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")  # datasets.AUGMENTATIONS (a test keeps both equal)
 MEMORY_MODES = ("standard", "efficient")                  # compiler.MEMORY_MODES
-DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic")
+DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes")
+TABULAR_KINDS = ("csv", "diabetes")
 MAX_SPEC_CHARS = 16 * 1024 * 1024                          # files._MAX_BYTES: a spec is a short text
 _CHUNK = 1 << 20
 
@@ -147,11 +152,13 @@ SETTINGS: dict[str, Rule] = {
     "grad_clip": optional(real(0, above=True)),
     "freeze": sequence_of(instance(str, "a stage name"), at_most=10_000),
     "head_lr": optional(real(0)),
+    "target": optional(instance(str, "a column name")),
 }
 # Settings added after format 1 shipped, with the value a checkpoint that lacks one was trained
 # with: older checkpoints still load, and resume as they were.
 LATER_SETTINGS: dict[str, Any] = {"init": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
-                                  "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None}
+                                  "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None,
+                                  "target": None}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -341,6 +348,10 @@ def _schema(ckpt: Any) -> None:
         _need(ckpt["network"] == ckpt["spec"]["network"], "network", f"the spec's network "
               f"{ckpt['spec']['network']!r}", ckpt["network"])
     _data(ckpt["data"])
+    regression = ckpt["data"].get("task") == "regression"
+    for i, row in enumerate(ckpt["metrics"]):
+        _need(("test_rmse" in row) == regression, f"metrics[{i}]",
+              "a regression's row" if regression else "a classifier's row", row)
     _rule(instance(str, "a version string"), "torch", ckpt["torch"])
 
 
@@ -441,11 +452,17 @@ def _metrics(rows: Any, epoch: int) -> None:
           rows)
     for i, row in enumerate(rows):
         where = f"metrics[{i}]"
-        _entries(row, where, METRIC_FIELDS)
+        regression = isinstance(row, dict) and "test_rmse" in row
+        fields = REGRESSION_FIELDS if regression else METRIC_FIELDS
+        _entries(row, where, [f for f in fields if f != "test_log_rmse"],
+                 ("test_log_rmse",) if regression else ())
         _need(row["epoch"] == i + 1 and _is_int(row["epoch"]), f"{where}.epoch", str(i + 1), row["epoch"])
         _rule(integer(0), f"{where}.steps", row["steps"])
-        for key in METRIC_FIELDS[2:]:
-            _rule(real(0), f"{where}.{key}", row[key])
+        for key in fields[2:]:
+            if key in row:
+                _rule(real(0), f"{where}.{key}", row[key])
+        if i:
+            _need(set(row) == set(rows[0]), where, f"a row of the same entries as metrics[0]", row)
 
 
 def _portable_value(value: Any) -> bool:
@@ -475,6 +492,8 @@ def _spec(record: Any) -> None:
 
 
 def _data(record: Any) -> None:
+    if isinstance(record, dict) and record.get("kind") in TABULAR_KINDS:
+        return _tabular_data(record)
     data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "pixel_max",
                                      "mean", "std"))
     _rule(instance(str, "a data set name"), "data.name", data["name"])
@@ -488,6 +507,50 @@ def _data(record: Any) -> None:
     channels = data["shape"][0]
     _rule(sequence_of(real(), length=channels), "data.mean", data["mean"])
     _rule(sequence_of(real(0, above=True), length=channels), "data.std", data["std"])
+
+
+def _tabular_data(record: dict) -> None:
+    """A tabular data set's record: its pipeline (`tabular.Pipeline.record`) is applied by `eval`
+    and written next to exported models, so every statistic must be usable as it stands."""
+    data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "task", "pipeline"))
+    _rule(instance(str, "a data set name"), "data.name", data["name"])
+    _rule(one_of(("regression", "classification")), "data.task", data["task"])
+    _rule(sequence_of(integer(1, 2**31 - 1), length=1), "data.shape", data["shape"])
+    _rule(integer(1, 2**31 - 1), "data.classes", data["classes"])
+    _need(isinstance(data["class_names"], list) and len(data["class_names"]) == data["classes"]
+          and all(isinstance(n, str) for n in data["class_names"]), "data.class_names",
+          f"a list of {data['classes']} names", data["class_names"])
+    p = _entries(data["pipeline"], "data.pipeline", ("target", "task", "target_mean", "target_std",
+                                                     "target_floor", "classes", "columns"))
+    _rule(instance(str, "a column name"), "data.pipeline.target", p["target"])
+    _need(p["task"] == data["task"], "data.pipeline.task", repr(data["task"]), p["task"])
+    _rule(real(), "data.pipeline.target_mean", p["target_mean"])
+    _rule(real(0, above=True), "data.pipeline.target_std", p["target_std"])
+    _rule(optional(real(0, above=True)), "data.pipeline.target_floor", p["target_floor"])
+    _unique_names(p["classes"], "data.pipeline.classes")
+    if data["task"] == "regression":
+        _need(data["classes"] == 1 and not p["classes"], "data.classes", "1 (one regression target)", data["classes"])
+    else:
+        _need(p["classes"] == data["class_names"], "data.pipeline.classes", "data.class_names", p["classes"])
+    columns = p["columns"]
+    _need(isinstance(columns, list) and len(columns) <= 10**6, "data.pipeline.columns", "a list", columns)
+    width = 0
+    for i, column in enumerate(columns):
+        where = f"data.pipeline.columns[{i}]"
+        _entries(column, where, ("name", "kind", "mean", "std", "categories"))
+        _rule(instance(str, "a column name"), f"{where}.name", column["name"])
+        _rule(one_of(("numeric", "categorical")), f"{where}.kind", column["kind"])
+        _rule(real(), f"{where}.mean", column["mean"])
+        _rule(real(0, above=True), f"{where}.std", column["std"])
+        _unique_names(column["categories"], f"{where}.categories")
+        width += 1 if column["kind"] == "numeric" else len(column["categories"]) + 1
+    _unique_names([c["name"] for c in columns], "data.pipeline.columns (names)")
+    _need(data["shape"] == [width], "data.shape", f"[{width}] (the pipeline's encoded width)", data["shape"])
+
+
+def _unique_names(names: Any, where: str) -> None:
+    _need(isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names),
+          where, "a list of distinct strings", names)
 
 
 # --- writing, and what a checkpoint rebuilds ---------------------------------------------------
@@ -589,7 +652,8 @@ def save(path: Path, model, optimizer, scheduler, scaler, epoch: int, metrics, c
         "spec": record, "network": net.name,
         "data": {"name": data.name, "kind": data.description.kind, "shape": list(data.shape),
                  "classes": data.classes, "class_names": list(data.class_names),
-                 "pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)},
+                 **({"task": data.task, "pipeline": data.pipeline.record()} if data.tabular else
+                    {"pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)})},
         "torch": str(torch.__version__),  # TorchVersion itself does not load with weights_only
     }
     crc = torch.serialization.get_crc32_options()

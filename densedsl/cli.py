@@ -186,10 +186,20 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         from .compiler import build_model
         from .export import write_output
         model = build_model(spec.network, memory=args.memory)
+        pipeline = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
+            from .tabular import pipeline_of
             from .transfer import load_exactly
             load_exactly(model, args.weights)
+            pipeline = pipeline_of(args.weights)
         write_output(model, spec.network, args.output)
+        if pipeline is not None:  # trained on tabular data: the model takes encoded rows
+            import json
+            from .files import atomic_write
+            from pathlib import Path
+            atomic_write(Path(args.output).with_suffix(".pipeline.json"), json.dumps(pipeline, indent=1) + "\n")
+            print(f"{Path(args.output).with_suffix('.pipeline.json')}: how to encode its input rows "
+                  f"({pipeline['pipeline']['target']}, {len(pipeline['features'])} features)", file=sys.stderr)
     weights = f", weights from {args.weights}" if args.weights is not None else ""
     print(f"{args.output}: {spec.network.name}, {a.params:,} parameters{weights}", file=sys.stderr)
     if kind == ".py" and args.weights is not None:
@@ -516,7 +526,9 @@ def _add_train(sub) -> None:
     _add_spec_options(p)
     p.add_argument("--data", required=True, metavar="DATASET",
                    help="digits | cifar10:DIR | cifar100:DIR | mnist:DIR | fashion-mnist:DIR | "
-                        "folder:DIR | synthetic[:N]")
+                        "folder:DIR | synthetic[:N] | csv:FILE or csv:TRAIN,TEST (with --target) | diabetes")
+    p.add_argument("--target", metavar="COLUMN",
+                   help="csv: data: the column to predict (a regression when the spec's head is one)")
     p.add_argument("--epochs", type=_integer(1, 10**9), metavar="N", help="default: 300 for CIFAR, else per data set")
     p.add_argument("--batch-size", type=_integer(1, _MAX_BATCH), metavar="B", help="per process (default 64)")
     p.add_argument("--lr", type=_real(0), metavar="LR", help="initial learning rate (default 0.1)")
@@ -584,7 +596,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
           resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress,
           init=args.init, init_partial=args.init_partial, optimizer=args.optimizer, schedule=args.schedule,
           warmup=args.warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
-          freeze=tuple(args.freeze) if args.freeze else None, head_lr=args.head_lr)
+          freeze=tuple(args.freeze) if args.freeze else None, head_lr=args.head_lr, target=args.target)
     return EXIT_OK
 
 
@@ -609,7 +621,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate
     r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
                  device=args.device, amp=args.amp, workers=args.workers)
-    if args.json:
+    if r.rmse is not None:  # a regression: the loss is the MSE of the standardised target
+        if args.json:
+            print(json.dumps({"network": r.network, "epoch": r.epoch, "data": r.data, "split": args.split,
+                              "rmse": r.rmse, "log_rmse": r.log_rmse, "loss": r.loss, "total": r.total}))
+        else:
+            log = f", log RMSE {r.log_rmse:.4f}" if r.log_rmse is not None else ""
+            from .tabular import format_rmse
+            print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: RMSE {format_rmse(r.rmse)}{log} "
+                  f"({r.total} rows), loss {r.loss:.4f} (MSE of the standardised target)")
+    elif args.json:
         print(json.dumps({"network": r.network, "epoch": r.epoch, "data": r.data, "split": args.split,
                           "accuracy": r.accuracy, "loss": r.loss, "correct": r.correct, "total": r.total}))
     else:

@@ -12,6 +12,8 @@ normalisation happen batch-wise in `prepare_batch`, on the training device, with
     --data fashion-mnist:DIR   Fashion-MNIST, same IDX files
     --data folder:DIR          DIR/train/<class>/*.png and DIR/test/<class>/... (or DIR/val)
     --data synthetic[:N]       N (default 512) random learnable images of the spec's shape
+    --data csv:FILE            tabular data (with --target COLUMN), encoded by `tabular`
+    --data diabetes            sklearn's bundled regression table (see `tabular`)
 
 Data files are untrusted: every size a header declares is checked against the file's actual
 size (or, gzipped, against what decompresses, read in chunks and never past the promise) and
@@ -29,7 +31,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,12 @@ from .files import require_regular
 
 Shape = tuple[int, int, int]
 
-KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic")
+KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes")
+TABULAR_KINDS = ("csv", "diabetes")  # feature vectors, read and encoded by densedsl.tabular
+# d2l's house-price recipe trains with Adam for 100 epochs. The paper's SGD at lr 0.1 diverges on
+# MLPs without normalisation (d2l_flux_mlp's 16 linear layers in a row): AdamW at 1e-3 instead.
+TABULAR_RECIPE = (("optimizer", "adamw"), ("lr", 1e-3))
+TABULAR_WHY = "default for tabular data, after d2l's house-price recipe"
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -72,12 +79,22 @@ class Description:
     epochs: int                  # the default number of epochs
     epochs_why: str              # where that default comes from, printed at start
     size: int | None = None      # synthetic:N, the number of training images
+    test_path: Path | None = None  # csv:TRAIN,TEST, the test file
+    target: str | None = None    # csv: the column to predict (train --target)
+    # Recipe settings this kind of data trains with by default instead of the paper's
+    defaults: tuple[tuple[str, Any], ...] = ()
 
     @property
     def name(self) -> str:
         if self.size is not None:
             return f"{self.kind}:{self.size}"
+        if self.test_path is not None:
+            return f"{self.kind}:{self.path},{self.test_path}"
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+    @property
+    def tabular(self) -> bool:
+        return self.kind in TABULAR_KINDS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,10 +111,16 @@ class Data:
     mean: tuple[float, ...]      # per channel, of the training images scaled to [0, 1]
     std: tuple[float, ...]
     resized: str | None = None   # folder: what sizes (of a sample) are resized to the spec's
+    task: str = "classification"  # or "regression" (tabular data with a regression head)
+    pipeline: Any = None         # tabular: the tabular.Pipeline that encodes rows (mean/std unused)
 
     @property
     def name(self) -> str:
         return self.description.name
+
+    @property
+    def tabular(self) -> bool:
+        return self.pipeline is not None
 
 
 class ImageSet(Dataset):
@@ -182,7 +205,15 @@ def describe(data: str) -> Description:
         raise _fail(d.UNKNOWN_DATASET, f"unknown data set '{kind}'", None,
                     (f"did you mean '{close[0]}'? " if close else "")
                     + "known: digits, cifar10:DIR, cifar100:DIR, mnist:DIR, fashion-mnist:DIR, "
-                      "folder:DIR, synthetic[:N]")
+                      "folder:DIR, synthetic[:N], csv:FILE, diabetes")
+    if kind == "diabetes":
+        if sep:
+            raise _fail(d.UNKNOWN_DATASET, "'diabetes' takes no file: the data ships with scikit-learn",
+                        None, "write --data diabetes")
+        return Description(kind=kind, path=None, shape=(10,), classes=1, augment="none",
+                           epochs=100, epochs_why=TABULAR_WHY, defaults=TABULAR_RECIPE)
+    if kind == "csv":
+        return _describe_csv(rest if sep else "")
     if kind == "digits":
         if sep:
             raise _fail(d.UNKNOWN_DATASET, "'digits' takes no directory: the data ships with scikit-learn",
@@ -214,9 +245,29 @@ def describe(data: str) -> Description:
                        epochs=90, epochs_why="the paper's ImageNet recipe")
 
 
-def load(data: str | Description, *, shape: Shape, classes: int) -> Data:
-    """Read a data set. `shape` and `classes` (the spec's) size synthetic data and folder images."""
+def _describe_csv(rest: str) -> Description:
+    """csv:FILE or csv:TRAIN,TEST (a file whose own name holds a comma is taken whole)."""
+    if not rest:
+        raise _fail(d.UNKNOWN_DATASET, "'csv' needs the CSV file to read", None,
+                    "write --data csv:FILE --target COLUMN (or csv:TRAIN,TEST)")
+    files = [rest] if "," not in rest or Path(rest).expanduser().exists() else rest.split(",")
+    if len(files) > 2 or not all(files):
+        raise _fail(d.UNKNOWN_DATASET, f"csv takes one file or two (TRAIN,TEST), got '{rest[:80]}'", None,
+                    "write --data csv:FILE or --data csv:TRAIN,TEST")
+    paths = [Path(f).expanduser() for f in files]
+    return Description(kind="csv", path=paths[0], test_path=paths[1] if len(paths) == 2 else None,
+                       shape=None, classes=None, augment="none", epochs=100, epochs_why=TABULAR_WHY,
+                       defaults=TABULAR_RECIPE)
+
+
+def load(data: str | Description, *, shape: Shape, classes: int, task: str = "classification",
+         pipeline: Any = None) -> Data:
+    """Read a data set. `shape` and `classes` (the spec's) size synthetic data and folder images;
+    tabular data is encoded for `task` (with `pipeline`, a checkpoint's, when given)."""
     desc = data if isinstance(data, Description) else describe(data)
+    if desc.tabular:
+        from . import tabular
+        return tabular.load(desc, task=task, pipeline=pipeline)
     names: tuple[str, ...] = tuple(str(i) for i in range(desc.classes or classes))
     pixel_max = 255.0
     if desc.kind == "digits":

@@ -186,7 +186,8 @@ def existing_run(run_dir: Path) -> str | None:
 
 def write_metrics(path: Path, metrics: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    # A regression's rows have their own fields (checkpoints.REGRESSION_FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=list(metrics[0]) if metrics else METRIC_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in metrics:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import checkpoints, datasets
+from . import checkpoints, datasets, tabular
 from . import diagnostics as d
 from .checkpoints import CHECKPOINT, model_from_checkpoint, spec_from_record
 from .checkpoints import read as read_checkpoint
@@ -40,8 +40,8 @@ from .rundir import CURVES, LOCK, METRICS, RunLock, default_run_dir, existing_ru
 from .train_config import (AMP_MODES, DEVICES, RECIPE, Config, Log, check_batch_of_one, check_data,
                            check_enough_data, check_same_spec, check_settings, pick_amp, pick_device,
                            report, resolve)
-from .train_loop import (Run, derived_seed, evaluate_split, fit, optimizer_for, replayed, scheduler_for,
-                         set_rng_state)
+from .train_loop import (Run, derived_seed, evaluate_regression, evaluate_split, fit, optimizer_for, replayed,
+                         scheduler_for, set_rng_state)
 
 __all__ = ["AMP_MODES", "CHECKPOINT", "CURVES", "DEVICES", "LOCK", "METRICS", "RECIPE", "Config",
            "EvalResult", "RunLock", "RunResult", "check_data", "default_run_dir", "evaluate",
@@ -62,7 +62,12 @@ class RunResult:
 
     @property
     def test_accuracy(self) -> float:
-        return self.metrics[-1]["test_acc"] if self.metrics else float("nan")
+        return self.metrics[-1].get("test_acc", float("nan")) if self.metrics else float("nan")
+
+    @property
+    def test_rmse(self) -> float:
+        """A regression's test RMSE in the target's units (NaN for a classifier)."""
+        return self.metrics[-1].get("test_rmse", float("nan")) if self.metrics else float("nan")
 
     @property
     def epochs(self) -> int:
@@ -78,6 +83,8 @@ class EvalResult:
     network: str
     data: str
     epoch: int | None = None
+    rmse: float | None = None        # a regression: RMSE in the target's units (loss: standardised MSE)
+    log_rmse: float | None = None    # and of the logs, when every target is positive
 
 
 
@@ -104,7 +111,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           optimizer: str | None = None, schedule: str | None = None, warmup: int | None = None,
           label_smoothing: float | None = None, grad_clip: float | None = None,
           freeze: tuple[str, ...] | None = None, head_lr: float | None = None,
-          network: str | None = None, **params: Any) -> RunResult:
+          target: str | None = None, network: str | None = None, **params: Any) -> RunResult:
     """Train a spec (a `Spec`, a path, spec text or a resolved `Network`) on a data set.
 
     Settings left at None take the paper's recipe (`RECIPE`) or the data set's default (epochs,
@@ -130,12 +137,20 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     parameters are not trained); `head_lr` (the classifier's learning rate). On `resume`, a larger
     `epochs` extends the run, and the log says whether the result is exactly that of a run of
     that length (`_extension`).
+
+    Tabular data (`csv:FILE` with `target`, the column to predict, or `diabetes`) is encoded by
+    `densedsl.tabular`; the spec's head decides between regression (MSE; RMSE reported) and
+    classification.
     """
     started = time.perf_counter()
     net, record = _resolve_spec(spec, network, params)
     desc = datasets.describe(data)
     if desc.path is not None:  # stored absolute: `eval` of the checkpoint works from anywhere
-        desc = replace(desc, path=desc.path.absolute())
+        desc = replace(desc, path=desc.path.absolute(),
+                       test_path=desc.test_path.absolute() if desc.test_path is not None else None)
+    if target is not None and desc.kind != "csv":
+        raise SpecError([Diagnostic(d.CONFLICT, f"--target names a column of csv: data; {desc.kind} "
+                                    "has its own target", None, "leave out --target", file="--target")])
     d.raise_if_errors(check_data(net, desc))
 
     dd = setup("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -143,7 +158,8 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
                   weight_decay=weight_decay, gamma=gamma, augment=augment, seed=seed,
                   milestones=tuple(milestones) if milestones is not None else None,
                   optimizer=optimizer, schedule=schedule, warmup=warmup, label_smoothing=label_smoothing,
-                  grad_clip=grad_clip, freeze=tuple(freeze) if freeze is not None else None, head_lr=head_lr)
+                  grad_clip=grad_clip, freeze=tuple(freeze) if freeze is not None else None, head_lr=head_lr,
+                  target=target)
     try:
         with run_directory(out, dd, pick_device(device, dd)):
             return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
@@ -197,7 +213,11 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
         torch.set_num_threads(threads)
     if sync_bn and not dd.active:
         sync_bn = False  # one process: nothing to synchronise
-    data = datasets.load(desc, shape=net.input, classes=net.head.classes)
+    if desc.kind == "csv":  # --target, or the checkpoint's on resume
+        desc = replace(desc, target=values["target"])
+    data = datasets.load(desc, shape=net.input, classes=net.head.classes, task=tabular.task_of(net))
+    if data.tabular:  # the encoded width (E207) before the model is built
+        d.raise_if_errors(tabular.check_data(net, data))
     check_enough_data(data, int(values["batch_size"]), dd)
     workers = workers if workers is not None else (min(4, os.cpu_count() or 1)
                                                    if desc.kind == "folder" and dev.type == "cuda" else 0)
@@ -213,7 +233,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     label_smoothing=float(values["label_smoothing"]),
                     grad_clip=float(values["grad_clip"]) if values["grad_clip"] is not None else None,
                     freeze=tuple(values["freeze"]),
-                    head_lr=float(values["head_lr"]) if values["head_lr"] is not None else None)
+                    head_lr=float(values["head_lr"]) if values["head_lr"] is not None else None,
+                    target=values["target"])
 
     # Model, optimizer, schedule. Every rank seeds alike, so initial weights agree (DDP would
     # broadcast rank 0's anyway); dropout then draws from a per-rank stream.
@@ -266,7 +287,11 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
 
     seconds = time.perf_counter() - started
     if metrics:
-        say(f"done: test accuracy {100 * metrics[-1]['test_acc']:.2f}% after epoch {metrics[-1]['epoch']} "
+        last = metrics[-1]
+        score = (f"test RMSE {tabular.format_rmse(last['test_rmse'])}" + (f" (log RMSE {last['test_log_rmse']:.4f})"
+                                                         if "test_log_rmse" in last else "")
+                 if "test_rmse" in last else f"test accuracy {100 * last['test_acc']:.2f}%")
+        say(f"done: {score} after epoch {last['epoch']} "
             f"in {seconds:.1f}s" + (f"; run directory {run_dir}" if run_dir is not None else ""))
     return RunResult(network=net.name, data=desc.name, config=config, metrics=tuple(metrics),
                      model=model.eval(), run_dir=run_dir, checkpoint=last_checkpoint, seconds=seconds,
@@ -305,29 +330,46 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
         check_evaluation(spec_from_record(ckpt["spec"]).network, batch=batch_size, device=device)
     model, spec = checkpoints.model_and_spec(ckpt, Path(checkpoint), "standard")
     net = spec.network
-    with _data_hint(data is None, ckpt["data"]["name"]):
-        desc = datasets.describe(data or ckpt["data"]["name"])
+    saved = ckpt["data"]
+    with _data_hint(data is None, saved["name"]):
+        desc = datasets.describe(data or saved["name"])
+    if desc.tabular and saved["kind"] in datasets.TABULAR_KINDS:  # encode as the model was trained
+        pipeline = tabular.Pipeline.from_record(saved["pipeline"])
+        desc = replace(desc, target=pipeline.target)
+    elif desc.tabular or saved["kind"] in datasets.TABULAR_KINDS:
+        raise SpecError([Diagnostic(d.DATA_MISMATCH, f"the checkpoint was trained on {saved['name']}; it cannot "
+                                    f"be evaluated on {desc.name}", None, "pass data of the kind it was "
+                                    "trained on", file="--data")])
+    else:
+        pipeline = None
     d.raise_if_errors(check_data(net, desc))
     dd = setup("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
     try:
         dev = pick_device(device, dd)
         amp = pick_amp(amp, dev)
-        with _data_hint(data is None, ckpt["data"]["name"]):
-            loaded = datasets.load(desc, shape=net.input, classes=net.head.classes)
-        saved = ckpt["data"]
-        # The statistics the model was trained with, not the evaluation data's own.
-        loaded = replace(loaded, mean=tuple(saved["mean"]), std=tuple(saved["std"]),
-                         pixel_max=float(saved["pixel_max"])) if saved["kind"] == desc.kind else loaded
+        with _data_hint(data is None, saved["name"]):
+            loaded = datasets.load(desc, shape=net.input, classes=net.head.classes, task=tabular.task_of(net),
+                                   pipeline=pipeline)
+        if pipeline is None and saved["kind"] == desc.kind:
+            # The statistics the model was trained with, not the evaluation data's own.
+            loaded = replace(loaded, mean=tuple(saved["mean"]), std=tuple(saved["std"]),
+                             pixel_max=float(saved["pixel_max"]))
         model = model.to(dev)
-        if dev.type == "cuda":
+        if dev.type == "cuda" and not loaded.tabular:
             model = model.to(memory_format=torch.channels_last)
-        loss, acc, correct, total = evaluate_split(model, loaded, device=dev, amp=amp, batch_size=batch_size,
-                                              workers=workers or 0, dd=dd, split=split)
+        rmse = log_rmse = None
+        if loaded.task == "regression":
+            loss, rmse, log_rmse, total = evaluate_regression(model, loaded, device=dev, amp=amp, batch_size=batch_size,
+                                                              workers=workers or 0, dd=dd, split=split)
+            acc, correct = float("nan"), 0
+        else:
+            loss, acc, correct, total = evaluate_split(model, loaded, device=dev, amp=amp, batch_size=batch_size,
+                                                       workers=workers or 0, dd=dd, split=split)
     finally:
         if dd.created:
             dist.destroy_process_group()
     return EvalResult(loss=loss, accuracy=acc, correct=correct, total=total, network=net.name,
-                      data=desc.name, epoch=int(ckpt["epoch"]))
+                      data=desc.name, epoch=int(ckpt["epoch"]), rmse=rmse, log_rmse=log_rmse)
 
 
 @contextmanager

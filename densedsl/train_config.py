@@ -33,12 +33,13 @@ SCHEDULES = ("step", "cosine")
 # The fine-tuning settings default to what the paper did: SGD, step schedule, nothing frozen.
 RECIPE = {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
           "milestones": (0.5, 0.75), "gamma": 0.1, "seed": 0, "optimizer": "sgd", "schedule": "step",
-          "warmup": 0, "label_smoothing": 0.0, "grad_clip": None, "freeze": (), "head_lr": None}
+          "warmup": 0, "label_smoothing": 0.0, "grad_clip": None, "freeze": (), "head_lr": None,
+          "target": None}  # csv: data's column to predict (--target)
 # Settings a resumed run must share with its checkpoint: they decide what the weights become.
 # (`epochs` may grow: see `resolve`.)
 RESUME_FIXED = ("data", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
                 "milestones", "gamma", "augment", "seed", "optimizer", "schedule", "warmup",
-                "label_smoothing", "grad_clip", "freeze", "head_lr")
+                "label_smoothing", "grad_clip", "freeze", "head_lr", "target")
 
 Log = Callable[[str], None]
 
@@ -72,6 +73,7 @@ class Config:
     grad_clip: float | None = None   # largest gradient norm, all trained parameters together
     freeze: tuple[str, ...] = ()     # stages not trained: "features", "stem" or features.NAME
     head_lr: float | None = None     # the classifier's learning rate (None: lr)
+    target: str | None = None        # csv: data: the column to predict
 
     def milestone_epochs(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.milestones})
@@ -82,6 +84,9 @@ class Config:
 
 def check_data(network: Network, desc: datasets.Description) -> list[Diagnostic]:
     """The spec's input shape and classes against the data set's, before anything is read."""
+    if desc.tabular:  # feature vectors: the encoded width is checked once the file is read
+        from .tabular import check_spec
+        return check_spec(network, desc)
     problems: list[Diagnostic] = []
     shape = "x".join(map(str, network.input))
     if desc.shape is not None and tuple(network.input) != tuple(desc.shape):
@@ -138,10 +143,11 @@ def check_enough_data(data: datasets.Data, batch_size: int, dd: Dist) -> None:
     """A split must hold images, and an epoch at least one batch (E208): otherwise a run
     "trains" zero steps and saves a checkpoint of its initial weights with a loss of 0."""
     per_process = math.ceil(len(data.train) / dd.world)
+    unit = "row" if data.tabular else "image"
     if per_process == 1 and batch_size > 1:  # the batch of one is dropped (see the loop): no steps
         raise SpecError([Diagnostic(
-            d.NO_DATA, f"{data.name} has {len(data.train)} training image{'s' if len(data.train) != 1 else ''}"
-            + (f" for {dd.world} processes" if dd.active else "") + ": one image per batch cannot be trained "
+            d.NO_DATA, f"{data.name} has {len(data.train)} training {unit}{'s' if len(data.train) != 1 else ''}"
+            + (f" for {dd.world} processes" if dd.active else "") + f": one {unit} per batch cannot be trained "
             "on (batch norm needs two)", None, "train on a data set with more images", file="--data")])
 
 
@@ -181,7 +187,7 @@ def resolve(desc: datasets.Description, recipe: dict, ckpt: dict | None, run_dir
     given = {"data": desc.name, **recipe}
     # A checkpoint written before a setting existed was trained with its default.
     saved = {**checkpoints.LATER_SETTINGS, **ckpt["config"]} if ckpt else {}
-    defaults = {**RECIPE, "epochs": desc.epochs, "augment": desc.augment}
+    defaults = {**RECIPE, **dict(desc.defaults), "epochs": desc.epochs, "augment": desc.augment}
     values, origin = {}, {}
     for key, default in defaults.items():
         if given.get(key) is not None:
@@ -220,6 +226,10 @@ def absolute_data(name: str) -> str:
     kind, sep, rest = name.partition(":")
     if not sep or not rest or kind.strip().lower() in ("digits", "synthetic"):
         return name
+    if kind.strip().lower() == "csv":  # csv:TRAIN,TEST: both files
+        from .datasets import describe
+        desc = describe(name)
+        return "csv:" + ",".join(str(p.absolute()) for p in (desc.path, desc.test_path) if p is not None)
     return f"{kind}:{Path(rest).expanduser().absolute()}"
 
 
@@ -260,12 +270,19 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
             origin: dict, dd: Dist, run_dir: Path | None, ckpt: dict | None) -> None:
     """Every setting, and where it came from, before the first step."""
     def why(key: str, default_reason: str) -> str:
+        if key in dict(data.description.defaults):  # the data set's own recipe (tabular data)
+            default_reason = data.description.epochs_why
         return {"set": "", "checkpoint": "  (from the checkpoint)"}.get(origin[key], f"  ({default_reason})")
 
     source = f" ({record['source']})" if record else ""
     shape = "x".join(map(str, data.shape))
-    say(f"training {net.name}{source} on {data.name}: {len(data.train)} training and "
-        f"{len(data.test)} test images of {shape}, {data.classes} classes")
+    if data.tabular:
+        task = "a regression" if data.task == "regression" else f"{data.classes} classes"
+        say(f"training {net.name}{source} on {data.name}: {len(data.train)} training and "
+            f"{len(data.test)} test rows of {shape} features, {task}")
+    else:
+        say(f"training {net.name}{source} on {data.name}: {len(data.train)} training and "
+            f"{len(data.test)} test images of {shape}, {data.classes} classes")
     milestones = ", ".join(str(m) for m in config.milestone_epochs())
     fmt = lambda v: ", ".join(f"{x:.4f}" for x in v)  # noqa: E731
     rows = [
@@ -290,8 +307,9 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         *([("frozen", ", ".join(config.freeze), "  (not trained)")] if config.freeze else []),
         *([("label smoothing", f"{config.label_smoothing:g}", "")] if config.label_smoothing else []),
         *([("gradient clipping", f"total norm {config.grad_clip:g}", "")] if config.grad_clip is not None else []),
-        ("augmentation", config.augment, why("augment", f"default for {data.description.kind}")),
-        ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)"),
+        *(_tabular_rows(data) if data.tabular else [
+            ("augmentation", config.augment, why("augment", f"default for {data.description.kind}")),
+            ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)")]),
         *([("resize", data.resized, "  (folder images to the spec's input)")] if data.resized else []),
         ("seed", str(config.seed), why("seed", "default")),
         *([("initial weights", config.init, "")] if config.init is not None else []),
@@ -309,3 +327,8 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
     width = max(len(name) for name, _, _ in rows)
     for name, value, note in rows:
         say(f"  {name:<{width}}  {value}{note}")
+
+
+def _tabular_rows(data: datasets.Data) -> list[tuple[str, str, str]]:
+    from .tabular import describe_lines
+    return describe_lines(data)

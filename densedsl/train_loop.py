@@ -30,6 +30,7 @@ from .diagnostics import Diagnostic, SpecError
 from .distributed import Dist, agree, all_sum, gather
 from .network import Network
 from .rundir import CURVES, METRICS, write_metrics
+from .tabular import format_rmse
 from .train_config import Config, Log
 
 _PLAIN_EVERY_S = 30.0  # without a terminal, a progress line at most this often inside an epoch
@@ -81,30 +82,41 @@ def set_rng_state(state: dict) -> None:
 class _Progress:
     """A tqdm bar per epoch on a terminal; otherwise a plain line now and then."""
 
-    def __init__(self, log: Log | None, enabled: bool, total: int, epoch: int, epochs: int):
+    def __init__(self, log: Log | None, enabled: bool, total: int, epoch: int, epochs: int,
+                 target_std: float | None = None):
         self.log, self.epoch, self.epochs, self.total = log, epoch, epochs, total
+        self.target_std = target_std  # a regression: show the RMSE (in target units), not accuracy
+        self.unit = "row" if target_std is not None else "img"
         self.bar = None
         self.start = self.last = time.perf_counter()
         self.done = 0
         if enabled and log is not None and sys.stdout.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="img", unit_scale=True, leave=False, dynamic_ncols=True,
+            self.bar = tqdm(total=total, unit=self.unit, unit_scale=True, leave=False, dynamic_ncols=True,
                             desc=f"epoch {epoch}/{epochs}", file=sys.stdout)
+
+    def _score(self, loss: float, acc: float) -> tuple[str, str]:
+        if self.target_std is not None:
+            return "rmse", format_rmse(math.sqrt(max(loss, 0.0)) * self.target_std)
+        return "acc", f"{100 * acc:.2f}%"
 
     def update(self, images: int, loss: float | None, acc: float | None) -> None:
         self.done += images
         if self.bar is not None:
             self.bar.update(images)
             if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%", refresh=False)
+                name, score = self._score(loss, acc)
+                self.bar.set_postfix({"loss": f"{loss:.4f}", name: score}, refresh=False)
             return
         now = time.perf_counter()
         if self.log is not None and loss is not None and now - self.last >= _PLAIN_EVERY_S:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / max(rate, 1e-9)
-            self.log(f"  epoch {self.epoch}/{self.epochs}  {self.done}/{self.total} images  "
-                     f"loss {loss:.4f}  acc {100 * acc:.2f}%  {rate:.0f} img/s  eta {eta:.0f}s")
+            name, score = self._score(loss, acc)
+            self.log(f"  epoch {self.epoch}/{self.epochs}  {self.done}/{self.total} "
+                     f"{'rows' if self.unit == 'row' else 'images'}  "
+                     f"loss {loss:.4f}  {name} {score}  {rate:.0f} {self.unit}/s  eta {eta:.0f}s")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -169,10 +181,7 @@ def evaluate_split(model: nn.Module, data: datasets.Data, *, device: torch.devic
     loss_sum, correct, total = 0.0, 0, 0
     with torch.no_grad(), _autocast(device, amp):
         for images, labels in datasets.batches(loader):
-            x = datasets.prepare_batch(images.to(device, non_blocking=True), pixel_max=data.pixel_max,
-                                       mean=mean, std=std)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = _inputs(images.to(device, non_blocking=True), data, mean, std)
             y = labels.to(device, non_blocking=True)
             logits = model(x)
             loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
@@ -181,6 +190,58 @@ def evaluate_split(model: nn.Module, data: datasets.Data, *, device: torch.devic
     model.train(was_training)
     loss_sum, correct, total = all_sum([loss_sum, correct, total], dd, device)
     return loss_sum / max(total, 1), correct / max(total, 1), int(correct), int(total)
+
+
+def evaluate_regression(model: nn.Module, data: datasets.Data, *, device: torch.device, amp: str,
+                        batch_size: int, workers: int, dd: Dist, split: str = "test"
+                        ) -> tuple[float, float, float | None, int]:
+    """(MSE of the standardised target, RMSE in the target's units, RMSE of the logs or None,
+    rows) over a split, summed across ranks. The log RMSE is d2l's house-price score: predictions
+    below the pipeline's floor (1, or the smallest target when that is below 1) are raised to it;
+    it exists only when every target is positive."""
+    pipeline = data.pipeline
+    dataset = data.test if split == "test" else data.train
+    loader = _loader(dataset, _EvalBatches(len(dataset), batch_size, dd), workers, device.type == "cuda", 0)
+    was_training = model.training
+    model.eval()
+    squares = torch.zeros((), dtype=torch.float64, device=device)
+    log_squares = torch.zeros((), dtype=torch.float64, device=device)
+    total = 0
+    with torch.no_grad(), _autocast(device, amp):
+        for features, targets in datasets.batches(loader):
+            out = model(features.to(device, non_blocking=True)).double().reshape(len(targets))
+            y = targets.to(device, non_blocking=True).double()
+            squares += (out - y).square().sum()
+            if pipeline.target_floor is not None:
+                predicted = (out * pipeline.target_std + pipeline.target_mean).clamp_min(pipeline.target_floor)
+                actual = y * pipeline.target_std + pipeline.target_mean
+                log_squares += (predicted.log() - actual.log()).square().sum()
+            total += len(targets)
+    model.train(was_training)
+    squares, log_squares, total = all_sum([float(squares), float(log_squares), total], dd, device)
+    mse = squares / max(total, 1)
+    log_rmse = math.sqrt(log_squares / max(total, 1)) if pipeline.target_floor is not None else None
+    return mse, math.sqrt(mse) * pipeline.target_std, log_rmse, int(total)
+
+
+def _inputs(batch: torch.Tensor, data: datasets.Data, mean: torch.Tensor, std: torch.Tensor,
+            augment: str = "none", generator: torch.Generator | None = None) -> torch.Tensor:
+    """The network's input for a batch: tabular rows are encoded already (tabular.Pipeline);
+    images are scaled, augmented and normalised (datasets.prepare_batch)."""
+    if data.tabular:
+        return batch
+    x = datasets.prepare_batch(batch, pixel_max=data.pixel_max, mean=mean, std=std, augment=augment,
+                               generator=generator)
+    if batch.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _loss(outputs: torch.Tensor, y: torch.Tensor, regression: bool, label_smoothing: float = 0.0) -> torch.Tensor:
+    """MSE of the standardised target for a regression (one output), else cross-entropy."""
+    if regression:
+        return F.mse_loss(outputs.float().reshape(len(y)), y.float())
+    return F.cross_entropy(outputs.float(), y, label_smoothing=label_smoothing)
 
 
 def norm_tensors(data: datasets.Data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,6 +348,7 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
         model, device_ids=[dev.index] if dev.type == "cuda" else None) if dd.active else model
 
     mean, std = norm_tensors(data, dev)
+    regression = data.task == "regression"
     stopped = None
     steps_done = 0
     curves_at = -math.inf
@@ -303,20 +365,32 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
         try:
             loss, acc, seen, steps = train_epoch(
                 trained, loader, optimizer, scaler, data, config, dev, amp, mean, std, augment_rng,
-                dd, _Progress(run.log, run.progress, len(batches.sampler) * dd.world, epoch, config.epochs), limit)
+                dd, _Progress(run.log, run.progress, len(batches.sampler) * dd.world, epoch, config.epochs,
+                              data.pipeline.target_std if regression else None), limit)
         except _Diverged as e:
             raise _diverged(e, epoch, optimizer, net, last_checkpoint) from None
         steps_done += steps
         train_seconds = time.perf_counter() - t0
         lr_now = optimizer.param_groups[0]["lr"]
-        test_loss, test_acc, _, _ = evaluate_split(model, data, device=dev, amp=amp,
-                                                   batch_size=max(256, config.batch_size),
-                                                   workers=workers, dd=dd, norm=(mean, std))
+        if regression:
+            test_loss, test_rmse, test_log_rmse, _ = evaluate_regression(
+                model, data, device=dev, amp=amp, batch_size=max(256, config.batch_size), workers=workers, dd=dd)
+        else:
+            test_loss, test_acc, _, _ = evaluate_split(model, data, device=dev, amp=amp,
+                                                       batch_size=max(256, config.batch_size),
+                                                       workers=workers, dd=dd, norm=(mean, std))
         if not math.isfinite(test_loss):  # finite weights can still overflow the logits
             raise _diverged(_Diverged(steps, test_loss, "the test loss"), epoch, optimizer, net, last_checkpoint)
-        row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss, "train_acc": acc,
-               "test_loss": test_loss, "test_acc": test_acc,
-               "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
+        if regression:  # checkpoints.REGRESSION_FIELDS
+            row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss,
+                   "train_rmse": math.sqrt(loss) * data.pipeline.target_std,
+                   "test_loss": test_loss, "test_rmse": test_rmse,
+                   **({"test_log_rmse": test_log_rmse} if test_log_rmse is not None else {}),
+                   "rows_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
+        else:
+            row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss, "train_acc": acc,
+                   "test_loss": test_loss, "test_acc": test_acc,
+                   "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
         metrics.append(row)
         partial = max_steps is not None and steps_done >= max_steps and steps < len(batches)
         if not partial:
@@ -363,18 +437,16 @@ def train_epoch(model, loader, optimizer, scaler, data, config: Config, device, 
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     bad_value = torch.zeros((), dtype=torch.float32, device=device)
     seen = steps = 0
+    regression = data.task == "regression"
     try:
         for step, (images, labels) in enumerate(datasets.batches(loader), start=1):
             if limit is not None and steps >= limit:
                 break
-            x = datasets.prepare_batch(images.to(device, non_blocking=True), pixel_max=data.pixel_max,
-                                       mean=mean, std=std, augment=config.augment, generator=augment_rng)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = _inputs(images.to(device, non_blocking=True), data, mean, std, config.augment, augment_rng)
             y = labels.to(device, non_blocking=True)
             with _autocast(device, amp):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                loss = _loss(logits, y, regression, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip is not None:
@@ -389,7 +461,8 @@ def train_epoch(model, loader, optimizer, scaler, data, config: Config, device, 
                 first_bad = torch.where(fresh, torch.tensor(step, device=device), first_bad)
                 bad_value = torch.where(fresh, value.float(), bad_value)
                 loss_sum += value.double() * len(y)
-                correct += (logits.argmax(1) == y).sum()
+                if not regression:
+                    correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             steps = step
             at_sync = step % sync == 0 or step == len(loader)
@@ -424,6 +497,12 @@ def _duration(seconds: float) -> str:
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
+    if "test_rmse" in row:
+        log = f" log rmse {row['test_log_rmse']:.4f}" if "test_log_rmse" in row else ""
+        return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  lr {row['lr']:.4g}  "
+                f"train loss {row['train_loss']:.4f} rmse {format_rmse(row['train_rmse'])}  "
+                f"test loss {row['test_loss']:.4f} rmse {format_rmse(row['test_rmse'])}{log}  "
+                f"{row['rows_per_s']:.0f} rows/s  {row['seconds']:.1f}s")
     return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  lr {row['lr']:.4g}  "
             f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
             f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%  "
