@@ -77,6 +77,19 @@ def test_grammar_highlights_the_resolvers_statements_and_ops():
     assert _alternatives(grammar, "support.function.op.densedsl") == resolve.STEM_OPS
 
 
+def test_grammar_highlights_every_value_completion_offers():
+    """The keyword values the language server completes (`norm=group`, `activation=silu`, …) are
+    the words the grammar colours as constants."""
+    from densedsl.lsp import features
+    grammar = json.loads(GRAMMAR.read_text())
+    [pattern] = [p["match"] for p in grammar["repository"]["value"]["patterns"]
+                 if p.get("name") == "constant.language.densedsl"]
+    words = set(re.search(r"\(([a-z_0-9|]+)\)", pattern).group(1).split("|"))
+    offered = {v for keyword in features._BUILDS for setting in features.SETTINGS.get(keyword, ())
+               for v in features.enumerated_values(keyword, setting)}
+    assert offered and offered <= words, sorted(offered - words)
+
+
 def test_vscode_extension_manifest():
     manifest = json.loads((ROOT / "editors" / "vscode" / "package.json").read_text())
     [language] = manifest["contributes"]["languages"]

@@ -277,7 +277,24 @@ async def test_completion_after_dense_offers_its_settings(client: LanguageClient
     assert await labels(2, 10) == list(resolve.DENSE_SETTINGS)
     assert await labels(3, 20) == ["avg", "max", "none"]
     assert await labels(5, 8) == list(resolve.STEM_OPS)
-    assert await labels(2, 4) == list(resolve.STATEMENTS)
+    assert await labels(2, 4) == list(resolve.STATEMENTS) + ["for"]
+
+
+@in_session
+async def test_completion_offers_loops_functions_and_the_new_choices(client: LanguageClient):
+    text = ("network n(blocks=[2, 2]) {\n    input 3x32x32\n    for n in blocks {\n        \n"
+            "    } \n    dense layers=2 growth=4 norm=\n    dense layers=\n}\n")
+    uri = _open(client, "complete-loops", text)
+
+    async def labels(line: int, character: int) -> list[str]:
+        result = await client.text_document_completion_async(types.CompletionParams(
+            text_document=_doc(uri), position=types.Position(line=line, character=character)))
+        return [item.label for item in result.items]
+
+    assert await labels(3, 8) == list(resolve.STAGE_STATEMENTS)  # inside the for body
+    assert await labels(4, 6) == ["between"]
+    assert (await labels(5, 33))[:5] == ["batch", "group", "instance", "layer", "none"]
+    assert {"len", "sum", "min"} <= set(await labels(6, 17))
 
 
 @in_session
@@ -377,7 +394,8 @@ async def test_rapid_edits_are_debounced_and_publish_the_last_version(client: La
 
 def test_every_name_the_resolver_knows_has_a_doc():
     known = {*resolve.STATEMENTS, *resolve.STEM_OPS, *(s for names in features.SETTINGS.values()
-                                                       for s in names)}
+                                                       for s in names),
+             *(w for words in features._BLOCK_CONTENTS.values() for w in words), "between"}
     assert set(features.DOCS) == known
 
 

@@ -40,9 +40,16 @@ DOCS: dict[str, str] = {
     "repeat": "repeat N { … }: repeats dense and transition statements",
     "head": "BN-ReLU, global pool, dropout and the classifier: head classes=1000",
     "expect": "figures the network must add up to: expect params=7_978_856",
+    "for": "for [i,] n in LIST { dense … } between { transition }: the body once per element",
+    "between": "after a for body: what goes between two elements (not after the last)",
     # stem ops
     "conv": "a convolution: conv CHANNELS kernel= stride= padding= bias=",
-    "norm": "batch normalisation (as an op) or, on the head, the final BN-ReLU (true|false)",
+    "norm": "batch normalisation (as an op); a dense layer's norm: batch (the paper), group, "
+            "instance, layer or none; on the head, the final BN-ReLU (true|false)",
+    "kind": "a dense block's layers: conv (maps) or linear (fully connected, on a feature vector)",
+    "linear": "a fully-connected layer: linear FEATURES bias=",
+    "task": "what the head's outputs are: classification (logits) or regression (values)",
+    "norm_groups": "the group count G of a dense layer's norm=group: GroupNorm(G, C), default 32",
     "relu": "ReLU",
     "maxpool": "max pooling: maxpool kernel= stride= padding=",
     "avgpool": "average pooling: avgpool kernel= stride= padding=",
@@ -309,6 +316,8 @@ def _settings_text(state: NetworkState, stmt: ast.Statement, stages: list[StageF
         value = _read(resolved, name)
         if value is None and name not in ("bottleneck",):
             continue
+        if name == "norm_groups" and getattr(resolved, "norm", None) != "group":
+            continue  # a group count only means something to a group norm
         shown = _value(value) if value is not None else "off"
         if name in written:
             expr = format_expr(written[name].value)
@@ -415,7 +424,15 @@ def inlay_hints(snap: Snapshot, pos: Positions, wanted: types.Range) -> list[typ
 
 # --- completion -----------------------------------------------------------------------------------
 
-_BLOCK_CONTENTS = {"network": r.STATEMENTS, "stem": r.STEM_OPS, "repeat": ("dense", "transition", "repeat")}
+# what each `{ … }` holds: a network its statements (and loops), a stem its ops, loop bodies stages
+_BLOCK_CONTENTS = {"network": r.STATEMENTS + ("for",), "stem": r.STEM_OPS, "repeat": r.STAGE_STATEMENTS,
+                   "for": r.STAGE_STATEMENTS, "between": r.STAGE_STATEMENTS}
+# functions a value may call (`len(blocks)`), from the resolver's table, with what each does
+FUNCTION_DOCS: dict[str, str] = {
+    "floor": "floor(x): round down", "ceil": "ceil(x): round up", "round": "round(x): to the nearest",
+    "int": "int(x): toward zero", "abs": "abs(x)", "min": "min(a, b, …)", "max": "max(a, b, …)",
+    "len": "len(list): its number of elements", "sum": "sum(list): its elements added",
+}
 
 
 def completion(snap: Snapshot, pos: Positions, at: types.Position) -> list[types.CompletionItem]:
@@ -434,7 +451,12 @@ def completion(snap: Snapshot, pos: Positions, at: types.Position) -> list[types
         if state is not None:
             words += [(p.name, types.CompletionItemKind.Variable, f"parameter, default "
                        f"{format_expr(p.default)}") for p in state.node.params]
+        if not enumerated_values(keyword, setting):  # a number: `layers=len(blocks)`
+            words += [(f, types.CompletionItemKind.Function, FUNCTION_DOCS.get(f)) for f in r._FUNCTIONS]
         return [types.CompletionItem(label=w, kind=k, detail=doc) for w, k, doc in words]
+    if re.fullmatch(r"\s*\}\s*\w*", segment) and _enclosing_block(text, line_start) == "for":
+        return [types.CompletionItem(label="between", kind=types.CompletionItemKind.Keyword,
+                                     detail=DOCS["between"])]
     if re.fullmatch(r"\s*\w*", segment):
         block = _enclosing_block(text, line_start)
         if block is None:
