@@ -265,3 +265,63 @@ def test_hidden_heads_compile_export_and_keep_the_classifier():
     with torch.no_grad():
         torch.testing.assert_close(exported(x), model(x))
         assert tuple(model.forward_head(model.forward_features(x), pre_logits=True).shape) == (2, 16)
+
+
+# --- ONNX: every layer choice exports and runs alike ------------------------------------------------
+
+ONNX_SPECS = {
+    "activation-groups-poolless-hidden-group-instance": """network n {
+    input 3x16x16
+    stem {
+        conv 8
+    }
+    dense layers=2 growth=4 bottleneck=2 groups=2 activation=silu norm=group norm_groups=4
+    transition pool=none stride=2 compression=0.5
+    dense layers=2 growth=4 activation=gelu order=post norm=instance kernel=5
+    transition pool=none
+    dense layers=1 growth=4 activation=leaky_relu
+    head classes=3 hidden=[8, 6] activation=relu6 dropout=0.2
+}
+""",
+    "layer-none": """network n {
+    input 3x16x16
+    stem {
+        conv 8
+    }
+    dense layers=2 growth=4 bottleneck=2 norm=layer
+    transition
+    dense layers=2 growth=4 norm=none kernel=1
+    dense layers=1 growth=4 norm=none order=post
+    head classes=3
+}
+""",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ONNX_SPECS))
+def test_layer_choices_export_to_onnx_and_run_alike(name, tmp_path):
+    """`compile -o x.onnx` of each construct: onnxruntime's output is the PyTorch model's."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from densedsl.compiler import build_model
+    from densedsl.export import write_onnx
+    model = build_model(densedsl.parse(ONNX_SPECS[name]).network)
+    torch.manual_seed(0)
+    for m in model.modules():  # non-trivial norms, so a dropped or misplaced one shows
+        if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d)):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    out = tmp_path / "x.onnx"
+    write_onnx(model, out)
+    onnx.checker.check_model(onnx.load(str(out)))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 16, 16)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model.eval()(x), rtol=1e-3, atol=1e-4)
