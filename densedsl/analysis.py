@@ -433,8 +433,14 @@ def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
     always = [w for w, when in norms.items() if when == "always"]
     also = f" ({' and '.join(always)} refuses it in eval too)" if always else ""
     rank = len(network.input) - 1
-    least = graph_.min_input_size(graph_.spatial_plan(network), train=True, rank=rank)
     which = ", ".join(stages)
+    if rank == 0:  # a feature vector: no input size helps, each feature is one value per sample
+        return [d.Diagnostic(
+            d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained: {' and '.join(norms)} in {which} "
+            f"normalises each feature over the batch, and a batch of one holds one value per feature{also}",
+            network.input_span or network.span,
+            "train with batches of 2 or more, or use norm=layer or norm=none in the dense blocks")]
+    least = graph_.min_input_size(graph_.spatial_plan(network), train=True, rank=rank)
     return [d.Diagnostic(
         d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained at {shape_text(network.input)}: "
         f"{' and '.join(norms)} in {which} sees a {graph_.size_text(1, rank)} map, one value per "
@@ -495,25 +501,27 @@ def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
     """Receptive field and cumulative stride of every node, along the deepest path.
 
     r_out = r_in + (k − 1)·j_in and j_out = j_in·s for ops that slide a window (convs and
-    pools); a concat takes the largest field among its inputs (they share one stride). Kernels
-    are the same along every axis, so one number serves every rank.
+    pools); a concat takes the largest field among its inputs (they share one stride). Each axis
+    has its own field and stride (`kernel=1x7`); the figures are the largest over the axes, which
+    for square windows is every axis' own.
     """
-    rf: dict[str, int] = {}
-    jump: dict[str, int] = {}
+    rf: dict[str, tuple[int, ...]] = {}
+    jump: dict[str, tuple[int, ...]] = {}
+    r_axes = max(len(g.graph.get("input_shape", (0, 0))) - 1, 1)
     for n, a in g.nodes(data=True):
         preds = g.pred[n]
         if not preds:
-            rf[n], jump[n] = 1, 1
+            rf[n], jump[n] = (1,) * r_axes, (1,) * r_axes
             continue
-        r = max(rf[p] for p in preds)
+        r = tuple(max(axis) for axis in zip(*(rf[p] for p in preds)))
         j = jump[next(iter(preds))]
         window = kind_of(a["kind"]).window(a)
         if window is not None:
-            kernel, stride, _ = window
-            r += (kernel - 1) * j
-            j *= stride
+            kernel, stride, _ = (costs.per_axis(v, r_axes) for v in window)
+            r = tuple(x + (k - 1) * step for x, k, step in zip(r, kernel, j))
+            j = tuple(step * s for step, s in zip(j, stride))
         rf[n], jump[n] = r, j
-    return rf, jump
+    return {n: max(v) for n, v in rf.items()}, {n: max(v) for n, v in jump.items()}
 
 
 def _state_dict_entries(g: nx.DiGraph) -> int:

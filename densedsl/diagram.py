@@ -230,6 +230,16 @@ def _hw(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape[1:])) if len(shape) >= 2 else ""
 
 
+def _unit(shape: tuple[int, ...]) -> str:
+    """What a width counts: a map's channels, a feature vector's (an MLP's) features."""
+    return "ch" if len(shape) >= 2 else "features"
+
+
+def _at(shape: tuple[int, ...]) -> str:
+    """` · 56x56` after a width, nothing for a vector (it has no spatial size)."""
+    return f" · {_hw(shape)}" if len(shape) >= 2 else ""
+
+
 def _figures(s: StageFigures) -> str:
     return f"{si(s.params)} params · {si(s.flops, 'FLOPs')}"
 
@@ -343,22 +353,25 @@ class _Builder:
 
     def _stage_label(self, s: StageFigures) -> str:
         members = [self.g.nodes[n] for n in self._members(s.name)]
-        shapes = f"{s.in_shape[0]} → {s.out_shape[0]} ch"
+        shapes = f"{s.in_shape[0]} → {s.out_shape[0]} {_unit(s.in_shape)}"
         sizes = _hw(s.in_shape) if _hw(s.in_shape) == _hw(s.out_shape) or len(s.out_shape) == 1 \
             else f"{_hw(s.in_shape)} → {_hw(s.out_shape)}"
         t = next(x.source for x in self.a.lowered if x.name == s.name)
         if isinstance(t, Transition):
             squeeze = f"θ={_num(t.compression)}" if t.compression is not None else f"channels={t.channels}"
             return _label(f"transition {t.index}", f"{squeeze} · {shapes}",
-                          f"{_hw(s.in_shape)} → {_hw(s.out_shape)}", _figures(s))
+                          f"{_hw(s.in_shape)} → {_hw(s.out_shape)}" if len(s.in_shape) > 1 else "",
+                          _figures(s))
         recipe = "-".join(_op_token(m) for m in members)
         if s.kind == "head":
             out = s.out_shape[0] if len(s.out_shape) == 1 else shape_text(s.out_shape)
+            if len(s.in_shape) == 1:
+                return _label("head", recipe, f"{s.in_shape[0]} features → {out}", _figures(s))
             return _label("head", recipe, f"{s.in_shape[0]} ch · {_hw(s.in_shape)} → {out}", _figures(s))
-        return _label(s.name, recipe, f"{shapes} · {sizes}", _figures(s))
+        return _label(s.name, recipe, f"{shapes} · {sizes}" if sizes else shapes, _figures(s))
 
     def _block_label(self, b: BlockFigures) -> str:
-        lines = [self._block_facts(b), f"{b.in_channels} → {b.out_channels} ch · {_hw(b.in_shape)}",
+        lines = [self._block_facts(b), f"{b.in_channels} → {b.out_channels} {_unit(b.in_shape)}{_at(b.in_shape)}",
                  f"{b.connections:,} connections · {_figures(b)}"]
         if self.detail != "overview":
             lines.append(f"{self._recipe(b)} ×{b.layers}")
@@ -387,7 +400,9 @@ class _Builder:
             title = {"transition": f"transition {s.name.removeprefix('transition')}"}.get(s.kind, s.name)
             sizes = f"{_hw(s.in_shape)} → {_hw(s.out_shape)}" if len(s.out_shape) > 1 else \
                 f"{_hw(s.in_shape)} → {s.out_shape[0]}"
-            c.attr(label=_label(title, f"{s.in_shape[0]} → {s.out_shape[0]} ch · {sizes} · {_figures(s)}", left=True),
+            widths = f"{s.in_shape[0]} → {s.out_shape[0]} {_unit(s.in_shape)}"
+            c.attr(label=_label(title, f"{widths} · {sizes} · {_figures(s)}" if len(s.in_shape) > 1
+                                else f"{widths} · {_figures(s)}", left=True),
                    labelloc="t", labeljust="l", style="rounded,filled", fillcolor=p.tint,
                    color=p.border, penwidth="1", fontsize="11", margin="10")
             for n in members:
@@ -417,7 +432,7 @@ class _Builder:
             for n in row:
                 c.edge(title, n, style="invis", _attributes={"class": "layout"})
             x0 = self.g.nodes[row[0]]
-            c.node(row[0], _label("x0", f"{x0['out_shape'][0]} ch", size=8), fillcolor="white",
+            c.node(row[0], _label("x0", f"{x0['out_shape'][0]} {_unit(b.in_shape)}", size=8), fillcolor="white",
                    color=p.border, tooltip=f"x0: the block input · {shape_text(x0['out_shape'])}")
             self.owner[row[0]] = row[0]
             params = [0] * (b.layers + 1)
@@ -430,11 +445,12 @@ class _Builder:
                 concat = self.g.nodes[f"{b.name}.denselayer{layer}.concat"]
                 cin = concat["out_shape"][0]
                 label = _label(str(layer), str(cin), size=7) if compact else \
-                    _label(f"layer {layer}", f"{cin} → {b.growth} ch", size=8)
+                    _label(f"layer {layer}", f"{cin} → {b.growth} {_unit(b.in_shape)}", size=8)
                 c.node(row[layer], label, fillcolor=p.fill, color=p.border,
                        fontsize="9" if compact else "10", margin="0.06,0.04" if compact else "0.12,0.06",
                        tooltip=f"features.{b.name}.denselayer{layer} · reads x0…x{layer - 1} "
-                               f"({cin} ch), adds x{layer} ({b.growth} ch) · {params[layer]:,} params")
+                               f"({cin} {_unit(b.in_shape)}), adds x{layer} ({b.growth} {_unit(b.in_shape)}) · "
+                               f"{params[layer]:,} params")
             c.body.append(_same_rank(row))
             out = f"{b.name}.out"
             a = self.g.nodes[out]
@@ -447,8 +463,8 @@ class _Builder:
     def _expanded_title(self, b: BlockFigures) -> str:
         n = b.layers
         return (f"<<B>dense block {b.index}</B><FONT FACE=\"{MONO}\" POINT-SIZE=\"9\"> · "
-                f"{_h(self._block_facts(b))}<BR/>{b.in_channels} → {b.out_channels} ch · "
-                f"{_hw(b.in_shape)} · {_h(_figures(b))}</FONT><BR/>"
+                f"{_h(self._block_facts(b))}<BR/>{b.in_channels} → {b.out_channels} {_unit(b.in_shape)}"
+                f"{_at(b.in_shape)} · {_h(_figures(b))}</FONT><BR/>"
                 f"<FONT POINT-SIZE=\"10\">layer ℓ reads x0 … x(ℓ−1), the outputs of all earlier "
                 f"layers: {n}·{n + 1}/2 = {b.connections:,} connections</FONT><BR/>"
                 f"<FONT FACE=\"{MONO}\" POINT-SIZE=\"9\">each layer: {_h(self._recipe(b))}</FONT>>")
@@ -472,7 +488,7 @@ class _Builder:
                 distance = g.nodes[v]["layer"] - g.nodes[u]["layer"]
                 self._dense_style(attrs, distance)
                 attrs["tooltip"] = f"x{g.nodes[u]['layer']} → layer {g.nodes[v]['layer']} " \
-                                   f"({a['shape'][0]} ch)"
+                                   f"({a['shape'][0]} {_unit(a['shape'])})"
             elif kind == "concat":
                 attrs.update(color=_CONCAT_EDGE, style="dashed", arrowsize="0.45", penwidth="0.8")
             elif g.nodes[u]["stage"] != g.nodes[v]["stage"] or "input" in (u, v) or "output" in (u, v):

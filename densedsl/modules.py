@@ -30,7 +30,9 @@ from . import costs
 from . import network as n
 from . import ops
 
-_CONVOLUTION_OPS = (torch.ops.aten.convolution.default,)
+# What a recomputed dense layer keeps (Pleiss et al.): its convs' outputs, or an MLP's linear
+# layers' (F.linear is addmm with a bias, mm without); ops.Linear.saves_recomputed says the same
+_CONVOLUTION_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 # Only the channel counts of a standalone layer or transition matter for its modules.
 _ANY_SIZE = 64
@@ -54,7 +56,7 @@ def _reduction(op_list: Sequence[ops.Op]) -> int:
     for op in op_list:
         window = op.spec.window(op.attributes())
         if window is not None:
-            r *= window[1]
+            r *= max(ops.per_axis(window[1], 1))  # the largest stride of a per-axis window
     return r
 
 

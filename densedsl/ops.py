@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping
 
 Shape = tuple[int, ...]
+# A window's kernel, stride or padding: one number, the same along every spatial axis (what square
+# specs write, so their graphs and texts are as before), or one number per axis (`kernel=1x7`)
+Axes = int | tuple[int, ...]
 Attrs = Mapping[str, Any]  # an op's attributes: a graph node's, or `Op.attributes()`
 
 MASK_BYTES = 1      # dropout masks are torch.bool
@@ -73,6 +76,16 @@ def numel(shape: Shape) -> int:
     return n
 
 
+def per_axis(value: Axes, r: int) -> tuple[int, ...]:
+    """`value` along each of r spatial axes: 3 → (3, 3) in rank 2; (1, 7) stays (1, 7)."""
+    return tuple(value) if isinstance(value, tuple) else (value,) * r
+
+
+def axes_text(value: Axes) -> str:
+    """`2` → `2`; `(1, 2)` → `1x2`: a stride or padding in a message or recipe."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def window_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a conv or pool along one axis (floor mode, as PyTorch's default).
 
@@ -86,13 +99,17 @@ def rank(shape: Shape) -> int:
     return len(shape) - 1
 
 
-def dims_text(value: int, r: int) -> str:
-    """`3` in rank 2 → `3x3`; rank 1 → `3`; rank 3 → `3x3x3`."""
+def dims_text(value: Axes, r: int) -> str:
+    """`3` in rank 2 → `3x3`; rank 1 → `3`; rank 3 → `3x3x3`; `(1, 7)` → `1x7`."""
+    if isinstance(value, tuple):
+        return axes_text(value)
     return "x".join([str(value)] * max(r, 1))
 
 
-def _sized(shape: Shape, kernel: int, stride: int, padding: int) -> Shape:
-    return tuple(window_out(s, kernel, stride, padding) for s in shape[1:])
+def _sized(shape: Shape, kernel: Axes, stride: Axes, padding: Axes) -> Shape:
+    r = rank(shape)
+    return tuple(window_out(s, k, st, p) for s, k, st, p in
+                 zip(shape[1:], per_axis(kernel, r), per_axis(stride, r), per_axis(padding, r)))
 
 
 def _num(x: Any) -> str:
@@ -130,8 +147,9 @@ class OpKind:
         """Batch-independent bytes kept for backward in both modes."""
         return 0
 
-    def window(self, a: Attrs) -> tuple[int, int, int] | None:
-        """(kernel, stride, padding) along every spatial axis, for ops that slide a window."""
+    def window(self, a: Attrs) -> tuple[Axes, Axes, Axes] | None:
+        """(kernel, stride, padding), each one number for every spatial axis or one per axis
+        (`per_axis` reads both), for ops that slide a window."""
         return None
 
     def storage_of(self, a: Attrs) -> Storage:
@@ -143,10 +161,11 @@ class OpKind:
         training (`normalises`); a group norm with one channel per group in any mode."""
         return "train" if self.normalises else None
 
-    def least_input(self, a: Attrs) -> int:
-        """The smallest input length along an axis that a windowed op accepts."""
+    def least_input(self, a: Attrs) -> tuple[int, ...]:
+        """The smallest input length along each spatial axis that a windowed op accepts."""
         kernel, _, padding = self.window(a) or (1, 1, 0)
-        return max(1, kernel - 2 * padding)
+        r = rank(a["in_shape"])
+        return tuple(max(1, k - 2 * p) for k, p in zip(per_axis(kernel, r), per_axis(padding, r)))
 
     def state_entries(self, a: Attrs) -> int:
         return 0
@@ -208,6 +227,10 @@ class Concat(OpKind):
     saves_recomputed = "inputs"  # a recomputed layer keeps the maps it concatenates
     computes = False
 
+    def storage_of(self, a):
+        # layer 1 gathers x0 alone: the model hands it on without a torch.cat (DenseLayer._layer)
+        return "view" if a.get("layer") == 1 else "own"
+
 
 # --- computing kinds -------------------------------------------------------------------------------
 
@@ -218,13 +241,13 @@ class Conv(OpKind):
     saves_recomputed = "output"  # efficient mode keeps conv outputs, recomputes the rest
 
     @staticmethod
-    def make(name: str, shape: Shape, cout: int, kernel: int, stride: int, padding: int, bias: bool,
+    def make(name: str, shape: Shape, cout: int, kernel: Axes, stride: Axes, padding: Axes, bias: bool,
              module: str | None, groups: int = 1) -> Op:
         """`groups` splits the channels into independent convs: each output sees c/groups inputs
         (the attribute is present only when it is not 1, so ungrouped graphs read as before)."""
         c = shape[0]
         out = (cout, *_sized(shape, kernel, stride, padding))
-        taps = kernel ** rank(shape) * (c // groups)
+        taps = numel(per_axis(kernel, rank(shape))) * (c // groups)
         return Op(name, "conv", shape, out, cout * taps + (cout if bias else 0), 0,
                   cout * taps * numel(out[1:]), module,
                   (("in_channels", c), ("out_channels", cout), ("kernel", kernel), ("stride", stride),
@@ -237,20 +260,20 @@ class Conv(OpKind):
         return 2 if a["bias"] else 1
 
     def token(self, a):
-        stride = f"/{a['stride']}" if a["stride"] != 1 else ""
+        stride = f"/{axes_text(a['stride'])}" if a["stride"] != 1 else ""
         groups = f"g{a['groups']}" if a.get("groups", 1) != 1 else ""
         return f"Conv{dims_text(a['kernel'], rank(a['in_shape']))}{stride}{groups}({a['out_channels']})"
 
     def words(self, a):
         r = rank(a["in_shape"])
-        stride = f" /{a['stride']}" if a["stride"] != 1 else ""
+        stride = f" /{axes_text(a['stride'])}" if a["stride"] != 1 else ""
         size = "x".join(map(str, a["out_shape"][1:]))
         return (f"conv {dims_text(a['kernel'], r)}{stride}",
                 f"{a['in_channels']} → {a['out_channels']} ch · {size}")
 
     def describe(self, a):
-        return (f"conv {dims_text(a['kernel'], rank(a['in_shape']))} stride {a['stride']} "
-                f"padding {a['padding']}")
+        return (f"conv {dims_text(a['kernel'], rank(a['in_shape']))} stride {axes_text(a['stride'])} "
+                f"padding {axes_text(a['padding'])}")
 
     def constructor(self, a):
         kwargs = {"stride": a["stride"]} if a["stride"] != 1 else {}
@@ -414,7 +437,7 @@ class Pool(OpKind):
     saves = "input"
 
     @staticmethod
-    def make(name: str, shape: Shape, mode: str, kernel: int, stride: int, padding: int) -> Op:
+    def make(name: str, shape: Shape, mode: str, kernel: Axes, stride: Axes, padding: Axes) -> Op:
         out = (shape[0], *_sized(shape, kernel, stride, padding))
         return Op(name, "pool", shape, out, attrs=(("mode", mode), ("kernel", kernel), ("stride", stride),
                                                    ("padding", padding), ("global", False)))
@@ -433,7 +456,7 @@ class Pool(OpKind):
 
     def least_input(self, a):
         if a["mode"] == "avg" and rank(a["in_shape"]) == 3:
-            return a["kernel"]  # PyTorch's avg_pool3d checks the unpadded input against the kernel
+            return per_axis(a["kernel"], 3)  # PyTorch's avg_pool3d checks the unpadded input against the kernel
         return super().least_input(a)
 
     def _mode(self, a) -> str:
@@ -442,18 +465,19 @@ class Pool(OpKind):
     def token(self, a):
         if a["global"]:
             return f"Global{self._mode(a)}Pool"
-        return f"{self._mode(a)}Pool{dims_text(a['kernel'], rank(a['in_shape']))}/{a['stride']}"
+        return f"{self._mode(a)}Pool{dims_text(a['kernel'], rank(a['in_shape']))}/{axes_text(a['stride'])}"
 
     def words(self, a):
         out = "x".join(map(str, a["out_shape"]))
         if a["global"]:
             return f"global {a['mode']}pool", out
-        pad = f" pad {a['padding']}" if a["padding"] else ""
-        return f"{a['mode']}pool {dims_text(a['kernel'], rank(a['in_shape']))} /{a['stride']}{pad}", out
+        pad = f" pad {axes_text(a['padding'])}" if a["padding"] else ""
+        return f"{a['mode']}pool {dims_text(a['kernel'], rank(a['in_shape']))} /{axes_text(a['stride'])}{pad}", out
 
     def describe(self, a):
-        pad = f" padding {a['padding']}" if a["padding"] else ""
-        return f"{a['mode']} pool {dims_text(a['kernel'], rank(a['in_shape']))} stride {a['stride']}{pad}"
+        pad = f" padding {axes_text(a['padding'])}" if a["padding"] else ""
+        return (f"{a['mode']} pool {dims_text(a['kernel'], rank(a['in_shape']))} stride "
+                f"{axes_text(a['stride'])}{pad}")
 
     def constructor(self, a):
         r = rank(a["in_shape"])

@@ -131,16 +131,21 @@ class Summary:
         lines += [rule, table[0], rule, *table[1:-1], rule, table[-1], rule]
         mem = self.memory()
         m = a.min_input_size
+        # a feature vector (an MLP) has features, and no receptive field or input size to state
+        shape_facts = (f"final features {a.channels:,}" if rank == 0 else
+                       f"final channels {a.channels:,} · receptive field {a.receptive_field:,} "
+                       f"{_UNITS.get(rank, 'px')}")
+        task = f" · {a.network.task}" if a.network.task == "regression" else ""
         lines += [
             f"params {a.params:,} ({si(a.params)}) · buffers {a.buffers:,} · MACs {si(a.macs)} · "
             f"FLOPs {si(a.flops)}",
-            f"depth {a.depth} · connections {a.connections:,} · final channels {a.channels:,} · "
-            f"receptive field {a.receptive_field:,} {_UNITS.get(rank, 'px')}",
+            f"depth {a.depth} · connections {a.connections:,} · {shape_facts}{task}",
             f"memory at batch {self.batch}, {self.dtype}: training {binary(mem['standard'])} "
             f"(standard), {binary(mem['efficient'])} (efficient); inference {binary(mem['inference'])}",
-            f"min input {size_text(m.eval, rank)} (inference), {size_text(m.train, rank)} "
-            "(training with batch 1)",
         ]
+        if rank > 0:
+            lines.append(f"min input {size_text(m.eval, rank)} (inference), {size_text(m.train, rank)} "
+                         "(training with batch 1)")
         return "\n".join(lines)
 
 
@@ -321,18 +326,20 @@ class Explanation:
 
     def text(self) -> str:
         b = self.block
+        # an MLP's block concatenates feature vectors: the same table, in its words
+        map_, unit = ("vector", "features") if len(b.in_shape) == 1 else ("map", "channels")
         head = (f"{b.name}: {b.layers} layers, growth {b.growth}, {b.in_channels} + "
-                f"{b.growth}·{b.layers} = {b.out_channels} channels, {b.connections:,} connections")
+                f"{b.growth}·{b.layers} = {b.out_channels} {unit}, {b.connections:,} connections")
         where = f"  ({_where(b.span)}: {_statement(b.span)})" if b.span else ""
         lines = [head + where] + ([f"each layer: {self.recipe}"] if self.recipe else [])
         for li in self.layers:
             lines.append("")
-            maps = "1 map" if len(li.inputs) == 1 else f"{len(li.inputs)} maps"
+            maps = f"1 {map_}" if len(li.inputs) == 1 else f"{len(li.inputs)} {map_}s"
             lines.append(f"denselayer{li.layer} concatenates {maps}, "
-                         f"{li.in_channels} channels:")
+                         f"{li.in_channels} {unit}:")
             body = [(i.map.split(".")[-1], f"{i.channels}", i.made_by,
                      f"{_where(i.span)}: {_statement(i.span)}" if i.span else "") for i in li.inputs]
-            lines += ["  " + t for t in _table(("map", "channels", "made by", "from"), body, {1})]
+            lines += ["  " + t for t in _table((map_, unit, "made by", "from"), body, {1})]
         return "\n".join(lines)
 
 

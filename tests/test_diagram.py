@@ -101,13 +101,15 @@ def assert_corresponds(a: Analysis, g: graphviz.Digraph, expanded: set[int]) -> 
             for layer in range(1, b.layers + 1):
                 label = _attr(nodes[f"{b.name}.denselayer{layer}"], "label")
                 cin = b.in_channels + b.growth * (layer - 1)
-                assert (f"{cin} → {b.growth} ch" in label or f">{cin}<" in label), label
+                unit = "ch" if len(b.in_shape) > 1 else "features"
+                assert (f"{cin} → {b.growth} {unit}" in label or f">{cin}<" in label), label
             # a map's size reads 64x8x8; a feature vector's (an MLP's) is its width alone
             shown = f"{b.out_shape[0]}x" if len(b.out_shape) > 1 else f">{b.out_shape[0]}<"
             assert shown in _attr(nodes[f"{b.name}.out"], "label")
         else:
             assert dense == []
-            assert f"{b.in_channels} → {b.out_channels} ch" in _attr(nodes[b.name], "label")
+            unit = "ch" if len(b.in_shape) > 1 else "features"
+            assert f"{b.in_channels} → {b.out_channels} {unit}" in _attr(nodes[b.name], "label")
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,8 @@ def test_zoo_overview_is_one_node_per_stage(path: Path) -> None:
     assert edges == [(u, v, "flow") for u, v in zip(names, names[1:])]
     for s in a.stages:
         label = _attr(nodes[s.name], "label")
-        assert f"{s.in_shape[0]} → {s.out_shape[0]} ch" in label or s.kind == "head", label
+        unit = "ch" if len(s.in_shape) > 1 else "features"  # an MLP's widths count features
+        assert f"{s.in_shape[0]} → {s.out_shape[0]} {unit}" in label or s.kind == "head", label
     caption = re.search(r"^\tlabel=(.*)$", diagram.to_digraph(a).source, re.M).group(1)
     assert f"{a.params:,} params" in caption and f"{a.connections:,} dense connections" in caption
 

@@ -88,3 +88,194 @@ def test_linear_layers_on_a_map_are_a_located_error():
     assert "feature vector" in diags[0].message and "3x8x8 map" in diags[0].message
     diags = errors("network m {\n input 3x8x8\n stem {\n  linear 8\n }\n}\n")
     assert [x.code for x in diags] == [d.WRONG_DATA_KIND]
+
+
+# --- the model, its memory, its exports --------------------------------------------------------
+
+# every vector op: stem linear/norm/relu/dropout, a bottleneck, each norm, a post-activation
+# block, two blocks in a row, a linear transition, a head with norm and a hidden layer
+RICH = """network rich {
+    input 12
+    stem {
+        linear 16
+        norm
+        relu
+        dropout 0.1
+    }
+    dense layers=3 growth=8 bottleneck=2 norm=batch dropout=0.2
+    transition compression=0.5 dropout=0.1
+    dense layers=2 growth=4 norm=layer activation=gelu order=post
+    dense layers=2 growth=4 norm=none activation=relu bias=false
+    head classes=3 norm=true hidden=[8] dropout=0.2
+}
+"""
+
+
+def _model(text: str, **kwargs):
+    from densedsl.compiler import build_model
+    net = densedsl.parse(text).network
+    return net, analyze(net), build_model(net, **kwargs)
+
+
+def test_the_compiled_mlp_is_the_analysis():
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    net, a, model = _model(RICH)
+    assert sum(p.numel() for p in model.parameters()) == a.params
+    assert sum(b.numel() for n_, b in model.named_buffers() if "num_batches" not in n_) == a.buffers
+    assert len(model.state_dict()) == a.state_dict_entries
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        y = model(torch.randn(5, 12))
+    assert counter.get_total_flops() == 5 * a.flops  # the analysis counts one sample
+    assert tuple(y.shape) == (5, *a.output_shape) == (5, 3)
+    # the recipe, in torch's classes: BatchNorm1d, GroupNorm(1, F) as layer norm, Linear
+    layer = model.features.denseblock2.denselayer1
+    assert [type(m).__name__ for m in layer.children()] == ["Linear", "GroupNorm", "GELU"]
+    assert layer.norm1.num_groups == 1 and type(model.features.norm0).__name__ == "BatchNorm1d"
+    assert model.features.denseblock1.denselayer1.linear1.out_features == 2 * 8  # the bottleneck
+    assert model.features.transition1.linear.out_features == (16 + 3 * 8) // 2
+
+
+def _saved_bytes(model, x) -> int:
+    """Distinct storages autograd keeps for backward, parameters and buffers excluded."""
+    import torch
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    return sum(v for k, v in seen.items() if k not in weights)
+
+
+@pytest.mark.parametrize("text", [
+    RICH.replace("    dropout 0.1\n", "").replace(" dropout=0.2", "").replace(" dropout=0.1", ""),
+    SEED.read_text().replace("dropout=0.4 ", "").replace("        dropout 0.2\n", "")])
+def test_standard_memory_is_what_autograd_saves(text):
+    """Exactly, without dropout: on the CPU torch's dropout keeps a float noise tensor where the
+    analysis counts CUDA's one-byte mask."""
+    torch = pytest.importorskip("torch")
+    net, a, model = _model(text)
+    assert not any(kind == "dropout" for _, kind in a.graph.nodes(data="kind"))
+    assert _saved_bytes(model.train(), torch.randn(4, *net.input)) == a.memory(4)
+
+
+def test_efficient_mode_computes_the_same_gradients_and_keeps_less():
+    torch = pytest.importorskip("torch")
+    text = "network m {\n input 12\n dense layers=6 growth=8 bottleneck=2\n head classes=3\n}\n"
+    net, a, standard = _model(text)
+    _, _, efficient = _model(text, memory="efficient")
+    efficient.load_state_dict(standard.state_dict())
+    x = torch.randn(4, 12)
+    standard(x).square().sum().backward()
+    efficient(x).square().sum().backward()
+    for (name, p), q in zip(standard.named_parameters(), efficient.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    assert a.memory(4, mode="efficient") < a.memory(4)
+
+
+def test_a_relu_that_opens_a_layer_without_norm_leaves_the_block_input_alone():
+    """Pre-activation with norm=none: layer 1's ReLU reads the block input itself, which the
+    block's output concatenates too; run in place, negative inputs would come out as 0."""
+    torch = pytest.importorskip("torch")
+    _, _, model = _model("network m {\n input 6\n dense layers=1 growth=2 norm=none\n}\n")
+    x = -torch.rand(3, 6) - 0.1
+    with torch.no_grad():
+        out = model.eval()(x.clone())
+    torch.testing.assert_close(out[:, :6], x)
+
+
+def test_the_inference_engine_leaves_an_mlp_on_the_plain_path():
+    torch = pytest.importorskip("torch")
+    from densedsl.compiler import build_model
+    net = densedsl.parse(RICH).network
+    accelerated, plain = build_model(net), build_model(net, engine=False)
+    plain.load_state_dict(accelerated.state_dict())
+    assert accelerated.engine is None
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(accelerated.eval()(x), plain.eval()(x), rtol=0, atol=0)
+
+
+def _randomised(model):
+    import torch
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def test_python_export_rebuilds_the_mlp_with_the_same_outputs():
+    torch = pytest.importorskip("torch")
+    from densedsl.export import python_source
+    from densedsl.modules import DenseNet
+    for text in (RICH, SEED.read_text()):
+        net = densedsl.parse(text).network
+        model = _randomised(DenseNet(net))
+        namespace: dict = {"__name__": "generated"}
+        exec(compile(python_source(net), "generated.py", "exec"), namespace)
+        generated = namespace["build"]()
+        generated.load_state_dict(model.state_dict(), strict=True)
+        x = torch.randn(2, *net.input)
+        with torch.no_grad():
+            torch.testing.assert_close(generated.eval()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_the_mlp_matches_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from densedsl.export import write_onnx
+    from densedsl.modules import DenseNet
+    model = _randomised(DenseNet(densedsl.parse(RICH).network))
+    out = tmp_path / "rich.onnx"
+    write_onnx(model, out)
+    onnx.checker.check_model(onnx.load(str(out)))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(7, 12)  # another batch size than the export's example
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model.eval()(x), rtol=1e-3, atol=1e-4)
+
+
+# --- reports and diagrams ------------------------------------------------------------------------
+
+def test_batch_norm_in_an_mlp_warns_that_a_batch_of_one_cannot_train():
+    (warning,) = analyze(mlp(" dense layers=2 growth=4\n head classes=2").network).diagnostics
+    assert warning.code is d.TRAIN_TOO_SMALL and "one value per feature" in warning.message
+    assert "norm=layer" in warning.hint
+    assert analyze(mlp(" dense layers=2 growth=4 norm=layer\n head classes=2").network).diagnostics == ()
+
+
+def test_summary_and_explain_speak_of_features():
+    from densedsl import report
+    a = analyze(densedsl.load(SEED).network)
+    text = report.summary(a).text()
+    assert "final features 1,088 · regression" in text
+    assert "receptive field" not in text and "min input" not in text
+    explained = report.explain(a, 2).text()
+    assert "denseblock2: 4 layers, growth 64, 320 + 64·4 = 576 features, 10 connections" in explained
+    assert "denselayer4 concatenates 4 vectors, 512 features:" in explained
+    assert "each layer: Linear(64)-Dropout(0.4)" in explained
+
+
+@pytest.mark.parametrize("detail", ["overview", "blocks", "layers"])
+def test_diagrams_draw_every_concatenation(detail):
+    from densedsl import diagram
+    a = analyze(densedsl.load(SEED).network)
+    source = diagram.to_digraph(a, detail=detail).source
+    if detail == "layers":
+        assert source.count("kind=dense") + source.count('class=dense') >= 0
+        for b in range(1, 5):
+            assert f"denseblock{b}.denselayer4" in source
+        assert "832 → 64 features" in source
+    else:
+        assert "64 → 320 features" in source
+    assert " ch" not in source.replace("ch=", "")
