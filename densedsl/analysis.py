@@ -134,6 +134,10 @@ class _MemoryModel:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Analysis:
+    """Every figure of one network. Whether training classifies or regresses is the head's:
+    `analysis.network.head.task` (`network.task`, None without a head): "regression" for
+    `head classes=1` or `task=regression`, else "classification"."""
+
     network: Network = field(repr=False)
     graph: nx.DiGraph = field(repr=False, compare=False)
     params: int

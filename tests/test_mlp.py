@@ -279,3 +279,21 @@ def test_diagrams_draw_every_concatenation(detail):
     else:
         assert "64 → 320 features" in source
     assert " ch" not in source.replace("ch=", "")
+
+
+def test_editors_offer_the_mlp_words():
+    """Completion reads the resolver's tables and the network's field types; the TextMate
+    grammar lists the same words (tests/test_editors.py keeps its ops in step)."""
+    import json
+    pytest.importorskip("lsprotocol")
+    from densedsl import resolve
+    from densedsl.lsp.features import enumerated_values
+    assert "linear" in resolve.STEM_OPS and {"kind", "norm"} <= set(resolve.DENSE_SETTINGS)
+    assert enumerated_values("dense", "kind") == ("conv", "linear")
+    assert enumerated_values("head", "task") == ("classification", "regression")
+    assert "none" in enumerated_values("dense", "activation")
+    assert enumerated_values("linear", "bias") == ("true", "false")
+    grammar = (SPECS.parent / "grammars" / "densedsl.tmLanguage.json").read_text()
+    values = next(p["match"] for p in json.loads(grammar)["repository"]["value"]["patterns"]
+                  if "keyword values" in p.get("comment", ""))
+    assert all(word in values for word in ("linear", "classification", "regression", "layer"))

@@ -23,11 +23,12 @@ import densedsl  # noqa: E402
 from densedsl.strategies import family_texts, networks  # noqa: E402
 
 SMALL = dict(max_blocks=3, max_layers=4, growth=(1, 8), ranks=(1, 2, 3))
+WITH_MLPS = {**SMALL, "ranks": (0, 1, 2, 3)}  # rank 0: feature vectors, MLPs of linear layers
 PROMISES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROMISES
-@given(networks(**SMALL))
+@given(networks(**WITH_MLPS))
 def test_counts_shapes_and_flops_equal_the_analysis(network):
     a = analyze(network)
     model = build_model(network).eval()
@@ -132,7 +133,7 @@ def test_densenet121_minimum_sizes_match_pytorch():
 
 
 @PROMISES
-@given(family_texts(**SMALL))
+@given(family_texts(**WITH_MLPS))
 def test_networks_written_as_families_compile_to_what_the_analysis_counts(drawn):
     """Lists and `for … between` are front-end only: the model of the family text is the analysed one."""
     _, text = drawn

@@ -32,7 +32,8 @@ from .document import (NetworkState, Snapshot, innermost_statement, names, param
 # themselves come from resolve.py's tables; tests/test_lsp.py checks that both agree.
 DOCS: dict[str, str] = {
     # statements
-    "input": "the input shape, channels x height x width: input 3x224x224",
+    "input": "the input shape, channels x height x width (input 3x224x224), or a feature vector's "
+             "width (input 20: an MLP)",
     "defaults": "settings every dense block and transition inherits",
     "stem": "the ops before the first dense block: stem { conv 64 kernel=7 stride=2 … }",
     "dense": "a dense block: layers L, each adding growth k channels",
@@ -62,7 +63,8 @@ DOCS: dict[str, str] = {
     "order": "pre: BN-ReLU-Conv (the paper); post: Conv-BN-ReLU",
     "hidden": "widths of fully-connected layers before the classifier: hidden=[512, 256]",
     "groups": "a dense layer's growth conv in groups (must divide its input and output channels)",
-    "activation": "a dense layer's activation: relu (the paper), relu6, leaky_relu, silu, gelu or elu",
+    "activation": "a dense layer's activation: relu (the paper), relu6, leaky_relu, silu, gelu, elu "
+                  "or none",
     "compression": "θ in (0, 1]: a transition emits ⌊θ·m⌋ of its m input channels",
     "channels": "a transition's output channels (instead of compression); as a figure: the "
                 "channels of the final feature map",
@@ -92,7 +94,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 _BUILDS: dict[str, tuple[type, ...]] = {
     "dense": (n.DenseBlock,), "transition": (n.Transition,), "head": (n.Head,),
     "defaults": (n.DenseBlock, n.Transition), "conv": (n.Conv,), "maxpool": (n.Pool,),
-    "avgpool": (n.Pool,),
+    "avgpool": (n.Pool,), "linear": (n.Linear,),
 }
 
 
