@@ -21,7 +21,8 @@ from typing import Any, Iterator, Union, assert_never
 
 from . import network as n
 from .network import DenseBlock, Head, Network, Stem, Transition
-from .ops import Activation, Conv, Dropout, Flatten, GroupNorm, Linear, Norm, Op, Pool, ReLU, Shape, numel, window_out
+from .ops import (Activation, Axes, Conv, Dropout, Flatten, GroupNorm, Linear, Norm, Op, Pool, ReLU, Shape,
+                  dims_text, numel, per_axis, window_out)
 
 __all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
            "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
@@ -121,7 +122,8 @@ def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, 
     A block of linear layers (an MLP's) has the same recipe with `linear{i}` for `conv{i}`.
     """
     k = block.growth
-    grow = (k, block.kernel, block.kernel // 2, block.groups)  # the growth conv keeps the size
+    half = tuple(x // 2 for x in block.kernel) if isinstance(block.kernel, tuple) else block.kernel // 2
+    grow = (k, block.kernel, half, block.groups)  # the growth conv keeps the size
     convs = [(block.bottleneck * k, 1, 0, 1), grow] if block.bottleneck else [grow]
     ops: list[Op] = []
     prefix = f"{module}." if module else ""

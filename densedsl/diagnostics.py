@@ -84,6 +84,7 @@ DATA_MISMATCH = Code("E207", "data-mismatch", "the spec's input shape or classes
 NO_DATA = Code("E208", "no-data", "a data set, or a split of it, with no examples")
 BAD_GROUPS = Code("E209", "bad-groups", "a grouped convolution or group norm whose groups do not divide its channels")
 WRONG_DATA_KIND = Code("E210", "wrong-data-kind", "an op for maps on a feature vector, or a linear layer on a map")
+WRONG_RANK = Code("E211", "wrong-rank", "a kernel, stride or padding with more or fewer dimensions than the input has axes")
 
 # E3xx: resources and expectations
 TOO_MANY_PARAMS = Code("E301", "too-many-params", "the parameters (counted on the graph) exceed --max-params")

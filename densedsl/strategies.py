@@ -38,21 +38,39 @@ _VECTOR_NORMS = ("batch", "layer", "none")      # what an MLP's dense layers tak
 _MAP_NORMS = ("batch", "group", "instance", "layer", "none")  # a conv layer's; batch first (the paper's)
 
 
+def _axes(draw, choices: tuple[int, ...], rank: int, per_axis: bool):
+    """One number for every axis, or (sometimes, rank ≥ 2, `per_axis`) one per axis: `1x7`;
+    equal numbers collapse, as the resolver does."""
+    if per_axis and rank >= 2 and draw(st.booleans()):
+        values = tuple(draw(st.sampled_from(choices)) for _ in range(rank))
+        return values if len(set(values)) > 1 else values[0]
+    return draw(st.sampled_from(choices))
+
+
 @st.composite
-def _stem(draw) -> Stem:
+def _paddings(draw, kernel, rank: int):
+    """A padding of at most kernel//2 along each axis (PyTorch's pooling bound)."""
+    if isinstance(kernel, tuple):
+        values = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+        return values if len(set(values)) > 1 else values[0]
+    return draw(st.integers(0, kernel // 2))
+
+
+@st.composite
+def _stem(draw, rank: int = 2, per_axis: bool = False) -> Stem:
     if not draw(st.booleans()):
         return Stem()
     ops: list = []
-    kernel = draw(st.sampled_from((3, 1, 5, 7)))
+    kernel = _axes(draw, (3, 1, 5, 7), rank, per_axis)
     ops.append(Conv(out_channels=draw(st.integers(1, 32)), kernel=kernel,
-                    stride=draw(st.sampled_from((1, 2))), padding=draw(st.integers(0, kernel // 2)),
+                    stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(kernel, rank)),
                     bias=draw(st.booleans())))
     if draw(st.booleans()):
         ops += [Norm(), ReLU()]
     if draw(st.booleans()):
-        k = draw(st.sampled_from((2, 3)))
+        k = _axes(draw, (2, 3), rank, per_axis)
         ops.append(Pool(mode=draw(st.sampled_from(("max", "avg"))), kernel=k,
-                        stride=draw(st.sampled_from((1, 2))), padding=draw(st.integers(0, k // 2))))
+                        stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(k, rank))))
     if draw(st.booleans()):
         ops.append(Dropout(rate=draw(st.sampled_from(_RATES[1:]))))
     return Stem(ops=tuple(ops))
@@ -111,14 +129,14 @@ def _head(draw, *, vector: bool) -> Head:
 
 @st.composite
 def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
-           growth: tuple[int, int]) -> DenseBlock:
+           growth: tuple[int, int], rank: int = 2, per_axis: bool = False) -> DenseBlock:
     use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
     k = draw(st.integers(*growth))
     return DenseBlock(
         index=index, layers=draw(st.integers(1, max_layers)), growth=k,
         bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None,
         dropout=draw(st.sampled_from(_RATES)), bias=draw(st.booleans()),
-        activation=draw(st.sampled_from(_ACTIVATIONS)), kernel=draw(st.sampled_from((3, 1, 5))),
+        activation=draw(st.sampled_from(_ACTIVATIONS)), kernel=_axes(draw, (3, 1, 5), rank, per_axis),
         # groups divide the growth, hence the bottleneck's width; without one the input varies
         groups=draw(st.sampled_from([g for g in range(1, 5) if k % g == 0])) if use_bottleneck else 1,
         order=draw(st.sampled_from(("pre", "post"))),
@@ -149,26 +167,26 @@ def _fit_norm_groups(draw, stages: list, channels: int, stem: Stem) -> list:
 
 
 @st.composite
-def _transition(draw, index: int) -> Transition:
+def _transition(draw, index: int, rank: int = 2, per_axis: bool = False) -> Transition:
     if draw(st.booleans()):
         compression, channels = draw(st.sampled_from(_COMPRESSIONS)), None
     else:
         compression, channels = None, draw(st.integers(1, 32))
-    kernel = draw(st.sampled_from((2, 3)))
+    kernel = _axes(draw, (2, 3), rank, per_axis)
     pool = Pool(mode=draw(st.sampled_from(("avg", "max"))), kernel=kernel,
-                stride=draw(st.sampled_from((2, 1))), padding=draw(st.integers(0, kernel // 2)))
+                stride=_axes(draw, (2, 1), rank, per_axis), padding=draw(_paddings(kernel, rank)))
     # pool=none: the 1x1 conv downsamples (stride 2) or keeps the size
     pooled = draw(st.booleans().map(lambda b: not b))
     return Transition(index=index, compression=compression, channels=channels,
                       bias=draw(st.booleans()), dropout=draw(st.sampled_from(_RATES)),
-                      pool=pool if pooled else None, stride=1 if pooled else draw(st.sampled_from((2, 1))))
+                      pool=pool if pooled else None, stride=1 if pooled else _axes(draw, (2, 1), rank, per_axis))
 
 
 @st.composite
 def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool | None = None,
              growth: tuple[int, int] = (1, 16), input_sizes: tuple[int, int] = (1, 48),
              input_channels: tuple[int, int] = (1, 4), head: bool | None = None,
-             ranks: tuple[int, ...] = (2,), same_transitions: bool = False) -> Network:
+             ranks: tuple[int, ...] = (2,), same_transitions: bool = False, per_axis: bool = True) -> Network:
     """A valid Network: blocks separated by transitions, maps never below 1x1.
 
     `bottleneck` True/False forces bottleneck layers on/off (None: either); `input_sizes` bounds
@@ -177,20 +195,23 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     ranks to draw from (0: feature vectors F, i.e. MLPs of linear layers with `input_channels`
     bounding F; 1: signals CxL, 2: images CxHxW, 3: volumes CxDxHxW; a volume's side is
     bounded by input_sizes' upper bound to the power 2/3, so it holds about as many values).
-    `same_transitions` makes every transition the same (as `family_text` writes them).
+    `same_transitions` makes every transition the same (as `family_text` writes them);
+    `per_axis` lets windows differ between axes (`kernel=1x7`; lists cannot hold those, so
+    `family_texts` turns it off).
     """
     rank = draw(st.sampled_from(ranks))
     if rank == 0:
         return draw(_mlp(max_blocks=max_blocks, max_layers=max_layers, bottleneck=bottleneck, growth=growth,
                          input_channels=input_channels, head=head, same_transitions=same_transitions))
-    stem = draw(_stem())
+    stem = draw(_stem(rank, per_axis))
     stages: list = []
     blocks = draw(st.integers(1, max_blocks))
-    first = draw(_transition(1)) if same_transitions and blocks > 1 else None
+    first = draw(_transition(1, rank, per_axis)) if same_transitions and blocks > 1 else None
     for i in range(1, blocks + 1):
         if i > 1:
-            stages.append(replace(first, index=i - 1) if first else draw(_transition(i - 1)))
-        stages.append(draw(_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth)))
+            stages.append(replace(first, index=i - 1) if first else draw(_transition(i - 1, rank, per_axis)))
+        stages.append(draw(_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth,
+                                  rank=rank, per_axis=per_axis)))
     with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
     net_head = None
     if with_head:
@@ -230,6 +251,11 @@ def _mlp(draw, *, max_blocks: int, max_layers: int, bottleneck: bool | None, gro
                    head=draw(_head(vector=True)) if with_head else None)
 
 
+def _ax(value) -> str:
+    """A window value as a spec writes it: `3`, or `1x7` per axis."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _bool(b: bool) -> str:
     return "true" if b else "false"
 
@@ -243,10 +269,10 @@ def _num(x) -> str:
 def _stem_op_text(op: StemOp) -> str:
     match op:
         case Conv():
-            return (f"conv {op.out_channels} kernel={op.kernel} stride={op.stride} "
-                    f"padding={op.padding} bias={_bool(op.bias)}")
+            return (f"conv {op.out_channels} kernel={_ax(op.kernel)} stride={_ax(op.stride)} "
+                    f"padding={_ax(op.padding)} bias={_bool(op.bias)}")
         case Pool():
-            return f"{op.mode}pool kernel={op.kernel} stride={op.stride} padding={op.padding}"
+            return f"{op.mode}pool kernel={_ax(op.kernel)} stride={_ax(op.stride)} padding={_ax(op.padding)}"
         case Dropout():
             return f"dropout {_num(op.rate)}"
         case Norm():
@@ -274,13 +300,13 @@ def _stage_text(s: Stage, vector: bool = False) -> str:
             return (f"dense layers={s.layers} growth={s.growth} "
                     f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
                     f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
-                    f"activation={s.activation} kernel={s.kernel} groups={s.groups} norm={s.norm}"
+                    f"activation={s.activation} kernel={_ax(s.kernel)} groups={s.groups} norm={s.norm}"
                     + (f" norm_groups={s.norm_groups}" if s.norm == "group" else ""))
         case Transition():
             size = (f"compression={_num(s.compression)}" if s.channels is None
                     else f"channels={s.channels}")
-            pool = (f"pool={s.pool.mode} kernel={s.pool.kernel} stride={s.pool.stride} "
-                    f"padding={s.pool.padding}" if s.pool else f"pool=none stride={s.stride}")
+            pool = (f"pool={s.pool.mode} kernel={_ax(s.pool.kernel)} stride={_ax(s.pool.stride)} "
+                    f"padding={_ax(s.pool.padding)}" if s.pool else f"pool=none stride={_ax(s.stride)}")
             return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} {pool}"
         case _:
             assert_never(s)
@@ -348,7 +374,7 @@ def family_text(network: Network) -> str:
 
 
 def _head_text(hd: Head, vector: bool = False) -> str:
-    window = f" kernel={hd.window[0]} stride={hd.window[1]}" if hd.window else ""
+    window = f" kernel={_ax(hd.window[0])} stride={_ax(hd.window[1])}" if hd.window else ""
     pool = "" if vector else f" pool={hd.pool}{window}"  # a vector is not pooled (E210)
     return (f"head classes={hd.classes} norm={_bool(hd.norm)}{pool} dropout={_num(hd.dropout)} "
             f"hidden=[{', '.join(map(str, hd.hidden))}] activation={hd.activation} task={hd.task}")
@@ -357,7 +383,7 @@ def _head_text(hd: Head, vector: bool = False) -> str:
 @st.composite
 def family_texts(draw, **knobs) -> tuple[Network, str]:
     """A drawn network (with equal transitions) and its `family_text`."""
-    network = draw(networks(same_transitions=True, **knobs))
+    network = draw(networks(same_transitions=True, per_axis=False, **knobs))
     if len({b.norm == "group" for b in network.blocks}) > 1:
         # one loop writes norm_groups for every block or none: mixed blocks take layer norm
         network = replace(network, stages=tuple(

@@ -270,6 +270,8 @@ def _describe_expected(expected: list[str]) -> str:
         names -= {"LSQB", "TIMES"}
     if "NAME" in names:
         names.discard("FOR")
+    if not names - {"NUMBER", "NAME", "LPAR", "PLUS", "MINUS", "LSQB", "SHAPE"}:
+        names.discard("SHAPE")  # after `kernel=`: `1x7` is a value too, and "a value" says it
     items = []
     if "NUMBER" in names:
         names -= {"NUMBER", "NAME", "LPAR", "PLUS", "MINUS"} - ({"NAME"} if "EQUAL" in names else set())
@@ -323,10 +325,15 @@ def _translate(source: Source, e: lark.UnexpectedInput) -> d.Diagnostic:
             hint = "settings are written name=value, e.g. layers=6"
         elif "NETWORK" in expected:
             hint = "a spec file holds networks: network NAME { ... }"
+        elif token.type == "EQUAL" and re.search(r"(?<![A-Za-z0-9_])x\s*$", source.text[:token.start_pos]):
+            # `layers=3 x=1`: after a value, x was read as the dimension separator
+            hint = ("after a value, 'x' separates dimensions (input 3 x size x size, kernel=1 x k); "
+                    "no setting is called x")
         elif token.type == "EQUAL":
             hint = "a setting needs a name before '=': e.g. growth=32"
         elif token.type == "TIMES":
-            hint = "after a value, 'x' separates input dimensions (input 3 x size x size); no setting is called x"
+            hint = ("after a value, 'x' separates dimensions (input 3 x size x size, kernel=1 x k); "
+                    "no setting is called x")
         return d.Diagnostic(d.SYNTAX, f"unexpected {found}: expected {wanted}", span, hint)
     return d.Diagnostic(d.SYNTAX, str(e).splitlines()[0], source.end_span())
 

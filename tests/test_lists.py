@@ -288,4 +288,4 @@ def test_nested_loops_are_bounded_by_their_steps_not_only_by_their_stages():
 
 def test_an_x_after_a_value_explains_itself():
     (diag,) = diagnostics_of("network n {\n    input 3x8x8\n    dense layers=3 x=1 growth=2\n}\n")
-    assert diag.code is d.SYNTAX and "separates input dimensions" in diag.hint
+    assert diag.code is d.SYNTAX and "separates dimensions (input 3 x size x size" in diag.hint

@@ -84,21 +84,28 @@ def test_feature_maps_are_what_feature_info_says(network):
 
 def _stride_before(network, block_name: str) -> int:
     """The product of every stride before a block (or the stem's tap, before its trailing pools
-    and dropouts): its reduction, derived from the spec alone."""
+    and dropouts): its reduction, derived from the spec alone. With per-axis strides (`stride=1x2`)
+    each axis has its own product; the reduction is the largest."""
+    return max(_strides_before(network, block_name, axis) for axis in range(len(network.input) - 1))
+
+
+def _strides_before(network, block_name: str, axis: int) -> int:
+    def along(value) -> int:
+        return value[axis] if isinstance(value, tuple) else value
     stride = 1
     stem = list(network.stem.ops)
     if block_name == "stem":
         while isinstance(stem[-1], (Pool, Dropout)):
             stem.pop()
     for op in stem:
-        stride *= getattr(op, "stride", 1)
+        stride *= along(getattr(op, "stride", 1))
     if block_name == "stem":
         return stride
     for stage in network.stages:
         if f"denseblock{getattr(stage, 'layers', None) and stage.index}" == block_name:
             return stride
         if hasattr(stage, "pool"):
-            stride *= stage.pool.stride if stage.pool else stage.stride  # pool=none: the conv's
+            stride *= along(stage.pool.stride if stage.pool else stage.stride)  # pool=none: the conv's
     raise AssertionError(block_name)
 
 
