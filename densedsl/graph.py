@@ -200,7 +200,7 @@ def _check_data_kind(network: Network) -> list[d.Diagnostic]:
         diags.append(d.Diagnostic(d.WRONG_DATA_KIND, f"{what} needs {needs}, but {data}", span, hint))
 
     for op in network.stem.ops:
-        if False:
+        if vector and isinstance(op, (n.Conv, n.Pool)):
             refuse(f"the stem's {'conv' if isinstance(op, n.Conv) else 'pool'}", "a map", op.span)
         elif not vector and isinstance(op, n.Linear):
             refuse("the stem's linear layer", "a feature vector", op.span)

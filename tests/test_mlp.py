@@ -297,3 +297,19 @@ def test_editors_offer_the_mlp_words():
     values = next(p["match"] for p in json.loads(grammar)["repository"]["value"]["patterns"]
                   if "keyword values" in p.get("comment", ""))
     assert all(word in values for word in ("linear", "classification", "regression", "layer"))
+
+
+def test_efficient_mode_recomputes_no_linear_layer():
+    """Memory-efficient mode keeps each layer's Linear outputs (as the analysis counts them) and
+    recomputes only the cheap ops: its backward costs the FLOPs of the standard one."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    text = "network m {\n input 12\n dense layers=3 growth=8 bottleneck=2\n head classes=3\n}\n"
+    flops = []
+    for memory in ("standard", "efficient"):
+        _, _, model = _model(text, memory=memory)
+        loss = model.train()(torch.randn(4, 12)).sum()
+        with FlopCounterMode(display=False) as counter:
+            loss.backward()
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 0
