@@ -295,13 +295,28 @@ ONNX_SPECS = {
     head classes=3
 }
 """,
+    "non-square-windows": """network n {
+    input 3x16x16
+    stem {
+        conv 8 kernel=1x7 stride=1x2
+        maxpool kernel=3x1 stride=2x1 padding=1x0
+    }
+    dense layers=2 growth=4 bottleneck=2 kernel=1x3
+    transition kernel=2x1 stride=2x1
+    dense layers=2 growth=4 kernel=3x5
+    transition pool=none stride=1x2
+    dense layers=1 growth=4
+    head classes=3 kernel=1x2 stride=1x2
+}
+""",
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(ONNX_SPECS))
 def test_layer_choices_export_to_onnx_and_run_alike(name, tmp_path):
-    """`compile -o x.onnx` of each construct: onnxruntime's output is the PyTorch model's."""
+    """`compile -o x.onnx` of each construct (norms, non-square windows too): onnxruntime's output
+    is the PyTorch model's."""
     torch = pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

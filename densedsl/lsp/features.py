@@ -69,9 +69,9 @@ DOCS: dict[str, str] = {
     "channels": "a transition's output channels (instead of compression); as a figure: the "
                 "channels of the final feature map",
     "pool": "avg or max pooling",
-    "kernel": "the pooling or convolution window",
-    "stride": "the step of the pooling or convolution window",
-    "padding": "zero padding on each side",
+    "kernel": "the pooling or convolution window: one number for every axis, or one per axis (1x7)",
+    "stride": "the step of the pooling or convolution window (one number, or one per axis: 1x2)",
+    "padding": "zero padding on each side (one number, or one per axis: 0x3)",
     "classes": "the classifier's outputs",
     "rate": "the dropout probability",
     # figures of `expect`
