@@ -340,7 +340,13 @@ def _resolved_stage(network: n.Network, stage: StageFigures) -> Any:
 
 
 def _read(resolved: Any, name: str) -> Any:
-    """A setting's resolved value: a field of the stage, of its pool, or of the head's window."""
+    """A setting's resolved value: a field of the stage, of its pool, or of the head's window (a
+    window per axis as the spec writes it: 1x7)."""
+    value = _field(resolved, name)
+    return n.axes_text(value) if name in ("kernel", "stride", "padding") and isinstance(value, tuple) else value
+
+
+def _field(resolved: Any, name: str) -> Any:
     pool = getattr(resolved, "pool", None)
     if isinstance(pool, n.Pool) and name in ("pool", "kernel", "stride", "padding"):
         return pool.mode if name == "pool" else getattr(pool, name)
