@@ -226,9 +226,9 @@ _MAX_DIM = 2**31 - 1   # torch sizes are int64, but no input or batch is anywher
 
 def _shape(text: str) -> tuple[int, ...]:
     parts = text.lower().split("x")
-    if not 2 <= len(parts) <= 4 or not all(p.isascii() and p.isdigit() and len(p) <= 10
+    if not 1 <= len(parts) <= 4 or not all(p.isascii() and p.isdigit() and len(p) <= 10
                                            and 0 < int(p) <= _MAX_DIM for p in parts):
-        raise argparse.ArgumentTypeError(f"expected CxHxW (or CxL, CxDxHxW) with positive integers up to "
+        raise argparse.ArgumentTypeError(f"expected CxHxW (or F, CxL, CxDxHxW) with positive integers up to "
                                          f"{_MAX_DIM}, e.g. 3x224x224, not {text!r:.60}")
     return tuple(int(p) for p in parts)
 

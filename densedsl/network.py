@@ -222,9 +222,11 @@ class Network:
         """The same network at another input shape.
 
         `expect macs/flops` state figures at the spec's own input size (and `params` too when a
-        fixed head window makes the classifier's width depend on it), so those are dropped.
+        fixed head window makes the classifier's width depend on it, or when the input is a
+        feature vector), so those are dropped.
         """
-        sized = {"macs", "flops"} | ({"params"} if self.head and self.head.window else set())
+        # an MLP's first linear layer takes every input feature: its params follow F too
+        sized = {"macs", "flops"} | ({"params"} if self.head and self.head.window or self.vector else set())
         return replace(self, input=tuple(shape),
                        expectations=tuple(e for e in self.expectations if e.key not in sized))
 

@@ -313,3 +313,23 @@ def test_efficient_mode_recomputes_no_linear_layer():
             loss.backward()
         flops.append(counter.get_total_flops())
     assert flops[0] == flops[1] > 0
+
+
+def test_summary_input_takes_a_feature_width(capsys):
+    """`--input 20` analyses the MLP at 20 features (its `expect params` no longer applies: the
+    stem's Linear takes every feature); on a conv network it is E210, exit 1."""
+    from densedsl import cli
+    assert cli.main(["summary", str(SEED), "--input", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "input 20 → 1" in out and f"{20 * 64 + 64 + 558_080 + 1_089:,}" in out
+    assert cli.main(["summary", str(SPECS / "densenet121.dense"), "--input", "20"]) == 1
+    assert "error[E210]" in capsys.readouterr().err
+
+
+def test_diff_of_two_mlps_names_the_blocks_that_changed():
+    from densedsl import report
+    old = analyze(densedsl.load(SEED).network)
+    new = analyze(densedsl.load(SEED, features=20).network)
+    text = report.diff(old, new).text()
+    assert "stem: +640 params" in text and "denseblock1" not in text  # only the stem's Linear grows
+    assert "559,873" in text and "560,513" in text
