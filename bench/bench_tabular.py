@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "d2l_flux_mlp.dense"
 
 # (label, train() settings): densedsl's tabular defaults (AdamW, lr 1e-3, 100 epochs, batch 64,
-# lr ×0.1 at 50% and 75%), and a longer cosine run.
+# lr ×0.1 at 50% and 75%), a shorter run and a longer cosine one.
 CONFIGS = [
+    ("AdamW lr 1e-3, 30 epochs, step", {"epochs": 30}),
     ("defaults: AdamW lr 1e-3, 100 epochs, step", {}),
     ("AdamW lr 1e-3, 300 epochs, cosine", {"epochs": 300, "schedule": "cosine"}),
 ]

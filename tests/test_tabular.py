@@ -324,7 +324,16 @@ def test_eval_on_another_csv_applies_the_trained_pipeline(tabular_run, tmp_path,
     other.write_text("price,colour,size,rooms,city,extra\n" + "".join(
         f"{100000 + i * 1000},red,{50 + i},3,B,x\n" for i in range(10)))  # columns in another order
     result = evaluate(tabular_run, f"csv:{other}")
-    assert result.total == 2 and result.rmse is not None and math.isfinite(result.rmse)
+    # the training run's statistics and categories, not other.csv's own
+    from densedsl.train import model_from_checkpoint
+    pipeline = tabular.Pipeline.from_record(read_checkpoint(tabular_run)["data"]["pipeline"])
+    table = tabular.read_csv(other)
+    test = tabular._subset(table, tabular.split_indices(10)[1])
+    model, _ = model_from_checkpoint(tabular_run)
+    with torch.no_grad():
+        predicted = model(pipeline.features(test)).double().reshape(-1) * pipeline.target_std + pipeline.target_mean
+    actual = torch.tensor([float(row[0]) for row in test.rows], dtype=torch.float64)
+    assert result.total == 2 and result.rmse == pytest.approx(float((predicted - actual).square().mean().sqrt()))
     missing = tmp_path / "missing.csv"
     missing.write_text("price,colour,size\n1,red,2\n3,blue,4\n")
     with pytest.raises(SpecError) as e:
