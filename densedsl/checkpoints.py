@@ -153,12 +153,14 @@ SETTINGS: dict[str, Rule] = {
     "freeze": sequence_of(instance(str, "a stage name"), at_most=10_000),
     "head_lr": optional(real(0)),
     "target": optional(instance(str, "a column name")),
+    "threads": integer(0, 4096),                          # recorded only; 0: not recorded
+    "threads_why": instance(str, "who chose the threads"),
 }
 # Settings added after format 1 shipped, with the value a checkpoint that lacks one was trained
 # with: older checkpoints still load, and resume as they were.
 LATER_SETTINGS: dict[str, Any] = {"init": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
                                   "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None,
-                                  "target": None}
+                                  "target": None, "threads": 0, "threads_why": ""}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -566,7 +566,8 @@ def _add_train(sub) -> None:
                    help="efficient: recompute concatenations in backward (less memory, ~20%% slower)")
     p.add_argument("--workers", type=_integer(0, 1024), metavar="N", help="DataLoader worker processes")
     p.add_argument("--threads", type=_integer(1, 4096), metavar="N",
-                   help="CPU threads for torch (1 is fastest for small models on a busy machine)")
+                   help="CPU threads for torch (default: one per core, less the cores other "
+                        "processes keep busy; docs/training.md)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: synchronised batch norm")
     p.add_argument("--max-steps", type=_integer(1, 2**63 - 1), metavar="N",
                    help="stop after N optimizer steps (smoke test)")
@@ -592,7 +593,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
           momentum=args.momentum, weight_decay=args.weight_decay,
           milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
           augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, memory=args.memory,
-          workers=args.workers, threads=args.threads, sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
+          workers=args.workers, threads=args.threads if args.threads is not None else "auto",
+          sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
           resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress,
           init=args.init, init_partial=args.init_partial, optimizer=args.optimizer, schedule=args.schedule,
           warmup=args.warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
@@ -698,6 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .threads import default_wait_policy
+    default_wait_policy()  # before any command imports torch: OpenMP then reads it (issue 14)
     parser = build_parser()
     args = parser.parse_args(argv)
     from .budget import overridden

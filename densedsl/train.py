@@ -104,7 +104,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           weight_decay: float | None = None, milestones: tuple[float, ...] | None = None,
           gamma: float | None = None, augment: str | None = None, seed: int | None = None,
           device: str = "auto", amp: str = "auto", memory: str = "standard",
-          workers: int | None = None, threads: int | None = None, sync_bn: bool = False,
+          workers: int | None = None, threads: int | str | None = None, sync_bn: bool = False,
           max_steps: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
           log: Log | None = None, progress: bool = True, callback: Callable[[dict], bool | None] | None = None,
           init: str | os.PathLike | None = None, init_partial: bool = False,
@@ -120,8 +120,9 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     and one that differs from the checkpoint's is an error (it would change what the weights
     become). `milestones` are fractions of `epochs` where the learning rate is multiplied by
     `gamma`. `max_steps` ends the run after that many optimizer steps (a smoke test: the partial
-    epoch is evaluated but not checkpointed). `threads` sets torch's CPU threads (small models
-    on a busy machine train several times faster with 1). `log` receives the report lines
+    epoch is evaluated but not checkpointed). `threads` sets torch's CPU threads; None keeps the
+    process's setting, "auto" is the CLI's default: torch's less the cores other processes keep
+    busy (`densedsl.threads.pick`, docs/training.md). `log` receives the report lines
     (None: silent); `progress` adds a per-epoch bar when stdout is a terminal. `callback(row)` runs after every
     epoch with its metrics row; returning True stops training (early stopping). Under torchrun
     the processes train one DistributedDataParallel model; only rank 0 logs and writes.
@@ -171,8 +172,25 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
             dist.destroy_process_group()
 
 
+def _set_threads(threads: int | str | None) -> str:
+    """Apply `threads` (a count, "auto" or None: the process's own) and say who chose it."""
+    from . import threads as cpu
+    if threads == "auto" and cpu.THREADS_VARIABLE not in os.environ:  # OMP_NUM_THREADS is a choice too
+        load = cpu.busy_cpus()
+        torch.set_num_threads(cpu.pick(torch.get_num_threads(), cpu.usable_cpus(), load))
+        why = "torch's default" if load is None else f"auto: {cpu.usable_cpus()} CPUs, load {load:.1f}"
+    elif threads == "auto":
+        why = cpu.THREADS_VARIABLE
+    elif threads is not None:
+        torch.set_num_threads(threads)
+        why = "--threads"
+    else:
+        why = "the process's"
+    return f"{why}; OpenMP wait {os.environ.get(cpu.WAIT_POLICY, 'unset').lower()}"
+
+
 def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist, started: float, *,
-         recipe: dict, device: str, amp: str, memory: str, workers: int | None, threads: int | None,
+         recipe: dict, device: str, amp: str, memory: str, workers: int | None, threads: int | str | None,
          sync_bn: bool,
          max_steps: int | None, out, resume: bool, log: Log | None, progress: bool,
          callback, init, init_partial: bool) -> RunResult:
@@ -209,8 +227,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     amp = pick_amp(amp, dev)
     from .budget import check_training  # E307 before the data set or the model is allocated
     check_training(net, batch=int(values["batch_size"]), mode=memory, device=dev)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    threads_why = _set_threads(threads)
     if sync_bn and not dd.active:
         sync_bn = False  # one process: nothing to synchronise
     if desc.kind == "csv":  # --target, or the checkpoint's on resume
@@ -234,7 +251,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     grad_clip=float(values["grad_clip"]) if values["grad_clip"] is not None else None,
                     freeze=tuple(values["freeze"]),
                     head_lr=float(values["head_lr"]) if values["head_lr"] is not None else None,
-                    target=values["target"])
+                    target=values["target"], threads=torch.get_num_threads(), threads_why=threads_why)
 
     # Model, optimizer, schedule. Every rank seeds alike, so initial weights agree (DDP would
     # broadcast rank 0's anyway); dropout then draws from a per-rank stream.

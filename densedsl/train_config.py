@@ -74,6 +74,8 @@ class Config:
     freeze: tuple[str, ...] = ()     # stages not trained: "features", "stem" or features.NAME
     head_lr: float | None = None     # the classifier's learning rate (None: lr)
     target: str | None = None        # csv: data: the column to predict
+    threads: int = 0                 # torch's CPU intra-op threads (recorded; may change on resume)
+    threads_why: str = ""            # who chose them (--threads, auto from the load) and the OpenMP wait
 
     def milestone_epochs(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.milestones})
@@ -317,7 +319,8 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         ("precision", "float32" if config.amp == "off" else f"autocast {config.amp}", ""),
         ("memory", config.memory, ""),
         ("workers", str(config.workers), ""),
-        ("threads", str(torch.get_num_threads()), "  (CPU intra-op)" if config.device == "cpu" else ""),
+        ("threads", str(torch.get_num_threads()),
+         f"  (CPU intra-op; {config.threads_why})" if config.device == "cpu" else ""),
     ]
     if config.sync_bn:
         rows.append(("batch norm", "synchronised across processes", ""))
