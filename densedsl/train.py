@@ -219,7 +219,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
 
     values, origin = resolve(desc, recipe, ckpt, run_dir)
     check_settings({**values, "memory": memory, "workers": workers if workers is not None else 0,
-                    "max_steps": max_steps}, threads)
+                    "max_steps": max_steps}, threads if threads != "auto" else None)
     if int(values["batch_size"]) == 1:
         check_batch_of_one(net)
 
