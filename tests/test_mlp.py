@@ -333,3 +333,9 @@ def test_diff_of_two_mlps_names_the_blocks_that_changed():
     text = report.diff(old, new).text()
     assert "stem: +640 params" in text and "denseblock1" not in text  # only the stem's Linear grows
     assert "559,873" in text and "560,513" in text
+
+
+def test_the_docs_show_the_seed_spec_as_it_is():
+    body = SEED.read_text("utf-8")
+    body = body[body.index("network d2l_flux_mlp"):].rstrip("\n")
+    assert f"```\n{body}\n```" in (SPECS.parent / "docs" / "language.md").read_text("utf-8")
