@@ -183,11 +183,14 @@ class Analysis:
         "inference": the peak of live tensors in a forward pass without autograd.
         `weights=True` adds the parameters and buffers, and for training their gradients.
         """
-        if mode not in self._memory:
+        if mode not in MEMORY_MODES:
             raise ValueError(f"unknown memory mode {mode!r}; use one of {', '.join(MEMORY_MODES)}")
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
-        total = self._memory[mode].bytes(batch, dtype)
+        model = self._memory.get(mode)
+        if model is None:  # made on first use: `check` and the language server never ask for most
+            model = self._memory[mode] = _memory_model(self.graph, mode)
+        total = model.bytes(batch, dtype)
         if weights:
             size = costs.dtype_bytes(dtype)
             total += (self.params + self.buffers) * size
@@ -240,8 +243,14 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     lowered = costs.lower(network)
     g = graph_.lower(network, checked=True, lowered=lowered)
     nodes = g.nodes
-    params = sum(a["params"] for _, a in nodes(data=True))
-    macs = sum(a["macs"] for _, a in nodes(data=True))
+    params = buffers = macs = flops = depth = 0
+    for _, a in nodes(data=True):  # one pass over the graph for every total
+        params += a["params"]
+        buffers += a["buffers"]
+        macs += a["macs"]
+        flops += a["flops"]
+        if kind_of(a["kind"]).layer:
+            depth += 1
     stages = _stages(lowered, g)
     diags += _check_invariants(network, g, stages)
     if not d.has_errors(diags):
@@ -253,11 +262,8 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     final = _final_map(g)
     head_in = nodes[final]["out_shape"]
     analysis = Analysis(
-        network=network, graph=g, params=params,
-        buffers=sum(a["buffers"] for _, a in nodes(data=True)),
-        macs=macs, flops=sum(a["flops"] for _, a in nodes(data=True)),
-        depth=sum(1 for _, k in nodes(data="kind") if kind_of(k).layer),
-        connections=sum(1 for _, _, k in g.edges(data="kind") if k == "dense"),
+        network=network, graph=g, params=params, buffers=buffers, macs=macs, flops=flops, depth=depth,
+        connections=sum(s.connections for s in stages if isinstance(s, BlockFigures)),  # dense edges all end in a block
         channels=head_in[0],
         state_dict_entries=_state_dict_entries(g),
         input_shape=tuple(network.input), output_shape=tuple(g.graph["output_shape"]),
@@ -270,9 +276,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
             FeatureInfo(s.name, f"features.{s.name}", s.out_channels, jumps[f"{s.name}.out"],
                         tuple(s.out_shape))
             for s in stages if isinstance(s, BlockFigures)),
-        _memory={"standard": _training_memory(g, efficient=False),
-                 "efficient": _training_memory(g, efficient=True),
-                 "inference": _inference_memory(g)},
+        _memory={},  # each mode's model on first use (`Analysis.memory`)
     )
     if not d.has_errors(diags):
         diags += _check_resources(analysis, max_params, max_memory)
@@ -381,7 +385,7 @@ def _number(x: Fraction) -> str:
 def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnostic]:
     """Dense connectivity as the paper states it, verified on the graph (E205 means a bug)."""
     problems: list[tuple[Span | None, str]] = []
-    if not nx.is_directed_acyclic_graph(g):
+    if not _forward(g) and not nx.is_directed_acyclic_graph(g):
         problems.append((network.span, "the graph has a cycle"))
     pred = g.pred
     for block in network.blocks:
@@ -421,6 +425,13 @@ def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnos
             for span, msg in problems]
 
 
+def _forward(g: nx.DiGraph) -> bool:
+    """Every edge runs from an earlier node to a later one (which proves the graph acyclic): the
+    builder adds nodes in execution order, so this linear pass spares a topological sort."""
+    order = {n: i for i, n in enumerate(g)}
+    return all(order[u] < order[v] for u, v in g.edges)
+
+
 def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
     """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails (and
     a group norm with one channel per group, instance norm, fails in eval too)."""
@@ -443,7 +454,8 @@ def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
             d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained: {' and '.join(norms)} in {which} "
             f"normalises each feature over the batch, and a batch of one holds one value per feature{also}",
             network.input_span or network.span,
-            "train with batches of 2 or more, or use norm=layer or norm=none in the dense blocks")]
+            "train with batches of 2 or more; in dense blocks, norm=layer or norm=none needs no batch "
+            "statistics (a transition's norm and the stem's `norm` are batch norms)")]
     least = graph_.min_input_size(graph_.spatial_plan(network), train=True, rank=rank)
     return [d.Diagnostic(
         d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained at {shape_text(network.input)}: "
@@ -482,8 +494,9 @@ def _stages(lowered: tuple[costs.Lowered, ...], g: nx.DiGraph) -> tuple[StageFig
                 result.append(StageFigures(kind="head", **common))
             case costs.LoweredBlock():
                 block = stage.source
+                pred = g.pred  # the adjacency itself: an edge view with data costs far more per edge
                 connections = sum(1 for n in members if n.endswith(".concat")
-                                  for _, _, k in g.in_edges(n, data="kind") if k == "dense")
+                                  for a in pred[n].values() if a["kind"] == "dense")
                 result.append(BlockFigures(
                     kind="dense", index=block.index, layers=block.layers, growth=block.growth,
                     bottleneck=block.bottleneck, in_channels=attrs[0]["out_shape"][0],
@@ -567,6 +580,12 @@ def _recomputed(g: nx.DiGraph) -> dict[str, list[str]]:
         if layer is not None:
             regions.setdefault(layer, []).append(n)
     return regions
+
+
+def _memory_model(g: nx.DiGraph, mode: str) -> _MemoryModel:
+    if mode == "inference":
+        return _inference_memory(g)
+    return _training_memory(g, efficient=mode == "efficient")
 
 
 def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
