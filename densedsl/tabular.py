@@ -574,6 +574,20 @@ def check_data(network, data) -> list[Diagnostic]:
     return problems
 
 
+def recipe_problems(data, values: dict) -> list[Diagnostic]:
+    """Settings that mean nothing for rows, refused rather than silently ignored (E116)."""
+    problems = []
+    if values.get("augment", "none") != "none":
+        problems.append(Diagnostic(d.CONFLICT, f"--augment {values['augment']} transforms images; {data.name} "
+                                   "holds table rows", None, "leave out --augment (rows are not augmented)",
+                                   file="--augment"))
+    if data.task == "regression" and values.get("label_smoothing"):
+        problems.append(Diagnostic(d.CONFLICT, "--label-smoothing smooths class labels; this head is a "
+                                   "regression (MSE)", None, "leave out --label-smoothing",
+                                   file="--label-smoothing"))
+    return problems
+
+
 def describe_lines(data) -> list[tuple[str, str, str]]:
     """The report's rows for a tabular data set (in place of normalisation and augmentation)."""
     p = data.pipeline

@@ -234,7 +234,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
         desc = replace(desc, target=values["target"])
     data = datasets.load(desc, shape=net.input, classes=net.head.classes, task=tabular.task_of(net))
     if data.tabular:  # the encoded width (E207) before the model is built
-        d.raise_if_errors(tabular.check_data(net, data))
+        d.raise_if_errors(tabular.check_data(net, data) + tabular.recipe_problems(data, values))
     check_enough_data(data, int(values["batch_size"]), dd)
     workers = workers if workers is not None else (min(4, os.cpu_count() or 1)
                                                    if desc.kind == "folder" and dev.type == "cuda" else 0)

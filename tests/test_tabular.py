@@ -237,6 +237,10 @@ def test_target_options_are_checked(spec, houses, tmp_path, capsys):
     assert "error[E207]" in err and "line 2: the target 'colour' is 'red', not a number" in err
     err = _error(capsys, "train", spec, "--data", "diabetes", "--target", "bmi", "--out", tmp_path / "r")
     assert "error[E116]" in err
+    err = _error(capsys, "train", spec, "--set", "features=10", "--data", "diabetes", "--augment", "flip",
+                 "--label-smoothing", "0.1", "--out", tmp_path / "r")
+    assert err.count("error[E116]") == 2 and "--augment flip transforms images" in err
+    assert "--label-smoothing smooths class labels" in err and not (tmp_path / "r").exists()
 
 
 # --- hostile files -----------------------------------------------------------------------------
