@@ -522,7 +522,8 @@ def _add_train(sub) -> None:
                     "at 50% and 75% of the epochs, crop+flip augmentation for CIFAR. Works "
                     "unchanged under torchrun (DistributedDataParallel). Data sets are read from "
                     "local files: digits, cifar10:DIR, cifar100:DIR, mnist:DIR, fashion-mnist:DIR, "
-                    "folder:DIR, synthetic[:N].")
+                    "folder:DIR, synthetic[:N]; tables: csv:FILE or csv:TRAIN,TEST with --target COLUMN, "
+                    "diabetes (a regression when the spec's head has one output).")
     _add_spec_options(p)
     p.add_argument("--data", required=True, metavar="DATASET",
                    help="digits | cifar10:DIR | cifar100:DIR | mnist:DIR | fashion-mnist:DIR | "
@@ -531,7 +532,7 @@ def _add_train(sub) -> None:
                    help="csv: data: the column to predict (a regression when the spec's head is one)")
     p.add_argument("--epochs", type=_integer(1, 10**9), metavar="N", help="default: 300 for CIFAR, else per data set")
     p.add_argument("--batch-size", type=_integer(1, _MAX_BATCH), metavar="B", help="per process (default 64)")
-    p.add_argument("--lr", type=_real(0), metavar="LR", help="initial learning rate (default 0.1)")
+    p.add_argument("--lr", type=_real(0), metavar="LR", help="initial learning rate (default 0.1; 1e-3 for tabular data)")
     p.add_argument("--momentum", type=_real(0, 1, below=True), metavar="M",
                    help="Nesterov momentum (default 0.9; 0: plain SGD)")
     p.add_argument("--weight-decay", type=_real(0), metavar="WD", help="default 1e-4")
@@ -540,7 +541,7 @@ def _add_train(sub) -> None:
     p.add_argument("--gamma", type=_real(0, 1, above=True), metavar="G",
                    help="lr factor at each milestone (default 0.1)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"),
-                   help="sgd (default, the paper's: Nesterov momentum) or adamw (ignores --momentum)")
+                   help="sgd (default, the paper's: Nesterov momentum) or adamw (ignores --momentum; the default for tabular data)")
     p.add_argument("--schedule", choices=("step", "cosine"),
                    help="step (default: ×gamma at the milestones) or cosine (down to 0, after --warmup)")
     p.add_argument("--warmup", type=_integer(0, 10**9), metavar="E",
