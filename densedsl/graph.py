@@ -436,22 +436,21 @@ class _Builder:
         x = self.node(f"{name}.x0", "feature", name, block.span, shape, shape, block=block.index,
                       layer=0)
         self.edge(prev, x)
-        features = [x]
+        # (feature map, its shape): the L(L+1)/2 dense edges go in bulk, each shape looked up once
+        features = [(x, self.g.nodes[x]["out_shape"])]
         for layer, ops in enumerate(lowered.layers, start=1):
             lname = f"{name}.denselayer{layer}"
             cin = ops[0].in_shape
             concat = self.node(f"{lname}.concat", "concat", name, block.span, cin, cin,
                                block=block.index, layer=layer)
-            for f in features:
-                self.edge(f, concat, "dense")
+            self.g.add_edges_from((f, concat, {"kind": "dense", "shape": s}) for f, s in features)
             last = self.ops(lname, name, ops, concat, block.span, block=block.index, layer=layer)
             new = ops[-1].out_shape
             x = self.node(f"{name}.x{layer}", "feature", name, block.span, new, new,
                           block=block.index, layer=layer)
             self.edge(last, x)
-            features.append(x)
+            features.append((x, self.g.nodes[x]["out_shape"]))
         out = self.node(f"{name}.out", "concat", name, block.span, lowered.out_shape,
                         lowered.out_shape, block=block.index)
-        for f in features:
-            self.edge(f, out, "concat")
+        self.g.add_edges_from((f, out, {"kind": "concat", "shape": s}) for f, s in features)
         return out

@@ -117,6 +117,27 @@ def test_invariant_checker_finds_a_broken_graph(a121, damage):
     assert problems and {x.code.code for x in problems} == {"E205"}
 
 
+def test_the_cycle_check_is_exact_whatever_the_node_order(a121):
+    """Edges that all run forward in node order prove the graph acyclic (the fast path); a
+    backward edge falls back to a real test, which must not call an acyclic graph a cycle."""
+    g = a121.graph.copy()
+    g.add_edge("late", "input", kind="flow", shape=(3, 224, 224))  # backward in node order, no cycle
+    assert _check_invariants(a121.network, g, a121.stages) == []
+    g.add_edge("denseblock4.out", "stem.conv0", kind="flow", shape=(1024, 7, 7))
+    problems = _check_invariants(a121.network, g, a121.stages)
+    assert [x.message for x in problems] == ["the graph has a cycle"]
+
+
+def test_memory_models_are_made_on_first_use_and_kept(a121):
+    a = analyze(load("densenet121").network)
+    assert set(a._memory) == {"standard"}  # the resource check needs it; the others wait
+    efficient = a.memory(mode="efficient")
+    assert set(a._memory) == {"standard", "efficient"}
+    assert a.memory(mode="efficient") == efficient
+    with pytest.raises(ValueError, match="unknown memory mode"):
+        a.memory(mode="tiny")
+
+
 def test_a_broken_lowering_raises_e205(monkeypatch, a121):
     lower = densedsl.analysis.graph_.lower
 
