@@ -288,6 +288,16 @@ def test_a_csv_with_too_many_cells_is_refused_while_parsing(monkeypatch):
     assert _codes(e.value) == ["E908"] and "more than 10 cells" in str(e.value)
 
 
+def test_the_encoded_size_is_checked_before_it_is_allocated(monkeypatch):
+    table = tabular._parse("id,y\n" + "".join(f"row{i},{i}\n" for i in range(30)), None)
+    pipeline = tabular.fit(table, [table], "y", "regression")  # 30 ids: one-hot width 31
+    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 8 * 30 * 31 - 1)
+    with pytest.raises(SpecError) as e:
+        pipeline.features(table)
+    assert _codes(e.value) == ["E307"] and "30 rows of 31 encoded features" in str(e.value)
+    assert "one-hot id 31" in e.value.diagnostics[0].hint
+
+
 def test_csv_data_names_one_or_two_files(tmp_path):
     with pytest.raises(SpecError) as e:
         datasets.describe("csv:a.csv,b.csv,c.csv")
