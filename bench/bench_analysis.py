@@ -2,7 +2,7 @@
 
 Timed tests flake on shared machines, so the goals live here: `analyze` refuses a network too
 large to analyse (E304) from its closed-form size in well under 0.5 s, before any graph exists,
-and analyses DenseNet-264 in under 1 s. Each case runs `--repeat` times in this process (after
+and analyses DenseNet-264 in under 20 ms (issue 15; the earlier goal was 1 s). Each case runs `--repeat` times in this process (after
 one warm-up run); the table shows the best and the median.
 
     python bench/bench_analysis.py [--repeat 7] [--write]
@@ -45,18 +45,20 @@ CASES = [
      lambda: _refused((DenseBlock(index=1, layers=100, growth=10**6, bottleneck=4),))),
     ("E304: 1,999 blocks of 40 layers", 0.5,
      lambda: _refused(tuple(DenseBlock(index=i, layers=40, growth=12) for i in range(1, 2000)))),
-    ("analyze DenseNet-264", 1.0, lambda: analyze(N.torchvision(264))),
+    ("analyze DenseNet-264", 0.02, lambda: analyze(N.torchvision(264))),  # issue 15's goal (was 1 s)
 ]
 
 
-def timings(fn, repeat: int) -> list[float]:
+def timings(fn, repeat: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each repeat (CPU time moves far less on a shared, loaded machine)."""
     fn()  # warm-up: imports, caches
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -72,11 +74,13 @@ def main() -> None:
              f"- command: `python bench/bench_analysis.py --repeat {args.repeat} --write`",
              f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}, load average {load:.2f} at start", "",
-             "| case | goal (ms) | best (ms) | median (ms) | met |", "| --- | ---: | ---: | ---: | :---: |"]
+             "| case | goal (ms) | best (ms) | median (ms) | CPU best (ms) | CPU median (ms) | met |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | :---: |"]
     for name, goal, fn in CASES:
-        t = timings(fn, args.repeat)
+        t, cpu = timings(fn, args.repeat)
         best, median = min(t), statistics.median(t)
         lines.append(f"| {name} | < {goal * 1000:,.0f} | {best * 1000:,.2f} | {median * 1000:,.2f} | "
+                     f"{min(cpu) * 1000:,.2f} | {statistics.median(cpu) * 1000:,.2f} | "
                      f"{'yes' if median < goal else '**no**'} |")
     text = "\n".join(lines)
     print(text)

@@ -530,8 +530,9 @@ def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
         if not preds:
             rf[n], jump[n] = (1,) * r_axes, (1,) * r_axes
             continue
-        r = tuple(max(axis) for axis in zip(*(rf[p] for p in preds)))
-        j = jump[next(iter(preds))]
+        first = next(iter(preds))
+        r = rf[first] if len(preds) == 1 else tuple(max(axis) for axis in zip(*(rf[p] for p in preds)))
+        j = jump[first]
         window = kind_of(a["kind"]).window(a)
         if window is not None:
             kernel, stride, _ = (costs.per_axis(v, r_axes) for v in window)
