@@ -50,13 +50,15 @@ def _add(parent: nn.Module, op_list: Sequence[ops.Op], dd: dict) -> None:
         parent.add_module(op.name, ops.module(op, dd))
 
 
-def _reduction(op_list: Sequence[ops.Op]) -> int:
-    """How much the ops' windows shrink the map along each axis (product of their strides)."""
-    r = 1
+def _reduction(op_list: Sequence[ops.Op], before: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """How much the ops' windows (after `before`) shrink the map along each axis: the product of
+    their strides per axis (`stride=1x2` differs between axes; feature_info states the largest)."""
+    r = before
     for op in op_list:
         window = op.spec.window(op.attributes())
         if window is not None:
-            r *= max(ops.per_axis(window[1], 1))  # the largest stride of a per-axis window
+            steps = ops.per_axis(window[1], ops.rank(op.in_shape))
+            r = tuple(a * b for a, b in zip(r, steps)) if r else steps
     return r
 
 
@@ -223,7 +225,7 @@ class DenseNet(nn.Module):
         self.stem_length = 0
         self.stem_tap: int | None = None  # index in `features` of the stem's feature tap
         self.num_features = network.input[0]
-        reduction = 1
+        reduction: tuple[int, ...] = ()  # per axis; () until a window strides
         self.lowered = tuple(costs.lower(network) if lowered is None else lowered)  # what it is built from
         for stage in self.lowered:
             match stage:
@@ -234,9 +236,9 @@ class DenseNet(nn.Module):
                     if stage.tap is not None:  # timm's first entry: the stem before its pool
                         tapped = stage.ops[:stage.tap + 1]
                         self.feature_info.append({"num_chs": tapped[-1].out_shape[0],
-                                                  "reduction": _reduction(tapped),
+                                                  "reduction": max(_reduction(tapped), default=1),
                                                   "module": f"features.{tapped[-1].name}"})
-                    reduction *= _reduction(stage.ops)
+                    reduction = _reduction(stage.ops, reduction)
                     if stage.ops:
                         self.num_features = stage.ops[-1].out_shape[0]
                 case costs.LoweredBlock():
@@ -244,13 +246,13 @@ class DenseNet(nn.Module):
                                        memory_efficient=memory == "efficient", lowered=stage, **dd)
                     self.features.add_module(stage.name, block)
                     self.num_features = block.out_channels
-                    self.feature_info.append({"num_chs": block.out_channels, "reduction": reduction,
+                    self.feature_info.append({"num_chs": block.out_channels, "reduction": max(reduction, default=1),
                                               "module": f"features.{stage.name}"})
                 case costs.LoweredTransition():
                     self.features.add_module(stage.name, Transition(
                         stage.ops[0].in_shape[0], stage.ops[-1].out_shape[0], ops=stage.ops, **dd))
                     self.num_features = stage.ops[-1].out_shape[0]
-                    reduction *= _reduction(stage.ops)
+                    reduction = _reduction(stage.ops, reduction)
                 case costs.LoweredHead():
                     self._head(stage.ops, dd)
                 case _:
