@@ -114,12 +114,12 @@ def _vector_transition(draw, index: int) -> Transition:
 
 
 @st.composite
-def _head(draw, *, vector: bool) -> Head:
+def _head(draw, *, vector: bool, rank: int = 2, per_axis: bool = False) -> Head:
     """A head; one output is a regression (the resolver's rule), more may be either task."""
     classes = draw(st.integers(1, 10))
     task = "regression" if classes == 1 else draw(st.sampled_from(("classification", "regression")))
-    window = None if vector else draw(st.one_of(
-        st.none(), st.tuples(st.sampled_from((2, 1)), st.sampled_from((2, 1)))))
+    window = None if vector or not draw(st.booleans()) else (  # shrinks to a global pool
+        _axes(draw, (2, 1), rank, per_axis), _axes(draw, (2, 1), rank, per_axis))
     return Head(classes=classes, norm=draw(st.booleans().map(lambda b: not b)),
                 pool="avg" if vector else draw(st.sampled_from(("avg", "max"))), window=window,
                 dropout=draw(st.sampled_from(_RATES)),
@@ -215,7 +215,7 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
     net_head = None
     if with_head:
-        net_head = draw(_head(vector=False))
+        net_head = draw(_head(vector=False, rank=rank, per_axis=per_axis))
     channels = draw(st.integers(*input_channels))
     stages = draw(_fit_norm_groups(stages, channels, stem))
     probe = Network(name="n", input=(channels,) + (1,) * rank, stem=stem, stages=tuple(stages),
