@@ -990,7 +990,7 @@ class _Resolver:
         )
         self.norm_fits(s, values, {x.name for x in stmt.settings})
         if values["kind"] == "linear":
-            self.linear_only(s, index, values)
+            self.linear_only(stmt, s, index)
             values["bias"] = self.boolean(s["bias"]) if "bias" in s else True
         return n.DenseBlock(index=index, span=stmt.span, **values)
 
@@ -1014,12 +1014,17 @@ class _Resolver:
         """A dense block on a feature vector (`input F`) is made of linear layers, else of convs."""
         return "linear" if self.input_shape is not None and len(self.input_shape) == 1 else "conv"
 
-    def linear_only(self, s: dict[str, _Bound], index: int, values: dict[str, Any]) -> None:
+    @staticmethod
+    def setting_span(stmt: ast.Statement, b: _Bound) -> Span | None:
+        """The whole `name=value` a statement writes (its value's span when inherited)."""
+        return next((x.span for x in stmt.settings if x.name == b.name and x.span is not None), b.span)
+
+    def linear_only(self, stmt: ast.Statement, s: dict[str, _Bound], index: int) -> None:
         """`kernel` and `groups` are a conv's: refused on a block of linear layers (E210)."""
         for name in ("kernel", "groups"):
             if name in s:
                 self.error(d.WRONG_DATA_KIND, f"'{name}' is a conv setting, and denseblock{index}'s layers "
-                           "are linear (fully connected)", s[name].span,
+                           "are linear (fully connected)", self.setting_span(stmt, s[name]),
                            f"remove {name}=…; a linear layer sees every feature")
         if any(name in s for name in ("kernel", "groups")):
             raise _Invalid
@@ -1118,7 +1123,7 @@ class _Resolver:
         windowed = [name for name in ("pool", "kernel", "stride", "padding") if name in s]
         for name in windowed:
             self.error(d.WRONG_DATA_KIND, f"the transition's '{name}' is a map's, and the input is a feature "
-                       "vector", s[name].span, f"remove {name}=…; on a vector a transition is a linear "
+                       "vector", self.setting_span(stmt, s[name]), f"remove {name}=…; on a vector a transition is a linear "
                        "projection to ⌊θ·m⌋ features (compression=θ) or channels=N")
         if windowed:
             raise _Invalid
@@ -1152,7 +1157,7 @@ class _Resolver:
         if vector and (windowed := [x for x in ("pool", "kernel", "stride") if x in s]):
             for name in windowed:
                 self.error(d.WRONG_DATA_KIND, f"the head's '{name}' sets a pooling window, and the input is a "
-                           "feature vector: there is no map to pool", s[name].span,
+                           "feature vector: there is no map to pool", self.setting_span(stmt, s[name]),
                            f"remove {name}=…; on a vector the head is (dropout) → linear layers")
             return None
         try:

@@ -71,9 +71,10 @@ def test_a_one_class_classifier_is_refused():
     (" stem {\n  conv 16\n }", "conv 16"),
     (" stem {\n  linear 8\n  maxpool\n }", "maxpool"),
     (" dense layers=2 growth=4 kind=conv", "dense layers=2 growth=4 kind=conv"),
-    (" dense layers=2 growth=4 kernel=3", "3"),
-    (" dense layers=2 growth=4\n transition pool=max", "max"),
-    (" head classes=2 kernel=2", "2"),
+    (" dense layers=2 growth=4 kernel=3", "kernel=3"),
+    (" dense layers=2 growth=4\n transition pool=max", "pool=max"),
+    (" head classes=2 kernel=2", "kernel=2"),
+    (" dense layers=2 growth=4 norm=instance", "instance"),
 ])
 def test_ops_for_maps_on_a_vector_are_located_errors(body, located):
     diags = errors(f"network m {{\n input 12\n{body}\n}}\n")
