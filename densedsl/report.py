@@ -107,6 +107,7 @@ class Summary:
         return {
             "schema": SCHEMA, "report": "summary", "network": a.name,
             "input_shape": list(a.input_shape), "output_shape": list(a.output_shape),
+            "task": a.network.task,  # classification, regression, or None without a head
             "batch": self.batch, "dtype": self.dtype,
             "totals": {**a.figures(), "state_dict_entries": a.state_dict_entries,
                        "memory": self.memory(),

@@ -340,3 +340,9 @@ def test_the_docs_show_the_seed_spec_as_it_is():
     body = SEED.read_text("utf-8")
     body = body[body.index("network d2l_flux_mlp"):].rstrip("\n")
     assert f"```\n{body}\n```" in (SPECS.parent / "docs" / "language.md").read_text("utf-8")
+
+
+def test_summary_json_states_the_task():
+    from densedsl import report
+    assert report.summary(analyze(densedsl.load(SEED).network)).as_json()["task"] == "regression"
+    assert report.summary(analyze(densedsl.load(SEED, classes=3).network)).as_json()["task"] == "classification"
