@@ -48,16 +48,17 @@ def connection_strength(model: "nn.Module", network: Network) -> "list[np.ndarra
             case _:
                 assert_never(block)
         name = f"{prefix}features.denseblock{block.index}"
-        k0 = modules[f"{name}.denselayer1.conv1"].weight.shape[1]
+        first = "linear1" if block.kind == "linear" else "conv1"  # an MLP's layers read through a Linear
+        k0 = modules[f"{name}.denselayer1.{first}"].weight.shape[1]
         L = block.layers
         # x_s holds channels bounds[s]:bounds[s+1]; layer s+1 reads the first k0 + k·s
         bounds = [0] + [layer_in_channels(k0, block, s + 1) for s in range(L + 1)]
         matrix = np.full((L + 1, L + 1), np.nan)
         with torch.no_grad():
             for layer in range(1, L + 1):
-                w = modules[f"{name}.denselayer{layer}.conv1"].weight.detach().float().abs()
+                w = modules[f"{name}.denselayer{layer}.{first}"].weight.detach().float().abs()
                 if w.shape[1] != bounds[layer]:
-                    raise ValueError(f"{name}.denselayer{layer}.conv1 reads {w.shape[1]} channels, not "
+                    raise ValueError(f"{name}.denselayer{layer}.{first} reads {w.shape[1]} channels, not "
                                      f"{bounds[layer]}: the model was not built from this network")
                 for s in range(layer):
                     matrix[layer - 1, s] = float(w[:, bounds[s]:bounds[s + 1]].mean())
@@ -75,7 +76,8 @@ def _consumer(modules: dict, prefix: str, stages: list, pos: int, network: Netwo
     """The weight of the layer that reads the block's whole output, if there is one."""
     following = stages[pos + 1] if pos + 1 < len(stages) else None
     if isinstance(following, Transition):
-        return modules[f"{prefix}features.transition{following.index}.conv"].weight
+        transition = f"{prefix}features.transition{following.index}"
+        return modules[f"{transition}.conv" if f"{transition}.conv" in modules else f"{transition}.linear"].weight
     if following is None and network.head is not None and f"{prefix}classifier" in modules:
         return modules[f"{prefix}classifier"].weight
     return None

@@ -346,3 +346,25 @@ def test_summary_json_states_the_task():
     from densedsl import report
     assert report.summary(analyze(densedsl.load(SEED).network)).as_json()["task"] == "regression"
     assert report.summary(analyze(densedsl.load(SEED, classes=3).network)).as_json()["task"] == "classification"
+
+
+def test_connection_strength_reads_an_mlps_linear_layers():
+    """The paper's Figure 5 on an MLP: row ℓ averages |w| of layer ℓ's Linear over each source's
+    columns; a block followed directly by another has no last row."""
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    from densedsl.heatmap import connection_strength
+    from densedsl.modules import DenseNet
+    net = densedsl.parse("network m {\n input 4\n dense layers=2 growth=3 norm=none\n"
+                         " transition channels=5\n dense layers=2 growth=2\n dense layers=1 growth=1\n"
+                         " head classes=2\n}\n").network
+    model = DenseNet(net)
+    with torch.no_grad():
+        layer2 = model.features.denseblock1.denselayer2.linear1.weight
+        layer2.fill_(1.0)
+        layer2[:, 4:].fill_(3.0)  # the columns of x1, layer 1's 3 features
+    first, second, third = connection_strength(model, net)
+    assert first.shape == (3, 3) and first[1, 0] == 1.0 and first[1, 1] == 3.0
+    assert not np.isnan(first[2]).all()        # the transition's Linear reads the block output
+    assert np.isnan(second[2]).all()           # denseblock3 follows directly: no consumer row
+    assert not np.isnan(third[1]).all()        # the classifier reads the last block
