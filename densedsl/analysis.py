@@ -16,6 +16,7 @@ docs/analysis.md documents every attribute and the memory model.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal, assert_never
@@ -29,6 +30,7 @@ from .network import DenseBlock, Network, Transition
 from .ops import kind_of, numel
 from .source import Span
 
+_KIND = operator.itemgetter("kind")  # an edge's kind, read in C over a concat's L inputs
 MemoryMode = Literal["standard", "efficient", "inference"]
 MEMORY_MODES: tuple[str, ...] = ("standard", "efficient", "inference")
 
@@ -387,20 +389,26 @@ def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnos
     problems: list[tuple[Span | None, str]] = []
     if not _forward(g) and not nx.is_directed_acyclic_graph(g):
         problems.append((network.span, "the graph has a cycle"))
-    pred = g.pred
+    pred, nodes = g._pred, g.nodes  # networkx's own dicts: its read-only views cost a call per item
     for block in network.blocks:
         name = f"denseblock{block.index}"
-        k0 = g.nodes[f"{name}.x0"]["out_shape"][0]
+        k0 = nodes[f"{name}.x0"]["out_shape"][0]
         edges = 0
+        # x0..x(l-1) and their channels so far, grown by one map per layer: each layer's check
+        # is then C-level set and map work rather than Python per edge (L(L+1)/2 edges a block)
+        expected: set[str] = set()
+        expected_channels = 0
         for layer in range(1, block.layers + 1):
             concat = f"{name}.denselayer{layer}.concat"
             inputs = pred[concat]
-            kinds = {a["kind"] for a in inputs.values()}
-            expected = [f"{name}.x{i}" for i in range(layer)]
-            if sorted(inputs) != sorted(expected) or kinds != {"dense"}:
+            previous = f"{name}.x{layer - 1}"
+            expected.add(previous)
+            expected_channels += nodes[previous]["out_shape"][0] if previous in nodes else 0
+            exact = inputs.keys() == expected
+            if not exact or set(map(_KIND, inputs.values())) != {"dense"}:
                 problems.append((block.span, f"{concat} gathers {len(inputs)} maps, expected the "
                                  f"{layer} maps x0..x{layer - 1} over dense edges"))
-            gathered = sum(g.nodes[u]["out_shape"][0] for u in inputs)
+            gathered = expected_channels if exact else sum(nodes[u]["out_shape"][0] for u in inputs)
             if gathered != g.nodes[concat]["out_shape"][0] or gathered != k0 + block.growth * (layer - 1):
                 problems.append((block.span, f"{concat} has {g.nodes[concat]['out_shape'][0]} "
                                  f"channels from inputs of {gathered}, expected {k0} + "
@@ -429,7 +437,8 @@ def _forward(g: nx.DiGraph) -> bool:
     """Every edge runs from an earlier node to a later one (which proves the graph acyclic): the
     builder adds nodes in execution order, so this linear pass spares a topological sort."""
     order = {n: i for i, n in enumerate(g)}
-    return all(order[u] < order[v] for u, v in g.edges)
+    position = order.__getitem__
+    return all(max(map(position, preds), default=-1) < order[v] for v, preds in g._pred.items())
 
 
 def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
@@ -494,9 +503,9 @@ def _stages(lowered: tuple[costs.Lowered, ...], g: nx.DiGraph) -> tuple[StageFig
                 result.append(StageFigures(kind="head", **common))
             case costs.LoweredBlock():
                 block = stage.source
-                pred = g.pred  # the adjacency itself: an edge view with data costs far more per edge
-                connections = sum(1 for n in members if n.endswith(".concat")
-                                  for a in pred[n].values() if a["kind"] == "dense")
+                pred = g._pred  # networkx's own dicts: an edge view (or a read-only atlas view) costs a call per edge
+                connections = sum(list(map(_KIND, pred[n].values())).count("dense")
+                                  for n in members if n.endswith(".concat"))
                 result.append(BlockFigures(
                     kind="dense", index=block.index, layers=block.layers, growth=block.growth,
                     bottleneck=block.bottleneck, in_channels=attrs[0]["out_shape"][0],
@@ -531,7 +540,7 @@ def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
             rf[n], jump[n] = (1,) * r_axes, (1,) * r_axes
             continue
         first = next(iter(preds))
-        r = rf[first] if len(preds) == 1 else tuple(max(axis) for axis in zip(*(rf[p] for p in preds)))
+        r = rf[first] if len(preds) == 1 else tuple(map(max, zip(*map(rf.__getitem__, preds))))
         j = jump[first]
         window = kind_of(a["kind"]).window(a)
         if window is not None:

@@ -21,10 +21,12 @@ from . import network as n
 from .network import DenseBlock, Network, Transition
 from .source import Span
 
-# Beyond these a graph would take seconds and gigabytes to build; no real DenseNet comes close
-# (DenseNet-264: 1,200 nodes, 3,440 dense connections). docs/analysis.md lists them.
+# Beyond these a graph would take many seconds and gigabytes to build; no real DenseNet comes
+# close (DenseNet-264: 1,200 nodes, 3,440 dense connections). The connection cap admits one block
+# of 1,413 layers (a 1,024-layer block analyses in about a second, 1,413 in about two:
+# bench/bench_construct.py); docs/analysis.md and docs/errors.md state them.
 MAX_NODES = 200_000
-MAX_CONNECTIONS = 250_000
+MAX_CONNECTIONS = 1_000_000
 
 
 # --- the size chain --------------------------------------------------------------------------------
@@ -443,7 +445,7 @@ class _Builder:
             cin = ops[0].in_shape
             concat = self.node(f"{lname}.concat", "concat", name, block.span, cin, cin,
                                block=block.index, layer=layer)
-            self.g.add_edges_from((f, concat, {"kind": "dense", "shape": s}) for f, s in features)
+            self._bulk_edges(features, concat, "dense")
             last = self.ops(lname, name, ops, concat, block.span, block=block.index, layer=layer)
             new = ops[-1].out_shape
             x = self.node(f"{name}.x{layer}", "feature", name, block.span, new, new,
@@ -452,5 +454,18 @@ class _Builder:
             features.append((x, self.g.nodes[x]["out_shape"]))
         out = self.node(f"{name}.out", "concat", name, block.span, lowered.out_shape,
                         lowered.out_shape, block=block.index)
-        self.g.add_edges_from((f, out, {"kind": "concat", "shape": s}) for f, s in features)
+        self._bulk_edges(features, out, "concat")
         return out
+
+    def _bulk_edges(self, features: list[tuple[str, tuple[int, ...]]], target: str, kind: str) -> None:
+        """Edges from every (feature map, shape) to `target`, both nodes already in the graph.
+
+        What `add_edges_from` stores (one attribute dict per edge, shared by the successor and
+        the predecessor maps), written straight into networkx's adjacency dicts: a block of L
+        layers has L(L+1)/2 dense edges, and networkx's per-edge checks were most of the time
+        an analysis of a 1,024-layer block took. The graph is new, so no cache can be stale."""
+        succ, pred = self.g._succ, self.g._pred[target]
+        for f, shape in features:
+            data = {"kind": kind, "shape": shape}
+            succ[f][target] = data
+            pred[f] = data

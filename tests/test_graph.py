@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import networkx as nx
@@ -144,6 +145,19 @@ def test_lower_refuses_invalid_networks():
 def test_huge_block_is_refused_without_building():
     net = dataclasses.replace(N.tiny(), stages=(DenseBlock(index=1, layers=10**6, growth=12),))
     assert [x.code.code for x in graph.check(net)] == ["E304"]
+
+
+def test_the_block_cap_sits_where_its_connections_pass_the_ceiling():
+    """A block of L layers has L(L+1)/2 dense connections: the largest block under
+    MAX_CONNECTIONS passes `check`, one more layer is E304, both decided from integers."""
+    largest = (math.isqrt(8 * graph.MAX_CONNECTIONS + 1) - 1) // 2
+    assert largest * (largest + 1) // 2 <= graph.MAX_CONNECTIONS < (largest + 1) * (largest + 2) // 2
+    assert largest >= 1024  # torchvision builds a 1,024-layer block (issue 15); so does densedsl
+    fits = dataclasses.replace(N.tiny(), stages=(DenseBlock(index=1, layers=largest, growth=1),))
+    assert "E304" not in [x.code.code for x in graph.check(fits)]
+    over = dataclasses.replace(N.tiny(), stages=(DenseBlock(index=1, layers=largest + 1, growth=1),))
+    (diag,) = graph.check(over)
+    assert diag.code.code == "E304" and f"denseblock1 has {largest + 1:,} layers" in diag.message
 
 
 def test_min_input_size_search():
