@@ -105,6 +105,41 @@ def compile_overhead(rounds: int) -> list[str]:
     return lines
 
 
+def steps(rounds: int) -> list[str]:
+    """Where densedsl.compile's time goes for DenseNet-264, step by step (what build_model does,
+    collector pause included), beside the reference's construction."""
+    from densedsl import budget
+    from densedsl.compiler import _collector_paused
+    from densedsl.engine import accelerate
+    from densedsl.modules import DenseNet
+    text = (ROOT / "specs" / "densenet264.dense").read_text("utf-8")
+    times: dict[str, list[float]] = {k: [] for k in ("parse and resolve", "analyze (every check)",
+                                                        "memory budget check", "module construction and init",
+                                                        "inference engine attached", "reference + init")}
+    for _ in range(rounds):
+        gc.collect()
+        with _collector_paused():
+            clock = time.process_time()
+            network = densedsl.parse(text).network
+            marks = [time.process_time()]
+            analysis = analyze(network)
+            marks.append(time.process_time())
+            budget.require(budget.for_model(analysis), network, within=budget.limit(None), library=True)
+            marks.append(time.process_time())
+            model = DenseNet(network, lowered=analysis.lowered)
+            marks.append(time.process_time())
+        accelerate(model)
+        marks.append(time.process_time())
+        for key, start, end in zip(times, [clock] + marks, marks):
+            times[key].append(end - start)
+        del model, analysis
+        times["reference + init"].append(cpu_seconds(lambda: reference(MODELS["densenet264"])))
+    lines = ["| DenseNet-264, step | CPU ms, median (range) |", "| --- | ---: |"]
+    lines += [f"| {key} | {spread(values)} |" for key, values in times.items()]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def fit_exponent(xs: list[int], ys: list[float]) -> float:
     lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
     mx, my = statistics.mean(lx), statistics.mean(ly)
@@ -157,6 +192,8 @@ def main() -> None:
              f"Python {platform.python_version()}, torch {torch.__version__}, load average {load:.2f} at start",
              "", "### compile against torch's own construction", ""]
     lines += compile_overhead(args.rounds)
+    lines += ["", "Where the time goes (the same steps as `build_model`, timed one by one):", ""]
+    lines += steps(args.rounds)
     if args.no_scale:
         return
     lines += ["", f"### Scale: one block of L layers, analysis against the reference's constructor "

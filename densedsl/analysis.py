@@ -534,21 +534,23 @@ def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
     rf: dict[str, tuple[int, ...]] = {}
     jump: dict[str, tuple[int, ...]] = {}
     r_axes = max(len(g.graph.get("input_shape", (0, 0))) - 1, 1)
+    ones = (1,) * r_axes
+    pred = g._pred  # networkx's own dicts: the read-only views cost a call per item
     for n, a in g.nodes(data=True):
-        preds = g.pred[n]
+        preds = pred[n]
         if not preds:
-            rf[n], jump[n] = (1,) * r_axes, (1,) * r_axes
+            rf[n] = jump[n] = ones
             continue
         first = next(iter(preds))
         r = rf[first] if len(preds) == 1 else tuple(map(max, zip(*map(rf.__getitem__, preds))))
         j = jump[first]
         window = kind_of(a["kind"]).window(a)
-        if window is not None:
+        if window is not None and (window[0] != 1 or window[1] != 1):  # a 1x1 window, stride 1, changes neither
             kernel, stride, _ = (costs.per_axis(v, r_axes) for v in window)
             r = tuple(x + (k - 1) * step for x, k, step in zip(r, kernel, j))
             j = tuple(step * s for step, s in zip(j, stride))
         rf[n], jump[n] = r, j
-    return {n: max(v) for n, v in rf.items()}, {n: max(v) for n, v in jump.items()}
+    return dict(zip(rf, map(max, rf.values()))), dict(zip(jump, map(max, jump.values())))
 
 
 def _state_dict_entries(g: nx.DiGraph) -> int:

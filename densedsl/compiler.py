@@ -7,6 +7,8 @@ and the `.pt`/`.py`/`.onnx` writers in `export.py`.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import pickle
 import re
@@ -46,13 +48,29 @@ def build_model(network: Network, *, memory: str = "standard", features: bool = 
         raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, not {memory!r}")
     from . import budget
     from .analysis import analyze
-    analysis = analyze(network)
-    budget.require(budget.for_model(analysis), network, within=budget.limit(memory_limit, device=device),
-                   library=True)
-    model = DenseNet(network, memory=memory, lowered=analysis.lowered, device=device, dtype=dtype)
+    with _collector_paused():
+        analysis = analyze(network)
+        budget.require(budget.for_model(analysis), network, within=budget.limit(memory_limit, device=device),
+                       library=True)
+        model = DenseNet(network, memory=memory, lowered=analysis.lowered, device=device, dtype=dtype)
     if engine:
         accelerate(model)
     return DenseNetFeatures(model) if features else model
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while the analysis and the modules are made (and
+    back as it was, whatever happens): they allocate tens of thousands of objects that all stay
+    alive, and each full pass the collector makes meanwhile walks the whole analysis graph and
+    every module made so far (tens of ms for DenseNet-264, bench/bench_construct.py)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # --- weights ------------------------------------------------------------------------------------

@@ -331,13 +331,19 @@ def accelerate(model: nn.Module) -> nn.Module:
     """Attach one inference engine to every DenseNet, DenseNetFeatures and DenseBlock in
     `model`; returns `model`. A model with any conv that is not 2-D, or with no conv at all (an
     MLP on feature vectors: the engine's buffers are 2-D maps), is returned as it is."""
-    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    if not convs or any(not isinstance(m, nn.Conv2d) for m in convs):
+    targets, convs = [], 0
+    for m in model.modules():  # one walk over the modules (a DenseNet-264 has ~950)
+        if isinstance(m, nn.modules.conv._ConvNd):
+            if not isinstance(m, nn.Conv2d):
+                return model
+            convs += 1
+        elif isinstance(m, (DenseNet, DenseNetFeatures, DenseBlock)):
+            targets.append(m)
+    if not convs:
         return model
     engine = InferenceEngine()
-    for m in model.modules():
-        if isinstance(m, (DenseNet, DenseNetFeatures, DenseBlock)):
-            m.engine = engine
+    for m in targets:
+        m.engine = engine
     return model
 
 

@@ -396,7 +396,10 @@ class _Builder:
         return node_id
 
     def edge(self, u: str, v: str, kind: str = "flow") -> None:
-        self.g.add_edge(u, v, kind=kind, shape=self.g.nodes[u]["out_shape"])
+        """An edge between two nodes already added (as `_bulk_edges` writes it)."""
+        data = {"kind": kind, "shape": self.g._node[u]["out_shape"]}
+        self.g._succ[u][v] = data
+        self.g._pred[v][u] = data
 
     def ops(self, prefix: str, stage: str, ops: Iterable[costs.Op], prev: str, span: Span | None,
             spans: Sequence[Span | None] | None = None, **extra) -> str:
@@ -439,7 +442,7 @@ class _Builder:
                       layer=0)
         self.edge(prev, x)
         # (feature map, its shape): the L(L+1)/2 dense edges go in bulk, each shape looked up once
-        features = [(x, self.g.nodes[x]["out_shape"])]
+        features = [(x, self.g._node[x]["out_shape"])]
         for layer, ops in enumerate(lowered.layers, start=1):
             lname = f"{name}.denselayer{layer}"
             cin = ops[0].in_shape
@@ -451,7 +454,7 @@ class _Builder:
             x = self.node(f"{name}.x{layer}", "feature", name, block.span, new, new,
                           block=block.index, layer=layer)
             self.edge(last, x)
-            features.append((x, self.g.nodes[x]["out_shape"]))
+            features.append((x, self.g._node[x]["out_shape"]))
         out = self.node(f"{name}.out", "concat", name, block.span, lowered.out_shape,
                         lowered.out_shape, block=block.index)
         self._bulk_edges(features, out, "concat")

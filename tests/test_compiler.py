@@ -93,6 +93,22 @@ def test_zoo_state_dict_equals_torchvision(depth):
     assert layout(model) == read_tsv(DATA / f"torchvision_densenet{depth}_state_dict.tsv")
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_build_model_leaves_the_garbage_collector_as_it_found_it(enabled):
+    """build_model pauses Python's collector while it analyses and builds (a speed measure):
+    afterwards, and after a refused network, the collector is on or off as the caller had it."""
+    import gc
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert isinstance(build_model(d2l_fashion_mnist(), engine=False), DenseNet)
+        assert gc.isenabled() is enabled
+        with pytest.raises(densedsl.SpecError):
+            build_model(torchvision(121), memory_limit=1)  # E307: refused inside the pause
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+
+
 def test_hand_built_densenet121_layout():
     model = DenseNet(torchvision(121), device="meta")
     rows = layout(model)
