@@ -387,12 +387,19 @@ class _Builder:
     def node(self, node_id: str, kind: str, stage: str, span: Span | None, in_shape, out_shape,
              params: int = 0, buffers: int = 0, macs: int = 0, module: str | None = None,
              attrs: Iterable = (), **extra) -> str:
-        attrs_dict = dict(attrs)
+        data = {"kind": kind, "stage": stage, "span": span, "in_shape": tuple(in_shape),
+                "out_shape": tuple(out_shape), "params": params, "buffers": buffers, "macs": macs,
+                "flops": 2 * macs}
+        data.update(attrs)
         if module is not None:
-            attrs_dict["module"] = module
-        self.g.add_node(node_id, kind=kind, stage=stage, span=span, in_shape=tuple(in_shape),
-                        out_shape=tuple(out_shape), params=params, buffers=buffers, macs=macs,
-                        flops=2 * macs, **attrs_dict, **extra)
+            data["module"] = module
+        data.update(extra)
+        # What add_node stores for a new node, written directly (a DenseNet-264 has 5,355 nodes);
+        # ids are unique by construction, and a repeat would be a builder bug
+        g = self.g
+        if node_id in g._node:
+            raise AssertionError(f"graph node {node_id} added twice")
+        g._succ[node_id], g._pred[node_id], g._node[node_id] = {}, {}, data
         return node_id
 
     def edge(self, u: str, v: str, kind: str = "flow") -> None:
