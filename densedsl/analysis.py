@@ -389,7 +389,7 @@ def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnos
     problems: list[tuple[Span | None, str]] = []
     if not _forward(g) and not nx.is_directed_acyclic_graph(g):
         problems.append((network.span, "the graph has a cycle"))
-    pred, nodes = g._pred, g.nodes  # networkx's own dicts: its read-only views cost a call per item
+    pred, nodes = graph_.predecessors(g), g.nodes
     for block in network.blocks:
         name = f"denseblock{block.index}"
         k0 = nodes[f"{name}.x0"]["out_shape"][0]
@@ -438,7 +438,7 @@ def _forward(g: nx.DiGraph) -> bool:
     builder adds nodes in execution order, so this linear pass spares a topological sort."""
     order = {n: i for i, n in enumerate(g)}
     position = order.__getitem__
-    return all(max(map(position, preds), default=-1) < order[v] for v, preds in g._pred.items())
+    return all(max(map(position, preds), default=-1) < order[v] for v, preds in graph_.predecessors(g).items())
 
 
 def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
@@ -503,7 +503,7 @@ def _stages(lowered: tuple[costs.Lowered, ...], g: nx.DiGraph) -> tuple[StageFig
                 result.append(StageFigures(kind="head", **common))
             case costs.LoweredBlock():
                 block = stage.source
-                pred = g._pred  # networkx's own dicts: an edge view (or a read-only atlas view) costs a call per edge
+                pred = graph_.predecessors(g)
                 connections = sum(list(map(_KIND, pred[n].values())).count("dense")
                                   for n in members if n.endswith(".concat"))
                 result.append(BlockFigures(
@@ -535,7 +535,7 @@ def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
     jump: dict[str, tuple[int, ...]] = {}
     r_axes = max(len(g.graph.get("input_shape", (0, 0))) - 1, 1)
     ones = (1,) * r_axes
-    pred = g._pred  # networkx's own dicts: the read-only views cost a call per item
+    pred = graph_.predecessors(g)
     for n, a in g.nodes(data=True):
         preds = pred[n]
         if not preds:

@@ -379,6 +379,35 @@ def lower(network: Network, *, checked: bool = False,
     return _Builder(network).build(costs.lower(network) if lowered is None else lowered)
 
 
+def _direct_writes_work() -> bool:
+    """Whether this networkx keeps a DiGraph in the dicts `_Builder` writes directly (`_node`,
+    `_succ`, `_pred`, as every networkx 2.x and 3.x does). Checked once, by building a two-node
+    graph both ways: a networkx that changed its internals gets the public API, slower but right."""
+    try:
+        fast, slow = nx.DiGraph(), nx.DiGraph()
+        for node, data in (("a", {"k": 1}), ("b", {"k": 2})):
+            fast._succ[node], fast._pred[node], fast._node[node] = {}, {}, data
+            slow.add_node(node, **data)
+        edge = {"kind": "flow"}
+        fast._succ["a"]["b"] = fast._pred["b"]["a"] = edge
+        slow.add_edge("a", "b", **edge)
+        return (list(fast.nodes(data=True)) == list(slow.nodes(data=True))
+                and list(fast.edges(data=True)) == list(slow.edges(data=True))
+                and list(fast.predecessors("b")) == ["a"] and fast.pred["b"] == fast._pred["b"]
+                and fast.number_of_edges() == 1 and nx.is_directed_acyclic_graph(fast))
+    except Exception:  # noqa: BLE001 -- any surprise in a private layout means: use the public API
+        return False
+
+
+DIRECT = _direct_writes_work()
+
+
+def predecessors(g: nx.DiGraph):
+    """Each node's {predecessor: edge data}: networkx's own dict when `DIRECT` (its read-only
+    views cost a Python call per item, and the analysis reads every dense edge)."""
+    return g._pred if DIRECT else g.pred
+
+
 class _Builder:
     def __init__(self, network: Network):
         self.network = network
@@ -397,16 +426,22 @@ class _Builder:
         # What add_node stores for a new node, written directly (a DenseNet-264 has 5,355 nodes);
         # ids are unique by construction, and a repeat would be a builder bug
         g = self.g
-        if node_id in g._node:
+        if node_id in g.nodes:
             raise AssertionError(f"graph node {node_id} added twice")
-        g._succ[node_id], g._pred[node_id], g._node[node_id] = {}, {}, data
+        if DIRECT:
+            g._succ[node_id], g._pred[node_id], g._node[node_id] = {}, {}, data
+        else:
+            g.add_node(node_id, **data)
         return node_id
 
     def edge(self, u: str, v: str, kind: str = "flow") -> None:
         """An edge between two nodes already added (as `_bulk_edges` writes it)."""
-        data = {"kind": kind, "shape": self.g._node[u]["out_shape"]}
-        self.g._succ[u][v] = data
-        self.g._pred[v][u] = data
+        data = {"kind": kind, "shape": self.g.nodes[u]["out_shape"]}
+        if DIRECT:
+            self.g._succ[u][v] = data
+            self.g._pred[v][u] = data
+        else:
+            self.g.add_edge(u, v, **data)
 
     def ops(self, prefix: str, stage: str, ops: Iterable[costs.Op], prev: str, span: Span | None,
             spans: Sequence[Span | None] | None = None, **extra) -> str:
@@ -449,7 +484,7 @@ class _Builder:
                       layer=0)
         self.edge(prev, x)
         # (feature map, its shape): the L(L+1)/2 dense edges go in bulk, each shape looked up once
-        features = [(x, self.g._node[x]["out_shape"])]
+        features = [(x, self.g.nodes[x]["out_shape"])]
         for layer, ops in enumerate(lowered.layers, start=1):
             lname = f"{name}.denselayer{layer}"
             cin = ops[0].in_shape
@@ -461,7 +496,7 @@ class _Builder:
             x = self.node(f"{name}.x{layer}", "feature", name, block.span, new, new,
                           block=block.index, layer=layer)
             self.edge(last, x)
-            features.append((x, self.g._node[x]["out_shape"]))
+            features.append((x, self.g.nodes[x]["out_shape"]))
         out = self.node(f"{name}.out", "concat", name, block.span, lowered.out_shape,
                         lowered.out_shape, block=block.index)
         self._bulk_edges(features, out, "concat")
@@ -474,6 +509,9 @@ class _Builder:
         the predecessor maps), written straight into networkx's adjacency dicts: a block of L
         layers has L(L+1)/2 dense edges, and networkx's per-edge checks were most of the time
         an analysis of a 1,024-layer block took. The graph is new, so no cache can be stale."""
+        if not DIRECT:
+            self.g.add_edges_from((f, target, {"kind": kind, "shape": shape}) for f, shape in features)
+            return
         succ, pred = self.g._succ, self.g._pred[target]
         for f, shape in features:
             data = {"kind": kind, "shape": shape}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -165,3 +166,35 @@ def test_min_input_size_search():
     assert graph.min_input_size(plan) == 29
     assert graph.min_input_size(plan, train=True) == 61
     assert graph.min_input_size(graph.spatial_plan(Network(name="x", input=(1, 1, 1)))) == 1
+
+
+def test_the_public_networkx_api_builds_the_same_graph_and_figures(monkeypatch):
+    """The builder writes networkx's private dicts for speed (`graph.DIRECT`, probed at import);
+    a networkx that changed them gets the public API: the same graph, edge for edge, and the
+    same figures."""
+    import densedsl
+
+    assert graph.DIRECT  # this networkx keeps _node/_succ/_pred: the fast path is the one tested elsewhere
+    ROOT = Path(__file__).resolve().parent.parent
+    specs = [ROOT / "specs" / "densenet121.dense", ROOT / "specs" / "d2l_flux_mlp.dense"]
+    fast = [densedsl.analyze(densedsl.load(p)) for p in specs]
+    monkeypatch.setattr(graph, "DIRECT", False)
+    slow = [densedsl.analyze(densedsl.load(p)) for p in specs]
+    for a, b in zip(fast, slow):
+        assert list(a.graph.nodes(data=True)) == list(b.graph.nodes(data=True))
+        assert list(a.graph.edges(data=True)) == list(b.graph.edges(data=True))
+        assert (a.params, a.macs, a.connections, a.receptive_field) == (b.params, b.macs, b.connections, b.receptive_field)
+        assert a.stages == b.stages
+
+
+def test_a_networkx_without_the_private_dicts_is_detected(monkeypatch):
+    class Slotted(nx.DiGraph):
+        """A DiGraph that keeps its adjacency somewhere the builder does not know about."""
+        def __getattribute__(self, name):
+            if name in ("_succ", "_pred", "_node") and sys._getframe(1).f_globals.get("__name__") == graph.__name__:
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    assert graph._direct_writes_work()
+    monkeypatch.setattr(nx, "DiGraph", Slotted)
+    assert not graph._direct_writes_work()
