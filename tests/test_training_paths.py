@@ -181,3 +181,19 @@ def test_state_dict_keys_are_the_plain_paths():
     run(model.train(), torch.randn(2, *net.input), False, pytest.MonkeyPatch())
     assert list(model.state_dict()) == before
     assert all(t.is_contiguous() for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize("memory", ["standard", "efficient"])
+def test_train_returns_freed_memory_to_the_system_in_efficient_mode_only(memory, monkeypatch, tmp_path):
+    from densedsl import train as t
+    calls: list = []
+    monkeypatch.setattr(t, "return_freed_memory", lambda: calls.append(memory) or True)
+    t.train("specs/tiny_digits.dense", data="synthetic:32", epochs=1, batch_size=16, memory=memory,
+            device="cpu", out=tmp_path / "run", progress=False, max_steps=1)
+    assert calls == (["efficient"] if memory == "efficient" else [])
+
+
+def test_return_freed_memory_leaves_a_users_setting_alone(monkeypatch):
+    from densedsl.train import return_freed_memory
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert return_freed_memory() is False
