@@ -55,7 +55,7 @@ def run(model: nn.Module, x: torch.Tensor, plain: bool, monkeypatch) -> tuple:
     model.zero_grad(set_to_none=True)
     y = model(x)
     (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()  # every logit matters
-    return y.detach(), x.grad, {k: p.grad for k, p in model.named_parameters()}
+    return y.detach(), x.grad, {k.removeprefix("_orig_mod."): p.grad for k, p in model.named_parameters()}
 
 
 def assert_same(model_a, model_b, a, b) -> None:
@@ -197,3 +197,15 @@ def test_return_freed_memory_leaves_a_users_setting_alone(monkeypatch):
     from densedsl.train import return_freed_memory
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert return_freed_memory() is False
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_and_infers_through_the_plain_path(monkeypatch):
+    """Under dynamo the blocks take the plain path (`modules.compiling()`): same values as eager."""
+    net = network("rank2_bottleneck")
+    eager, model = pair(net, "standard")
+    compiled = torch.compile(model)
+    x = torch.randn(2, *net.input)
+    assert_same(eager, model, run(eager.train(), x, False, monkeypatch), run(compiled.train(), x, False, monkeypatch))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), eager.eval()(x), rtol=RTOL, atol=ATOL)
