@@ -209,3 +209,34 @@ def test_torch_compile_trains_and_infers_through_the_plain_path(monkeypatch):
     assert_same(eager, model, run(eager.train(), x, False, monkeypatch), run(compiled.train(), x, False, monkeypatch))
     with torch.no_grad():
         torch.testing.assert_close(compiled.eval()(x), eager.eval()(x), rtol=RTOL, atol=ATOL)
+
+
+def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct non-weight storages autograd's saved-tensor hooks see."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(v for k, v in seen.items() if k not in weights)
+
+
+def test_efficient_memory_model_is_what_the_shared_path_keeps():
+    """The analysis' efficient mode, less the one layer's recomputation it adds for backward
+    (the staged concatenation and the BN-ReLU output of the widest layer), against what the
+    shared-storage path keeps: features only once (the block's buffer), conv outputs, BN-ReLU
+    of the bottleneck."""
+    from densedsl.analysis import analyze
+    from densedsl.ops import numel
+    net = densedsl.parse("network m {\n input 3x16x16\n stem {\n conv 8\n }\n dense layers=6 growth=4"
+                         " bottleneck=2\n transition\n dense layers=6 growth=4\n head classes=2\n}\n").network
+    a = analyze(net)
+    torch.manual_seed(0)
+    measured = _saved_bytes(DenseNet(net, memory="efficient").train(), torch.randn(2, *net.input))
+    widest = max(numel(s["out_shape"]) for n, s in a.graph.nodes(data=True)
+                 if s["kind"] == "concat" and ".denselayer" in n)
+    predicted = a.memory(2, "float32", "efficient") - 2 * widest * 2 * 4
+    assert abs(predicted - measured) / measured < 0.05
