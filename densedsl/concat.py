@@ -86,6 +86,13 @@ def _bn_factor(norm: nn.Module) -> float:
     return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
 
 
+def _stage(buffer: Tensor, width: int, memory_format: torch.memory_format) -> Tensor:
+    """The first `width` channels as a tensor of their own (what torch.cat makes): always a copy,
+    never a view of the buffer, which later layers write into (with a batch of one the slice is
+    contiguous already and `.contiguous()` would return the view itself)."""
+    return buffer.narrow(1, 0, width).clone(memory_format=memory_format)
+
+
 def _normalize(x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
     """BN's output from its saved batch statistics: one pass, the running statistics untouched."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -105,7 +112,7 @@ class _WriteEnter(torch.autograd.Function):
         ctx.norm, ctx.conv = norm, conv
         if norm is None:
             return buffer, None
-        x = buffer.narrow(1, 0, width).contiguous(memory_format=holder.memory_format)
+        x = _stage(buffer, width, holder.memory_format)
         y, mean, invstd = torch.ops.aten.native_batch_norm(
             x, norm_weight, norm_bias, norm.running_mean, norm.running_var, True, _bn_factor(norm), norm.eps)
         y = y.relu_()
@@ -136,7 +143,7 @@ class _WriteEnter(torch.autograd.Function):
             else:
                 mean, invstd, weight, bias, conv_weight, conv_bias, running_mean, running_var = ctx.saved_tensors
                 holder.check(holder.tensor)
-                x = holder.tensor.narrow(1, 0, ctx.width).contiguous(memory_format=holder.memory_format)
+                x = _stage(holder.tensor, ctx.width, holder.memory_format)
                 y = _normalize(x, weight, bias, mean, invstd).relu_()
                 grad_y, grads[2], grads[3] = torch.ops.aten.convolution_backward(
                     grad_out, y, conv_weight, None if conv_bias is None else [conv_bias.shape[0]],

@@ -243,3 +243,21 @@ def test_efficient_memory_model_is_what_the_shared_path_keeps():
                  if s["kind"] == "concat" and ".denselayer" in n)
     predicted = a.memory(2, "float32", "efficient") - 2 * widest * 2 * 4
     assert abs(predicted - measured) / measured < 0.05
+
+
+@pytest.mark.parametrize("memory", ["standard", "efficient"])
+def test_a_batch_of_one_matches_the_plain_path(memory, monkeypatch):
+    """With one image a channel slice of the buffer is contiguous: the staged copy must still be
+    a copy (a view would be written by the next layer)."""
+    net = network("rank2_bottleneck")
+    plain, fast = pair(net, memory)
+    fast.train_channels_last = False  # NCHW: the slice of a batch of one is contiguous
+    x = torch.randn(1, *net.input)
+    assert_same(plain, fast, run(plain.train(), x, True, monkeypatch), run(fast.train(), x, False, monkeypatch))
+
+
+def test_one_value_per_channel_is_refused_as_batch_norm_refuses_it(monkeypatch):
+    monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
+    block = DenseBlock(3, 2, 2).train()  # no bottleneck: no nn.BatchNorm2d after the Function
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        block(torch.randn(1, 3, 1, 1, requires_grad=True))
