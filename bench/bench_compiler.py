@@ -239,11 +239,27 @@ def memory_child(name: str, impl: str, fmt: str, device: str) -> dict:
     return {"peak_delta": (_rss_kib("VmHWM") - before) * 1024}
 
 
-def measure_memory(name: str, impl: str, fmt: str, device: str) -> int:
+ALLOCATORS = {
     # Large blocks straight from mmap, returned on free: RSS then follows live tensors.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps([name, impl, fmt, device])],
-                          capture_output=True, text=True, env=env, timeout=600)
+    "mmap": {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"},
+    # What users have: glibc's defaults (its mmap threshold adapts upwards as blocks are freed,
+    # so freed activations can stay in the heap and count in RSS).
+    "default": {},
+}
+
+
+def child_env(allocator: str) -> dict[str, str]:
+    """The environment of a memory child under `allocator` (a key of ALLOCATORS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(ALLOCATORS[allocator])
+    return env
+
+
+def measure_memory(name: str, impl: str, fmt: str, device: str, allocator: str = "mmap",
+                   script: str = __file__) -> int:
+    """Peak delta of one training step in a fresh process (`script --child`) under `allocator`."""
+    done = subprocess.run([sys.executable, script, "--child", json.dumps([name, impl, fmt, device])],
+                          capture_output=True, text=True, env=child_env(allocator), timeout=600)
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_delta"]

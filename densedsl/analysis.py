@@ -560,13 +560,20 @@ def _state_dict_entries(g: nx.DiGraph) -> int:
 
 # --- memory ------------------------------------------------------------------------------------
 
-def _storages(g: nx.DiGraph, *, training: bool) -> dict[str, str]:
+def _storages(g: nx.DiGraph, *, training: bool, efficient: bool = False) -> dict[str, str]:
     """Which allocation holds each node's output, as the op table states each kind's storage:
     ReLU runs in place (torchvision's inplace=True) unless its input is the caller's or is read
     elsewhere, flatten is a view, feature nodes and the output name tensors made elsewhere, and
     dropout is the identity outside training."""
     storage: dict[str, str] = {}
+    # In standard mode the shared-buffer path keeps what the plain one keeps (each layer's staged
+    # concatenation and BN-ReLU output), so only efficient mode's model reads the features as
+    # slices of the block's buffer
+    shared = _shared_features(g) if training and efficient else {}
     for n, a in g.nodes(data=True):
+        if n in shared:  # copied into its block's buffer, the block's output
+            storage[n] = shared[n]
+            continue
         rule = kind_of(a["kind"]).storage_of(a)
         preds = g.pred[n]
         alias = rule == "view" or (rule == "identity_in_eval" and not training)
@@ -583,13 +590,50 @@ def _layer_of(node: str) -> str | None:
     return ".".join(parts[:2]) if len(parts) == 3 and parts[1].startswith("denselayer") else None
 
 
+def _entry(g: nx.DiGraph, concat: str) -> list[str] | None:
+    """A layer's concat → norm → relu → conv, if it starts so: what the compiler's shared-storage
+    Function runs (`concat.py`), else None."""
+    chain = [concat]
+    for kind in ("norm", "relu", "conv"):
+        succ = list(g.succ[chain[-1]])
+        if len(succ) != 1 or g.nodes[succ[0]]["kind"] != kind:
+            return None
+        chain.append(succ[0])
+    return chain
+
+
+def _shared_blocks(g: nx.DiGraph) -> dict[str, dict[str, list[str]]]:
+    """Blocks the compiler trains through one shared buffer (every layer starts with an entry),
+    each with its layers' entries: {block: {layer: [concat, norm, relu, conv]}}."""
+    blocks: dict[str, dict[str, list[str] | None]] = {}
+    for n, a in g.nodes(data=True):
+        layer = _layer_of(n)
+        if layer is not None and a["kind"] == "concat":
+            blocks.setdefault(layer.split(".")[0], {})[layer] = _entry(g, n)
+    return {b: layers for b, layers in blocks.items() if all(e is not None for e in layers.values())}
+
+
+def _shared_features(g: nx.DiGraph) -> dict[str, str]:
+    """Feature node → its block's output node, in shared-buffer blocks: x0 … xL live in the
+    block's output from the start (the layers' own outputs are copied in and freed)."""
+    out: dict[str, str] = {}
+    for block in _shared_blocks(g):
+        for v in g.pred[f"{block}.out"]:
+            if g.nodes[v]["kind"] == "feature":
+                out[v] = f"{block}.out"
+    return out
+
+
 def _recomputed(g: nx.DiGraph) -> dict[str, list[str]]:
-    """The regions memory-efficient mode recomputes in backward: every dense layer whole, from
-    its concat to its last op (the compiler checkpoints `DenseLayer._layer`), in graph order."""
+    """The regions memory-efficient mode recomputes in backward, in graph order: in a shared-
+    buffer block each layer's entry (concat, BN, ReLU, and the conv whose input they make: the
+    Function keeps the conv's output only); elsewhere every dense layer whole, from its concat to
+    its last op (the compiler checkpoints `DenseLayer._layer`)."""
+    shared = {layer: entry for layers in _shared_blocks(g).values() for layer, entry in layers.items()}
     regions: dict[str, list[str]] = {}
     for n in g.nodes:
         layer = _layer_of(n)
-        if layer is not None:
+        if layer is not None and (layer not in shared or n in shared[layer]):
             regions.setdefault(layer, []).append(n)
     return regions
 
@@ -609,7 +653,7 @@ def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
     outputs; its concat, BN and ReLU outputs and dropout masks are recomputed, so backward needs
     the largest layer's recomputed tensors once more, at a time.
     """
-    storage = _storages(g, training=True)
+    storage = _storages(g, training=True, efficient=efficient)
     regions = _recomputed(g) if efficient else {}
     region = {n for nodes in regions.values() for n in nodes}
     saved: set[str] = set()

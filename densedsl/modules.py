@@ -10,15 +10,22 @@ norm2,relu2,conv2}`, `features.transition{j}.{norm,relu,conv,pool}`, `features.n
 `set_grad_checkpointing`) follow timm (`huggingface/pytorch-image-models: timm/models/densenet.py`).
 Maps of any rank work: the op table picks Conv1d/2d/3d, BatchNorm1d/2d/3d and the pools.
 
-Two forward paths compute the same function:
-- training / autograd: every layer concatenates its inputs with `torch.cat` (torchvision);
-- memory-efficient training: each layer's concatenation, BN, ReLU and dropout are recomputed in
-  backward (Pleiss et al. 2017), via non-reentrant checkpointing that keeps the conv outputs.
+Forward paths that compute the same function:
+- training (module in train mode, autograd on): a block whose layers start BN-ReLU-conv keeps its
+  features in one shared buffer and runs each layer's concat-BN-ReLU as one autograd Function
+  (`concat.py`, Pleiss et al. 2017); on CPU a rank-2 NCHW input is converted to channels_last
+  first (faster kernels; the output comes back NCHW). In memory-efficient mode the Function also
+  takes the layer's first conv and recomputes only the concatenation and BN-ReLU in backward;
+- the plain path (any other layer, eval mode, no autograd, tracing and `torch.compile`, or
+  `DENSEDSL_TRAINING_PATH=plain`): every layer concatenates its inputs with `torch.cat`
+  (torchvision); memory-efficient mode recomputes each layer's concatenation, BN, ReLU and
+  dropout in backward via non-reentrant checkpointing that keeps the conv outputs.
 Fast inference is an opt-in pass, `engine.accelerate`, that `compile` applies by default.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Sequence, assert_never
 
 import torch
@@ -26,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from . import concat
 from . import costs
 from . import network as n
 from . import ops
@@ -42,6 +50,19 @@ def compiling() -> bool:
     """True while a tracer or compiler records the forward: it must see plain tensor code."""
     return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
             or torch.compiler.is_exporting())
+
+
+def plain_training() -> bool:
+    """DENSEDSL_TRAINING_PATH=plain: train through torch.cat, as torchvision does (debugging, and the
+    reference the gradient tests compare the shared-storage path with)."""
+    return os.environ.get("DENSEDSL_TRAINING_PATH", "") == "plain"
+
+
+def _autocasting(x: Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta): never autocast
+        return False
 
 
 def _add(parent: nn.Module, op_list: Sequence[ops.Op], dd: dict) -> None:
@@ -100,6 +121,18 @@ class DenseLayer(nn.Module):
                 x = m(x)
         return x
 
+    def entry(self) -> concat.Entry | None:
+        """The BN-ReLU-conv start that the shared-storage Function runs for this layer, if any."""
+        entry = concat.entry_of(list(self.children()))
+        return entry if entry is not None and entry.norm.training else None
+
+    def rest(self, y: Tensor, efficient: bool) -> Tensor:
+        """The layer after its entry: after BN-ReLU, or after BN-ReLU-conv in efficient mode."""
+        for i, m in enumerate(self.children()):
+            if i >= (3 if efficient else 2):
+                y = m(y)
+        return y
+
     def _checkpoint_contexts(self):
         # Keep the conv outputs (they are needed anyway as the next op's input), recompute the
         # concatenation and the BN-ReLU around them: Pleiss et al.'s shared-storage scheme.
@@ -141,6 +174,7 @@ class DenseBlock(nn.ModuleDict):
     """
 
     _version = 2  # torchvision's: keys without the legacy 'norm.1' dots
+    shared_storage = True  # the shared-buffer training path where it applies (set False: plain)
 
     def __init__(self, in_channels: int, layers: int, growth: int, *, memory_efficient: bool = False,
                  rank: int = 2, lowered: costs.LoweredBlock | None = None, device=None, dtype=None,
@@ -161,10 +195,41 @@ class DenseBlock(nn.ModuleDict):
     def forward(self, x: Tensor) -> Tensor:
         if self.engine is not None and self.engine.applies(self, x):
             return self.engine.block(self, x)
+        entries = self._shared_entries(x)
+        if entries is not None:
+            return self._shared_forward(x, entries)
         features = [x]
         for layer in self.values():
             features.append(layer(features))
         return torch.cat(features, 1)
+
+    def _shared_entries(self, x: Tensor) -> list[concat.Entry] | None:
+        """Each layer's entry when the whole block can train through the shared buffer, else None."""
+        if not (self.shared_storage and self.training and torch.is_grad_enabled() and len(self)
+                and not compiling() and not plain_training()):
+            return None
+        if _autocasting(x):  # the Function's aten calls skip autocast's casts
+            return None
+        if x.numel() // x.shape[1] <= 1:  # one value per channel: nn.BatchNorm's error, on the plain path
+            return None
+        entries = [layer.entry() for layer in self.values()]
+        if any(e is None for e in entries):
+            return None
+        if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return None
+        return entries
+
+    def _shared_forward(self, x: Tensor, entries: list[concat.Entry]) -> Tensor:
+        holder = concat.Buffer(x, self.out_channels)
+        buffer, new, offset = holder.tensor, x, 0
+        for layer, entry in zip(self.values(), entries):
+            buffer, y = concat.write_enter(buffer, new, holder, offset, layer.in_channels, entry,
+                                           layer.memory_efficient)
+            offset += new.shape[1]
+            new = layer.rest(y, layer.memory_efficient)
+        buffer, _ = concat.write_enter(buffer, new, holder, offset, self.out_channels, None, False)
+        holder.version = buffer._version
+        return buffer
 
 
 class Transition(nn.Sequential):
@@ -222,6 +287,7 @@ class DenseNet(nn.Module):
         self.pre_logits = nn.Sequential()  # the head's pool, flatten and dropout
         self.feature_info: list[dict] = []
         self.engine = None  # engine.accelerate sets it
+        self.train_channels_last = True  # convert rank-2 NCHW input in CPU training (see forward_features)
         self.stem_length = 0
         self.stem_tap: int | None = None  # index in `features` of the stem's feature tap
         self.num_features = network.input[0]
@@ -313,12 +379,22 @@ class DenseNet(nn.Module):
 
     # forward ------------------------------------------------------------------------------------
 
+    def _converts_to_channels_last(self, x: Tensor) -> bool:
+        # CPU convolutions and BN train faster on channels_last maps (measured in
+        # bench/bench_train.py); CUDA training is already channels_last (train.py).
+        return (self.train_channels_last and self.training and torch.is_grad_enabled()
+                and x.dim() == 4 and x.device.type == "cpu" and x.is_contiguous()
+                and not x.is_contiguous(memory_format=torch.channels_last)
+                and not compiling() and not plain_training())
+
     def forward_features(self, x: Tensor) -> Tensor:
         if self.engine is not None and self.engine.applies(self, x):
-            x = self.engine.features(self, x)
-        else:
-            x = self.features(x)
-        return self.final_act(x)
+            return self.final_act(self.engine.features(self, x))
+        converted = self._converts_to_channels_last(x)
+        if converted:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.final_act(self.features(x))
+        return x.contiguous() if converted and x.dim() == 4 else x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.pre_logits(x)

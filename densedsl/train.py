@@ -16,7 +16,9 @@ This module wires the parts together; each job lives in its own module:
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import random
 import time
 from contextlib import contextmanager
@@ -189,6 +191,27 @@ def _set_threads(threads: int | str | None) -> str:
     return f"{why}; OpenMP wait {os.environ.get(cpu.WAIT_POLICY, 'unset').lower()}"
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def return_freed_memory() -> bool:
+    """glibc only, for `--memory efficient` on CPU: serve blocks of 64 KiB or more from mmap and
+    trim the heap on every free, so the process's peak memory follows its live tensors (what the
+    analysis predicts). glibc's default threshold adapts upwards as large blocks are freed, after
+    which freed activations stay in the heap and the peak grows (measured in BENCHMARKS.md,
+    `training` section). Process-wide and for the rest of the process; left alone where the user
+    set MALLOC_MMAP_THRESHOLD_ or the C library is not glibc. True when applied."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, 64 * 1024) == 1 and mallopt(_M_TRIM_THRESHOLD, 0) == 1
+
+
 def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist, started: float, *,
          recipe: dict, device: str, amp: str, memory: str, workers: int | None, threads: int | str | None,
          sync_bn: bool,
@@ -225,6 +248,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
 
     dev = pick_device(device, dd)
     amp = pick_amp(amp, dev)
+    if memory == "efficient" and dev.type == "cpu":
+        return_freed_memory()
     from .budget import check_training  # E307 before the data set or the model is allocated
     check_training(net, batch=int(values["batch_size"]), mode=memory, device=dev)
     threads_why = _set_threads(threads)

@@ -1,0 +1,174 @@
+"""Shared-storage concatenation for training a dense block (Pleiss et al. 2017, "Memory-Efficient
+Implementation of DenseNets"): one buffer per block holds x0 … xL, each feature is copied into
+its slice once (O(L) copies where a torch.cat per layer makes O(L²)), and each layer's entry,
+concat → BN (training) → ReLU [→ conv], is one autograd Function.
+
+The chain. `_WriteEnter` ℓ writes the newest feature into the buffer, marks the buffer dirty (an
+in-place op as autograd sees it) and returns it, then applies layer ℓ's entry to the buffer's
+first channels. The buffer therefore flows through every layer's Function in turn, and backward
+visits them in reverse: each adds its gradient for the prefix it read into one gradient buffer
+and passes that buffer on, so when layer ℓ's Function runs, the gradient of the feature it wrote
+is complete (every later reader ran before it) and is handed out as a slice. One `add_` per
+layer replaces the ℓ narrow accumulations that torch.cat's backward leaves to autograd.
+
+Same ops as the plain path: `native_batch_norm` on the concatenation (staged contiguous, as
+torch.cat makes it: BN kernels are several times slower on a strided slice, above all in
+channels_last), `relu`, `threshold_backward`, `native_batch_norm_backward` and, in efficient mode,
+`convolution` / `convolution_backward`. Results agree with the plain path to float rounding (the
+order of the gradient sums differs); tests/test_training_paths.py states the tolerance.
+
+Standard mode saves the staged concatenation and the BN-ReLU output (what BN and ReLU save in
+the plain path). Efficient mode folds the layer's first conv into the Function and saves only the
+BN statistics: backward stages the concatenation again from the buffer and recomputes BN-ReLU
+with the saved statistics (one pass, no new statistics, the running ones untouched); the
+convolution is never recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class Entry:
+    """The modules a layer's Function replaces: its leading BN and ReLU and, in efficient mode,
+    the conv after them (None in standard mode)."""
+    norm: nn.Module
+    conv: nn.Module | None
+
+
+def entry_of(children: list[nn.Module]) -> Entry | None:
+    """The layer's entry if it starts norm → ReLU → conv with modules the Function reproduces
+    exactly (affine BN that tracks running statistics, zero-padded conv), else None."""
+    if len(children) < 3:
+        return None
+    norm, relu, conv = children[:3]
+    if not (type(norm) in _NORMS and norm.affine and norm.track_running_stats
+            and type(relu) is nn.ReLU and type(conv) in _CONVS):
+        return None
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        return None
+    return Entry(norm, conv)
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """channels_last where the block's input is (4-D, channels-last strides), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class Buffer:
+    """The block's storage and the version it must still have when backward reads it."""
+
+    def __init__(self, x: Tensor, channels: int) -> None:
+        self.memory_format = memory_format_of(x)
+        self.tensor = torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                                  memory_format=self.memory_format)
+        self.version: int | None = None  # set when the block's forward ends
+
+    def check(self, tensor: Tensor) -> None:
+        if self.version is not None and tensor._version != self.version:
+            raise RuntimeError(
+                "a dense block's output, which its layers' backward reads, has been modified by an "
+                "inplace operation; clone it first (or train with DENSEDSL_TRAINING_PATH=plain)")
+
+
+def _bn_factor(norm: nn.Module) -> float:
+    """nn.BatchNorm's update factor, counting the batch as it does."""
+    norm.num_batches_tracked.add_(1)
+    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+
+
+def _stage(buffer: Tensor, width: int, memory_format: torch.memory_format) -> Tensor:
+    """The first `width` channels as a tensor of their own (what torch.cat makes): always a copy,
+    never a view of the buffer, which later layers write into (with a batch of one the slice is
+    contiguous already and `.contiguous()` would return the view itself)."""
+    return buffer.narrow(1, 0, width).clone(memory_format=memory_format)
+
+
+def _normalize(x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
+    """BN's output from its saved batch statistics: one pass, the running statistics untouched."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    scale = weight * invstd
+    shift = bias - mean * scale
+    return torch.addcmul(shift.view(shape), x, scale.view(shape))
+
+
+class _WriteEnter(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, buffer: Tensor, new: Tensor, norm_weight, norm_bias, conv_weight, conv_bias,
+                holder: Buffer, offset: int, width: int, norm, conv, last: bool):
+        buffer.narrow(1, offset, new.shape[1]).copy_(new)
+        ctx.mark_dirty(buffer)
+        ctx.holder, ctx.offset, ctx.channels, ctx.width, ctx.last = holder, offset, new.shape[1], width, last
+        ctx.norm, ctx.conv = norm, conv
+        if norm is None:
+            return buffer, None
+        x = _stage(buffer, width, holder.memory_format)
+        y, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, norm_weight, norm_bias, norm.running_mean, norm.running_var, True, _bn_factor(norm), norm.eps)
+        y = y.relu_()
+        # The running statistics are saved as aten's BN saves them (its kernel updates them
+        # without a version bump, so a second forward before backward is fine).
+        stats = (norm.running_mean, norm.running_var)
+        if conv is None:
+            ctx.save_for_backward(x, y, mean, invstd, norm_weight, *stats)
+            return buffer, y
+        ctx.save_for_backward(mean, invstd, norm_weight, norm_bias, conv_weight, conv_bias, *stats)
+        z = torch.ops.aten.convolution(y, conv_weight, conv_bias, conv.stride, conv.padding,
+                                       conv.dilation, False, [0] * len(conv.stride), conv.groups)
+        return buffer, z
+
+    @staticmethod
+    def backward(ctx, grad_buffer: Tensor | None, grad_out: Tensor | None):
+        holder = ctx.holder
+        if grad_buffer is None:
+            grad_buffer = torch.zeros_like(holder.tensor, memory_format=holder.memory_format)
+        elif ctx.last:  # the caller's gradient: never written in place
+            grad_buffer = grad_buffer.clone(memory_format=holder.memory_format)
+        grads = [None] * 4  # norm weight, norm bias, conv weight, conv bias
+        if ctx.norm is not None and grad_out is not None:
+            norm, conv = ctx.norm, ctx.conv
+            if conv is None:
+                x, y, mean, invstd, weight, running_mean, running_var = ctx.saved_tensors
+                grad_y = grad_out
+            else:
+                mean, invstd, weight, bias, conv_weight, conv_bias, running_mean, running_var = ctx.saved_tensors
+                holder.check(holder.tensor)
+                x = _stage(holder.tensor, ctx.width, holder.memory_format)
+                y = _normalize(x, weight, bias, mean, invstd).relu_()
+                grad_y, grads[2], grads[3] = torch.ops.aten.convolution_backward(
+                    grad_out, y, conv_weight, None if conv_bias is None else [conv_bias.shape[0]],
+                    conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups,
+                    [True, ctx.needs_input_grad[4], conv_bias is not None and ctx.needs_input_grad[5]])
+            grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0)
+            grad_x, grads[0], grads[1] = torch.ops.aten.native_batch_norm_backward(
+                grad_y, x, weight, running_mean, running_var, mean, invstd, True, norm.eps,
+                [True, ctx.needs_input_grad[2], ctx.needs_input_grad[3]])
+            grad_buffer.narrow(1, 0, ctx.width).add_(grad_x)
+        grad_new = grad_buffer.narrow(1, ctx.offset, ctx.channels)
+        return (grad_buffer, grad_new, *grads, None, None, None, None, None, None)
+
+
+def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width: int,
+                entry: Entry | None, efficient: bool) -> tuple[Tensor, Tensor | None]:
+    """Write `new` at channel `offset` of the block's buffer; then, given the next layer's entry,
+    apply it to the first `width` channels. Returns (the buffer, the entry's output)."""
+    if entry is None:
+        return _WriteEnter.apply(buffer, new, None, None, None, None, holder, offset, width, None, None, True)
+    norm = entry.norm
+    conv = entry.conv if efficient else None
+    return _WriteEnter.apply(buffer, new, norm.weight, norm.bias,
+                             None if conv is None else conv.weight, None if conv is None else conv.bias,
+                             holder, offset, width, norm, conv, False)
+
+
+__all__ = ["Buffer", "Entry", "entry_of", "memory_format_of", "write_enter"]
