@@ -9,6 +9,7 @@ import sys
 from fractions import Fraction
 
 import pytest
+from measure import saved_bytes_of
 
 import densedsl
 import networks as N
@@ -244,19 +245,9 @@ def test_standard_memory_is_quadratic_and_efficient_linear_in_depth():
 @pytest.mark.slow
 def test_standard_memory_matches_what_autograd_saves():
     """Counted with saved_tensors_hooks on the compiled model: distinct storages, weights excluded."""
-    torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    pytest.importorskip("torch")
     for net in (N.cifar(40, 12), N.torchvision(121, input_size=64)):
-        model = build_model(net).train()
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(torch.randn(2, *net.input))
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        measured = sum(v for k, v in seen.items() if k not in weights)
+        measured = saved_bytes_of(net)
         assert abs(analyze(net).memory(2) - measured) / measured < 0.05
 
 

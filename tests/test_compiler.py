@@ -10,6 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from measure import saved_bytes
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -270,24 +271,13 @@ def test_efficient_gradients_equal_standard():
         torch.testing.assert_close(b, a, msg=name)
 
 
-def _saved_bytes(model, x) -> int:
-    """Bytes of distinct storages autograd keeps for backward (outside checkpointed regions)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return sum(storages.values())
 
 
 def test_efficient_mode_keeps_less_for_backward():
     net = densedsl.parse("network d { input 16x8x8\n dense layers=8 growth=8 bottleneck=2\n head classes=2\n }").network
     x = torch.randn(2, 16, 8, 8)
-    standard = _saved_bytes(model_of(net), x)
-    efficient = _saved_bytes(model_of(net, memory="efficient"), x)
+    standard = saved_bytes(model_of(net), x, weights=True)
+    efficient = saved_bytes(model_of(net, memory="efficient"), x, weights=True)
     assert efficient < 0.5 * standard
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from measure import saved_bytes
 
 import densedsl
 from densedsl import diagnostics as d
@@ -138,18 +139,6 @@ def test_the_compiled_mlp_is_the_analysis():
     assert model.features.transition1.linear.out_features == (16 + 3 * 8) // 2
 
 
-def _saved_bytes(model, x) -> int:
-    """Distinct storages autograd keeps for backward, parameters and buffers excluded."""
-    import torch
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    return sum(v for k, v in seen.items() if k not in weights)
 
 
 @pytest.mark.parametrize("text", [
@@ -161,7 +150,7 @@ def test_standard_memory_is_what_autograd_saves(text):
     torch = pytest.importorskip("torch")
     net, a, model = _model(text)
     assert not any(kind == "dropout" for _, kind in a.graph.nodes(data="kind"))
-    assert _saved_bytes(model.train(), torch.randn(4, *net.input)) == a.memory(4)
+    assert saved_bytes(model.train(), torch.randn(4, *net.input), buffers=True) == a.memory(4)
 
 
 def test_efficient_mode_computes_the_same_gradients_and_keeps_less():

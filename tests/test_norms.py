@@ -5,6 +5,7 @@ inference engine."""
 from __future__ import annotations
 
 import pytest
+from measure import saved_bytes_of
 
 import densedsl
 from densedsl import diagnostics as d
@@ -230,21 +231,6 @@ def test_without_a_norm_the_memory_model_counts_the_relus_own_output():
     assert bn["denseblock1.denselayer1.relu2"] == "denseblock1.denselayer1.norm2"  # BN's: in place
 
 
-def _saved_bytes(net) -> int:
-    """Bytes of the distinct non-weight storages autograd keeps for backward, batch of 2
-    (tests/test_promises.py's measure)."""
-    torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
-    model = build_model(net).train()
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(torch.randn(2, *net.input))
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(v for k, v in seen.items() if k not in weights)
 
 
 @pytest.mark.parametrize("order", ["pre", "post"])
@@ -259,4 +245,4 @@ def test_a_norms_saved_tensors_are_what_the_analysis_counts(norm, order):
     a_bn, a_other = analyze(bn), analyze(other)
     running = 4 * (a_bn.buffers - a_other.buffers)
     assert running > 0
-    assert _saved_bytes(other) - a_other.memory(2) == _saved_bytes(bn) - a_bn.memory(2) - running
+    assert saved_bytes_of(other) - a_other.memory(2) == saved_bytes_of(bn) - a_bn.memory(2) - running

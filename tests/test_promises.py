@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from measure import saved_bytes_of
 
 torch = pytest.importorskip("torch")
 
@@ -154,18 +155,6 @@ def test_networks_written_as_families_compile_to_what_the_analysis_counts(drawn)
     assert tuple(y.shape[1:]) == tuple(a.output_shape)
 
 
-def _saved_bytes(network) -> int:
-    """Bytes of the distinct non-weight storages autograd keeps for backward, batch of 2."""
-    model = build_model(network).train()
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(torch.randn(2, *network.input))
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(v for k, v in seen.items() if k not in weights)
 
 
 @pytest.mark.parametrize("order", ["pre", "post"])
@@ -181,4 +170,4 @@ def test_an_activations_saved_tensors_are_what_the_analysis_adds(activation, ord
     relu, other = net("relu"), net(activation)
     assert analyze(other).params == analyze(relu).params
     assert analyze(other).memory(2) > analyze(relu).memory(2)
-    assert _saved_bytes(other) - analyze(other).memory(2) == _saved_bytes(relu) - analyze(relu).memory(2)
+    assert saved_bytes_of(other) - analyze(other).memory(2) == saved_bytes_of(relu) - analyze(relu).memory(2)

@@ -35,12 +35,7 @@ SPEC = """network m(features=9, classes=1) {
 FAST = dict(batch_size=16, epochs=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 
 def _houses(n: int = 60, seed: int = 0) -> str:

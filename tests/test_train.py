@@ -38,13 +38,7 @@ SPEC = """network t(classes=3) {
 FAST = dict(data="synthetic:64", batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train several times faster on one thread when other work shares the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 
 def _codes(e: SpecError) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from measure import saved_bytes
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -214,17 +215,6 @@ def test_torch_compile_trains_and_infers_like_eager(monkeypatch):
         torch.testing.assert_close(compiled.eval()(x), eager.eval()(x), rtol=RTOL, atol=ATOL)
 
 
-def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct non-weight storages autograd's saved-tensor hooks see."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(v for k, v in seen.items() if k not in weights)
 
 
 def test_efficient_memory_model_is_what_the_shared_path_keeps():
@@ -238,7 +228,7 @@ def test_efficient_memory_model_is_what_the_shared_path_keeps():
                          " bottleneck=2\n transition\n dense layers=6 growth=4\n head classes=2\n}\n").network
     a = analyze(net)
     torch.manual_seed(0)
-    measured = _saved_bytes(DenseNet(net, memory="efficient").train(), torch.randn(2, *net.input))
+    measured = saved_bytes(DenseNet(net, memory="efficient").train(), torch.randn(2, *net.input))
     widest = max(numel(s["out_shape"]) for n, s in a.graph.nodes(data=True)
                  if s["kind"] == "concat" and ".denselayer" in n)
     predicted = a.memory(2, "float32", "efficient") - 2 * widest * 2 * 4

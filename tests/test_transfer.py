@@ -13,10 +13,11 @@ import torch
 from densedsl import cli
 from densedsl.train import CHECKPOINT, read_checkpoint
 from test_checkpoints import SPEC as CHECKPOINTS_SPEC
-from test_train import _one_thread  # noqa: F401  (autouse: every test here runs torch on one thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 # test_checkpoints' tiny spec (an epoch of the 1,797 digits takes about a second on one thread),
-# with the digits' 10 classes by default; and test_train's fixture that runs torch on one thread.
+# with the digits' 10 classes by default.
 SPEC = CHECKPOINTS_SPEC.replace("network t(classes=3)", "network t(classes=10)")
 QUIET = ("--no-progress", "--device", "cpu", "--threads", "1")
 

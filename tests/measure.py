@@ -1,0 +1,33 @@
+"""What autograd keeps for backward, measured on a real model: the one measure every memory
+promise of the analysis (`Analysis.memory`) is checked against."""
+
+from __future__ import annotations
+
+
+def saved_bytes(model, x, *, weights: bool = False, buffers: bool = False) -> int:
+    """Bytes of the distinct storages autograd's saved-tensor hooks see in one forward of
+    `model` on `x` (a view and its base count once). The model's parameters are left out unless
+    `weights` is true; `buffers=True` leaves its buffers out as well (BN's backward holds its
+    running statistics, which exist anyway)."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    left_out = set() if weights else {p.untyped_storage().data_ptr() for p in model.parameters()}
+    if buffers:
+        left_out |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    return sum(v for k, v in seen.items() if k not in left_out)
+
+
+def saved_bytes_of(network, batch: int = 2) -> int:
+    """`saved_bytes` of `network` compiled and in training mode, on a random batch."""
+    import torch
+    from densedsl.compiler import build_model
+
+    return saved_bytes(build_model(network).train(), torch.randn(batch, *network.input))
