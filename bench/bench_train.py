@@ -124,8 +124,8 @@ def report(results: dict, meta: dict) -> str:
              "Written by `bench/bench_train.py`; ratios from interleaved rounds of one run.", "",
              f"- command: `{meta['command']}`",
              f"- machine: {meta['machine']}; {meta['threads']} torch threads; load average before "
-             f"{meta['load_before']}, after {meta['load_after']} (four other jobs share the 2 cores: "
-             "absolute times mean nothing, the spread says how far to trust a ratio)",
+             f"{meta['load_before']}, after {meta['load_after']} (a shared machine: absolute times "
+             "mean nothing, the spread over rounds says how far to trust a ratio)",
              f"- torch {torch.__version__}; {meta['rounds']} rounds after one warm-up step; elapsed "
              f"{meta['elapsed']:.0f} s", "",
              "Speed ratio = the reference's step time / the variant's, per round; shown as median "
