@@ -4,6 +4,7 @@ tests/test_promises.py)."""
 from __future__ import annotations
 
 import pytest
+from twins import exported_twin
 
 import densedsl
 from densedsl import diagnostics as d
@@ -65,7 +66,7 @@ def test_the_diagram_shows_the_activation():
     assert "SiLU" in dot and "GELU" in dot
 
 
-def test_model_and_python_export_run_the_activation(tmp_path):
+def test_model_and_python_export_run_the_activation():
     torch = pytest.importorskip("torch")
     from densedsl.compiler import build_model
     from densedsl.export import python_source
@@ -78,13 +79,10 @@ def test_model_and_python_export_run_the_activation(tmp_path):
     assert list(model.state_dict()) == list(relu_model.state_dict())  # weights load either way
     source = python_source(network)
     assert "act1=nn.SiLU()" in source and "act1=nn.GELU()" in source
-    namespace: dict = {"__name__": "exported"}
-    exec(compile(source, str(tmp_path / "m.py"), "exec"), namespace)
-    exported = namespace["build"]()
-    exported.load_state_dict(model.state_dict())
+    exported = exported_twin(network, model)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(exported.eval()(x), model.eval()(x))
+        torch.testing.assert_close(exported(x), model.eval()(x))
 
 
 def test_explain_states_each_layers_recipe():
@@ -130,17 +128,13 @@ def test_poolless_transitions_compile_export_and_accelerate_alike():
     torch = pytest.importorskip("torch")
     from densedsl.compiler import build_model
     from densedsl.engine import accelerate
-    from densedsl.export import python_source
     network = densedsl.parse(POOLLESS).network
     a = analyze(network)
     model = build_model(network).eval()
     assert sum(p.numel() for p in model.parameters()) == a.params
     assert not hasattr(model.features.transition1, "pool")
     x = torch.randn(2, 3, 16, 16)
-    namespace: dict = {"__name__": "exported"}
-    exec(python_source(network), namespace)
-    exported = namespace["build"]().eval()
-    exported.load_state_dict(model.state_dict())
+    exported = exported_twin(network, model)
     with torch.no_grad():
         expected = model(x)
         torch.testing.assert_close(exported(x), expected)
@@ -205,10 +199,7 @@ def test_grouped_layers_compile_export_and_accelerate_alike():
     assert (conv.groups, conv.kernel_size) == (4, (5, 5))
     source = python_source(network)
     assert "nn.Conv2d(32, 8, 5, padding=2, groups=4, bias=False)" in source
-    namespace: dict = {"__name__": "exported"}
-    exec(source, namespace)
-    exported = namespace["build"]().eval()
-    exported.load_state_dict(model.state_dict())
+    exported = exported_twin(network, model)
     fast = build_model(network)
     fast.load_state_dict(model.state_dict())
     fast = accelerate(fast).eval()
@@ -251,16 +242,12 @@ def test_a_bad_hidden_width_is_located():
 def test_hidden_heads_compile_export_and_keep_the_classifier():
     torch = pytest.importorskip("torch")
     from densedsl.compiler import build_model
-    from densedsl.export import python_source
     network = densedsl.parse(HIDDEN).network
     model = build_model(network).eval()
     assert sum(p.numel() for p in model.parameters()) == analyze(network).params
     assert tuple(model.classifier.weight.shape) == (5, 16) and model.head_hidden_size == 16
     assert "pre_logits.fc2.weight" in model.state_dict()
-    namespace: dict = {"__name__": "exported"}
-    exec(python_source(network), namespace)
-    exported = namespace["build"]().eval()
-    exported.load_state_dict(model.state_dict())
+    exported = exported_twin(network, model)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), model(x))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twins import exported_twin
 from measure import saved_bytes
 
 import densedsl
@@ -202,18 +203,14 @@ def _randomised(model):
 
 def test_python_export_rebuilds_the_mlp_with_the_same_outputs():
     torch = pytest.importorskip("torch")
-    from densedsl.export import python_source
     from densedsl.modules import DenseNet
     for text in (RICH, SEED.read_text()):
         net = densedsl.parse(text).network
         model = _randomised(DenseNet(net))
-        namespace: dict = {"__name__": "generated"}
-        exec(compile(python_source(net), "generated.py", "exec"), namespace)
-        generated = namespace["build"]()
-        generated.load_state_dict(model.state_dict(), strict=True)
+        generated = exported_twin(net, model)
         x = torch.randn(2, *net.input)
         with torch.no_grad():
-            torch.testing.assert_close(generated.eval()(x), model(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(generated(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ inference engine."""
 from __future__ import annotations
 
 import pytest
+from twins import exported_twin, without_engine
 from measure import saved_bytes_of
 
 import densedsl
@@ -165,12 +166,11 @@ def test_models_have_each_norms_modules_and_state_dict():
 
 @pytest.mark.parametrize("order", ["pre", "post"])
 @pytest.mark.parametrize("norm", NORMS)
-def test_accelerated_plain_and_exported_models_agree(norm, order, tmp_path):
+def test_accelerated_plain_and_exported_models_agree(norm, order):
     """The engine folds only BNs: every other norm runs as it is, and the result is the plain
     path's; the `.py` export loads the same weights and computes the same function."""
     torch = pytest.importorskip("torch")
     from densedsl.compiler import build_model
-    from densedsl.export import python_source
     net = network(norm, order)
     torch.manual_seed(0)
     model = build_model(net)
@@ -182,18 +182,12 @@ def test_accelerated_plain_and_exported_models_agree(norm, order, tmp_path):
     model.eval()
     with torch.no_grad():
         accelerated = model(x)
-        engines = [(m, m.engine) for m in model.modules() if getattr(m, "engine", None) is not None]
-        assert engines, "compile applies the engine"
-        for m, _ in engines:
-            m.engine = None
-        plain = model(x)
+        assert any(getattr(m, "engine", None) is not None for m in model.modules()), \
+            "compile applies the engine"
+        plain = without_engine(model)(x)
     torch.testing.assert_close(accelerated, plain, rtol=1e-4, atol=1e-5)
-    namespace: dict = {"__name__": "exported"}
-    exec(compile(python_source(net), str(tmp_path / "m.py"), "exec"), namespace)
-    exported = namespace["build"]()
-    exported.load_state_dict(model.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(exported.eval()(x), plain, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(exported_twin(net, model)(x), plain, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("memory", ["standard", "efficient"])

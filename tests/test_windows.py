@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from twins import exported_twin, without_engine
 
 import densedsl
 from densedsl import diagnostics as d
@@ -75,7 +76,7 @@ def test_receptive_field_is_the_largest_along_any_axis():
     assert tall.receptive_field == 9
 
 
-def test_the_model_and_the_python_export_compute_the_analysed_function(tmp_path):
+def test_the_model_and_the_python_export_compute_the_analysed_function():
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
     from densedsl.compiler import build_model
@@ -94,19 +95,12 @@ def test_the_model_and_the_python_export_compute_the_analysed_function(tmp_path)
     model.eval()
     with torch.no_grad():
         accelerated = model(x)
-        for m in model.modules():
-            if getattr(m, "engine", None) is not None:
-                m.engine = None
-        plain = model(x)
+        plain = without_engine(model)(x)
     torch.testing.assert_close(accelerated, plain, rtol=1e-4, atol=1e-5)
     source = python_source(net)
     assert "nn.Conv2d(3, 8, (1, 7), stride=(1, 2), padding=(0, 3), bias=False)" in source
-    namespace: dict = {"__name__": "exported"}
-    exec(compile(source, str(tmp_path / "m.py"), "exec"), namespace)
-    exported = namespace["build"]()
-    exported.load_state_dict(model.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(exported.eval()(x), plain)
+        torch.testing.assert_close(exported_twin(net, model)(x), plain)
 
 
 def test_the_minimum_input_size_is_exact_with_per_axis_windows():
