@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,7 +58,7 @@ FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last
 # --- the reference: torchvision's DenseNet, straightforward ---------------------------------------
 
 class RefLayer(nn.Module):
-    def __init__(self, cin: int, growth: int, bn_size: int):
+    def __init__(self, cin: int, growth: int, bn_size: int, memory_efficient: bool = False):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(cin)
         self.relu1 = nn.ReLU(inplace=True)
@@ -65,17 +66,28 @@ class RefLayer(nn.Module):
         self.norm2 = nn.BatchNorm2d(bn_size * growth)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+        self.memory_efficient = memory_efficient
+
+    def bn_function(self, features) -> torch.Tensor:
+        return self.conv1(self.relu1(self.norm1(torch.cat(features, 1))))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = self.conv1(self.relu1(self.norm1(torch.cat(features, 1))))
+        # torchvision's memory_efficient=True, as it is written there (`call_checkpoint_bottleneck`):
+        # the concat-BN-ReLU-Conv1x1 is one non-reentrant checkpoint that keeps only the inputs and
+        # recomputes all four in backward (BN's running statistics move again when it recomputes,
+        # as they do in torchvision).
+        if self.memory_efficient and any(t.requires_grad for t in features):
+            x = checkpoint(lambda *inputs: self.bn_function(inputs), *features, use_reentrant=False)
+        else:
+            x = self.bn_function(features)
         return self.conv2(self.relu2(self.norm2(x)))
 
 
 class RefBlock(nn.ModuleDict):
-    def __init__(self, layers: int, cin: int, growth: int, bn_size: int):
+    def __init__(self, layers: int, cin: int, growth: int, bn_size: int, memory_efficient: bool = False):
         super().__init__()
         for i in range(layers):
-            self.add_module(f"denselayer{i + 1}", RefLayer(cin + i * growth, growth, bn_size))
+            self.add_module(f"denselayer{i + 1}", RefLayer(cin + i * growth, growth, bn_size, memory_efficient))
 
     def forward(self, x):
         features = [x]
@@ -95,14 +107,14 @@ class RefTransition(nn.Sequential):
 
 class RefDenseNet(nn.Module):
     def __init__(self, stem: list[tuple[str, nn.Module]], stem_channels: int, blocks: tuple[int, ...],
-                 growth: int, bn_size: int = 4, classes: int = 1000):
+                 growth: int, bn_size: int = 4, classes: int = 1000, memory_efficient: bool = False):
         super().__init__()
         self.features = nn.Sequential()
         for name, module in stem:
             self.features.add_module(name, module)
         c = stem_channels
         for i, layers in enumerate(blocks, start=1):
-            self.features.add_module(f"denseblock{i}", RefBlock(layers, c, growth, bn_size))
+            self.features.add_module(f"denseblock{i}", RefBlock(layers, c, growth, bn_size, memory_efficient))
             c += layers * growth
             if i < len(blocks):
                 self.features.add_module(f"transition{i}", RefTransition(c, c // 2))
@@ -115,12 +127,14 @@ class RefDenseNet(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def reference(name: str) -> RefDenseNet:
+def reference(name: str, memory_efficient: bool = False) -> RefDenseNet:
+    """torchvision's model for `name`; memory_efficient as torchvision's option of that name."""
     if name == "densenet121":
         stem = [("conv0", nn.Conv2d(3, 64, 7, 2, 3, bias=False)), ("norm0", nn.BatchNorm2d(64)),
                 ("relu0", nn.ReLU(inplace=True)), ("pool0", nn.MaxPool2d(3, 2, 1))]
-        return RefDenseNet(stem, 64, (6, 12, 24, 16), 32)
-    return RefDenseNet([("conv0", nn.Conv2d(3, 24, 3, 1, 1, bias=False))], 24, (16, 16, 16), 12, classes=10)
+        return RefDenseNet(stem, 64, (6, 12, 24, 16), 32, memory_efficient=memory_efficient)
+    return RefDenseNet([("conv0", nn.Conv2d(3, 24, 3, 1, 1, bias=False))], 24, (16, 16, 16), 12, classes=10,
+                       memory_efficient=memory_efficient)
 
 
 def network(name: str):
@@ -128,13 +142,17 @@ def network(name: str):
     return (densedsl.load(spec) if isinstance(spec, Path) else densedsl.parse(spec)).network
 
 
+REFERENCES = {"reference": False, "reference_efficient": True}  # impl: torchvision's memory_efficient
+
+
 def make(name: str, impl: str, fmt: str, device: str) -> nn.Module:
-    """impl: 'reference', 'standard' or 'efficient'; all share the seed-0 weights."""
+    """impl: 'reference', 'reference_efficient' (torchvision's memory_efficient=True), 'standard' or
+    'efficient'; all share the seed-0 weights."""
     torch.manual_seed(0)
     compiled = build_model(network(name), memory="efficient" if impl == "efficient" else "standard")
     model = compiled
-    if impl == "reference":
-        model = reference(name)
+    if impl in REFERENCES:
+        model = reference(name, memory_efficient=REFERENCES[impl])
         model.load_state_dict(compiled.state_dict())
     return model.to(device=device, memory_format=FORMATS[fmt])
 

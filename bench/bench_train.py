@@ -9,6 +9,10 @@ SGD step per round, in turn (A B C … A B C …), so a change of load on the sh
 alike; each ratio is taken per round (the reference's step time over the variant's, in the same
 round) and reported as the median over rounds with the spread (lowest–highest) as its noise.
 
+torchvision's `memory_efficient=True` (bench_compiler's `reference_efficient`: each layer's
+concat-BN-ReLU-Conv1x1 in one non-reentrant checkpoint) runs in the same rounds, the comparison
+for densedsl's efficient mode: its step time and peak memory beside efficient's.
+
 Variants of the compiled model (`densedsl.compile(...)` in train mode, fed NCHW):
 - plain: DENSEDSL_TRAINING_PATH=plain, i.e. torch.cat per layer, NCHW throughout;
 - channels_last: step (a) alone, the input converted to channels_last inside the model;
@@ -48,9 +52,10 @@ VARIANTS = {  # name: (memory mode, convert input to channels_last, shared stora
 
 
 def make(name: str, impl: str, fmt: str) -> torch.nn.Module:
-    """'reference' or a VARIANTS key, in train mode, weights and memory format as bench_compiler's."""
-    if impl == "reference":
-        return bc.make(name, "reference", fmt, "cpu").train()
+    """'reference', 'reference_efficient' (torchvision's memory_efficient=True) or a VARIANTS key, in
+    train mode, weights and memory format as bench_compiler's."""
+    if impl in bc.REFERENCES:
+        return bc.make(name, impl, fmt, "cpu").train()
     memory, to_channels_last, shared = VARIANTS[impl]
     model = bc.make(name, memory, fmt, "cpu").train()
     model.train_channels_last = to_channels_last
@@ -93,10 +98,13 @@ def memory_child(name: str, impl: str, fmt: str) -> dict:
 
 def bench_model(name: str, rounds: int, memory: bool, variants: list[str], log) -> dict:
     out: dict = {"batch": bc.MODELS[name]["batch"], "input": "x".join(map(str, bc.network(name).input))}
-    nchw = ["reference"] + variants
+    nchw = ["reference", "reference_efficient"] + variants
     times = bc.interleaved(steps_of(name, nchw, "NCHW"), "cpu", rounds)
     out["nchw"] = ratios(times, "reference")
     out["efficient_vs_standard"] = ratios({k: times[k] for k in ("densedsl", "efficient")}, "densedsl")
+    # densedsl's efficient mode against torchvision's memory_efficient=True, paired per round
+    out["efficient_vs_torchvision"] = ratios({k: times[k] for k in ("reference_efficient", "efficient")},
+                                             "reference_efficient")
     log(f"{name} NCHW: " + ", ".join(f"{k} {v['median']:.2f}x" for k, v in out["nchw"].items()))
     times = bc.interleaved(steps_of(name, ["reference", "densedsl"], "channels_last"), "cpu", rounds)
     out["channels_last"] = ratios(times, "reference")
@@ -104,14 +112,15 @@ def bench_model(name: str, rounds: int, memory: bool, variants: list[str], log) 
     if memory:
         a = analyze(bc.network(name))
         out["memory"] = {}
-        for impl in ("reference", "plain", "densedsl", "efficient"):
+        for impl in ("reference", "reference_efficient", "plain", "densedsl", "efficient"):
             mode = VARIANTS.get(impl, ("standard",))[0]
-            predicted = a.memory(out["batch"], "float32", mode) + a.params * 4
+            # the analysis models densedsl's modes, not torchvision's checkpointing: no prediction
+            predicted = None if impl == "reference_efficient" else a.memory(out["batch"], "float32", mode) + a.params * 4
             row = {"predicted": predicted}
             for allocator in bc.ALLOCATORS:
                 row[allocator] = bc.measure_memory(name, impl, "NCHW", "cpu", allocator, script=__file__)
             out["memory"][impl] = row
-            log(f"{name} memory {impl}: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in row.items()))
+            log(f"{name} memory {impl}: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in row.items() if v))
     return out
 
 
@@ -143,6 +152,12 @@ def report(results: dict, meta: dict) -> str:
             if step in nchw:
                 lines.append(f"| {name} | step: {step} alone / NCHW reference | {cmd} | {_fmt(nchw[step])} | — |")
         lines.append(f"| {name} | efficient / NCHW reference | {cmd} | {_fmt(nchw['efficient'])} | — |")
+        lines.append(f"| {name} | torchvision memory_efficient=True / NCHW reference | {cmd} | "
+                     f"{_fmt(nchw['reference_efficient'])} | — |")
+        tv = res["efficient_vs_torchvision"]["efficient"]
+        tv = {"median": 1 / tv["median"], "low": 1 / tv["high"], "high": 1 / tv["low"]}
+        lines.append(f"| {name} | efficient step time / torchvision memory_efficient=True (NCHW) | {cmd} | "
+                     f"{_fmt(tv)} | — |")
         slow = eff["efficient"]
         slow = {"median": 1 / slow["median"], "low": 1 / slow["high"], "high": 1 / slow["low"]}
         lines.append(f"| {name} | 2. efficient step time ≤ 1.10× standard (densedsl) | {cmd} | "
@@ -157,6 +172,11 @@ def report(results: dict, meta: dict) -> str:
                 lines.append(f"| {name} | 2. efficient peak ≤ 0.5× standard ({allocator} allocator) | {cmd} | "
                              f"{ratio:.2f}× | {'yes' if ratio <= 0.5 else '**no**'} |")
             for allocator in bc.ALLOCATORS:
+                if "reference_efficient" in mem:
+                    ratio = mem["efficient"][allocator] / mem["reference_efficient"][allocator]
+                    lines.append(f"| {name} | efficient peak / torchvision memory_efficient=True ({allocator} "
+                                 f"allocator) | {cmd} | {ratio:.2f}× | — |")
+            for allocator in bc.ALLOCATORS:
                 for impl in ("densedsl", "efficient"):
                     ratio = mem[impl][allocator] / mem[impl]["predicted"]
                     lines.append(f"| {name} | 4. measured / predicted peak, {impl} ({allocator} allocator), "
@@ -165,8 +185,9 @@ def report(results: dict, meta: dict) -> str:
               "predicted MiB |", "| --- | --- | ---: | ---: | ---: |"]
     for name, res in results.items():
         for impl, row in res.get("memory", {}).items():
+            predicted = "—" if row["predicted"] is None else f"{row['predicted'] / 2**20:.0f}"
             lines.append(f"| {name} | {impl} | {row['default'] / 2**20:.0f} | {row['mmap'] / 2**20:.0f} | "
-                         f"{row['predicted'] / 2**20:.0f} |")
+                         f"{predicted} |")
     return "\n".join(lines) + "\n"
 
 
