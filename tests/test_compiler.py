@@ -342,7 +342,7 @@ def test_short_training_lowers_the_loss():
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     losses = []
-    for _ in range(15):
+    for _ in range(20):  # 15 steps halve the loss for only 8 of seeds 0-11 (either init stream)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
