@@ -62,3 +62,69 @@ def test_torchvision_memory_efficient_reference_moves_norm1_running_stats_twice(
     assert standard.state_dict()[norm1] == 1 and efficient.state_dict()[norm1] == 2
     norm2 = "features.denseblock1.denselayer1.norm2.num_batches_tracked"
     assert efficient.state_dict()[norm2] == 1
+
+
+def test_bench_dynamos_copy_of_the_shared_path_test_agrees_with_densedsls_outside_dynamo(one_thread, monkeypatch):
+    """bench_dynamo's `shared_entries_under_dynamo` is `DenseBlock._shared_entries` less its
+    `compiling()` test, copied by hand: outside dynamo both must decide alike."""
+    import bench_dynamo
+    from densedsl.modules import DenseBlock
+
+    monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
+    block = DenseBlock(4, 2, 2, bottleneck=2)
+    cases = [(True, True, torch.randn(2, 4, 4, 4)), (False, True, torch.randn(2, 4, 4, 4)),
+             (True, False, torch.randn(2, 4, 4, 4)), (True, True, torch.randn(1, 4, 1, 1))]
+    decided = []
+    for training, grad, x in cases:
+        block.train(training)
+        with torch.set_grad_enabled(grad):
+            ours = bench_dynamo.shared_entries_under_dynamo(block, x)
+            theirs = block._shared_entries(x)
+        assert (ours is None) == (theirs is None), (training, grad, tuple(x.shape))
+        decided.append(ours is None)
+    assert decided == [False, True, True, True]
+    block.train()
+    monkeypatch.setenv("DENSEDSL_TRAINING_PATH", "plain")
+    assert bench_dynamo.shared_entries_under_dynamo(block, torch.randn(2, 4, 4, 4)) is None
+
+
+TINY = """
+network tiny_dynamo {
+    input 3x8x8
+    defaults growth=4 bottleneck=4 compression=0.5
+    stem {
+        conv 8
+    }
+    dense layers=2
+    transition
+    dense layers=2
+    head classes=10
+}
+"""
+
+
+@pytest.mark.slow
+def test_bench_dynamo_runs_end_to_end_and_dynamo_sees_densedsl_as_one_graph(one_thread, monkeypatch):
+    """The whole of bench_dynamo on a tiny network with the aot_eager backend (dynamo and AOT
+    autograd, no C++ build): every part runs and renders, and densedsl's model is one graph
+    without breaks in train and in eval mode, as torchvision's is."""
+    import bench_dynamo
+
+    monkeypatch.setitem(bc.MODELS, "tiny_dynamo", {"spec": TINY, "batch": 4})
+    monkeypatch.setattr(bc, "reference", lambda name, memory_efficient=False: bc.RefDenseNet(
+        [("conv0", torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False))], 8, (2, 2), 4, classes=10,
+        memory_efficient=memory_efficient))
+    result = bench_dynamo.bench_model("tiny_dynamo", 1, list(bench_dynamo.PARTS), lambda s: None, "aot_eager")
+    for mode in ("train", "eval"):
+        for impl in ("reference", "densedsl"):
+            assert result["explain"][f"{impl} ({mode})"]["graphs"] == 1, (impl, mode)
+            assert result["explain"][f"{impl} ({mode})"]["breaks"] == 0, (impl, mode)
+    assert set(result["train"]["ratios"]) == set(bench_dynamo.TRAIN)
+    assert set(result["eval"]["ratios"]) == set(bench_dynamo.INFER)
+    assert set(result["train"]["cold"]) == {i for i in bench_dynamo.TRAIN if i.endswith("compiled")}
+    meta = {"command": "python bench/bench_dynamo.py", "machine": "test", "threads": 1, "cxx": None,
+            "backend": "aot_eager", "load_before": "0", "load_after": "0", "elapsed": 0.0, "rounds": 1}
+    text = bench_dynamo.report({"tiny_dynamo": result}, meta)
+    assert "| tiny_dynamo | training step: densedsl compiled / torchvision compiled" in text
+    assert "| tiny_dynamo | inference: cold compile, densedsl compiled |" in text
+    assert "| tiny_dynamo | densedsl, guards off (eval) |" in text
