@@ -300,7 +300,9 @@ class DenseNet(nn.Module):
     `forward_features`, whose `norm5` is a fused BN-ReLU); `forward_head(x, pre_logits)` pools,
     flattens, drops and classifies; `forward(x)` is both. Without a head, `forward` returns the
     last feature map. `lowered` is `costs.lower(network)` (the analysis holds it); by default
-    the network is lowered here.
+    the network is lowered here. The modules are made on the meta device, then every tensor is
+    allocated on `device` (default: torch's default device) and filled once by `init_weights`;
+    with `device="meta"` nothing is allocated.
     """
 
     def __init__(self, network: n.Network, *, memory: str = "standard",
