@@ -251,9 +251,9 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     """
     max_params = DEFAULT_MAX_PARAMS if max_params is None else max_params
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    diags = graph_.check(network)
+    diags, prediction = graph_.check_and_predict(network)
     if not d.has_errors(diags):
-        diags += _refuse_unbuildable(network)
+        diags += _refuse_unbuildable(network, prediction)
     d.raise_if_errors(diags)
 
     lowered = costs.lower(network)
@@ -312,11 +312,12 @@ def _stem_tap(stem: costs.LoweredStem, g: Graph, jumps: dict[str, int]) -> tuple
 
 # --- checks ------------------------------------------------------------------------------------
 
-def _refuse_unbuildable(network: Network) -> list[d.Diagnostic]:
+def _refuse_unbuildable(network: Network, prediction: costs.Prediction) -> list[d.Diagnostic]:
     """Refuse, from the closed-form count and before any graph exists, a network too large to
     analyse at all (a fixed head window makes the count a lower bound, which still proves it).
-    Every figure densedsl reports, E301's included, is read off the graph afterwards."""
-    predicted = costs.predict(network).params
+    Every figure densedsl reports, E301's included, is read off the graph afterwards.
+    `prediction` is `costs.predict(network)`, as `graph.check_and_predict` made it."""
+    predicted = prediction.params
     if predicted >= HARD_MAX_PARAMS:
         return [d.Diagnostic(d.TOO_LARGE, f"the network would have {predicted:,} parameters "
                              f"({si(predicted)}), more than densedsl analyses ({si(HARD_MAX_PARAMS)})",
@@ -581,7 +582,8 @@ def _state_dict_entries(g: Graph) -> int:
 
 # --- memory ------------------------------------------------------------------------------------
 
-def _storages(g: Graph, *, training: bool, efficient: bool = False) -> dict[str, str]:
+def _storages(g: Graph, *, training: bool, efficient: bool = False,
+              blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
     """Which allocation holds each node's output, as the op table states each kind's storage:
     ReLU runs in place (torchvision's inplace=True) unless its input is the caller's or is read
     elsewhere, flatten is a view, feature nodes and the output name tensors made elsewhere, and
@@ -590,7 +592,7 @@ def _storages(g: Graph, *, training: bool, efficient: bool = False) -> dict[str,
     # In standard mode the shared-buffer path keeps what the plain one keeps (each layer's staged
     # concatenation and BN-ReLU output), so only efficient mode's model reads the features as
     # slices of the block's buffer
-    shared = _shared_features(g) if training and efficient else {}
+    shared = _shared_features(g, blocks) if training and efficient else {}
     for n, a in g.nodes(data=True):
         if n in shared:  # copied into its block's buffer, the block's output
             storage[n] = shared[n]
@@ -634,23 +636,24 @@ def _shared_blocks(g: Graph) -> dict[str, dict[str, list[str]]]:
     return {b: layers for b, layers in blocks.items() if all(e is not None for e in layers.values())}
 
 
-def _shared_features(g: Graph) -> dict[str, str]:
+def _shared_features(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
     """Feature node → its block's output node, in shared-buffer blocks: x0 … xL live in the
     block's output from the start (the layers' own outputs are copied in and freed)."""
     out: dict[str, str] = {}
-    for block in _shared_blocks(g):
+    for block in _shared_blocks(g) if blocks is None else blocks:
         for v in g.pred[f"{block}.out"]:
             if g.nodes[v]["kind"] == "feature":
                 out[v] = f"{block}.out"
     return out
 
 
-def _recomputed(g: Graph) -> dict[str, list[str]]:
+def _recomputed(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, list[str]]:
     """The regions memory-efficient mode recomputes in backward, in graph order: in a shared-
     buffer block each layer's entry (concat, BN, ReLU, and the conv whose input they make: the
     Function keeps the conv's output only); elsewhere every dense layer whole, from its concat to
     its last op (the compiler checkpoints `DenseLayer._layer`)."""
-    shared = {layer: entry for layers in _shared_blocks(g).values() for layer, entry in layers.items()}
+    blocks = _shared_blocks(g) if blocks is None else blocks
+    shared = {layer: entry for layers in blocks.values() for layer, entry in layers.items()}
     regions: dict[str, list[str]] = {}
     for n in g.nodes:
         layer = _layer_of(n)
@@ -674,8 +677,9 @@ def _training_memory(g: Graph, *, efficient: bool) -> _MemoryModel:
     outputs; its concat, BN and ReLU outputs and dropout masks are recomputed, so backward needs
     the largest layer's recomputed tensors once more, at a time.
     """
-    storage = _storages(g, training=True, efficient=efficient)
-    regions = _recomputed(g) if efficient else {}
+    blocks = _shared_blocks(g) if efficient else None  # found once, read by both walks below
+    storage = _storages(g, training=True, efficient=efficient, blocks=blocks)
+    regions = _recomputed(g, blocks) if efficient else {}
     region = {n for nodes in regions.values() for n in nodes}
     saved: set[str] = set()
     mask_bytes = fixed = 0

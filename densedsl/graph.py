@@ -179,14 +179,24 @@ _NOUNS = {1: "signal", 2: "map", 3: "volume"}
 
 def check(network: Network) -> list[d.Diagnostic]:
     """E210, E201, E202, E203, W204 and E304, from the Network alone (no graph is built)."""
+    return check_and_predict(network)[0]
+
+
+def check_and_predict(network: Network) -> tuple[list[d.Diagnostic], costs.Prediction | None]:
+    """`check`, and the closed-form `costs.predict` its size check made (None if it got no
+    further than the channels), so that analysis reads its parameter ceiling off the same
+    prediction instead of making it twice. It is complete whenever the diagnostics hold no
+    error: it stops early only past MAX_NODES, which is an E304."""
     diags = _check_data_kind(network)
     if diags:
-        return diags  # a conv on a vector has no meaningful size or channel chain
+        return diags, None  # a conv on a vector has no meaningful size or channel chain
     diags = _check_channels(network)
+    prediction = None
     if not diags:
-        diags += _check_size(network)
+        prediction = costs.predict(network, node_limit=MAX_NODES)
+        diags += _check_size(network, prediction)
     diags += _check_spatial(network)
-    return diags
+    return diags, prediction
 
 
 def _check_data_kind(network: Network) -> list[d.Diagnostic]:
@@ -306,8 +316,7 @@ def _no_channels(stage: Transition, c: int, out: int, source: str) -> d.Diagnost
                         stage.span, f"use a {need}")
 
 
-def _check_size(network: Network) -> list[d.Diagnostic]:
-    p = costs.predict(network, node_limit=MAX_NODES)
+def _check_size(network: Network, p: costs.Prediction) -> list[d.Diagnostic]:
     if p.largest_block is not None:
         index, layers = p.largest_block
         pairs = layers * (layers + 1) // 2

@@ -131,6 +131,28 @@ def test_the_cycle_check_is_exact_whatever_the_node_order(a121):
     assert [x.message for x in problems] == ["the graph has a cycle"]
 
 
+def test_each_closed_form_and_walk_is_made_once_per_analysis(monkeypatch, a121):
+    """The parameter prediction `graph.check` makes is the one analysis' ceiling reads, and an
+    efficient memory model finds the shared-buffer blocks once (both were made twice)."""
+    import densedsl.analysis as analysis_
+
+    calls = {"predict": 0, "shared": 0}
+    efficient = a121.memory(mode="efficient")
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(costs, "predict", counted("predict", costs.predict))
+    monkeypatch.setattr(analysis_, "_shared_blocks", counted("shared", analysis_._shared_blocks))
+    a = analyze(a121.network)
+    assert calls == {"predict": 1, "shared": 0}
+    assert a.memory(mode="efficient") == efficient
+    assert calls == {"predict": 1, "shared": 1}
+
+
 def test_memory_models_are_made_on_first_use_and_kept(a121):
     a = analyze(load("densenet121").network)
     assert set(a._memory) == {"standard"}  # the resource check needs it; the others wait
