@@ -471,9 +471,6 @@ class ArchGraph:
     def __contains__(self, n: object) -> bool:
         return n in self._node
 
-    def number_of_edges(self) -> int:
-        return sum(map(len, self._succ.values()))
-
 
 def to_networkx(g: ArchGraph) -> nx.DiGraph:
     """A networkx DiGraph of `g`: the same nodes, edges, attributes and order. When this

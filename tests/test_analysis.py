@@ -163,6 +163,20 @@ def test_memory_models_are_made_on_first_use_and_kept(a121):
         a.memory(mode="tiny")
 
 
+def test_the_cycle_check_is_exact_on_the_analysis_own_graph(a121):
+    """The same fallback on the `ArchGraph` the analysis builds (networkx is imported only then)."""
+    g = densedsl.graph.lower_arch(a121.network)
+
+    def add_edge(u, v):
+        g._succ.setdefault(u, {}), g._pred.setdefault(u, {}), g._node.setdefault(u, {})
+        g._succ[u][v] = g._pred[v][u] = {"kind": "flow", "shape": (1,)}
+
+    add_edge("late", "input")  # backward in node order, no cycle
+    assert _check_invariants(a121.network, g, a121.stages) == []
+    add_edge("denseblock4.out", "stem.conv0")
+    assert [x.message for x in _check_invariants(a121.network, g, a121.stages)] == ["the graph has a cycle"]
+
+
 def test_a_broken_lowering_raises_e205(monkeypatch, a121):
     lower = densedsl.analysis.graph_.lower_arch
 
