@@ -19,9 +19,7 @@ import dataclasses
 import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal, assert_never
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any, Literal, assert_never
 
 from . import costs
 from . import diagnostics as d
@@ -29,6 +27,11 @@ from . import graph as graph_
 from .network import DenseBlock, Network, Transition
 from .ops import kind_of, numel
 from .source import Span
+
+if TYPE_CHECKING:  # networkx is imported only when someone asks for `Analysis.graph`
+    import networkx as nx
+
+Graph = graph_.ArchGraph  # what the walks below read: an ArchGraph, or a networkx DiGraph (tests)
 
 _KIND = operator.itemgetter("kind")  # an edge's kind, read in C over a concat's L inputs
 MemoryMode = Literal["standard", "efficient", "inference"]
@@ -141,7 +144,7 @@ class Analysis:
     `head classes=1` or `task=regression`, else "classification"."""
 
     network: Network = field(repr=False)
-    graph: nx.DiGraph = field(repr=False, compare=False)
+    arch: graph_.ArchGraph = field(repr=False, compare=False)  # the graph, without networkx
     params: int
     buffers: int
     macs: int
@@ -159,6 +162,17 @@ class Analysis:
     feature_info: tuple[FeatureInfo, ...]
     diagnostics: tuple[d.Diagnostic, ...] = ()
     _memory: dict[str, _MemoryModel] = field(repr=False, compare=False, default_factory=dict)
+    _networkx: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The architecture graph (docs/graph.md) as a networkx DiGraph, made on first use: it
+        wraps `arch`'s own dicts (the same nodes, edges, attributes and order), so networkx is
+        imported only by the commands that walk the graph with it (diagrams, users), never by
+        `check`, `summary` or the language server."""
+        if self._networkx is None:
+            object.__setattr__(self, "_networkx", graph_.to_networkx(self.arch))
+        return self._networkx
 
     @property
     def name(self) -> str:
@@ -191,7 +205,7 @@ class Analysis:
             raise ValueError(f"batch must be at least 1, got {batch}")
         model = self._memory.get(mode)
         if model is None:  # made on first use: `check` and the language server never ask for most
-            model = self._memory[mode] = _memory_model(self.graph, mode)
+            model = self._memory[mode] = _memory_model(self.arch, mode)
         total = model.bytes(batch, dtype)
         if weights:
             size = costs.dtype_bytes(dtype)
@@ -237,13 +251,13 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     """
     max_params = DEFAULT_MAX_PARAMS if max_params is None else max_params
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    diags = graph_.check(network)
+    diags, prediction = graph_.check_and_predict(network)
     if not d.has_errors(diags):
-        diags += _refuse_unbuildable(network)
+        diags += _refuse_unbuildable(network, prediction)
     d.raise_if_errors(diags)
 
     lowered = costs.lower(network)
-    g = graph_.lower(network, checked=True, lowered=lowered)
+    g = graph_.lower_arch(network, checked=True, lowered=lowered)
     nodes = g.nodes
     params = buffers = macs = flops = depth = 0
     for _, a in nodes(data=True):  # one pass over the graph for every total
@@ -264,7 +278,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     final = _final_map(g)
     head_in = nodes[final]["out_shape"]
     analysis = Analysis(
-        network=network, graph=g, params=params, buffers=buffers, macs=macs, flops=flops, depth=depth,
+        network=network, arch=g, params=params, buffers=buffers, macs=macs, flops=flops, depth=depth,
         connections=sum(s.connections for s in stages if isinstance(s, BlockFigures)),  # dense edges all end in a block
         channels=head_in[0],
         state_dict_entries=_state_dict_entries(g),
@@ -287,7 +301,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     return dataclasses.replace(analysis, diagnostics=tuple(d.sort_diagnostics(diags)))
 
 
-def _stem_tap(stem: costs.LoweredStem, g: nx.DiGraph, jumps: dict[str, int]) -> tuple[FeatureInfo, ...]:
+def _stem_tap(stem: costs.LoweredStem, g: Graph, jumps: dict[str, int]) -> tuple[FeatureInfo, ...]:
     """The stem's feature map (timm's first `feature_info` entry), when the stem has a tap."""
     if stem.tap is None:
         return ()
@@ -298,11 +312,12 @@ def _stem_tap(stem: costs.LoweredStem, g: nx.DiGraph, jumps: dict[str, int]) -> 
 
 # --- checks ------------------------------------------------------------------------------------
 
-def _refuse_unbuildable(network: Network) -> list[d.Diagnostic]:
+def _refuse_unbuildable(network: Network, prediction: costs.Prediction) -> list[d.Diagnostic]:
     """Refuse, from the closed-form count and before any graph exists, a network too large to
     analyse at all (a fixed head window makes the count a lower bound, which still proves it).
-    Every figure densedsl reports, E301's included, is read off the graph afterwards."""
-    predicted = costs.predict(network).params
+    Every figure densedsl reports, E301's included, is read off the graph afterwards.
+    `prediction` is `costs.predict(network)`, as `graph.check_and_predict` made it."""
+    predicted = prediction.params
     if predicted >= HARD_MAX_PARAMS:
         return [d.Diagnostic(d.TOO_LARGE, f"the network would have {predicted:,} parameters "
                              f"({si(predicted)}), more than densedsl analyses ({si(HARD_MAX_PARAMS)})",
@@ -384,10 +399,10 @@ def _number(x: Fraction) -> str:
     return f"{float(x):,.6g}"
 
 
-def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnostic]:
+def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:
     """Dense connectivity as the paper states it, verified on the graph (E205 means a bug)."""
     problems: list[tuple[Span | None, str]] = []
-    if not _forward(g) and not nx.is_directed_acyclic_graph(g):
+    if not _forward(g) and not _acyclic(g):
         problems.append((network.span, "the graph has a cycle"))
     pred, nodes = graph_.predecessors(g), g.nodes
     for block in network.blocks:
@@ -433,7 +448,14 @@ def _check_invariants(network: Network, g: nx.DiGraph, stages) -> list[d.Diagnos
             for span, msg in problems]
 
 
-def _forward(g: nx.DiGraph) -> bool:
+def _acyclic(g: Graph) -> bool:
+    """networkx's exact test, for a graph whose node order does not prove it (`_forward`): only
+    a damaged graph gets here, so only then is networkx imported."""
+    import networkx as nx
+    return nx.is_directed_acyclic_graph(graph_.to_networkx(g) if isinstance(g, graph_.ArchGraph) else g)
+
+
+def _forward(g: Graph) -> bool:
     """Every edge runs from an earlier node to a later one (which proves the graph acyclic): the
     builder adds nodes in execution order, so this linear pass spares a topological sort."""
     order = {n: i for i, n in enumerate(g)}
@@ -441,7 +463,7 @@ def _forward(g: nx.DiGraph) -> bool:
     return all(max(map(position, preds), default=-1) < order[v] for v, preds in graph_.predecessors(g).items())
 
 
-def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
+def _check_batch_of_one(network: Network, g: Graph) -> list[d.Diagnostic]:
     """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails (and
     a group norm with one channel per group, instance norm, fails in eval too)."""
     stages: list[str] = []
@@ -476,7 +498,7 @@ def _check_batch_of_one(network: Network, g: nx.DiGraph) -> list[d.Diagnostic]:
 
 # --- figures off the graph ---------------------------------------------------------------------
 
-def _stages(lowered: tuple[costs.Lowered, ...], g: nx.DiGraph) -> tuple[StageFigures, ...]:
+def _stages(lowered: tuple[costs.Lowered, ...], g: Graph) -> tuple[StageFigures, ...]:
     groups: dict[str, list[str]] = {}
     for n, stage in g.nodes(data="stage"):
         if n in ("input", "output"):
@@ -515,7 +537,7 @@ def _stages(lowered: tuple[costs.Lowered, ...], g: nx.DiGraph) -> tuple[StageFig
     return tuple(result)
 
 
-def _final_map(g: nx.DiGraph) -> str:
+def _final_map(g: Graph) -> str:
     """The node whose output enters the head (or the network's output when there is none)."""
     for n, a in g.nodes(data=True):
         if a["stage"] == "head" and n != "output":
@@ -523,7 +545,7 @@ def _final_map(g: nx.DiGraph) -> str:
     return next(iter(g.pred["output"]))
 
 
-def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
+def _receptive_fields(g: Graph) -> tuple[dict[str, int], dict[str, int]]:
     """Receptive field and cumulative stride of every node, along the deepest path.
 
     r_out = r_in + (k − 1)·j_in and j_out = j_in·s for ops that slide a window (convs and
@@ -553,14 +575,15 @@ def _receptive_fields(g: nx.DiGraph) -> tuple[dict[str, int], dict[str, int]]:
     return dict(zip(rf, map(max, rf.values()))), dict(zip(jump, map(max, jump.values())))
 
 
-def _state_dict_entries(g: nx.DiGraph) -> int:
+def _state_dict_entries(g: Graph) -> int:
     """Tensors in the compiled model's state_dict, as the op table counts them per op."""
     return sum(kind_of(a["kind"]).state_entries(a) for _, a in g.nodes(data=True))
 
 
 # --- memory ------------------------------------------------------------------------------------
 
-def _storages(g: nx.DiGraph, *, training: bool, efficient: bool = False) -> dict[str, str]:
+def _storages(g: Graph, *, training: bool, efficient: bool = False,
+              blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
     """Which allocation holds each node's output, as the op table states each kind's storage:
     ReLU runs in place (torchvision's inplace=True) unless its input is the caller's or is read
     elsewhere, flatten is a view, feature nodes and the output name tensors made elsewhere, and
@@ -569,7 +592,7 @@ def _storages(g: nx.DiGraph, *, training: bool, efficient: bool = False) -> dict
     # In standard mode the shared-buffer path keeps what the plain one keeps (each layer's staged
     # concatenation and BN-ReLU output), so only efficient mode's model reads the features as
     # slices of the block's buffer
-    shared = _shared_features(g) if training and efficient else {}
+    shared = _shared_features(g, blocks) if training and efficient else {}
     for n, a in g.nodes(data=True):
         if n in shared:  # copied into its block's buffer, the block's output
             storage[n] = shared[n]
@@ -590,7 +613,7 @@ def _layer_of(node: str) -> str | None:
     return ".".join(parts[:2]) if len(parts) == 3 and parts[1].startswith("denselayer") else None
 
 
-def _entry(g: nx.DiGraph, concat: str) -> list[str] | None:
+def _entry(g: Graph, concat: str) -> list[str] | None:
     """A layer's concat → norm → relu → conv, if it starts so: what the compiler's shared-storage
     Function runs (`concat.py`), else None."""
     chain = [concat]
@@ -602,7 +625,7 @@ def _entry(g: nx.DiGraph, concat: str) -> list[str] | None:
     return chain
 
 
-def _shared_blocks(g: nx.DiGraph) -> dict[str, dict[str, list[str]]]:
+def _shared_blocks(g: Graph) -> dict[str, dict[str, list[str]]]:
     """Blocks the compiler trains through one shared buffer (every layer starts with an entry),
     each with its layers' entries: {block: {layer: [concat, norm, relu, conv]}}."""
     blocks: dict[str, dict[str, list[str] | None]] = {}
@@ -613,23 +636,24 @@ def _shared_blocks(g: nx.DiGraph) -> dict[str, dict[str, list[str]]]:
     return {b: layers for b, layers in blocks.items() if all(e is not None for e in layers.values())}
 
 
-def _shared_features(g: nx.DiGraph) -> dict[str, str]:
+def _shared_features(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
     """Feature node → its block's output node, in shared-buffer blocks: x0 … xL live in the
     block's output from the start (the layers' own outputs are copied in and freed)."""
     out: dict[str, str] = {}
-    for block in _shared_blocks(g):
+    for block in _shared_blocks(g) if blocks is None else blocks:
         for v in g.pred[f"{block}.out"]:
             if g.nodes[v]["kind"] == "feature":
                 out[v] = f"{block}.out"
     return out
 
 
-def _recomputed(g: nx.DiGraph) -> dict[str, list[str]]:
+def _recomputed(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, list[str]]:
     """The regions memory-efficient mode recomputes in backward, in graph order: in a shared-
     buffer block each layer's entry (concat, BN, ReLU, and the conv whose input they make: the
     Function keeps the conv's output only); elsewhere every dense layer whole, from its concat to
     its last op (the compiler checkpoints `DenseLayer._layer`)."""
-    shared = {layer: entry for layers in _shared_blocks(g).values() for layer, entry in layers.items()}
+    blocks = _shared_blocks(g) if blocks is None else blocks
+    shared = {layer: entry for layers in blocks.values() for layer, entry in layers.items()}
     regions: dict[str, list[str]] = {}
     for n in g.nodes:
         layer = _layer_of(n)
@@ -638,13 +662,13 @@ def _recomputed(g: nx.DiGraph) -> dict[str, list[str]]:
     return regions
 
 
-def _memory_model(g: nx.DiGraph, mode: str) -> _MemoryModel:
+def _memory_model(g: Graph, mode: str) -> _MemoryModel:
     if mode == "inference":
         return _inference_memory(g)
     return _training_memory(g, efficient=mode == "efficient")
 
 
-def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
+def _training_memory(g: Graph, *, efficient: bool) -> _MemoryModel:
     """What autograd keeps for backward: each op's saved tensors, distinct storages counted once.
 
     The op table says what each kind saves (conv, BN, pooling and linear their input; ReLU its
@@ -653,8 +677,9 @@ def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
     outputs; its concat, BN and ReLU outputs and dropout masks are recomputed, so backward needs
     the largest layer's recomputed tensors once more, at a time.
     """
-    storage = _storages(g, training=True, efficient=efficient)
-    regions = _recomputed(g) if efficient else {}
+    blocks = _shared_blocks(g) if efficient else None  # found once, read by both walks below
+    storage = _storages(g, training=True, efficient=efficient, blocks=blocks)
+    regions = _recomputed(g, blocks) if efficient else {}
     region = {n for nodes in regions.values() for n in nodes}
     saved: set[str] = set()
     mask_bytes = fixed = 0
@@ -677,13 +702,13 @@ def _training_memory(g: nx.DiGraph, *, efficient: bool) -> _MemoryModel:
     return _MemoryModel(elements, mask_bytes, fixed)
 
 
-def _region_elements(g: nx.DiGraph, nodes: list[str], storage: dict[str, str], saved: set[str]) -> int:
+def _region_elements(g: Graph, nodes: list[str], storage: dict[str, str], saved: set[str]) -> int:
     """Elements a recomputed layer allocates again when backward replays it."""
     fresh = {storage[n] for n in nodes if storage[n] == n and n not in saved}
     return sum(numel(g.nodes[s]["out_shape"]) for s in fresh)
 
 
-def _inference_memory(g: nx.DiGraph) -> _MemoryModel:
+def _inference_memory(g: Graph) -> _MemoryModel:
     """Peak of live tensors in a forward pass without autograd, ops run in graph order.
 
     A tensor lives from the op that makes it until its last reader has run (a block's feature

@@ -10,16 +10,18 @@ runs `check` and then builds the graph node by node from the op lists in `costs`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence, assert_never
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, assert_never
 
 from . import costs
 from . import diagnostics as d
 from . import network as n
 from .network import DenseBlock, Network, Transition
 from .source import Span
+
+if TYPE_CHECKING:  # networkx is imported only where a DiGraph is made (`to_networkx`)
+    import networkx as nx
 
 # Beyond these a graph would take many seconds and gigabytes to build; no real DenseNet comes
 # close (DenseNet-264: 1,200 nodes, 3,440 dense connections). The connection cap admits one block
@@ -177,14 +179,24 @@ _NOUNS = {1: "signal", 2: "map", 3: "volume"}
 
 def check(network: Network) -> list[d.Diagnostic]:
     """E210, E201, E202, E203, W204 and E304, from the Network alone (no graph is built)."""
+    return check_and_predict(network)[0]
+
+
+def check_and_predict(network: Network) -> tuple[list[d.Diagnostic], costs.Prediction | None]:
+    """`check`, and the closed-form `costs.predict` its size check made (None if it got no
+    further than the channels), so that analysis reads its parameter ceiling off the same
+    prediction instead of making it twice. It is complete whenever the diagnostics hold no
+    error: it stops early only past MAX_NODES, which is an E304."""
     diags = _check_data_kind(network)
     if diags:
-        return diags  # a conv on a vector has no meaningful size or channel chain
+        return diags, None  # a conv on a vector has no meaningful size or channel chain
     diags = _check_channels(network)
+    prediction = None
     if not diags:
-        diags += _check_size(network)
+        prediction = costs.predict(network, node_limit=MAX_NODES)
+        diags += _check_size(network, prediction)
     diags += _check_spatial(network)
-    return diags
+    return diags, prediction
 
 
 def _check_data_kind(network: Network) -> list[d.Diagnostic]:
@@ -304,8 +316,7 @@ def _no_channels(stage: Transition, c: int, out: int, source: str) -> d.Diagnost
                         stage.span, f"use a {need}")
 
 
-def _check_size(network: Network) -> list[d.Diagnostic]:
-    p = costs.predict(network, node_limit=MAX_NODES)
+def _check_size(network: Network, p: costs.Prediction) -> list[d.Diagnostic]:
     if p.largest_block is not None:
         index, layers = p.largest_block
         pairs = layers * (layers + 1) // 2
@@ -369,49 +380,167 @@ def _check_spatial(network: Network) -> list[d.Diagnostic]:
 
 def lower(network: Network, *, checked: bool = False,
           lowered: Sequence[costs.Lowered] | None = None) -> nx.DiGraph:
-    """The architecture graph of docs/graph.md; raises SpecError when `check` finds an error.
+    """The architecture graph of docs/graph.md as a networkx DiGraph; raises SpecError when
+    `check` finds an error. `lower_arch` builds the same graph without importing networkx.
 
-    `checked=True` skips `check` for a caller (analysis) that has just run it; `lowered` is
+    `checked=True` skips `check` for a caller that has just run it; `lowered` is
     `costs.lower(network)` when the caller already has it.
     """
+    return to_networkx(lower_arch(network, checked=checked, lowered=lowered))
+
+
+def lower_arch(network: Network, *, checked: bool = False,
+               lowered: Sequence[costs.Lowered] | None = None) -> ArchGraph:
+    """The architecture graph of docs/graph.md in densedsl's own `ArchGraph` (what the analysis
+    builds and reads: no networkx import); `to_networkx` wraps the same dicts in a DiGraph."""
     if not checked:
         d.raise_if_errors(check(network))
     return _Builder(network).build(costs.lower(network) if lowered is None else lowered)
 
 
+class _Nodes(Mapping):
+    """The part of networkx's `G.nodes` the analysis reads: `nodes[n]` (the node's attribute
+    dict itself), iteration and `in` over the ids, and `nodes(data=True)` / `nodes(data="key")`."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: dict[str, dict[str, Any]]):
+        self._node = node
+
+    def __getitem__(self, n: str) -> dict[str, Any]:
+        return self._node[n]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._node)
+
+    def __len__(self) -> int:
+        return len(self._node)
+
+    def __contains__(self, n: object) -> bool:
+        return n in self._node
+
+    def __call__(self, data: bool | str = False, default: Any = None) -> Iterable:
+        if data is False:
+            return self
+        if data is True:
+            return self._node.items()
+        return ((n, a.get(data, default)) for n, a in self._node.items())
+
+
+class ArchGraph:
+    """The architecture graph in exactly the dicts a networkx DiGraph keeps: `_node` (id →
+    attribute dict), `_succ` and `_pred` (id → {neighbour: edge attribute dict}, one edge dict
+    shared by both) and `graph` (graph attributes), with the reading surface of a DiGraph that
+    the analysis uses (`nodes`, `succ`, `pred`, `graph`, iteration in node order).
+
+    It exists so that `check`, `summary` and the language server never import networkx (~0.2 s
+    of a fresh process); `to_networkx` hands the same dicts to a real DiGraph for diagrams and
+    users. `succ` and `pred` are the dicts themselves, not read-only views: do not mutate them.
+    """
+
+    __slots__ = ("graph", "_node", "_succ", "_pred", "nodes")
+
+    def __init__(self, **attrs: Any):
+        self.graph: dict[str, Any] = dict(attrs)
+        self._node: dict[str, dict[str, Any]] = {}
+        self._succ: dict[str, dict[str, dict[str, Any]]] = {}
+        self._pred: dict[str, dict[str, dict[str, Any]]] = {}
+        self.nodes = _Nodes(self._node)
+
+    def __getstate__(self):
+        return self.graph, self._node, self._succ, self._pred
+
+    def __setstate__(self, state) -> None:
+        self.graph, self._node, self._succ, self._pred = state
+        self.nodes = _Nodes(self._node)
+
+    @property
+    def succ(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self._succ
+
+    @property
+    def pred(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self._pred
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._node)
+
+    def __len__(self) -> int:
+        return len(self._node)
+
+    def __contains__(self, n: object) -> bool:
+        return n in self._node
+
+
+def to_networkx(g: ArchGraph) -> nx.DiGraph:
+    """A networkx DiGraph of `g`: the same nodes, edges, attributes and order. When this
+    networkx keeps its graph in `_node`/`_succ`/`_pred` (every 2.x and 3.x does; `direct()`)
+    it adopts `g`'s dicts, O(1) and shared; otherwise it is built with the public API."""
+    import networkx as nx
+    if direct():
+        wrapped = nx.DiGraph()
+        wrapped.graph, wrapped._node, wrapped._succ, wrapped._pred = g.graph, g._node, g._succ, g._pred
+        return wrapped
+    wrapped = nx.DiGraph()
+    wrapped.graph.update(g.graph)
+    wrapped.add_nodes_from(g._node.items())
+    wrapped.add_edges_from((u, v, data) for u, targets in g._succ.items() for v, data in targets.items())
+    return wrapped
+
+
 def _direct_writes_work() -> bool:
-    """Whether this networkx keeps a DiGraph in the dicts `_Builder` writes directly (`_node`,
-    `_succ`, `_pred`, as every networkx 2.x and 3.x does). Checked once, by building a two-node
-    graph both ways: a networkx that changed its internals gets the public API, slower but right."""
+    """Whether this networkx keeps a DiGraph in the dicts `to_networkx` hands it (`_node`,
+    `_succ`, `_pred`, as every networkx 2.x and 3.x does). Checked once, by wrapping a two-node
+    `ArchGraph` and comparing it with the same graph built by the public API: a networkx that
+    changed its internals gets the public API, slower but right."""
+    import networkx as nx
     try:
-        fast, slow = nx.DiGraph(), nx.DiGraph()
+        arch, slow = ArchGraph(name="probe"), nx.DiGraph(name="probe")
         for node, data in (("a", {"k": 1}), ("b", {"k": 2})):
-            fast._succ[node], fast._pred[node], fast._node[node] = {}, {}, data
+            arch._succ[node], arch._pred[node], arch._node[node] = {}, {}, data
             slow.add_node(node, **data)
         edge = {"kind": "flow"}
-        fast._succ["a"]["b"] = fast._pred["b"]["a"] = edge
+        arch._succ["a"]["b"] = arch._pred["b"]["a"] = edge
         slow.add_edge("a", "b", **edge)
-        return (list(fast.nodes(data=True)) == list(slow.nodes(data=True))
+        fast = nx.DiGraph()
+        fast.graph, fast._node, fast._succ, fast._pred = arch.graph, arch._node, arch._succ, arch._pred
+        return (fast._succ is arch._succ and fast._pred is arch._pred and fast._node is arch._node
+                and fast.graph == slow.graph
+                and list(fast.nodes(data=True)) == list(slow.nodes(data=True))
                 and list(fast.edges(data=True)) == list(slow.edges(data=True))
-                and list(fast.predecessors("b")) == ["a"] and fast.pred["b"] == fast._pred["b"]
+                and list(fast.predecessors("b")) == ["a"] and fast.pred["b"] == slow.pred["b"]
                 and fast.number_of_edges() == 1 and nx.is_directed_acyclic_graph(fast))
     except Exception:  # noqa: BLE001 -- any surprise in a private layout means: use the public API
         return False
 
 
-DIRECT = _direct_writes_work()
+_DIRECT: bool | None = None  # `_direct_writes_work()`, probed when networkx is first needed
 
 
-def predecessors(g: nx.DiGraph):
-    """Each node's {predecessor: edge data}: networkx's own dict when `DIRECT` (its read-only
-    views cost a Python call per item, and the analysis reads every dense edge)."""
-    return g._pred if DIRECT else g.pred
+def direct() -> bool:
+    """Whether networkx graphs can share an `ArchGraph`'s dicts (probed once, on first need)."""
+    global _DIRECT
+    if _DIRECT is None:
+        _DIRECT = _direct_writes_work()
+    return _DIRECT
+
+
+def predecessors(g: ArchGraph | nx.DiGraph):
+    """Each node's {predecessor: edge data}: the dict itself for an `ArchGraph`, and networkx's
+    own dict for a DiGraph when `direct()` (its read-only views cost a Python call per item, and
+    the analysis reads every dense edge)."""
+    if type(g) is ArchGraph or direct():
+        return g._pred
+    return g.pred
 
 
 class _Builder:
+    """Writes the graph into an `ArchGraph`'s dicts, as networkx's `add_node`/`add_edge` would
+    store it (a DenseNet-264 has 5,355 nodes; networkx's per-item checks were most of the time)."""
+
     def __init__(self, network: Network):
         self.network = network
-        self.g = nx.DiGraph(name=network.name, input_shape=tuple(network.input))
+        self.g = ArchGraph(name=network.name, input_shape=tuple(network.input))
 
     def node(self, node_id: str, kind: str, stage: str, span: Span | None, in_shape, out_shape,
              params: int = 0, buffers: int = 0, macs: int = 0, module: str | None = None,
@@ -423,25 +552,18 @@ class _Builder:
         if module is not None:
             data["module"] = module
         data.update(extra)
-        # What add_node stores for a new node, written directly (a DenseNet-264 has 5,355 nodes);
-        # ids are unique by construction, and a repeat would be a builder bug
+        # ids are unique by construction: a repeat would be a builder bug
         g = self.g
-        if node_id in g.nodes:
+        if node_id in g._node:
             raise AssertionError(f"graph node {node_id} added twice")
-        if DIRECT:
-            g._succ[node_id], g._pred[node_id], g._node[node_id] = {}, {}, data
-        else:
-            g.add_node(node_id, **data)
+        g._succ[node_id], g._pred[node_id], g._node[node_id] = {}, {}, data
         return node_id
 
     def edge(self, u: str, v: str, kind: str = "flow") -> None:
         """An edge between two nodes already added (as `_bulk_edges` writes it)."""
-        data = {"kind": kind, "shape": self.g.nodes[u]["out_shape"]}
-        if DIRECT:
-            self.g._succ[u][v] = data
-            self.g._pred[v][u] = data
-        else:
-            self.g.add_edge(u, v, **data)
+        data = {"kind": kind, "shape": self.g._node[u]["out_shape"]}
+        self.g._succ[u][v] = data
+        self.g._pred[v][u] = data
 
     def ops(self, prefix: str, stage: str, ops: Iterable[costs.Op], prev: str, span: Span | None,
             spans: Sequence[Span | None] | None = None, **extra) -> str:
@@ -453,7 +575,7 @@ class _Builder:
             prev = node
         return prev
 
-    def build(self, lowered: Sequence[costs.Lowered]) -> nx.DiGraph:
+    def build(self, lowered: Sequence[costs.Lowered]) -> ArchGraph:
         net = self.network
         shape = tuple(net.input)
         prev = self.node("input", "input", "stem", net.input_span, shape, shape)
@@ -503,15 +625,10 @@ class _Builder:
         return out
 
     def _bulk_edges(self, features: list[tuple[str, tuple[int, ...]]], target: str, kind: str) -> None:
-        """Edges from every (feature map, shape) to `target`, both nodes already in the graph.
-
-        What `add_edges_from` stores (one attribute dict per edge, shared by the successor and
-        the predecessor maps), written straight into networkx's adjacency dicts: a block of L
-        layers has L(L+1)/2 dense edges, and networkx's per-edge checks were most of the time
-        an analysis of a 1,024-layer block took. The graph is new, so no cache can be stale."""
-        if not DIRECT:
-            self.g.add_edges_from((f, target, {"kind": kind, "shape": shape}) for f, shape in features)
-            return
+        """Edges from every (feature map, shape) to `target`, both nodes already in the graph:
+        what networkx's `add_edges_from` stores (one attribute dict per edge, shared by the
+        successor and the predecessor maps), without its per-edge checks (a block of L layers
+        has L(L+1)/2 dense edges)."""
         succ, pred = self.g._succ, self.g._pred[target]
         for f, shape in features:
             data = {"kind": kind, "shape": shape}

@@ -164,7 +164,7 @@ def _stage_json(s: StageFigures) -> dict[str, Any]:
 
 def summary(a: Analysis, *, batch: int = 1, dtype: str = "float32", layers: bool = False) -> Summary:
     """One row per stage; with `layers`, also one per dense layer and per stem/transition/head op."""
-    g = a.graph
+    g = a.arch  # node reads only: no networkx
     rows: list[SummaryRow] = []
     for s in a.stages:
         rows.append(SummaryRow(s.name, s.kind, 0, s.out_shape, s.params, s.macs))
@@ -355,7 +355,7 @@ def explain(a: Analysis, block: int, layer: int | None = None) -> Explanation:
     assert isinstance(figures, BlockFigures)
     if layer is not None and not 1 <= layer <= figures.layers:
         raise ValueError(f"{name} has layers 1 to {figures.layers}, not {layer}")
-    g = a.graph
+    g = a.arch  # node and predecessor reads only: no networkx
     wanted = range(1, figures.layers + 1) if layer is None else (layer,)
     out = []
     for ell in wanted:

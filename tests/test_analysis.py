@@ -100,7 +100,9 @@ def test_every_zoo_file_analyses_cleanly():
 
 
 def _drop_dense_edge(g, block: str = "denseblock1") -> None:
-    g.remove_edge(f"{block}.x0", f"{block}.denselayer2.concat")
+    """On a networkx DiGraph or the analysis' own ArchGraph (which has no remove_edge)."""
+    u, v = f"{block}.x0", f"{block}.denselayer2.concat"
+    del g._succ[u][v], g._pred[v][u]
 
 
 @pytest.mark.parametrize("damage", ["drop a dense edge", "add a skip edge", "widen a concat"])
@@ -129,6 +131,28 @@ def test_the_cycle_check_is_exact_whatever_the_node_order(a121):
     assert [x.message for x in problems] == ["the graph has a cycle"]
 
 
+def test_each_closed_form_and_walk_is_made_once_per_analysis(monkeypatch, a121):
+    """The parameter prediction `graph.check` makes is the one analysis' ceiling reads, and an
+    efficient memory model finds the shared-buffer blocks once (both were made twice)."""
+    import densedsl.analysis as analysis_
+
+    calls = {"predict": 0, "shared": 0}
+    efficient = a121.memory(mode="efficient")
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(costs, "predict", counted("predict", costs.predict))
+    monkeypatch.setattr(analysis_, "_shared_blocks", counted("shared", analysis_._shared_blocks))
+    a = analyze(a121.network)
+    assert calls == {"predict": 1, "shared": 0}
+    assert a.memory(mode="efficient") == efficient
+    assert calls == {"predict": 1, "shared": 1}
+
+
 def test_memory_models_are_made_on_first_use_and_kept(a121):
     a = analyze(load("densenet121").network)
     assert set(a._memory) == {"standard"}  # the resource check needs it; the others wait
@@ -139,15 +163,29 @@ def test_memory_models_are_made_on_first_use_and_kept(a121):
         a.memory(mode="tiny")
 
 
+def test_the_cycle_check_is_exact_on_the_analysis_own_graph(a121):
+    """The same fallback on the `ArchGraph` the analysis builds (networkx is imported only then)."""
+    g = densedsl.graph.lower_arch(a121.network)
+
+    def add_edge(u, v):
+        g._succ.setdefault(u, {}), g._pred.setdefault(u, {}), g._node.setdefault(u, {})
+        g._succ[u][v] = g._pred[v][u] = {"kind": "flow", "shape": (1,)}
+
+    add_edge("late", "input")  # backward in node order, no cycle
+    assert _check_invariants(a121.network, g, a121.stages) == []
+    add_edge("denseblock4.out", "stem.conv0")
+    assert [x.message for x in _check_invariants(a121.network, g, a121.stages)] == ["the graph has a cycle"]
+
+
 def test_a_broken_lowering_raises_e205(monkeypatch, a121):
-    lower = densedsl.analysis.graph_.lower
+    lower = densedsl.analysis.graph_.lower_arch
 
     def broken(*args, **kwargs):
         g = lower(*args, **kwargs)
         _drop_dense_edge(g, "denseblock2")
         return g
 
-    monkeypatch.setattr(densedsl.analysis.graph_, "lower", broken)
+    monkeypatch.setattr(densedsl.analysis.graph_, "lower_arch", broken)
     with pytest.raises(SpecError) as e:
         analyze(a121.network)
     assert "E205" in codes(e)

@@ -145,6 +145,30 @@ def test_light_commands_do_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
+
+def test_light_commands_and_the_language_server_do_not_import_networkx():
+    """networkx (~0.2 s of a fresh process) is imported only for `Analysis.graph`: `check`,
+    `summary`, `fmt`, `explain`, the memory models and the language server's analysis read the
+    analysis' own graph (`Analysis.arch`)."""
+    code = ("import sys\n"
+            "from densedsl.cli import main\n"
+            "from densedsl.lsp.document import analyze_text\n"
+            "for argv in (['check', 'specs/densenet121.dense'], ['summary', 'specs/densenet121.dense'],\n"
+            "             ['summary', '--layers', 'specs/densenet_bc_cifar.dense'],\n"
+            "             ['fmt', '--check', 'specs/densenet121.dense'],\n"
+            "             ['explain', 'specs/densenet121.dense', '--block', '2']):\n"
+            "    assert main(argv) == 0, argv\n"
+            "snap = analyze_text(open('specs/densenet121.dense').read(), 'densenet121.dense')\n"
+            "assert snap.networks[0].analysis is not None and snap.networks[0].ops\n"
+            "a = __import__('densedsl').analyze('specs/densenet121.dense')\n"
+            "a.memory(mode='efficient'), a.memory(mode='inference')\n"
+            "print('networkx' in sys.modules)\n"
+            "a.graph\n"
+            "print('networkx' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["False", "True"]  # and the test itself can see it
+
 # --- option values are checked where they are parsed (exit 2, never an internal error) -----------
 
 TINY = str(ROOT / "specs/tiny_digits.dense")

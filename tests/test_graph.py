@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -168,28 +169,32 @@ def test_min_input_size_search():
     assert graph.min_input_size(graph.spatial_plan(Network(name="x", input=(1, 1, 1)))) == 1
 
 
-def test_the_public_networkx_api_builds_the_same_graph_and_figures(monkeypatch):
-    """The builder writes networkx's private dicts for speed (`graph.DIRECT`, probed at import);
-    a networkx that changed them gets the public API: the same graph, edge for edge, and the
-    same figures."""
+def test_the_public_networkx_api_builds_the_same_graph(monkeypatch):
+    """`Analysis.graph` wraps the analysis' own dicts in a DiGraph when networkx keeps its graph
+    in `_node`/`_succ`/`_pred` (`graph.direct()`, probed on first need); a networkx that changed
+    them gets the public API: the same graph, node for node and edge for edge, in the same order."""
     import densedsl
 
-    assert graph.DIRECT  # this networkx keeps _node/_succ/_pred: the fast path is the one tested elsewhere
+    assert graph.direct()  # this networkx keeps _node/_succ/_pred: the fast path is the one tested elsewhere
     ROOT = Path(__file__).resolve().parent.parent
     specs = [ROOT / "specs" / "densenet121.dense", ROOT / "specs" / "d2l_flux_mlp.dense"]
     fast = [densedsl.analyze(densedsl.load(p)) for p in specs]
-    monkeypatch.setattr(graph, "DIRECT", False)
+    assert all(a.graph._succ is a.arch._succ and a.graph._node is a.arch._node for a in fast)  # adopted, not copied
+    monkeypatch.setattr(graph, "_DIRECT", False)
     slow = [densedsl.analyze(densedsl.load(p)) for p in specs]
     for a, b in zip(fast, slow):
-        assert list(a.graph.nodes(data=True)) == list(b.graph.nodes(data=True))
+        assert b.graph._succ is not b.arch._succ  # built with add_nodes_from/add_edges_from
+        assert list(a.graph.nodes(data=True)) == list(b.graph.nodes(data=True)) == list(a.arch.nodes(data=True))
         assert list(a.graph.edges(data=True)) == list(b.graph.edges(data=True))
+        assert all(list(a.graph.pred[n]) == list(b.graph.pred[n]) for n in a.graph)
+        assert a.graph.graph == b.graph.graph == a.arch.graph
         assert (a.params, a.macs, a.connections, a.receptive_field) == (b.params, b.macs, b.connections, b.receptive_field)
         assert a.stages == b.stages
 
 
 def test_a_networkx_without_the_private_dicts_is_detected(monkeypatch):
     class Slotted(nx.DiGraph):
-        """A DiGraph that keeps its adjacency somewhere the builder does not know about."""
+        """A DiGraph that keeps its adjacency somewhere `to_networkx` does not know about."""
         def __getattribute__(self, name):
             if name in ("_succ", "_pred", "_node") and sys._getframe(1).f_globals.get("__name__") == graph.__name__:
                 raise AttributeError(name)
@@ -198,3 +203,18 @@ def test_a_networkx_without_the_private_dicts_is_detected(monkeypatch):
     assert graph._direct_writes_work()
     monkeypatch.setattr(nx, "DiGraph", Slotted)
     assert not graph._direct_writes_work()
+
+
+def test_the_arch_graph_reads_as_the_networkx_graph(g121):
+    """The analysis walks an `ArchGraph` with the DiGraph surface it uses; `lower` wraps the same
+    graph for networkx: every read the analysis makes gives what networkx gives."""
+    arch = graph.lower_arch(N.torchvision(121))
+    assert list(arch) == list(arch.nodes) == list(arch.nodes()) == list(g121) and len(arch) == len(g121)
+    assert list(arch.nodes(data=True)) == list(g121.nodes(data=True))
+    assert list(arch.nodes(data="stage")) == list(g121.nodes(data="stage"))
+    assert list(arch.nodes(data="block", default=-1)) == list(g121.nodes(data="block", default=-1))
+    assert all(arch.nodes[n] == g121.nodes[n] and (n in arch.nodes) and (n in arch) for n in g121)
+    assert "nowhere" not in arch and "nowhere" not in arch.nodes
+    assert all(arch.succ[n] == g121.succ[n] and list(arch.pred[n]) == list(g121.pred[n]) for n in g121)
+    assert arch.graph == g121.graph and sum(map(len, arch.succ.values())) == g121.number_of_edges()
+    assert pickle.loads(pickle.dumps(arch)).nodes["denseblock1.x3"] == arch.nodes["denseblock1.x3"]

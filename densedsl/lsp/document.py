@@ -204,7 +204,7 @@ def _network_state(file: ast.SpecFile, node: ast.NetworkDef, source: Source,
     stages = tuple(dataclasses.replace(s, span=moved(s.span)) for s in a.stages)
     ops = tuple(OpFigures(moved(attrs["span"]), attrs["kind"], attrs["in_shape"], attrs["out_shape"],
                           attrs["params"], attrs["flops"])
-                for n, attrs in a.graph.nodes(data=True) if attrs["stage"] == "stem" and n != "input")
+                for n, attrs in a.arch.nodes(data=True) if attrs["stage"] == "stem" and n != "input")
     return NetworkState(node, network, a, stages, ops), diagnostics
 
 
