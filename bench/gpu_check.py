@@ -11,8 +11,8 @@ backend, which need CUDA, are recorded as skipped with the reason) and CI runs i
                straightforward torchvision-layout reference loaded with the same weights, on the
                device and against the CPU; one training step's gradients, standard and efficient;
 - amp:         bf16 and fp16 autocast in channels_last: finite, and how far from fp32;
-- memory:      peak allocated memory of one training step, standard against efficient, beside the
-               analysis' prediction;
+- memory:      peak allocated memory of one training step, standard against efficient (and
+               against torchvision's memory_efficient=True), beside the analysis' prediction;
 - ddp:         `torchrun --nproc_per_node 1 -m densedsl train …` (NCCL on CUDA, gloo otherwise);
 - speed:       inference and training steps per second against the reference, interleaved rounds;
 - compile:     torch.compile in training and inference, loss equal to eager, and its speed.
@@ -63,8 +63,9 @@ network tiny_check {
 """
 
 
-def _tiny_reference() -> torch.nn.Module:
-    return bc.RefDenseNet([("conv0", torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False))], 8, (2, 2), 4, classes=10)
+def _tiny_reference(memory_efficient: bool = False) -> torch.nn.Module:
+    return bc.RefDenseNet([("conv0", torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False))], 8, (2, 2), 4, classes=10,
+                          memory_efficient=memory_efficient)
 
 
 class Plan:
@@ -77,7 +78,7 @@ class Plan:
             self.models = {"tiny": dict(net=densedsl.parse(TINY).network, batch=4, reference=_tiny_reference)}
         else:
             self.models = {name: dict(net=bc.network(name), batch=64 if name == "densenet121" else 128,
-                                      reference=lambda name=name: bc.reference(name))
+                                      reference=lambda name=name, **kw: bc.reference(name, **kw))
                            for name in bc.MODELS}
 
     def pair(self, name: str, memory: str = "standard"):
@@ -170,6 +171,21 @@ def check_amp(plan: Plan) -> dict:
     return out
 
 
+def _cuda_step_peak(plan: Plan, name: str, model: torch.nn.Module) -> int:
+    """Peak allocated bytes of one SGD step above what model and batch hold (CUDA)."""
+    x, y = plan.batch(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    bc.train_step(model, x, y, opt)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del opt, x, y
+    torch.cuda.empty_cache()
+    return peak
+
+
 def check_memory(plan: Plan) -> dict:
     out = {}
     for name in plan.models:
@@ -181,17 +197,19 @@ def check_memory(plan: Plan) -> dict:
             if plan.device != "cuda":
                 continue
             model, _ = plan.pair(name, memory=mode)
-            x, y = plan.batch(name)
-            opt = torch.optim.SGD(model.parameters(), lr=0.01)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            bc.train_step(model, x, y, opt)
-            torch.cuda.synchronize()
-            row[f"{mode}_measured"] = torch.cuda.max_memory_allocated() - before
-            del model, opt, x, y
-            torch.cuda.empty_cache()
+            row[f"{mode}_measured"] = _cuda_step_peak(plan, name, model)
+            del model
         if plan.device == "cuda":
+            # torchvision's memory_efficient=True (checkpointed concat-BN-ReLU-Conv1x1), the
+            # comparison for densedsl's efficient mode
+            ref = plan.pair(name)[1]
+            torchvision_efficient = plan.models[name]["reference"](memory_efficient=True)
+            torchvision_efficient.load_state_dict(ref.state_dict())
+            del ref
+            row["torchvision_memory_efficient_measured"] = _cuda_step_peak(
+                plan, name, torchvision_efficient.to(plan.device))
+            row["efficient_over_torchvision_memory_efficient"] = (
+                row["efficient_measured"] / row["torchvision_memory_efficient_measured"])
             row["efficient_over_standard"] = row["efficient_measured"] / row["standard_measured"]
             row["prediction_over_measured"] = {m: row[f"{m}_predicted"] / row[f"{m}_measured"]
                                                for m in ("standard", "efficient")}
