@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -203,8 +204,9 @@ def report(results: dict, meta: dict) -> str:
              f"rounds after two warm-up calls; elapsed {meta['elapsed']:.0f} s", "",
              "Speed ratio = compiled torchvision's time / the implementation's, per round; median "
              "(lowest–highest) over rounds. Cold = the first call of a fresh `torch.compile` wrapper "
-             "(training: forward and backward).", "",
-             "| model | measurement | command | measured | met |", "| --- | --- | --- | ---: | :---: |"]
+             "(training: forward and backward).", ""]
+    if any(mode in res for res in results.values() for mode in ("train", "eval")):
+        lines += ["| model | measurement | command | measured | met |", "| --- | --- | --- | ---: | :---: |"]
     for name, res in results.items():
         for mode, label in (("train", "training step"), ("eval", "inference")):
             if mode not in res:
@@ -221,7 +223,9 @@ def report(results: dict, meta: dict) -> str:
                     lines.append(f"| {name} | {label}: {impl} / torchvision compiled | {cmd} | {_fmt(r[impl])} | — |")
             for impl, seconds in res[mode]["cold"].items():
                 lines.append(f"| {name} | {label}: cold compile, {impl} | {cmd} | {seconds:.0f} s | — |")
-    lines += ["", "How dynamo sees each model (`torch._dynamo.explain(model)(x)`):", "",
+    if lines[-1]:
+        lines.append("")
+    lines += ["How dynamo sees each model (`torch._dynamo.explain(model)(x)`):", "",
               "| model | implementation (mode) | graphs | graph breaks | ops | break reasons (count) |",
               "| --- | --- | ---: | ---: | ---: | --- |"]
     for name, res in results.items():
@@ -258,6 +262,7 @@ def main(argv=None) -> int:
             "elapsed": time.perf_counter() - started, "rounds": args.rounds}
     text = report(results, meta)
     print(text)
+    print(json.dumps(results), file=sys.stderr)
     shutil.rmtree(cache, ignore_errors=True)
     if args.write:
         from results import write_section

@@ -128,3 +128,34 @@ def test_bench_dynamo_runs_end_to_end_and_dynamo_sees_densedsl_as_one_graph(one_
     assert "| tiny_dynamo | training step: densedsl compiled / torchvision compiled" in text
     assert "| tiny_dynamo | inference: cold compile, densedsl compiled |" in text
     assert "| tiny_dynamo | densedsl, guards off (eval) |" in text
+
+
+@pytest.mark.slow
+def test_torch_compile_of_efficient_mode_trains_like_eager_efficient_mode(one_thread, monkeypatch):
+    """torch.compile of a memory="efficient" model (aot_eager: dynamo and AOT autograd, where the
+    path switch happens; inductor's numerics are test_training_paths' standard-mode test): its
+    loss, gradients and BN running statistics are eager efficient mode's (the shared-storage
+    Function there, the plain path under dynamo)."""
+    import densedsl
+    from densedsl.compiler import build_model
+
+    monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
+    net = densedsl.parse(TINY).network
+    torch.manual_seed(0)
+    eager = build_model(net, memory="efficient").train()
+    model = build_model(net, memory="efficient").train()
+    model.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+    loss, x_grad, grads = step(eager, x, y)
+    loss_c, x_grad_c, _ = step(compiled, x, y)
+    torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x_grad_c, x_grad, rtol=1e-4, atol=1e-6)
+    grads_c = {k: p.grad for k, p in model.named_parameters()}
+    assert grads_c.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    for (name, b), b_eager in zip(model.named_buffers(), eager.buffers()):
+        torch.testing.assert_close(b, b_eager, rtol=1e-5, atol=1e-6, msg=name)
