@@ -115,7 +115,8 @@ def bench_model(name: str, rounds: int, memory: bool, variants: list[str], log) 
         for impl in ("reference", "reference_efficient", "plain", "densedsl", "efficient"):
             mode = VARIANTS.get(impl, ("standard",))[0]
             # the analysis models densedsl's modes, not torchvision's checkpointing: no prediction
-            predicted = None if impl == "reference_efficient" else a.memory(out["batch"], "float32", mode) + a.params * 4
+            predicted = (None if impl == "reference_efficient"
+                         else a.memory(out["batch"], "float32", mode) + a.params * 4)
             row = {"predicted": predicted}
             for allocator in bc.ALLOCATORS:
                 row[allocator] = bc.measure_memory(name, impl, "NCHW", "cpu", allocator, script=__file__)
