@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import densedsl
 from densedsl import modules, ops
@@ -152,6 +153,38 @@ def test_the_specs_cover_every_op_kind_with_a_module():
     with_modules = {kind for kind, spec in ops.TABLE.items()
                     if type(spec).constructor is not ops.OpKind.constructor}
     assert with_modules <= kinds, with_modules - kinds
+
+
+class _RandomFills(TorchFunctionMode):
+    """Counts the random fills (normal_, uniform_) made on real (not meta) storage."""
+
+    # The tensor methods, and the nn.init functions that hand themselves to the mode whole (the
+    # mode is off while a function it sees runs, so nothing inside is counted twice).
+    FILLS = {torch.Tensor.normal_: "normal_", nn.init.normal_: "normal_", nn.init.kaiming_normal_: "normal_",
+             torch.Tensor.uniform_: "uniform_", nn.init.uniform_: "uniform_",
+             nn.init.kaiming_uniform_: "uniform_"}
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {"normal_": 0, "uniform_": 0}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FILLS and (args[0] if args else kwargs["tensor"]).device.type != "meta":
+            self.counts[self.FILLS[func]] += 1
+        return func(*args, **kwargs)
+
+
+def test_each_conv_weight_is_drawn_once():
+    """torch's constructors draw kaiming_uniform_ for every conv weight, which torchvision's init
+    then redraws as kaiming_normal_; densedsl draws each weight once (Linear: torch's weight and
+    bias draw, the bias then zeroed, as torchvision keeps them)."""
+    with _RandomFills() as fills:
+        model = densedsl.compile(IMAGE)
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert fills.counts == {"normal_": convs,
+                            "uniform_": sum(1 + (m.bias is not None) for m in linears)}
 
 
 def test_a_large_conv_is_kaiming_normal_not_torchs_uniform(poisoned):
