@@ -16,19 +16,25 @@ Per model, training step (SGD, momentum 0.9) and inference (eval, no_grad):
   … A B C …) and each ratio is taken per round against compiled torchvision, reported as the
   median over rounds with the spread (lowest–highest).
 
-Implementations: the reference and densedsl, eager and compiled. Under dynamo densedsl's model
-takes its plain path (`modules.compiling()`: torch.cat per layer, as torchvision), so its graph is
-torchvision's. `densedsl shared` is an experiment, training only: the blocks keep the shared-buffer
+Implementations: the reference and densedsl, eager and compiled. In training, under dynamo
+densedsl's blocks take their plain path (`modules.compiling()`: torch.cat per layer, as
+torchvision), so its graph is torchvision's. In inference its engine runs eagerly behind one graph
+break (`torch.compiler.disable` on the engine's entry points) and dynamo compiles the rest (the
+head). `densedsl shared` is an experiment, training only: the blocks keep the shared-buffer
 autograd Function (`concat.py`) under dynamo too (the `compiling()` test in
 `DenseBlock._shared_entries` left out, on the instances only), to measure whether inductor does
-better with it. `explain` also records densedsl with every `compiling()` guard off ("guards off"):
-the training Function and the inference engine as dynamo would see them.
+better with it. `densedsl plain`, inference only, is the model without its engine: the compiled
+plain path (what a compiled eval model ran before the engine was kept under dynamo). `explain`
+also records densedsl with every guard off ("guards off"): the training Function and the
+inference engine traced by dynamo (`compiling()` false, the engine's `torch.compiler.disable`
+unwrapped).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -85,26 +91,38 @@ def shared_entries_under_dynamo(self: DenseBlock, x: torch.Tensor):
 
 
 def make(name: str, impl: str, training: bool) -> torch.nn.Module:
-    """'reference', 'densedsl', 'efficient' or 'densedsl shared'; NCHW, bench_compiler's weights."""
+    """'reference', 'densedsl', 'efficient', 'densedsl shared' or 'densedsl plain'; NCHW,
+    bench_compiler's weights."""
     kind = {"reference": "reference", "densedsl": "standard", "efficient": "efficient",
-            "densedsl shared": "standard"}[impl]
+            "densedsl shared": "standard", "densedsl plain": "standard"}[impl]
     model = bc.make(name, kind, "NCHW", "cpu").train(training)
     if impl == "densedsl shared":
         for m in model.modules():
             if isinstance(m, DenseBlock):
                 m._shared_entries = types.MethodType(shared_entries_under_dynamo, m)
+    if impl == "densedsl plain":
+        for m in model.modules():
+            if hasattr(m, "engine"):
+                m.engine = None
     return model
 
 
 @contextlib.contextmanager
 def guards_off():
-    """densedsl as dynamo would see it without `modules.compiling()`: Function and engine traced."""
-    saved = densedsl_modules.compiling, densedsl_engine.compiling
-    densedsl_modules.compiling = densedsl_engine.compiling = lambda: False
+    """densedsl as dynamo would see it without `modules.compiling()` and with the engine's entry
+    points traced rather than disabled: the training Function and the engine in dynamo's graph."""
+    engine = densedsl_engine.InferenceEngine
+    entries = ("block", "features", "features_only")
+    saved = densedsl_modules.compiling, {name: engine.__dict__[name] for name in entries}
+    densedsl_modules.compiling = lambda: False
+    for name in entries:
+        setattr(engine, name, inspect.unwrap(saved[1][name]))
     try:
         yield
     finally:
-        densedsl_modules.compiling, densedsl_engine.compiling = saved
+        densedsl_modules.compiling = saved[0]
+        for name in entries:
+            setattr(engine, name, saved[1][name])
 
 
 def explain(name: str, impl: str, training: bool) -> dict:
@@ -162,7 +180,7 @@ def ratios(times: dict[str, list[float]], base: str) -> dict[str, dict]:
 
 
 TRAIN = ["reference", "densedsl", "reference compiled", "densedsl compiled", "densedsl shared compiled"]
-INFER = ["reference", "densedsl", "reference compiled", "densedsl compiled"]
+INFER = ["reference", "densedsl", "reference compiled", "densedsl compiled", "densedsl plain compiled"]
 EXPLAIN_TRAIN = ["reference", "densedsl", "efficient", "densedsl, guards off"]
 EXPLAIN_EVAL = ["reference", "densedsl", "densedsl, guards off"]
 

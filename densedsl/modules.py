@@ -19,8 +19,11 @@ Forward paths that compute the same function:
 - the plain path (any other layer, eval mode, no autograd, tracing and `torch.compile`, or
   `DENSEDSL_TRAINING_PATH=plain`): every layer concatenates its inputs with `torch.cat`
   (torchvision); memory-efficient mode recomputes each layer's concatenation, BN, ReLU and
-  dropout in backward via non-reentrant checkpointing that keeps the conv outputs.
-Fast inference is an opt-in pass, `engine.accelerate`, that `compile` applies by default.
+  dropout in backward via non-reentrant checkpointing that keeps the conv outputs (under
+  torch.compile too, where AOT autograd's partitioner recomputes the region; not in a graph that
+  torch.jit or torch.export records: `exporting()`).
+Fast inference is an opt-in pass, `engine.accelerate`, that `compile` applies by default (under
+torch.compile it runs eagerly, behind one graph break).
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ def compiling() -> bool:
     """True while a tracer or compiler records the forward: it must see plain tensor code."""
     return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
             or torch.compiler.is_exporting())
+
+
+def exporting() -> bool:
+    """True while torch.jit scripts or traces, or torch.export records, the forward: their graphs
+    hold no checkpoint, so efficient mode's recomputation is off there. torch.compile is not in
+    this list: dynamo traces the non-reentrant checkpoint (a tagged region that AOT autograd's
+    partitioner recomputes in backward), so a compiled efficient model keeps its memory saving."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def plain_training() -> bool:
@@ -134,22 +145,30 @@ class DenseLayer(nn.Module):
         return y
 
     def _checkpoint_contexts(self):
-        # Keep the conv outputs (they are needed anyway as the next op's input), recompute the
-        # concatenation and the BN-ReLU around them: Pleiss et al.'s shared-storage scheme.
-        forward_ctx, recompute_ctx = create_selective_checkpoint_contexts(
-            lambda ctx, op, *args, **kwargs: CheckpointPolicy.MUST_SAVE if op in _CONVOLUTION_OPS
-            else CheckpointPolicy.PREFER_RECOMPUTE)
+        forward_ctx, recompute_ctx = _keep_convolutions()
         return forward_ctx, _Recomputing(self, recompute_ctx)
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        if (self.memory_efficient and torch.is_grad_enabled() and not compiling()
+        if (self.memory_efficient and torch.is_grad_enabled() and not exporting()
                 and any(t.requires_grad for t in features)):
             # The whole layer is one checkpointed region that keeps only its conv outputs: the
             # bottleneck's 4k channels and the k new ones. The concatenation, every BN and ReLU
             # output and the dropout masks (same RNG state) are recomputed in backward.
-            return checkpoint(self._layer, *features, use_reentrant=False,
-                              context_fn=self._checkpoint_contexts)
+            # Under torch.compile the region is traced once and AOT autograd's partitioner
+            # recomputes its functional graph (running statistics are written once, after the
+            # forward), so the policy alone is given: dynamo takes a plain function, not a method.
+            contexts = _keep_convolutions if torch.compiler.is_compiling() else self._checkpoint_contexts
+            return checkpoint(self._layer, *features, use_reentrant=False, context_fn=contexts)
         return self._layer(*features)
+
+
+def _keep_convolutions():
+    """Selective-checkpoint contexts that keep the conv outputs (they are needed anyway as the next
+    op's input) and recompute the concatenation and the BN-ReLU around them: Pleiss et al.'s
+    shared-storage scheme."""
+    return create_selective_checkpoint_contexts(
+        lambda ctx, op, *args, **kwargs: CheckpointPolicy.MUST_SAVE if op in _CONVOLUTION_OPS
+        else CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 class _Recomputing:
