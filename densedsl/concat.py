@@ -22,10 +22,21 @@ the plain path). Efficient mode folds the layer's first conv into the Function a
 BN statistics: backward stages the concatenation again from the buffer and recomputes BN-ReLU
 with the saved statistics (one pass, no new statistics, the running ones untouched); the
 convolution is never recomputed.
+
+Efficient mode's temporaries (the staged concatenation and the BN-ReLU output, in forward and
+again in backward) go into one scratch allocation per block, the paper's second shared storage:
+every layer of the block reuses it (`Buffer.scratch`), it is freed when the block's forward ends
+and allocated again for its backward. Nothing autograd saves is ever in it. Fresh tensors per
+layer, each a little larger than the last, are what glibc's default allocator fragments: once its
+adaptive mmap threshold has risen (to up to 32 MiB) they come from the heap, the holes they leave
+stay in the process, and its peak RSS outgrows what the model keeps. In backward
+`threshold_backward` masks convolution_backward's fresh result in place, one allocation fewer;
+convolution_backward's and batch norm backward's own results remain fresh allocations.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -72,12 +83,40 @@ class Buffer:
         self.tensor = torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=x.dtype, device=x.device,
                                   memory_format=self.memory_format)
         self.version: int | None = None  # set when the block's forward ends
+        self._scratch: Tensor | None = None
+
+    def scratch(self, width: int) -> tuple[Tensor, Tensor]:
+        """Efficient mode's two temporaries of a layer, the staged concatenation and its BN-ReLU
+        output, as the first `width` channels of one block-wide allocation that every layer of the
+        block reuses, in forward and again in backward (Pleiss et al.'s second shared storage).
+        Neither is ever saved for backward. Fresh tensors per layer would be freed and allocated
+        again at a slightly larger size each layer; glibc's default allocator serves them from its
+        heap once its mmap threshold has risen, and the heap keeps the holes (BENCHMARKS.md)."""
+        if self._scratch is None:
+            self._scratch = torch.empty(2 * self.tensor.numel(), dtype=self.tensor.dtype,
+                                        device=self.tensor.device)
+        half = self.tensor.numel()
+        return (_view(self._scratch[:half], self.tensor, width, self.memory_format),
+                _view(self._scratch[half:], self.tensor, width, self.memory_format))
+
+    def release_scratch(self) -> None:
+        """Between the block's forward and its backward nothing needs the scratch: free it."""
+        self._scratch = None
 
     def check(self, tensor: Tensor) -> None:
         if self.version is not None and tensor._version != self.version:
             raise RuntimeError(
                 "a dense block's output, which its layers' backward reads, has been modified by an "
                 "inplace operation; clone it first (or train with DENSEDSL_TRAINING_PATH=plain)")
+
+
+def _view(flat: Tensor, like: Tensor, width: int, memory_format: torch.memory_format) -> Tensor:
+    """`like`'s shape with `width` channels over the start of `flat`, dense in `memory_format`."""
+    batch, spatial = like.shape[0], tuple(like.shape[2:])
+    flat = flat[:batch * width * math.prod(spatial)]
+    if memory_format == torch.channels_last:
+        return flat.view(batch, *spatial, width).permute(0, 3, 1, 2)
+    return flat.view(batch, width, *spatial)
 
 
 def _bn_factor(norm: nn.Module) -> float:
@@ -93,12 +132,14 @@ def _stage(buffer: Tensor, width: int, memory_format: torch.memory_format) -> Te
     return buffer.narrow(1, 0, width).clone(memory_format=memory_format)
 
 
-def _normalize(x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
-    """BN's output from its saved batch statistics: one pass, the running statistics untouched."""
+def _normalize(x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor, *,
+               out: Tensor) -> Tensor:
+    """BN's output from its saved batch statistics, into `out`: one pass, the running statistics
+    untouched."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
     scale = weight * invstd
     shift = bias - mean * scale
-    return torch.addcmul(shift.view(shape), x, scale.view(shape))
+    return torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
 
 
 class _WriteEnter(torch.autograd.Function):
@@ -111,17 +152,24 @@ class _WriteEnter(torch.autograd.Function):
         ctx.holder, ctx.offset, ctx.channels, ctx.width, ctx.last = holder, offset, new.shape[1], width, last
         ctx.norm, ctx.conv = norm, conv
         if norm is None:
+            holder.release_scratch()
             return buffer, None
-        x = _stage(buffer, width, holder.memory_format)
-        y, mean, invstd = torch.ops.aten.native_batch_norm(
-            x, norm_weight, norm_bias, norm.running_mean, norm.running_var, True, _bn_factor(norm), norm.eps)
-        y = y.relu_()
         # The running statistics are saved as aten's BN saves them (its kernel updates them
         # without a version bump, so a second forward before backward is fine).
         stats = (norm.running_mean, norm.running_var)
         if conv is None:
+            x = _stage(buffer, width, holder.memory_format)
+            y, mean, invstd = torch.ops.aten.native_batch_norm(
+                x, norm_weight, norm_bias, *stats, True, _bn_factor(norm), norm.eps)
+            y = y.relu_()
             ctx.save_for_backward(x, y, mean, invstd, norm_weight, *stats)
             return buffer, y
+        x, y = holder.scratch(width)  # nothing saves them: the next layer overwrites both
+        x.copy_(buffer.narrow(1, 0, width))
+        mean, invstd = stats[0].new_empty(0), stats[0].new_empty(0)  # BN's dtype: float for bf16 input
+        torch.ops.aten.native_batch_norm.out(x, norm_weight, norm_bias, *stats, True, _bn_factor(norm),
+                                             norm.eps, out=y, save_mean=mean, save_invstd=invstd)
+        y.relu_()
         ctx.save_for_backward(mean, invstd, norm_weight, norm_bias, conv_weight, conv_bias, *stats)
         z = torch.ops.aten.convolution(y, conv_weight, conv_bias, conv.stride, conv.padding,
                                        conv.dilation, False, [0] * len(conv.stride), conv.groups)
@@ -139,21 +187,25 @@ class _WriteEnter(torch.autograd.Function):
             norm, conv = ctx.norm, ctx.conv
             if conv is None:
                 x, y, mean, invstd, weight, running_mean, running_var = ctx.saved_tensors
-                grad_y = grad_out
+                grad_y = torch.ops.aten.threshold_backward(grad_out, y, 0)
             else:
                 mean, invstd, weight, bias, conv_weight, conv_bias, running_mean, running_var = ctx.saved_tensors
                 holder.check(holder.tensor)
-                x = _stage(holder.tensor, ctx.width, holder.memory_format)
-                y = _normalize(x, weight, bias, mean, invstd).relu_()
+                x, y = holder.scratch(ctx.width)
+                x.copy_(holder.tensor.narrow(1, 0, ctx.width))
+                _normalize(x, weight, bias, mean, invstd, out=y).relu_()
                 grad_y, grads[2], grads[3] = torch.ops.aten.convolution_backward(
                     grad_out, y, conv_weight, None if conv_bias is None else [conv_bias.shape[0]],
                     conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups,
                     [True, ctx.needs_input_grad[4], conv_bias is not None and ctx.needs_input_grad[5]])
-            grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0)
+                # convolution_backward's fresh result: masked in place, one allocation fewer
+                grad_y = torch.ops.aten.threshold_backward.grad_input(grad_y, y, 0, grad_input=grad_y)
             grad_x, grads[0], grads[1] = torch.ops.aten.native_batch_norm_backward(
                 grad_y, x, weight, running_mean, running_var, mean, invstd, True, norm.eps,
                 [True, ctx.needs_input_grad[2], ctx.needs_input_grad[3]])
             grad_buffer.narrow(1, 0, ctx.width).add_(grad_x)
+            if conv is not None and ctx.offset == 0:  # the block's first layer: its backward ends here
+                holder.release_scratch()
         grad_new = grad_buffer.narrow(1, ctx.offset, ctx.channels)
         return (grad_buffer, grad_new, *grads, None, None, None, None, None, None)
 

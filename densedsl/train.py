@@ -201,7 +201,10 @@ def return_freed_memory() -> bool:
     analysis predicts). glibc's default threshold adapts upwards as large blocks are freed, after
     which freed activations stay in the heap and the peak grows (measured in BENCHMARKS.md,
     `training` section). Process-wide and for the rest of the process; left alone where the user
-    set MALLOC_MMAP_THRESHOLD_ or the C library is not glibc. True when applied."""
+    set MALLOC_MMAP_THRESHOLD_ or the C library is not glibc. True when applied. Its price: every
+    large tensor then comes as fresh zeroed pages (about 6× the page faults of a DenseNet-121 step
+    under the default allocator, and slower steps: BENCHMARKS.md), so it is never applied on behalf
+    of a user's own loop."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -251,3 +251,49 @@ def test_one_value_per_channel_is_refused_as_batch_norm_refuses_it(monkeypatch):
     block = DenseBlock(3, 2, 2).train()  # no bottleneck: no nn.BatchNorm2d after the Function
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         block(torch.randn(1, 3, 1, 1, requires_grad=True))
+
+
+def test_efficient_mode_reuses_one_scratch_per_block_that_autograd_never_saves(monkeypatch):
+    """Efficient mode stages each layer's concatenation and BN-ReLU output into one block-wide
+    scratch allocation (fewer large malloc/free cycles: BENCHMARKS.md, training section): the same
+    storage for every layer in forward and again in backward, released between the two and after
+    backward, and never among the tensors autograd saves (the next layer overwrites it)."""
+    monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
+    torch.manual_seed(0)
+    block = DenseBlock(3, 4, 2, bottleneck=2, memory_efficient=True).train()
+    calls: list = []
+    original = concat.Buffer.scratch
+
+    def record(holder, width):
+        x, y = original(holder, width)
+        calls.append((holder, x, y))  # keeps the storage alive: its address is never reused here
+        return x, y
+
+    monkeypatch.setattr(concat.Buffer, "scratch", record)
+    saved: set = set()
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.add(t.untyped_storage().data_ptr()) or t, lambda t: t):
+        out = block(torch.randn(2, 3, 5, 5, requires_grad=True))
+    holder = calls[0][0]
+    storages = {t.untyped_storage().data_ptr() for _, x, y in calls for t in (x, y)}
+    assert len(calls) == 4 and len(storages) == 1 and holder._scratch is None
+    assert not storages & saved
+    forward_calls = len(calls)
+    out.sum().backward()
+    backward = calls[forward_calls:]
+    assert len(backward) == 4 and holder._scratch is None
+    assert len({t.untyped_storage().data_ptr() for _, x, y in backward for t in (x, y)}) == 1
+    assert [x.shape[1] for _, x, _ in backward] == [9, 7, 5, 3]  # widest first: one allocation fits all
+
+
+def test_efficient_mode_trains_a_bfloat16_model_like_the_plain_path(monkeypatch):
+    """A model cast to bfloat16: the scratch takes the input's dtype, BN's saved statistics its
+    running statistics' (what aten's batch norm returns)."""
+    net = network("rank2_bottleneck")
+    plain, fast = (m.to(torch.bfloat16) for m in pair(net, "efficient"))
+    x = torch.randn(3, *net.input).to(torch.bfloat16)
+    calls = shared_calls(monkeypatch)
+    expected, got = run(plain.train(), x, True, monkeypatch), run(fast.train(), x, False, monkeypatch)
+    assert calls
+    torch.testing.assert_close(got[0], expected[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got[1], expected[1], rtol=5e-2, atol=5e-2)
