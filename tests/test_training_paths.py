@@ -5,8 +5,11 @@ statistics, in standard and efficient mode, train and eval, on small networks of
 
 Tolerance: the paths run the same ops, but the order of some float sums differs (the features'
 gradients are summed into one buffer, and channels_last kernels reduce in another order), so
-results agree to float32 rounding: rtol 1e-4, atol 1e-5 on outputs and gradients (the plain path
-itself differs from a float64 run by more than that); buffers to 1e-5.
+results agree to float32 rounding: rtol 1e-4, atol 1e-5 on outputs and gradients; buffers to 1e-5.
+Where the plain path itself is further than that from the exact result (it happens: with one
+thread, NCHW kernels on a batch of 3 put rank2_plain_layers' input gradient 3e-4 off a float64
+run while the channels_last path is 1e-8 off), the shared path is held to the exact result
+instead: it may be no further from a float64 run than the plain path is, plus that tolerance.
 """
 
 from __future__ import annotations
@@ -59,14 +62,30 @@ def run(model: nn.Module, x: torch.Tensor, plain: bool, monkeypatch) -> tuple:
     return y.detach(), x.grad, {k.removeprefix("_orig_mod."): p.grad for k, p in model.named_parameters()}
 
 
-def assert_same(model_a, model_b, a, b) -> None:
-    torch.testing.assert_close(a[0], b[0], rtol=RTOL, atol=ATOL)
-    torch.testing.assert_close(a[1], b[1], rtol=RTOL, atol=ATOL)
+def assert_same(model_a, model_b, a, b, exact=None) -> None:
+    """b (the shared path) agrees with a (the plain path) to float32 rounding; given `exact` (the
+    same run in float64: (results, model)), b may instead be no further from it than a is."""
+    def close(u, v, msg, rtol=RTOL, atol=ATOL, truth=None):
+        if truth is None:
+            torch.testing.assert_close(v, u, rtol=rtol, atol=atol, msg=msg)
+            return
+        truth = truth.to(u.dtype if not u.is_floating_point() else torch.float64)
+        if u.is_floating_point():
+            allowed = (u.double() - truth).abs() + atol + rtol * truth.abs()
+            worst = ((v.double() - truth).abs() - allowed).max().item()
+            assert worst <= 0, f"{msg}: {worst:.3g} further from the float64 run than the plain path allows"
+        else:
+            torch.testing.assert_close(v, u, msg=msg)
+
+    ra, mx = exact if exact is not None else ((None, None, None), None)
+    close(a[0], b[0], "output", truth=ra[0])
+    close(a[1], b[1], "input gradient", truth=ra[1])
     assert a[2].keys() == b[2].keys()
     for k in a[2]:
-        torch.testing.assert_close(a[2][k], b[2][k], rtol=RTOL, atol=ATOL, msg=k)
+        close(a[2][k], b[2][k], k, truth=None if ra[2] is None else ra[2][k])
+    exact_buffers = dict(mx.named_buffers()) if mx is not None else {}
     for (k, u), v in zip(model_a.named_buffers(), model_b.buffers()):
-        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5, msg=k)
+        close(u, v, k, rtol=1e-5, atol=1e-5, truth=exact_buffers.get(k))
 
 
 def pair(net, memory: str) -> tuple[DenseNet, DenseNet]:
@@ -91,15 +110,17 @@ def shared_calls(monkeypatch) -> list:
 def test_training_paths_match_the_plain_path(key, memory, monkeypatch):
     net = network(key)
     plain, fast = pair(net, memory)
+    exact_model = copy.deepcopy(plain).double()
     x = torch.randn(3, *net.input, generator=torch.Generator().manual_seed(1))
     calls = shared_calls(monkeypatch)
     for _ in range(2):  # twice: the running statistics move once per step on both paths
+        exact = run(exact_model.train(), x.double(), True, monkeypatch)
         calls.clear()
         expected = run(plain.train(), x, True, monkeypatch)
         assert not calls
         got = run(fast.train(), x, False, monkeypatch)
         assert calls, "the shared-storage path was not taken"
-        assert_same(plain, fast, expected, got)
+        assert_same(plain, fast, expected, got, exact=(exact, exact_model))
     assert all(b.num_batches_tracked.item() == 2 for b in fast.modules()
                if isinstance(b, nn.modules.batchnorm._BatchNorm))
     expected, got = run(plain.eval(), x, True, monkeypatch), run(fast.eval(), x, False, monkeypatch)
