@@ -23,6 +23,8 @@ it. It knows 2-D networks: `accelerate` leaves 1-D and 3-D models on the plain p
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -242,8 +244,15 @@ def _needs_autograd(module: nn.Module, x: Tensor) -> bool:
 def _eager(method):
     """An entry point from a module's forward: dynamo does not trace it (the fold cache, `.item()`
     on the fold's sign test and `out=` into buffer slices would break the graph about 150 times on
-    BC-100) but calls it as it is, so a compiled eval model runs the eager engine."""
-    return torch.compiler.disable(method, recursive=True)
+    BC-100) but calls it as it is, so a compiled eval model runs the eager engine. The disabled
+    function is made only while dynamo traces: `torch.compiler.disable` imports torch._dynamo
+    (1-2 s), which an eager user never needs."""
+    @functools.wraps(method)
+    def entry(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(method, recursive=True)(*args, **kwargs)
+        return method(*args, **kwargs)
+    return entry
 
 
 class InferenceEngine:

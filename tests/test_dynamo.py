@@ -70,3 +70,18 @@ def test_a_compiled_eval_model_runs_the_inference_engine_and_gives_eagers_output
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_the_engine_leaves_torch_dynamo_unimported_in_eager_use():
+    """Keeping the engine eager under torch.compile must not cost eager users dynamo's import
+    (1-2 s): `torch.compiler.disable` is called only while dynamo traces."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, densedsl\nfrom densedsl.compiler import build_model\n"
+            f"net = densedsl.parse({SPEC!r}).network\n"
+            "model = build_model(net).eval()\nwith torch.no_grad():\n    model(torch.randn(2, 3, 16, 16))\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
