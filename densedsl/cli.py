@@ -564,7 +564,11 @@ def _add_train(sub) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="autocast precision (auto: bf16 or fp16 on CUDA, off on the CPU)")
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
-                   help="efficient: recompute concatenations in backward (less memory, ~20%% slower)")
+                   help="efficient: recompute concat, BN and ReLU in backward, keep conv outputs "
+                   "(about half the activation memory; BENCHMARKS.md measures its speed)")
+    p.add_argument("--release-memory", action="store_true",
+                   help="CPU, glibc: return freed memory to the system at once (mallopt), so the "
+                   "peak follows live tensors; costs speed (efficient steps measured 1.4x slower)")
     p.add_argument("--workers", type=_integer(0, 1024), metavar="N", help="DataLoader worker processes")
     p.add_argument("--threads", type=_integer(1, 4096), metavar="N",
                    help="CPU threads for torch (default: one per core, less the cores other "
@@ -594,6 +598,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
           momentum=args.momentum, weight_decay=args.weight_decay,
           milestones=tuple(args.milestones) if args.milestones else None, gamma=args.gamma,
           augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, memory=args.memory,
+          release_memory=args.release_memory,
           workers=args.workers, threads=args.threads if args.threads is not None else "auto",
           sync_bn=args.sync_bn, max_steps=args.max_steps, out=out,
           resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress,

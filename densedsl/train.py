@@ -106,7 +106,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           weight_decay: float | None = None, milestones: tuple[float, ...] | None = None,
           gamma: float | None = None, augment: str | None = None, seed: int | None = None,
           device: str = "auto", amp: str = "auto", memory: str = "standard",
-          workers: int | None = None, threads: int | str | None = None, sync_bn: bool = False,
+          release_memory: bool = False, workers: int | None = None, threads: int | str | None = None, sync_bn: bool = False,
           max_steps: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
           log: Log | None = None, progress: bool = True, callback: Callable[[dict], bool | None] | None = None,
           init: str | os.PathLike | None = None, init_partial: bool = False,
@@ -124,7 +124,9 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     `gamma`. `max_steps` ends the run after that many optimizer steps (a smoke test: the partial
     epoch is evaluated but not checkpointed). `threads` sets torch's CPU threads; None keeps the
     process's setting, "auto" is the CLI's default: torch's less the cores other processes keep
-    busy (`densedsl.threads.pick`, docs/training.md). `log` receives the report lines
+    busy (`densedsl.threads.pick`, docs/training.md). `release_memory` (CPU, glibc) has freed memory
+    returned to the system at once, so the peak follows live tensors, at a cost in speed
+    (`return_freed_memory`). `log` receives the report lines
     (None: silent); `progress` adds a per-epoch bar when stdout is a terminal. `callback(row)` runs after every
     epoch with its metrics row; returning True stops training (early stopping). Under torchrun
     the processes train one DistributedDataParallel model; only rank 0 logs and writes.
@@ -166,7 +168,8 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     try:
         with run_directory(out, dd, pick_device(device, dd)):
             return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
-                        memory=memory, workers=workers, threads=threads, sync_bn=sync_bn,
+                        memory=memory, release_memory=release_memory, workers=workers,
+                        threads=threads, sync_bn=sync_bn,
                         max_steps=max_steps, out=out, resume=resume, log=log if dd.main else None,
                         progress=progress, callback=callback, init=init, init_partial=init_partial)
     finally:
@@ -196,7 +199,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def return_freed_memory() -> bool:
-    """glibc only, for `--memory efficient` on CPU: serve blocks of 64 KiB or more from mmap and
+    """glibc only, for `--release-memory` on CPU: serve blocks of 64 KiB or more from mmap and
     trim the heap on every free, so the process's peak memory follows its live tensors (what the
     analysis predicts). glibc's default threshold adapts upwards as large blocks are freed, after
     which freed activations stay in the heap and the peak grows (measured in BENCHMARKS.md,
@@ -204,7 +207,7 @@ def return_freed_memory() -> bool:
     set MALLOC_MMAP_THRESHOLD_ or the C library is not glibc. True when applied. Its price: every
     large tensor then comes as fresh zeroed pages (about 6× the page faults of a DenseNet-121 step
     under the default allocator, and slower steps: BENCHMARKS.md), so it is never applied on behalf
-    of a user's own loop."""
+    of a user's own loop, nor by `densedsl train` unless asked (`--release-memory`)."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -216,7 +219,7 @@ def return_freed_memory() -> bool:
 
 
 def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist, started: float, *,
-         recipe: dict, device: str, amp: str, memory: str, workers: int | None, threads: int | str | None,
+         recipe: dict, device: str, amp: str, memory: str, release_memory: bool, workers: int | None, threads: int | str | None,
          sync_bn: bool,
          max_steps: int | None, out, resume: bool, log: Log | None, progress: bool,
          callback, init, init_partial: bool) -> RunResult:
@@ -251,7 +254,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
 
     dev = pick_device(device, dd)
     amp = pick_amp(amp, dev)
-    if memory == "efficient" and dev.type == "cpu":
+    if release_memory and dev.type == "cpu":  # opt-in: it costs speed (return_freed_memory)
         return_freed_memory()
     from .budget import check_training  # E307 before the data set or the model is allocated
     check_training(net, batch=int(values["batch_size"]), mode=memory, device=dev)
