@@ -50,6 +50,7 @@ import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_compiler as bc  # noqa: E402
+from bench_train import ratios  # noqa: E402  (per-round paired ratios, median and spread)
 
 from densedsl import engine as densedsl_engine  # noqa: E402
 from densedsl import modules as densedsl_modules  # noqa: E402
@@ -167,16 +168,6 @@ def callables(name: str, impls: list[str], training: bool, backend: str, log) ->
 def _infer(model, x):
     with torch.no_grad():
         return model(x)
-
-
-def ratios(times: dict[str, list[float]], base: str) -> dict[str, dict]:
-    """Per-round speed ratio base/implementation: median and spread; and the median seconds."""
-    out = {}
-    for impl, t in times.items():
-        per_round = sorted(b / v for b, v in zip(times[base], t))
-        out[impl] = {"median": statistics.median(per_round), "low": per_round[0], "high": per_round[-1],
-                     "seconds_median": statistics.median(t)}
-    return out
 
 
 TRAIN = ["reference", "densedsl", "reference compiled", "densedsl compiled", "densedsl shared compiled"]

@@ -91,3 +91,23 @@ def tiny(*, input_size: int = 32, transitions: int = 1) -> Network:
     return Network(name="n", input=(3, input_size, input_size),
                    stem=Stem(ops=(Conv(out_channels=16, kernel=3, padding=1),)),
                    stages=tuple(stages), head=Head(classes=10))
+
+
+# every vector op: stem linear/norm/relu/dropout, a bottleneck, each norm, a post-activation
+# block, two blocks in a row, a linear transition, a head with norm and a hidden layer
+# (tests/test_mlp.py, tests/test_construction.py)
+MLP_EVERY_OP = """network rich {
+    input 12
+    stem {
+        linear 16
+        norm
+        relu
+        dropout 0.1
+    }
+    dense layers=3 growth=8 bottleneck=2 norm=batch dropout=0.2
+    transition compression=0.5 dropout=0.1
+    dense layers=2 growth=4 norm=layer activation=gelu order=post
+    dense layers=2 growth=4 norm=none activation=relu bias=false
+    head classes=3 norm=true hidden=[8] dropout=0.2
+}
+"""

@@ -13,6 +13,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import densedsl
+import networks
 from densedsl import modules, ops
 from densedsl.analysis import analyze
 from densedsl.compiler import build_model
@@ -40,21 +41,7 @@ IMAGE = """network img {
 """
 
 # kind=linear on feature vectors: a linear stem, BatchNorm1d, layer norm, an unbiased block.
-VECTORS = """network vec {
-    input 12
-    stem {
-        linear 16
-        norm
-        relu
-        dropout 0.1
-    }
-    dense layers=3 growth=8 bottleneck=2 norm=batch dropout=0.2
-    transition compression=0.5 dropout=0.1
-    dense layers=2 growth=4 norm=layer activation=gelu order=post
-    dense layers=2 growth=4 norm=none activation=relu bias=false
-    head classes=3 norm=true hidden=[8] dropout=0.2
-}
-"""
+VECTORS = networks.MLP_EVERY_OP
 
 SIGNAL = """network sig {
     input 2x64

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import networks
 from twins import exported_twin
 from measure import saved_bytes
 
@@ -95,23 +96,7 @@ def test_linear_layers_on_a_map_are_a_located_error():
 
 # --- the model, its memory, its exports --------------------------------------------------------
 
-# every vector op: stem linear/norm/relu/dropout, a bottleneck, each norm, a post-activation
-# block, two blocks in a row, a linear transition, a head with norm and a hidden layer
-RICH = """network rich {
-    input 12
-    stem {
-        linear 16
-        norm
-        relu
-        dropout 0.1
-    }
-    dense layers=3 growth=8 bottleneck=2 norm=batch dropout=0.2
-    transition compression=0.5 dropout=0.1
-    dense layers=2 growth=4 norm=layer activation=gelu order=post
-    dense layers=2 growth=4 norm=none activation=relu bias=false
-    head classes=3 norm=true hidden=[8] dropout=0.2
-}
-"""
+RICH = networks.MLP_EVERY_OP
 
 
 def _model(text: str, **kwargs):
