@@ -10,11 +10,11 @@ measure: the peak-RSS delta of one SGD step of a fresh process (`--child`), unde
 allocator (what a user's own training loop has) and under MALLOC_MMAP_THRESHOLD_=65536 (RSS
 follows live tensors), for the compiled model as users get it in standard ("densedsl") and
 efficient mode; `--return-freed` also runs the default-allocator child with
-`densedsl.train.return_freed_memory()` applied first (what `densedsl train --memory efficient`
+`densedsl.train.return_freed_memory()` applied first (what `densedsl train --release-memory`
 does). Speed: interleaved rounds (standard, efficient, standard, …), per-round ratio
 efficient / standard, median and spread. Allocator speed (`--allocator-speed`): efficient mode's
 step time in fresh processes, alternating glibc's default allocator and `return_freed_memory()`
-(what `densedsl train --memory efficient` applies on CPU), one process of each per round; each
+(what `densedsl train --release-memory` applies on CPU), one process of each per round; each
 process times `--steps` steps after a warm-up step and reports its median; the ratio is paired
 per round.
 """
