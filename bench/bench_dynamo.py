@@ -21,8 +21,8 @@ densedsl's blocks take their plain path (`modules.compiling()`: torch.cat per la
 torchvision), so its graph is torchvision's. In inference its engine runs eagerly behind one graph
 break (`torch.compiler.disable` on the engine's entry points) and dynamo compiles the rest (the
 head). `densedsl shared` is an experiment, training only: the blocks keep the shared-buffer
-autograd Function (`concat.py`) under dynamo too (the `compiling()` test in
-`DenseBlock._shared_entries` left out, on the instances only), to measure whether inductor does
+autograd Function (`concat.py`) under dynamo too (`DenseBlock._shareable_entries`:
+the rule less its `compiling()` test, on the instances only), to measure whether inductor does
 better with it. `densedsl plain`, inference only, is the model without its engine: the compiled
 plain path (what a compiled eval model ran before the engine was kept under dynamo). `explain`
 also records densedsl with every guard off ("guards off"): the training Function and the
@@ -38,11 +38,9 @@ import inspect
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -74,23 +72,6 @@ def cold_caches() -> str:
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
-def shared_entries_under_dynamo(self: DenseBlock, x: torch.Tensor):
-    """`DenseBlock._shared_entries` without its `compiling()` test (kept in step by hand)."""
-    if not (self.shared_storage and self.training and torch.is_grad_enabled() and len(self)
-            and not densedsl_modules.plain_training()):
-        return None
-    if densedsl_modules._autocasting(x):
-        return None
-    if x.numel() // x.shape[1] <= 1:
-        return None
-    entries = [layer.entry() for layer in self.values()]
-    if any(e is None for e in entries):
-        return None
-    if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-        return None
-    return entries
-
-
 def make(name: str, impl: str, training: bool) -> torch.nn.Module:
     """'reference', 'densedsl', 'efficient', 'densedsl shared' or 'densedsl plain'; NCHW,
     bench_compiler's weights."""
@@ -100,7 +81,7 @@ def make(name: str, impl: str, training: bool) -> torch.nn.Module:
     if impl == "densedsl shared":
         for m in model.modules():
             if isinstance(m, DenseBlock):
-                m._shared_entries = types.MethodType(shared_entries_under_dynamo, m)
+                m._shared_entries = m._shareable_entries  # the Function, traced by dynamo
     if impl == "densedsl plain":
         for m in model.modules():
             if hasattr(m, "engine"):

@@ -223,9 +223,14 @@ class DenseBlock(nn.ModuleDict):
         return torch.cat(features, 1)
 
     def _shared_entries(self, x: Tensor) -> list[concat.Entry] | None:
-        """Each layer's entry when the whole block can train through the shared buffer, else None."""
+        """Each layer's entry when the whole block can train through the shared buffer, else None
+        (always None while a tracer or compiler records the forward)."""
+        return None if compiling() else self._shareable_entries(x)
+
+    def _shareable_entries(self, x: Tensor) -> list[concat.Entry] | None:
+        """`_shared_entries` less its `compiling()` test (bench_dynamo traces the Function with it)."""
         if not (self.shared_storage and self.training and torch.is_grad_enabled() and len(self)
-                and not compiling() and not plain_training()):
+                and not plain_training()):
             return None
         if _autocasting(x):  # the Function's aten calls skip autocast's casts
             return None

@@ -64,10 +64,9 @@ def test_torchvision_memory_efficient_reference_moves_norm1_running_stats_twice(
     assert efficient.state_dict()[norm2] == 1
 
 
-def test_bench_dynamos_copy_of_the_shared_path_test_agrees_with_densedsls_outside_dynamo(one_thread, monkeypatch):
-    """bench_dynamo's `shared_entries_under_dynamo` is `DenseBlock._shared_entries` less its
-    `compiling()` test, copied by hand: outside dynamo both must decide alike."""
-    import bench_dynamo
+def test_the_shared_path_test_without_its_compiling_test_agrees_outside_dynamo(one_thread, monkeypatch):
+    """bench_dynamo's `densedsl shared` runs `DenseBlock._shareable_entries`, which is
+    `_shared_entries` less its `compiling()` test: outside dynamo both must decide alike."""
     from densedsl.modules import DenseBlock
 
     monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
@@ -78,14 +77,14 @@ def test_bench_dynamos_copy_of_the_shared_path_test_agrees_with_densedsls_outsid
     for training, grad, x in cases:
         block.train(training)
         with torch.set_grad_enabled(grad):
-            ours = bench_dynamo.shared_entries_under_dynamo(block, x)
+            ours = block._shareable_entries(x)
             theirs = block._shared_entries(x)
         assert (ours is None) == (theirs is None), (training, grad, tuple(x.shape))
         decided.append(ours is None)
     assert decided == [False, True, True, True]
     block.train()
     monkeypatch.setenv("DENSEDSL_TRAINING_PATH", "plain")
-    assert bench_dynamo.shared_entries_under_dynamo(block, torch.randn(2, 4, 4, 4)) is None
+    assert block._shareable_entries(torch.randn(2, 4, 4, 4)) is None
 
 
 TINY = """
