@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "tests"))   # the tests' network builders
 
 import networks as N  # noqa: E402
 
-from densedsl.analysis import analyze  # noqa: E402
-from densedsl.diagnostics import SpecError  # noqa: E402
-from densedsl.network import DenseBlock  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
+from densedsl.core.diagnostics import SpecError  # noqa: E402
+from densedsl.language.network import DenseBlock  # noqa: E402
 
 
 def _refused(stages) -> None:

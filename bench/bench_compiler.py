@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import densedsl  # noqa: E402
-from densedsl.analysis import analyze  # noqa: E402
-from densedsl.compiler import build_model  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
+from densedsl.nn.build import build_model  # noqa: E402
 
 MODELS = {
     "densenet121": dict(spec=ROOT / "specs" / "densenet121.dense", batch=8),

@@ -43,8 +43,8 @@ from torch import nn  # noqa: E402
 
 import densedsl  # noqa: E402
 from bench_compiler import RefDenseNet  # noqa: E402
-from densedsl.analysis import analyze  # noqa: E402
-from densedsl.modules import _materialise  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
+from densedsl.nn.model import _materialise  # noqa: E402
 
 MODELS = {"densenet121": (6, 12, 24, 16), "densenet264": (6, 12, 64, 48)}
 SCALE_LAYERS = (16, 32, 64, 128, 256, 512, 1024)
@@ -141,10 +141,10 @@ def compile_overhead(rounds: int) -> list[str]:
 def steps(rounds: int) -> list[str]:
     """Where densedsl.compile's time goes for DenseNet-264, step by step (what build_model does,
     collector pause included), beside the reference's construction."""
-    from densedsl import budget
-    from densedsl.compiler import _collector_paused
-    from densedsl.engine import accelerate
-    from densedsl.modules import DenseNet
+    from densedsl.analysis import budget
+    from densedsl.nn.build import _collector_paused
+    from densedsl.nn.engine import accelerate
+    from densedsl.nn.model import DenseNet
     text = (ROOT / "specs" / "densenet264.dense").read_text("utf-8")
     times: dict[str, list[float]] = {k: [] for k in ("parse and resolve", "analyze (every check)",
                                                         "memory budget check", "module construction and init",

@@ -50,9 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_compiler as bc  # noqa: E402
 from bench_train import ratios  # noqa: E402  (per-round paired ratios, median and spread)
 
-from densedsl import engine as densedsl_engine  # noqa: E402
-from densedsl import modules as densedsl_modules  # noqa: E402
-from densedsl.modules import DenseBlock  # noqa: E402
+from densedsl.nn import engine as densedsl_engine  # noqa: E402
+from densedsl.nn import model as densedsl_modules  # noqa: E402
+from densedsl.nn.model import DenseBlock  # noqa: E402
 
 # Several compiled instances of the same classes live in one process: give dynamo room.
 torch._dynamo.config.recompile_limit = 64

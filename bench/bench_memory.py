@@ -10,7 +10,7 @@ measure: the peak-RSS delta of one SGD step of a fresh process (`--child`), unde
 allocator (what a user's own training loop has) and under MALLOC_MMAP_THRESHOLD_=65536 (RSS
 follows live tensors), for the compiled model as users get it in standard ("densedsl") and
 efficient mode; `--return-freed` also runs the default-allocator child with
-`densedsl.train.return_freed_memory()` applied first (what `densedsl train --release-memory`
+`densedsl.training.train.return_freed_memory()` applied first (what `densedsl train --release-memory`
 does). Speed: interleaved rounds (standard, efficient, standard, …), per-round ratio
 efficient / standard, median and spread. Allocator speed (`--allocator-speed`): efficient mode's
 step time in fresh processes, alternating glibc's default allocator and `return_freed_memory()`
@@ -34,14 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_compiler as bc  # noqa: E402
 import bench_train as bt  # noqa: E402
 
-from densedsl.analysis import analyze  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
 
 IMPLS = ("densedsl", "efficient")
 
 
 def child(name: str, impl: str, return_freed: bool) -> dict:
     if return_freed:
-        from densedsl.train import return_freed_memory
+        from densedsl.training.train import return_freed_memory
         if not return_freed_memory():
             raise RuntimeError("return_freed_memory() did not apply")
     return bt.memory_child(name, impl, "NCHW")
@@ -49,7 +49,7 @@ def child(name: str, impl: str, return_freed: bool) -> dict:
 
 def timing_child(name: str, impl: str, return_freed: bool, steps: int) -> dict:
     if return_freed:
-        from densedsl.train import return_freed_memory
+        from densedsl.training.train import return_freed_memory
         if not return_freed_memory():
             raise RuntimeError("return_freed_memory() did not apply")
     step = bt.steps_of(name, [impl], "NCHW")[impl]

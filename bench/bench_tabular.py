@@ -2,7 +2,7 @@
 least-squares linear regression on the same split: a benchmark, not a test.
 
 Both see exactly the same rows: the MLP through `densedsl train --data diabetes` (the fixed
-80/20 split of `densedsl.tabular.split_indices`, 354 training and 88 test rows, features
+80/20 split of `densedsl.training.tabular.split_indices`, 354 training and 88 test rows, features
 standardised with the training rows' statistics), the linear model fitted with scikit-learn's
 `LinearRegression` on the same encoded training rows. Test RMSE in the target's units (disease
 progression one year after baseline), and d2l's log RMSE. The MLP is trained with each seed in
@@ -39,7 +39,7 @@ def linear_regression() -> tuple[float, float, float]:
     """(test RMSE, test log RMSE, seconds) of ordinary least squares on densedsl's encoded split."""
     import torch
     from sklearn.linear_model import LinearRegression
-    from densedsl import datasets
+    from densedsl.training import datasets
     start = time.perf_counter()
     data = datasets.load("diabetes", shape=(10,), classes=1, task="regression")
     p = data.pipeline
@@ -56,7 +56,7 @@ def linear_regression() -> tuple[float, float, float]:
 
 
 def mlp(settings: dict, seed: int) -> tuple[float, float, float]:
-    from densedsl.train import train
+    from densedsl.training.train import train
     result = train(str(SPEC), data="diabetes", features=10, classes=1, seed=seed, threads=1,
                    progress=False, **settings)
     last = result.metrics[-1]

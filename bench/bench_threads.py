@@ -9,7 +9,7 @@ wall time), under each policy:
   can set OMP_WAIT_POLICY, so the process runs as densedsl did before the change);
 - `--threads 1`;
 - one per core with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep);
-- densedsl's default (`densedsl.threads`: passive wait, one thread per core less the busy ones);
+- densedsl's default (`densedsl.training.threads`: passive wait, one thread per core less the busy ones);
 
 each with and without an artificial load of one busy-loop process per core (killed on exit and
 on Ctrl-C), in rounds that interleave the policies (rotated each round) and the two conditions.
@@ -78,7 +78,7 @@ def worker(policy: str) -> None:
     """Run each job read from stdin (a JSON argv) as `densedsl.cli.main(argv)`; answer one JSON line."""
     _, _, torch_first = POLICIES[policy]
     if not torch_first:
-        from densedsl.threads import default_wait_policy
+        from densedsl.training.threads import default_wait_policy
         default_wait_policy()  # what the CLI does before torch loads (a no-op when the env has one)
     import torch
     default = torch.get_num_threads()  # torch's own default, before any job changed it

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_compiler as bc  # noqa: E402
 
-from densedsl.analysis import analyze  # noqa: E402
-from densedsl.modules import DenseBlock  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
+from densedsl.nn.model import DenseBlock  # noqa: E402
 
 VARIANTS = {  # name: (memory mode, convert input to channels_last, shared storage)
     "plain": ("standard", False, False),

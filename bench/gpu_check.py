@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import densedsl  # noqa: E402
-from densedsl.analysis import analyze  # noqa: E402
-from densedsl.compiler import build_model  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
+from densedsl.nn.build import build_model  # noqa: E402
 
 import bench_compiler as bc  # noqa: E402  (the reference DenseNet and the timing helpers)
 

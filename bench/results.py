@@ -15,7 +15,7 @@ run (these machines are shared and noisy: absolute numbers move, ratios much les
 
 def write_section(path: str | Path, name: str, text: str) -> None:
     """Replace the `<!-- bench:NAME -->` section of `path` (appended when new), atomically."""
-    from densedsl.files import atomic_write
+    from densedsl.core.files import atomic_write
     path = Path(path)
     current = path.read_text("utf-8") if path.exists() else HEADER
     block = f"<!-- bench:{name} -->\n{text.rstrip()}\n<!-- /bench:{name} -->"

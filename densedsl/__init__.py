@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .diagnostics import Diagnostic, SpecError
-from .spec import Spec, as_spec, load, parse
+from .core.diagnostics import Diagnostic, SpecError
+from .language.spec import Spec, as_spec, load, parse
 
 if TYPE_CHECKING:
     import graphviz
     import torch
 
-    from .analysis import Analysis
+    from .analysis.figures import Analysis
 
 __version__ = "0.1.0"
 __all__ = ["Diagnostic", "Spec", "SpecError", "analyze", "compile", "load", "load_weights",
@@ -30,7 +30,7 @@ __all__ = ["Diagnostic", "Spec", "SpecError", "analyze", "compile", "load", "loa
 
 def analyze(spec: Spec | str, *, network: str | None = None, **params: Any) -> "Analysis":
     """Lower the spec to its graph and check it; raises SpecError on any error."""
-    from .analysis import analyze as _analyze
+    from .analysis.figures import analyze as _analyze
     return _analyze(as_spec(spec, network=network, **params).network)
 
 
@@ -42,21 +42,21 @@ def compile(spec: Spec | str, memory: str = "standard", *, features: bool = Fals
     A network whose weights exceed the memory this process can use is refused before anything
     is allocated (SpecError E307); `memory_limit` (bytes, math.inf for none) or the environment
     variable DENSEDSL_MEMORY_LIMIT replaces the measured figure."""
-    from .compiler import build_model
+    from .nn.build import build_model
     return build_model(as_spec(spec, network=network, **params).network, memory=memory,
                        features=features, memory_limit=memory_limit)
 
 
 def load_weights(model: "torch.nn.Module", weights: Any, *, strict: bool = True) -> "torch.nn.Module":
     """Load a state_dict or a checkpoint path; one readable error lists every mismatch."""
-    from .compiler import load_weights as _load_weights
+    from .nn.build import load_weights as _load_weights
     return _load_weights(model, weights, strict=strict)
 
 
 def render(spec: Spec | str, detail: str = "overview", *, network: str | None = None,
            **options: Any) -> "graphviz.Digraph":
-    """Draw the analysis graph; see `densedsl.diagram.to_digraph` for the options."""
+    """Draw the analysis graph; see `densedsl.views.diagram.to_digraph` for the options."""
     # The module is `diagram`, not `render`: importing a submodule named `render` would
     # replace this function with the module on `densedsl`.
-    from .diagram import to_digraph
+    from .views.diagram import to_digraph
     return to_digraph(analyze(spec, network=network), detail=detail, **options)

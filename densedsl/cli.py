@@ -19,8 +19,8 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from . import diagnostics as d
-from .diagnostics import SpecError
+from .core import diagnostics as d
+from .core.diagnostics import SpecError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -59,7 +59,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _load(path: str, args: argparse.Namespace):
-    from .spec import load
+    from .language.spec import load
     return load(path, network=getattr(args, "network", None), **_overrides(args))
 
 
@@ -74,8 +74,8 @@ def _add_check(sub) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .analysis import analyze
-    from .spec import load_all
+    from .analysis.figures import analyze
+    from .language.spec import load_all
     status = EXIT_OK
     overrides = _overrides(args)
     for path in args.files:
@@ -116,9 +116,9 @@ def _add_fmt(sub) -> None:
 
 
 def _cmd_fmt(args: argparse.Namespace) -> int:
-    from .files import atomic_write, read_source
-    from .fmt import format_spec
-    from .syntax import parse_source
+    from .core.files import atomic_write, read_source
+    from .language.fmt import format_spec
+    from .language.syntax import parse_source
     status = EXIT_OK
     for path in args.files:
         try:
@@ -169,33 +169,33 @@ def _add_compile(sub) -> None:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from .export import check_output
+    from .nn.export import check_output
     kind = check_output(args.output)  # a bad extension fails before torch is imported
     spec = _load(args.file, args)
-    from .analysis import analyze
+    from .analysis.figures import analyze
     a = analyze(spec.network)
     if kind == ".py" and args.weights is None:
         # Source text only: nothing is built, so any network that passes the checks is written.
-        from .export import python_source
-        from .files import atomic_write
+        from .nn.export import python_source
+        from .core.files import atomic_write
         atomic_write(args.output, python_source(spec.network))
     else:
-        from . import budget
+        from .analysis import budget
         budget.require(budget.for_onnx(a) if kind == ".onnx" else budget.for_weights_file(a, "writing the weights of"),
                        spec.network)
-        from .compiler import build_model
-        from .export import write_output
+        from .nn.build import build_model
+        from .nn.export import write_output
         model = build_model(spec.network, memory=args.memory)
         pipeline = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
-            from .tabular import pipeline_of
-            from .transfer import load_exactly
+            from .training.tabular import pipeline_of
+            from .training.transfer import load_exactly
             load_exactly(model, args.weights)
             pipeline = pipeline_of(args.weights)
         write_output(model, spec.network, args.output)
         if pipeline is not None:  # trained on tabular data: the model takes encoded rows
             import json
-            from .files import atomic_write
+            from .core.files import atomic_write
             from pathlib import Path
             atomic_write(Path(args.output).with_suffix(".pipeline.json"), json.dumps(pipeline, indent=1) + "\n")
             print(f"{Path(args.output).with_suffix('.pipeline.json')}: how to encode its input rows "
@@ -212,7 +212,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _quantity(text: str) -> int:
     """argparse type for --max-params 1M, --max-memory 80GiB, --max-flops 5.6G."""
-    from .report import parse_quantity
+    from .views.report import parse_quantity
     try:
         return parse_quantity(text)
     except ValueError as e:
@@ -276,7 +276,7 @@ def _stage_name(text: str) -> str:
 
 def _memory_limit(text: str) -> float:
     """argparse type for --memory-limit: a size (16GiB, 500M) or none."""
-    from .budget import parse_limit
+    from .analysis.budget import parse_limit
     try:
         return parse_limit(text)
     except ValueError as e:
@@ -284,7 +284,7 @@ def _memory_limit(text: str) -> float:
 
 
 def _add_memory_limit_option(p: argparse.ArgumentParser) -> None:
-    """--memory-limit: what the E307 guard compares the predicted memory with (densedsl.budget)."""
+    """--memory-limit: what the E307 guard compares the predicted memory with (densedsl.analysis.budget)."""
     p.add_argument("--memory-limit", type=_memory_limit, metavar="SIZE",
                    help="memory this command may use (default: what the machine has free, or "
                         f"${ENV_MEMORY_LIMIT}); e.g. 64GiB, or none to skip the check")
@@ -312,7 +312,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _analyze_file(path: str, args: argparse.Namespace):
-    from .analysis import analyze
+    from .analysis.figures import analyze
     network = _load(path, args).network
     if getattr(args, "input", None) is not None:
         network = network.with_input(args.input)
@@ -344,7 +344,7 @@ def _add_summary(sub) -> None:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from .report import summary
+    from .views.report import summary
     a = _analyze_file(args.file, args)
     if not args.json:
         _print_diagnostics(a.diagnostics)
@@ -369,7 +369,7 @@ def _add_diff(sub) -> None:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from .report import diff
+    from .views.report import diff
     new_path = args.new or args.file
     old_args = argparse.Namespace(**{**vars(args), "overrides": args.old_overrides, "override_flag": "--old-set"})
     old = _analyze_file(args.file, old_args)
@@ -397,7 +397,7 @@ def _add_explain(sub) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .report import explain
+    from .views.report import explain
     a = _analyze_file(args.file, args)
     try:
         report = explain(a, args.block, args.layer)
@@ -431,7 +431,7 @@ def _add_sweep(sub) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .report import parse_grid, sweep
+    from .views.report import parse_grid, sweep
     try:
         grid = parse_grid(args.grid)
     except ValueError as e:
@@ -478,7 +478,7 @@ def _add_render(sub) -> None:
 def _cmd_render(args: argparse.Namespace) -> int:
     if args.heatmap or args.weights:
         return _render_heatmap(args)
-    from .diagram import output_format, to_digraph, write
+    from .views.diagram import output_format, to_digraph, write
     output_format(args.output)  # a bad extension (E907) fails before any work
     a = _analyze_file(args.file, args)
     _print_diagnostics(a.diagnostics)
@@ -501,11 +501,11 @@ def _render_heatmap(args: argparse.Namespace) -> int:
         raise SpecError([d.Diagnostic(d.BAD_OUTPUT, f"cannot write a heatmap with '{ext or 'no extension'}'",
                                       None, "name the output .png, .svg or .pdf", file=args.output)])
     network = _load(args.file, args).network
-    from . import budget
-    from .analysis import analyze
+    from .analysis import budget
+    from .analysis.figures import analyze
     budget.require(budget.for_weights_file(analyze(network, **_limits(args)), "reading the weights of"), network)
-    from .compiler import build_model, load_weights
-    from .heatmap import connection_strength, write_heatmap
+    from .nn.build import build_model, load_weights
+    from .views.heatmap import connection_strength, write_heatmap
     model = load_weights(build_model(network), args.weights)
     write_heatmap(connection_strength(model, network), args.output, network=network)
     print(f"{args.output}: {network.name}, connection strength from {args.weights}", file=sys.stderr)
@@ -591,7 +591,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import default_run_dir, train
+    from .training.train import default_run_dir, train
     spec = _load(args.file, args)
     out = args.out if args.out is not None else default_run_dir(spec.name, args.data, resume=args.resume)
     train(spec, args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -626,7 +626,7 @@ def _add_eval(sub) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
-    from .train import evaluate
+    from .training.train import evaluate
     r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
                  device=args.device, amp=args.amp, workers=args.workers)
     if r.rmse is not None:  # a regression: the loss is the MSE of the standardised target
@@ -635,7 +635,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               "rmse": r.rmse, "log_rmse": r.log_rmse, "loss": r.loss, "total": r.total}))
         else:
             log = f", log RMSE {r.log_rmse:.4f}" if r.log_rmse is not None else ""
-            from .tabular import format_rmse
+            from .training.tabular import format_rmse
             print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: RMSE {format_rmse(r.rmse)}{log} "
                   f"({r.total} rows), loss {r.loss:.4f} (MSE of the standardised target)")
     elif args.json:
@@ -706,11 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .threads import default_wait_policy
+    from .training.threads import default_wait_policy
     default_wait_policy()  # before any command imports torch: OpenMP then reads it (issue 14)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .budget import overridden
+    from .analysis.budget import overridden
     try:
         with overridden(getattr(args, "memory_limit", None)):
             return args.func(args)
@@ -718,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_diagnostics(e.diagnostics)
         return EXIT_INVALID
     except ModuleNotFoundError as e:
-        from .optional import missing_package
+        from .core.optional import missing_package
         error = missing_package(e)
         if error is None:
             return _internal_error(args)

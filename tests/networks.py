@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from densedsl.network import Conv, DenseBlock, Head, Network, Norm, Pool, ReLU, Stem, Transition
+from densedsl.language.network import Conv, DenseBlock, Head, Network, Norm, Pool, ReLU, Stem, Transition
 
 HALF = Fraction(1, 2)
 

@@ -14,10 +14,10 @@ from measure import saved_bytes_of
 import densedsl
 import networks as N
 from conftest import ROOT
-from densedsl import costs
-from densedsl.analysis import MinInputSize, _check_invariants, analyze
-from densedsl.diagnostics import SpecError
-from densedsl.network import Conv, DenseBlock, Expectation, Network, Stem, Transition
+from densedsl.ir import lowering
+from densedsl.analysis.figures import MinInputSize, _check_invariants, analyze
+from densedsl.core.diagnostics import SpecError
+from densedsl.language.network import Conv, DenseBlock, Expectation, Network, Stem, Transition
 
 
 def load(name: str, **params) -> "densedsl.Spec":
@@ -94,7 +94,7 @@ def test_every_zoo_file_analyses_cleanly():
     from conftest import ZOO
     assert ZOO
     for path in ZOO:
-        for spec in densedsl.spec.load_all(path):
+        for spec in densedsl.language.spec.load_all(path):
             a = analyze(spec.network)
             assert _check_invariants(spec.network, a.graph, a.stages) == [], path.name
 
@@ -134,7 +134,7 @@ def test_the_cycle_check_is_exact_whatever_the_node_order(a121):
 def test_each_closed_form_and_walk_is_made_once_per_analysis(monkeypatch, a121):
     """The parameter prediction `graph.check` makes is the one analysis' ceiling reads, and an
     efficient memory model finds the shared-buffer blocks once (both were made twice)."""
-    import densedsl.analysis as analysis_
+    import densedsl.analysis.figures as analysis_
 
     calls = {"predict": 0, "shared": 0}
     efficient = a121.memory(mode="efficient")
@@ -145,7 +145,7 @@ def test_each_closed_form_and_walk_is_made_once_per_analysis(monkeypatch, a121):
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(costs, "predict", counted("predict", costs.predict))
+    monkeypatch.setattr(costs, "predict", counted("predict", lowering.predict))
     monkeypatch.setattr(analysis_, "_shared_blocks", counted("shared", analysis_._shared_blocks))
     a = analyze(a121.network)
     assert calls == {"predict": 1, "shared": 0}
@@ -165,7 +165,7 @@ def test_memory_models_are_made_on_first_use_and_kept(a121):
 
 def test_the_cycle_check_is_exact_on_the_analysis_own_graph(a121):
     """The same fallback on the `ArchGraph` the analysis builds (networkx is imported only then)."""
-    g = densedsl.graph.lower_arch(a121.network)
+    g = densedsl.analysis.graph.lower_arch(a121.network)
 
     def add_edge(u, v):
         g._succ.setdefault(u, {}), g._pred.setdefault(u, {}), g._node.setdefault(u, {})
@@ -178,14 +178,14 @@ def test_the_cycle_check_is_exact_on_the_analysis_own_graph(a121):
 
 
 def test_a_broken_lowering_raises_e205(monkeypatch, a121):
-    lower = densedsl.analysis.graph_.lower_arch
+    lower = densedsl.analysis.figures.graph_.lower_arch
 
     def broken(*args, **kwargs):
         g = lower(*args, **kwargs)
         _drop_dense_edge(g, "denseblock2")
         return g
 
-    monkeypatch.setattr(densedsl.analysis.graph_, "lower_arch", broken)
+    monkeypatch.setattr(densedsl.analysis.figures.graph_, "lower_arch", broken)
     with pytest.raises(SpecError) as e:
         analyze(a121.network)
     assert "E205" in codes(e)
@@ -363,7 +363,7 @@ def test_e304_refused_without_a_graph(stages, monkeypatch):
     def no_graph(*args, **kwargs):
         raise AssertionError("a graph was built for a network refused from its size")
 
-    monkeypatch.setattr(densedsl.analysis.graph_, "lower", no_graph)
+    monkeypatch.setattr(densedsl.analysis.figures.graph_, "lower", no_graph)
     net = dataclasses.replace(N.tiny(), stages=stages)
     with pytest.raises(SpecError) as e:
         analyze(net)
@@ -376,21 +376,21 @@ def test_hard_params_ceiling_ignores_max_params(monkeypatch):
         analyze(net, max_params=math.inf)
     assert codes(e) == ["E304"]
     message = e.value.diagnostics[0].message
-    assert f"{costs.predict(net).params:,} parameters" in message and "(1 T)" in message
+    assert f"{lowering.predict(net).params:,} parameters" in message and "(1 T)" in message
     # The ceiling is HARD_MAX_PARAMS, inclusive, whatever max_params says: moved to a small
     # network's exact count, it refuses that network, and one parameter higher it lets it pass.
     tiny = N.tiny()
-    count = costs.predict(tiny).params
-    monkeypatch.setattr(densedsl.analysis, "HARD_MAX_PARAMS", count)
+    count = lowering.predict(tiny).params
+    monkeypatch.setattr(densedsl.analysis.figures, "HARD_MAX_PARAMS", count)
     with pytest.raises(SpecError) as e:
         analyze(tiny, max_params=math.inf)
     assert codes(e) == ["E304"]
-    monkeypatch.setattr(densedsl.analysis, "HARD_MAX_PARAMS", count + 1)
+    monkeypatch.setattr(densedsl.analysis.figures, "HARD_MAX_PARAMS", count + 1)
     assert analyze(tiny, max_params=math.inf).params == count
 
 
 def test_importing_analysis_does_not_import_torch():
-    code = ("import sys, densedsl, densedsl.cli, densedsl.analysis, densedsl.report, densedsl.graph; "
+    code = ("import sys, densedsl, densedsl.cli, densedsl.analysis.figures, densedsl.views.report, densedsl.analysis.graph; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

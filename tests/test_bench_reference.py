@@ -67,7 +67,7 @@ def test_torchvision_memory_efficient_reference_moves_norm1_running_stats_twice(
 def test_the_shared_path_test_without_its_compiling_test_agrees_outside_dynamo(one_thread, monkeypatch):
     """bench_dynamo's `densedsl shared` runs `DenseBlock._shareable_entries`, which is
     `_shared_entries` less its `compiling()` test: outside dynamo both must decide alike."""
-    from densedsl.modules import DenseBlock
+    from densedsl.nn.model import DenseBlock
 
     monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
     block = DenseBlock(4, 2, 2, bottleneck=2)
@@ -139,7 +139,7 @@ def test_torch_compile_of_efficient_mode_trains_like_eager_efficient_mode(one_th
     loss, gradients and BN running statistics are eager efficient mode's (the shared-storage
     Function there, the plain path under dynamo)."""
     import densedsl
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
 
     monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
     net = densedsl.parse(TINY).network

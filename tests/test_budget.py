@@ -9,8 +9,9 @@ import sys
 import pytest
 
 import densedsl
-from densedsl import budget, compiler
-from densedsl.analysis import analyze
+from densedsl.analysis import budget
+from densedsl.nn import build as compiler
+from densedsl.analysis.figures import analyze
 from densedsl.cli import main
 
 from conftest import ROOT
@@ -234,7 +235,7 @@ def test_render_heatmap_refuses_before_reading_weights(tmp_path, capsys, no_mode
 
 
 def test_train_refuses_before_loading_data_or_building(tmp_path, capsys, monkeypatch, no_model_built):
-    from densedsl import datasets
+    from densedsl.training import datasets
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data set was loaded although the guard should have refused")
@@ -255,7 +256,7 @@ def test_train_batch_size_scales_the_figure(tmp_path, capsys, no_model_built):
 
 
 def test_eval_refuses_a_checkpoint_before_building(tmp_path, capsys, monkeypatch):
-    from densedsl import checkpoints
+    from densedsl.training import checkpoints
     run_dir = tmp_path / "run"
     code, _, err = run(capsys, "train", TINY, "--data", "synthetic:64", "--epochs", "1", "--out", run_dir,
                        "--batch-size", "32", "--no-progress", "--device", "cpu", "--threads", "1")

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import densedsl
-from densedsl import checkpoints, cli, compiler, datasets
-from densedsl.diagnostics import SpecError
-from densedsl.train import CHECKPOINT, Config, evaluate, model_from_checkpoint, read_checkpoint, train
+from densedsl.training import checkpoints, datasets
+from densedsl import cli
+from densedsl.nn import build as compiler
+from densedsl.core.diagnostics import SpecError
+from densedsl.training.train import CHECKPOINT, Config, evaluate, model_from_checkpoint, read_checkpoint, train
 
 SPEC = """network t(classes=3) {
     input 1x8x8

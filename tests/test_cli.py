@@ -114,12 +114,12 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_internal_errors_are_reported_as_bugs(monkeypatch, capsys, tmp_path):
-    import densedsl.spec
+    import densedsl.language.spec
 
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(densedsl.spec, "load_all", boom)
+    monkeypatch.setattr(densedsl.language.spec, "load_all", boom)
     path = tmp_path / "x.dense"
     path.write_text(SPEC)
     code, _, err = run(capsys, "check", str(path))
@@ -137,7 +137,7 @@ def test_python_dash_m_and_console_script_agree(tmp_path):
 
 
 def test_light_commands_do_not_import_torch():
-    code = ("import sys, densedsl, densedsl.cli, densedsl.analysis, densedsl.fmt, densedsl.report\n"
+    code = ("import sys, densedsl, densedsl.cli, densedsl.analysis.figures, densedsl.language.fmt, densedsl.views.report\n"
             "from densedsl.cli import main\n"
             "main(['check', 'specs/densenet121.dense'])\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
@@ -266,7 +266,7 @@ def test_a_missing_optional_package_is_e911_with_the_extra(capsys, monkeypatch):
 
 def test_heatmap_without_matplotlib_is_e911(tmp_path, monkeypatch):
     from densedsl import SpecError
-    from densedsl.heatmap import write_heatmap
+    from densedsl.views.heatmap import write_heatmap
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib now fails
     with pytest.raises(SpecError) as e:
         write_heatmap([[[1.0]]], tmp_path / "h.png")

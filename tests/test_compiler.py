@@ -16,10 +16,10 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import densedsl  # noqa: E402
-from densedsl import network as n  # noqa: E402
-from densedsl.compiler import WeightsError, build_model, load_weights  # noqa: E402
-from densedsl.engine import accelerate  # noqa: E402
-from densedsl.modules import DenseBlock, DenseLayer, DenseNet, Transition  # noqa: E402
+from densedsl.language import network as n  # noqa: E402
+from densedsl.nn.build import WeightsError, build_model, load_weights  # noqa: E402
+from densedsl.nn.engine import accelerate  # noqa: E402
+from densedsl.nn.model import DenseBlock, DenseLayer, DenseNet, Transition  # noqa: E402
 from networks import d2l_fashion_mnist, torchvision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -382,7 +382,7 @@ def test_feature_info_and_features_only():
         {"num_chs": 10 + 2 * 4, "reduction": 2, "module": "features.denseblock2"},
         {"num_chs": 6 + 2 * 3, "reduction": 4, "module": "features.denseblock3"},
     ]
-    from densedsl.modules import DenseNetFeatures
+    from densedsl.nn.model import DenseNetFeatures
     randomise_norms(model)
     feats = DenseNetFeatures(model)
     x = torch.randn(2, 3, 16, 16)
@@ -404,7 +404,7 @@ def test_features_only_engine_taps_the_stem_before_its_pool():
     network = densedsl.parse(SMALL.replace("        relu\n", "        relu\n        maxpool kernel=3 stride=2 padding=1\n")).network
     model = model_of(network)
     randomise_norms(model)
-    from densedsl.modules import DenseNetFeatures
+    from densedsl.nn.model import DenseNetFeatures
     feats = DenseNetFeatures(model).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -434,7 +434,7 @@ def test_build_model_rejects_unknown_memory_mode():
 def test_zoo_counts_equal_analysis(path):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from densedsl.analysis import analyze
+    from densedsl.analysis.figures import analyze
     network = densedsl.load(path).network
     a = analyze(network)
     model = DenseNet(network, device="meta")
@@ -570,8 +570,8 @@ def test_inference_engine_is_an_opt_in_pass_compile_applies():
 
 def test_model_is_built_from_the_analysis_op_list():
     """Every op the analysis lowered is a module of the model, of the op table's type."""
-    from densedsl import ops
-    from densedsl.analysis import analyze
+    from densedsl.ir import ops
+    from densedsl.analysis.figures import analyze
     a = analyze(small())
     model = DenseNet(small(), lowered=a.lowered, device="meta")
     modules = dict(model.named_modules())

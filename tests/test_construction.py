@@ -14,9 +14,10 @@ from torch.overrides import TorchFunctionMode
 
 import densedsl
 import networks
-from densedsl import modules, ops
-from densedsl.analysis import analyze
-from densedsl.compiler import build_model
+from densedsl.nn import model as modules
+from densedsl.ir import ops
+from densedsl.analysis.figures import analyze
+from densedsl.nn.build import build_model
 
 # Every norm (batch, group, instance, layer, none), biased convs, GELU, dropout, a post-activation
 # block, a head with a hidden layer; the stem conv (64x3x7x7 = 9,408 weights) is big enough for
@@ -249,7 +250,7 @@ def test_a_module_with_reset_parameters_is_reset():
 
 
 def test_the_exported_file_initialises_the_same_way():
-    from densedsl.export import python_source
+    from densedsl.nn.export import python_source
 
     namespace: dict = {"__name__": "exported"}
     exec(compile(python_source(densedsl.parse(IMAGE).network), "exported.py", "exec"), namespace)

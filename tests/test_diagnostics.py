@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from densedsl import diagnostics as d
+from densedsl.core import diagnostics as d
 
 import golden
 
@@ -45,7 +45,7 @@ def test_a_code_cannot_be_registered_twice():
 
 
 def test_spec_error_str_is_what_the_cli_prints():
-    from densedsl.source import Source
+    from densedsl.core.source import Source
     src = Source.from_text("network n {\n  dense layers=6\n}\n", "x.dense")
     diag = d.Diagnostic(d.UNKNOWN_SETTING, "msg", src.span(14, 19), "a hint")
     text = str(d.SpecError([diag]))
@@ -53,7 +53,7 @@ def test_spec_error_str_is_what_the_cli_prints():
 
 
 def test_diagnostics_are_sorted_and_deduplicated():
-    from densedsl.source import Source
+    from densedsl.core.source import Source
     src = Source.from_text("ab\ncd\n", "f")
     a = d.Diagnostic(d.SYNTAX, "a", src.span(3, 4))
     b = d.Diagnostic(d.SYNTAX, "b", src.span(0, 1))

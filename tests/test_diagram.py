@@ -1,4 +1,4 @@
-"""Diagrams (densedsl.diagram): what is drawn must be the analysis graph, read off the DOT text.
+"""Diagrams (densedsl.views.diagram): what is drawn must be the analysis graph, read off the DOT text.
 
 Every test here reads `Digraph.source` and needs no Graphviz binary, except the ones marked
 `needs_dot`, which skip cleanly where `dot` is not installed.
@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import densedsl
-from densedsl import diagram
-from densedsl.analysis import Analysis, analyze
+from densedsl.views import diagram
+from densedsl.analysis.figures import Analysis, analyze
 from densedsl.cli import main
-from densedsl.diagnostics import SpecError
-from densedsl.strategies import networks
+from densedsl.core.diagnostics import SpecError
+from densedsl.testing.strategies import networks
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 
@@ -250,7 +250,7 @@ def test_dot_is_byte_stable_across_processes(tmp_path: Path, root: Path) -> None
 
 
 def test_diagram_does_not_import_torch(root: Path) -> None:
-    code = "import sys, densedsl.diagram, densedsl.cli; print('torch' in sys.modules)"
+    code = "import sys, densedsl.views.diagram, densedsl.cli; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -381,12 +381,12 @@ def test_svg_keeps_the_edge_classes(dn121: Analysis) -> None:
     assert text.count('class="edge concat"') == 13
 
 
-# --- heatmap (densedsl.heatmap, wired into `render`) --------------------------------------------
+# --- heatmap (densedsl.views.heatmap, wired into `render`) --------------------------------------------
 
 def test_cli_heatmap(root: Path, tmp_path: Path, capsys) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     spec = root / "specs" / "seed_example.dense"
     weights = tmp_path / "seed.pt"
     torch.save(build_model(densedsl.load(str(spec)).network).state_dict(), weights)

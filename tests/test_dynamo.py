@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import densedsl  # noqa: E402
-from densedsl.compiler import build_model  # noqa: E402
+from densedsl.nn.build import build_model  # noqa: E402
 from measure import saved_bytes  # noqa: E402
 
 SPEC = """
@@ -55,7 +55,7 @@ def test_a_compiled_eval_model_runs_the_inference_engine_and_gives_eagers_output
     behind one graph break (`torch.compiler.disable`: faster than the compiled plain path,
     BENCHMARKS.md dynamo section), so the compiled model's outputs are the eager engine's, for
     the classifier and for timm's features_only model."""
-    from densedsl.modules import DenseNetFeatures
+    from densedsl.nn.model import DenseNetFeatures
 
     model, fast = compiled("standard")
     model.eval()
@@ -78,7 +78,7 @@ def test_the_engine_leaves_torch_dynamo_unimported_in_eager_use():
     import subprocess
     import sys
 
-    code = ("import sys, torch, densedsl\nfrom densedsl.compiler import build_model\n"
+    code = ("import sys, torch, densedsl\nfrom densedsl.nn.build import build_model\n"
             f"net = densedsl.parse({SPEC!r}).network\n"
             "model = build_model(net).eval()\nwith torch.no_grad():\n    model(torch.randn(2, 3, 16, 16))\n"
             "print('torch._dynamo' in sys.modules)\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from densedsl import resolve
+from densedsl.language import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAMMAR = ROOT / "grammars" / "densedsl.tmLanguage.json"

@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 
 import densedsl  # noqa: E402
 from densedsl import cli  # noqa: E402
-from densedsl.compiler import load_weights  # noqa: E402
-from densedsl.export import python_source  # noqa: E402
-from densedsl.modules import DenseNet  # noqa: E402
+from densedsl.nn.build import load_weights  # noqa: E402
+from densedsl.nn.export import python_source  # noqa: E402
+from densedsl.nn.model import DenseNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_compile_onnx_matches_pytorch(spec_file, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from densedsl.export import write_onnx
+    from densedsl.nn.export import write_onnx
     network = densedsl.load(spec_file).network
     model = DenseNet(network)
     _randomise(model)
@@ -129,7 +129,7 @@ def test_compile_onnx_matches_pytorch(spec_file, tmp_path):
 
 
 def test_write_onnx_restores_training_mode(spec_file, tmp_path, monkeypatch):
-    from densedsl.export import write_onnx
+    from densedsl.nn.export import write_onnx
 
     def boom(*args, **kwargs):
         raise RuntimeError("exporter failed")
@@ -143,7 +143,7 @@ def test_write_onnx_restores_training_mode(spec_file, tmp_path, monkeypatch):
 
 
 def test_failed_write_leaves_no_partial_file(spec_file, tmp_path, monkeypatch):
-    from densedsl.export import write_output
+    from densedsl.nn.export import write_output
     network = densedsl.load(spec_file).network
     model = DenseNet(network)
     real_save = torch.save

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from densedsl.diagnostics import SpecError
-from densedsl.files import atomic_path, atomic_write
+from densedsl.core.diagnostics import SpecError
+from densedsl.core.files import atomic_path, atomic_write
 
 
 def mode(path) -> int:
@@ -59,7 +59,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from densedsl import cli  # noqa: E402
-from densedsl.files import check_writable  # noqa: E402
+from densedsl.core.files import check_writable  # noqa: E402
 
 UNFORMATTED = "network t {input 3x16x16\n stem { conv 8 kernel=3 }\n dense layers=1 growth=2\n head classes=2 }\n"
 
@@ -203,7 +203,7 @@ def test_next_write_removes_dead_writers_temporaries_only(tmp_path):
 
 _SLOW_WRITER = """
 import sys, time
-from densedsl.files import atomic_path
+from densedsl.core.files import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     open(tmp, "wb").write(b"half")
     print(tmp, flush=True)
@@ -249,7 +249,7 @@ def test_sigkill_during_compile_onnx(tmp_path):
 def test_a_failed_in_place_rewrite_keeps_the_complete_temporary(tmp_path, monkeypatch):
     import errno
 
-    import densedsl.files as files
+    import densedsl.core.files as files
 
     def disk_full(tmp, real):
         with open(real, "r+b") as f:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from densedsl.fmt import format_expr, format_spec
-from densedsl.source import Source
-from densedsl.syntax import parse_expression, parse_source
+from densedsl.language.fmt import format_expr, format_spec
+from densedsl.core.source import Source
+from densedsl.language.syntax import parse_expression, parse_source
 
 from conftest import ZOO
 

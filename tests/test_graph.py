@@ -12,9 +12,9 @@ import networkx as nx
 import pytest
 
 import networks as N
-from densedsl import graph
-from densedsl.diagnostics import SpecError
-from densedsl.network import DenseBlock, Network
+from densedsl.analysis import graph
+from densedsl.core.diagnostics import SpecError
+from densedsl.language.network import DenseBlock, Network
 
 DATA = Path(__file__).parent / "data"
 

@@ -18,8 +18,8 @@ import pytest
 
 import densedsl
 from densedsl import cli
-from densedsl.analysis import analyze
-from densedsl.diagram import to_digraph
+from densedsl.analysis.figures import analyze
+from densedsl.views.diagram import to_digraph
 
 SPEC = """
 network tiny(growth=4) {
@@ -80,7 +80,7 @@ def _import_file(path: Path):
 
 def _same_layout(module, network) -> None:
     torch = pytest.importorskip("torch")
-    from densedsl.modules import DenseNet
+    from densedsl.nn.model import DenseNet
     with torch.device("meta"):
         generated = module.build()
         generated(torch.empty(2, *network.input))   # forward runs (a class named F would break it)
@@ -107,7 +107,7 @@ def test_py_export_with_a_hostile_spec_file_name(name, tmp_path):
                                   "", "none", "f", "transition", "True"],
                          ids=[*HOSTILE.keys(), "huge", "empty", "none", "f", "transition", "True"])
 def test_py_export_with_a_hostile_network_name(name, tmp_path):
-    from densedsl.export import python_source
+    from densedsl.nn.export import python_source
     network = _network(name)
     out = tmp_path / "generated.py"
     out.write_text(python_source(network), encoding="utf-8")
@@ -129,7 +129,7 @@ class _SneakyInt(int):
 
 
 def test_py_export_writes_numbers_as_plain_ints(tmp_path):
-    from densedsl.export import python_source
+    from densedsl.nn.export import python_source
     network = _network()
     conv = network.stem.ops[0]
     sneaky = dataclasses.replace(network, stem=dataclasses.replace(
@@ -144,7 +144,7 @@ def test_py_export_writes_numbers_as_plain_ints(tmp_path):
 def test_pt_export_with_a_hostile_file_name(name, tmp_path):
     """torch.save names the zip's records after the file: the weights must still load."""
     torch = pytest.importorskip("torch")
-    from densedsl.modules import DenseNet
+    from densedsl.nn.model import DenseNet
     spec = tmp_path / "tiny.dense"
     spec.write_text(SPEC)
     out = tmp_path / f"{name[:200]}.pt"
@@ -230,7 +230,7 @@ def test_onnx_export_carries_no_file_or_temporary_name(tmp_path):
 def test_curves_title_with_a_hostile_data_path(name, tmp_path):
     """The curves' title names the data set, path included; matplotlib must draw it as text."""
     pytest.importorskip("matplotlib")
-    from densedsl.plots import write_curves
+    from densedsl.views.plots import write_curves
     metrics = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.4}]
     out = tmp_path / f"{name[:200].replace('$', 'S')}.png"
     write_curves(metrics, out, title=f"tiny on folder:{name}")

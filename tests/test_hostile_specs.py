@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import densedsl
-from densedsl import ast, syntax
-from densedsl import diagnostics as d
-from densedsl.fmt import format_expr, format_spec
-from densedsl.resolve import resolve
-from densedsl.source import Source
-from densedsl.spec import load_all
-from densedsl.syntax import MAX_OPERATORS, parse_source
+from densedsl.language import ast, syntax
+from densedsl.core import diagnostics as d
+from densedsl.language.fmt import format_expr, format_spec
+from densedsl.language.resolve import resolve
+from densedsl.core.source import Source
+from densedsl.language.spec import load_all
+from densedsl.language.syntax import MAX_OPERATORS, parse_source
 
 HEAD = "network n {\n    input 3x8x8\n"
 TAIL = "}\n"
@@ -413,7 +413,7 @@ def test_hostile_specs_end_in_spec_errors_with_bounded_work(text):
 
 
 def load_all_text(text: str):
-    from densedsl.resolve import resolve_all
+    from densedsl.language.resolve import resolve_all
     source = Source.from_text(text, "hostile.dense")
     return resolve_all(parse_source(source), None, source)
 

@@ -7,11 +7,11 @@ import pytest
 from twins import exported_twin
 
 import densedsl
-from densedsl import diagnostics as d
-from densedsl.analysis import analyze
-from densedsl.fmt import format_spec
-from densedsl.source import Source
-from densedsl.syntax import parse_source
+from densedsl.core import diagnostics as d
+from densedsl.analysis.figures import analyze
+from densedsl.language.fmt import format_spec
+from densedsl.core.source import Source
+from densedsl.language.syntax import parse_source
 
 SPEC = """network n {
     input 3x16x16
@@ -61,15 +61,15 @@ def test_fmt_keeps_the_setting():
 
 
 def test_the_diagram_shows_the_activation():
-    from densedsl.diagram import to_digraph
+    from densedsl.views.diagram import to_digraph
     dot = to_digraph(analyze(densedsl.parse(SPEC).network), "blocks").source
     assert "SiLU" in dot and "GELU" in dot
 
 
 def test_model_and_python_export_run_the_activation():
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
-    from densedsl.export import python_source
+    from densedsl.nn.build import build_model
+    from densedsl.nn.export import python_source
     network = densedsl.parse(SPEC).network
     model = build_model(network)
     kinds = {type(m).__name__ for m in model.modules()}
@@ -86,7 +86,7 @@ def test_model_and_python_export_run_the_activation():
 
 
 def test_explain_states_each_layers_recipe():
-    from densedsl import report
+    from densedsl.views import report
     e = report.explain(analyze(densedsl.parse(SPEC).network), 2)
     assert e.recipe == "Conv3x3(4)-BN-GELU"
     assert "each layer: Conv3x3(4)-BN-GELU" in e.text() and e.as_json()["recipe"] == e.recipe
@@ -126,8 +126,8 @@ def test_a_pooling_window_on_a_poolless_transition_is_a_conflict():
 
 def test_poolless_transitions_compile_export_and_accelerate_alike():
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
-    from densedsl.engine import accelerate
+    from densedsl.nn.build import build_model
+    from densedsl.nn.engine import accelerate
     network = densedsl.parse(POOLLESS).network
     a = analyze(network)
     model = build_model(network).eval()
@@ -188,9 +188,9 @@ def test_an_even_dense_kernel_is_refused():
 
 def test_grouped_layers_compile_export_and_accelerate_alike():
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
-    from densedsl.engine import accelerate
-    from densedsl.export import python_source
+    from densedsl.nn.build import build_model
+    from densedsl.nn.engine import accelerate
+    from densedsl.nn.export import python_source
     network = densedsl.parse(GROUPED.replace("dense layers", "stem {\n        conv 4\n    }\n"
                                              "    dense order=post layers")).network
     model = build_model(network).eval()
@@ -241,7 +241,7 @@ def test_a_bad_hidden_width_is_located():
 
 def test_hidden_heads_compile_export_and_keep_the_classifier():
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     network = densedsl.parse(HIDDEN).network
     model = build_model(network).eval()
     assert sum(p.numel() for p in model.parameters()) == analyze(network).params
@@ -308,8 +308,8 @@ def test_layer_choices_export_to_onnx_and_run_alike(name, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from densedsl.compiler import build_model
-    from densedsl.export import write_onnx
+    from densedsl.nn.build import build_model
+    from densedsl.nn.export import write_onnx
     model = build_model(densedsl.parse(ONNX_SPECS[name]).network)
     torch.manual_seed(0)
     for m in model.modules():  # non-trivial norms, so a dropped or misplaced one shows

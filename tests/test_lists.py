@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import densedsl
-from densedsl import diagnostics as d
-from densedsl.analysis import analyze
-from densedsl.fmt import format_spec
-from densedsl.source import Source
-from densedsl.strategies import family_texts
-from densedsl.syntax import parse_source
+from densedsl.core import diagnostics as d
+from densedsl.analysis.figures import analyze
+from densedsl.language.fmt import format_spec
+from densedsl.core.source import Source
+from densedsl.testing.strategies import family_texts
+from densedsl.language.syntax import parse_source
 
 from conftest import ROOT
 
@@ -225,7 +225,7 @@ def test_a_wrong_input_dimension_is_located():
 # --- hostile-input limits, extended to lists ----------------------------------------------------
 
 def test_a_list_from_python_or_set_is_capped():
-    from densedsl.resolve import MAX_LIST
+    from densedsl.language.resolve import MAX_LIST
     text = spec("    dense layers=1 growth=2", "b=[1], size=8")
     assert densedsl.parse(text, b=[1] * MAX_LIST).network
     (diag,) = diagnostics_of(text, b=[1] * (MAX_LIST + 1))
@@ -235,7 +235,7 @@ def test_a_list_from_python_or_set_is_capped():
 
 
 def test_a_list_literal_counts_against_the_expression_cap():
-    from densedsl.syntax import MAX_OPERATORS
+    from densedsl.language.syntax import MAX_OPERATORS
     items = ", ".join(["1"] * (MAX_OPERATORS + 1))
     diags = diagnostics_of(spec("    dense layers=1 growth=2", f"b=[{items}]"))
     assert [x.code for x in diags] == [d.TOO_COMPLEX]
@@ -268,7 +268,7 @@ def test_generated_families_resolve_to_the_network_and_survive_fmt(drawn):
 
 
 def test_a_sweep_grid_takes_lists_as_points():
-    from densedsl.report import parse_grid
+    from densedsl.views.report import parse_grid
     grid = parse_grid(["blocks=[6,12,24,16],[6,12,32,32]", "growth=32,48", "n=max(1,2),3"])
     assert grid == {"blocks": ["[6,12,24,16]", "[6,12,32,32]"], "growth": ["32", "48"], "n": ["max(1,2)", "3"]}
 
@@ -276,7 +276,7 @@ def test_a_sweep_grid_takes_lists_as_points():
 def test_nested_loops_are_bounded_by_their_steps_not_only_by_their_stages():
     """Empty nested loops make no stage, so only the step cap stops 150**6 iterations; and a
     loop past the stage cap stops the unrolling at once instead of retrying every outer element."""
-    from densedsl.resolve import _MAX_LOOP_STEPS
+    from densedsl.language.resolve import _MAX_LOOP_STEPS
     big = ", ".join(["1"] * 150)
     nested = "".join(f"for a{i} in b {{ " for i in range(6)) + "}" * 6
     diags = diagnostics_of(spec(f"    {nested}\n    dense layers=1 growth=1", f"b=[{big}], size=8"))

@@ -12,8 +12,8 @@ from twins import exported_twin
 from measure import saved_bytes
 
 import densedsl
-from densedsl import diagnostics as d
-from densedsl.analysis import analyze
+from densedsl.core import diagnostics as d
+from densedsl.analysis.figures import analyze
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 SEED = SPECS / "d2l_flux_mlp.dense"
@@ -100,7 +100,7 @@ RICH = networks.MLP_EVERY_OP
 
 
 def _model(text: str, **kwargs):
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     net = densedsl.parse(text).network
     return net, analyze(net), build_model(net, **kwargs)
 
@@ -166,7 +166,7 @@ def test_a_relu_that_opens_a_layer_without_norm_leaves_the_block_input_alone():
 
 def test_the_inference_engine_leaves_an_mlp_on_the_plain_path():
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     net = densedsl.parse(RICH).network
     accelerated, plain = build_model(net), build_model(net, engine=False)
     plain.load_state_dict(accelerated.state_dict())
@@ -188,7 +188,7 @@ def _randomised(model):
 
 def test_python_export_rebuilds_the_mlp_with_the_same_outputs():
     torch = pytest.importorskip("torch")
-    from densedsl.modules import DenseNet
+    from densedsl.nn.model import DenseNet
     for text in (RICH, SEED.read_text()):
         net = densedsl.parse(text).network
         model = _randomised(DenseNet(net))
@@ -204,8 +204,8 @@ def test_onnx_export_of_the_mlp_matches_pytorch(tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from densedsl.export import write_onnx
-    from densedsl.modules import DenseNet
+    from densedsl.nn.export import write_onnx
+    from densedsl.nn.model import DenseNet
     model = _randomised(DenseNet(densedsl.parse(RICH).network))
     out = tmp_path / "rich.onnx"
     write_onnx(model, out)
@@ -227,7 +227,7 @@ def test_batch_norm_in_an_mlp_warns_that_a_batch_of_one_cannot_train():
 
 
 def test_summary_and_explain_speak_of_features():
-    from densedsl import report
+    from densedsl.views import report
     a = analyze(densedsl.load(SEED).network)
     text = report.summary(a).text()
     assert "final features 1,088 · regression" in text
@@ -240,7 +240,7 @@ def test_summary_and_explain_speak_of_features():
 
 @pytest.mark.parametrize("detail", ["overview", "blocks", "layers"])
 def test_diagrams_draw_every_concatenation(detail):
-    from densedsl import diagram
+    from densedsl.views import diagram
     a = analyze(densedsl.load(SEED).network)
     source = diagram.to_digraph(a, detail=detail).source
     if detail == "layers":
@@ -258,7 +258,7 @@ def test_editors_offer_the_mlp_words():
     grammar lists the same words (tests/test_editors.py keeps its ops in step)."""
     import json
     pytest.importorskip("lsprotocol")
-    from densedsl import resolve
+    from densedsl.language import resolve
     from densedsl.lsp.features import enumerated_values
     assert "linear" in resolve.STEM_OPS and {"kind", "norm"} <= set(resolve.DENSE_SETTINGS)
     assert enumerated_values("dense", "kind") == ("conv", "linear")
@@ -299,7 +299,7 @@ def test_summary_input_takes_a_feature_width(capsys):
 
 
 def test_diff_of_two_mlps_names_the_blocks_that_changed():
-    from densedsl import report
+    from densedsl.views import report
     old = analyze(densedsl.load(SEED).network)
     new = analyze(densedsl.load(SEED, features=20).network)
     text = report.diff(old, new).text()
@@ -314,7 +314,7 @@ def test_the_docs_show_the_seed_spec_as_it_is():
 
 
 def test_summary_json_states_the_task():
-    from densedsl import report
+    from densedsl.views import report
     assert report.summary(analyze(densedsl.load(SEED).network)).as_json()["task"] == "regression"
     assert report.summary(analyze(densedsl.load(SEED, classes=3).network)).as_json()["task"] == "classification"
 
@@ -324,8 +324,8 @@ def test_connection_strength_reads_an_mlps_linear_layers():
     columns; a block followed directly by another has no last row."""
     torch = pytest.importorskip("torch")
     np = pytest.importorskip("numpy")
-    from densedsl.heatmap import connection_strength
-    from densedsl.modules import DenseNet
+    from densedsl.views.heatmap import connection_strength
+    from densedsl.nn.model import DenseNet
     net = densedsl.parse("network m {\n input 4\n dense layers=2 growth=3 norm=none\n"
                          " transition channels=5\n dense layers=2 growth=2\n dense layers=1 growth=1\n"
                          " head classes=2\n}\n").network

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 monai_nets = pytest.importorskip("monai.networks.nets")
 
 import densedsl  # noqa: E402
-from densedsl.analysis import analyze  # noqa: E402
-from densedsl.compiler import CONVENTIONS, build_model, load_weights, weights_convention  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
+from densedsl.nn.build import CONVENTIONS, build_model, load_weights, weights_convention  # noqa: E402
 
 from conftest import SPECS  # noqa: E402
 

@@ -9,11 +9,11 @@ from twins import exported_twin, without_engine
 from measure import saved_bytes_of
 
 import densedsl
-from densedsl import diagnostics as d
-from densedsl.analysis import analyze
-from densedsl.fmt import format_spec
-from densedsl.source import Source
-from densedsl.syntax import parse_source
+from densedsl.core import diagnostics as d
+from densedsl.analysis.figures import analyze
+from densedsl.language.fmt import format_spec
+from densedsl.core.source import Source
+from densedsl.language.syntax import parse_source
 
 NORMS = ["batch", "group norm_groups=2", "instance", "layer", "none"]
 
@@ -114,8 +114,8 @@ def test_an_unknown_norm_is_located_with_the_choices():
 
 
 def test_explain_and_the_diagram_show_the_norm():
-    from densedsl import report
-    from densedsl.diagram import to_digraph
+    from densedsl.views import report
+    from densedsl.views.diagram import to_digraph
     recipes = {norm.split()[0]: report.explain(analyze(network(norm)), 1).recipe for norm in NORMS}
     assert recipes == {
         "batch": "BN-ReLU-Conv1x1(8)-BN-ReLU-Conv3x3(4)",
@@ -132,7 +132,7 @@ def test_instance_norm_at_a_one_value_map_is_refused_in_eval_too():
     """F.group_norm refuses batch·(C/groups)·∏spatial == 1 in any mode: the minimum inference
     size of an instance-normed block at the end of the downsampling is larger than BN's."""
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     bn, inst = analyze(network("batch")), analyze(network("instance"))
     assert (bn.min_input_size.eval, inst.min_input_size.eval) == (2, 4)
     assert inst.min_input_size.train == bn.min_input_size.train == 4
@@ -149,7 +149,7 @@ def test_instance_norm_at_a_one_value_map_is_refused_in_eval_too():
 
 def test_models_have_each_norms_modules_and_state_dict():
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     model = build_model(network("group norm_groups=2"))
     layer = model.features.denseblock1.denselayer2
     assert isinstance(layer.norm1, torch.nn.GroupNorm) and (layer.norm1.num_groups, layer.norm1.num_channels) == (2, 12)
@@ -170,7 +170,7 @@ def test_accelerated_plain_and_exported_models_agree(norm, order):
     """The engine folds only BNs: every other norm runs as it is, and the result is the plain
     path's; the `.py` export loads the same weights and computes the same function."""
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     net = network(norm, order)
     torch.manual_seed(0)
     model = build_model(net)
@@ -196,7 +196,7 @@ def test_without_a_norm_the_first_relu_leaves_the_block_input_alone(memory):
     1 that is the block's input itself, read by every later layer: an in-place ReLU would
     overwrite it (and the caller's tensor)."""
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     model = build_model(network("none"), memory=memory)
     block = model.features.denseblock1
     assert block.denselayer1.relu1.inplace is False and block.denselayer1.relu2.inplace is False
@@ -214,10 +214,10 @@ def test_without_a_norm_the_first_relu_leaves_the_block_input_alone(memory):
 def test_without_a_norm_the_memory_model_counts_the_relus_own_output():
     """The out-of-place ReLU owns its output: the analysis' inference peak grows by what autograd
     and the allocator see, and the saved tensors still agree with autograd (tests/test_promises)."""
-    from densedsl.analysis import analyze
+    from densedsl.analysis.figures import analyze
     g = analyze(network("none")).graph
     assert g.nodes["denseblock1.denselayer1.relu1"].get("inplace") is False
-    from densedsl.analysis import _storages
+    from densedsl.analysis.figures import _storages
     storage = _storages(g, training=True)
     assert storage["denseblock1.denselayer1.relu1"] == "denseblock1.denselayer1.relu1"
     assert storage["denseblock1.denselayer1.relu2"] == "denseblock1.denselayer1.relu2"

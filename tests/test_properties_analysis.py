@@ -1,12 +1,12 @@
-"""Properties of the graph and analysis over generated networks (densedsl.strategies)."""
+"""Properties of the graph and analysis over generated networks (densedsl.testing.strategies)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 
 import densedsl
-from densedsl.analysis import analyze
-from densedsl.strategies import assert_dense_invariants, networks, spec_text, spec_texts
+from densedsl.analysis.figures import analyze
+from densedsl.testing.strategies import assert_dense_invariants, networks, spec_text, spec_texts
 
 
 @settings(max_examples=40, deadline=None)
@@ -43,7 +43,7 @@ def test_spec_texts_analyse(text):
 @given(networks(max_blocks=1, max_layers=12))
 def test_min_input_size_is_tight(network):
     import dataclasses
-    from densedsl.diagnostics import SpecError
+    from densedsl.core.diagnostics import SpecError
     a = analyze(network)
     side = a.min_input_size.eval
     c = network.input[0]

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import densedsl
-from densedsl.fmt import format_spec
-from densedsl.source import Source
-from densedsl.strategies import networks, spec_text
-from densedsl.syntax import parse_source, parser
+from densedsl.language.fmt import format_spec
+from densedsl.core.source import Source
+from densedsl.testing.strategies import networks, spec_text
+from densedsl.language.syntax import parse_source, parser
 
 from conftest import ZOO
 

@@ -12,8 +12,8 @@ import pytest
 
 import densedsl
 from densedsl import cli
-from densedsl.analysis import analyze
-from densedsl.diagnostics import SpecError
+from densedsl.analysis.figures import analyze
+from densedsl.core.diagnostics import SpecError
 
 from conftest import SPECS
 
@@ -125,7 +125,7 @@ def _eval_model(text: str):
 def test_python_export_computes_the_model(text, tmp_path):
     network, model, x, expected = _eval_model(text)
     py = tmp_path / "m.py"
-    from densedsl.export import python_source
+    from densedsl.nn.export import python_source
     py.write_text(python_source(network))
     namespace: dict = {}
     exec(compile(py.read_text(), str(py), "exec"), namespace)
@@ -140,7 +140,7 @@ def test_python_export_computes_the_model(text, tmp_path):
 def test_onnx_export_computes_the_model(text, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from densedsl.export import write_onnx
+    from densedsl.nn.export import write_onnx
     _, model, x, expected = _eval_model(text)
     path = tmp_path / "m.onnx"
     write_onnx(model, path)
@@ -152,7 +152,7 @@ def test_onnx_export_computes_the_model(text, tmp_path):
 @pytest.mark.parametrize("text", [SIGNAL, VOLUME], ids=["1d", "3d"])
 def test_train_on_synthetic_data_of_the_spec_shape(text, tmp_path):
     torch.set_num_threads(1)
-    from densedsl.train import train
+    from densedsl.training.train import train
     result = train(text, data="synthetic:32", batch_size=8, epochs=1, memory="efficient",
                    out=tmp_path / "run")
     assert result.epochs == 1 and (tmp_path / "run" / "checkpoint.pt").is_file()

@@ -7,8 +7,8 @@ import json
 import pytest
 
 import densedsl
-from densedsl import report
-from densedsl.analysis import analyze, si
+from densedsl.views import report
+from densedsl.analysis.figures import analyze, si
 from densedsl.cli import main
 
 
@@ -135,8 +135,8 @@ SMALL_WITH_BOTTLENECK = """network a {
 
 def test_diff_spells_no_bottleneck_as_the_language_does():
     """`bottleneck=off`, not Python's None (issue 14)."""
-    from densedsl.report import diff
-    from densedsl.spec import parse
+    from densedsl.views.report import diff
+    from densedsl.language.spec import parse
     old = analyze(parse(SMALL_WITH_BOTTLENECK).network)
     new = analyze(parse(SMALL_WITH_BOTTLENECK.replace("bottleneck=4", "bottleneck=off")).network)
     text = diff(old, new).text()

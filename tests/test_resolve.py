@@ -8,7 +8,7 @@ import pytest
 
 import densedsl
 from densedsl import SpecError
-from densedsl import network as n
+from densedsl.language import network as n
 
 from conftest import SPECS
 

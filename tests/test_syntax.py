@@ -6,9 +6,11 @@ from fractions import Fraction
 
 import pytest
 
-from densedsl import ast, SpecError
-from densedsl.source import Source
-from densedsl.syntax import parse_expression, parse_source, parser
+from densedsl.language import ast
+
+from densedsl import SpecError
+from densedsl.core.source import Source
+from densedsl.language.syntax import parse_expression, parse_source, parser
 
 
 def parse(text: str) -> ast.SpecFile:
@@ -173,7 +175,7 @@ def test_columns_count_tabs_as_one_character_and_carets_expand_them():
 def test_every_terminal_is_named_in_the_grammar():
     """syntax.py's messages name terminals; lark's generated names renumber when the grammar
     changes, so none may exist."""
-    from densedsl.syntax import parser
+    from densedsl.language.syntax import parser
     names = {t.name for t in parser().terminals}
     assert not {n for n in names if n.startswith("__ANON")}
     assert {"LPAR", "FLOORDIV", "EQUAL", "RBRACE"} <= names

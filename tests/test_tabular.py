@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from densedsl import checkpoints, cli, datasets, tabular
-from densedsl.diagnostics import SpecError
-from densedsl.train import CHECKPOINT, evaluate, read_checkpoint, train
+from densedsl.training import checkpoints, datasets, tabular
+
+from densedsl import cli
+from densedsl.core.diagnostics import SpecError
+from densedsl.training.train import CHECKPOINT, evaluate, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +148,7 @@ def test_a_csv_trains_evaluates_and_exports_end_to_end(spec, houses, tmp_path, c
     exported = json.loads((tmp_path / "m.pipeline.json").read_text())
     assert exported["features"][:3] == ["size", "rooms", "colour=blue"] and len(exported["features"]) == 9
     features = tabular.encode_csv(exported, houses)
-    from densedsl.train import model_from_checkpoint
+    from densedsl.training.train import model_from_checkpoint
     model, _ = model_from_checkpoint(run)
     with torch.no_grad():
         expected = model(features).numpy()
@@ -334,7 +336,7 @@ def test_eval_on_another_csv_applies_the_trained_pipeline(tabular_run, tmp_path,
         f"{100000 + i * 1000},red,{50 + i},3,B,x\n" for i in range(10)))  # columns in another order
     result = evaluate(tabular_run, f"csv:{other}")
     # the training run's statistics and categories, not other.csv's own
-    from densedsl.train import model_from_checkpoint
+    from densedsl.training.train import model_from_checkpoint
     pipeline = tabular.Pipeline.from_record(read_checkpoint(tabular_run)["data"]["pipeline"])
     table = tabular.read_csv(other)
     test = tabular._subset(table, tabular.split_indices(10)[1])

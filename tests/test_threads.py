@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 from densedsl import cli
-from densedsl import threads as cpu
+from densedsl.training import threads as cpu
 
 
 @pytest.mark.parametrize("torch_default, cpus, load, expected", [
@@ -39,7 +39,7 @@ def test_the_cli_asks_for_passive_waits_unless_the_user_chose(monkeypatch, capsy
 
 def test_set_threads_follows_who_chose(monkeypatch):
     torch = pytest.importorskip("torch")
-    from densedsl.train import _set_threads
+    from densedsl.training.train import _set_threads
     before = torch.get_num_threads()
     monkeypatch.delenv(cpu.THREADS_VARIABLE, raising=False)
     monkeypatch.setenv(cpu.WAIT_POLICY, "PASSIVE")

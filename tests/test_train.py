@@ -16,9 +16,9 @@ import torch
 
 import densedsl
 from densedsl import cli
-from densedsl.diagnostics import SpecError
-from densedsl import checkpoints
-from densedsl.train import CHECKPOINT, RunLock, default_run_dir, evaluate, read_checkpoint, train
+from densedsl.core.diagnostics import SpecError
+from densedsl.training import checkpoints
+from densedsl.training.train import CHECKPOINT, RunLock, default_run_dir, evaluate, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,7 +310,7 @@ def test_cli_reports_bad_inputs(tmp_path, capsys):
 # --- heat map (the paper's Figure 5) --------------------------------------------------------
 
 def test_connection_strength_reads_each_source_range(tmp_path):
-    from densedsl.heatmap import connection_strength, write_heatmap
+    from densedsl.views.heatmap import connection_strength, write_heatmap
     spec = densedsl.parse(SPEC)
     model = densedsl.compile(spec)
     k0, k = 8, 4
@@ -423,7 +423,7 @@ def test_tiny_digits_reaches_97_percent():
 
 def test_curves_with_characters_the_font_lacks_draw_without_warnings(tmp_path):
     import warnings
-    from densedsl.plots import write_curves
+    from densedsl.views.plots import write_curves
     rows = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.4}]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning would be printed in the middle of the training log

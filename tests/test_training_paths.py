@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import densedsl  # noqa: E402
-from densedsl import concat  # noqa: E402
-from densedsl.modules import DenseBlock, DenseNet  # noqa: E402
+from densedsl.nn import shared as concat  # noqa: E402
+from densedsl.nn.model import DenseBlock, DenseNet  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -208,7 +208,7 @@ def test_state_dict_keys_are_the_plain_paths():
 @pytest.mark.parametrize("release", [False, True])
 def test_train_returns_freed_memory_to_the_system_only_when_asked(release, monkeypatch, tmp_path):
     # it costs speed (1.4x slower efficient steps measured: BENCHMARKS.md), so never by default
-    from densedsl import train as t
+    from densedsl.training import train as t
     calls: list = []
     monkeypatch.setattr(t, "return_freed_memory", lambda: calls.append(release) or True)
     t.train("specs/tiny_digits.dense", data="synthetic:32", epochs=1, batch_size=16, memory="efficient",
@@ -218,7 +218,7 @@ def test_train_returns_freed_memory_to_the_system_only_when_asked(release, monke
 
 def test_the_cli_passes_release_memory(monkeypatch, tmp_path):
     from densedsl import cli
-    from densedsl import train as t
+    from densedsl.training import train as t
     seen: list = []
     monkeypatch.setattr(t, "train", lambda *a, **k: seen.append(k["release_memory"]))
     for flags, expected in (([], False), (["--release-memory"], True)):
@@ -227,7 +227,7 @@ def test_the_cli_passes_release_memory(monkeypatch, tmp_path):
 
 
 def test_return_freed_memory_leaves_a_users_setting_alone(monkeypatch):
-    from densedsl.train import return_freed_memory
+    from densedsl.training.train import return_freed_memory
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert return_freed_memory() is False
 
@@ -254,8 +254,8 @@ def test_efficient_memory_model_is_what_the_shared_path_keeps():
     (the staged concatenation and the BN-ReLU output of the widest layer), against what the
     shared-storage path keeps: features only once (the block's buffer), conv outputs, BN-ReLU
     of the bottleneck."""
-    from densedsl.analysis import analyze
-    from densedsl.ops import numel
+    from densedsl.analysis.figures import analyze
+    from densedsl.ir.ops import numel
     net = densedsl.parse("network m {\n input 3x16x16\n stem {\n conv 8\n }\n dense layers=6 growth=4"
                          " bottleneck=2\n transition\n dense layers=6 growth=4\n head classes=2\n}\n").network
     a = analyze(net)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from densedsl import cli
-from densedsl.train import CHECKPOINT, read_checkpoint
+from densedsl.training.train import CHECKPOINT, read_checkpoint
 from test_checkpoints import SPEC as CHECKPOINTS_SPEC
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
@@ -79,7 +79,7 @@ def test_compile_weights_pt_holds_exactly_the_checkpoints_weights(digits_run, tm
 @pytest.mark.slow  # a fresh interpreter and the ONNX exporter: ~15 s
 def test_compile_weights_onnx_equals_pytorch_and_says_nothing_of_torchs_own(digits_run, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from densedsl.train import model_from_checkpoint
+    from densedsl.training.train import model_from_checkpoint
     spec, run_dir = digits_run
     out = tmp_path / "m.onnx"
     # A fresh process, as a user runs it: torch's exporter logs its registry once per process.
@@ -129,8 +129,8 @@ def test_with_lr_0_every_taken_weight_is_unchanged_after_an_epoch(digits_run, tm
     assert code == 0, err
     start = read_checkpoint(run_dir)["model"]
     after = read_checkpoint(tmp_path / "z")["model"]
-    from densedsl.compiler import build_model
-    from densedsl.spec import parse
+    from densedsl.nn.build import build_model
+    from densedsl.language.spec import parse
     parameters = {name for name, _ in build_model(parse(SPEC).network).named_parameters()}
     compared = [k for k in parameters if not k.startswith("classifier.")]
     assert len(compared) == len(parameters) - 2
@@ -190,7 +190,7 @@ SMALL = dict(data="synthetic:48", batch_size=16, threads=1, device="cpu", progre
 
 
 def _train(spec_text=SPEC, **kwargs):
-    from densedsl.train import train
+    from densedsl.training.train import train
     return train(spec_text, **{**SMALL, **kwargs})
 
 
@@ -223,7 +223,7 @@ def test_an_extension_the_schedule_makes_inexact_says_which_epochs_differ(tmp_pa
 
 
 def test_resume_refuses_fewer_epochs_and_every_fine_tuning_setting_that_differs(tmp_path):
-    from densedsl.diagnostics import SpecError
+    from densedsl.core.diagnostics import SpecError
     _train(epochs=2, out=tmp_path / "a")
     changes = dict(epochs=1, optimizer="adamw", schedule="cosine", label_smoothing=0.1, grad_clip=1.0,
                    freeze=("stem",), head_lr=0.5)
@@ -266,7 +266,7 @@ def test_freeze_features_trains_the_classifier_alone_at_its_own_rate(tmp_path):
 
 
 def test_freeze_a_stage_the_network_lacks_is_refused_naming_the_stages(tmp_path):
-    from densedsl.diagnostics import SpecError
+    from densedsl.core.diagnostics import SpecError
     with pytest.raises(SpecError) as e:
         _train(epochs=1, out=tmp_path / "x", freeze=("denseblock9",))
     assert [x.code.code for x in e.value.diagnostics] == ["E105"]
@@ -275,7 +275,7 @@ def test_freeze_a_stage_the_network_lacks_is_refused_naming_the_stages(tmp_path)
 
 
 def test_a_checkpoint_from_before_the_fine_tuning_settings_still_resumes(tmp_path):
-    from densedsl import checkpoints
+    from densedsl.training import checkpoints
     _train(epochs=1, out=tmp_path / "old")
     ckpt = torch.load(tmp_path / "old" / CHECKPOINT, weights_only=True)
     for key in checkpoints.LATER_SETTINGS:
@@ -342,7 +342,7 @@ def test_eval_finds_folder_data_from_another_directory_and_hints_at_data_when_it
 # --- augmentation -------------------------------------------------------------------------------
 
 def test_resized_crop_keeps_the_shape_stays_inside_the_image_and_follows_the_seed():
-    from densedsl import datasets
+    from densedsl.training import datasets
     images = torch.arange(4 * 3 * 16 * 16, dtype=torch.int64).remainder(256).to(torch.uint8).view(4, 3, 16, 16)
     norm = dict(pixel_max=255.0, mean=torch.zeros(3), std=torch.ones(3))
 

@@ -10,11 +10,11 @@ import pytest
 from twins import exported_twin, without_engine
 
 import densedsl
-from densedsl import diagnostics as d
-from densedsl.analysis import analyze
-from densedsl.fmt import format_spec
-from densedsl.source import Source
-from densedsl.syntax import parse_source
+from densedsl.core import diagnostics as d
+from densedsl.analysis.figures import analyze
+from densedsl.language.fmt import format_spec
+from densedsl.core.source import Source
+from densedsl.language.syntax import parse_source
 
 SPEC = """network n(k=7) {
     input 3x16x16
@@ -62,7 +62,7 @@ def test_sizes_figures_and_text_follow_each_axis():
     assert g.nodes["stem.conv0"]["macs"] == 8 * 3 * 7 * 16 * 8   # Cout·Cin·∏kernel·∏out
     assert g.nodes["denseblock2.denselayer1.conv1"]["params"] == 4 * 16 * 3 * 5
     assert a.output_shape == (3,)
-    from densedsl import report
+    from densedsl.views import report
     assert report.explain(a, 1).recipe == "BN-ReLU-Conv1x1(8)-BN-ReLU-Conv1x7(4)"
     assert "stem.conv0" in g and g.nodes["stem.conv0"]["kernel"] == (1, 7)
 
@@ -79,8 +79,8 @@ def test_receptive_field_is_the_largest_along_any_axis():
 def test_the_model_and_the_python_export_compute_the_analysed_function():
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
-    from densedsl.compiler import build_model
-    from densedsl.export import python_source
+    from densedsl.nn.build import build_model
+    from densedsl.nn.export import python_source
     net = network()
     a = analyze(net)
     model = build_model(net)
@@ -105,7 +105,7 @@ def test_the_model_and_the_python_export_compute_the_analysed_function():
 
 def test_the_minimum_input_size_is_exact_with_per_axis_windows():
     torch = pytest.importorskip("torch")
-    from densedsl.compiler import build_model
+    from densedsl.nn.build import build_model
     net = network()
     side = analyze(net).min_input_size.eval
     assert side == 5

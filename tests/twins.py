@@ -7,7 +7,7 @@ from __future__ import annotations
 def exported_twin(network, model, filename: str = "exported.py"):
     """`compile -o model.py`'s source for `network`, executed as its own module and built, with
     `model`'s weights loaded (strictly: the export keeps the model's state_dict names)."""
-    from densedsl.export import python_source
+    from densedsl.nn.export import python_source
 
     namespace: dict = {"__name__": "exported"}
     exec(compile(python_source(network), filename, "exec"), namespace)

@@ -22,13 +22,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .. import ast
-from .. import diagnostics as d
-from ..analysis import Analysis, StageFigures, analyze
-from ..network import Network
-from ..resolve import resolve
-from ..source import Source, Span
-from ..syntax import parse_source
+from ..language import ast
+from ..core import diagnostics as d
+from ..analysis.figures import Analysis, StageFigures, analyze
+from ..language.network import Network
+from ..language.resolve import resolve
+from ..core.source import Source, Span
+from ..language.syntax import parse_source
 
 # A spec is a few hundred bytes (DenseNet-264: 1.1 KB); parsing is linear but not free, so a
 # buffer far past any spec is refused with a diagnostic instead of parsed on every keystroke.

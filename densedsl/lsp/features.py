@@ -16,13 +16,13 @@ from typing import Any, Iterable, Literal
 
 from lsprotocol import types
 
-from .. import ast
-from .. import diagnostics as d
-from .. import network as n
-from .. import resolve as r
-from ..analysis import BlockFigures, StageFigures, shape_text, si
-from ..fmt import format_expr, format_spec
-from ..source import Source, Span
+from ..language import ast
+from ..core import diagnostics as d
+from ..language import network as n
+from ..language import resolve as r
+from ..analysis.figures import BlockFigures, StageFigures, shape_text, si
+from ..language.fmt import format_expr, format_spec
+from ..core.source import Source, Span
 from .document import (NetworkState, Snapshot, innermost_statement, names, parameter_at,
                        parameter_uses, statements)
 

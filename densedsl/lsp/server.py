@@ -26,7 +26,7 @@ from pygls.uris import to_fs_path
 
 from .. import __version__
 from . import features
-from ..source import Source
+from ..core.source import Source
 from .document import AnalysisCache, Snapshot, analyze_text, parse_text
 
 _ERRORS_MD = Path(__file__).resolve().parents[2] / "docs" / "errors.md"

@@ -1,0 +1,735 @@
+"""Static analysis: every figure densedsl reports, read off the architecture graph.
+
+    a = analyze(network)                 # raises SpecError on any error; warnings on a.diagnostics
+    a.params, a.macs, a.flops, a.depth, a.connections, a.memory(batch=64, mode="efficient")
+
+Order of work, cheapest first, so that absurd specs are refused before anything big is built:
+1. `graph.check`: channels (E201), map sizes (E202, E203, W204) and graph size (E304), from
+   the Network with plain integers;
+2. the parameter prediction of `lowering.predict` against the hard ceiling (E304) and
+   `max_params` (E301);
+3. `graph.lower`, then every figure from the graph, the invariants (E205), batch-of-one
+   training (W206), memory against `max_memory` (E302) and the spec's `expect` lines (E303).
+docs/analysis.md documents every attribute and the memory model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Literal, assert_never
+
+from ..ir import lowering
+from ..core import diagnostics as d
+from . import graph as graph_
+from ..language.network import DenseBlock, Network, Transition
+from ..ir.ops import kind_of, numel
+from ..core.source import Span
+
+if TYPE_CHECKING:  # networkx is imported only when someone asks for `Analysis.graph`
+    import networkx as nx
+
+Graph = graph_.ArchGraph  # what the walks below read: an ArchGraph, or a networkx DiGraph (tests)
+
+_KIND = operator.itemgetter("kind")  # an edge's kind, read in C over a concat's L inputs
+MemoryMode = Literal["standard", "efficient", "inference"]
+MEMORY_MODES: tuple[str, ...] = ("standard", "efficient", "inference")
+
+# Defaults for the resource guards, sized for one large accelerator (an 80 GiB GPU): a network
+# past them could not be trained on one anyway. Pass a larger limit (or math.inf) to lift them.
+DEFAULT_MAX_PARAMS = 10**10
+DEFAULT_MAX_MEMORY = 80 * 2**30   # activation bytes of a training step, batch 1, float32
+# Never lifted: 10^12 float32 parameters are 4 TB, beyond any device.
+HARD_MAX_PARAMS = 10**12
+
+
+# --- formatting shared by analysis and report --------------------------------------------------
+
+_PREFIXES = ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
+
+
+def si(value: int | float, unit: str = "", *, digits: int = 3) -> str:
+    """`7978856` → `7.98 M`; `5668323328, "FLOPs"` → `5.67 GFLOPs`; small values stay exact."""
+    for scale, prefix in _PREFIXES:
+        if abs(value) >= scale:
+            x = value / scale
+            text = f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
+            return f"{text} {prefix}{unit}"
+    text = f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+    return f"{text} {unit}" if unit else text
+
+
+def binary(nbytes: int | float) -> str:
+    """Bytes with binary prefixes: `1610612736` → `1.5 GiB`."""
+    for power, prefix in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if nbytes >= 1024**power:
+            return f"{nbytes / 1024**power:.3g} {prefix}"
+    return f"{int(nbytes)} B"
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+# --- result types ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MinInputSize:
+    """The smallest square input (pixels per side) the network accepts.
+
+    `eval`: every map stays at least 1x1 (torchvision's `min_size`, 29 for DenseNet-121).
+    `train`: additionally every batch norm sees more than one value per channel with a batch of
+    one, so training with batch 1 works.
+    """
+
+    eval: int
+    train: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageFigures:
+    name: str                       # stem, denseblock{i}, transition{j}, head
+    kind: str                       # "stem", "dense", "transition", "head"
+    span: Span | None = field(compare=False, repr=False)
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    params: int
+    buffers: int
+    macs: int
+    flops: int
+    depth: int                      # conv and linear layers in the stage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockFigures(StageFigures):
+    index: int
+    layers: int
+    growth: int
+    bottleneck: int | None
+    in_channels: int
+    out_channels: int
+    connections: int                # dense edges into this block's layers, counted on the graph
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInfo:
+    """One feature map as timm's `feature_info` states it for `features=True`: the stem's tap
+    (before its pool, as timm's) first when the stem has one, then each dense block's output."""
+
+    name: str                       # stem, denseblock{i}
+    module: str                     # the module whose output it is: features.relu0, features.denseblock{i}
+    channels: int
+    reduction: int                  # cumulative stride relative to the input
+    shape: tuple[int, ...]          # at the analysed input size
+
+
+@dataclass(frozen=True, slots=True)
+class _MemoryModel:
+    """Bytes = batch·(elements·dtype_bytes + mask_bytes) + fixed_bytes, per mode."""
+
+    elements: int                   # activation elements stored in the model's dtype
+    mask_bytes: int                 # dropout masks (bool) and max-pool indices (int64)
+    fixed_bytes: int                # BN's per-channel saved statistics (float32, batch-free)
+
+    def bytes(self, batch: int, dtype: str) -> int:
+        return batch * (self.elements * lowering.dtype_bytes(dtype) + self.mask_bytes) + self.fixed_bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Analysis:
+    """Every figure of one network. Whether training classifies or regresses is the head's:
+    `analysis.network.head.task` (`network.task`, None without a head): "regression" for
+    `head classes=1` or `task=regression`, else "classification"."""
+
+    network: Network = field(repr=False)
+    arch: graph_.ArchGraph = field(repr=False, compare=False)  # the graph, without networkx
+    params: int
+    buffers: int
+    macs: int
+    flops: int
+    depth: int
+    connections: int
+    channels: int                   # channels of the final feature map (entering the head)
+    state_dict_entries: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    min_input_size: MinInputSize
+    receptive_field: int
+    stages: tuple[StageFigures, ...]
+    lowered: tuple[lowering.Lowered, ...] = field(repr=False, compare=False)
+    feature_info: tuple[FeatureInfo, ...]
+    diagnostics: tuple[d.Diagnostic, ...] = ()
+    _memory: dict[str, _MemoryModel] = field(repr=False, compare=False, default_factory=dict)
+    _networkx: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The architecture graph (docs/graph.md) as a networkx DiGraph, made on first use: it
+        wraps `arch`'s own dicts (the same nodes, edges, attributes and order), so networkx is
+        imported only by the commands that walk the graph with it (diagrams, users), never by
+        `check`, `summary` or the language server."""
+        if self._networkx is None:
+            object.__setattr__(self, "_networkx", graph_.to_networkx(self.arch))
+        return self._networkx
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    @property
+    def blocks(self) -> tuple[BlockFigures, ...]:
+        return tuple(s for s in self.stages if isinstance(s, BlockFigures))
+
+    def stage(self, name: str) -> StageFigures:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def memory(self, batch: int = 1, dtype: str = "float32", mode: MemoryMode = "standard", *,
+               weights: bool = False) -> int:
+        """Predicted activation bytes of one step; docs/analysis.md states what is counted.
+
+        "standard": tensors autograd keeps for backward in a straightforward (torchvision-style)
+        implementation, quadratic in block depth. "efficient": each dense layer keeps only its
+        inputs and its conv outputs; its concatenation, BN, ReLU and dropout are recomputed in
+        backward (Pleiss et al.), linear in depth.
+        "inference": the peak of live tensors in a forward pass without autograd.
+        `weights=True` adds the parameters and buffers, and for training their gradients.
+        """
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"unknown memory mode {mode!r}; use one of {', '.join(MEMORY_MODES)}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        model = self._memory.get(mode)
+        if model is None:  # made on first use: `check` and the language server never ask for most
+            model = self._memory[mode] = _memory_model(self.arch, mode)
+        total = model.bytes(batch, dtype)
+        if weights:
+            size = lowering.dtype_bytes(dtype)
+            total += (self.params + self.buffers) * size
+            if mode != "inference":
+                total += self.params * size
+        return total
+
+    def figures(self) -> dict[str, int]:
+        """The figures an `expect` line (and `diff`, `sweep`) can name."""
+        return {"params": self.params, "buffers": self.buffers, "macs": self.macs,
+                "flops": self.flops, "channels": self.channels, "connections": self.connections,
+                "depth": self.depth}
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter shows an analysis as its overview diagram.
+
+        The one reference from the analysis up to the diagram layer: a display hook, imported
+        only when a notebook asks. Without Graphviz's `dot` there is no picture, and Jupyter
+        falls back to the text repr instead of showing an error.
+        """
+        from ..views.diagram import svg
+        try:
+            return svg(self)
+        except d.SpecError:
+            return None
+
+    def check_line(self) -> str:
+        """`densenet121: 7,978,856 params · 5.67 GFLOPs · depth 121 · 535 connections · …`."""
+        return (f"{self.name}: {self.params:,} params · {si(self.flops, 'FLOPs')} · "
+                f"depth {self.depth} · {self.connections:,} connections · "
+                f"{shape_text(self.input_shape)} → {shape_text(self.output_shape)}")
+
+
+# --- analyze -----------------------------------------------------------------------------------
+
+def analyze(network: Network, *, max_params: int | float | None = None,
+            max_memory: int | float | None = None) -> Analysis:
+    """Check the network and compute every figure; raises SpecError when anything is an error.
+
+    `max_params` (default 10^10) and `max_memory` (default 80 GiB of training activations at
+    batch 1, float32, standard mode) guard resources; math.inf lifts them.
+    """
+    max_params = DEFAULT_MAX_PARAMS if max_params is None else max_params
+    max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    diags, prediction = graph_.check_and_predict(network)
+    if not d.has_errors(diags):
+        diags += _refuse_unbuildable(network, prediction)
+    d.raise_if_errors(diags)
+
+    lowered = lowering.lower(network)
+    g = graph_.lower_arch(network, checked=True, lowered=lowered)
+    nodes = g.nodes
+    params = buffers = macs = flops = depth = 0
+    for _, a in nodes(data=True):  # one pass over the graph for every total
+        params += a["params"]
+        buffers += a["buffers"]
+        macs += a["macs"]
+        flops += a["flops"]
+        if kind_of(a["kind"]).layer:
+            depth += 1
+    stages = _stages(lowered, g)
+    diags += _check_invariants(network, g, stages)
+    if not d.has_errors(diags):
+        diags += _check_batch_of_one(network, g)
+
+    plan = graph_.spatial_plan(network)
+    rank = len(network.input) - 1
+    rf, jumps = _receptive_fields(g)
+    final = _final_map(g)
+    head_in = nodes[final]["out_shape"]
+    analysis = Analysis(
+        network=network, arch=g, params=params, buffers=buffers, macs=macs, flops=flops, depth=depth,
+        connections=sum(s.connections for s in stages if isinstance(s, BlockFigures)),  # dense edges all end in a block
+        channels=head_in[0],
+        state_dict_entries=_state_dict_entries(g),
+        input_shape=tuple(network.input), output_shape=tuple(g.graph["output_shape"]),
+        min_input_size=MinInputSize(graph_.min_input_size(plan, rank=rank),
+                                    graph_.min_input_size(plan, train=True, rank=rank)),
+        receptive_field=rf[final],
+        stages=stages,
+        lowered=lowered,
+        feature_info=_stem_tap(lowered[0], g, jumps) + tuple(
+            FeatureInfo(s.name, f"features.{s.name}", s.out_channels, jumps[f"{s.name}.out"],
+                        tuple(s.out_shape))
+            for s in stages if isinstance(s, BlockFigures)),
+        _memory={},  # each mode's model on first use (`Analysis.memory`)
+    )
+    if not d.has_errors(diags):
+        diags += _check_resources(analysis, max_params, max_memory)
+        diags += _check_expectations(analysis)
+    d.raise_if_errors(diags)
+    return dataclasses.replace(analysis, diagnostics=tuple(d.sort_diagnostics(diags)))
+
+
+def _stem_tap(stem: lowering.LoweredStem, g: Graph, jumps: dict[str, int]) -> tuple[FeatureInfo, ...]:
+    """The stem's feature map (timm's first `feature_info` entry), when the stem has a tap."""
+    if stem.tap is None:
+        return ()
+    op = stem.ops[stem.tap]
+    shape = tuple(g.nodes[f"stem.{op.name}"]["out_shape"])
+    return (FeatureInfo("stem", f"features.{op.name}", shape[0], jumps[f"stem.{op.name}"], shape),)
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+def _refuse_unbuildable(network: Network, prediction: lowering.Prediction) -> list[d.Diagnostic]:
+    """Refuse, from the closed-form count and before any graph exists, a network too large to
+    analyse at all (a fixed head window makes the count a lower bound, which still proves it).
+    Every figure densedsl reports, E301's included, is read off the graph afterwards.
+    `prediction` is `lowering.predict(network)`, as `graph.check_and_predict` made it."""
+    predicted = prediction.params
+    if predicted >= HARD_MAX_PARAMS:
+        return [d.Diagnostic(d.TOO_LARGE, f"the network would have {predicted:,} parameters "
+                             f"({si(predicted)}), more than densedsl analyses ({si(HARD_MAX_PARAMS)})",
+                             network.span, "use fewer layers or a smaller growth rate")]
+    return []
+
+
+def _too_many_params(network: Network, params: int, limit: int | float) -> d.Diagnostic:
+    return d.Diagnostic(d.TOO_MANY_PARAMS, f"the network has {params:,} parameters ({si(params)}), "
+                        f"more than the limit of {_limit(limit)}", network.span,
+                        "reduce layers or growth, or raise the limit with --max-params")
+
+
+def _limit(value: int | float) -> str:
+    return f"{int(value):,} ({si(int(value))})" if value != float("inf") else "infinity"
+
+
+def _check_resources(a: Analysis, max_params: int | float, max_memory: int | float) -> list[d.Diagnostic]:
+    diags = []
+    if a.params > max_params:
+        diags.append(_too_many_params(a.network, a.params, max_params))
+    mem = a.memory(1, "float32", "standard")
+    if mem > max_memory:
+        worst = max(a.blocks, key=lambda b: numel(b.out_shape) * b.layers,
+                    default=None)
+        where = f"; the largest block is {worst.name} ({worst.layers} layers at {shape_text(worst.out_shape)})" \
+            if worst is not None else ""
+        diags.append(d.Diagnostic(
+            d.TOO_MUCH_MEMORY, f"a training step at batch 1 (float32) keeps {binary(mem)} of "
+            f"activations ({mem:,} bytes), more than the limit of {binary(max_memory)}{where}",
+            a.network.span, "use a smaller input, fewer layers, or raise the limit with --max-memory"))
+    return diags
+
+
+def _check_expectations(a: Analysis) -> list[d.Diagnostic]:
+    figures = a.figures()
+    diags = []
+    for e in a.network.expectations:
+        got = figures[e.key]
+        if abs(Fraction(got) - e.value) > e.tolerance:
+            lo, hi = e.value - e.tolerance, e.value + e.tolerance
+            allowed = f"exactly {_number(e.value)}" if e.tolerance == 0 else \
+                f"{_number(lo)} to {_number(hi)}"
+            diags.append(d.Diagnostic(
+                d.EXPECTATION, f"expected {e.key} {e.text} ({allowed}), the analysis gives "
+                f"{got:,} = {_derivation(a, e.key)}",
+                e.span, f"update the expectation to {e.key}={got} or fix the network"))
+    return diags
+
+
+def _derivation(a: Analysis, key: str) -> str:
+    """How a figure adds up, from the per-stage figures: the message's "why"."""
+    if key == "connections":
+        return " + ".join(f"{b.connections:,} ({b.name})" for b in a.blocks) or "0 (no dense block)"
+    if key == "channels":
+        last = next((s for s in reversed(a.stages) if s.kind in ("dense", "transition")), None)
+        if last is None:
+            return "the stem's output channels"
+        source = next(s.source for s in a.lowered if s.name == last.name)
+        match source:
+            case DenseBlock():
+                return (f"{last.in_shape[0]:,} + {source.layers}·{source.growth} ({last.name}: "
+                        f"{last.in_shape[0]:,} in, {source.layers} layers of growth {source.growth})")
+            case Transition():
+                if source.channels is not None:
+                    return f"channels={source.channels} of {last.name}"
+                return f"⌊{float(source.compression):g}·{last.in_shape[0]:,}⌋ from {last.name}"
+            case _:
+                raise AssertionError(f"{last.name} is neither a block nor a transition")
+    if key == "depth":
+        return " + ".join(f"{s.depth} ({s.name})" for s in a.stages if s.depth) + \
+            " conv and linear layers"
+    return " + ".join(f"{getattr(s, key):,} ({s.name})" for s in a.stages if getattr(s, key))
+
+
+def _number(x: Fraction) -> str:
+    if x.denominator == 1:
+        return f"{x.numerator:,}"
+    return f"{float(x):,.6g}"
+
+
+def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:
+    """Dense connectivity as the paper states it, verified on the graph (E205 means a bug)."""
+    problems: list[tuple[Span | None, str]] = []
+    if not _forward(g) and not _acyclic(g):
+        problems.append((network.span, "the graph has a cycle"))
+    pred, nodes = graph_.predecessors(g), g.nodes
+    for block in network.blocks:
+        name = f"denseblock{block.index}"
+        k0 = nodes[f"{name}.x0"]["out_shape"][0]
+        edges = 0
+        # x0..x(l-1) and their channels so far, grown by one map per layer: each layer's check
+        # is then C-level set and map work rather than Python per edge (L(L+1)/2 edges a block)
+        expected: set[str] = set()
+        expected_channels = 0
+        for layer in range(1, block.layers + 1):
+            concat = f"{name}.denselayer{layer}.concat"
+            inputs = pred[concat]
+            previous = f"{name}.x{layer - 1}"
+            expected.add(previous)
+            expected_channels += nodes[previous]["out_shape"][0] if previous in nodes else 0
+            exact = inputs.keys() == expected
+            if not exact or set(map(_KIND, inputs.values())) != {"dense"}:
+                problems.append((block.span, f"{concat} gathers {len(inputs)} maps, expected the "
+                                 f"{layer} maps x0..x{layer - 1} over dense edges"))
+            gathered = expected_channels if exact else sum(nodes[u]["out_shape"][0] for u in inputs)
+            if gathered != g.nodes[concat]["out_shape"][0] or gathered != k0 + block.growth * (layer - 1):
+                problems.append((block.span, f"{concat} has {g.nodes[concat]['out_shape'][0]} "
+                                 f"channels from inputs of {gathered}, expected {k0} + "
+                                 f"{block.growth}·{layer - 1}"))
+            edges += len(inputs)
+        if edges != block.layers * (block.layers + 1) // 2:
+            problems.append((block.span, f"{name} has {edges} dense connections, expected "
+                             f"{block.layers}·{block.layers + 1}/2"))
+        out = g.nodes[f"{name}.out"]["out_shape"][0]
+        if out != k0 + block.growth * block.layers:
+            problems.append((block.span, f"{name} emits {out} channels, expected {k0} + "
+                             f"{block.growth}·{block.layers}"))
+    # The closed-form totals the guards trust must agree with the graph they guard.
+    for s in stages:
+        if isinstance(s, BlockFigures):
+            block = next(b for b in network.blocks if b.index == s.index)
+            t = lowering.block_totals(block, s.in_shape)
+            if (t.params, t.buffers, t.macs) != (s.params, s.buffers, s.macs):
+                problems.append((block.span, f"{s.name}: graph totals {s.params}/{s.buffers}/{s.macs} "
+                                 f"differ from the closed form {t.params}/{t.buffers}/{t.macs}"))
+    return [d.Diagnostic(d.INVARIANT, msg, span, "this is a bug in densedsl; please report it")
+            for span, msg in problems]
+
+
+def _acyclic(g: Graph) -> bool:
+    """networkx's exact test, for a graph whose node order does not prove it (`_forward`): only
+    a damaged graph gets here, so only then is networkx imported."""
+    import networkx as nx
+    return nx.is_directed_acyclic_graph(graph_.to_networkx(g) if isinstance(g, graph_.ArchGraph) else g)
+
+
+def _forward(g: Graph) -> bool:
+    """Every edge runs from an earlier node to a later one (which proves the graph acyclic): the
+    builder adds nodes in execution order, so this linear pass spares a topological sort."""
+    order = {n: i for i, n in enumerate(g)}
+    position = order.__getitem__
+    return all(max(map(position, preds), default=-1) < order[v] for v, preds in graph_.predecessors(g).items())
+
+
+def _check_batch_of_one(network: Network, g: Graph) -> list[d.Diagnostic]:
+    """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails (and
+    a group norm with one channel per group, instance norm, fails in eval too)."""
+    stages: list[str] = []
+    norms: dict[str, str] = {}  # the norms that refuse, by name, and when: train or always
+    for _, a in g.nodes(data=True):
+        fails = kind_of(a["kind"]).one_value_fails(a)
+        if fails and numel(a["in_shape"][1:]) <= 1:
+            norms.setdefault(kind_of(a["kind"]).words(a)[0], fails)
+            if a["stage"] not in stages:
+                stages.append(a["stage"])
+    if not stages:
+        return []
+    always = [w for w, when in norms.items() if when == "always"]
+    also = f" ({' and '.join(always)} refuses it in eval too)" if always else ""
+    rank = len(network.input) - 1
+    which = ", ".join(stages)
+    if rank == 0:  # a feature vector: no input size helps, each feature is one value per sample
+        return [d.Diagnostic(
+            d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained: {' and '.join(norms)} in {which} "
+            f"normalises each feature over the batch, and a batch of one holds one value per feature{also}",
+            network.input_span or network.span,
+            "train with batches of 2 or more; in dense blocks, norm=layer or norm=none needs no batch "
+            "statistics (a transition's norm and the stem's `norm` are batch norms)")]
+    least = graph_.min_input_size(graph_.spatial_plan(network), train=True, rank=rank)
+    return [d.Diagnostic(
+        d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained at {shape_text(network.input)}: "
+        f"{' and '.join(norms)} in {which} sees a {graph_.size_text(1, rank)} map, one value per "
+        f"channel{also}",
+        network.input_span or network.span,
+        f"train with batches of 2 or more, or use an input of at least {graph_.size_text(least, rank)}")]
+
+
+# --- figures off the graph ---------------------------------------------------------------------
+
+def _stages(lowered: tuple[lowering.Lowered, ...], g: Graph) -> tuple[StageFigures, ...]:
+    groups: dict[str, list[str]] = {}
+    for n, stage in g.nodes(data="stage"):
+        if n in ("input", "output"):
+            continue
+        groups.setdefault(stage, []).append(n)
+    result: list[StageFigures] = []
+    for stage in lowered:
+        members = groups.get(stage.name)
+        if not members:
+            continue  # a stem without ops
+        attrs = [g.nodes[n] for n in members]
+        common = dict(
+            name=stage.name, span=stage.source.span, in_shape=attrs[0]["in_shape"],
+            out_shape=attrs[-1]["out_shape"],
+            params=sum(a["params"] for a in attrs), buffers=sum(a["buffers"] for a in attrs),
+            macs=sum(a["macs"] for a in attrs), flops=sum(a["flops"] for a in attrs),
+            depth=sum(1 for a in attrs if kind_of(a["kind"]).layer))
+        match stage:
+            case lowering.LoweredStem():
+                result.append(StageFigures(kind="stem", **common))
+            case lowering.LoweredTransition():
+                result.append(StageFigures(kind="transition", **common))
+            case lowering.LoweredHead():
+                result.append(StageFigures(kind="head", **common))
+            case lowering.LoweredBlock():
+                block = stage.source
+                pred = graph_.predecessors(g)
+                connections = sum(list(map(_KIND, pred[n].values())).count("dense")
+                                  for n in members if n.endswith(".concat"))
+                result.append(BlockFigures(
+                    kind="dense", index=block.index, layers=block.layers, growth=block.growth,
+                    bottleneck=block.bottleneck, in_channels=attrs[0]["out_shape"][0],
+                    out_channels=attrs[-1]["out_shape"][0], connections=connections, **common))
+            case _:
+                assert_never(stage)
+    return tuple(result)
+
+
+def _final_map(g: Graph) -> str:
+    """The node whose output enters the head (or the network's output when there is none)."""
+    for n, a in g.nodes(data=True):
+        if a["stage"] == "head" and n != "output":
+            return next(iter(g.pred[n]))
+    return next(iter(g.pred["output"]))
+
+
+def _receptive_fields(g: Graph) -> tuple[dict[str, int], dict[str, int]]:
+    """Receptive field and cumulative stride of every node, along the deepest path.
+
+    r_out = r_in + (k − 1)·j_in and j_out = j_in·s for ops that slide a window (convs and
+    pools); a concat takes the largest field among its inputs (they share one stride). Each axis
+    has its own field and stride (`kernel=1x7`); the figures are the largest over the axes, which
+    for square windows is every axis' own.
+    """
+    rf: dict[str, tuple[int, ...]] = {}
+    jump: dict[str, tuple[int, ...]] = {}
+    r_axes = max(len(g.graph.get("input_shape", (0, 0))) - 1, 1)
+    ones = (1,) * r_axes
+    pred = graph_.predecessors(g)
+    for n, a in g.nodes(data=True):
+        preds = pred[n]
+        if not preds:
+            rf[n] = jump[n] = ones
+            continue
+        first = next(iter(preds))
+        r = rf[first] if len(preds) == 1 else tuple(map(max, zip(*map(rf.__getitem__, preds))))
+        j = jump[first]
+        window = kind_of(a["kind"]).window(a)
+        if window is not None and (window[0] != 1 or window[1] != 1):  # a 1x1 window, stride 1, changes neither
+            kernel, stride, _ = (lowering.per_axis(v, r_axes) for v in window)
+            r = tuple(x + (k - 1) * step for x, k, step in zip(r, kernel, j))
+            j = tuple(step * s for step, s in zip(j, stride))
+        rf[n], jump[n] = r, j
+    return dict(zip(rf, map(max, rf.values()))), dict(zip(jump, map(max, jump.values())))
+
+
+def _state_dict_entries(g: Graph) -> int:
+    """Tensors in the compiled model's state_dict, as the op table counts them per op."""
+    return sum(kind_of(a["kind"]).state_entries(a) for _, a in g.nodes(data=True))
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def _storages(g: Graph, *, training: bool, efficient: bool = False,
+              blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
+    """Which allocation holds each node's output, as the op table states each kind's storage:
+    ReLU runs in place (torchvision's inplace=True) unless its input is the caller's or is read
+    elsewhere, flatten is a view, feature nodes and the output name tensors made elsewhere, and
+    dropout is the identity outside training."""
+    storage: dict[str, str] = {}
+    # In standard mode the shared-buffer path keeps what the plain one keeps (each layer's staged
+    # concatenation and BN-ReLU output), so only efficient mode's model reads the features as
+    # slices of the block's buffer
+    shared = _shared_features(g, blocks) if training and efficient else {}
+    for n, a in g.nodes(data=True):
+        if n in shared:  # copied into its block's buffer, the block's output
+            storage[n] = shared[n]
+            continue
+        rule = kind_of(a["kind"]).storage_of(a)
+        preds = g.pred[n]
+        alias = rule == "view" or (rule == "identity_in_eval" and not training)
+        if rule == "in_place":
+            p = next(iter(preds))
+            alias = not kind_of(g.nodes[p]["kind"]).borrowed and len(g.succ[p]) == 1
+        storage[n] = storage[next(iter(preds))] if alias and preds else n
+    return storage
+
+
+def _layer_of(node: str) -> str | None:
+    """`denseblock2.denselayer5` for any op of that layer, else None."""
+    parts = node.split(".")
+    return ".".join(parts[:2]) if len(parts) == 3 and parts[1].startswith("denselayer") else None
+
+
+def _entry(g: Graph, concat: str) -> list[str] | None:
+    """A layer's concat → norm → relu → conv, if it starts so: what the compiler's shared-storage
+    Function runs (`concat.py`), else None."""
+    chain = [concat]
+    for kind in ("norm", "relu", "conv"):
+        succ = list(g.succ[chain[-1]])
+        if len(succ) != 1 or g.nodes[succ[0]]["kind"] != kind:
+            return None
+        chain.append(succ[0])
+    return chain
+
+
+def _shared_blocks(g: Graph) -> dict[str, dict[str, list[str]]]:
+    """Blocks the compiler trains through one shared buffer (every layer starts with an entry),
+    each with its layers' entries: {block: {layer: [concat, norm, relu, conv]}}."""
+    blocks: dict[str, dict[str, list[str] | None]] = {}
+    for n, a in g.nodes(data=True):
+        layer = _layer_of(n)
+        if layer is not None and a["kind"] == "concat":
+            blocks.setdefault(layer.split(".")[0], {})[layer] = _entry(g, n)
+    return {b: layers for b, layers in blocks.items() if all(e is not None for e in layers.values())}
+
+
+def _shared_features(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
+    """Feature node → its block's output node, in shared-buffer blocks: x0 … xL live in the
+    block's output from the start (the layers' own outputs are copied in and freed)."""
+    out: dict[str, str] = {}
+    for block in _shared_blocks(g) if blocks is None else blocks:
+        for v in g.pred[f"{block}.out"]:
+            if g.nodes[v]["kind"] == "feature":
+                out[v] = f"{block}.out"
+    return out
+
+
+def _recomputed(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, list[str]]:
+    """The regions memory-efficient mode recomputes in backward, in graph order: in a shared-
+    buffer block each layer's entry (concat, BN, ReLU, and the conv whose input they make: the
+    Function keeps the conv's output only); elsewhere every dense layer whole, from its concat to
+    its last op (the compiler checkpoints `DenseLayer._layer`)."""
+    blocks = _shared_blocks(g) if blocks is None else blocks
+    shared = {layer: entry for layers in blocks.values() for layer, entry in layers.items()}
+    regions: dict[str, list[str]] = {}
+    for n in g.nodes:
+        layer = _layer_of(n)
+        if layer is not None and (layer not in shared or n in shared[layer]):
+            regions.setdefault(layer, []).append(n)
+    return regions
+
+
+def _memory_model(g: Graph, mode: str) -> _MemoryModel:
+    if mode == "inference":
+        return _inference_memory(g)
+    return _training_memory(g, efficient=mode == "efficient")
+
+
+def _training_memory(g: Graph, *, efficient: bool) -> _MemoryModel:
+    """What autograd keeps for backward: each op's saved tensors, distinct storages counted once.
+
+    The op table says what each kind saves (conv, BN, pooling and linear their input; ReLU its
+    output; dropout its mask; max pooling its indices; BN its per-channel statistics). In
+    efficient mode a dense layer keeps only its inputs (the block's feature maps) and its conv
+    outputs; its concat, BN and ReLU outputs and dropout masks are recomputed, so backward needs
+    the largest layer's recomputed tensors once more, at a time.
+    """
+    blocks = _shared_blocks(g) if efficient else None  # found once, read by both walks below
+    storage = _storages(g, training=True, efficient=efficient, blocks=blocks)
+    regions = _recomputed(g, blocks) if efficient else {}
+    region = {n for nodes in regions.values() for n in nodes}
+    saved: set[str] = set()
+    mask_bytes = fixed = 0
+    for n, a in g.nodes(data=True):
+        spec = kind_of(a["kind"])
+        fixed += spec.fixed_bytes(a)
+        keeps = spec.saves_recomputed if n in region else spec.saves
+        if keeps == "inputs":
+            saved.update(storage[p] for p in g.pred[n])
+        elif keeps == "input":
+            saved.add(storage[next(iter(g.pred[n]))])
+        elif keeps == "output":
+            saved.add(storage[n])
+        if n not in region:
+            mask_bytes += spec.saved_bytes(a)
+    elements = sum(numel(g.nodes[s]["out_shape"]) for s in saved)
+    if efficient:
+        elements += max((_region_elements(g, nodes, storage, saved) for nodes in regions.values()),
+                        default=0)
+    return _MemoryModel(elements, mask_bytes, fixed)
+
+
+def _region_elements(g: Graph, nodes: list[str], storage: dict[str, str], saved: set[str]) -> int:
+    """Elements a recomputed layer allocates again when backward replays it."""
+    fresh = {storage[n] for n in nodes if storage[n] == n and n not in saved}
+    return sum(numel(g.nodes[s]["out_shape"]) for s in fresh)
+
+
+def _inference_memory(g: Graph) -> _MemoryModel:
+    """Peak of live tensors in a forward pass without autograd, ops run in graph order.
+
+    A tensor lives from the op that makes it until its last reader has run (a block's feature
+    maps until the block's final concat). The input counts: it is on the device too.
+    """
+    storage = _storages(g, training=False)
+    order = {n: i for i, n in enumerate(g.nodes)}
+    last_use: dict[str, int] = {}
+    for n in g.nodes:
+        s = storage[n]
+        end = max((order[v] for v in g.succ[n]), default=order[n])
+        last_use[s] = max(last_use.get(s, 0), end)
+    frees: dict[int, list[str]] = {}
+    for s, i in last_use.items():
+        frees.setdefault(i, []).append(s)
+    live = peak = 0
+    for n, a in g.nodes(data=True):
+        if storage[n] == n:
+            live += numel(a["out_shape"])
+        peak = max(peak, live)
+        for s in frees.get(order[n], ()):
+            live -= numel(g.nodes[s]["out_shape"])
+    # Max pooling makes no indices without autograd, and dropout is the identity: no masks.
+    return _MemoryModel(peak, 0, 0)

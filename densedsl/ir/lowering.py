@@ -1,0 +1,406 @@
+"""The op lists every stage lowers to, and the sizes and totals computed from them.
+
+Per-op figures live in the op table (`ops.py`); this module decides *which* ops a stem, a dense
+layer, a transition and a head lower to, in execution order. Everything is integer arithmetic on
+plain values (no graph, no torch), so the same functions serve every caller: `lower` gives the
+lowered network that `graph` turns into nodes and `modules`/`export` into torch modules;
+`analysis` predicts totals from a `Network` before building any graph (to refuse absurd specs in
+microseconds), and the minimum-input-size search evaluates the size chain thousands of times.
+
+Conventions (docs/graph.md, docs/analysis.md):
+- params count BN's affine weight and bias; buffers count BN's running mean and var;
+- MACs: conv `Cout·(Cin/groups)·∏kernel·∏out`, linear `in·out`; BN, ReLU, pooling, concat
+  and dropout cost 0, as in torch.utils.flop_counter (which counts FLOPs = 2·MACs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Iterator, Union, assert_never
+
+from ..language import network as n
+from ..language.network import DenseBlock, Head, Network, Stem, Transition
+from .ops import (Activation, Axes, Conv, Dropout, Flatten, GroupNorm, Linear, Norm, Op, Pool, ReLU, Shape,
+                  dims_text, numel, per_axis, window_out)
+
+__all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
+           "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
+
+DTYPE_BYTES: dict[str, int] = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
+    "double": 8, "float": 4, "half": 2,
+}
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(sorted(DTYPE_BYTES))}") from None
+
+
+# --- sizes -------------------------------------------------------------------------------------
+
+def drops_input(size: int, kernel: int, stride: int, padding: int) -> bool:
+    """True when the last real row (not padding) is covered by no window.
+
+    Windows cover padded positions [i·s, i·s + k) for i < out; the data sits at [p, p + size).
+    A stride-2 conv that skips only a padding row (DenseNet's 7x7 stem at 224) drops nothing.
+    """
+    out = window_out(size, kernel, stride, padding)
+    return out >= 1 and (out - 1) * stride + kernel < padding + size
+
+
+def transition_channels(m: int, t: Transition) -> int:
+    """Channels a transition emits from m: its explicit count, or ⌊θ·m⌋ in exact arithmetic."""
+    if t.channels is not None:
+        return t.channels
+    assert t.compression is not None
+    return int(Fraction(t.compression) * m // 1)
+
+
+def block_out_channels(k0: int, block: DenseBlock) -> int:
+    return k0 + block.growth * block.layers
+
+
+def layer_in_channels(k0: int, block: DenseBlock, layer: int) -> int:
+    """Channels entering layer ℓ (1-based): k0 + k·(ℓ−1)."""
+    return k0 + block.growth * (layer - 1)
+
+
+def _at(shape: Shape, channels: int) -> Shape:
+    return (channels, *shape[1:])
+
+
+# --- op lists ----------------------------------------------------------------------------------
+
+def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
+    """The stem's ops with the network op that caused each (for its span).
+
+    Ids count ops of one kind (conv0 norm0 relu0 pool0, then conv1 ...), torchvision's names.
+    """
+    counts: dict[str, int] = {}
+
+    def name(prefix: str) -> str:
+        i = counts.get(prefix, 0)
+        counts[prefix] = i + 1
+        return f"{prefix}{i}"
+
+    for op in stem.ops:
+        out: Op
+        match op:
+            case n.Conv():
+                nm = name("conv")
+                out = Conv.make(nm, shape, op.out_channels, op.kernel, op.stride, op.padding, op.bias,
+                                f"features.{nm}")
+            case n.Norm():
+                nm = name("norm")
+                out = Norm.make(nm, shape, f"features.{nm}")
+            case n.ReLU():
+                out = ReLU.make(name("relu"), shape)
+            case n.Pool():
+                out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding)
+            case n.Dropout():
+                out = Dropout.make(name("drop"), shape, op.rate)
+            case n.Linear():
+                nm = name("linear")
+                out = Linear.make(nm, shape, op.out_features, f"features.{nm}", op.bias)
+            case _:
+                assert_never(op)
+        yield out, op
+        shape = out.out_shape
+
+
+def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, ...]:
+    """The ops of one dense layer after its concatenation, in execution order; `shape` is the
+    concatenated input's.
+
+    Pre-activation runs BN-ReLU-Conv per conv, post-activation Conv-BN-ReLU; dropout ends each
+    unit. With a bottleneck the `…1` ops are the 1x1 conv to bottleneck·k channels and the `…2`
+    ops the 3x3 conv to k; without one, the layer has only the `…1` ops with the 3x3 conv.
+    A block of linear layers (an MLP's) has the same recipe with `linear{i}` for `conv{i}`.
+    """
+    k = block.growth
+    half = tuple(x // 2 for x in block.kernel) if isinstance(block.kernel, tuple) else block.kernel // 2
+    grow = (k, block.kernel, half, block.groups)  # the growth conv keeps the size
+    convs = [(block.bottleneck * k, 1, 0, 1), grow] if block.bottleneck else [grow]
+    ops: list[Op] = []
+    prefix = f"{module}." if module else ""
+    for i, (cout, kernel, padding, groups) in enumerate(convs, start=1):
+        conv = _unit(block, i, shape, cout, kernel, padding, groups, prefix)
+        # With no norm a ReLU reads what the norm would have copied, so it must not write in
+        # place: relu1 (pre) reads the concatenation, which in layer 1 is the block's input that
+        # every later layer reads; a ReLU after a conv would overwrite the conv output that
+        # memory-efficient mode keeps for backward (torch refuses a mutated checkpointed tensor).
+        inplace = block.norm != "none"
+        if block.order == "pre":
+            ops += [*_norm(block, i, shape, prefix), *_activation(block, i, shape, inplace), conv]
+        else:
+            ops += [conv, *_norm(block, i, conv.out_shape, prefix),
+                    *_activation(block, i, conv.out_shape, inplace)]
+        shape = conv.out_shape
+        if block.dropout > 0:
+            ops.append(Dropout.make(f"drop{i}", shape, block.dropout))
+    return tuple(ops)
+
+
+def _norm(block: DenseBlock, i: int, shape: Shape, prefix: str) -> tuple[Op, ...]:
+    """`norm{i}` as the block's `norm` says (BN by default, torchvision's names), or no op."""
+    name, module = f"norm{i}", f"{prefix}norm{i}"
+    match block.norm:
+        case "batch":
+            return (Norm.make(name, shape, module),)
+        case "none":
+            return ()
+        case "group" | "instance" | "layer" as style:
+            groups = {"group": block.norm_groups, "instance": shape[0], "layer": 1}[style]
+            return (GroupNorm.make(name, shape, module, style, groups),)
+        case _:
+            assert_never(block.norm)
+
+
+def _unit(block: DenseBlock, i: int, shape: Shape, cout: int, kernel: int, padding: int, groups: int,
+          prefix: str) -> Op:
+    """The layer's i-th weighted op: `conv{i}` on maps, `linear{i}` (fully connected, to the same
+    width) in a block of linear layers, whose input is a vector (an MLP)."""
+    if block.kind == "linear":
+        return Linear.make(f"linear{i}", shape, cout, f"{prefix}linear{i}", block.bias)
+    return Conv.make(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}", groups)
+
+
+def _activation(block: DenseBlock, i: int, shape: Shape, inplace: bool = True) -> tuple[Op, ...]:
+    """`relu{i}` (torchvision's name and in-place ReLU), `act{i}` for another activation, or no
+    op for `activation=none`."""
+    return _activation_op(block.activation, f"{i}", shape, inplace)
+
+
+def _activation_op(fn: str, suffix: str, shape: Shape, inplace: bool = True) -> tuple[Op, ...]:
+    if fn == "none":
+        return ()
+    if fn == "relu":
+        return (ReLU.make(f"relu{suffix}", shape, inplace),)
+    return (Activation.make(f"act{suffix}", shape, fn),)
+
+
+def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
+    """BN-ReLU-Conv1x1-(Dropout)-(Pool); on a vector (an MLP) BN-ReLU-Linear-(Dropout), the
+    linear projection to ⌊θ·m⌋ features."""
+    cout = transition_channels(shape[0], t)
+    prefix = f"{module}." if module else ""
+    project = (Linear.make("linear", shape, cout, f"{prefix}linear", t.bias) if len(shape) == 1
+               else Conv.make("conv", shape, cout, 1, t.stride, 0, t.bias, f"{prefix}conv"))
+    ops = [Norm.make("norm", shape, f"{prefix}norm"), ReLU.make("relu", shape), project]
+    mid = ops[-1].out_shape
+    if t.dropout > 0:
+        ops.append(Dropout.make("drop", mid, t.dropout))
+    if t.pool is not None:
+        ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
+    return tuple(ops)
+
+
+# torchvision's `DenseNet` names the final norm `norm5` whatever the number of blocks (its
+# 3-block CIFAR models included), so their weights load.
+HEAD_NORM = "features.norm5"
+
+
+def head_ops(head: Head, shape: Shape) -> tuple[Op, ...]:
+    """(BN-ReLU) → pool → flatten → (dropout) → Linear; a vector (an MLP's) is not pooled."""
+    ops: list[Op] = []
+    if head.norm:
+        ops += [Norm.make("norm", shape, HEAD_NORM), ReLU.make("relu", shape)]
+    if len(shape) > 1:
+        if head.window is None:
+            pool = Pool.make_global("pool", shape, head.pool)
+        else:
+            kernel, stride = head.window
+            pool = Pool.make("pool", shape, head.pool, kernel, stride, 0)
+        flat = Flatten.make("flatten", pool.out_shape)
+        ops += [pool, flat]
+        shape = flat.out_shape
+    if head.dropout > 0:
+        ops.append(Dropout.make("drop", shape, head.dropout))
+    for j, width in enumerate(head.hidden, start=1):
+        # hidden layers live in the model's `pre_logits` (timm's name for what precedes the
+        # classifier), so `classifier` stays torchvision's single Linear
+        fc = Linear.make(f"fc{j}", shape, width, f"pre_logits.fc{j}")
+        shape = fc.out_shape
+        ops += [fc, *_activation_op(head.activation, f"{j}", shape)]
+        if head.dropout > 0:
+            ops.append(Dropout.make(f"drop{j}", shape, head.dropout))
+    ops.append(Linear.make("linear", shape, head.classes, "classifier"))
+    return tuple(ops)
+
+
+# --- the lowered network -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LoweredStem:
+    ops: tuple[Op, ...]
+    spans: tuple[Any, ...]      # the span of the network op behind each op
+    source: Stem
+    name = "stem"
+
+    @property
+    def tap(self) -> int | None:
+        """Index of the op whose output is the stem's feature tap, or None without one.
+
+        timm taps DenseNet's stem before its max pool (norm0 with the ReLU, reduction 2): here
+        the last op before the stem's trailing pools and dropouts, so a stem without a pool is
+        tapped at its output, and an empty stem, or one of pools only, has no tap.
+        """
+        i = len(self.ops)
+        while i and self.ops[i - 1].kind in ("pool", "dropout"):
+            i -= 1
+        return i - 1 if i else None
+
+
+@dataclass(frozen=True, slots=True)
+class LoweredBlock:
+    layers: tuple[tuple[Op, ...], ...]   # each dense layer's ops after its concatenation
+    in_shape: Shape
+    out_shape: Shape
+    source: DenseBlock
+
+    @property
+    def name(self) -> str:
+        return f"denseblock{self.source.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoweredTransition:
+    ops: tuple[Op, ...]
+    source: Transition
+
+    @property
+    def name(self) -> str:
+        return f"transition{self.source.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoweredHead:
+    ops: tuple[Op, ...]
+    source: Head
+    name = "head"
+
+
+Lowered = Union[LoweredStem, LoweredBlock, LoweredTransition, LoweredHead]
+
+
+def lower_block(block: DenseBlock, shape: Shape) -> LoweredBlock:
+    name = f"features.denseblock{block.index}"
+    layers = tuple(layer_ops(block, _at(shape, layer_in_channels(shape[0], block, layer)),
+                             f"{name}.denselayer{layer}")
+                   for layer in range(1, block.layers + 1))
+    return LoweredBlock(layers, shape, _at(shape, block_out_channels(shape[0], block)), block)
+
+
+def lower(network: Network) -> tuple[Lowered, ...]:
+    """The network as op lists, stage by stage: what the graph, the model and the `.py` export
+    are all built from. Call after `graph.check` (channel counts must be valid)."""
+    shape: Shape = tuple(network.input)
+    stem = list(stem_ops(network.stem, shape))
+    result: list[Lowered] = [LoweredStem(tuple(op for op, _ in stem),
+                                         tuple(src.span for _, src in stem), network.stem)]
+    if stem:
+        shape = stem[-1][0].out_shape
+    for stage in network.stages:
+        match stage:
+            case DenseBlock():
+                block = lower_block(stage, shape)
+                result.append(block)
+                shape = block.out_shape
+            case Transition():
+                transition = LoweredTransition(
+                    transition_ops(stage, shape, f"features.transition{stage.index}"), stage)
+                result.append(transition)
+                shape = transition.ops[-1].out_shape
+            case _:
+                assert_never(stage)
+    if network.head is not None:
+        result.append(LoweredHead(head_ops(network.head, shape), network.head))
+    return tuple(result)
+
+
+# --- closed-form block totals --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BlockTotals:
+    params: int
+    buffers: int
+    macs: int
+    ops: int          # op nodes per layer (norm, relu, conv, dropout), without concat and x_ℓ
+
+
+def block_totals(block: DenseBlock, shape: Shape) -> BlockTotals:
+    """Totals over a block's layers in O(1), whatever its depth; `shape` is the block input's.
+
+    A layer's params, buffers and MACs are affine in its input channels, and those grow by k per
+    layer, so the totals are L·f(1) + (f(2) − f(1))·L(L−1)/2 with f(ℓ) read off `layer_ops` of the
+    first two layers: the same functions the graph uses, so prediction and graph cannot drift.
+    """
+    big_l = block.layers
+    first = layer_ops(block, shape, None)
+    second = layer_ops(block, _at(shape, shape[0] + block.growth), None)
+    pairs = big_l * (big_l - 1) // 2
+
+    def total(attr: str) -> int:
+        f1 = sum(getattr(o, attr) for o in first)
+        f2 = sum(getattr(o, attr) for o in second)
+        return big_l * f1 + (f2 - f1) * pairs
+
+    return BlockTotals(total("params"), total("buffers"), total("macs"), len(first))
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What the graph will hold, computed from the Network alone (no graph)."""
+
+    params: int
+    nodes: int
+    connections: int
+    largest_block: tuple[int, int] | None  # (block index, layers) of the deepest block
+
+
+def predict(network: Network, *, node_limit: int | None = None) -> Prediction:
+    """Params, node and dense-edge counts without building the graph, O(number of stages).
+
+    Spatial sizes do not affect params, so maps are taken as 1x1 here (costs stay finite even
+    for absurd inputs). Stops early once `node_limit` is passed: a refused spec costs nothing.
+    Assumes channel counts are valid (callers check E201 first).
+    """
+    params, nodes, connections = 0, 2, 0
+    ones = (1,) * (len(network.input) - 1)
+    shape: Shape = (network.input[0], *ones)
+    for op, _ in stem_ops(network.stem, shape):
+        params += op.params
+        nodes += 1
+        shape = op.out_shape
+    c = shape[0]
+    largest: tuple[int, int] | None = None
+    for stage in network.stages:
+        match stage:
+            case DenseBlock():
+                t = block_totals(stage, (c, *ones))
+                params += t.params
+                big_l = stage.layers
+                nodes += 2 + big_l * (2 + t.ops)  # x0, out; per layer concat, x_ℓ and its ops
+                connections += big_l * (big_l + 1) // 2
+                if largest is None or big_l > largest[1]:
+                    largest = (stage.index, big_l)
+                c = block_out_channels(c, stage)
+            case Transition():
+                ops = transition_ops(stage, (c, *(2 for _ in ones)), None)
+                params += sum(o.params for o in ops)
+                nodes += len(ops)
+                c = ops[-1].out_shape[0]
+            case _:
+                assert_never(stage)
+        if node_limit is not None and nodes > node_limit:
+            break
+    if network.head is not None:
+        # The classifier's width depends on the map size only with a fixed window; the real
+        # figure comes from the graph, this bound only guards resources.
+        params += sum(o.params for o in head_ops(network.head, (c, *ones)))
+        nodes += 6
+    return Prediction(params, nodes, connections, largest)

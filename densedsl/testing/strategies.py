@@ -1,0 +1,428 @@
+"""Hypothesis strategies for densedsl, public so users can property-test their own tools.
+
+    from hypothesis import given
+    from densedsl.testing.strategies import networks, spec_texts, assert_dense_invariants
+
+    @given(networks(max_blocks=2, bottleneck=True))
+    def test_mine(network): ...
+
+`networks()` draws valid `Network`s (analyse without errors; warnings such as W204 may occur),
+`spec_texts()` the same networks written as spec text, `spec_text(network)` writes one, and
+`family_text(network)` writes one with list parameters and a `for … between` loop, and
+`assert_dense_invariants(analysis)` checks the paper's counting rules on an analysis graph.
+Knobs are keyword-only; related draws sit next to each other and the simplest choice comes
+first, so failures shrink to small networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+import math
+import typing
+from typing import assert_never
+
+from hypothesis import strategies as st
+
+from ..ir import lowering
+from ..analysis import graph as graph_
+from ..analysis.figures import Analysis
+from ..language.network import (ActivationFn, Conv, DenseBlock, Dropout, Head, Linear, Network, Norm, Pool, ReLU, Stage, Stem,
+                      StemOp, Transition)
+
+# Finite decimals, so the text form is exact; ≥ 1/2 keeps ⌊θ·m⌋ ≥ 1 for any block output m ≥ 2.
+_COMPRESSIONS = (Fraction(1, 2), Fraction(1), Fraction(3, 4))
+_RATES = (0.0, 0.2, 0.5)
+_ACTIVATIONS = typing.get_args(ActivationFn)  # relu first: failures shrink to the paper's
+_VECTOR_NORMS = ("batch", "layer", "none")      # what an MLP's dense layers take
+_MAP_NORMS = ("batch", "group", "instance", "layer", "none")  # a conv layer's; batch first (the paper's)
+
+
+def _axes(draw, choices: tuple[int, ...], rank: int, per_axis: bool):
+    """One number for every axis, or (sometimes, rank ≥ 2, `per_axis`) one per axis: `1x7`;
+    equal numbers collapse, as the resolver does."""
+    if per_axis and rank >= 2 and draw(st.booleans()):
+        values = tuple(draw(st.sampled_from(choices)) for _ in range(rank))
+        return values if len(set(values)) > 1 else values[0]
+    return draw(st.sampled_from(choices))
+
+
+@st.composite
+def _paddings(draw, kernel, rank: int):
+    """A padding of at most kernel//2 along each axis (PyTorch's pooling bound)."""
+    if isinstance(kernel, tuple):
+        values = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+        return values if len(set(values)) > 1 else values[0]
+    return draw(st.integers(0, kernel // 2))
+
+
+@st.composite
+def _stem(draw, rank: int = 2, per_axis: bool = False) -> Stem:
+    if not draw(st.booleans()):
+        return Stem()
+    ops: list = []
+    kernel = _axes(draw, (3, 1, 5, 7), rank, per_axis)
+    ops.append(Conv(out_channels=draw(st.integers(1, 32)), kernel=kernel,
+                    stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(kernel, rank)),
+                    bias=draw(st.booleans())))
+    if draw(st.booleans()):
+        ops += [Norm(), ReLU()]
+    if draw(st.booleans()):
+        k = _axes(draw, (2, 3), rank, per_axis)
+        ops.append(Pool(mode=draw(st.sampled_from(("max", "avg"))), kernel=k,
+                        stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(k, rank))))
+    if draw(st.booleans()):
+        ops.append(Dropout(rate=draw(st.sampled_from(_RATES[1:]))))
+    return Stem(ops=tuple(ops))
+
+
+@st.composite
+def _vector_stem(draw) -> Stem:
+    """An MLP's stem: linear (norm relu) (dropout), or nothing."""
+    if not draw(st.booleans()):
+        return Stem()
+    ops: list = [Linear(out_features=draw(st.integers(1, 32)), bias=draw(st.booleans().map(lambda b: not b)))]
+    if draw(st.booleans()):
+        ops += [Norm(), ReLU()] if draw(st.booleans()) else [ReLU()]
+    if draw(st.booleans()):
+        ops.append(Dropout(rate=draw(st.sampled_from(_RATES[1:]))))
+    return Stem(ops=tuple(ops))
+
+
+@st.composite
+def _linear_block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
+                  growth: tuple[int, int]) -> DenseBlock:
+    """A dense block of linear layers (an MLP's): no kernel or groups; norm batch, layer or none."""
+    use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
+    return DenseBlock(
+        index=index, layers=draw(st.integers(1, max_layers)), growth=draw(st.integers(*growth)),
+        bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None, kind="linear",
+        dropout=draw(st.sampled_from(_RATES)), bias=draw(st.booleans().map(lambda b: not b)),
+        activation=draw(st.sampled_from(_ACTIVATIONS)), norm=draw(st.sampled_from(_VECTOR_NORMS)),
+        order=draw(st.sampled_from(("pre", "post"))))
+
+
+@st.composite
+def _vector_transition(draw, index: int) -> Transition:
+    """BN-ReLU-Linear: a projection to ⌊θ·m⌋ (or N) features, no pool."""
+    if draw(st.booleans()):
+        compression, channels = draw(st.sampled_from(_COMPRESSIONS)), None
+    else:
+        compression, channels = None, draw(st.integers(1, 32))
+    return Transition(index=index, compression=compression, channels=channels, bias=draw(st.booleans()),
+                      dropout=draw(st.sampled_from(_RATES)), pool=None)
+
+
+@st.composite
+def _head(draw, *, vector: bool, rank: int = 2, per_axis: bool = False) -> Head:
+    """A head; one output is a regression (the resolver's rule), more may be either task."""
+    classes = draw(st.integers(1, 10))
+    task = "regression" if classes == 1 else draw(st.sampled_from(("classification", "regression")))
+    window = None if vector or not draw(st.booleans()) else (  # shrinks to a global pool
+        _axes(draw, (2, 1), rank, per_axis), _axes(draw, (2, 1), rank, per_axis))
+    return Head(classes=classes, norm=draw(st.booleans().map(lambda b: not b)),
+                pool="avg" if vector else draw(st.sampled_from(("avg", "max"))), window=window,
+                dropout=draw(st.sampled_from(_RATES)),
+                hidden=tuple(draw(st.lists(st.integers(1, 16), max_size=2))),
+                activation=draw(st.sampled_from(_ACTIVATIONS)), task=task)
+
+
+@st.composite
+def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
+           growth: tuple[int, int], rank: int = 2, per_axis: bool = False) -> DenseBlock:
+    use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
+    k = draw(st.integers(*growth))
+    return DenseBlock(
+        index=index, layers=draw(st.integers(1, max_layers)), growth=k,
+        bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None,
+        dropout=draw(st.sampled_from(_RATES)), bias=draw(st.booleans()),
+        activation=draw(st.sampled_from(_ACTIVATIONS)), kernel=_axes(draw, (3, 1, 5), rank, per_axis),
+        # groups divide the growth, hence the bottleneck's width; without one the input varies
+        groups=draw(st.sampled_from([g for g in range(1, 5) if k % g == 0])) if use_bottleneck else 1,
+        order=draw(st.sampled_from(("pre", "post"))),
+        # group norm's count depends on the channels entering the block: `_fit_norm_groups` picks it
+        norm=draw(st.sampled_from(_MAP_NORMS)))
+
+
+@st.composite
+def _fit_norm_groups(draw, stages: list, channels: int, stem: Stem) -> list:
+    """Each `norm=group` block gets a group count dividing every width its layers normalise (the
+    layer input grows by the growth rate; the first two layers' widths fix every later one's)."""
+    c = next((op.out_channels for op in reversed(stem.ops) if isinstance(op, Conv)), channels)
+    out = []
+    for stage in stages:
+        if isinstance(stage, DenseBlock):
+            if stage.norm == "group":
+                widths = [op.in_shape[0] for ell in range(1, min(stage.layers, 2) + 1)
+                          for op in lowering.layer_ops(stage, (lowering.layer_in_channels(c, stage, ell), 1), None)
+                          if op.kind == "groupnorm"]
+                common = math.gcd(*widths)
+                stage = replace(stage, norm_groups=draw(st.sampled_from(
+                    [g for g in range(min(common, 8), 0, -1) if common % g == 0])))
+            c = lowering.block_out_channels(c, stage)
+        else:
+            c = lowering.transition_channels(c, stage)
+        out.append(stage)
+    return out
+
+
+@st.composite
+def _transition(draw, index: int, rank: int = 2, per_axis: bool = False) -> Transition:
+    if draw(st.booleans()):
+        compression, channels = draw(st.sampled_from(_COMPRESSIONS)), None
+    else:
+        compression, channels = None, draw(st.integers(1, 32))
+    kernel = _axes(draw, (2, 3), rank, per_axis)
+    pool = Pool(mode=draw(st.sampled_from(("avg", "max"))), kernel=kernel,
+                stride=_axes(draw, (2, 1), rank, per_axis), padding=draw(_paddings(kernel, rank)))
+    # pool=none: the 1x1 conv downsamples (stride 2) or keeps the size
+    pooled = draw(st.booleans().map(lambda b: not b))
+    return Transition(index=index, compression=compression, channels=channels,
+                      bias=draw(st.booleans()), dropout=draw(st.sampled_from(_RATES)),
+                      pool=pool if pooled else None, stride=1 if pooled else _axes(draw, (2, 1), rank, per_axis))
+
+
+@st.composite
+def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool | None = None,
+             growth: tuple[int, int] = (1, 16), input_sizes: tuple[int, int] = (1, 48),
+             input_channels: tuple[int, int] = (1, 4), head: bool | None = None,
+             ranks: tuple[int, ...] = (2,), same_transitions: bool = False, per_axis: bool = True) -> Network:
+    """A valid Network: blocks separated by transitions, maps never below 1x1.
+
+    `bottleneck` True/False forces bottleneck layers on/off (None: either); `input_sizes` bounds
+    the input side (the same along every axis), raised where needed to the network's minimum
+    input size; `head` True/False forces a head (None: usually one); `ranks` lists the input
+    ranks to draw from (0: feature vectors F, i.e. MLPs of linear layers with `input_channels`
+    bounding F; 1: signals CxL, 2: images CxHxW, 3: volumes CxDxHxW; a volume's side is
+    bounded by input_sizes' upper bound to the power 2/3, so it holds about as many values).
+    `same_transitions` makes every transition the same (as `family_text` writes them);
+    `per_axis` lets windows differ between axes (`kernel=1x7`; lists cannot hold those, so
+    `family_texts` turns it off).
+    """
+    rank = draw(st.sampled_from(ranks))
+    if rank == 0:
+        return draw(_mlp(max_blocks=max_blocks, max_layers=max_layers, bottleneck=bottleneck, growth=growth,
+                         input_channels=input_channels, head=head, same_transitions=same_transitions))
+    stem = draw(_stem(rank, per_axis))
+    stages: list = []
+    blocks = draw(st.integers(1, max_blocks))
+    first = draw(_transition(1, rank, per_axis)) if same_transitions and blocks > 1 else None
+    for i in range(1, blocks + 1):
+        if i > 1:
+            stages.append(replace(first, index=i - 1) if first else draw(_transition(i - 1, rank, per_axis)))
+        stages.append(draw(_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth,
+                                  rank=rank, per_axis=per_axis)))
+    with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
+    net_head = None
+    if with_head:
+        net_head = draw(_head(vector=False, rank=rank, per_axis=per_axis))
+    channels = draw(st.integers(*input_channels))
+    stages = draw(_fit_norm_groups(stages, channels, stem))
+    probe = Network(name="n", input=(channels,) + (1,) * rank, stem=stem, stages=tuple(stages),
+                    head=net_head)
+    least = graph_.min_input_size(graph_.spatial_plan(probe), rank=rank)
+    lo, hi = input_sizes
+    if rank == 3:
+        hi = max(lo, round(hi ** (2 / 3)))
+    side = draw(st.integers(max(lo, least), max(hi, least)))
+    name = draw(st.sampled_from(("n", "net", "densenet_x")))
+    return Network(name=name, input=(channels,) + (side,) * rank, stem=stem, stages=tuple(stages),
+                   head=net_head)
+
+
+@st.composite
+def _mlp(draw, *, max_blocks: int, max_layers: int, bottleneck: bool | None, growth: tuple[int, int],
+         input_channels: tuple[int, int], head: bool | None, same_transitions: bool) -> Network:
+    """A valid MLP: `input F`, a vector stem, blocks of linear layers, linear transitions."""
+    stem = draw(_vector_stem())
+    stages: list = []
+    blocks = draw(st.integers(1, max_blocks))
+    first = draw(_vector_transition(1)) if same_transitions and blocks > 1 else None
+    transitions = 0
+    for i in range(1, blocks + 1):
+        # consecutive blocks with no transition between them are an MLP's (the seeds')
+        if i > 1 and (first or draw(st.booleans())):
+            transitions += 1
+            stages.append(replace(first, index=transitions) if first else draw(_vector_transition(transitions)))
+        stages.append(draw(_linear_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth)))
+    with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
+    name = draw(st.sampled_from(("n", "mlp")))
+    return Network(name=name, input=(draw(st.integers(*input_channels)),), stem=stem, stages=tuple(stages),
+                   head=draw(_head(vector=True)) if with_head else None)
+
+
+def _ax(value) -> str:
+    """A window value as a spec writes it: `3`, or `1x7` per axis."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _bool(b: bool) -> str:
+    return "true" if b else "false"
+
+
+def _num(x) -> str:
+    if isinstance(x, Fraction):
+        return str(x.numerator) if x.denominator == 1 else f"{float(x):g}"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _stem_op_text(op: StemOp) -> str:
+    match op:
+        case Conv():
+            return (f"conv {op.out_channels} kernel={_ax(op.kernel)} stride={_ax(op.stride)} "
+                    f"padding={_ax(op.padding)} bias={_bool(op.bias)}")
+        case Pool():
+            return f"{op.mode}pool kernel={_ax(op.kernel)} stride={_ax(op.stride)} padding={_ax(op.padding)}"
+        case Dropout():
+            return f"dropout {_num(op.rate)}"
+        case Norm():
+            return "norm"
+        case ReLU():
+            return "relu"
+        case Linear():
+            return f"linear {op.out_features} bias={_bool(op.bias)}"
+        case _:
+            assert_never(op)
+
+
+def _stage_text(s: Stage, vector: bool = False) -> str:
+    match s:
+        case DenseBlock() if s.kind == "linear":
+            return (f"dense layers={s.layers} growth={s.growth} "
+                    f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
+                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
+                    f"activation={s.activation} kind=linear norm={s.norm}")
+        case Transition() if vector:
+            size = (f"compression={_num(s.compression)}" if s.channels is None
+                    else f"channels={s.channels}")
+            return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)}"
+        case DenseBlock():
+            return (f"dense layers={s.layers} growth={s.growth} "
+                    f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
+                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
+                    f"activation={s.activation} kernel={_ax(s.kernel)} groups={s.groups} norm={s.norm}"
+                    + (f" norm_groups={s.norm_groups}" if s.norm == "group" else ""))
+        case Transition():
+            size = (f"compression={_num(s.compression)}" if s.channels is None
+                    else f"channels={s.channels}")
+            pool = (f"pool={s.pool.mode} kernel={_ax(s.pool.kernel)} stride={_ax(s.pool.stride)} "
+                    f"padding={_ax(s.pool.padding)}" if s.pool else f"pool=none stride={_ax(s.stride)}")
+            return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} {pool}"
+        case _:
+            assert_never(s)
+
+
+def spec_text(network: Network) -> str:
+    """The network as spec text, every setting explicit (so no `defaults` can change it)."""
+    lines = [f"network {network.name} {{", f"    input {'x'.join(map(str, network.input))}"]
+    if network.stem.ops:
+        lines.append("    stem {")
+        lines += [f"        {_stem_op_text(op)}" for op in network.stem.ops]
+        lines.append("    }")
+    lines += [f"    {_stage_text(s, network.vector)}" for s in network.stages]
+    if network.head is not None:
+        lines.append(f"    {_head_text(network.head, network.vector)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def family_text(network: Network) -> str:
+    """The network as a family spec: every per-block setting a list parameter, one
+    `for i, n in layers { dense … } between { transition … }`, the input side a parameter.
+
+    Needs a network whose transitions are all the same (`networks(same_transitions=True)`); its
+    resolved form is `network` with these parameters.
+    """
+    blocks, transitions = network.blocks, network.transitions
+    assert len({replace(t, index=1) for t in transitions}) <= 1, "transitions differ"
+    lists = {
+        "layers": [b.layers for b in blocks],
+        "growths": [b.growth for b in blocks],
+        "bottlenecks": [b.bottleneck or "off" for b in blocks],
+        "dropouts": [_num(b.dropout) for b in blocks],
+        "biases": [_bool(b.bias) for b in blocks],
+        "orders": [b.order for b in blocks],
+        "activations": [b.activation for b in blocks],
+        "kernels": [b.kernel for b in blocks],
+        "groups": [b.groups for b in blocks],
+    }
+    # an MLP's layers take a norm, not a kernel or groups; its input width is the parameter
+    if network.vector:
+        del lists["kernels"], lists["groups"]
+    lists["norms"] = [b.norm for b in blocks]
+    grouped = all(b.norm == "group" for b in blocks)  # norm_groups beside another norm is E116
+    if grouped:
+        lists["norm_groups"] = [b.norm_groups for b in blocks]
+    side = network.input[-1]  # networks() draws the same side along every axis
+    params = ", ".join([f"{k}=[{', '.join(map(str, v))}]" for k, v in lists.items()] + [f"side={side}"])
+    shape = "side" if network.vector else " x ".join([str(network.input[0])] + ["side"] * (len(network.input) - 1))
+    lines = [f"network {network.name}({params}) {{", f"    input {shape}"]
+    if network.stem.ops:
+        lines += ["    stem {"] + [f"        {_stem_op_text(op)}" for op in network.stem.ops] + ["    }"]
+    lines += ["    for i, n in layers {",
+              "        dense layers=n growth=growths[i] bottleneck=bottlenecks[i] dropout=dropouts[i] "
+              "bias=biases[i] order=orders[i] activation=activations[i] "
+              + ("norm=norms[i]" if network.vector else "kernel=kernels[i] groups=groups[i] norm=norms[i]")
+              + (" norm_groups=norm_groups[i]" if grouped else "")]
+    if transitions:
+        lines += ["    } between {", f"        {_stage_text(transitions[0], network.vector)}"]
+    lines.append("    }")
+    if network.head is not None:
+        lines.append(f"    {_head_text(network.head, network.vector)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _head_text(hd: Head, vector: bool = False) -> str:
+    window = f" kernel={_ax(hd.window[0])} stride={_ax(hd.window[1])}" if hd.window else ""
+    pool = "" if vector else f" pool={hd.pool}{window}"  # a vector is not pooled (E210)
+    return (f"head classes={hd.classes} norm={_bool(hd.norm)}{pool} dropout={_num(hd.dropout)} "
+            f"hidden=[{', '.join(map(str, hd.hidden))}] activation={hd.activation} task={hd.task}")
+
+
+@st.composite
+def family_texts(draw, **knobs) -> tuple[Network, str]:
+    """A drawn network (with equal transitions) and its `family_text`."""
+    network = draw(networks(same_transitions=True, per_axis=False, **knobs))
+    if len({b.norm == "group" for b in network.blocks}) > 1:
+        # one loop writes norm_groups for every block or none: mixed blocks take layer norm
+        network = replace(network, stages=tuple(
+            replace(s, norm="layer", norm_groups=32) if isinstance(s, DenseBlock) and s.norm == "group" else s
+            for s in network.stages))
+    return network, family_text(network)
+
+
+@st.composite
+def spec_texts(draw, **knobs) -> str:
+    """Valid spec text: `spec_text` of a drawn network; takes the knobs of `networks()`."""
+    return spec_text(draw(networks(**knobs)))
+
+
+def assert_dense_invariants(analysis: Analysis) -> None:
+    """The paper's counting rules, checked on the graph itself (never from the formulas alone).
+
+    For every block of L layers with k0 input channels and growth k: layer ℓ's concat has
+    in-degree ℓ over dense edges from x0..x_{ℓ−1} and k0 + k(ℓ−1) channels, the block has
+    L(L+1)/2 dense edges and emits k0 + kL channels; node params add up to `analysis.params`.
+    """
+    g = analysis.graph
+    total = 0
+    for b in analysis.blocks:
+        k0, k, big_l = b.in_channels, b.growth, b.layers
+        edges = 0
+        for ell in range(1, big_l + 1):
+            concat = f"{b.name}.denselayer{ell}.concat"
+            ins = g.in_edges(concat, data="kind")
+            assert g.in_degree(concat) == ell, (concat, g.in_degree(concat))
+            assert all(kind == "dense" for _, _, kind in ins), concat
+            assert {u for u, _, _ in ins} == {f"{b.name}.x{i}" for i in range(ell)}, concat
+            assert g.nodes[concat]["out_shape"][0] == k0 + k * (ell - 1), concat
+            edges += ell
+        counted = sum(1 for _, v, kind in g.edges(data="kind")
+                      if kind == "dense" and v.startswith(f"{b.name}."))
+        assert counted == edges == big_l * (big_l + 1) // 2 == b.connections, (b.name, counted)
+        assert g.nodes[f"{b.name}.out"]["out_shape"][0] == k0 + k * big_l == b.out_channels
+        assert g.in_degree(f"{b.name}.out") == big_l + 1
+        total += counted
+    assert total == analysis.connections
+    assert sum(p for _, p in g.nodes(data="params")) == analysis.params

@@ -1,0 +1,649 @@
+"""Tabular data for `densedsl train`: CSV files and scikit-learn's diabetes set, encoded the way
+d2l's house-price chapter (Kaggle's "House Prices") does it.
+
+    --data csv:FILE --target COLUMN         a seeded 80/20 split of FILE (seed 0, fixed)
+    --data csv:TRAIN,TEST --target COLUMN   a fixed split
+    --data diabetes                         sklearn's bundled regression set (442 rows, 10 columns)
+
+The pipeline (`Pipeline`), fitted on the training split only:
+- a column is numeric when every cell that is not missing reads as a number (in both files);
+  numeric columns are standardised with the training split's mean and (sample) standard
+  deviation, and missing cells become 0 after standardising (the mean);
+- every other column is categorical: one-hot over the training split's values (sorted), plus one
+  column for "missing"; a value the training split never had encodes as all zeros;
+- the target is standardised too for regression (the network learns z-scores; losses are
+  reported on that scale, RMSE in the target's own units), or read as class labels (the training
+  split's values, sorted) for classification.
+
+Missing cells are pandas' defaults (empty, NA, N/A, NaN, NULL, None …), so a file reads as it
+does in d2l. The pipeline is a plain dict in the checkpoint (`Pipeline.record`), so `eval` and
+`compile --weights` apply exactly the transform the model was trained with.
+
+Why the standard library's `csv` and torch rather than pandas: errors must name the line and the
+column (a ragged row, a cell that is not UTF-8, an infinity), which pandas reports loosely or not
+at all (a short row is silently padded with NaN); the data sets are small; and densedsl gains no
+dependency. Files are untrusted: a size limit before reading, a limit on cells while parsing, and
+the encoded matrix's size checked before it is allocated.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..core import diagnostics as d
+from ..core.diagnostics import Diagnostic, SpecError
+from ..core.files import require_regular
+
+KINDS = ("csv", "diabetes")
+TASKS = ("classification", "regression")
+# pandas.read_csv's default missing-value strings: a file reads here as it does in d2l.
+MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                     "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0           # the seeded split is fixed, like digits': another --seed keeps the test rows
+# Cells are held as Python strings while a file is parsed (~60 bytes each): 10M cells ~ 600 MB.
+MAX_CELLS = 10_000_000
+DIABETES_TARGET = "progression"  # sklearn: "a quantitative measure of disease progression one year after baseline"
+
+
+def _fail(code: d.Code, message: str, file: str | os.PathLike | None, hint: str | None = None) -> SpecError:
+    return SpecError([Diagnostic(code, message, None, hint, file=str(file) if file is not None else "--data")])
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A CSV file's header and rows (strings, whitespace kept as written) with their line numbers."""
+
+    path: Path | None
+    header: tuple[str, ...]
+    rows: list[list[str]]
+    lines: list[int]       # the line each row starts on (1-based), for error messages
+
+    def where(self, i: int) -> str:
+        return f"line {self.lines[i]}"
+
+
+def read_csv(path: Path, what: str = "CSV file") -> Table:
+    """Read a CSV file (UTF-8, a header line, then rows of as many fields), or raise E9xx/E208."""
+    from .datasets import MAX_FILE_BYTES
+    require_regular(path, what)
+    if path.is_dir():
+        raise _fail(d.IS_DIRECTORY, f"is a directory, not a {what}", path, "pass the CSV file itself")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise _fail(d.BAD_FILE, f"the file holds {size / 2**30:.1f} GiB, more than densedsl reads "
+                            f"from one data file ({MAX_FILE_BYTES / 2**30:g} GiB)", path,
+                            "a table this large does not fit densedsl's in-memory tabular pipeline")
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise _fail(d.FILE_NOT_FOUND, f"no such {what}", path,
+                    "pass --data csv:FILE (or csv:TRAIN,TEST) with the path of a CSV file") from None
+    except OSError as e:
+        raise _fail(d.CANNOT_READ, f"cannot read the file: {e.strerror or e}", path) from None
+    if len(raw) > MAX_FILE_BYTES:  # it grew while it was read
+        raise _fail(d.BAD_FILE, "the file grew past densedsl's limit while it was read", path)
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM (Excel writes one) is not part of the first name
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise _fail(d.BAD_FILE, f"line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x})", path,
+                    "save the file as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise _fail(d.BAD_FILE, f"line {line} holds a NUL byte: this is not a text CSV file", path,
+                    "pass a CSV file (comma-separated text with a header line)")
+    return _parse(text, path)
+
+
+def _parse(text: str, path: Path | None) -> Table:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    cells = 0
+    try:
+        start = 1
+        for record in reader:
+            if not record:  # a blank line
+                start = reader.line_num + 1
+                continue
+            if header is None:
+                header = record
+                _check_header(header, path, start)
+            elif len(record) != len(header):
+                raise _fail(d.BAD_FILE, f"line {start} has {len(record)} field{'s' if len(record) != 1 else ''} "
+                            f"but the header has {len(header)}", path,
+                            "every row needs one value per column (an empty field is a missing value); "
+                            "quote values that contain commas")
+            else:
+                rows.append(record)
+                lines.append(start)
+                cells += len(record)
+                if cells > MAX_CELLS:
+                    raise _fail(d.BAD_FILE, f"the file holds more than {MAX_CELLS:,} cells, more than "
+                                "densedsl's tabular pipeline reads", path,
+                                "sample the rows, or drop columns the model does not need")
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise _fail(d.BAD_FILE, f"line {reader.line_num}: not valid CSV ({e})", path,
+                    "fields are separated by commas; a field with commas, quotes or line breaks is "
+                    "quoted with \" and its quotes doubled") from None
+    if header is None:
+        raise _fail(d.NO_DATA, "the file is empty: a CSV file needs a header line and rows", path,
+                    "the first line names the columns, every further line is one example")
+    if not rows:
+        raise _fail(d.NO_DATA, "the file has a header but no rows", path, "add one line per example")
+    return Table(path, tuple(header), rows, lines)
+
+
+def _check_header(header: list[str], path: Path | None, line: int) -> None:
+    names = [h.strip() for h in header]
+    if any(not n for n in names):
+        col = names.index("") + 1
+        raise _fail(d.BAD_FILE, f"line {line}: column {col} of the header has no name", path,
+                    "the first line must name every column")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise _fail(d.BAD_FILE, f"line {line}: the header names column '{n}' twice", path,
+                        "give every column its own name")
+        seen.add(n)
+    header[:] = names
+
+
+def _number(cell: str) -> float | None:
+    """The cell's number, or None when it is not one (float() reads 1e5, -3, 1_000, inf)."""
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _missing(cell: str) -> bool:
+    return cell.strip() in MISSING
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    kind: str                          # "numeric" or "categorical"
+    mean: float = 0.0                  # numeric: of the training split's values
+    std: float = 1.0
+    categories: tuple[str, ...] = ()   # categorical: the training split's values, sorted
+
+    @property
+    def width(self) -> int:
+        return 1 if self.kind == "numeric" else len(self.categories) + 1  # + "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """What turns a table into network inputs and targets; fitted on the training split only."""
+
+    columns: tuple[Column, ...]
+    target: str
+    task: str                                  # "regression" or "classification"
+    target_mean: float = 0.0                   # regression: the network learns (y - mean) / std
+    target_std: float = 1.0
+    target_floor: float | None = None          # regression: set when every target is positive
+    classes: tuple[str, ...] = ()              # classification: the target's values, sorted
+
+    @property
+    def width(self) -> int:
+        return sum(c.width for c in self.columns)
+
+    def composition(self) -> str:
+        """How the width is reached: "3 numeric + one-hot colour 4 + kind 5 (…)"."""
+        numeric = sum(1 for c in self.columns if c.kind == "numeric")
+        onehot = [c for c in self.columns if c.kind == "categorical"]
+        parts = [f"{numeric} numeric"] if numeric or not onehot else []
+        shown = [f"{c.name} {c.width}" for c in onehot[:8]]
+        if len(onehot) > 8:
+            shown.append(f"{len(onehot) - 8} more columns {sum(c.width for c in onehot[8:])}")
+        if onehot:
+            parts.append("one-hot " + " + ".join(shown) + " (each column's training values + 1 for missing)")
+        return " + ".join(parts)
+
+    def feature_names(self) -> list[str]:
+        """One name per encoded feature, in the model's input order: a numeric column's name, or
+        COLUMN=VALUE for one-hot features (COLUMN=<missing> for the missing indicator)."""
+        names = []
+        for c in self.columns:
+            names += [c.name] if c.kind == "numeric" else [f"{c.name}={v}" for v in c.categories] + [f"{c.name}=<missing>"]
+        return names
+
+    def record(self) -> dict:
+        """A plain dict (checkpoints load it with weights_only=True; JSON writes it)."""
+        return {"target": self.target, "task": self.task, "target_mean": self.target_mean,
+                "target_std": self.target_std, "target_floor": self.target_floor,
+                "classes": list(self.classes),
+                "columns": [{"name": c.name, "kind": c.kind, "mean": c.mean, "std": c.std,
+                             "categories": list(c.categories)} for c in self.columns]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Pipeline":
+        return cls(columns=tuple(Column(c["name"], c["kind"], float(c["mean"]), float(c["std"]),
+                                        tuple(c["categories"])) for c in record["columns"]),
+                   target=record["target"], task=record["task"], target_mean=float(record["target_mean"]),
+                   target_std=float(record["target_std"]),
+                   target_floor=None if record["target_floor"] is None else float(record["target_floor"]),
+                   classes=tuple(record["classes"]))
+
+    # -- applying it --
+
+    def features(self, table: Table) -> torch.Tensor:
+        """The encoded (rows, width) float32 matrix of a table that holds every column."""
+        from .datasets import MAX_FILE_BYTES
+        needed = 8 * len(table.rows) * self.width  # float64 while encoding
+        if needed > MAX_FILE_BYTES:
+            raise _fail(d.OUT_OF_MEMORY, f"{len(table.rows):,} rows of {self.width:,} encoded features would "
+                        f"need {needed / 2**30:.1f} GiB, more than the {MAX_FILE_BYTES / 2**30:.0f} GiB a "
+                        "data set may use", table.path,
+                        f"the encoded width is {self.composition()}: drop categorical columns with many values")
+        index = _column_index(table, [c.name for c in self.columns], "the model was trained with")
+        out = torch.zeros(len(table.rows), self.width, dtype=torch.float64)
+        at = 0
+        for column in self.columns:
+            cells = [row[index[column.name]] for row in table.rows]
+            if column.kind == "numeric":
+                values = torch.tensor([_numeric_cell(table, i, column.name, cell) for i, cell in enumerate(cells)],
+                                      dtype=torch.float64)
+                standard = (values - column.mean) / column.std
+                out[:, at] = torch.nan_to_num(standard, nan=0.0)  # missing → 0 after standardising
+            else:
+                slot = {value: k for k, value in enumerate(column.categories)}
+                missing = len(column.categories)
+                for i, cell in enumerate(cells):
+                    k = missing if _missing(cell) else slot.get(cell.strip())
+                    if k is not None:  # a value the training split never had: all zeros
+                        out[i, at + k] = 1.0
+            at += column.width
+        return out.to(torch.float32)
+
+    def targets(self, table: Table) -> torch.Tensor:
+        """Standardised float32 targets (regression) or int64 class indices (classification)."""
+        i_target = _column_index(table, [self.target], "to predict")[self.target]
+        cells = [row[i_target] for row in table.rows]
+        for i, cell in enumerate(cells):
+            if _missing(cell):
+                raise _fail(d.BAD_FILE, f"{table.where(i)}: the target '{self.target}' is missing", table.path,
+                            "remove the row, or fill in its value: a row without a target cannot be "
+                            "trained on or scored")
+        if self.task == "regression":
+            values = torch.tensor([_target_number(table, i, self.target, c) for i, c in enumerate(cells)],
+                                  dtype=torch.float64)
+            return ((values - self.target_mean) / self.target_std).to(torch.float32)
+        slot = {value: k for k, value in enumerate(self.classes)}
+        labels = []
+        for i, cell in enumerate(cells):
+            if cell.strip() not in slot:
+                raise _fail(d.DATA_MISMATCH, f"{table.where(i)}: the target '{self.target}' is "
+                            f"'{_short(cell)}', which the training split never has", table.path,
+                            f"the classes are the training split's values: {_listed(self.classes)}")
+            labels.append(slot[cell.strip()])
+        return torch.tensor(labels, dtype=torch.int64)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _listed(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(f"'{_short(n)}'" for n in names[:limit])
+    return shown + (f" … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _column_index(table: Table, names: Sequence[str], why: str) -> dict[str, int]:
+    index = {name: i for i, name in enumerate(table.header)}
+    for name in names:
+        if name not in index:
+            close = difflib.get_close_matches(name, table.header, n=1, cutoff=0.6)
+            close = close or [h for h in table.header if h.lower() == name.lower()]
+            raise _fail(d.DATA_MISMATCH, f"no column '{_short(name)}' {why} in the file; its columns "
+                        f"are {_listed(table.header)}", table.path,
+                        f"did you mean '{close[0]}'?" if close else "check the column's name in the header line")
+    return {name: index[name] for name in names}
+
+
+def _numeric_cell(table: Table, i: int, column: str, cell: str) -> float:
+    if _missing(cell):
+        return math.nan
+    value = _number(cell)
+    if value is None:
+        raise _fail(d.BAD_FILE, f"{table.where(i)}: column '{column}' holds '{_short(cell)}', but the "
+                    "model was trained on it as a numeric column", table.path,
+                    "write a number, or leave the cell empty (missing)")
+    if not math.isfinite(value):
+        raise _fail(d.BAD_FILE, f"{table.where(i)}: column '{column}' holds '{_short(cell)}', which is "
+                    "not a finite number", table.path,
+                    "write a finite number, or leave the cell empty to mark it missing (an infinity "
+                    "cannot be standardised)")
+    return value
+
+
+def _target_number(table: Table, i: int, target: str, cell: str) -> float:
+    value = _number(cell)
+    if value is None:
+        raise _fail(d.DATA_MISMATCH, f"{table.where(i)}: the target '{target}' is '{_short(cell)}', not "
+                    "a number, but the spec's head is a regression", table.path,
+                    "pick a numeric --target, or train a classifier on it (a head with task=classification "
+                    "and classes=N)")
+    if not math.isfinite(value):
+        raise _fail(d.BAD_FILE, f"{table.where(i)}: the target '{target}' is '{_short(cell)}', which is "
+                    "not a finite number", table.path, "write a finite number, or remove the row")
+    return value
+
+
+def _numeric_column(table: Table, name: str) -> bool:
+    """Whether every cell of the column that is not missing reads as a number (True when the
+    table lacks the column: `features` reports that)."""
+    if name not in table.header:
+        return True
+    j = table.header.index(name)
+    return all(_missing(row[j]) or _number(row[j]) is not None for row in table.rows)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (pandas' .std(), as d2l standardises); a column with
+    fewer than two values, or a constant one, gets std 1 (it standardises to 0)."""
+    if not values:
+        return 0.0, 1.0
+    x = torch.tensor(values, dtype=torch.float64)
+    mean = float(x.mean())
+    std = float(x.std()) if len(values) > 1 else 0.0
+    if not math.isfinite(mean) or not math.isfinite(std):
+        raise OverflowError
+    return mean, (std if std > 0 else 1.0)
+
+
+def fit(train: Table, tables: Sequence[Table], target: str, task: str) -> Pipeline:
+    """The pipeline of `train` (statistics, categories, classes from it alone). `tables` (all the
+    data: train and test) decide only which columns are numeric, so that a test file's cell
+    cannot turn a numeric column into a surprise later."""
+    for table in tables:
+        _column_index(table, [target], "to predict (--target)")
+    columns = []
+    for j, name in enumerate(train.header):
+        if name == target:
+            continue
+        if all(_numeric_column(table, name) for table in tables):
+            values = [_numeric_cell(train, i, name, row[j]) for i, row in enumerate(train.rows)]
+            try:
+                mean, std = _mean_std([v for v in values if not math.isnan(v)])
+            except OverflowError:
+                raise _fail(d.BAD_FILE, f"column '{name}' holds numbers too large to standardise "
+                            "(their squares overflow)", train.path, "rescale the column") from None
+            columns.append(Column(name, "numeric", mean, std))
+        else:
+            values = sorted({row[j].strip() for row in train.rows if not _missing(row[j])})
+            columns.append(Column(name, "categorical", categories=tuple(values)))
+    t = train.header.index(target)
+    if task == "regression":
+        for table in tables:
+            t_all = table.header.index(target)
+            for i, row in enumerate(table.rows):
+                if _missing(row[t_all]):
+                    raise _fail(d.BAD_FILE, f"{table.where(i)}: the target '{target}' is missing", table.path,
+                                "remove the row, or fill in its value")
+                _target_number(table, i, target, row[t_all])
+        try:
+            mean, std = _mean_std([float(row[t]) for row in train.rows])
+        except OverflowError:
+            raise _fail(d.BAD_FILE, f"the target '{target}' holds numbers too large to standardise",
+                        train.path, "rescale the column") from None
+        everything = [float(row[table.header.index(target)]) for table in tables for row in table.rows]
+        floor = min(1.0, min(everything)) if min(everything) > 0 else None
+        return Pipeline(tuple(columns), target, task, mean, std, floor)
+    classes = sorted({row[t].strip() for row in train.rows if not _missing(row[t])})
+    return Pipeline(tuple(columns), target, task, classes=tuple(classes))
+
+
+# --- data sets ---------------------------------------------------------------------------------
+
+class TabularSet(Dataset):
+    """Encoded features (float32, rows x width) and targets, held in memory; batches are gathered
+    by indexing (`__getitems__`, as for image tensors)."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor):
+        assert features.dim() == 2 and len(features) == len(targets)
+        self.features = features
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[i], self.targets[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return self.features[index], self.targets[index]
+
+
+def split_indices(n: int) -> tuple[list[int], list[int]]:
+    """The seeded split of n rows: (training rows, test rows), each in file order. 20% (at least
+    one row) are test rows, drawn with a fixed seed, so every run (and `eval`) sees the same."""
+    n_test = max(1, round(TEST_FRACTION * n))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    return sorted(order[n_test:]), sorted(order[:n_test])
+
+
+def _subset(table: Table, rows: list[int]) -> Table:
+    return Table(table.path, table.header, [table.rows[i] for i in rows], [table.lines[i] for i in rows])
+
+
+def tables(desc) -> tuple[Table, Table]:
+    """(training table, test table) of a csv: or diabetes description."""
+    if desc.kind == "diabetes":
+        whole = _diabetes()
+    elif desc.test_path is not None:
+        train, test = read_csv(desc.path, "training CSV file"), read_csv(desc.test_path, "test CSV file")
+        return train, test
+    else:
+        whole = read_csv(desc.path)
+    if len(whole.rows) < 2:
+        raise _fail(d.NO_DATA, f"the file has {len(whole.rows)} row: a training and a test split need at "
+                    "least 2", whole.path, "add rows, or pass a separate test file: --data csv:TRAIN,TEST")
+    train_rows, test_rows = split_indices(len(whole.rows))
+    return _subset(whole, train_rows), _subset(whole, test_rows)
+
+
+def _diabetes() -> Table:
+    try:
+        from sklearn.datasets import load_diabetes
+    except ImportError:
+        raise _fail(d.MISSING_PACKAGE, "the diabetes data set comes with scikit-learn, which is not installed",
+                    None, 'pip install scikit-learn (or "densedsl[train]")') from None
+    bunch = load_diabetes(scaled=False)  # the measured values; densedsl standardises them itself
+    header = tuple(bunch.feature_names) + (DIABETES_TARGET,)
+    rows = [[repr(float(v)) for v in x] + [repr(float(y))] for x, y in zip(bunch.data, bunch.target)]
+    return Table(None, header, rows, list(range(2, len(rows) + 2)))
+
+
+def load(desc, *, task: str, pipeline: Pipeline | None = None):
+    """Read a tabular data set and encode it: with `pipeline` (a checkpoint's) as it was trained,
+    else with a pipeline fitted on the training split."""
+    from .datasets import Data
+    train_table, test_table = tables(desc)
+    target = desc.target if desc.kind == "csv" else DIABETES_TARGET
+    if pipeline is None:
+        if target is None:
+            raise _fail(d.MISSING, "csv: data needs the column to predict", desc.path,
+                        f"pass --target COLUMN; the columns are {_listed(train_table.header)}")
+        pipeline = fit(train_table, [train_table, test_table], target, task)
+    train = TabularSet(pipeline.features(train_table), pipeline.targets(train_table))
+    test = TabularSet(pipeline.features(test_table), pipeline.targets(test_table))
+    classes = 1 if pipeline.task == "regression" else len(pipeline.classes)
+    names = (pipeline.target,) if pipeline.task == "regression" else pipeline.classes
+    return Data(description=desc, train=train, test=test, shape=(pipeline.width,), classes=classes,
+                class_names=tuple(names), pixel_max=1.0, mean=(), std=(), task=pipeline.task,
+                pipeline=pipeline)
+
+
+# --- checks against the spec -------------------------------------------------------------------
+
+def task_of(network) -> str:
+    """classification or regression: the spec's head decides (`task=`, or regression for classes=1)."""
+    return getattr(network, "task", None) or "classification"
+
+
+def _at(network, span_of: str) -> dict:
+    span = getattr(network, span_of, None)
+    return {"span": span, "file": None if span else "--data"}
+
+
+def check_spec(network, desc) -> list[Diagnostic]:
+    """What can be checked before reading: a vector input, a head, the task (diabetes is a
+    regression) and, for diabetes, the width."""
+    problems: list[Diagnostic] = []
+    shape = "x".join(map(str, network.input))
+    if len(network.input) != 1:
+        at = _at(network, "input_span")
+        problems.append(Diagnostic(d.DATA_MISMATCH, f"the spec's input is {shape}, but {desc.kind} data "
+                                   "are feature vectors", at["span"], "write `input F` (F features) in the spec",
+                                   file=at["file"]))
+    if network.head is None:
+        at = _at(network, "span")
+        problems.append(Diagnostic(d.DATA_MISMATCH, "the network has no head, so it cannot be trained",
+                                   at["span"], "add a head: `head classes=1` for a regression",
+                                   file=at["file"]))
+        return problems
+    head_at = {"span": network.head.span, "file": None if network.head.span else "--data"}
+    if desc.kind == "diabetes":
+        if task_of(network) != "regression" or network.head.classes != 1:
+            fix = "--set classes=1" if "classes" in dict(network.parameters) else "write `head classes=1`"
+            problems.append(Diagnostic(d.DATA_MISMATCH, f"diabetes is a regression data set (one target), "
+                                       f"but the spec's head is a {task_of(network)} with "
+                                       f"{network.head.classes} output{'s' if network.head.classes != 1 else ''}",
+                                       head_at["span"], f"{fix} (one output is a regression)",
+                                       file=head_at["file"]))
+        if len(network.input) == 1:
+            problems += width_problems(network, 10, "10 numeric columns (age, sex, bmi, bp, s1 … s6)", "diabetes")
+    elif task_of(network) == "regression" and network.head.classes != 1:
+        problems.append(Diagnostic(d.DATA_MISMATCH, f"the spec's head regresses {network.head.classes} outputs, "
+                                   "but --target names one column", head_at["span"], "use classes=1",
+                                   file=head_at["file"]))
+    return problems
+
+
+def width_problems(network, width: int, how: str, name: str) -> list[Diagnostic]:
+    """E207 when the spec's `input F` is not the encoded width; the message says how it is reached."""
+    if tuple(network.input) == (width,):
+        return []
+    at = _at(network, "input_span")
+    params = dict(network.parameters)
+    fix = next((f"--set {p}={width}" for p in ("features", "inputs", "width") if p in params),
+               f"write `input {width}` in the spec")
+    return [Diagnostic(d.DATA_MISMATCH, f"the spec's input is {'x'.join(map(str, network.input))} features "
+                       f"but {name} encodes to {width}: {how}", at["span"], fix, file=at["file"])]
+
+
+def format_rmse(value: float) -> str:
+    """An RMSE in the target's units: 4 significant digits, whole numbers past 10,000 (prices)."""
+    return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+
+
+def check_data(network, data) -> list[Diagnostic]:
+    """After reading: the encoded width and, for classification, the number of classes."""
+    pipeline = data.pipeline
+    problems = width_problems(network, pipeline.width, pipeline.composition(), data.name)
+    if pipeline.task == "classification" and network.head is not None and network.head.classes != len(pipeline.classes):
+        fix = "--set classes=" if "classes" in dict(network.parameters) else "write `head classes="
+        fix += f"{len(pipeline.classes)}" + ("" if fix.startswith("--") else "`")
+        problems.append(Diagnostic(d.DATA_MISMATCH, f"the spec's head has {network.head.classes} classes but "
+                                   f"the target '{pipeline.target}' has {len(pipeline.classes)} values in the "
+                                   f"training split ({_listed(pipeline.classes)})", network.head.span, fix,
+                                   file=None if network.head.span else "--data"))
+    return problems
+
+
+def recipe_problems(data, values: dict) -> list[Diagnostic]:
+    """Settings that mean nothing for rows, refused rather than silently ignored (E116)."""
+    problems = []
+    if values.get("augment", "none") != "none":
+        problems.append(Diagnostic(d.CONFLICT, f"--augment {values['augment']} transforms images; {data.name} "
+                                   "holds table rows", None, "leave out --augment (rows are not augmented)",
+                                   file="--augment"))
+    if data.task == "regression" and values.get("label_smoothing"):
+        problems.append(Diagnostic(d.CONFLICT, "--label-smoothing smooths class labels; this head is a "
+                                   "regression (MSE)", None, "leave out --label-smoothing",
+                                   file="--label-smoothing"))
+    return problems
+
+
+def describe_lines(data) -> list[tuple[str, str, str]]:
+    """The report's rows for a tabular data set (in place of normalisation and augmentation)."""
+    p = data.pipeline
+    numeric = [c.name for c in p.columns if c.kind == "numeric"]
+    onehot = [c for c in p.columns if c.kind == "categorical"]
+    rows = [("features", f"{p.width} = {p.composition()}", ""),
+            ("standardised", f"{len(numeric)} numeric column{'s' if len(numeric) != 1 else ''}, missing → 0",
+             "  (training split's mean and std)")]
+    if onehot:
+        rows.append(("one-hot", f"{len(onehot)} categorical column{'s' if len(onehot) != 1 else ''}, "
+                     "one column each for missing", "  (training split's values)"))
+    if p.task == "regression":
+        rows.append(("target", f"{p.target}: regression, standardised (mean {p.target_mean:.4g}, std "
+                     f"{p.target_std:.4g})", "  (RMSE in its own units"
+                     + (", and of log values: every target is positive)" if p.target_floor is not None else ")")))
+    else:
+        rows.append(("target", f"{p.target}: {len(p.classes)} classes ({_listed(p.classes, 6)})", ""))
+    return rows
+
+
+
+# --- exported models ---------------------------------------------------------------------------
+
+PIPELINE_FORMAT = "densedsl-tabular-pipeline"
+
+
+def exported(pipeline: Pipeline, data_name: str) -> dict:
+    """What `compile --weights` writes next to a model trained on tabular data (OUT.pipeline.json):
+    the exported model takes encoded rows, so this says how to encode one and read the output."""
+    output = (f"one value: the standardised {pipeline.target}; the prediction is "
+              f"output * target_std + target_mean" if pipeline.task == "regression"
+              else f"{len(pipeline.classes)} logits, one per class in 'classes' order (softmax for probabilities)")
+    return {"format": PIPELINE_FORMAT, "version": 1, "data": data_name,
+            "input": f"float32 rows of {pipeline.width} features, in 'features' order: numeric columns "
+                     "standardised, (x - mean) / std, missing -> 0; categorical columns one-hot over "
+                     "'categories' plus a last column for missing (an unseen value: all zeros)",
+            "output": output, "features": pipeline.feature_names(), "pipeline": pipeline.record()}
+
+
+def pipeline_of(weights) -> dict | None:
+    """The pipeline record of a densedsl checkpoint trained on tabular data, or None (another
+    kind of weights file, or image data)."""
+    from . import checkpoints
+    path = Path(weights)
+    if path.is_dir():
+        path = path / checkpoints.CHECKPOINT
+    try:
+        ckpt = checkpoints.read(path)
+    except SpecError:  # not a densedsl checkpoint: the caller has loaded it as weights already
+        return None
+    data = ckpt["data"]
+    return exported(Pipeline.from_record(data["pipeline"]), data["name"]) if data["kind"] in KINDS else None
+
+
+def encode_csv(pipeline: dict, path: str | os.PathLike) -> torch.Tensor:
+    """The exported model's input for the rows of a CSV file, from OUT.pipeline.json's content
+    (or a checkpoint's data.pipeline): `encode_csv(json.load(f), "new.csv")`."""
+    record = pipeline.get("pipeline", pipeline)
+    return Pipeline.from_record(record).features(read_csv(Path(path)))
