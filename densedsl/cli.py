@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from .core import diagnostics as d
 from .core.diagnostics import SpecError
+from .core.units import parse_quantity
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -176,8 +177,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     a = analyze(spec.network)
     if kind == ".py" and args.weights is None:
         # Source text only: nothing is built, so any network that passes the checks is written.
-        from .nn.export import python_source
         from .core.files import atomic_write
+        from .nn.export import python_source
         atomic_write(args.output, python_source(spec.network))
     else:
         from .analysis import budget
@@ -195,8 +196,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         write_output(model, spec.network, args.output)
         if pipeline is not None:  # trained on tabular data: the model takes encoded rows
             import json
-            from .core.files import atomic_write
             from pathlib import Path
+
+            from .core.files import atomic_write
             atomic_write(Path(args.output).with_suffix(".pipeline.json"), json.dumps(pipeline, indent=1) + "\n")
             print(f"{Path(args.output).with_suffix('.pipeline.json')}: how to encode its input rows "
                   f"({pipeline['pipeline']['target']}, {len(pipeline['features'])} features)", file=sys.stderr)
@@ -212,7 +214,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _quantity(text: str) -> int:
     """argparse type for --max-params 1M, --max-memory 80GiB, --max-flops 5.6G."""
-    from .views.report import parse_quantity
     try:
         return parse_quantity(text)
     except ValueError as e:
@@ -626,6 +627,7 @@ def _add_eval(sub) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
+
     from .training.train import evaluate
     r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
                  device=args.device, amp=args.amp, workers=args.workers)

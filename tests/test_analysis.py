@@ -145,7 +145,7 @@ def test_each_closed_form_and_walk_is_made_once_per_analysis(monkeypatch, a121):
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(costs, "predict", counted("predict", lowering.predict))
+    monkeypatch.setattr(lowering, "predict", counted("predict", lowering.predict))
     monkeypatch.setattr(analysis_, "_shared_blocks", counted("shared", analysis_._shared_blocks))
     a = analyze(a121.network)
     assert calls == {"predict": 1, "shared": 0}

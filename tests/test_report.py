@@ -8,7 +8,8 @@ import pytest
 
 import densedsl
 from densedsl.views import report
-from densedsl.analysis.figures import analyze, si
+from densedsl.analysis.figures import analyze
+from densedsl.core.units import parse_quantity, si
 from densedsl.cli import main
 
 
@@ -21,11 +22,11 @@ def test_si_and_quantities():
     assert si(7_978_856) == "7.98 M"
     assert si(5_668_323_328, "FLOPs") == "5.67 GFLOPs"
     assert si(535) == "535"
-    assert report.parse_quantity("1M") == 10**6
-    assert report.parse_quantity("80GiB") == 80 * 2**30
-    assert report.parse_quantity("7_978_856") == 7_978_856
+    assert parse_quantity("1M") == 10**6
+    assert parse_quantity("80GiB") == 80 * 2**30
+    assert parse_quantity("7_978_856") == 7_978_856
     with pytest.raises(ValueError):
-        report.parse_quantity("lots")
+        parse_quantity("lots")
 
 
 def test_summary_rows_and_text(a121):

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..core import diagnostics as d
+from ..core.units import binary, parse_quantity
 
 if TYPE_CHECKING:
-    from .figures import Analysis
     from ..language.network import Network
+    from .figures import Analysis
 
 ENV = "DENSEDSL_MEMORY_LIMIT"
 FLOAT32 = 4
@@ -75,7 +76,6 @@ def parse_limit(text: str) -> float:
     """`16GiB` → 17179869184; `none` (or off, unlimited, inf) → math.inf; ValueError otherwise."""
     if text.strip().lower() in NO_LIMIT_WORDS:
         return math.inf
-    from ..views.report import parse_quantity
     try:
         value = parse_quantity(text)
     except (ValueError, OverflowError):
@@ -281,7 +281,6 @@ def require(need: Need, network: "Network | None" = None, *, within: Limit | Non
     cap = within if within is not None else limit()
     if need.bytes <= cap.bytes:
         return
-    from .figures import binary
     parts = ", ".join(f"{label} {binary(n)}" for label, n in need.parts if n)
     how = ("pass memory_limit=BYTES (math.inf: no check)" if library else
            "pass --memory-limit SIZE (e.g. 64GiB, or none)")

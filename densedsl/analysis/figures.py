@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal, assert_never
 
-from ..ir import lowering
 from ..core import diagnostics as d
-from . import graph as graph_
-from ..language.network import DenseBlock, Network, Transition
-from ..ir.ops import kind_of, numel
 from ..core.source import Span
+from ..core.units import binary, exact_text, shape_text, si
+from ..ir import lowering
+from ..ir.ops import kind_of, numel
+from ..language.network import DenseBlock, Network, Transition, per_axis
+from . import graph as graph_
 
 if TYPE_CHECKING:  # networkx is imported only when someone asks for `Analysis.graph`
     import networkx as nx
@@ -47,30 +48,6 @@ HARD_MAX_PARAMS = 10**12
 
 # --- formatting shared by analysis and report --------------------------------------------------
 
-_PREFIXES = ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
-
-
-def si(value: int | float, unit: str = "", *, digits: int = 3) -> str:
-    """`7978856` → `7.98 M`; `5668323328, "FLOPs"` → `5.67 GFLOPs`; small values stay exact."""
-    for scale, prefix in _PREFIXES:
-        if abs(value) >= scale:
-            x = value / scale
-            text = f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
-            return f"{text} {prefix}{unit}"
-    text = f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
-    return f"{text} {unit}" if unit else text
-
-
-def binary(nbytes: int | float) -> str:
-    """Bytes with binary prefixes: `1610612736` → `1.5 GiB`."""
-    for power, prefix in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
-        if nbytes >= 1024**power:
-            return f"{nbytes / 1024**power:.3g} {prefix}"
-    return f"{int(nbytes)} B"
-
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    return "x".join(str(s) for s in shape)
 
 
 # --- result types ------------------------------------------------------------------------------
@@ -359,8 +336,8 @@ def _check_expectations(a: Analysis) -> list[d.Diagnostic]:
         got = figures[e.key]
         if abs(Fraction(got) - e.value) > e.tolerance:
             lo, hi = e.value - e.tolerance, e.value + e.tolerance
-            allowed = f"exactly {_number(e.value)}" if e.tolerance == 0 else \
-                f"{_number(lo)} to {_number(hi)}"
+            allowed = f"exactly {exact_text(e.value)}" if e.tolerance == 0 else \
+                f"{exact_text(lo)} to {exact_text(hi)}"
             diags.append(d.Diagnostic(
                 d.EXPECTATION, f"expected {e.key} {e.text} ({allowed}), the analysis gives "
                 f"{got:,} = {_derivation(a, e.key)}",
@@ -391,12 +368,6 @@ def _derivation(a: Analysis, key: str) -> str:
         return " + ".join(f"{s.depth} ({s.name})" for s in a.stages if s.depth) + \
             " conv and linear layers"
     return " + ".join(f"{getattr(s, key):,} ({s.name})" for s in a.stages if getattr(s, key))
-
-
-def _number(x: Fraction) -> str:
-    if x.denominator == 1:
-        return f"{x.numerator:,}"
-    return f"{float(x):,.6g}"
 
 
 def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:
@@ -568,7 +539,7 @@ def _receptive_fields(g: Graph) -> tuple[dict[str, int], dict[str, int]]:
         j = jump[first]
         window = kind_of(a["kind"]).window(a)
         if window is not None and (window[0] != 1 or window[1] != 1):  # a 1x1 window, stride 1, changes neither
-            kernel, stride, _ = (lowering.per_axis(v, r_axes) for v in window)
+            kernel, stride, _ = (per_axis(v, r_axes) for v in window)
             r = tuple(x + (k - 1) * step for x, k, step in zip(r, kernel, j))
             j = tuple(step * s for step, s in zip(j, stride))
         rf[n], jump[n] = r, j

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, assert_never
 
-from ..ir import lowering
 from ..core import diagnostics as d
-from ..language import network as n
-from ..language.network import DenseBlock, Network, Transition
 from ..core.source import Span
+from ..core.units import dims_text, fraction_text, shape_text, size_text
+from ..ir import lowering
+from ..language import network as n
+from ..language.network import Axes, DenseBlock, Network, Transition, per_axis
 
 if TYPE_CHECKING:  # networkx is imported only where a DiGraph is made (`to_networkx`)
     import networkx as nx
@@ -39,9 +40,9 @@ class Window:
 
     node: str                  # the graph node it becomes, e.g. "transition1.pool"
     label: str                 # "avg pool 2x2 stride 2"
-    kernel: lowering.Axes | None  # one number for every axis, or one per axis (`per_axis` reads both)
-    stride: lowering.Axes = 1
-    padding: lowering.Axes = 0
+    kernel: Axes | None  # one number for every axis, or one per axis (`per_axis` reads both)
+    stride: Axes = 1
+    padding: Axes = 0
     span: Span | None = None
     least: tuple[int, ...] = ()  # the smallest input length along each axis it accepts
     always: bool = False       # (kernel None) a norm that refuses one value at batch 1 in eval too
@@ -126,8 +127,8 @@ def _slid(sizes: tuple[int, ...], w: Window) -> tuple[int, ...]:
     """The map's size along each axis after the window `w`."""
     r = len(sizes)
     return tuple(lowering.window_out(x, k, s, p) for x, k, s, p in
-                 zip(sizes, lowering.per_axis(w.kernel, r), lowering.per_axis(w.stride, r),
-                     lowering.per_axis(w.padding, r)))
+                 zip(sizes, per_axis(w.kernel, r), per_axis(w.stride, r),
+                     per_axis(w.padding, r)))
 
 
 def min_input_size(plan: Sequence[Window], *, train: bool = False, rank: int = 2) -> int:
@@ -147,27 +148,6 @@ def min_input_size(plan: Sequence[Window], *, train: bool = False, rank: int = 2
         else:
             lo = mid + 1
     return lo
-
-
-def _fraction_text(x) -> str:
-    """`Fraction(1, 100)` → `0.01` (as the user wrote it); `Fraction(1, 3)` stays `1/3`."""
-    from fractions import Fraction
-    x = Fraction(x)
-    d = x.denominator
-    while d % 2 == 0:
-        d //= 2
-    while d % 5 == 0:
-        d //= 5
-    return f"{float(x):g}" if d == 1 and len(f"{float(x):g}") < 12 else str(x)
-
-
-def _size(sizes: Sequence[int]) -> str:
-    return "x".join(map(str, sizes))
-
-
-def size_text(side: int, rank: int) -> str:
-    """A side repeated along every axis: `29x29`, or `29` for a signal."""
-    return _size([side] * rank)
 
 
 # Names of the data along each axis, for W204: what a window leaves uncovered.
@@ -308,7 +288,7 @@ def _no_channels(stage: Transition, c: int, out: int, source: str) -> d.Diagnost
     if stage.channels is not None:
         why = f"transition{stage.index} is set to emit {out} channels"
     else:
-        theta = _fraction_text(stage.compression)
+        theta = fraction_text(stage.compression)
         why = f"{source}; transition{stage.index} keeps ⌊{theta}·{c}⌋ = {out}"
     need = (f"compression of at least {1 / c:.3g}" if stage.channels is None and c > 0
             else "at least 1 output channel")
@@ -340,27 +320,27 @@ def _check_spatial(network: Network) -> list[d.Diagnostic]:
     diags: list[d.Diagnostic] = []
     sizes = tuple(network.input[1:])
     rank = len(sizes)
-    chain = [_size(sizes)]
+    chain = [shape_text(sizes)]
     plan = spatial_plan(network)
     for win in plan:
         if win.kernel is None:
             continue
-        k, s, p = (lowering.per_axis(v, rank) for v in (win.kernel, win.stride, win.padding))
+        k, s, p = (per_axis(v, rank) for v in (win.kernel, win.stride, win.padding))
         if any(x < least for x, least in zip(sizes, win.least)):
             history = " → ".join(chain)
-            padded = (f" padded to {_size([x + 2 * q for x, q in zip(sizes, p)])}"
+            padded = (f" padded to {shape_text([x + 2 * q for x, q in zip(sizes, p)])}"
                       if any(p) and any(least < kk for least, kk in zip(win.least, k)) else "")
             least = size_text(min_input_size(plan, rank=rank), rank)
             hint = f"use an input of at least {least}, or remove a downsampling step"
             if 1 in sizes:
                 diags.append(d.Diagnostic(
-                    d.TOO_SMALL, f"{win.node} ({win.label}) would shrink the {_size(sizes)} "
+                    d.TOO_SMALL, f"{win.node} ({win.label}) would shrink the {shape_text(sizes)} "
                     f"{_NOUNS.get(rank, 'map')} below {size_text(1, rank)}: {history} → nothing",
                     win.span, hint))
             else:
                 diags.append(d.Diagnostic(
-                    d.KERNEL_TOO_LARGE, f"{win.node} has a {lowering.dims_text(win.kernel, rank)} kernel, larger than its "
-                    f"{_size(sizes)} input{padded}: {history}", win.span, hint))
+                    d.KERNEL_TOO_LARGE, f"{win.node} has a {dims_text(win.kernel, rank)} kernel, larger than its "
+                    f"{shape_text(sizes)} input{padded}: {history}", win.span, hint))
             return diags
         new = _slid(sizes, win)
         dropped = [axis for axis, x, kk, ss, pp in zip(_AXES.get(rank, ("values",) * rank), sizes, k, s, p)
@@ -368,10 +348,10 @@ def _check_spatial(network: Network) -> list[d.Diagnostic]:
         if dropped:
             diags.append(d.Diagnostic(
                 d.UNEVEN_SIZE, f"{win.node} ({win.label}) drops the last {' and '.join(dropped)} of "
-                f"its {_size(sizes)} map ({_size(sizes)} → {_size(new)})", win.span,
+                f"its {shape_text(sizes)} map ({shape_text(sizes)} → {shape_text(new)})", win.span,
                 "choose an input size that divides evenly, or pad"))
         if new != sizes:
-            chain.append(f"{_size(new)} ({win.node})")
+            chain.append(f"{shape_text(new)} ({win.node})")
         sizes = new
     return diags
 

@@ -21,8 +21,21 @@ from typing import Any, Iterator, Union, assert_never
 
 from ..language import network as n
 from ..language.network import DenseBlock, Head, Network, Stem, Transition
-from .ops import (Activation, Axes, Conv, Dropout, Flatten, GroupNorm, Linear, Norm, Op, Pool, ReLU, Shape,
-                  dims_text, numel, per_axis, window_out)
+from .ops import (
+    Activation,
+    Conv,
+    Dropout,
+    Flatten,
+    GroupNorm,
+    Linear,
+    Norm,
+    Op,
+    Pool,
+    ReLU,
+    Shape,
+    numel,
+    window_out,
+)
 
 __all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
            "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]

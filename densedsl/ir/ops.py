@@ -26,10 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping
 
-Shape = tuple[int, ...]
-# A window's kernel, stride or padding: one number, the same along every spatial axis (what square
-# specs write, so their graphs and texts are as before), or one number per axis (`kernel=1x7`)
-Axes = int | tuple[int, ...]
+from ..core.units import axes_text, dims_text, float_text
+from ..language.network import Axes, Shape, per_axis
+
 Attrs = Mapping[str, Any]  # an op's attributes: a graph node's, or `Op.attributes()`
 
 MASK_BYTES = 1      # dropout masks are torch.bool
@@ -76,16 +75,6 @@ def numel(shape: Shape) -> int:
     return n
 
 
-def per_axis(value: Axes, r: int) -> tuple[int, ...]:
-    """`value` along each of r spatial axes: 3 → (3, 3) in rank 2; (1, 7) stays (1, 7)."""
-    return tuple(value) if isinstance(value, tuple) else (value,) * r
-
-
-def axes_text(value: Axes) -> str:
-    """`2` → `2`; `(1, 2)` → `1x2`: a stride or padding in a message or recipe."""
-    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def window_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a conv or pool along one axis (floor mode, as PyTorch's default).
 
@@ -99,21 +88,10 @@ def rank(shape: Shape) -> int:
     return len(shape) - 1
 
 
-def dims_text(value: Axes, r: int) -> str:
-    """`3` in rank 2 → `3x3`; rank 1 → `3`; rank 3 → `3x3x3`; `(1, 7)` → `1x7`."""
-    if isinstance(value, tuple):
-        return axes_text(value)
-    return "x".join([str(value)] * max(r, 1))
-
-
 def _sized(shape: Shape, kernel: Axes, stride: Axes, padding: Axes) -> Shape:
     r = rank(shape)
     return tuple(window_out(s, k, st, p) for s, k, st, p in
                  zip(shape[1:], per_axis(kernel, r), per_axis(stride, r), per_axis(padding, r)))
-
-
-def _num(x: Any) -> str:
-    return f"{float(x):g}"
 
 
 def _nn(name: str, r: int) -> str:
@@ -422,10 +400,10 @@ class Dropout(OpKind):
         return numel(a["out_shape"]) * MASK_BYTES if a["rate"] > 0 else 0
 
     def token(self, a):
-        return f"Dropout({_num(a['rate'])})"
+        return f"Dropout({float_text(a['rate'])})"
 
     def words(self, a):
-        return f"dropout {_num(a['rate'])}", ""
+        return f"dropout {float_text(a['rate'])}", ""
 
     def constructor(self, a):
         return "Dropout", (a["rate"],), {}

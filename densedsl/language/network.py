@@ -40,11 +40,6 @@ def per_axis(value: Axes, r: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, tuple) else (value,) * r
 
 
-def axes_text(value: Axes) -> str:
-    """`3` → `3`; `(1, 7)` → `1x7`, as a spec writes it."""
-    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def _span() -> Span | None:
     return field(default=None, compare=False, repr=False)
 

@@ -9,20 +9,21 @@ error where an integer is required, never a silent floor.
 from __future__ import annotations
 
 import decimal
-from contextlib import contextmanager
 import difflib
 import math
 import numbers
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping
 
-from . import ast
 from ..core import diagnostics as d
+from ..core.source import Source, Span
+from ..core.units import axes_text
+from . import ast
 from . import network as n
 from .fmt import format_expr
-from ..core.source import Source, Span
 
 Value = Fraction | bool | str | tuple  # a number, a yes/no, a keyword such as `post`, or a list
 # A list holds at most this many elements (a literal's elements count against syntax.MAX_OPERATORS,
@@ -814,8 +815,8 @@ class _Resolver:
         r = max(len(x) for x in (kernel, stride, padding) if isinstance(x, tuple)) if any(
             isinstance(x, tuple) for x in (kernel, stride, padding)) else 1
         if any(2 * p > k for k, p in zip(n.per_axis(kernel, r), n.per_axis(padding, r))):
-            self.error(d.OUT_OF_RANGE, f"pooling padding {n.axes_text(padding)} is more than half the kernel "
-                       f"{n.axes_text(kernel)}", s["padding"].span, "PyTorch allows padding up to kernel/2")
+            self.error(d.OUT_OF_RANGE, f"pooling padding {axes_text(padding)} is more than half the kernel "
+                       f"{axes_text(kernel)}", s["padding"].span, "PyTorch allows padding up to kernel/2")
             raise _Invalid
         return n.Pool(mode=mode, kernel=kernel, stride=stride, padding=padding, span=span)
 
@@ -1050,7 +1051,7 @@ class _Resolver:
         even = [x for x in n.per_axis(k, 1) if x % 2 == 0]
         if even:
             x = even[0]
-            self.error(d.OUT_OF_RANGE, f"a dense layer's kernel must be odd, got {n.axes_text(k)}", b.span,
+            self.error(d.OUT_OF_RANGE, f"a dense layer's kernel must be odd, got {axes_text(k)}", b.span,
                        f"padding k//2 keeps the map's size only for odd kernels: use {x - 1} or {x + 1}")
             raise _Invalid
         return k

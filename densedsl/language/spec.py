@@ -12,12 +12,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ast
 from ..core import diagnostics as d
 from ..core.files import read_source
+from ..core.source import Source
+from . import ast
 from .network import Network
 from .resolve import resolve
-from ..core.source import Source
 from .syntax import parse_source
 
 

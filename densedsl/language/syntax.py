@@ -23,9 +23,9 @@ import lark
 from lark import Lark, Token, v_args
 from lark.visitors import Transformer_NonRecursive
 
-from . import ast
 from ..core import diagnostics as d
 from ..core.source import Source, Span
+from . import ast
 
 MAX_NESTING = 64          # brackets and braces; deeper input is refused before parsing
 MAX_SYNTAX_ERRORS = 20

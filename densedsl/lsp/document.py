@@ -22,12 +22,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ..language import ast
-from ..core import diagnostics as d
 from ..analysis.figures import Analysis, StageFigures, analyze
+from ..core import diagnostics as d
+from ..core.source import Source, Span
+from ..language import ast
 from ..language.network import Network
 from ..language.resolve import resolve
-from ..core.source import Source, Span
 from ..language.syntax import parse_source
 
 # A spec is a few hundred bytes (DenseNet-264: 1.1 KB); parsing is linear but not free, so a

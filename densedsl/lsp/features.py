@@ -16,15 +16,23 @@ from typing import Any, Iterable, Literal
 
 from lsprotocol import types
 
-from ..language import ast
+from ..analysis.figures import BlockFigures, StageFigures
 from ..core import diagnostics as d
+from ..core.source import Source, Span
+from ..core.units import axes_text, shape_text, si
+from ..language import ast
 from ..language import network as n
 from ..language import resolve as r
-from ..analysis.figures import BlockFigures, StageFigures, shape_text, si
 from ..language.fmt import format_expr, format_spec
-from ..core.source import Source, Span
-from .document import (NetworkState, Snapshot, innermost_statement, names, parameter_at,
-                       parameter_uses, statements)
+from .document import (
+    NetworkState,
+    Snapshot,
+    innermost_statement,
+    names,
+    parameter_at,
+    parameter_uses,
+    statements,
+)
 
 # --- names and their one-line docs ----------------------------------------------------------------
 
@@ -343,7 +351,7 @@ def _read(resolved: Any, name: str) -> Any:
     """A setting's resolved value: a field of the stage, of its pool, or of the head's window (a
     window per axis as the spec writes it: 1x7)."""
     value = _field(resolved, name)
-    return n.axes_text(value) if name in ("kernel", "stride", "padding") and isinstance(value, tuple) else value
+    return axes_text(value) if name in ("kernel", "stride", "padding") and isinstance(value, tuple) else value
 
 
 def _field(resolved: Any, name: str) -> Any:

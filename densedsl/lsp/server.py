@@ -25,8 +25,8 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from .. import __version__
-from . import features
 from ..core.source import Source
+from . import features
 from .document import AnalysisCache, Snapshot, analyze_text, parse_text
 
 _ERRORS_MD = Path(__file__).resolve().parents[2] / "docs" / "errors.md"

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ..core import diagnostics as d
+from ..language.network import Network
 from .engine import accelerate
 from .model import DenseNet, DenseNetFeatures
-from ..language.network import Network
 
 MEMORY_MODES = ("standard", "efficient")
 
@@ -113,8 +113,8 @@ def _fail(message: str, hint: str | None = None, file: str | None = None, **list
 def read_weights_file(path: str | os.PathLike) -> Any:
     """A weights file as torch.load(weights_only=True) returns it, after E912/E913 checks."""
     name = str(path)
-    from ..training.checkpoints import verify_archive
     from ..core.files import require_regular
+    from ..training.checkpoints import verify_archive
     require_regular(path, "weights file")   # E912: a FIFO would block torch.load forever
     if os.path.isfile(path):
         verify_archive(path, "weights file")  # E913: torch.load ignores the records' CRC-32s

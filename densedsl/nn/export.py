@@ -17,11 +17,11 @@ from typing import Sequence, assert_never
 import torch
 from torch import nn
 
-from ..ir import lowering
 from ..core import diagnostics as d
-from ..language import network as n
-from ..ir import ops as ops_
 from ..core.files import atomic_path, atomic_write, check_writable
+from ..ir import lowering
+from ..ir import ops as ops_
+from ..language import network as n
 from .model import DenseNet, init_weights
 
 SUFFIXES = (".pt", ".py", ".onnx")

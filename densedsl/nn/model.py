@@ -36,10 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from . import shared
-from ..ir import lowering
+from ..ir import lowering, ops
 from ..language import network as n
-from ..ir import ops
+from . import shared
 
 # What a recomputed dense layer keeps (Pleiss et al.): its convs' outputs, or an MLP's linear
 # layers' (F.linear is addmm with a bias, mm without); ops.Linear.saves_recomputed says the same

@@ -16,19 +16,34 @@ first, so failures shrink to small networks.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from fractions import Fraction
 import math
 import typing
+from dataclasses import replace
+from fractions import Fraction
 from typing import assert_never
 
 from hypothesis import strategies as st
 
-from ..ir import lowering
 from ..analysis import graph as graph_
 from ..analysis.figures import Analysis
-from ..language.network import (ActivationFn, Conv, DenseBlock, Dropout, Head, Linear, Network, Norm, Pool, ReLU, Stage, Stem,
-                      StemOp, Transition)
+from ..core.units import axes_text
+from ..ir import lowering
+from ..language.network import (
+    ActivationFn,
+    Conv,
+    DenseBlock,
+    Dropout,
+    Head,
+    Linear,
+    Network,
+    Norm,
+    Pool,
+    ReLU,
+    Stage,
+    Stem,
+    StemOp,
+    Transition,
+)
 
 # Finite decimals, so the text form is exact; ≥ 1/2 keeps ⌊θ·m⌋ ≥ 1 for any block output m ≥ 2.
 _COMPRESSIONS = (Fraction(1, 2), Fraction(1), Fraction(3, 4))
@@ -251,11 +266,6 @@ def _mlp(draw, *, max_blocks: int, max_layers: int, bottleneck: bool | None, gro
                    head=draw(_head(vector=True)) if with_head else None)
 
 
-def _ax(value) -> str:
-    """A window value as a spec writes it: `3`, or `1x7` per axis."""
-    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def _bool(b: bool) -> str:
     return "true" if b else "false"
 
@@ -269,10 +279,10 @@ def _num(x) -> str:
 def _stem_op_text(op: StemOp) -> str:
     match op:
         case Conv():
-            return (f"conv {op.out_channels} kernel={_ax(op.kernel)} stride={_ax(op.stride)} "
-                    f"padding={_ax(op.padding)} bias={_bool(op.bias)}")
+            return (f"conv {op.out_channels} kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} "
+                    f"padding={axes_text(op.padding)} bias={_bool(op.bias)}")
         case Pool():
-            return f"{op.mode}pool kernel={_ax(op.kernel)} stride={_ax(op.stride)} padding={_ax(op.padding)}"
+            return f"{op.mode}pool kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} padding={axes_text(op.padding)}"
         case Dropout():
             return f"dropout {_num(op.rate)}"
         case Norm():
@@ -300,13 +310,13 @@ def _stage_text(s: Stage, vector: bool = False) -> str:
             return (f"dense layers={s.layers} growth={s.growth} "
                     f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
                     f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
-                    f"activation={s.activation} kernel={_ax(s.kernel)} groups={s.groups} norm={s.norm}"
+                    f"activation={s.activation} kernel={axes_text(s.kernel)} groups={s.groups} norm={s.norm}"
                     + (f" norm_groups={s.norm_groups}" if s.norm == "group" else ""))
         case Transition():
             size = (f"compression={_num(s.compression)}" if s.channels is None
                     else f"channels={s.channels}")
-            pool = (f"pool={s.pool.mode} kernel={_ax(s.pool.kernel)} stride={_ax(s.pool.stride)} "
-                    f"padding={_ax(s.pool.padding)}" if s.pool else f"pool=none stride={_ax(s.stride)}")
+            pool = (f"pool={s.pool.mode} kernel={axes_text(s.pool.kernel)} stride={axes_text(s.pool.stride)} "
+                    f"padding={axes_text(s.pool.padding)}" if s.pool else f"pool=none stride={axes_text(s.stride)}")
             return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} {pool}"
         case _:
             assert_never(s)
@@ -374,7 +384,7 @@ def family_text(network: Network) -> str:
 
 
 def _head_text(hd: Head, vector: bool = False) -> str:
-    window = f" kernel={_ax(hd.window[0])} stride={_ax(hd.window[1])}" if hd.window else ""
+    window = f" kernel={axes_text(hd.window[0])} stride={axes_text(hd.window[1])}" if hd.window else ""
     pool = "" if vector else f" pool={hd.pool}{window}"  # a vector is not pooled (E210)
     return (f"head classes={hd.classes} norm={_bool(hd.norm)}{pool} dropout={_num(hd.dropout)} "
             f"hidden=[{', '.join(map(str, hd.hidden))}] activation={hd.activation} task={hd.task}")

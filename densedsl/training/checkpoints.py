@@ -464,7 +464,7 @@ def _metrics(rows: Any, epoch: int) -> None:
             if key in row:
                 _rule(real(0), f"{where}.{key}", row[key])
         if i:
-            _need(set(row) == set(rows[0]), where, f"a row of the same entries as metrics[0]", row)
+            _need(set(row) == set(rows[0]), where, "a row of the same entries as metrics[0]", row)
 
 
 def _portable_value(value: Any) -> bool:

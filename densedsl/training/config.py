@@ -17,12 +17,12 @@ from typing import Any, Callable
 
 import torch
 
-from . import checkpoints, datasets
 from ..core import diagnostics as d
-from .checkpoints import CHECKPOINT
 from ..core.diagnostics import Diagnostic, SpecError
-from .distributed import Dist
 from ..language.network import Network
+from . import checkpoints, datasets
+from .checkpoints import CHECKPOINT
+from .distributed import Dist
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")

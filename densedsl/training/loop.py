@@ -23,15 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from . import checkpoints, datasets
 from ..core import diagnostics as d
-from .checkpoints import CHECKPOINT
 from ..core.diagnostics import Diagnostic, SpecError
-from .distributed import Dist, agree, all_sum, gather
 from ..language.network import Network
+from . import checkpoints, datasets
+from .checkpoints import CHECKPOINT
+from .config import Config, Log
+from .distributed import Dist, agree, all_sum, gather
 from .rundir import CURVES, METRICS, write_metrics
 from .tabular import format_rmse
-from .config import Config, Log
 
 _PLAIN_EVERY_S = 30.0  # without a terminal, a progress line at most this often inside an epoch
 _CURVES_EVERY_S = 10.0

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from . import datasets
 from ..core import diagnostics as d
-from .checkpoints import CHECKPOINT, METRIC_FIELDS
 from ..core.diagnostics import Diagnostic, SpecError
-from .distributed import Dist, agree
 from ..core.files import atomic_write
+from . import datasets
+from .checkpoints import CHECKPOINT, METRIC_FIELDS
+from .distributed import Dist, agree
 
 METRICS = "metrics.csv"
 CURVES = "curves.png"

@@ -30,20 +30,42 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import checkpoints, datasets, tabular
 from ..core import diagnostics as d
-from .checkpoints import CHECKPOINT, model_from_checkpoint, spec_from_record
-from .checkpoints import read as read_checkpoint
 from ..core.diagnostics import Diagnostic, SpecError
-from .distributed import Dist, setup
 from ..core.files import atomic_write
 from ..language.network import Network
+from . import checkpoints, datasets, tabular
+from .checkpoints import CHECKPOINT, model_from_checkpoint, spec_from_record
+from .checkpoints import read as read_checkpoint
+from .config import (
+    AMP_MODES,
+    DEVICES,
+    RECIPE,
+    Config,
+    Log,
+    check_batch_of_one,
+    check_data,
+    check_enough_data,
+    check_same_spec,
+    check_settings,
+    pick_amp,
+    pick_device,
+    report,
+    resolve,
+)
+from .distributed import Dist, setup
+from .loop import (
+    Run,
+    derived_seed,
+    evaluate_regression,
+    evaluate_split,
+    fit,
+    optimizer_for,
+    replayed,
+    scheduler_for,
+    set_rng_state,
+)
 from .rundir import CURVES, LOCK, METRICS, RunLock, default_run_dir, existing_run, run_directory
-from .config import (AMP_MODES, DEVICES, RECIPE, Config, Log, check_batch_of_one, check_data,
-                           check_enough_data, check_same_spec, check_settings, pick_amp, pick_device,
-                           report, resolve)
-from .loop import (Run, derived_seed, evaluate_regression, evaluate_split, fit, optimizer_for, replayed,
-                         scheduler_for, set_rng_state)
 
 __all__ = ["AMP_MODES", "CHECKPOINT", "CURVES", "DEVICES", "LOCK", "METRICS", "RECIPE", "Config",
            "EvalResult", "RunLock", "RunResult", "check_data", "default_run_dir", "evaluate",

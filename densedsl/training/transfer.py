@@ -17,8 +17,8 @@ from typing import Any
 from torch import nn
 
 from ..core import diagnostics as d
-from .checkpoints import CHECKPOINT, FORMAT, check
 from ..core.diagnostics import Diagnostic, SpecError
+from .checkpoints import CHECKPOINT, FORMAT, check
 
 _MAX_LISTED = 12  # tensors named one by one in the --init report; the rest are counted
 
@@ -26,8 +26,8 @@ _MAX_LISTED = 12  # tensors named one by one in the --init report; the rest are 
 def read_weights(path: str | os.PathLike) -> Any:
     """What torch.load(weights_only=True) returns for a weights file, a densedsl checkpoint
     being validated against the checkpoint schema."""
-    from ..nn.build import read_weights_file
     from ..core.files import require_regular
+    from ..nn.build import read_weights_file
     p = Path(path)
     require_regular(p, "weights file")
     if p.is_dir() and (p / CHECKPOINT).is_file():  # a run directory, as `eval` accepts
@@ -93,8 +93,9 @@ def initialise(model: nn.Module, path: str | os.PathLike, *, partial: bool = Fal
     Tensors whose shape differs (the classifier when the number of classes changes) stay at
     their initialisation. Tensors missing from the file, or in the file but not in the model,
     are E908 unless `partial`: they mean the file was written for another architecture."""
-    from ..nn.build import _shape, normalised_weights
     import torch
+
+    from ..nn.build import _shape, normalised_weights
     raw = read_weights(path)
     own = model.state_dict()
     try:

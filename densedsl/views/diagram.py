@@ -34,17 +34,17 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
 
 import graphviz
 
+from ..analysis.figures import Analysis, BlockFigures, StageFigures
 from ..core import diagnostics as d
-from ..analysis.figures import Analysis, BlockFigures, StageFigures, shape_text, si
 from ..core.files import atomic_write, check_writable
-from ..language.network import Transition
+from ..core.units import float_text, shape_text, si
 from ..ir.ops import kind_of
+from ..language.network import Transition
 
 DETAILS: tuple[str, ...] = ("overview", "blocks", "layers")
 RANKDIRS: tuple[str, ...] = ("TB", "LR")
@@ -219,17 +219,6 @@ def _label(title: str, *lines: str, size: int = 9, left: bool = False) -> str:
     return f"<<B>{_h(title)}</B>{body}{br if left else ''}>"
 
 
-def _num(x: Fraction | float | int) -> str:
-    if isinstance(x, Fraction):
-        x = float(x)
-    return f"{x:g}"
-
-
-def _hw(shape: tuple[int, ...]) -> str:
-    """The spatial size of a map (`56x56`, `1000` for a signal), empty for a vector."""
-    return "x".join(map(str, shape[1:])) if len(shape) >= 2 else ""
-
-
 def _unit(shape: tuple[int, ...]) -> str:
     """What a width counts: a map's channels, a feature vector's (an MLP's) features."""
     return "ch" if len(shape) >= 2 else "features"
@@ -237,7 +226,7 @@ def _unit(shape: tuple[int, ...]) -> str:
 
 def _at(shape: tuple[int, ...]) -> str:
     """` · 56x56` after a width, nothing for a vector (it has no spatial size)."""
-    return f" · {_hw(shape)}" if len(shape) >= 2 else ""
+    return f" · {shape_text(shape[1:])}" if len(shape) >= 2 else ""
 
 
 def _figures(s: StageFigures) -> str:
@@ -354,20 +343,20 @@ class _Builder:
     def _stage_label(self, s: StageFigures) -> str:
         members = [self.g.nodes[n] for n in self._members(s.name)]
         shapes = f"{s.in_shape[0]} → {s.out_shape[0]} {_unit(s.in_shape)}"
-        sizes = _hw(s.in_shape) if _hw(s.in_shape) == _hw(s.out_shape) or len(s.out_shape) == 1 \
-            else f"{_hw(s.in_shape)} → {_hw(s.out_shape)}"
+        sizes = shape_text(s.in_shape[1:]) if shape_text(s.in_shape[1:]) == shape_text(s.out_shape[1:]) or len(s.out_shape) == 1 \
+            else f"{shape_text(s.in_shape[1:])} → {shape_text(s.out_shape[1:])}"
         t = next(x.source for x in self.a.lowered if x.name == s.name)
         if isinstance(t, Transition):
-            squeeze = f"θ={_num(t.compression)}" if t.compression is not None else f"channels={t.channels}"
+            squeeze = f"θ={float_text(t.compression)}" if t.compression is not None else f"channels={t.channels}"
             return _label(f"transition {t.index}", f"{squeeze} · {shapes}",
-                          f"{_hw(s.in_shape)} → {_hw(s.out_shape)}" if len(s.in_shape) > 1 else "",
+                          f"{shape_text(s.in_shape[1:])} → {shape_text(s.out_shape[1:])}" if len(s.in_shape) > 1 else "",
                           _figures(s))
         recipe = "-".join(_op_token(m) for m in members)
         if s.kind == "head":
             out = s.out_shape[0] if len(s.out_shape) == 1 else shape_text(s.out_shape)
             if len(s.in_shape) == 1:
                 return _label("head", recipe, f"{s.in_shape[0]} features → {out}", _figures(s))
-            return _label("head", recipe, f"{s.in_shape[0]} ch · {_hw(s.in_shape)} → {out}", _figures(s))
+            return _label("head", recipe, f"{s.in_shape[0]} ch · {shape_text(s.in_shape[1:])} → {out}", _figures(s))
         return _label(s.name, recipe, f"{shapes} · {sizes}" if sizes else shapes, _figures(s))
 
     def _block_label(self, b: BlockFigures) -> str:
@@ -382,7 +371,7 @@ class _Builder:
         facts = [f"{b.layers} layer" + ("s" if b.layers != 1 else ""), f"k={b.growth}",
                  f"bottleneck {b.bottleneck}k" if b.bottleneck else "no bottleneck"]
         if block.dropout:
-            facts.append(f"dropout {_num(block.dropout)}")
+            facts.append(f"dropout {float_text(block.dropout)}")
         if block.order == "post":
             facts.append("post-activation")
         return " · ".join(facts)
@@ -398,8 +387,8 @@ class _Builder:
         members = self._members(s.name)
         with self.dot.subgraph(name=f"cluster_{s.name}") as c:
             title = {"transition": f"transition {s.name.removeprefix('transition')}"}.get(s.kind, s.name)
-            sizes = f"{_hw(s.in_shape)} → {_hw(s.out_shape)}" if len(s.out_shape) > 1 else \
-                f"{_hw(s.in_shape)} → {s.out_shape[0]}"
+            sizes = f"{shape_text(s.in_shape[1:])} → {shape_text(s.out_shape[1:])}" if len(s.out_shape) > 1 else \
+                f"{shape_text(s.in_shape[1:])} → {s.out_shape[0]}"
             widths = f"{s.in_shape[0]} → {s.out_shape[0]} {_unit(s.in_shape)}"
             c.attr(label=_label(title, f"{widths} · {sizes} · {_figures(s)}" if len(s.in_shape) > 1
                                 else f"{widths} · {_figures(s)}", left=True),

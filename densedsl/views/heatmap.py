@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, assert_never
 
-from ..ir.lowering import layer_in_channels
 from ..core.files import atomic_path
+from ..ir.lowering import layer_in_channels
 from ..language.network import DenseBlock, Network, Transition
 
 if TYPE_CHECKING:

@@ -11,33 +11,21 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..analysis.figures import MEMORY_MODES, Analysis, BlockFigures, StageFigures, analyze
 from ..core import diagnostics as d
-from ..analysis.figures import MEMORY_MODES, Analysis, BlockFigures, StageFigures, analyze, binary, shape_text, si
-from ..analysis.graph import size_text
-from ..language.network import Network
-from ..ir.ops import kind_of
 from ..core.source import Span
+from ..core.units import binary, shape_text, si, size_text
+from ..ir.ops import kind_of
+from ..language.network import Network
 
 SCHEMA = 1
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
-_QUANTITY = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][+-]?[0-9]+)?)\s*([KMGT]i?)?B?\s*$")
-_SCALE = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-
-
-def parse_quantity(text: str) -> int:
-    """`1M` → 10^6, `5.67G` → 5,670,000,000, `80GiB` → 80·2^30, `7_978_856` → 7978856."""
-    m = _QUANTITY.match(text)
-    if not m:
-        raise ValueError(f"not a quantity: {text!r} (write e.g. 1M, 5.6G, 80GiB)")
-    return int(float(m.group(1).replace("_", "")) * _SCALE[m.group(2)])
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> list[str]:
