@@ -418,7 +418,7 @@ def test_features_only_engine_taps_the_stem_before_its_pool():
 
 
 def test_build_model_features_flag():
-    model = build_model(small(), features=True)
+    model = build_model(small(), features_only=True)
     assert not hasattr(model, "classifier")
     assert set(model(torch.randn(1, 3, 16, 16))) == {"stem", "denseblock1", "denseblock2", "denseblock3"}
 

@@ -62,12 +62,12 @@ def test_counts_shapes_and_flops_equal_the_analysis(network):
 @given(networks(**SMALL))
 def test_feature_maps_are_what_feature_info_says(network):
     a = analyze(network)
-    model = build_model(network, features=True).eval()
+    model = build_model(network, features_only=True).eval()
     # the model's timm-style list says what the analysis says, entry for entry
     assert model.feature_info == [{"num_chs": f.channels, "reduction": f.reduction, "module": f.module}
                                   for f in a.feature_info]
     x = torch.randn(1, *network.input)
-    plain = build_model(network, features=True, engine=False).eval()  # the engine calls no hooks
+    plain = build_model(network, features_only=True, engine=False).eval()  # the engine calls no hooks
     hooked = {}
     modules = dict(plain.named_modules())
     for info in a.feature_info:  # `module` names the module whose output the map is

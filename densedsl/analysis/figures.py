@@ -92,7 +92,7 @@ class BlockFigures(StageFigures):
 
 @dataclass(frozen=True, slots=True)
 class FeatureInfo:
-    """One feature map as timm's `feature_info` states it for `features=True`: the stem's tap
+    """One feature map as timm's `feature_info` states it for `features_only=True`: the stem's tap
     (before its pool, as timm's) first when the stem has one, then each dense block's output."""
 
     name: str                       # stem, denseblock{i}
@@ -196,19 +196,6 @@ class Analysis:
         return {"params": self.params, "buffers": self.buffers, "macs": self.macs,
                 "flops": self.flops, "channels": self.channels, "connections": self.connections,
                 "depth": self.depth}
-
-    def _repr_svg_(self) -> str | None:
-        """Jupyter shows an analysis as its overview diagram.
-
-        The one reference from the analysis up to the diagram layer: a display hook, imported
-        only when a notebook asks. Without Graphviz's `dot` there is no picture, and Jupyter
-        falls back to the text repr instead of showing an error.
-        """
-        from ..views.diagram import svg
-        try:
-            return svg(self)
-        except d.SpecError:
-            return None
 
     def check_line(self) -> str:
         """`densenet121: 7,978,856 params · 5.67 GFLOPs · depth 121 · 535 connections · …`."""

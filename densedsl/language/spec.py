@@ -38,6 +38,11 @@ class Spec:
     def text(self) -> str:
         return self.source.text
 
+    @property
+    def declared(self) -> frozenset[str]:
+        """The names of the parameters the network declares (`network n(depth=100, …)`)."""
+        return frozenset(p.name for n in self.file.networks if n.name == self.name for p in n.params)
+
     def with_params(self, **params: Any) -> "Spec":
         """The same spec with parameters overridden (on top of earlier overrides)."""
         merged = dict(self.overrides)
@@ -45,10 +50,6 @@ class Spec:
         network = resolve(self.file, self.name, merged)
         return Spec(self.source, self.file, network, tuple(merged.items()))
 
-    def _repr_svg_(self) -> str | None:
-        """Jupyter shows a spec as its overview diagram (no picture without Graphviz)."""
-        from ..analysis.figures import analyze
-        return analyze(self.network)._repr_svg_()
 
 
 def parse(text: str, source: str = "<string>", *, network: str | None = None, **params: Any) -> Spec:

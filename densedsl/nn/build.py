@@ -26,10 +26,10 @@ from .model import DenseNet, DenseNetFeatures
 MEMORY_MODES = ("standard", "efficient")
 
 
-def build_model(network: Network, *, memory: str = "standard", features: bool = False,
+def build_model(network: Network, *, memory: str = "standard", features_only: bool = False,
                 device: Any = None, dtype: torch.dtype | None = None, engine: bool = True,
                 memory_limit: float | str | None = None) -> nn.Module:
-    """Check `network` and build its model: a `DenseNet`, or with `features=True` a module whose
+    """Check `network` and build its model: a `DenseNet`, or with `features_only=True` a module whose
     forward returns {'stem': the stem before its pool, 'denseblock{i}': block output} (timm's
     features_only, in `feature_info`'s order; no 'stem' without a stem tap).
 
@@ -55,7 +55,7 @@ def build_model(network: Network, *, memory: str = "standard", features: bool = 
         model = DenseNet(network, memory=memory, lowered=analysis.lowered, device=device, dtype=dtype)
     if engine:
         accelerate(model)
-    return DenseNetFeatures(model) if features else model
+    return DenseNetFeatures(model) if features_only else model
 
 
 @contextlib.contextmanager

@@ -82,6 +82,9 @@ class Summary:
     def memory(self) -> dict[str, int]:
         return {m: self.analysis.memory(self.batch, self.dtype, m) for m in MEMORY_MODES}
 
+    def __str__(self) -> str:
+        return self.text()
+
     def as_json(self) -> dict[str, Any]:
         a = self.analysis
         stages = []

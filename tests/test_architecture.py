@@ -1,0 +1,110 @@
+"""The package reads as its pipeline: each folder imports only the folders below it, nothing
+imports in a circle (imports inside functions included), and no module grows past a screenful
+of screens. docs/architecture.md draws the same layers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "densedsl"
+
+# What each folder may import (besides itself), lowest layer first. The top-level modules
+# (`__init__`, `__main__`, `cli`) may import anything; nothing imports them but `__version__`.
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "language": {"core"},
+    "ir": {"core", "language"},
+    "analysis": {"core", "language", "ir"},
+    "views": {"core", "language", "ir", "analysis"},
+    "nn": {"core", "language", "ir", "analysis"},
+    "training": {"core", "language", "ir", "analysis", "views", "nn"},
+    "lsp": {"core", "language", "ir", "analysis"},
+    "testing": {"core", "language", "ir", "analysis"},
+}
+MAX_LINES = 800
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every densedsl module `path` imports, at the top or inside a function."""
+    module = _module(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("densedsl"):
+                continue
+            # `from . import x` names a submodule when x is one
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if _exists(sub) else target)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("densedsl")}
+    return found - {module}
+
+
+def _exists(module: str) -> bool:
+    path = PACKAGE.parent.joinpath(*module.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+GRAPH = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def _folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and _exists(module) and
+                                            (PACKAGE / parts[1]).is_dir()) else "top"
+
+
+def test_every_folder_imports_only_the_layers_below_it():
+    wrong = []
+    for module, targets in GRAPH.items():
+        folder = _folder(module)
+        if folder == "top":
+            continue
+        for target in targets:
+            if target == "densedsl":  # `from .. import __version__`
+                continue
+            other = _folder(target)
+            if other != folder and other not in ALLOWED[folder]:
+                wrong.append(f"{module} imports {target} ({folder} may import {sorted(ALLOWED[folder])})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles_even_through_imports_inside_functions():
+    import networkx as nx
+    g = nx.DiGraph((m, t) for m, ts in GRAPH.items() for t in ts if t in GRAPH and t != "densedsl")
+    cycles = [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1]
+    assert not cycles, cycles
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_grows_past_the_limit(path):
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= MAX_LINES
+
+
+def test_the_checker_sees_an_upward_import_inside_a_function(tmp_path, monkeypatch):
+    """The graph above must include imports made inside functions, or the rules check nothing."""
+    assert "densedsl.nn.build" in GRAPH["densedsl.cli"]
+    lower = PACKAGE / "core" / "files.py"
+    assert all(not t.startswith("densedsl.analysis") for t in GRAPH[_module(lower)])
+    fake = tmp_path / "m.py"
+    fake.write_text("def f():\n    from densedsl.nn import build\n")
+    found = set()
+    for node in ast.walk(ast.parse(fake.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module.startswith("densedsl"):
+            found.add(node.module)
+    assert found == {"densedsl.nn"}
