@@ -276,7 +276,7 @@ def test_a_sweep_grid_takes_lists_as_points():
 def test_nested_loops_are_bounded_by_their_steps_not_only_by_their_stages():
     """Empty nested loops make no stage, so only the step cap stops 150**6 iterations; and a
     loop past the stage cap stops the unrolling at once instead of retrying every outer element."""
-    from densedsl.language.resolve import _MAX_LOOP_STEPS
+    from densedsl.language.resolve.vocabulary import _MAX_LOOP_STEPS
     big = ", ".join(["1"] * 150)
     nested = "".join(f"for a{i} in b {{ " for i in range(6)) + "}" * 6
     diags = diagnostics_of(spec(f"    {nested}\n    dense layers=1 growth=1", f"b=[{big}], size=8"))

@@ -91,7 +91,7 @@ DOCS: dict[str, str] = {
     "depth": "conv and linear layers",
 }
 
-_STEM_SETTINGS: dict[str, tuple[str, ...]] = r._STEM_SETTINGS  # the resolver's table of op settings
+_STEM_SETTINGS: dict[str, tuple[str, ...]] = r.STEM_SETTINGS  # the resolver's table of op settings
 
 SETTINGS: dict[str, tuple[str, ...]] = {
     "dense": r.DENSE_SETTINGS, "transition": r.TRANSITION_SETTINGS, "head": r.HEAD_SETTINGS,
@@ -468,7 +468,7 @@ def completion(snap: Snapshot, pos: Positions, at: types.Position) -> list[types
             words += [(p.name, types.CompletionItemKind.Variable, f"parameter, default "
                        f"{format_expr(p.default)}") for p in state.node.params]
         if not enumerated_values(keyword, setting):  # a number: `layers=len(blocks)`
-            words += [(f, types.CompletionItemKind.Function, FUNCTION_DOCS.get(f)) for f in r._FUNCTIONS]
+            words += [(f, types.CompletionItemKind.Function, FUNCTION_DOCS.get(f)) for f in r.FUNCTIONS]
         return [types.CompletionItem(label=w, kind=k, detail=doc) for w, k, doc in words]
     if re.fullmatch(r"\s*\}\s*\w*", segment) and _enclosing_block(text, line_start) == "for":
         return [types.CompletionItem(label="between", kind=types.CompletionItemKind.Keyword,
