@@ -111,3 +111,29 @@ MLP_EVERY_OP = """network rich {
     head classes=3 norm=true hidden=[8] dropout=0.2
 }
 """
+
+
+def randomise_every_tensor(model, seed: int = 1, *, negative_scales: bool = True):
+    """Every floating tensor of the state_dict drawn at random, so no rewrite of the model can
+    hide behind a value init leaves trivial: conv and linear biases (init zeroes them), norm
+    scales of both signs (a trained γ can be negative; `negative_scales=False` keeps them
+    positive, the case rewrites such as the engine's `maximum` form need), shifts, running means
+    and variances.
+    Weights keep their scale (uniform within ±|init| · 2), so activations stay in range."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            r = torch.rand(t.shape, generator=g, dtype=torch.float64).to(t.dtype)
+            if name.endswith("running_var"):
+                t.copy_(r + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.copy_(r - 0.5)
+            elif t.dim() == 1:  # a norm's scale γ: both signs, away from 0
+                t.copy_(torch.where((r < 0.2) & negative_scales, -(r + 0.5), r + 0.5))
+            else:
+                bound = float(t.abs().max()) or 0.1
+                t.copy_((r * 2 - 1) * bound)
+    return model
