@@ -23,8 +23,7 @@ from .. import resolve as r
 from ..analysis import BlockFigures, StageFigures, shape_text, si
 from ..fmt import format_expr, format_spec
 from ..source import Source, Span
-from .document import (NetworkState, Snapshot, innermost_statement, names, parameter_at,
-                       parameter_uses, statements)
+from .document import NetworkState, Snapshot, innermost_statement, names, statements
 
 # --- names and their one-line docs ----------------------------------------------------------------
 
@@ -203,7 +202,7 @@ def hover(snap: Snapshot, pos: Positions, at: types.Position) -> types.Hover | N
     state = snap.network_at(offset)
     if state is None:
         return None
-    found = parameter_at(state.node, offset)
+    found = state.parameters.at(offset)
     if found is not None:
         param, span = found
         return _hover(_parameter_text(state, param), pos.range(span))
@@ -249,7 +248,7 @@ def _parameter_text(state: NetworkState, param: ast.Param) -> list[str]:
     default = format_expr(param.default)
     head = f"**parameter `{param.name}`**" + (f" = {_value(value)}" if value is not None else "")
     lines = [head, f"declared on line {param.name_span.line}: `{param.name}={default}`"]
-    uses = sorted({s.line for s in parameter_uses(state.node, param.name)})
+    uses = sorted({s.line for s in state.parameters.uses.get(param.name, ())})
     lines.append(f"used on line{'s' if len(uses) != 1 else ''} {_lines(uses)}" if uses else "not used")
     return lines
 
@@ -546,7 +545,7 @@ def references(snap: Snapshot, pos: Positions, uri: str, at: types.Position,
     if found is None:
         return []
     state, param, _ = found
-    spans = ([param.name_span] if include_declaration else []) + parameter_uses(state.node, param.name)
+    spans = ([param.name_span] if include_declaration else []) + list(state.parameters.uses.get(param.name, ()))
     return [types.Location(uri=uri, range=pos.range(s)) for s in spans]
 
 
@@ -572,7 +571,7 @@ def rename(snap: Snapshot, pos: Positions, uri: str, at: types.Position,
         for e in [stmt.arg, *(s.value for s in stmt.settings)] for x in names(e)}
     if new_name in taken - {param.name}:
         raise RenameRefused(f"'{new_name}' is already used in network '{state.node.name}'")
-    spans = [param.name_span, *parameter_uses(state.node, param.name)]
+    spans = [param.name_span, *state.parameters.uses.get(param.name, ())]
     return types.WorkspaceEdit(changes={uri: [types.TextEdit(range=pos.range(s), new_text=new_name)
                                               for s in spans]})
 
@@ -582,5 +581,5 @@ def _parameter(snap: Snapshot, pos: Positions, at: types.Position):
     state = snap.network_at(offset)
     if state is None:
         return None
-    found = parameter_at(state.node, offset)
+    found = state.parameters.at(offset)
     return (state, *found) if found is not None else None
