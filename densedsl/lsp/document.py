@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import difflib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -61,8 +62,8 @@ class OpFigures:
 class NetworkState:
     """One network of the buffer: its AST, and what resolving and analysing it gave.
 
-    `stale`: the figures are those of an earlier text of the buffer (this one has errors), moved
-    to the statements of this text that match theirs; see `borrow_figures`."""
+    `stale`: the figures are those of `origin`, the same network in an earlier text of the buffer
+    (this one has errors), moved to the statements of this text that match its; see `_borrow`."""
 
     node: ast.NetworkDef
     network: Network | None = None
@@ -70,6 +71,7 @@ class NetworkState:
     stages: tuple[StageFigures, ...] = ()   # spans of the current text
     ops: tuple[OpFigures, ...] = ()         # stem ops, spans of the current text
     stale: bool = False
+    origin: "NetworkState | None" = field(default=None, compare=False, repr=False)  # when stale
     # indexes built once per state (on the analysis thread), so that a hover or a jump is a
     # lookup: walking every parameter's uses per request cost 25 s with 3,000 parameters
     parameters: "ParameterIndex" = field(init=False, compare=False, repr=False)
@@ -196,8 +198,13 @@ def _analyse(network: Network) -> Analysed:
     return Analysed(figures, found)
 
 
-def analyze_text(text: str, name: str, cache: AnalysisCache | None = None) -> Snapshot:
-    """Parse, resolve and analyse every network of `text`; never raises SpecError."""
+def analyze_text(text: str, name: str, cache: AnalysisCache | None = None,
+                 previous: Snapshot | None = None) -> Snapshot:
+    """Parse, resolve and analyse every network of `text`; never raises SpecError.
+
+    A network that has no figures now (an error anywhere in it, or a syntax error anywhere in
+    the file) keeps those of `previous`, the snapshot of the buffer's earlier text, on the
+    statements that did not change: one misspelt setting must not blank every hover and hint."""
     source = Source.from_text(text, name)
     if len(text) > MAX_DOCUMENT_CHARS:
         return Snapshot(source, refused=True, diagnostics=(d.Diagnostic(
@@ -209,13 +216,17 @@ def analyze_text(text: str, name: str, cache: AnalysisCache | None = None) -> Sn
     try:
         file = parse_source(source)
     except d.SpecError as e:
-        return Snapshot(source, diagnostics=tuple(d.sort_diagnostics(
-            [*e.diagnostics, *_after_syntax_errors(source, e.diagnostics)])))
+        found, blanked = _after_syntax_errors(source, e.diagnostics)
+        # the networks of the text with its broken lines blanked: their statements still take
+        # figures from `previous` (but `file` stays None: nothing formats a broken text)
+        states = tuple(_borrow(NetworkState(node), previous) for node in blanked.networks) if blanked else ()
+        return Snapshot(source, networks=states, diagnostics=tuple(d.sort_diagnostics(
+            [*e.diagnostics, *found])))
     diagnostics: list[d.Diagnostic] = []
     states = []
     for node in file.networks:
         state, diags = _network_state(file, node, source, cache)
-        states.append(state)
+        states.append(_borrow(state, previous))
         diagnostics.extend(diags)
     if not file.networks:
         try:
@@ -257,11 +268,13 @@ def _network_state(file: ast.SpecFile, node: ast.NetworkDef, source: Source,
     return NetworkState(node, network, a, stages, ops), diagnostics
 
 
-def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]) -> list[d.Diagnostic]:
-    """Line-local errors of the rest of the file, found with the broken lines blanked out."""
+def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]
+                         ) -> tuple[list[d.Diagnostic], ast.SpecFile | None]:
+    """Line-local errors of the rest of the file, found with the broken lines blanked out, and
+    the file so blanked (None when it does not parse either)."""
     broken = {x.line for x in errors if x.line is not None}
     if not broken or any(x.code == d.UNEXPECTED_EOF for x in errors):
-        return []
+        return [], None
     lines = source.text.split("\n")
     for line in broken:
         if 1 <= line <= len(lines):
@@ -270,7 +283,7 @@ def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]) -> li
     try:
         file = parse_source(blanked)
     except d.SpecError:
-        return []  # the broken line held a brace: the rest cannot be told apart reliably
+        return [], None  # the broken line held a brace: the rest cannot be told apart reliably
     found = []
     for node in file.networks:
         try:
@@ -279,7 +292,60 @@ def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]) -> li
             found.extend(x for x in e.diagnostics if x.code in _LINE_LOCAL and x.line not in broken)
     # re-anchor on the real text, so excerpts show what the user wrote
     return [_move_diagnostic(x, lambda s: source.span(s.start, s.end) if s is not None else None)
-            for x in found]
+            for x in found], file
+
+
+# --- figures of an earlier text, for a network that has none now ------------------------------
+
+def _borrow(state: NetworkState, previous: Snapshot | None) -> NetworkState:
+    """`state`, or when it has no figures, those of the same network in `previous` (by name) on
+    the statements that match: same nesting, keyword and line text (so an edited line, where
+    the error usually is, shows none), paired in order by difflib."""
+    if state.analysis is not None or previous is None:
+        return state
+    old = next((x.origin or x for x in previous.networks
+                if x.node.name == state.node.name and x.analysis is not None), None)
+    if old is None:
+        return state
+    pairs = _statement_pairs(old.node, state.node)
+    stages = tuple(dataclasses.replace(s, span=pairs[_key(s.span)]) for s in old.stages
+                   if s.span is not None and _key(s.span) in pairs)
+    ops = tuple(dataclasses.replace(op, span=pairs[_key(op.span)]) for op in old.ops
+                if op.span is not None and _key(op.span) in pairs)
+    return NetworkState(state.node, old.network, old.analysis, stages, ops, stale=True, origin=old)
+
+
+def _statement_pairs(old: ast.NetworkDef, new: ast.NetworkDef) -> dict[tuple[int, int], Span]:
+    """The span of each statement of `old` that reappears unchanged in `new` -> its new span."""
+    a, b = _outline(old.body), _outline(new.body)
+    # an edit changes one stretch: pair the common head and tail directly, and leave difflib
+    # (quadratic at worst) only the stretch between
+    head = 0
+    while head < min(len(a), len(b)) and a[head][0] == b[head][0]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail][0] == b[-1 - tail][0]:
+        tail += 1
+    pairs = {_key(x[1]): y[1] for x, y in zip(a[:head], b[:head])}
+    pairs.update({_key(x[1]): y[1] for x, y in zip(a[len(a) - tail:], b[len(b) - tail:])})
+    mid_a, mid_b = a[head:len(a) - tail], b[head:len(b) - tail]
+    matcher = difflib.SequenceMatcher(None, [k for k, _ in mid_a], [k for k, _ in mid_b], autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for i in range(block.size):
+            pairs[_key(mid_a[block.a + i][1])] = mid_b[block.b + i][1]
+    return pairs
+
+
+def _outline(body: tuple[ast.Statement, ...] | None, depth: int = 0) -> list[tuple[tuple, Span]]:
+    """Each statement with a span, in order, keyed by depth, keyword and its first line's text."""
+    found = []
+    for stmt in body or ():
+        if stmt.span is not None:
+            line = stmt.span.source.line_text(stmt.span.line).strip()
+            found.append(((depth, stmt.keyword, line), stmt.span))
+        found.extend(_outline(stmt.body, depth + 1))
+        found.extend(_outline(stmt.between, depth + 1))
+    return found
 
 
 # --- spans of a cached result, moved to the current text ------------------------------------------

@@ -197,11 +197,22 @@ def code_actions(snap: Snapshot, pos: Positions, uri: str, wanted: types.Range,
 
 # --- hover ----------------------------------------------------------------------------------------
 
+# under a hover whose figures come from an earlier text (this one has an error)
+STALE_NOTE = "*figures of the last version without errors*"
+
+
 def hover(snap: Snapshot, pos: Positions, at: types.Position) -> types.Hover | None:
     offset = pos.offset(at)
     state = snap.network_at(offset)
     if state is None:
         return None
+    found = _hover_at(snap, state, pos, offset)
+    if found is not None and state.stale:
+        found.contents.value += "  \n" + STALE_NOTE
+    return found
+
+
+def _hover_at(snap: Snapshot, state: NetworkState, pos: Positions, offset: int) -> types.Hover | None:
     found = state.parameters.at(offset)
     if found is not None:
         param, span = found
@@ -425,7 +436,8 @@ def inlay_hints(snap: Snapshot, pos: Positions, wanted: types.Range) -> list[typ
             label = "→ " + ", ".join(shape_text(s.out_shape) for s in stages)
             end = len(snap.source.line_text(line).rstrip()) + 1
             hints.append(types.InlayHint(position=pos.position(line, end), label=label,
-                                         kind=types.InlayHintKind.Type, padding_left=True))
+                                         kind=types.InlayHintKind.Type, padding_left=True,
+                                         tooltip=STALE_NOTE if state.stale else None))
     return hints
 
 
@@ -554,12 +566,16 @@ class RenameRefused(ValueError):
 
 
 def prepare_rename(snap: Snapshot, pos: Positions, at: types.Position) -> types.Range | None:
+    if snap.file is None:
+        return None  # a text with syntax errors: its networks are a guess (broken lines blanked)
     found = _parameter(snap, pos, at)
     return pos.range(found[2]) if found is not None else None
 
 
 def rename(snap: Snapshot, pos: Positions, uri: str, at: types.Position,
            new_name: str) -> types.WorkspaceEdit | None:
+    if snap.file is None:
+        return None
     found = _parameter(snap, pos, at)
     if found is None:
         return None
