@@ -17,10 +17,11 @@ import pytest
 
 pytest.importorskip("pygls.lsp.server")
 
-from densedsl.lsp import document, features  # noqa: E402
-from densedsl.lsp.document import AnalysisCache, analyze_text, estimated_bytes  # noqa: E402
-from densedsl.lsp.framing import MAX_MESSAGE_BYTES, Frames, Problem  # noqa: E402
-from lsprotocol import types  # noqa: E402
+from lsprotocol import types
+
+from densedsl.lsp import document, features
+from densedsl.lsp.document import AnalysisCache, analyze_text, estimated_bytes
+from densedsl.lsp.framing import MAX_MESSAGE_BYTES, Frames, Problem
 
 ROOT = Path(__file__).resolve().parent.parent
 DN121 = (ROOT / "specs" / "densenet121.dense").read_text()
@@ -178,7 +179,7 @@ def test_a_broken_frame_is_skipped_and_later_requests_are_answered(raw: RawClien
 def test_every_broken_frame_in_one_session(raw: RawClient):
     """One after another, each split across writes: the stream resynchronises every time."""
     raw.open(URI, DN121)
-    for damage, data in BROKEN_FRAMES.items():
+    for data in BROKEN_FRAMES.values():
         for i in range(0, len(data), 7):
             raw.send(data[i:i + 7])
         _answers(raw)

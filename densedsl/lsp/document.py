@@ -71,10 +71,10 @@ class NetworkState:
     stages: tuple[StageFigures, ...] = ()   # spans of the current text
     ops: tuple[OpFigures, ...] = ()         # stem ops, spans of the current text
     stale: bool = False
-    origin: "NetworkState | None" = field(default=None, compare=False, repr=False)  # when stale
+    origin: NetworkState | None = field(default=None, compare=False, repr=False)  # when stale
     # indexes built once per state (on the analysis thread), so that a hover or a jump is a
     # lookup: walking every parameter's uses per request cost 25 s with 3,000 parameters
-    parameters: "ParameterIndex" = field(init=False, compare=False, repr=False)
+    parameters: ParameterIndex = field(init=False, compare=False, repr=False)
     _stages_by_span: dict = field(init=False, compare=False, repr=False)
     _ops_by_span: dict = field(init=False, compare=False, repr=False)
 
@@ -438,7 +438,7 @@ class ParameterIndex:
     spots: tuple[tuple[Span, ast.Param, bool], ...]   # (span, parameter, is declaration), by start
 
     @classmethod
-    def of(cls, node: ast.NetworkDef) -> "ParameterIndex":
+    def of(cls, node: ast.NetworkDef) -> ParameterIndex:
         declared = {p.name: p for p in node.params}
         uses: dict[str, list[Span]] = {}
         for x in _parameter_reads(node):

@@ -29,8 +29,8 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from .. import __version__
-from . import features, framing
 from ..source import Source
+from . import features, framing
 from .document import AnalysisCache, Snapshot, analyze_text, parse_text
 
 _ERRORS_MD = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
