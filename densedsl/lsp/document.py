@@ -16,7 +16,9 @@ Two things differ from `check`, both because an editor shows a text while it is 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import difflib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -58,25 +60,45 @@ class OpFigures:
 
 @dataclass(frozen=True, slots=True)
 class NetworkState:
-    """One network of the buffer: its AST, and what resolving and analysing it gave."""
+    """One network of the buffer: its AST, and what resolving and analysing it gave.
+
+    `stale`: the figures are those of `origin`, the same network in an earlier text of the buffer
+    (this one has errors), moved to the statements of this text that match its; see `_borrow`."""
 
     node: ast.NetworkDef
     network: Network | None = None
     analysis: Analysis | None = None
     stages: tuple[StageFigures, ...] = ()   # spans of the current text
     ops: tuple[OpFigures, ...] = ()         # stem ops, spans of the current text
+    stale: bool = False
+    origin: NetworkState | None = field(default=None, compare=False, repr=False)  # when stale
+    # indexes built once per state (on the analysis thread), so that a hover or a jump is a
+    # lookup: walking every parameter's uses per request cost 25 s with 3,000 parameters
+    parameters: ParameterIndex = field(init=False, compare=False, repr=False)
+    _stages_by_span: dict = field(init=False, compare=False, repr=False)
+    _ops_by_span: dict = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parameters", ParameterIndex.of(self.node))
+        by_span: dict[tuple[int, int], list[StageFigures]] = {}
+        for s in self.stages:
+            if s.span is not None:
+                by_span.setdefault(_key(s.span), []).append(s)
+        object.__setattr__(self, "_stages_by_span", by_span)
+        ops: dict[tuple[int, int], OpFigures] = {}
+        for op in self.ops:
+            if op.span is not None:
+                ops.setdefault(_key(op.span), op)
+        object.__setattr__(self, "_ops_by_span", ops)
 
     def stages_at(self, span: Span | None) -> list[StageFigures]:
         """The stages a statement produced: one, or one per repetition inside `repeat`."""
         if span is None:
             return []
-        return [s for s in self.stages if s.span is not None and _key(s.span) == _key(span)]
+        return list(self._stages_by_span.get(_key(span), ()))
 
     def op_at(self, span: Span | None) -> OpFigures | None:
-        for op in self.ops:
-            if span is not None and op.span is not None and _key(op.span) == _key(span):
-                return op
-        return None
+        return self._ops_by_span.get(_key(span)) if span is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +132,34 @@ class Analysed:
     diagnostics: tuple[d.Diagnostic, ...]
 
 
+# What one cached analysis costs, per element (node or edge) of its graph: measured with
+# tracemalloc on single-block networks of 300 to 1,300 layers (243-277 bytes; 200 MiB for the
+# largest), rounded up. The edges dominate: a block of L layers has about L²/2.
+BYTES_PER_GRAPH_ELEMENT = 300
+# The cache's budget: room for dozens of ImageNet-sized networks (DenseNet-264: 1.5 MiB) but
+# about one network at the graph limits (E304: 10^6 connections, ~300 MiB). The newest entry is
+# kept whatever its size (the open document's snapshot holds it anyway).
+MAX_CACHE_BYTES = 256 * 2**20
+
+
+def estimated_bytes(result: Analysed) -> int:
+    """What keeping `result` costs, estimated from its graph's size (0 without figures)."""
+    a = result.figures
+    if a is None:
+        return 1024
+    edges = sum(len(succ) for succ in a.arch.succ.values())
+    return BYTES_PER_GRAPH_ELEMENT * (len(a.arch) + edges + len(a.lowered))
+
+
 @dataclass
 class AnalysisCache:
-    """The last few analyses, keyed by the resolved network (equality ignores spans)."""
+    """The last few analyses, keyed by the resolved network (equality ignores spans): at most
+    `size` of them and, but for the newest, at most `max_bytes` by `estimated_bytes`."""
 
     size: int = 8
+    max_bytes: int = MAX_CACHE_BYTES
     entries: OrderedDict = field(default_factory=OrderedDict)
+    weights: dict = field(default_factory=dict)
 
     def analyze(self, network: Network) -> tuple[Network, Analysed]:
         """(the network the result was computed for, what analysing it gave)."""
@@ -123,10 +167,17 @@ class AnalysisCache:
         if hit is not None:
             self.entries.move_to_end(network)
             return hit
-        self.entries[network] = (network, _analyse(network))
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        result = _analyse(network)
+        self.entries[network] = (network, result)
+        self.weights[network] = estimated_bytes(result)
+        while len(self.entries) > 1 and (len(self.entries) > self.size or self.bytes > self.max_bytes):
+            oldest, _ = self.entries.popitem(last=False)
+            del self.weights[oldest]
         return self.entries[network]
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.weights.values())
 
 
 def _analyse(network: Network) -> Analysed:
@@ -147,8 +198,13 @@ def _analyse(network: Network) -> Analysed:
     return Analysed(figures, found)
 
 
-def analyze_text(text: str, name: str, cache: AnalysisCache | None = None) -> Snapshot:
-    """Parse, resolve and analyse every network of `text`; never raises SpecError."""
+def analyze_text(text: str, name: str, cache: AnalysisCache | None = None,
+                 previous: Snapshot | None = None) -> Snapshot:
+    """Parse, resolve and analyse every network of `text`; never raises SpecError.
+
+    A network that has no figures now (an error anywhere in it, or a syntax error anywhere in
+    the file) keeps those of `previous`, the snapshot of the buffer's earlier text, on the
+    statements that did not change: one misspelt setting must not blank every hover and hint."""
     source = Source.from_text(text, name)
     if len(text) > MAX_DOCUMENT_CHARS:
         return Snapshot(source, refused=True, diagnostics=(d.Diagnostic(
@@ -160,13 +216,17 @@ def analyze_text(text: str, name: str, cache: AnalysisCache | None = None) -> Sn
     try:
         file = parse_source(source)
     except d.SpecError as e:
-        return Snapshot(source, diagnostics=tuple(d.sort_diagnostics(
-            [*e.diagnostics, *_after_syntax_errors(source, e.diagnostics)])))
+        found, blanked = _after_syntax_errors(source, e.diagnostics)
+        # the networks of the text with its broken lines blanked: their statements still take
+        # figures from `previous` (but `file` stays None: nothing formats a broken text)
+        states = tuple(_borrow(NetworkState(node), previous) for node in blanked.networks) if blanked else ()
+        return Snapshot(source, networks=states, diagnostics=tuple(d.sort_diagnostics(
+            [*e.diagnostics, *found])))
     diagnostics: list[d.Diagnostic] = []
     states = []
     for node in file.networks:
         state, diags = _network_state(file, node, source, cache)
-        states.append(state)
+        states.append(_borrow(state, previous))
         diagnostics.extend(diags)
     if not file.networks:
         try:
@@ -208,11 +268,13 @@ def _network_state(file: ast.SpecFile, node: ast.NetworkDef, source: Source,
     return NetworkState(node, network, a, stages, ops), diagnostics
 
 
-def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]) -> list[d.Diagnostic]:
-    """Line-local errors of the rest of the file, found with the broken lines blanked out."""
+def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]
+                         ) -> tuple[list[d.Diagnostic], ast.SpecFile | None]:
+    """Line-local errors of the rest of the file, found with the broken lines blanked out, and
+    the file so blanked (None when it does not parse either)."""
     broken = {x.line for x in errors if x.line is not None}
     if not broken or any(x.code == d.UNEXPECTED_EOF for x in errors):
-        return []
+        return [], None
     lines = source.text.split("\n")
     for line in broken:
         if 1 <= line <= len(lines):
@@ -221,7 +283,7 @@ def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]) -> li
     try:
         file = parse_source(blanked)
     except d.SpecError:
-        return []  # the broken line held a brace: the rest cannot be told apart reliably
+        return [], None  # the broken line held a brace: the rest cannot be told apart reliably
     found = []
     for node in file.networks:
         try:
@@ -230,7 +292,60 @@ def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]) -> li
             found.extend(x for x in e.diagnostics if x.code in _LINE_LOCAL and x.line not in broken)
     # re-anchor on the real text, so excerpts show what the user wrote
     return [_move_diagnostic(x, lambda s: source.span(s.start, s.end) if s is not None else None)
-            for x in found]
+            for x in found], file
+
+
+# --- figures of an earlier text, for a network that has none now ------------------------------
+
+def _borrow(state: NetworkState, previous: Snapshot | None) -> NetworkState:
+    """`state`, or when it has no figures, those of the same network in `previous` (by name) on
+    the statements that match: same nesting, keyword and line text (so an edited line, where
+    the error usually is, shows none), paired in order by difflib."""
+    if state.analysis is not None or previous is None:
+        return state
+    old = next((x.origin or x for x in previous.networks
+                if x.node.name == state.node.name and x.analysis is not None), None)
+    if old is None:
+        return state
+    pairs = _statement_pairs(old.node, state.node)
+    stages = tuple(dataclasses.replace(s, span=pairs[_key(s.span)]) for s in old.stages
+                   if s.span is not None and _key(s.span) in pairs)
+    ops = tuple(dataclasses.replace(op, span=pairs[_key(op.span)]) for op in old.ops
+                if op.span is not None and _key(op.span) in pairs)
+    return NetworkState(state.node, old.network, old.analysis, stages, ops, stale=True, origin=old)
+
+
+def _statement_pairs(old: ast.NetworkDef, new: ast.NetworkDef) -> dict[tuple[int, int], Span]:
+    """The span of each statement of `old` that reappears unchanged in `new` -> its new span."""
+    a, b = _outline(old.body), _outline(new.body)
+    # an edit changes one stretch: pair the common head and tail directly, and leave difflib
+    # (quadratic at worst) only the stretch between
+    head = 0
+    while head < min(len(a), len(b)) and a[head][0] == b[head][0]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail][0] == b[-1 - tail][0]:
+        tail += 1
+    pairs = {_key(x[1]): y[1] for x, y in zip(a[:head], b[:head])}
+    pairs.update({_key(x[1]): y[1] for x, y in zip(a[len(a) - tail:], b[len(b) - tail:])})
+    mid_a, mid_b = a[head:len(a) - tail], b[head:len(b) - tail]
+    matcher = difflib.SequenceMatcher(None, [k for k, _ in mid_a], [k for k, _ in mid_b], autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for i in range(block.size):
+            pairs[_key(mid_a[block.a + i][1])] = mid_b[block.b + i][1]
+    return pairs
+
+
+def _outline(body: tuple[ast.Statement, ...] | None, depth: int = 0) -> list[tuple[tuple, Span]]:
+    """Each statement with a span, in order, keyed by depth, keyword and its first line's text."""
+    found = []
+    for stmt in body or ():
+        if stmt.span is not None:
+            line = stmt.span.source.line_text(stmt.span.line).strip()
+            found.append(((depth, stmt.keyword, line), stmt.span))
+        found.extend(_outline(stmt.body, depth + 1))
+        found.extend(_outline(stmt.between, depth + 1))
+    return found
 
 
 # --- spans of a cached result, moved to the current text ------------------------------------------
@@ -304,26 +419,53 @@ def names(e: ast.Expr | ast.ShapeLit | None) -> Iterator[ast.Name]:
             yield from names(arg)
 
 
+def _parameter_reads(node: ast.NetworkDef) -> Iterator[ast.Name]:
+    """Every name an expression of the network reads: parameter defaults, statement arguments
+    and setting values."""
+    for p in node.params:
+        yield from names(p.default)
+    for stmt in statements(node.body):
+        for e in [stmt.arg] + [s.value for s in stmt.settings]:
+            yield from names(e)
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterIndex:
+    """Where each declared parameter of a network is declared and read, from one walk of it."""
+
+    uses: dict[str, tuple[Span, ...]]     # a declared name -> the spans that read it, in order
+    starts: tuple[int, ...]               # sorted: where each declaration or use starts
+    spots: tuple[tuple[Span, ast.Param, bool], ...]   # (span, parameter, is declaration), by start
+
+    @classmethod
+    def of(cls, node: ast.NetworkDef) -> ParameterIndex:
+        declared = {p.name: p for p in node.params}
+        uses: dict[str, list[Span]] = {}
+        for x in _parameter_reads(node):
+            if x.id in declared and x.span is not None:
+                uses.setdefault(x.id, []).append(x.span)
+        spots = [(p.name_span, p, True) for p in node.params if p.name_span is not None]
+        spots += [(span, declared[name], False) for name, spans in uses.items() for span in spans]
+        spots.sort(key=lambda spot: (spot[0].start, not spot[2]))
+        return cls({k: tuple(v) for k, v in uses.items()}, tuple(x[0].start for x in spots),
+                   tuple(spots))
+
+    def at(self, offset: int) -> tuple[ast.Param, Span] | None:
+        """The declaration or use at `offset` (ends inclusive, so the cursor just after a name
+        finds it); a declaration wins over a use that touches it."""
+        i = bisect.bisect_right(self.starts, offset)
+        # names never overlap, so only the last one starting at or before `offset` and the one
+        # before it (when the two touch) can hold it
+        found = [self.spots[j] for j in (i - 2, i - 1) if j >= 0 and self.spots[j][0].end >= offset]
+        found.sort(key=lambda spot: not spot[2])
+        return (found[0][1], found[0][0]) if found else None
+
+
 def parameter_uses(node: ast.NetworkDef, name: str) -> list[Span]:
     """Every place an expression of the network reads parameter `name`."""
-    uses = []
-    for p in node.params:
-        uses.extend(x.span for x in names(p.default) if x.id == name and x.span is not None)
-    for stmt in statements(node.body):
-        exprs = [stmt.arg] + [s.value for s in stmt.settings]
-        for e in exprs:
-            uses.extend(x.span for x in names(e) if x.id == name and x.span is not None)
-    return uses
+    return list(ParameterIndex.of(node).uses.get(name, ()))
 
 
 def parameter_at(node: ast.NetworkDef, offset: int) -> tuple[ast.Param, Span] | None:
     """The declared parameter whose declaration or use lies at `offset`, with that span."""
-    declared = {p.name: p for p in node.params}
-    for p in node.params:
-        if p.name_span is not None and p.name_span.start <= offset <= p.name_span.end:
-            return p, p.name_span
-    for name, p in declared.items():
-        for span in parameter_uses(node, name):
-            if span.start <= offset <= span.end:
-                return p, span
-    return None
+    return ParameterIndex.of(node).at(offset)

@@ -24,15 +24,7 @@ from ..language import ast
 from ..language import network as n
 from ..language import resolve as r
 from ..language.fmt import format_expr, format_spec
-from .document import (
-    NetworkState,
-    Snapshot,
-    innermost_statement,
-    names,
-    parameter_at,
-    parameter_uses,
-    statements,
-)
+from .document import NetworkState, Snapshot, innermost_statement, names, statements
 
 # --- names and their one-line docs ----------------------------------------------------------------
 
@@ -206,12 +198,23 @@ def code_actions(snap: Snapshot, pos: Positions, uri: str, wanted: types.Range,
 
 # --- hover ----------------------------------------------------------------------------------------
 
+# under a hover whose figures come from an earlier text (this one has an error)
+STALE_NOTE = "*figures of the last version without errors*"
+
+
 def hover(snap: Snapshot, pos: Positions, at: types.Position) -> types.Hover | None:
     offset = pos.offset(at)
     state = snap.network_at(offset)
     if state is None:
         return None
-    found = parameter_at(state.node, offset)
+    found = _hover_at(snap, state, pos, offset)
+    if found is not None and state.stale:
+        found.contents.value += "  \n" + STALE_NOTE
+    return found
+
+
+def _hover_at(snap: Snapshot, state: NetworkState, pos: Positions, offset: int) -> types.Hover | None:
+    found = state.parameters.at(offset)
     if found is not None:
         param, span = found
         return _hover(_parameter_text(state, param), pos.range(span))
@@ -257,7 +260,7 @@ def _parameter_text(state: NetworkState, param: ast.Param) -> list[str]:
     default = format_expr(param.default)
     head = f"**parameter `{param.name}`**" + (f" = {_value(value)}" if value is not None else "")
     lines = [head, f"declared on line {param.name_span.line}: `{param.name}={default}`"]
-    uses = sorted({s.line for s in parameter_uses(state.node, param.name)})
+    uses = sorted({s.line for s in state.parameters.uses.get(param.name, ())})
     lines.append(f"used on line{'s' if len(uses) != 1 else ''} {_lines(uses)}" if uses else "not used")
     return lines
 
@@ -434,7 +437,8 @@ def inlay_hints(snap: Snapshot, pos: Positions, wanted: types.Range) -> list[typ
             label = "→ " + ", ".join(shape_text(s.out_shape) for s in stages)
             end = len(snap.source.line_text(line).rstrip()) + 1
             hints.append(types.InlayHint(position=pos.position(line, end), label=label,
-                                         kind=types.InlayHintKind.Type, padding_left=True))
+                                         kind=types.InlayHintKind.Type, padding_left=True,
+                                         tooltip=STALE_NOTE if state.stale else None))
     return hints
 
 
@@ -554,7 +558,7 @@ def references(snap: Snapshot, pos: Positions, uri: str, at: types.Position,
     if found is None:
         return []
     state, param, _ = found
-    spans = ([param.name_span] if include_declaration else []) + parameter_uses(state.node, param.name)
+    spans = ([param.name_span] if include_declaration else []) + list(state.parameters.uses.get(param.name, ()))
     return [types.Location(uri=uri, range=pos.range(s)) for s in spans]
 
 
@@ -563,12 +567,16 @@ class RenameRefused(ValueError):
 
 
 def prepare_rename(snap: Snapshot, pos: Positions, at: types.Position) -> types.Range | None:
+    if snap.file is None:
+        return None  # a text with syntax errors: its networks are a guess (broken lines blanked)
     found = _parameter(snap, pos, at)
     return pos.range(found[2]) if found is not None else None
 
 
 def rename(snap: Snapshot, pos: Positions, uri: str, at: types.Position,
            new_name: str) -> types.WorkspaceEdit | None:
+    if snap.file is None:
+        return None
     found = _parameter(snap, pos, at)
     if found is None:
         return None
@@ -580,7 +588,7 @@ def rename(snap: Snapshot, pos: Positions, uri: str, at: types.Position,
         for e in [stmt.arg, *(s.value for s in stmt.settings)] for x in names(e)}
     if new_name in taken - {param.name}:
         raise RenameRefused(f"'{new_name}' is already used in network '{state.node.name}'")
-    spans = [param.name_span, *parameter_uses(state.node, param.name)]
+    spans = [param.name_span, *state.parameters.uses.get(param.name, ())]
     return types.WorkspaceEdit(changes={uri: [types.TextEdit(range=pos.range(s), new_text=new_name)
                                               for s in spans]})
 
@@ -590,5 +598,5 @@ def _parameter(snap: Snapshot, pos: Positions, at: types.Position):
     state = snap.network_at(offset)
     if state is None:
         return None
-    found = parameter_at(state.node, offset)
+    found = state.parameters.at(offset)
     return (state, *found) if found is not None else None

@@ -14,22 +14,31 @@ checkout's copy when there is one).
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidRequest
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidRequest
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from .. import __version__
 from ..core.source import Source
-from . import features
+from . import features, framing
 from .document import AnalysisCache, Snapshot, analyze_text, parse_text
 
 _ERRORS_MD = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+logger = logging.getLogger(__name__)
+
+# How long a message may stay half-received before the server says, once, that it is waiting.
+STALL_SECONDS = 5.0
+_READ_CHUNK = 64 * 1024
 
 
 class DenseLanguageServer(LanguageServer):
@@ -57,6 +66,71 @@ class DenseLanguageServer(LanguageServer):
             self.debounce = float(options["debounce"])
         if isinstance(options.get("docsUrl"), str):
             self.docs_url = options["docsUrl"] or None
+
+    # --- the stream ----------------------------------------------------------------------------
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """pygls' stdio server, reading through `framing.Frames` instead of pygls' reader (which
+        trusts every Content-Length: see framing.py)."""
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(self._read(stdin or sys.stdin.buffer))
+        except BrokenPipeError:
+            logger.error("the connection to the client is lost; shutting down")
+        except (KeyboardInterrupt, SystemExit):  # `exit` ends the loop by sys.exit, as in pygls
+            pass
+        finally:
+            self.shutdown()
+
+    async def _read(self, stdin: BinaryIO) -> None:
+        loop = asyncio.get_running_loop()
+        frames = framing.Frames()
+        reading: asyncio.Future | None = None
+        warned = False
+        while not self._stop_event.is_set():
+            if reading is None:
+                reading = loop.run_in_executor(self.thread_pool, stdin.read1, _READ_CHUNK)
+            half = frames.incomplete()
+            done, _ = await asyncio.wait({reading}, timeout=STALL_SECONDS if half and not warned else None)
+            if not done:
+                warned = True
+                self.report(f"waiting for the rest of a message: {half[0]:,} bytes received, its "
+                            f"header declares {half[1]:,} (a Content-Length larger than the message "
+                            "stalls the connection until more arrives)")
+                continue
+            data, reading, warned = reading.result(), None, False
+            if not data:
+                return  # the client closed stdin
+            frames.feed(data)
+            while (item := frames.next()) is not None:
+                if isinstance(item, framing.Problem):
+                    self.report(item.message)
+                else:
+                    self.dispatch(item)
+
+    def dispatch(self, raw: Any) -> None:
+        """Hand one parsed message to pygls; answer a request pygls cannot read with an error."""
+        if not isinstance(raw, dict) or raw.get("jsonrpc") != "2.0":
+            self.report("skipped a message that is not a JSON-RPC 2.0 object")
+            return
+        try:
+            message = self.protocol.structure_message(raw)
+        except JsonRpcException as e:
+            # pygls only logs this: a request with a bad parameter (a position on line -1) would
+            # never be answered, and a client that awaits it waits for ever
+            msg_id = raw.get("id")
+            if "method" in raw and isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
+                self.protocol._send_response(msg_id, error=e.to_response_error())
+            self.report(f"could not read a {raw.get('method', 'message')!r} message: {e.message}")
+            return
+        self.protocol.handle_message(message)
+
+    def report(self, text: str) -> None:
+        """A problem with what the client sent: to stderr and the client's log."""
+        logger.warning("densedsl lsp: %s", text)
+        self.window_log_message(types.LogMessageParams(type=types.MessageType.Warning,
+                                                       message=f"densedsl lsp: {text}"))
 
     # --- snapshots ----------------------------------------------------------------------------
 
@@ -90,7 +164,7 @@ class DenseLanguageServer(LanguageServer):
         doc = self.workspace.text_documents.get(uri)
         if doc is None or doc.source != text:
             return None
-        return analyze_text(text, to_fs_path(uri) or uri, self.cache)
+        return analyze_text(text, to_fs_path(uri) or uri, self.cache, self.snapshots.get(uri))
 
     def parsed(self, uri: str) -> Snapshot:
         """The analysed snapshot when it is current, else a parse of the current text."""
