@@ -49,7 +49,7 @@ def compile(spec: Spec | str, memory: str = "standard", *, features: bool = Fals
 
 def load_weights(model: "torch.nn.Module", weights: Any, *, strict: bool = True) -> "torch.nn.Module":
     """Load a state_dict or a checkpoint path; one readable error lists every mismatch."""
-    from .compiler import load_weights as _load_weights
+    from .weights import load_weights as _load_weights
     return _load_weights(model, weights, strict=strict)
 
 

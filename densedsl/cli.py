@@ -504,7 +504,8 @@ def _render_heatmap(args: argparse.Namespace) -> int:
     from . import budget
     from .analysis import analyze
     budget.require(budget.for_weights_file(analyze(network, **_limits(args)), "reading the weights of"), network)
-    from .compiler import build_model, load_weights
+    from .compiler import build_model
+    from .weights import load_weights
     from .heatmap import connection_strength, write_heatmap
     model = load_weights(build_model(network), args.weights)
     write_heatmap(connection_strength(model, network), args.output, network=network)

@@ -22,7 +22,8 @@ import torch
 
 from . import datasets
 from . import diagnostics as d
-from .checkpoints import CHECKPOINT, METRIC_FIELDS
+from .checkpoint_schema import METRIC_FIELDS
+from .checkpoints import CHECKPOINT
 from .diagnostics import Diagnostic, SpecError
 from .distributed import Dist, agree
 from .files import atomic_write
@@ -186,7 +187,7 @@ def existing_run(run_dir: Path) -> str | None:
 
 def write_metrics(path: Path, metrics: list[dict]) -> None:
     buf = io.StringIO()
-    # A regression's rows have their own fields (checkpoints.REGRESSION_FIELDS)
+    # A regression's rows have their own fields (checkpoint_schema.REGRESSION_FIELDS)
     writer = csv.DictWriter(buf, fieldnames=list(metrics[0]) if metrics else METRIC_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in metrics:

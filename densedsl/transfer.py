@@ -3,7 +3,7 @@ published or earlier weights (`train --init`).
 
 Both read the file the same way: a densedsl checkpoint (or the run directory holding one) is
 validated in full like `eval` validates it (E908, E912, E913); any other file is read the way
-`compiler.load_weights` reads it (a bare state_dict, or a torchvision, timm or MONAI DenseNet
+`weights.load_weights` reads it (a bare state_dict, or a torchvision, timm or MONAI DenseNet
 checkpoint, whose key conventions it recognises).
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 from torch import nn
 
 from . import diagnostics as d
-from .checkpoints import CHECKPOINT, FORMAT, check
+from .checkpoint_schema import FORMAT
+from .checkpoints import CHECKPOINT, check
 from .diagnostics import Diagnostic, SpecError
 
 _MAX_LISTED = 12  # tensors named one by one in the --init report; the rest are counted
@@ -26,7 +27,7 @@ _MAX_LISTED = 12  # tensors named one by one in the --init report; the rest are 
 def read_weights(path: str | os.PathLike) -> Any:
     """What torch.load(weights_only=True) returns for a weights file, a densedsl checkpoint
     being validated against the checkpoint schema."""
-    from .compiler import read_weights_file
+    from .weights import read_weights_file
     from .files import require_regular
     p = Path(path)
     require_regular(p, "weights file")
@@ -47,7 +48,7 @@ def _naming(error: SpecError, path: str | os.PathLike) -> SpecError:
 def load_exactly(model: nn.Module, path: str | os.PathLike) -> str:
     """Load every tensor of the weights file into `model` (any missing, unexpected or wrongly
     shaped tensor is E908); returns the key convention recognised."""
-    from .compiler import load_weights
+    from .weights import load_weights
     raw = read_weights(path)
     try:
         load_weights(model, raw)
@@ -93,7 +94,7 @@ def initialise(model: nn.Module, path: str | os.PathLike, *, partial: bool = Fal
     Tensors whose shape differs (the classifier when the number of classes changes) stay at
     their initialisation. Tensors missing from the file, or in the file but not in the model,
     are E908 unless `partial`: they mean the file was written for another architecture."""
-    from .compiler import _shape, normalised_weights
+    from .weights import _shape, normalised_weights
     import torch
     raw = read_weights(path)
     own = model.state_dict()

@@ -17,7 +17,8 @@ from torch import nn  # noqa: E402
 
 import densedsl  # noqa: E402
 from densedsl import network as n  # noqa: E402
-from densedsl.compiler import WeightsError, build_model, load_weights  # noqa: E402
+from densedsl.compiler import build_model  # noqa: E402
+from densedsl.weights import WeightsError, load_weights  # noqa: E402
 from densedsl.engine import accelerate  # noqa: E402
 from densedsl.modules import DenseBlock, DenseLayer, DenseNet, Transition  # noqa: E402
 from networks import d2l_fashion_mnist, torchvision  # noqa: E402

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 import densedsl  # noqa: E402
 from densedsl import cli  # noqa: E402
-from densedsl.compiler import load_weights  # noqa: E402
+from densedsl.weights import load_weights  # noqa: E402
 from densedsl.export import python_source  # noqa: E402
 from densedsl.modules import DenseNet  # noqa: E402
 

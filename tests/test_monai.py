@@ -10,7 +10,8 @@ monai_nets = pytest.importorskip("monai.networks.nets")
 
 import densedsl  # noqa: E402
 from densedsl.analysis import analyze  # noqa: E402
-from densedsl.compiler import CONVENTIONS, build_model, load_weights, weights_convention  # noqa: E402
+from densedsl.compiler import build_model  # noqa: E402
+from densedsl.weights import CONVENTIONS, load_weights, weights_convention  # noqa: E402
 
 from conftest import SPECS  # noqa: E402
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from densedsl import checkpoints, cli, datasets, tabular
+from densedsl import checkpoint_schema, cli, datasets, tabular
 from densedsl.diagnostics import SpecError
 from densedsl.train import CHECKPOINT, evaluate, read_checkpoint, train
 
@@ -322,9 +322,9 @@ def tabular_run(spec, houses, tmp_path) -> Path:
 ])
 def test_an_edited_pipeline_is_refused_on_load(tabular_run, tmp_path, edit, words):
     ckpt = torch.load(tabular_run / CHECKPOINT, weights_only=True)
-    assert checkpoints.problem_in(ckpt) is None
+    assert checkpoint_schema.problem_in(ckpt) is None
     edit(ckpt)
-    problem = checkpoints.problem_in(ckpt)
+    problem = checkpoint_schema.problem_in(ckpt)
     assert problem is not None and words in problem, problem
 
 

@@ -275,10 +275,10 @@ def test_freeze_a_stage_the_network_lacks_is_refused_naming_the_stages(tmp_path)
 
 
 def test_a_checkpoint_from_before_the_fine_tuning_settings_still_resumes(tmp_path):
-    from densedsl import checkpoints
+    from densedsl import checkpoint_schema
     _train(epochs=1, out=tmp_path / "old")
     ckpt = torch.load(tmp_path / "old" / CHECKPOINT, weights_only=True)
-    for key in checkpoints.LATER_SETTINGS:
+    for key in checkpoint_schema.LATER_SETTINGS:
         del ckpt["config"][key]
     torch.serialization.set_crc32_options(True)
     torch.save(ckpt, tmp_path / "old" / CHECKPOINT)
