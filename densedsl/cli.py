@@ -507,7 +507,7 @@ def _render_heatmap(args: argparse.Namespace) -> int:
     from .compiler import build_model
     from .weights import load_weights
     from .heatmap import connection_strength, write_heatmap
-    model = load_weights(build_model(network), args.weights)
+    model = load_weights(build_model(network), args.weights, cli=True)
     write_heatmap(connection_strength(model, network), args.output, network=network)
     print(f"{args.output}: {network.name}, connection strength from {args.weights}", file=sys.stderr)
     return EXIT_OK
