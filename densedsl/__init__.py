@@ -125,7 +125,7 @@ def compile(spec: SpecLike, memory: str = "standard", *, network: str | None = N
 
 def load_weights(model: "torch.nn.Module", weights: _t.Any, *, strict: bool = True) -> "torch.nn.Module":
     """Load a state_dict or a checkpoint path; one readable error lists every mismatch."""
-    from .nn.build import load_weights as _load_weights
+    from .nn.weights import load_weights as _load_weights
     return _load_weights(model, weights, strict=strict)
 
 

@@ -505,9 +505,10 @@ def _render_heatmap(args: argparse.Namespace) -> int:
     from .analysis import budget
     from .analysis.figures import analyze
     budget.require(budget.for_weights_file(analyze(network, **_limits(args)), "reading the weights of"), network)
-    from .nn.build import build_model, load_weights
+    from .nn.build import build_model
+    from .nn.weights import load_weights
     from .views.heatmap import connection_strength, write_heatmap
-    model = load_weights(build_model(network), args.weights)
+    model = load_weights(build_model(network), args.weights, cli=True)
     write_heatmap(connection_strength(model, network), args.output, network=network)
     print(f"{args.output}: {network.name}, connection strength from {args.weights}", file=sys.stderr)
     return EXIT_OK

@@ -28,6 +28,7 @@ def saved_bytes(model, x, *, weights: bool = False, buffers: bool = False) -> in
 def saved_bytes_of(network, batch: int = 2) -> int:
     """`saved_bytes` of `network` compiled and in training mode, on a random batch."""
     import torch
+
     from densedsl.nn.build import build_model
 
     return saved_bytes(build_model(network).train(), torch.randn(batch, *network.input))

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from fractions import Fraction
 
+import networks as N
 import pytest
+from conftest import ROOT
 from measure import saved_bytes_of
 
 import densedsl
-import networks as N
-from conftest import ROOT
-from densedsl.ir import lowering
 from densedsl.analysis.figures import MinInputSize, _check_invariants, analyze
 from densedsl.core.diagnostics import SpecError
+from densedsl.ir import lowering
 from densedsl.language.network import Conv, DenseBlock, Expectation, Network, Stem, Transition
 
 

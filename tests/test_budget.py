@@ -7,14 +7,13 @@ import math
 import sys
 
 import pytest
+from conftest import ROOT
 
 import densedsl
 from densedsl.analysis import budget
-from densedsl.nn import build as compiler
 from densedsl.analysis.figures import analyze
 from densedsl.cli import main
-
-from conftest import ROOT
+from densedsl.nn import build as compiler
 
 TINY = ROOT / "specs/tiny_digits.dense"
 # 5,950,064,560 parameters: `check` accepts it, building it takes 22 GiB.

@@ -15,11 +15,19 @@ import pytest
 import torch
 
 import densedsl
-from densedsl.training import checkpoints, datasets
 from densedsl import cli
-from densedsl.nn import build as compiler
 from densedsl.core.diagnostics import SpecError
-from densedsl.training.train import CHECKPOINT, Config, evaluate, model_from_checkpoint, read_checkpoint, train
+from densedsl.nn import build as compiler
+from densedsl.nn import weights
+from densedsl.training import checkpoint_schema, datasets
+from densedsl.training.train import (
+    CHECKPOINT,
+    Config,
+    evaluate,
+    model_from_checkpoint,
+    read_checkpoint,
+    train,
+)
 
 SPEC = """network t(classes=3) {
     input 1x8x8
@@ -58,17 +66,17 @@ def saved(run) -> dict:
 
 
 def test_a_checkpoint_train_writes_passes_every_check(run, saved):
-    assert checkpoints.problem_in(saved) is None
+    assert checkpoint_schema.problem_in(saved) is None
     assert read_checkpoint(run)["epoch"] == 1
     with zipfile.ZipFile(run / CHECKPOINT) as archive:  # CRCs are written, so they can be checked
         assert all(m.CRC != 0 for m in archive.infolist() if m.file_size)
 
 
 def test_the_settings_rules_cover_every_config_field():
-    assert set(checkpoints.SETTINGS) == {f.name for f in fields(Config)}
-    assert checkpoints.AUGMENTATIONS == datasets.AUGMENTATIONS
-    assert checkpoints.MEMORY_MODES == compiler.MEMORY_MODES
-    assert checkpoints.DATA_KINDS == datasets.KINDS
+    assert set(checkpoint_schema.SETTINGS) == {f.name for f in fields(Config)}
+    assert checkpoint_schema.AUGMENTATIONS == datasets.AUGMENTATIONS
+    assert checkpoint_schema.MEMORY_MODES == compiler.MEMORY_MODES
+    assert checkpoint_schema.DATA_KINDS == datasets.KINDS
 
 
 # --- corruption: the zip records' CRC-32s ------------------------------------------------------
@@ -121,11 +129,11 @@ def test_weights_loaded_by_the_compiler_are_checked_too(run, tmp_path):
     (tmp_path / "flipped.pt").write_bytes(raw)
     model = compiler.build_model(densedsl.parse(SPEC).network)
     with pytest.raises(SpecError) as e:  # compile --weights, render --heatmap --weights
-        compiler.load_weights(model, str(tmp_path / "flipped.pt"))
+        weights.load_weights(model, str(tmp_path / "flipped.pt"))
     assert _codes(e.value) == ["E913"]
     os.mkfifo(tmp_path / "fifo.pt")
     with pytest.raises(SpecError) as e:
-        compiler.load_weights(model, str(tmp_path / "fifo.pt"))
+        weights.load_weights(model, str(tmp_path / "fifo.pt"))
     assert _codes(e.value) == ["E912"]
 
 
@@ -136,7 +144,7 @@ def test_an_archive_saved_without_crcs_is_not_called_corrupt(run, tmp_path):
         torch.save(state, tmp_path / "no-crc.pt")
     finally:
         torch.serialization.set_crc32_options(True)
-    checkpoints.verify_archive(tmp_path / "no-crc.pt")  # nothing to check against: no error
+    weights.verify_archive(tmp_path / "no-crc.pt")  # nothing to check against: no error
 
 
 def test_a_compressed_record_and_a_foreign_file_are_refused_before_loading(run, tmp_path):
@@ -284,7 +292,7 @@ class _RunsCode:
 
 def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
-    torch.save({"format": checkpoints.FORMAT, "version": 1, "payload": _RunsCode(marker)}, tmp_path / CHECKPOINT)
+    torch.save({"format": checkpoint_schema.FORMAT, "version": 1, "payload": _RunsCode(marker)}, tmp_path / CHECKPOINT)
     with pytest.raises(SpecError) as e:
         read_checkpoint(tmp_path / CHECKPOINT)
     assert _codes(e.value) == ["E908"] and "weights-only" in str(e.value)

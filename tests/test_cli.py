@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, ZOO
 
 from densedsl.cli import build_parser, main
-
-from conftest import ROOT, ZOO
 
 SPEC = "network n {\n    input 3x8x8\n    dense layers=2 growth=4\n    head classes=3\n}\n"
 

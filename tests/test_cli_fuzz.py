@@ -19,12 +19,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from densedsl.cli import build_parser, main
-
-from conftest import ROOT
 
 TINY = ROOT / "specs/tiny_digits.dense"
 # Commands that never return on their own (a server on stdin) are not fuzzed.

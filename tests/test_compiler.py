@@ -13,14 +13,15 @@ import pytest
 from measure import saved_bytes
 
 torch = pytest.importorskip("torch")
+from networks import d2l_fashion_mnist, torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 import densedsl  # noqa: E402
 from densedsl.language import network as n  # noqa: E402
-from densedsl.nn.build import WeightsError, build_model, load_weights  # noqa: E402
+from densedsl.nn.build import build_model  # noqa: E402
 from densedsl.nn.engine import accelerate  # noqa: E402
 from densedsl.nn.model import DenseBlock, DenseLayer, DenseNet, Transition  # noqa: E402
-from networks import d2l_fashion_mnist, torchvision  # noqa: E402
+from densedsl.nn.weights import WeightsError, load_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -570,8 +571,8 @@ def test_inference_engine_is_an_opt_in_pass_compile_applies():
 
 def test_model_is_built_from_the_analysis_op_list():
     """Every op the analysis lowered is a module of the model, of the op table's type."""
-    from densedsl.ir import ops
     from densedsl.analysis.figures import analyze
+    from densedsl.ir import ops
     a = analyze(small())
     model = DenseNet(small(), lowered=a.lowered, device="meta")
     modules = dict(model.named_modules())

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import math
 
+import networks
 import pytest
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import densedsl
-import networks
-from densedsl.nn import model as modules
-from densedsl.ir import ops
 from densedsl.analysis.figures import analyze
+from densedsl.ir import ops
+from densedsl.nn import model as modules
 from densedsl.nn.build import build_model
 
 # Every norm (batch, group, instance, layer, none), biased convs, GELU, dropout, a post-activation

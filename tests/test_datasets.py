@@ -8,8 +8,8 @@ import struct
 import pytest
 import torch
 
-from densedsl.training import datasets
 from densedsl.core.diagnostics import SpecError
+from densedsl.training import datasets
 
 
 def _codes(e: SpecError) -> list[str]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import golden
 import pytest
 
 from densedsl.core import diagnostics as d
-
-import golden
 
 CASES = sorted(golden.CASES.glob("*.dense"))
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "errors.md"

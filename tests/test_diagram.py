@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import densedsl
-from densedsl.views import diagram
 from densedsl.analysis.figures import Analysis, analyze
 from densedsl.cli import main
 from densedsl.core.diagnostics import SpecError
 from densedsl.testing.strategies import networks
+from densedsl.views import diagram
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 

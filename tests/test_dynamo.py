@@ -7,9 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from measure import saved_bytes  # noqa: E402
+
 import densedsl  # noqa: E402
 from densedsl.nn.build import build_model  # noqa: E402
-from measure import saved_bytes  # noqa: E402
 
 SPEC = """
 network small_dynamo {

@@ -10,9 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from networks import randomise_every_tensor  # noqa: E402
+
 import densedsl  # noqa: E402
 from densedsl.nn.build import build_model  # noqa: E402
-from networks import randomise_every_tensor  # noqa: E402
 
 SPECS = {
     # post-order layers: Conv → BN folds, with the convs' own biases

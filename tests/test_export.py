@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 
 import densedsl  # noqa: E402
 from densedsl import cli  # noqa: E402
-from densedsl.nn.build import load_weights  # noqa: E402
 from densedsl.nn.export import python_source  # noqa: E402
 from densedsl.nn.model import DenseNet  # noqa: E402
+from densedsl.nn.weights import load_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

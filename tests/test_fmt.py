@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from densedsl.language.fmt import format_expr, format_spec
-from densedsl.core.source import Source
-from densedsl.language.syntax import parse_expression, parse_source
-
 from conftest import ZOO
+
+from densedsl.core.source import Source
+from densedsl.language.fmt import format_expr, format_spec
+from densedsl.language.syntax import parse_expression, parse_source
 
 
 def fmt(text: str) -> str:

@@ -8,10 +8,10 @@ import pickle
 import sys
 from pathlib import Path
 
+import networks as N
 import networkx as nx
 import pytest
 
-import networks as N
 from densedsl.analysis import graph
 from densedsl.core.diagnostics import SpecError
 from densedsl.language.network import DenseBlock, Network

@@ -10,7 +10,6 @@ import dataclasses
 import importlib.util
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import densedsl
-from densedsl.language import ast, syntax
 from densedsl.core import diagnostics as d
+from densedsl.core.source import Source
+from densedsl.language import ast, syntax
 from densedsl.language.fmt import format_expr, format_spec
 from densedsl.language.resolve import resolve
-from densedsl.core.source import Source
 from densedsl.language.spec import load_all
 from densedsl.language.syntax import MAX_OPERATORS, parse_source
 
@@ -372,7 +372,7 @@ def hostile_specs(draw) -> str:
     steps = draw(st.integers(0, 25))
     base = draw(st.sampled_from(["1.0001", "3/7", "12", "0.5"]))
     params = ", ".join([f"p0={base}"] + [f"p{i}=p{i - 1}*p{i - 1}" for i in range(1, steps + 1)])
-    body = [f"    input 3x8x8", f"    dense layers={draw(hostile_expressions())} growth=p{steps}"]
+    body = ["    input 3x8x8", f"    dense layers={draw(hostile_expressions())} growth=p{steps}"]
     body += draw(st.lists(st.sampled_from(["    foo", "    dense grwoth=1", "    ) (", "    input 3x",
                                            "    head classes=" + "9" * 500, "    dense layers=q growth=1"]),
                           max_size=120))

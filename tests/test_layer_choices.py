@@ -7,10 +7,10 @@ import pytest
 from twins import exported_twin
 
 import densedsl
-from densedsl.core import diagnostics as d
 from densedsl.analysis.figures import analyze
-from densedsl.language.fmt import format_spec
+from densedsl.core import diagnostics as d
 from densedsl.core.source import Source
+from densedsl.language.fmt import format_spec
 from densedsl.language.syntax import parse_source
 
 SPEC = """network n {

@@ -5,17 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 
 import densedsl
-from densedsl.core import diagnostics as d
 from densedsl.analysis.figures import analyze
-from densedsl.language.fmt import format_spec
+from densedsl.core import diagnostics as d
 from densedsl.core.source import Source
-from densedsl.testing.strategies import family_texts
+from densedsl.language.fmt import format_spec
 from densedsl.language.syntax import parse_source
-
-from conftest import ROOT
+from densedsl.testing.strategies import family_texts
 
 FAMILY = ROOT / "specs" / "densenet.dense"
 # torchvision's num_params (densenet121/161/169/201); 264 as specs/densenet264.dense states it

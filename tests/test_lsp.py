@@ -26,11 +26,11 @@ from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities  
 from pytest_lsp.client import DEFAULT_CLIENT_FEATURES, register_lsp_features  # noqa: E402
 
 import densedsl  # noqa: E402
+from densedsl.core.source import Source  # noqa: E402
 from densedsl.language import resolve  # noqa: E402
 from densedsl.language.fmt import format_spec  # noqa: E402
-from densedsl.lsp import features  # noqa: E402
-from densedsl.core.source import Source  # noqa: E402
 from densedsl.language.syntax import parse_source  # noqa: E402
+from densedsl.lsp import features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # where the server writes whether it imported torch; see the fixture

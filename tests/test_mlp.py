@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import networks
-from twins import exported_twin
+import pytest
 from measure import saved_bytes
+from twins import exported_twin
 
 import densedsl
-from densedsl.core import diagnostics as d
 from densedsl.analysis.figures import analyze
+from densedsl.core import diagnostics as d
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 SEED = SPECS / "d2l_flux_mlp.dense"
@@ -324,8 +324,8 @@ def test_connection_strength_reads_an_mlps_linear_layers():
     columns; a block followed directly by another has no last row."""
     torch = pytest.importorskip("torch")
     np = pytest.importorskip("numpy")
-    from densedsl.views.heatmap import connection_strength
     from densedsl.nn.model import DenseNet
+    from densedsl.views.heatmap import connection_strength
     net = densedsl.parse("network m {\n input 4\n dense layers=2 growth=3 norm=none\n"
                          " transition channels=5\n dense layers=2 growth=2\n dense layers=1 growth=1\n"
                          " head classes=2\n}\n").network

@@ -8,11 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 monai_nets = pytest.importorskip("monai.networks.nets")
 
-import densedsl  # noqa: E402
-from densedsl.analysis.figures import analyze  # noqa: E402
-from densedsl.nn.build import CONVENTIONS, build_model, load_weights, weights_convention  # noqa: E402
-
 from conftest import SPECS  # noqa: E402
+
+import densedsl  # noqa: E402
+from densedsl.analysis import analyze  # noqa: E402
+from densedsl.nn.build import build_model  # noqa: E402
+from densedsl.nn.weights import CONVENTIONS, load_weights, weights_convention  # noqa: E402
 
 # The spec of each rank, and the small input both models run on here (the spec's own size
 # would take seconds on two cores for the volume).

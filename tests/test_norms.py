@@ -5,14 +5,14 @@ inference engine."""
 from __future__ import annotations
 
 import pytest
-from twins import exported_twin, without_engine
 from measure import saved_bytes_of
+from twins import exported_twin, without_engine
 
 import densedsl
-from densedsl.core import diagnostics as d
 from densedsl.analysis.figures import analyze
-from densedsl.language.fmt import format_spec
+from densedsl.core import diagnostics as d
 from densedsl.core.source import Source
+from densedsl.language.fmt import format_spec
 from densedsl.language.syntax import parse_source
 
 NORMS = ["batch", "group norm_groups=2", "instance", "layer", "none"]

@@ -17,10 +17,10 @@ torch = pytest.importorskip("torch")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from densedsl.analysis.figures import analyze  # noqa: E402
-from densedsl.nn.build import build_model  # noqa: E402
-from densedsl.language.network import Dropout, Pool  # noqa: E402
 import densedsl  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
+from densedsl.language.network import Dropout, Pool  # noqa: E402
+from densedsl.nn.build import build_model  # noqa: E402
 from densedsl.testing.strategies import family_texts, networks  # noqa: E402
 
 SMALL = dict(max_blocks=3, max_layers=4, growth=(1, 8), ranks=(1, 2, 3))

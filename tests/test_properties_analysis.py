@@ -43,6 +43,7 @@ def test_spec_texts_analyse(text):
 @given(networks(max_blocks=1, max_layers=12))
 def test_min_input_size_is_tight(network):
     import dataclasses
+
     from densedsl.core.diagnostics import SpecError
     a = analyze(network)
     side = a.min_input_size.eval

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import random
 
+from conftest import ZOO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import densedsl
-from densedsl.language.fmt import format_spec
 from densedsl.core.source import Source
-from densedsl.testing.strategies import networks, spec_text
+from densedsl.language.fmt import format_spec
 from densedsl.language.syntax import parse_source, parser
-
-from conftest import ZOO
+from densedsl.testing.strategies import networks, spec_text
 
 ZOO_TEXTS = [p.read_text("utf-8") for p in ZOO]
 

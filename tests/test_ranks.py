@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import SPECS
 
 import densedsl
 from densedsl import cli
 from densedsl.analysis.figures import analyze
 from densedsl.core.diagnostics import SpecError
-
-from conftest import SPECS
 
 SIGNAL = """network s {
     input 2x64

@@ -7,10 +7,10 @@ import json
 import pytest
 
 import densedsl
-from densedsl.views import report
 from densedsl.analysis.figures import analyze
-from densedsl.core.units import parse_quantity, si
 from densedsl.cli import main
+from densedsl.core.units import parse_quantity, si
+from densedsl.views import report
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ SMALL_WITH_BOTTLENECK = """network a {
 
 def test_diff_spells_no_bottleneck_as_the_language_does():
     """`bottleneck=off`, not Python's None (issue 14)."""
-    from densedsl.views.report import diff
     from densedsl.language.spec import parse
+    from densedsl.views.report import diff
     old = analyze(parse(SMALL_WITH_BOTTLENECK).network)
     new = analyze(parse(SMALL_WITH_BOTTLENECK.replace("bottleneck=4", "bottleneck=off")).network)
     text = diff(old, new).text()

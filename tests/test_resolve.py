@@ -5,12 +5,11 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+from conftest import SPECS
 
 import densedsl
 from densedsl import SpecError
 from densedsl.language import network as n
-
-from conftest import SPECS
 
 BASE = """network n(depth=40, growth=12) {
     input 3x32x32

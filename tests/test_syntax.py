@@ -6,10 +6,9 @@ from fractions import Fraction
 
 import pytest
 
-from densedsl.language import ast
-
 from densedsl import SpecError
 from densedsl.core.source import Source
+from densedsl.language import ast
 from densedsl.language.syntax import parse_expression, parse_source, parser
 
 

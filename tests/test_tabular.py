@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from densedsl.training import checkpoints, datasets, tabular
-
 from densedsl import cli
 from densedsl.core.diagnostics import SpecError
+from densedsl.training import checkpoint_schema, datasets, tabular
 from densedsl.training.train import CHECKPOINT, evaluate, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,9 +323,9 @@ def tabular_run(spec, houses, tmp_path) -> Path:
 ])
 def test_an_edited_pipeline_is_refused_on_load(tabular_run, tmp_path, edit, words):
     ckpt = torch.load(tabular_run / CHECKPOINT, weights_only=True)
-    assert checkpoints.problem_in(ckpt) is None
+    assert checkpoint_schema.problem_in(ckpt) is None
     edit(ckpt)
-    problem = checkpoints.problem_in(ckpt)
+    problem = checkpoint_schema.problem_in(ckpt)
     assert problem is not None and words in problem, problem
 
 

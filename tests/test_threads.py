@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from densedsl import cli
 from densedsl.training import threads as cpu
 

@@ -423,6 +423,7 @@ def test_tiny_digits_reaches_97_percent():
 
 def test_curves_with_characters_the_font_lacks_draw_without_warnings(tmp_path):
     import warnings
+
     from densedsl.views.plots import write_curves
     rows = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.4}]
     with warnings.catch_warnings():

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoints import SPEC as CHECKPOINTS_SPEC
 
 from densedsl import cli
 from densedsl.training.train import CHECKPOINT, read_checkpoint
-from test_checkpoints import SPEC as CHECKPOINTS_SPEC
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
@@ -129,8 +129,8 @@ def test_with_lr_0_every_taken_weight_is_unchanged_after_an_epoch(digits_run, tm
     assert code == 0, err
     start = read_checkpoint(run_dir)["model"]
     after = read_checkpoint(tmp_path / "z")["model"]
-    from densedsl.nn.build import build_model
     from densedsl.language.spec import parse
+    from densedsl.nn.build import build_model
     parameters = {name for name, _ in build_model(parse(SPEC).network).named_parameters()}
     compared = [k for k in parameters if not k.startswith("classifier.")]
     assert len(compared) == len(parameters) - 2
@@ -275,10 +275,10 @@ def test_freeze_a_stage_the_network_lacks_is_refused_naming_the_stages(tmp_path)
 
 
 def test_a_checkpoint_from_before_the_fine_tuning_settings_still_resumes(tmp_path):
-    from densedsl.training import checkpoints
+    from densedsl.training import checkpoint_schema
     _train(epochs=1, out=tmp_path / "old")
     ckpt = torch.load(tmp_path / "old" / CHECKPOINT, weights_only=True)
-    for key in checkpoints.LATER_SETTINGS:
+    for key in checkpoint_schema.LATER_SETTINGS:
         del ckpt["config"][key]
     torch.serialization.set_crc32_options(True)
     torch.save(ckpt, tmp_path / "old" / CHECKPOINT)

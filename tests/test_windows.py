@@ -10,10 +10,10 @@ import pytest
 from twins import exported_twin, without_engine
 
 import densedsl
-from densedsl.core import diagnostics as d
 from densedsl.analysis.figures import analyze
-from densedsl.language.fmt import format_spec
+from densedsl.core import diagnostics as d
 from densedsl.core.source import Source
+from densedsl.language.fmt import format_spec
 from densedsl.language.syntax import parse_source
 
 SPEC = """network n(k=7) {
@@ -79,6 +79,7 @@ def test_receptive_field_is_the_largest_along_any_axis():
 def test_the_model_and_the_python_export_compute_the_analysed_function():
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
+
     from densedsl.nn.build import build_model
     from densedsl.nn.export import python_source
     net = network()

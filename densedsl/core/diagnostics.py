@@ -198,10 +198,16 @@ def format_diagnostic(d: Diagnostic, color: bool = False) -> str:
 
 def _printable(text: str, limit: int = 500) -> str:
     """Control characters as U+FFFD: user text must not drive the terminal (escape sequences).
-    A message that quotes a megabyte-long name is cut in the middle."""
-    if len(text) > limit:
-        text = text[: limit - 100] + " … " + text[-97:]
-    return _CONTROL.sub("\ufffd", text)
+    A line that quotes a megabyte-long name is cut in the middle; the lines of a listing stay
+    whole, up to _MAX_LINES of them."""
+    lines = text.split("\n")
+    if len(lines) > _MAX_LINES:
+        lines = lines[:_MAX_LINES - 1] + [f"… and {len(lines) - _MAX_LINES + 1} more lines"]
+    return _CONTROL.sub("\ufffd", "\n".join(line if len(line) <= limit else line[: limit - 100] + " … " + line[-97:]
+                                            for line in lines))
+
+
+_MAX_LINES = 60  # of one message or hint
 
 
 _EXCERPT_WIDTH = 200  # a longer line is cut to a window around the caret

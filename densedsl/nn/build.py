@@ -1,24 +1,19 @@
-"""Network → torch.nn.Module, and loading weights into it.
+"""Network → torch.nn.Module.
 
 `build_model` runs the graph checks first (`analysis.analyze` raises SpecError on any error), so
-a model is never built from a network densedsl rejects; the module classes live in `modules.py`
-and the `.pt`/`.py`/`.onnx` writers in `export.py`.
+a model is never built from a network densedsl rejects; the module classes live in `modules.py`,
+the `.pt`/`.py`/`.onnx` writers in `export.py` and loading weights into a model in `weights.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import os
-import pickle
-import re
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..core import diagnostics as d
 from ..language.network import Network
 from .engine import accelerate
 from .model import DenseNet, DenseNetFeatures
@@ -73,188 +68,4 @@ def _collector_paused():
             gc.enable()
 
 
-# --- weights ------------------------------------------------------------------------------------
-
-class WeightsError(d.SpecError):
-    """Weights that do not fit a model (E908); every mismatch is listed in one message.
-
-    `missing`, `unexpected` (key lists) and `mismatched` ((key, model shape, file shape) triples)
-    are also available as attributes.
-    """
-
-    def __init__(self, diagnostics, *, missing=(), unexpected=(), mismatched=()):
-        super().__init__(diagnostics)
-        self.missing = tuple(missing)
-        self.unexpected = tuple(unexpected)
-        self.mismatched = tuple(mismatched)
-
-
-# torchvision's `_load_state_dict`: '.'s are no longer allowed in module names, but checkpoints
-# of the first _DenseLayer have keys 'norm.1', 'relu.1', 'conv.1', 'norm.2', 'relu.2', 'conv.2'.
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
-# MONAI's DenseNet (monai.networks.nets.DenseNet121/169/201/264, any spatial_dims) keeps
-# torchvision's layout but wraps each dense layer's modules in `layers` and names the classifier
-# `class_layers.out`.
-_MONAI_LAYER = re.compile(r"^(.*denselayer\d+)\.layers\.(.*)$")
-_MONAI_CLASSIFIER = "class_layers.out."
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-NATIVE, LEGACY, OLD_NORM, MONAI = ("densedsl/torchvision", "torchvision (legacy keys)",
-                                   "densedsl before norm5", "MONAI")
-CONVENTIONS = (NATIVE, LEGACY, OLD_NORM, MONAI)  # a state_dict's is the last one any key shows
-# densedsl before 0.2 named the head's norm `norm{B+1}` (norm4 for a 3-block network).
-_HEAD_NORM = re.compile(r"^features\.norm(\d+)\.(.*)$")
-_MAX_LISTED = 8
-
-
-def _fail(message: str, hint: str | None = None, file: str | None = None, **lists) -> WeightsError:
-    return WeightsError([d.Diagnostic(d.BAD_FILE, message, None, hint, file=file)], **lists)
-
-
-def read_weights_file(path: str | os.PathLike) -> Any:
-    """A weights file as torch.load(weights_only=True) returns it, after E912/E913 checks."""
-    name = str(path)
-    from ..core.files import require_regular
-    from ..training.checkpoints import verify_archive
-    require_regular(path, "weights file")   # E912: a FIFO would block torch.load forever
-    if os.path.isfile(path):
-        verify_archive(path, "weights file")  # E913: torch.load ignores the records' CRC-32s
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise _fail("no such weights file", "check the path", file=name) from None
-    except IsADirectoryError:
-        raise _fail("is a directory, not a weights file", file=name) from None
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _fail(f"not a weights-only checkpoint ({first})",
-                    "densedsl loads tensors only (torch.load weights_only=True); save "
-                    "model.state_dict() rather than the model object", file=name) from None
-    except (OSError, EOFError, RuntimeError) as e:
-        # torch.load reports a truncated or foreign file as RuntimeError from its zip reader.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _fail(f"cannot read the weights: {first}", "pass a .pt/.pth file written by torch.save",
-                    file=name) from None
-
-
-def _state_dict_of(obj: Any, name: str | None) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):  # densedsl's training checkpoints; Lightning's
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-        raise _fail(f"expected a state_dict (a dict of tensors), got {type(obj).__name__}",
-                    "save model.state_dict(), or a checkpoint dict with a 'model' entry", file=name)
-    return dict(obj)
-
-
-def _normalise_key(key: str) -> tuple[str, str]:
-    """The key in densedsl's (torchvision's) layout, and the convention it was written in."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    if m := _LEGACY_KEY.match(key):
-        return m.group(1) + m.group(2), LEGACY
-    if m := _MONAI_LAYER.match(key):
-        return f"{m.group(1)}.{m.group(2)}", MONAI
-    if key.startswith(_MONAI_CLASSIFIER):
-        return "classifier." + key.removeprefix(_MONAI_CLASSIFIER), MONAI
-    return key, NATIVE
-
-
-def _old_head_norm(state: dict, own: Mapping) -> tuple[dict, bool]:
-    """Rename an old checkpoint's `features.norm{B+1}` to `features.norm5` when the model has
-    norm5 and the weights have no norm5 but a norm the model lacks."""
-    if "features.norm5.weight" not in own or "features.norm5.weight" in state:
-        return state, False
-    old = {m.group(1) for k in state if (m := _HEAD_NORM.match(k)) and k not in own}
-    if len(old) != 1:
-        return state, False
-    prefix = f"features.norm{old.pop()}."
-    return {("features.norm5." + k.removeprefix(prefix)) if k.startswith(prefix) else k: v
-            for k, v in state.items()}, True
-
-
-def weights_convention(weights: Any) -> str:
-    """Which key layout a state_dict (or checkpoint, or path) is written in: one of CONVENTIONS."""
-    name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
-    raw = read_weights_file(weights) if name is not None else weights
-    return _convention(_normalise_key(k)[1] for k in _state_dict_of(raw, name))
-
-
-def _convention(found) -> str:
-    found = set(found)
-    return next((c for c in reversed(CONVENTIONS) if c in found), NATIVE)
-
-
-def _listing(title: str, items: list[str]) -> list[str]:
-    lines = [f"{title} ({len(items)}):"] + [f"  {item}" for item in items[:_MAX_LISTED]]
-    if len(items) > _MAX_LISTED:
-        lines.append(f"  … and {len(items) - _MAX_LISTED} more")
-    return lines
-
-
-def _shape(t: Any) -> str:
-    return "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) and t.dim() else "scalar"
-
-
-def normalised_weights(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    """(the state_dict of `weights` in densedsl's key layout, the convention it was written in)
-    for a model whose own state_dict is `own`. `weights`: a state_dict, a checkpoint dict with a
-    'model' entry, or a path."""
-    name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
-    raw = read_weights_file(weights) if name is not None else weights
-    state, found = {}, set()
-    for key, value in _state_dict_of(raw, name).items():
-        key, convention = _normalise_key(key)
-        state[key] = value
-        found.add(convention)
-    state, renamed = _old_head_norm(state, own)
-    if renamed:
-        found.add(OLD_NORM)
-    return state, _convention(found)
-
-
-def load_weights(model: nn.Module, weights: Any, *, strict: bool = True) -> nn.Module:
-    """Load a state_dict, a checkpoint dict with a 'model' entry, or a path to a .pt/.pth file.
-
-    Keys saved from DistributedDataParallel (`module.`) or torch.compile (`_orig_mod.`),
-    torchvision's legacy `norm.1`-style keys and MONAI's DenseNet layout (`denselayerN.layers.…`,
-    `class_layers.out`) are renamed; the convention recognised is reported in the error message
-    and kept as `model.weights_convention`. Missing, unexpected and wrongly shaped keys are all
-    reported in one WeightsError (E908); `strict=False` tolerates missing and unexpected keys,
-    never a wrong shape. Returns the model.
-    """
-    name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
-    own = model.state_dict()
-    state, convention = normalised_weights(weights, own)
-
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [(k, _shape(own[k]), _shape(v)) for k, v in state.items()
-                  if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape)]
-    if mismatched or (strict and (missing or unexpected)):
-        counts = [f"{len(x)} {label}" for x, label in ((missing, "missing"), (unexpected, "unexpected"),
-                                                      (mismatched, "with a different shape")) if x and
-                  (strict or label.startswith("with"))]
-        lines = [f"the weights ({convention} layout) do not fit the model: {', '.join(counts)}"]
-        if strict:
-            lines += _listing("missing from the weights", [f"{k} ({_shape(own[k])})" for k in missing]) if missing else []
-            lines += _listing("not in the model", [f"{k} ({_shape(state[k])})" for k in unexpected]) if unexpected else []
-        lines += _listing("different shapes", [f"{k}: model {a}, weights {b}" for k, a, b in mismatched]) \
-            if mismatched else []
-        raise _fail("\n".join(lines),
-                    "build the model from the spec and --set values the weights were trained with; "
-                    "to fine-tune with another classifier, drop the 'classifier.*' entries and "
-                    "pass strict=False", file=name,
-                    missing=missing, unexpected=unexpected, mismatched=mismatched)
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    model.weights_convention = convention
-    return model
-
-
-__all__ = ["CONVENTIONS", "MEMORY_MODES", "WeightsError", "build_model", "load_weights",
-           "normalised_weights", "read_weights_file", "weights_convention"]
+__all__ = ["MEMORY_MODES", "build_model"]

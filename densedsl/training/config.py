@@ -20,7 +20,7 @@ import torch
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..language.network import Network
-from . import checkpoints, datasets
+from . import checkpoint_schema, datasets
 from .checkpoints import CHECKPOINT
 from .distributed import Dist
 
@@ -122,8 +122,8 @@ def check_data(network: Network, desc: datasets.Description) -> list[Diagnostic]
 def check_settings(values: dict, threads: int | None) -> None:
     """Every training setting against the rules a checkpoint is held to (E105), before any work:
     a NaN learning rate, say, would otherwise take one step and save NaN weights."""
-    problems = checkpoints.setting_problems(values)
-    want = checkpoints.integer(1, 4096)(threads) if threads is not None else None
+    problems = checkpoint_schema.setting_problems(values)
+    want = checkpoint_schema.integer(1, 4096)(threads) if threads is not None else None
     if want is not None:
         problems.append(("threads", f"must be {want}, not {threads!r}"))
     if problems:
@@ -188,7 +188,7 @@ def resolve(desc: datasets.Description, recipe: dict, ckpt: dict | None, run_dir
     extends the run (`extension`)."""
     given = {"data": desc.name, **recipe}
     # A checkpoint written before a setting existed was trained with its default.
-    saved = {**checkpoints.LATER_SETTINGS, **ckpt["config"]} if ckpt else {}
+    saved = {**checkpoint_schema.LATER_SETTINGS, **ckpt["config"]} if ckpt else {}
     defaults = {**RECIPE, **dict(desc.defaults), "epochs": desc.epochs, "augment": desc.augment}
     values, origin = {}, {}
     for key, default in defaults.items():

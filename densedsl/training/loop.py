@@ -381,7 +381,7 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
                                                        workers=workers, dd=dd, norm=(mean, std))
         if not math.isfinite(test_loss):  # finite weights can still overflow the logits
             raise _diverged(_Diverged(steps, test_loss, "the test loss"), epoch, optimizer, net, last_checkpoint)
-        if regression:  # checkpoints.REGRESSION_FIELDS
+        if regression:  # checkpoint_schema.REGRESSION_FIELDS
             row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss,
                    "train_rmse": math.sqrt(loss) * data.pipeline.target_std,
                    "test_loss": test_loss, "test_rmse": test_rmse,

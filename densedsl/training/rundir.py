@@ -24,7 +24,8 @@ from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import atomic_write
 from . import datasets
-from .checkpoints import CHECKPOINT, METRIC_FIELDS
+from .checkpoint_schema import METRIC_FIELDS
+from .checkpoints import CHECKPOINT
 from .distributed import Dist, agree
 
 METRICS = "metrics.csv"
@@ -186,7 +187,7 @@ def existing_run(run_dir: Path) -> str | None:
 
 def write_metrics(path: Path, metrics: list[dict]) -> None:
     buf = io.StringIO()
-    # A regression's rows have their own fields (checkpoints.REGRESSION_FIELDS)
+    # A regression's rows have their own fields (checkpoint_schema.REGRESSION_FIELDS)
     writer = csv.DictWriter(buf, fieldnames=list(metrics[0]) if metrics else METRIC_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in metrics:

@@ -3,7 +3,7 @@ published or earlier weights (`train --init`).
 
 Both read the file the same way: a densedsl checkpoint (or the run directory holding one) is
 validated in full like `eval` validates it (E908, E912, E913); any other file is read the way
-`compiler.load_weights` reads it (a bare state_dict, or a torchvision, timm or MONAI DenseNet
+`weights.load_weights` reads it (a bare state_dict, or a torchvision, timm or MONAI DenseNet
 checkpoint, whose key conventions it recognises).
 """
 
@@ -18,7 +18,8 @@ from torch import nn
 
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
-from .checkpoints import CHECKPOINT, FORMAT, check
+from .checkpoint_schema import FORMAT
+from .checkpoints import CHECKPOINT, check
 
 _MAX_LISTED = 12  # tensors named one by one in the --init report; the rest are counted
 
@@ -27,7 +28,7 @@ def read_weights(path: str | os.PathLike) -> Any:
     """What torch.load(weights_only=True) returns for a weights file, a densedsl checkpoint
     being validated against the checkpoint schema."""
     from ..core.files import require_regular
-    from ..nn.build import read_weights_file
+    from ..nn.weights import read_weights_file
     p = Path(path)
     require_regular(p, "weights file")
     if p.is_dir() and (p / CHECKPOINT).is_file():  # a run directory, as `eval` accepts
@@ -45,12 +46,13 @@ def _naming(error: SpecError, path: str | os.PathLike) -> SpecError:
 
 
 def load_exactly(model: nn.Module, path: str | os.PathLike) -> str:
-    """Load every tensor of the weights file into `model` (any missing, unexpected or wrongly
-    shaped tensor is E908); returns the key convention recognised."""
-    from ..nn.build import load_weights
+    """Load every tensor of the weights file into `model` (any missing, unexpected, wrongly
+    shaped or unusable tensor is E908, its hint worded for the command line); returns the key
+    convention recognised."""
+    from ..nn.weights import load_weights
     raw = read_weights(path)
     try:
-        load_weights(model, raw)
+        load_weights(model, raw, cli=True)
     except SpecError as e:
         raise _naming(e, path) from None
     return model.weights_convention
@@ -72,10 +74,11 @@ class Initialised:
         kept = len(self.reshaped) + len(self.missing)
         out = [f"initial weights from {self.path} ({self.convention} layout): {len(self.taken)} tensors "
                f"taken" + (f", {kept} left at their initialisation" if kept else ", every tensor of the model")]
+        from ..nn.weights import shown_key
         out += _listed("  different shape, left at initialisation",
-                       [f"{k} (model {a}, weights {b})" for k, a, b in self.reshaped])
-        out += _listed("  not in the weights, left at initialisation", list(self.missing))
-        out += _listed("  in the weights, not in the model, ignored", list(self.unexpected))
+                       [f"{shown_key(k)} (model {a}, weights {b})" for k, a, b in self.reshaped])
+        out += _listed("  not in the weights, left at initialisation", [shown_key(k) for k in self.missing])
+        out += _listed("  in the weights, not in the model, ignored", [shown_key(k) for k in self.unexpected])
         return out
 
 
@@ -92,36 +95,43 @@ def initialise(model: nn.Module, path: str | os.PathLike, *, partial: bool = Fal
 
     Tensors whose shape differs (the classifier when the number of classes changes) stay at
     their initialisation. Tensors missing from the file, or in the file but not in the model,
-    are E908 unless `partial`: they mean the file was written for another architecture."""
+    are E908 unless `partial`: they mean the file was written for another architecture. Always
+    E908: a value no model can take (`weights.fit`), convolutions of another rank, and a file of
+    which no tensor fits (training would start from scratch under a name that says otherwise)."""
     import torch
 
-    from ..nn.build import _shape, normalised_weights
+    from ..nn.weights import UNUSABLE_HINT, fit, normalised_weights, shown_key
     raw = read_weights(path)
     own = model.state_dict()
     try:
         state, convention = normalised_weights(raw, own)
     except SpecError as e:
         raise _naming(e, path) from None
-    taken, reshaped = [], []
-    for key, value in state.items():
-        if key not in own:
-            continue
-        if isinstance(value, torch.Tensor) and value.shape == own[key].shape:
-            taken.append(key)
-        else:
-            reshaped.append((key, _shape(own[key]), _shape(value)))
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    result = Initialised(str(path), convention, tuple(taken), tuple(reshaped), tuple(missing), tuple(unexpected))
-    if (missing or unexpected) and not partial:
-        lines = result.lines()
-        raise SpecError([Diagnostic(
-            d.BAD_FILE, "the initial weights do not fit the model apart from shapes: "
-            + "\n".join(lines[1:]).strip(), None,
-            "start from weights of the same architecture (spec and --set values), or pass "
-            "--init-partial to take what fits and leave the rest at its initialisation",
-            file=str(path))])
+    f = fit(state, own)
+    result = Initialised(str(path), convention, f.taken, f.reshaped, f.missing, f.unexpected)
+    lines = result.lines()
+    if f.unusable:
+        _refuse(path, "the initial weights hold values the model cannot take",
+                _listed("  unusable values", list(f.unusable)), UNUSABLE_HINT)
+    if f.ranks is not None:
+        _refuse(path, f"the initial weights do not fit the model: {f.cause()[0]}",
+                _listed("  different shapes", [f"{shown_key(k)} (model {a}, weights {b})" for k, a, b in f.reshaped]),
+                "the spec's input must have the rank the weights were trained with: CxL for 1-D, "
+                "CxHxW for 2-D, CxDxHxW for 3-D convolutions")
+    if not f.taken:
+        _refuse(path, f"no tensor of the initial weights fits the model ({len(state)} in the file, "
+                f"{len(own)} in the model)", lines[1:],
+                "pass weights written for this spec's architecture (spec and --set values), or "
+                "train without --init")
+    if (f.missing or f.unexpected) and not partial:
+        _refuse(path, "the initial weights do not fit the model apart from shapes:", lines[1:],
+                "start from weights of the same architecture (spec and --set values), or pass "
+                "--init-partial to take what fits and leave the rest at its initialisation")
     with torch.no_grad():
-        for key in taken:
+        for key in f.taken:
             own[key].copy_(state[key])
     return result
+
+
+def _refuse(path: str | os.PathLike, headline: str, lines: list[str], hint: str) -> None:
+    raise SpecError([Diagnostic(d.BAD_FILE, "\n".join([headline, *lines]), None, hint, file=str(path))])

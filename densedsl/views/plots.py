@@ -20,7 +20,7 @@ def write_curves(metrics: Sequence[dict], path: str | os.PathLike, *, title: str
     epochs = [row["epoch"] for row in metrics]
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    if metrics and "test_rmse" in metrics[0]:  # a regression (checkpoints.REGRESSION_FIELDS)
+    if metrics and "test_rmse" in metrics[0]:  # a regression (checkpoint_schema.REGRESSION_FIELDS)
         _regression_panels(fig, loss_ax, acc_ax, metrics, epochs, title, path)
         return
     marker = "o" if len(epochs) <= 30 else None
