@@ -11,7 +11,7 @@ monai_nets = pytest.importorskip("monai.networks.nets")
 from conftest import SPECS  # noqa: E402
 
 import densedsl  # noqa: E402
-from densedsl.analysis import analyze  # noqa: E402
+from densedsl.analysis.figures import analyze  # noqa: E402
 from densedsl.nn.build import build_model  # noqa: E402
 from densedsl.nn.weights import CONVENTIONS, load_weights, weights_convention  # noqa: E402
 
