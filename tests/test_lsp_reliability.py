@@ -212,22 +212,29 @@ def _line(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.split("\n")) if needle in line)
 
 
-def test_an_error_keeps_the_last_figures_on_the_lines_it_did_not_touch(raw: RawClient):
-    raw.open(URI, DN121)
-    _answers(raw)
+def test_an_error_keeps_figures_on_the_lines_it_did_not_touch(raw: RawClient):
+    """A misspelt setting: this text's figures without it (even with no earlier text to fall
+    back on); an error that leaves nothing to analyse: the figures of the text before."""
     typo = DN121.replace("dense layers=12", "dense layers=12 grwoth=32")
-    raw.change(URI, 2, typo)
+    raw.open(URI, typo)
     reply = raw.hover(URI, LINE_24, 6)
     value = reply["result"]["contents"]["value"]
-    assert "**denseblock3**" in value and features.STALE_NOTE in value
+    assert "**denseblock3**" in value and features.PARTIAL_NOTE in value
     assert raw.hover(URI, _line(typo, "grwoth"), 6)["result"] is None  # the edited line: none
     hints = raw.request("textDocument/inlayHint", {"textDocument": {"uri": URI}, "range": {
         "start": {"line": 0, "character": 0}, "end": {"line": 99, "character": 0}}})["result"]
     shown = {h["position"]["line"]: h for h in hints}
-    assert shown[LINE_24]["label"] == "→ 1024x14x14" and shown[LINE_24]["tooltip"] == features.STALE_NOTE
+    assert shown[LINE_24]["label"] == "→ 1024x14x14" and shown[LINE_24]["tooltip"] == features.PARTIAL_NOTE
     assert _line(typo, "grwoth") not in shown
     # the error is still published
-    assert [d["code"] for d in raw.diagnostics(2)] == ["E102"]
+    assert [d["code"] for d in raw.diagnostics(1)] == ["E102"]
+
+    # an unknown statement: nothing of this text analyses, the figures of the one before stay
+    unknown = DN121.replace("    dense layers=12", "    dens layers=12")
+    raw.change(URI, 2, unknown)
+    value = raw.hover(URI, LINE_24, 6)["result"]["contents"]["value"]
+    assert "**denseblock3**" in value and features.STALE_NOTE in value
+    assert [d["code"] for d in raw.diagnostics(2)] == ["E101"]
 
     # a syntax error (the file does not parse): the other lines keep theirs too
     broken = DN121.replace("    transition\n", "    transition (\n", 1)
@@ -242,18 +249,33 @@ def test_an_error_keeps_the_last_figures_on_the_lines_it_did_not_touch(raw: RawC
 
 def test_stale_figures_follow_moved_lines_and_skip_inserted_ones():
     good = analyze_text(DN121, "a.dense")
-    # two lines inserted above block 3, one with an unknown setting: block 3's figures move down
-    edited = DN121.replace("    dense layers=24", "    # a note\n    dense layers=2 grwoth=1\n    dense layers=24", 1)
+    # two lines inserted above block 3, one an unknown statement: block 3's figures move down
+    edited = DN121.replace("    dense layers=24", "    # a note\n    dens layers=2\n    dense layers=24", 1)
     snap = analyze_text(edited, "a.dense", previous=good)
     [state] = snap.networks
-    assert state.stale and [d.code for d in snap.diagnostics] == ["E102"]
+    assert state.stale and [d.code.code for d in snap.diagnostics] == ["E101"]
     pos = features.Positions(snap.source, len)
     moved = features.hover(snap, pos, types.Position(line=_line(edited, "dense layers=24"), character=6))
     assert "**denseblock3**" in moved.contents.value
-    assert features.hover(snap, pos, types.Position(line=_line(edited, "grwoth"), character=6)) is None
+    assert features.hover(snap, pos, types.Position(line=_line(edited, "dens layers=2"), character=6)) is None
     # a stale state lends the figures of its origin, not its own moved copy
     again = analyze_text(edited + "\n", "a.dense", previous=snap)
     assert again.networks[0].origin is good.networks[0]
+
+
+def test_a_misspelt_setting_leaves_the_rest_of_the_text_analysed():
+    typo = DN121.replace("dense layers=12", "dense layers=12 growth=32 grwoth=32").replace(
+        "dense layers=24", "dense layers=24 bottleneck=4 dropot=0")
+    snap = analyze_text(typo, "a.dense")
+    [state] = snap.networks
+    assert state.partial and not state.stale
+    assert sorted(d.code.code for d in snap.diagnostics) == ["E102", "E102"]
+    assert state.analysis.params == analyze_text(DN121, "a.dense").networks[0].analysis.params
+    shown = {s.span.line for s in state.stages}
+    assert _line(typo, "grwoth") + 1 not in shown and _line(typo, "dropot") + 1 not in shown
+    assert _line(typo, "dense layers=16") + 1 in shown
+    # an error outside a setting (an unknown statement) leaves nothing to analyse
+    assert not analyze_text(typo.replace("    transition\n", "    transitio\n", 1), "a").networks[0].stages
 
 
 # --- the frame parser itself --------------------------------------------------------------------

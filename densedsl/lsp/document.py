@@ -20,6 +20,7 @@ import bisect
 import dataclasses
 import difflib
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -63,7 +64,8 @@ class NetworkState:
     """One network of the buffer: its AST, and what resolving and analysing it gave.
 
     `stale`: the figures are those of `origin`, the same network in an earlier text of the buffer
-    (this one has errors), moved to the statements of this text that match its; see `_borrow`."""
+    (this one has errors), moved to the statements of this text that match its; see `_borrow`.
+    `partial`: they are this text's without its settings in error; see `_without_bad_settings`."""
 
     node: ast.NetworkDef
     network: Network | None = None
@@ -71,6 +73,7 @@ class NetworkState:
     stages: tuple[StageFigures, ...] = ()   # spans of the current text
     ops: tuple[OpFigures, ...] = ()         # stem ops, spans of the current text
     stale: bool = False
+    partial: bool = False   # figures of this text without the settings in error
     origin: NetworkState | None = field(default=None, compare=False, repr=False)  # when stale
     # indexes built once per state (on the analysis thread), so that a hover or a jump is a
     # lookup: walking every parameter's uses per request cost 25 s with 3,000 parameters
@@ -254,18 +257,61 @@ def _network_state(file: ast.SpecFile, node: ast.NetworkDef, source: Source,
     try:
         network = resolve(file, node.name, {}, source)
     except d.SpecError as e:
-        return NetworkState(node), list(e.diagnostics)
+        return _without_bad_settings(node, source, e.diagnostics, cache) or NetworkState(node), \
+            list(e.diagnostics)
     analysed_for, result = cache.analyze(network)
     moved = _span_map(analysed_for, network)
     diagnostics = [_move_diagnostic(x, moved) for x in result.diagnostics]
-    a = result.figures
-    if a is None:
+    if result.figures is None:
         return NetworkState(node, network), diagnostics
+    stages, ops = _figures(result.figures, moved)
+    return NetworkState(node, network, result.figures, stages, ops), diagnostics
+
+
+def _figures(a: Analysis, moved) -> tuple[tuple[StageFigures, ...], tuple[OpFigures, ...]]:
+    """The stages and stem ops of an analysis, their spans passed through `moved`."""
     stages = tuple(dataclasses.replace(s, span=moved(s.span)) for s in a.stages)
     ops = tuple(OpFigures(moved(attrs["span"]), attrs["kind"], attrs["in_shape"], attrs["out_shape"],
                           attrs["params"], attrs["flops"])
                 for n, attrs in a.arch.nodes(data=True) if attrs["stage"] == "stem" and n != "input")
-    return NetworkState(node, network, a, stages, ops), diagnostics
+    return stages, ops
+
+
+def _without_bad_settings(node: ast.NetworkDef, source: Source, errors: tuple[d.Diagnostic, ...],
+                          cache: AnalysisCache) -> NetworkState | None:
+    """When every error of the network lies inside one setting of a statement (a misspelt name,
+    a wrong value), the network with those settings blanked out, analysed: its figures go on the
+    statements that are unchanged (the ones in error show none). None when that does not
+    resolve and analyse either."""
+    settings = [x for stmt in statements(node.body) for x in stmt.settings if x.span is not None]
+    bad = []
+    for x in errors:
+        if x.severity != "error":
+            continue
+        if x.code not in _LINE_LOCAL or x.span is None:
+            return None
+        inside = [s for s in settings if s.span.start <= x.span.start and x.span.end <= s.span.end]
+        if not inside:
+            return None
+        bad.append(inside[0].span)
+    text = source.text
+    for span in bad:  # same length: every other span stays put
+        text = text[:span.start] + re.sub(r"[^\n]", " ", text[span.start:span.end]) + text[span.end:]
+    blanked = Source.from_text(text, source.name)
+    try:
+        file = parse_source(blanked)
+        network = resolve(file, node.name, {}, blanked)
+    except d.SpecError:
+        return None
+    analysed_for, result = cache.analyze(network)
+    if result.figures is None:
+        return None
+    moved = _span_map(analysed_for, network)
+    [blanked_node] = [x for x in file.networks if x.name == node.name]
+    pairs = _statement_pairs(blanked_node, node)
+    stages, ops = _figures(result.figures, lambda span: pairs.get(_key(moved(span))) if span else None)
+    return NetworkState(node, network, result.figures, tuple(x for x in stages if x.span is not None),
+                        tuple(x for x in ops if x.span is not None), partial=True)
 
 
 def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]

@@ -199,7 +199,13 @@ def code_actions(snap: Snapshot, pos: Positions, uri: str, wanted: types.Range,
 # --- hover ----------------------------------------------------------------------------------------
 
 # under a hover whose figures come from an earlier text (this one has an error)
-STALE_NOTE = "*figures of the last version without errors*"
+STALE_NOTE = "*figures of an earlier version of this text*"
+# under a hover whose figures leave out the settings in error
+PARTIAL_NOTE = "*figures without the settings in error*"
+
+
+def _note(state: NetworkState) -> str | None:
+    return STALE_NOTE if state.stale else PARTIAL_NOTE if state.partial else None
 
 
 def hover(snap: Snapshot, pos: Positions, at: types.Position) -> types.Hover | None:
@@ -208,8 +214,8 @@ def hover(snap: Snapshot, pos: Positions, at: types.Position) -> types.Hover | N
     if state is None:
         return None
     found = _hover_at(snap, state, pos, offset)
-    if found is not None and state.stale:
-        found.contents.value += "  \n" + STALE_NOTE
+    if found is not None and _note(state):
+        found.contents.value += "  \n" + _note(state)
     return found
 
 
@@ -438,7 +444,7 @@ def inlay_hints(snap: Snapshot, pos: Positions, wanted: types.Range) -> list[typ
             end = len(snap.source.line_text(line).rstrip()) + 1
             hints.append(types.InlayHint(position=pos.position(line, end), label=label,
                                          kind=types.InlayHintKind.Type, padding_left=True,
-                                         tooltip=STALE_NOTE if state.stale else None))
+                                         tooltip=_note(state)))
     return hints
 
 

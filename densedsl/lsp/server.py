@@ -6,6 +6,10 @@ network is analysed; requests that need the figures wait for the snapshot of the
 Diagnostics are published after the edits pause for `debounce` seconds, so a burst of
 keystrokes costs one analysis, and only for the version they describe.
 
+The stdio stream is read by `framing.Frames`, not pygls' reader: a bad frame (an absurd or
+missing Content-Length, a body that is not JSON) is logged and skipped, and a request pygls
+cannot read (a position on line -1) gets an error response, so the server never stops answering.
+
 Options (LSP `initializationOptions`, or the `densedsl` section of `workspace/didChangeConfiguration`):
 `inlayHints` (true), `debounce` (seconds, 0.15) and `docsUrl` (where docs/errors.md is; the
 checkout's copy when there is one).
