@@ -195,3 +195,120 @@ def test_a_value_that_standardises_beyond_float32_is_refused(tmp_path):
     with pytest.raises(SpecError) as e:
         tabular.encode_csv(record, far)
     assert _codes(e.value) == ["E908"] and "line 3: column 'x' standardises to" in str(e.value)
+
+
+# --- 5. settings past float32's range, and the worker cap ---------------------------------------
+
+TINY = "specs/tiny_digits.dense"
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--lr", "3.5e38", "lr must be at most 10000"),
+    ("--head-lr", "1e308", "head lr must be at most 10000"),
+    ("--weight-decay", "1e308", "weight decay must be at most 10000"),
+])
+def test_settings_that_overflow_float32_are_refused_before_any_work(tmp_path, capsys, option, value, words):
+    from densedsl.cli import main
+    code = main(["train", TINY, "--data", "synthetic:16", option, value, "--out", str(tmp_path / "r"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E105]" in err and words in err, err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_the_library_refuses_them_too():
+    from densedsl.train_config import check_settings
+    for key, value, words in [("gamma", 1e39, "gamma must be within float32's range"),
+                              ("grad_clip", 1e300, "grad clip must be within float32's range"),
+                              ("lr", 1e5, "lr must be at most 10000")]:
+        with pytest.raises(SpecError) as e:
+            check_settings({key: value}, None)
+        assert _codes(e.value) == ["E105"] and words in str(e.value)
+    check_settings({"lr": 1e4, "weight_decay": 0.5, "gamma": 0.1, "grad_clip": 1e30}, None)  # no error
+
+
+def test_workers_are_capped_by_the_cpus(tmp_path, capsys, monkeypatch):
+    from densedsl import train_config
+    from densedsl.cli import main
+    monkeypatch.setattr(train_config.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert train_config.max_workers() == 8
+    code = main(["train", TINY, "--data", "synthetic:16", "--workers", "1000", "--out", str(tmp_path / "r"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E105]" in err and "workers must be at most 8" in err, err
+    assert main(["eval", str(tmp_path / "r"), "--workers", "9"]) == 1
+    assert "workers must be at most 8" in capsys.readouterr().err
+
+
+# --- 6. the memory guard: the optimizer step's real figure, and RLIMIT_AS ----------------------
+
+def _peak_step_bytes(optimizer) -> int:
+    """The most bytes of tensors that `optimizer.step()` allocates and holds at once (momentum
+    buffers, moments and temporaries), tracked tensor by tensor as torch dispatches them."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    import torch
+    live = {"now": 0, "peak": 0}
+
+    def freed(n: int) -> None:
+        live["now"] -= n
+
+    class Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                    n = t.untyped_storage().nbytes()
+                    live["now"] += n
+                    live["peak"] = max(live["peak"], live["now"])
+                    weakref.finalize(t, freed, n)
+            return out
+
+    with Track():
+        optimizer.step()
+    return live["peak"]
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_the_training_figure_covers_what_the_optimizer_step_allocates(kind):
+    import torch
+
+    from densedsl import budget
+    from densedsl.analysis import analyze
+    from densedsl.compiler import build_model
+    net = densedsl.load("specs/d2l_flux_mlp.dense", features=256).network  # weight-heavy: 1.3 M params
+    a = analyze(net)
+    model = build_model(net)
+    params = list(model.parameters())
+    for foreach in (False, True):   # torch's default on the CPU, and on CUDA
+        optimizer = (torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, foreach=foreach)
+                     if kind == "sgd" else torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, foreach=foreach))
+        model(torch.randn(4, 256)).square().mean().backward()
+        measured = budget.weights_bytes(a) + a.params * 4 + _peak_step_bytes(optimizer)  # + gradients
+        [(label, counted), _activations] = budget.for_training(a, batch=4, mode="standard", optimizer=kind).parts
+        assert counted >= measured, (foreach, counted / measured)
+        if foreach:  # every temporary at once: the figure is then (about) exact, not only a bound
+            assert counted <= 1.05 * measured, counted / measured
+        model.zero_grad(set_to_none=True)
+
+
+def test_an_address_space_limit_bounds_what_the_guard_allows(monkeypatch, tmp_path):
+    import resource
+
+    from densedsl import budget
+    statm = tmp_path / "statm"
+    statm.write_text(f"{2**30 // 4096} 100 0 0 0 0 0\n")       # 1 GiB of address space in use
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (3 * 2**30, resource.RLIM_INFINITY)
+                        if which == resource.RLIMIT_AS else (resource.RLIM_INFINITY,) * 2)
+    measure = budget._address_space_available
+    limit = measure(str(statm))
+    assert limit.bytes == 2 * 2**30 and "RLIMIT_AS" in limit.source
+    monkeypatch.setattr(budget, "_address_space_available", lambda: limit)
+    monkeypatch.setattr(budget, "_meminfo_available", lambda: budget.Limit(64 * 2**30, "meminfo"))
+    monkeypatch.setattr(budget, "_cgroup_available", lambda: [])
+    assert budget.available() == limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY,) * 2)
+    assert measure(str(statm)) is None
