@@ -7,7 +7,9 @@ mode)`, docs/analysis.md); this module only adds them up per command:
     building a model (library `compile`)   weights: (params + buffers) · 4 bytes
     compile OUT.pt, render --heatmap       weights twice (the model and its state_dict copy)
     compile OUT.onnx                       weights twice (model, ONNX graph) + inference at batch 2
-    train                                  weights, gradients and SGD momentum + training
+    train                                  weights, gradients, the optimizer's state and the
+                                           step's temporary (SGD: 3 copies of the parameters
+                                           beside the weights, AdamW: 4; STEP_COPIES) + training
                                            activations at the batch size, in the memory mode
     eval                                   weights + inference activations at the batch size
 
@@ -17,6 +19,7 @@ All in float32, an upper bound under autocast. The limit, first that applies:
 3. the environment variable DENSEDSL_MEMORY_LIMIT=SIZE (`none` turns the check off);
 4. what the machine has free: the smallest of /proc/meminfo's MemAvailable and, under a cgroup
    (a container, a batch job), its limit minus its working set (usage less inactive page cache);
+   under an address-space limit (`ulimit -v`, RLIMIT_AS), that limit less the process's size;
    elsewhere (macOS, BSD) the physical memory from sysconf. Where nothing can be measured the
    check is skipped. On a CUDA device the whole figure is checked against the GPU's free memory
    (torch.cuda.mem_get_info) and the weights against the host's, since the model is built there.
@@ -131,7 +134,8 @@ def limit(explicit: float | str | None = None, *, device: Any = None) -> Limit:
 
 def available() -> Limit:
     """The memory this process can still use, with the source of the figure."""
-    found = [f for f in (_meminfo_available(), *_cgroup_available()) if f is not None]
+    found = [f for f in (_meminfo_available(), *_cgroup_available(), _address_space_available())
+             if f is not None]
     if found:
         return min(found, key=lambda f: f.bytes)
     total = _physical_memory()
@@ -151,6 +155,24 @@ def _meminfo_available(path: str = "/proc/meminfo") -> Limit | None:
             if len(fields) >= 2 and fields[1].isdigit():
                 return Limit(int(fields[1]) * 1024, "MemAvailable in /proc/meminfo")
     return None
+
+
+def _address_space_available(statm: str = "/proc/self/statm") -> Limit | None:
+    """An address-space limit (`ulimit -v`, RLIMIT_AS) less this process's virtual size: past
+    it every allocation fails, however much memory the machine has free."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    try:
+        virtual = int(Path(statm).read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        virtual = 0  # without /proc the limit alone still bounds what can be allocated
+    return Limit(max(0, soft - virtual), "address-space limit (ulimit -v, RLIMIT_AS) less this "
+                 "process's virtual size")
 
 
 def _read_number(path: Path) -> int | None:
@@ -259,10 +281,23 @@ def for_onnx(a: "Analysis") -> Need:
         ("activations of a batch of 2", a.memory(2, "float32", "inference"))))
 
 
-def for_training(a: "Analysis", *, batch: int, mode: str) -> Need:
+# Copies of the parameters an optimizer step holds beside the weights, as torch allocates them
+# (measured with a dispatch mode that tracks live tensors, tests/test_data_reliability.py, and as
+# peak RSS, bench/bench_data_limits.py --optimizer-memory): the gradients; SGD's momentum
+# buffers plus one temporary of the parameters' size (gradient + weight decay · weight, to which
+# Nesterov adds the momentum; torch's foreach path makes it for all parameters at once); AdamW's
+# two moment estimates plus one temporary (the square root of the second).
+STEP_COPIES = {"sgd": 3, "adamw": 4}
+STEP_LABELS = {"sgd": "weights, gradients, SGD momentum and the step's temporary",
+               "adamw": "weights, gradients, AdamW's two moments and the step's temporary"}
+
+
+def for_training(a: "Analysis", *, batch: int, mode: str, optimizer: str | None = None) -> Need:
+    """`optimizer` "sgd" or "adamw"; None (not known): the larger figure."""
     params = a.params * FLOAT32
+    kind = optimizer if optimizer in STEP_COPIES else max(STEP_COPIES, key=STEP_COPIES.__getitem__)
     return Need(f"training {a.name} at batch {batch} ({mode} memory)", (
-        ("weights, gradients and momentum", weights_bytes(a) + 2 * params),
+        (STEP_LABELS[kind], weights_bytes(a) + STEP_COPIES[kind] * params),
         ("activations", a.memory(batch, "float32", mode))),
         "use a smaller network, input or --batch-size" + (", or --memory efficient" if mode == "standard" else ""))
 
@@ -293,9 +328,10 @@ def require(need: Need, network: "Network | None" = None, *, within: Limit | Non
         file=None if network is not None else "memory")])
 
 
-def check_training(network: "Network", *, batch: int, mode: str = "standard", device: Any = None) -> None:
+def check_training(network: "Network", *, batch: int, mode: str = "standard", device: Any = None,
+                   optimizer: str | None = None) -> None:
     """Before a model is built for training: its weights on the host, everything on `device`."""
-    _check_on(network, lambda a: for_training(a, batch=batch, mode=mode), device)
+    _check_on(network, lambda a: for_training(a, batch=batch, mode=mode, optimizer=optimizer), device)
 
 
 def check_evaluation(network: "Network", *, batch: int, device: Any = None) -> None:

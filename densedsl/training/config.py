@@ -11,6 +11,7 @@ starts (`report`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -119,10 +120,57 @@ def check_data(network: Network, desc: datasets.Description) -> list[Diagnostic]
     return problems
 
 
+# The optimizer steps in float32: a setting finite as a Python float (1e308) overflows there and
+# the step fails. Rates and decay also get a cap far above any recipe (the paper: lr 0.1, weight
+# decay 1e-4), under which lr · weight decay · a weight stays far inside float32's range.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+SETTING_CAPS = {"lr": 1e4, "head_lr": 1e4, "weight_decay": 1e4}
+FLOAT32_SETTINGS = ("momentum", "gamma", "grad_clip")
+# DataLoader workers are processes: more than a few per CPU only adds memory and start-up time.
+WORKERS_PER_CPU = 4
+MAX_WORKERS = 64
+
+
+def max_workers() -> int:
+    """The most DataLoader workers a run may start: 4 per CPU this process may use, at most 64."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, WORKERS_PER_CPU * cpus))
+
+
+def _range_problems(values: dict) -> list[tuple[str, str]]:
+    """Values the checkpoint rules accept but float32 arithmetic or the machine cannot take."""
+    problems = []
+    for key, cap in SETTING_CAPS.items():
+        value = values.get(key)
+        if _is_number(value) and math.isfinite(value) and value > cap:
+            problems.append((key, f"must be at most {cap:g} (far above any recipe; larger values overflow "
+                                  f"float32 in the optimizer step), not {value:g}"))
+    for key in FLOAT32_SETTINGS:
+        value = values.get(key)
+        if _is_number(value) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            problems.append((key, f"must be within float32's range (at most {FLOAT32_MAX:.4g}), not {value:g}"))
+    workers = values.get("workers")
+    if _is_number(workers) and workers > max_workers():
+        problems.append(("workers", f"must be at most {max_workers()} ({WORKERS_PER_CPU} per CPU this "
+                                    f"process may use, at most {MAX_WORKERS}): each worker is a process, "
+                                    f"not {workers}"))
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_settings(values: dict, threads: int | None) -> None:
     """Every training setting against the rules a checkpoint is held to (E105), before any work:
-    a NaN learning rate, say, would otherwise take one step and save NaN weights."""
+    a NaN learning rate, say, would otherwise take one step and save NaN weights; then against
+    float32's range and the worker cap (`_range_problems`)."""
     problems = checkpoint_schema.setting_problems(values)
+    flagged = {key for key, _ in problems}
+    problems += [(key, why) for key, why in _range_problems(values) if key not in flagged]
     want = checkpoint_schema.integer(1, 4096)(threads) if threads is not None else None
     if want is not None:
         problems.append(("threads", f"must be {want}, not {threads!r}"))

@@ -33,9 +33,10 @@ import difflib
 import io
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -53,6 +54,10 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0           # the seeded split is fixed, like digits': another --seed keeps the test rows
 # Cells are held as Python strings while a file is parsed (~60 bytes each): 10M cells ~ 600 MB.
 MAX_CELLS = 10_000_000
+# A line is read whole before the CSV parser splits it: a file without line breaks would
+# otherwise be read as one line of up to the file limit, then copied as text.
+MAX_LINE_BYTES = 64 * 2**20
+_CR_LINE = re.compile(r"(?<=\r)(?!\n)")
 DIABETES_TARGET = "progression"  # sklearn: "a quantitative measure of disease progression one year after baseline"
 
 
@@ -76,7 +81,10 @@ class Table:
 
 
 def read_csv(path: Path, what: str = "CSV file") -> Table:
-    """Read a CSV file (UTF-8, a header line, then rows of as many fields), or raise E9xx/E208."""
+    """Read a CSV file (UTF-8, a header line, then rows of as many fields), or raise E9xx/E208.
+
+    The file is streamed line by line into the parser: only the cells' strings are held, never
+    the whole file as bytes and text besides them (a 1000 MiB file peaked at 7.5 GB that way)."""
     from .datasets import MAX_FILE_BYTES
     require_regular(path, what)
     if path.is_dir():
@@ -88,32 +96,57 @@ def read_csv(path: Path, what: str = "CSV file") -> Table:
                 raise _fail(d.BAD_FILE, f"the file holds {size / 2**30:.1f} GiB, more than densedsl reads "
                             f"from one data file ({MAX_FILE_BYTES / 2**30:g} GiB)", path,
                             "a table this large does not fit densedsl's in-memory tabular pipeline")
-            raw = f.read(MAX_FILE_BYTES + 1)
+            return _parse(_text_lines(f, path, MAX_FILE_BYTES), path)
     except FileNotFoundError:
         raise _fail(d.FILE_NOT_FOUND, f"no such {what}", path,
                     "pass --data csv:FILE (or csv:TRAIN,TEST) with the path of a CSV file") from None
     except OSError as e:
         raise _fail(d.CANNOT_READ, f"cannot read the file: {e.strerror or e}", path) from None
-    if len(raw) > MAX_FILE_BYTES:  # it grew while it was read
-        raise _fail(d.BAD_FILE, "the file grew past densedsl's limit while it was read", path)
-    try:
-        text = raw.decode("utf-8-sig")  # a BOM (Excel writes one) is not part of the first name
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise _fail(d.BAD_FILE, f"line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x})", path,
-                    "save the file as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)") from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise _fail(d.BAD_FILE, f"line {line} holds a NUL byte: this is not a text CSV file", path,
-                    "pass a CSV file (comma-separated text with a header line)")
-    return _parse(text, path)
 
 
-def _parse(text: str, path: Path | None) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _text_lines(f, path: Path, limit: int) -> Iterator[str]:
+    """The file's lines as text, each checked as it is read: UTF-8, no NUL byte, no longer than
+    MAX_LINE_BYTES, no more commas than the cell limit allows (before the CSV parser splits the
+    line into fields), and at most `limit` bytes in all."""
+    read = 0
+    number = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        read += len(raw)
+        if read > limit:  # it grew while it was read
+            raise _fail(d.BAD_FILE, "the file grew past densedsl's limit while it was read", path)
+        if len(raw) > MAX_LINE_BYTES:
+            raise _fail(d.BAD_FILE, f"line {number} is longer than {MAX_LINE_BYTES // 2**20} MiB, more than "
+                        "densedsl reads as one line of a CSV file", path,
+                        "lines end with a line break (\\n or \\r\\n); a table this wide does not fit "
+                        "densedsl's tabular pipeline")
+        if raw.count(b",") >= MAX_CELLS:  # fields are counted exactly once parsed; this bounds the parse
+            raise _fail(d.BAD_FILE, f"line {number} holds {raw.count(b','):,} commas: more than "
+                        f"{MAX_CELLS:,} cells, more than densedsl's tabular pipeline reads", path,
+                        "drop columns the model does not need")
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # Excel writes a BOM
+        except UnicodeDecodeError as e:
+            raise _fail(d.BAD_FILE, f"line {number} is not UTF-8 text (byte 0x{raw[e.start]:02x})", path,
+                        "save the file as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)") from None
+        if "\x00" in text:
+            raise _fail(d.BAD_FILE, f"line {number} holds a NUL byte: this is not a text CSV file", path,
+                        "pass a CSV file (comma-separated text with a header line)")
+        # A lone carriage return ends a line too (old Mac files), as in universal-newline mode.
+        yield from _CR_LINE.split(text) if "\r" in text else (text,)
+
+
+def _parse(text: str | Iterable[str], path: Path | None) -> Table:
+    """A table from CSV text, or from its lines (as `_text_lines` yields them). Header cells
+    count against MAX_CELLS like every other cell."""
+    lines = io.StringIO(text, newline="") if isinstance(text, str) else text
+    reader = csv.reader(lines, strict=True)
     header: list[str] | None = None
     rows: list[list[str]] = []
-    lines: list[int] = []
+    line_numbers: list[int] = []
     cells = 0
     try:
         start = 1
@@ -121,6 +154,11 @@ def _parse(text: str, path: Path | None) -> Table:
             if not record:  # a blank line
                 start = reader.line_num + 1
                 continue
+            cells += len(record)
+            if cells > MAX_CELLS:
+                raise _fail(d.BAD_FILE, f"the file holds more than {MAX_CELLS:,} cells, more than "
+                            "densedsl's tabular pipeline reads", path,
+                            "sample the rows, or drop columns the model does not need")
             if header is None:
                 header = record
                 _check_header(header, path, start)
@@ -131,12 +169,7 @@ def _parse(text: str, path: Path | None) -> Table:
                             "quote values that contain commas")
             else:
                 rows.append(record)
-                lines.append(start)
-                cells += len(record)
-                if cells > MAX_CELLS:
-                    raise _fail(d.BAD_FILE, f"the file holds more than {MAX_CELLS:,} cells, more than "
-                                "densedsl's tabular pipeline reads", path,
-                                "sample the rows, or drop columns the model does not need")
+                line_numbers.append(start)
             start = reader.line_num + 1
     except csv.Error as e:
         raise _fail(d.BAD_FILE, f"line {reader.line_num}: not valid CSV ({e})", path,
@@ -147,7 +180,7 @@ def _parse(text: str, path: Path | None) -> Table:
                     "the first line names the columns, every further line is one example")
     if not rows:
         raise _fail(d.NO_DATA, "the file has a header but no rows", path, "add one line per example")
-    return Table(path, tuple(header), rows, lines)
+    return Table(path, tuple(header), rows, line_numbers)
 
 
 def _check_header(header: list[str], path: Path | None, line: int) -> None:
@@ -264,8 +297,9 @@ class Pipeline:
             if column.kind == "numeric":
                 values = torch.tensor([_numeric_cell(table, i, column.name, cell) for i, cell in enumerate(cells)],
                                       dtype=torch.float64)
-                standard = (values - column.mean) / column.std
-                out[:, at] = torch.nan_to_num(standard, nan=0.0)  # missing → 0 after standardising
+                standard = torch.nan_to_num((values - column.mean) / column.std, nan=0.0)  # missing → 0
+                _require_float32(table, standard, f"column '{column.name}'")
+                out[:, at] = standard
             else:
                 slot = {value: k for k, value in enumerate(column.categories)}
                 missing = len(column.categories)
@@ -288,7 +322,9 @@ class Pipeline:
         if self.task == "regression":
             values = torch.tensor([_target_number(table, i, self.target, c) for i, c in enumerate(cells)],
                                   dtype=torch.float64)
-            return ((values - self.target_mean) / self.target_std).to(torch.float32)
+            standard = (values - self.target_mean) / self.target_std
+            _require_float32(table, standard, f"the target '{self.target}'")
+            return standard.to(torch.float32)
         slot = {value: k for k, value in enumerate(self.classes)}
         labels = []
         for i, cell in enumerate(cells):
@@ -298,6 +334,20 @@ class Pipeline:
                             f"the classes are the training split's values: {_listed(self.classes)}")
             labels.append(slot[cell.strip()])
         return torch.tensor(labels, dtype=torch.int64)
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _require_float32(table: Table, standard: torch.Tensor, what: str) -> None:
+    """The network reads float32: a value that standardises beyond its range would reach it as
+    an infinity (a test row far outside the training split's spread, say)."""
+    beyond = (standard.abs() > _FLOAT32_MAX).nonzero()
+    if len(beyond):
+        i = int(beyond[0, 0])
+        raise _fail(d.BAD_FILE, f"{table.where(i)}: {what} standardises to {float(standard[i]):.3g}, beyond "
+                    "float32's range, with the training split's mean and standard deviation", table.path,
+                    "rescale the column, or remove the row: it lies far outside the training data")
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -351,12 +401,11 @@ def _target_number(table: Table, i: int, target: str, cell: str) -> float:
     return value
 
 
-def _numeric_column(table: Table, name: str) -> bool:
-    """Whether every cell of the column that is not missing reads as a number (True when the
-    table lacks the column: `features` reports that)."""
-    if name not in table.header:
+def _numeric_column(table: Table, j: int | None) -> bool:
+    """Whether every cell of column `j` that is not missing reads as a number (True when the
+    table lacks the column, j None: `features` reports that)."""
+    if j is None:
         return True
-    j = table.header.index(name)
     return all(_missing(row[j]) or _number(row[j]) is not None for row in table.rows)
 
 
@@ -379,11 +428,14 @@ def fit(train: Table, tables: Sequence[Table], target: str, task: str) -> Pipeli
     cannot turn a numeric column into a surprise later."""
     for table in tables:
         _column_index(table, [target], "to predict (--target)")
+    # Each table's columns by name, once: looking a name up in the header for every column made
+    # the fit quadratic in the number of columns (8 s at 20,000).
+    positions = [{name: j for j, name in enumerate(table.header)} for table in tables]
     columns = []
     for j, name in enumerate(train.header):
         if name == target:
             continue
-        if all(_numeric_column(table, name) for table in tables):
+        if all(_numeric_column(table, where.get(name)) for table, where in zip(tables, positions)):
             values = [_numeric_cell(train, i, name, row[j]) for i, row in enumerate(train.rows)]
             try:
                 mean, std = _mean_std([v for v in values if not math.isnan(v)])
@@ -396,8 +448,8 @@ def fit(train: Table, tables: Sequence[Table], target: str, task: str) -> Pipeli
             columns.append(Column(name, "categorical", categories=tuple(values)))
     t = train.header.index(target)
     if task == "regression":
-        for table in tables:
-            t_all = table.header.index(target)
+        for table, where in zip(tables, positions):
+            t_all = where[target]
             for i, row in enumerate(table.rows):
                 if _missing(row[t_all]):
                     raise _fail(d.BAD_FILE, f"{table.where(i)}: the target '{target}' is missing", table.path,
@@ -408,7 +460,7 @@ def fit(train: Table, tables: Sequence[Table], target: str, task: str) -> Pipeli
         except OverflowError:
             raise _fail(d.BAD_FILE, f"the target '{target}' holds numbers too large to standardise",
                         train.path, "rescale the column") from None
-        everything = [float(row[table.header.index(target)]) for table in tables for row in table.rows]
+        everything = [float(row[where[target]]) for table, where in zip(tables, positions) for row in table.rows]
         floor = min(1.0, min(everything)) if min(everything) > 0 else None
         return Pipeline(tuple(columns), target, task, mean, std, floor)
     classes = sorted({row[t].strip() for row in train.rows if not _missing(row[t])})
@@ -644,6 +696,95 @@ def pipeline_of(weights) -> dict | None:
 
 def encode_csv(pipeline: dict, path: str | os.PathLike) -> torch.Tensor:
     """The exported model's input for the rows of a CSV file, from OUT.pipeline.json's content
-    (or a checkpoint's data.pipeline): `encode_csv(json.load(f), "new.csv")`."""
-    record = pipeline.get("pipeline", pipeline)
+    (or a checkpoint's data.pipeline): `encode_csv(json.load(f), "new.csv")`. A record that
+    `Pipeline.record` could not have written is refused (E908) before the file is read."""
+    record = pipeline.get("pipeline", pipeline) if isinstance(pipeline, dict) else pipeline
+    problems = record_problems(record)
+    if problems:
+        raise _fail(d.BAD_FILE, f"invalid tabular pipeline: {problems[0]}"
+                    + (f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+                       if len(problems) > 1 else ""), "pipeline",
+                    "pass the content of the OUT.pipeline.json that `compile --weights` wrote, unedited")
     return Pipeline.from_record(record).features(read_csv(Path(path)))
+
+
+# --- checking a pipeline record --------------------------------------------------------------------
+
+_RECORD_KEYS = ("target", "task", "target_mean", "target_std", "target_floor", "classes", "columns")
+_COLUMN_KEYS = ("name", "kind", "mean", "std", "categories")
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range (JSON has no limit)
+        return False
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _distinct_strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value) and len(set(value)) == len(value)
+
+
+def record_problems(record: object) -> list[str]:
+    """What is wrong with a pipeline record (`Pipeline.record`'s dict, e.g. from a checkpoint or
+    an edited OUT.pipeline.json), one line each; [] when `Pipeline.from_record` and `features`
+    can use it as it stands. Beyond the shapes of the entries: every statistic finite, every
+    standard deviation above 0 (`fit` gives constant columns std 1, so 0 never comes from it
+    and would encode to inf), and no column named after the target (the model would be fed
+    what it is to predict)."""
+    if not isinstance(record, dict):
+        return [f"the pipeline must be a JSON object, not {_shown(record)}"]
+    missing = [k for k in _RECORD_KEYS if k not in record]
+    if missing:
+        return [f"the pipeline lacks {', '.join(repr(k) for k in missing)}"]
+    problems = []
+
+    def need(ok: bool, where: str, what: str, value: object) -> None:
+        if not ok:
+            problems.append(f"'{where}' must be {what}, not {_shown(value)}")
+
+    need(isinstance(record["target"], str), "target", "a column name", record["target"])
+    need(record["task"] in TASKS, "task", " or ".join(repr(t) for t in TASKS), record["task"])
+    need(_finite(record["target_mean"]), "target_mean", "a finite number", record["target_mean"])
+    need(_finite(record["target_std"]) and record["target_std"] > 0, "target_std", "a finite number > 0",
+         record["target_std"])
+    floor = record["target_floor"]
+    need(floor is None or (_finite(floor) and floor > 0), "target_floor", "null or a finite number > 0", floor)
+    need(_distinct_strings(record["classes"]), "classes", "a list of distinct strings", record["classes"])
+    columns = record["columns"]
+    if not isinstance(columns, list):
+        return problems + [f"'columns' must be a list, not {_shown(columns)}"]
+    for i, column in enumerate(columns):
+        problems += _column_problems(column, f"columns[{i}]")
+        if len(problems) >= 10:
+            return problems
+    names = [c["name"] for c in columns if isinstance(c, dict) and isinstance(c.get("name"), str)]
+    if len(set(names)) != len(names):
+        problems.append("'columns' names a column twice")
+    if record["target"] in set(names):
+        problems.append(f"'columns' holds the target '{_short(str(record['target']))}' as a feature: the model "
+                        "would be given what it is to predict")
+    return problems
+
+
+def _column_problems(column: object, where: str) -> list[str]:
+    if not isinstance(column, dict):
+        return [f"'{where}' must be an object, not {_shown(column)}"]
+    missing = [k for k in _COLUMN_KEYS if k not in column]
+    if missing:
+        return [f"'{where}' lacks {', '.join(repr(k) for k in missing)}"]
+    checks = [
+        (isinstance(column["name"], str), "name", "a column name"),
+        (column["kind"] in ("numeric", "categorical"), "kind", "'numeric' or 'categorical'"),
+        (_finite(column["mean"]), "mean", "a finite number"),
+        (_finite(column["std"]) and column["std"] > 0, "std", "a finite number > 0 (a constant column has std 1)"),
+        (_distinct_strings(column["categories"]), "categories", "a list of distinct strings"),
+    ]
+    return [f"'{where}.{key}' must be {what}, not {_shown(column[key])}" for ok, key, what in checks if not ok]

@@ -279,7 +279,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     if release_memory and dev.type == "cpu":  # opt-in: it costs speed (return_freed_memory)
         return_freed_memory()
     from ..analysis.budget import check_training  # E307 before the data set or the model is allocated
-    check_training(net, batch=int(values["batch_size"]), mode=memory, device=dev)
+    check_training(net, batch=int(values["batch_size"]), mode=memory, device=dev, optimizer=values["optimizer"])
     threads_why = _set_threads(threads)
     if sync_bn and not dd.active:
         sync_bn = False  # one process: nothing to synchronise

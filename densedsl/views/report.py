@@ -370,9 +370,32 @@ SORT_KEYS = ("params", "flops", "macs", "memory", "depth")
 
 
 @dataclass(frozen=True, slots=True)
+class PointFigures:
+    """What a sweep keeps of a point's analysis: its figures (`Analysis.figures()`), read as
+    attributes like the analysis' own. The analysis itself (the graph, the memory models: about
+    250 MB for a block of 1,413 layers) is dropped as soon as the row is made."""
+
+    params: int
+    buffers: int
+    macs: int
+    flops: int
+    channels: int
+    connections: int
+    depth: int
+
+    @classmethod
+    def of(cls, a: Analysis) -> "PointFigures":
+        return cls(**a.figures())
+
+    def figures(self) -> dict[str, int]:
+        return {"params": self.params, "buffers": self.buffers, "macs": self.macs, "flops": self.flops,
+                "channels": self.channels, "connections": self.connections, "depth": self.depth}
+
+
+@dataclass(frozen=True, slots=True)
 class SweepRow:
     values: tuple[tuple[str, str], ...]          # the grid point, in grid order
-    analysis: Analysis | None = field(repr=False, compare=False)
+    analysis: PointFigures | None = field(repr=False, compare=False)  # the figures; None: invalid
     memory: int | None
     errors: tuple[str, ...] = ()                 # error codes when the point is invalid
     message: str | None = None                   # the first error's message
@@ -458,7 +481,7 @@ def _top_level_split(text: str) -> list[str]:
     return parts + [text[start:]]
 
 
-MAX_SWEEP_POINTS = 500  # each point is a whole analysis, kept for the report
+MAX_SWEEP_POINTS = 500  # each point is a row of figures; one analysis is alive at a time
 
 
 def _check_grid_size(grid: Mapping[str, Sequence[str]]) -> None:
@@ -495,12 +518,14 @@ def sweep(make: Callable[[Mapping[str, str]], Network], grid: Mapping[str, Seque
                                  errors[0].message if errors else None))
             continue
         memory = a.memory(batch, dtype, "standard")
-        if ((max_params is not None and a.params > max_params)
-                or (max_flops is not None and a.flops > max_flops)
+        figures = PointFigures.of(a)
+        del a  # before the next point is analysed: only one analysis is ever alive
+        if ((max_params is not None and figures.params > max_params)
+                or (max_flops is not None and figures.flops > max_flops)
                 or (max_memory is not None and memory > max_memory)):
             excluded += 1
             continue
-        rows.append(SweepRow(values, a, memory))
+        rows.append(SweepRow(values, figures, memory))
     if sort is not None:
         def key(r: SweepRow) -> tuple:
             if r.analysis is None:
