@@ -17,7 +17,7 @@ import torch
 import densedsl
 from densedsl import cli
 from densedsl.diagnostics import SpecError
-from densedsl import checkpoints
+from densedsl import checkpoint_schema
 from densedsl.train import CHECKPOINT, RunLock, default_run_dir, evaluate, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def test_momentum_0_means_plain_sgd_rather_than_an_error():
 def test_non_finite_weights_after_the_last_step_are_never_checkpointed(tmp_path, monkeypatch):
     # With the settings check bypassed, a NaN learning rate leaves the one step's loss finite
     # and its weights NaN: the run must stop there, not save them.
-    monkeypatch.setattr(checkpoints, "setting_problems", lambda values: [])
+    monkeypatch.setattr(checkpoint_schema, "setting_problems", lambda values: [])
     run = tmp_path / "run"
     with pytest.raises(SpecError) as e:
         train(SPEC, epochs=1, lr=math.nan, out=run, **{**FAST, "data": "synthetic:16"})
