@@ -206,6 +206,7 @@ def test_non_finite_count_reads_every_value_of_ordinary_tensors():
     assert non_finite_count(t[:, :2]) == 0         # a slice sees its own values only
     assert non_finite_count(t.to(torch.complex64)) == 2
     assert non_finite_count(torch.zeros(3, dtype=torch.int64)) == 0
+    assert non_finite_count(torch.full((4,), 3e38)) == 0  # finite values whose sum overflows
     big = torch.zeros(3 * weights._SCAN + 5)
     big[-1] = float("nan")
     assert non_finite_count(big) == 1              # past the first chunks
