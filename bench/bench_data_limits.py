@@ -72,15 +72,16 @@ def wide_csv(path: Path, columns: int, rows: int = 50) -> None:
 
 
 def big_csv(path: Path, mib: int) -> None:
-    """~mib MiB of 100 numeric columns, cells of ~10 characters: about mib·10^5 cells."""
+    """~mib MiB of 100 numeric columns, cells of 108 characters (numbers with many digits), so
+    that 1000 MiB stays under the 10 M cell limit (9.6 M cells)."""
     rng = random.Random(0)
-    row_count = 0
     with open(path, "w") as f:
         f.write(",".join(f"c{j}" for j in range(99)) + ",y\n")
-        line = ",".join(f"{rng.random():.7f}" for _ in range(100)) + "\n"
-        while f.tell() < mib * 2**20 - len(line):
-            f.write(line)
-            row_count += 1
+        lines = [",".join(f"{rng.random():.106f}" for _ in range(100)) + "\n" for _ in range(16)]
+        k = 0
+        while f.tell() < mib * 2**20 - len(lines[0]):
+            f.write(lines[k % 16])
+            k += 1
 
 
 def main() -> int:

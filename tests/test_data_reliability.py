@@ -313,3 +313,25 @@ def test_an_address_space_limit_bounds_what_the_guard_allows(monkeypatch, tmp_pa
     assert budget.available() == limit
     monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY,) * 2)
     assert measure(str(statm)) is None
+
+
+# --- 4. synthetic data for a vector input ------------------------------------------------------
+
+def test_synthetic_rows_for_a_vector_input_regression_and_classification():
+    from densedsl import datasets
+    reg = datasets.load("synthetic:40", shape=(10,), classes=1, task="regression")
+    assert reg.tabular and reg.task == "regression" and reg.shape == (10,) and reg.classes == 1
+    assert len(reg.train) == 40 and len(reg.test) == 10 and reg.train.targets.dtype.is_floating_point
+    assert tabular.record_problems(reg.pipeline.record()) == []
+    cls = datasets.load("synthetic:40", shape=(6,), classes=3, task="classification")
+    assert cls.classes == 3 and set(cls.train.targets.tolist()) <= {0, 1, 2} and cls.pipeline.width == 6
+
+
+@pytest.mark.parametrize("extra, words", [((), "test RMSE"), (("--set", "classes=3"), "test accuracy")])
+def test_train_on_synthetic_data_with_a_vector_input(tmp_path, capsys, extra, words):
+    from densedsl.cli import main
+    code = main(["train", "specs/d2l_flux_mlp.dense", "--data", "synthetic:64", *extra, "--out",
+                 str(tmp_path / "r"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert words in out and "AdamW" in out and "rows of 10 features" in out

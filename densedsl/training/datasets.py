@@ -29,7 +29,7 @@ import math
 import os
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -245,6 +245,16 @@ def describe(data: str) -> Description:
                        epochs=90, epochs_why="the paper's ImageNet recipe")
 
 
+def for_input(desc: Description, shape: Sequence[int]) -> Description:
+    """`desc` as it applies to a spec whose input is `shape`: synthetic data for a vector input
+    is generated as table rows (`tabular.synthetic`) and trains with the tabular recipe (the
+    paper's SGD at lr 0.1 diverges on MLPs without normalisation)."""
+    if desc.kind == "synthetic" and len(shape) == 1:
+        return replace(desc, defaults=TABULAR_RECIPE,
+                       epochs_why="default for synthetic data (a smoke test); AdamW lr 1e-3 for rows")
+    return desc
+
+
 def _describe_csv(rest: str) -> Description:
     """csv:FILE or csv:TRAIN,TEST (a file whose own name holds a comma is taken whole)."""
     if not rest:
@@ -268,6 +278,9 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
     if desc.tabular:
         from . import tabular
         return tabular.load(desc, task=task, pipeline=pipeline)
+    if desc.kind == "synthetic" and len(shape) == 1:  # feature vectors: rows, not images
+        from . import tabular
+        return tabular.synthetic(desc, width=shape[0], classes=classes, task=task)
     names: tuple[str, ...] = tuple(str(i) for i in range(desc.classes or classes))
     pixel_max = 255.0
     if desc.kind == "digits":

@@ -549,6 +549,42 @@ def load(desc, *, task: str, pipeline: Pipeline | None = None):
                 pipeline=pipeline)
 
 
+def synthetic(desc, *, width: int, classes: int, task: str):
+    """`--data synthetic[:N]` for a vector input (`input F`): N training and N/4 test rows of F
+    features, learnable, as a table already encoded (each feature standard normal, so the
+    pipeline is the identity and is recorded like a CSV's). Classification: noisy copies of one
+    random template per class; regression (task "regression", one output): a random linear
+    function of the features plus noise, standardised with the training rows' statistics."""
+    from .datasets import MAX_FILE_BYTES, Data
+    n_train = desc.size or 512
+    n_test = max(classes if task == "classification" else 2, n_train // 4)
+    n = n_train + n_test
+    needed = 2 * 4 * n * width  # the features, and their noise while they are made
+    if needed > MAX_FILE_BYTES:
+        raise _fail(d.OUT_OF_MEMORY, f"synthetic:{n_train} rows of {width:,} features would need "
+                    f"{needed / 2**30:.1f} GiB to generate, more than the {MAX_FILE_BYTES / 2**30:.0f} GiB "
+                    "a data set may use", None, "ask for fewer rows, e.g. --data synthetic:256")
+    g = torch.Generator().manual_seed(1234)
+    columns = tuple(Column(f"x{i + 1}", "numeric") for i in range(width))
+    if task == "regression":
+        x = torch.randn(n, width, generator=g)
+        y = x @ (torch.randn(width, generator=g) / math.sqrt(width)) + 0.1 * torch.randn(n, generator=g)
+        mean, std = _mean_std(y[:n_train].double().tolist())
+        pipeline = Pipeline(columns, "y", "regression", mean, std)
+        targets = ((y.double() - mean) / std).to(torch.float32)
+        names: tuple[str, ...] = ("y",)
+    else:
+        labels = torch.randint(0, classes, (n,), generator=g)
+        x = torch.randn(classes, width, generator=g)[labels] + torch.randn(n, width, generator=g)
+        names = tuple(str(i) for i in range(classes))
+        pipeline = Pipeline(columns, "class", "classification", classes=names)
+        targets = labels
+    return Data(description=desc, train=TabularSet(x[:n_train], targets[:n_train]),
+                test=TabularSet(x[n_train:], targets[n_train:]), shape=(width,),
+                classes=1 if task == "regression" else classes, class_names=names, pixel_max=1.0,
+                mean=(), std=(), task=task, pipeline=pipeline)
+
+
 # --- checks against the spec -------------------------------------------------------------------
 
 def task_of(network) -> str:

@@ -171,7 +171,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     """
     started = time.perf_counter()
     net, record = _resolve_spec(spec, network, params)
-    desc = datasets.describe(data)
+    desc = datasets.for_input(datasets.describe(data), net.input)
     if desc.path is not None:  # stored absolute: `eval` of the checkpoint works from anywhere
         desc = replace(desc, path=desc.path.absolute(),
                        test_path=desc.test_path.absolute() if desc.test_path is not None else None)
