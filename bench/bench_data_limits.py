@@ -26,7 +26,8 @@ _CHILD = r"""
 import json, resource, sys, time
 kind, arg = sys.argv[1], sys.argv[2]
 import torch  # noqa: F401  (imports are not what is measured)
-from densedsl import datasets, tabular, report
+from densedsl.training import datasets, tabular
+from densedsl.views import report
 import densedsl
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()

@@ -318,7 +318,7 @@ def test_an_address_space_limit_bounds_what_the_guard_allows(monkeypatch, tmp_pa
 # --- 4. synthetic data for a vector input ------------------------------------------------------
 
 def test_synthetic_rows_for_a_vector_input_regression_and_classification():
-    from densedsl import datasets
+    from densedsl.training import datasets
     reg = datasets.load("synthetic:40", shape=(10,), classes=1, task="regression")
     assert reg.tabular and reg.task == "regression" and reg.shape == (10,) and reg.classes == 1
     assert len(reg.train) == 40 and len(reg.test) == 10 and reg.train.targets.dtype.is_floating_point
