@@ -173,7 +173,7 @@ def _norm(block: DenseBlock, i: int, shape: Shape, prefix: str) -> tuple[Op, ...
             assert_never(block.norm)
 
 
-def _unit(block: DenseBlock, i: int, shape: Shape, cout: int, kernel: int, padding: int, groups: int,
+def _unit(block: DenseBlock, i: int, shape: Shape, cout: int, kernel: n.Axes, padding: n.Axes, groups: int,
           prefix: str) -> Op:
     """The layer's i-th weighted op: `conv{i}` on maps, `linear{i}` (fully connected, to the same
     width) in a block of linear layers, whose input is a vector (an MLP)."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import Tensor, nn
@@ -119,8 +120,9 @@ def _view(flat: Tensor, like: Tensor, width: int, memory_format: torch.memory_fo
     return flat.view(batch, width, *spatial)
 
 
-def _bn_factor(norm: nn.Module) -> float:
+def _bn_factor(norm: nn.modules.batchnorm._BatchNorm) -> float:
     """nn.BatchNorm's update factor, counting the batch as it does."""
+    assert norm.num_batches_tracked is not None  # entry_of takes only BNs that track running statistics
     norm.num_batches_tracked.add_(1)
     return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
 
@@ -208,6 +210,16 @@ class _WriteEnter(torch.autograd.Function):
                 holder.release_scratch()
         grad_new = grad_buffer.narrow(1, ctx.offset, ctx.channels)
         return (grad_buffer, grad_new, *grads, None, None, None, None, None, None)
+
+
+@overload
+def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width: int,
+                entry: Entry, efficient: bool) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width: int,
+                entry: None, efficient: bool) -> tuple[Tensor, None]: ...
 
 
 def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width: int,
