@@ -213,9 +213,10 @@ class Statements(Values):
         return n.Norm(span=op.span) if kw == "norm" else n.ReLU(span=op.span)
 
     def positional(self, stmt: ast.Statement, name: str | None = None) -> _Bound:
-        if isinstance(stmt.arg, ast.ShapeLit):
+        if isinstance(stmt.arg, (ast.ShapeLit, ast.Dims)):
             self.error(d.WRONG_TYPE, f"{stmt.keyword} expects a number here, not a shape", stmt.arg.span)
             raise _Invalid
+        assert stmt.arg is not None  # every caller reports a missing argument first
         return _Bound(stmt.arg, stmt.arg.span, name or stmt.keyword)
 
     def pool(self, mode: str, s: dict[str, _Bound], span: Span | None) -> n.Pool:
