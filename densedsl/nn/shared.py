@@ -177,8 +177,10 @@ class _WriteEnter(torch.autograd.Function):
                                        conv.dilation, False, [0] * len(conv.stride), conv.groups)
         return buffer, z
 
+    # the ignore: mypy 1.10 holds this against torch's backward(ctx, *grad_outputs), which torch
+    # calls with one gradient per output; mypy 2.4 accepts it, hence unused-ignore as well
     @staticmethod
-    def backward(ctx, grad_buffer: Tensor | None, grad_out: Tensor | None):
+    def backward(ctx, grad_buffer: Tensor | None, grad_out: Tensor | None):  # type: ignore[override, unused-ignore]
         holder = ctx.holder
         if grad_buffer is None:
             grad_buffer = torch.zeros_like(holder.tensor, memory_format=holder.memory_format)
