@@ -83,7 +83,8 @@ def analyze(spec: SpecLike, *, network: str | None = None, params: _t.Mapping[st
     options = {k: v for k, v in (("max_params", max_params), ("max_memory", max_memory)) if v is not None}
     s = _spec("analyze", spec, network, params, shorthand, options)
     result = _analyze(s.network, **options)
-    type(result)._repr_svg_ = _notebook_svg  # see below: attached where every layer is in reach
+    # see below: attached where every layer is in reach; Analysis declares no _repr_svg_ on purpose
+    type(result)._repr_svg_ = _notebook_svg  # type: ignore[attr-defined]
     return result
 
 

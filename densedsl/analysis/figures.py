@@ -19,7 +19,7 @@ import dataclasses
 import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Literal, assert_never
+from typing import TYPE_CHECKING, Any, Literal, assert_never, cast
 
 from ..core import diagnostics as d
 from ..core.source import Span
@@ -217,6 +217,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     diags, prediction = graph_.check_and_predict(network)
     if not d.has_errors(diags):
+        assert prediction is not None  # check_and_predict: complete whenever there is no error
         diags += _refuse_unbuildable(network, prediction)
     d.raise_if_errors(diags)
 
@@ -252,7 +253,8 @@ def analyze(network: Network, *, max_params: int | float | None = None,
         receptive_field=rf[final],
         stages=stages,
         lowered=lowered,
-        feature_info=_stem_tap(lowered[0], g, jumps) + tuple(
+        # lower() puts the stem first
+        feature_info=_stem_tap(cast(lowering.LoweredStem, lowered[0]), g, jumps) + tuple(
             FeatureInfo(s.name, f"features.{s.name}", s.out_channels, jumps[f"{s.name}.out"],
                         tuple(s.out_shape))
             for s in stages if isinstance(s, BlockFigures)),
@@ -348,6 +350,7 @@ def _derivation(a: Analysis, key: str) -> str:
             case Transition():
                 if source.channels is not None:
                     return f"channels={source.channels} of {last.name}"
+                assert source.compression is not None  # a transition sets channels or compression
                 return f"⌊{float(source.compression):g}·{last.in_shape[0]:,}⌋ from {last.name}"
             case _:
                 raise AssertionError(f"{last.name} is neither a block nor a transition")
@@ -591,7 +594,8 @@ def _shared_blocks(g: Graph) -> dict[str, dict[str, list[str]]]:
         layer = _layer_of(n)
         if layer is not None and a["kind"] == "concat":
             blocks.setdefault(layer.split(".")[0], {})[layer] = _entry(g, n)
-    return {b: layers for b, layers in blocks.items() if all(e is not None for e in layers.values())}
+    complete = {b: layers for b, layers in blocks.items() if all(e is not None for e in layers.values())}
+    return cast(dict[str, dict[str, list[str]]], complete)  # the Nones filtered out just above
 
 
 def _shared_features(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, assert_never
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, assert_never, cast
 
 from ..core import diagnostics as d
 from ..core.source import Span
@@ -84,7 +84,9 @@ def spatial_plan(network: Network) -> tuple[Window, ...]:
             case Transition():
                 ops = lowering.transition_ops(stage, (c, *ones), None)
                 c = ops[-1].out_shape[0]
-                spans = [(stage.pool.span or stage.span) if op.name == "pool" else stage.span for op in ops]
+                # only a transition with a pool has an op named pool
+                spans = [(cast(n.Pool, stage.pool).span or stage.span) if op.name == "pool" else stage.span
+                         for op in ops]
                 plan += _windows(f"transition{stage.index}", ops, spans)
             case _:
                 assert_never(stage)
@@ -97,7 +99,7 @@ def spatial_plan(network: Network) -> tuple[Window, ...]:
 def _block_norms(block: DenseBlock, shape: lowering.Shape) -> list[Window]:
     """One marker for a block's norms that refuse a single value at batch 1, or none (norm=none,
     or group norms with several channels per group): its first layer has the fewest channels."""
-    fails = {}
+    fails: dict[str, str] = {}
     for op in lowering.layer_ops(block, shape, None):
         when = op.spec.one_value_fails(op.attributes())
         if when is not None:
@@ -125,6 +127,7 @@ def _fits(plan: Sequence[Window], size: int, rank: int, *, train: bool) -> bool:
 
 def _slid(sizes: tuple[int, ...], w: Window) -> tuple[int, ...]:
     """The map's size along each axis after the window `w`."""
+    assert w.kernel is not None  # the callers skip norm markers (kernel None)
     r = len(sizes)
     return tuple(lowering.window_out(x, k, s, p) for x, k, s, p in
                  zip(sizes, per_axis(w.kernel, r), per_axis(w.stride, r),
@@ -288,6 +291,7 @@ def _no_channels(stage: Transition, c: int, out: int, source: str) -> d.Diagnost
     if stage.channels is not None:
         why = f"transition{stage.index} is set to emit {out} channels"
     else:
+        assert stage.compression is not None  # a transition sets exactly one of channels and compression
         theta = fraction_text(stage.compression)
         why = f"{source}; transition{stage.index} keeps ⌊{theta}·{c}⌋ = {out}"
     need = (f"compression of at least {1 / c:.3g}" if stage.channels is None and c > 0
@@ -567,7 +571,8 @@ class _Builder:
                     prev = self.block(stage, prev)
                 case lowering.LoweredTransition():
                     t = stage.source
-                    spans = [t.pool.span if op.name == "pool" else None for op in stage.ops]
+                    # only a transition with a pool has an op named pool
+                    spans = [cast(n.Pool, t.pool).span if op.name == "pool" else None for op in stage.ops]
                     prev = self.ops(stage.name, stage.name, stage.ops, prev, t.span, spans)
                 case lowering.LoweredHead():
                     prev = self.ops("head", "head", stage.ops, prev, stage.source.span)

@@ -6,6 +6,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from . import diagnostics as d
 from .source import Source
@@ -130,7 +131,7 @@ class _AtomicPath:
         self.tmp = self.target.temporary()
         return self.tmp
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         assert self.target is not None and self.tmp is not None
         if exc_type is not None:
             _remove_quietly(self.tmp)

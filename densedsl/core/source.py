@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
+from typing import cast
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,8 @@ class Span:
         end = getattr(meta, "end_pos", None)
         if start is None:
             return source.span(0, 0)
-        return Span(source, meta.line, meta.column, meta.end_line, meta.end_column, start, end)
+        # lark sets end_pos whenever it sets start_pos (Meta.empty has neither, a Token both)
+        return Span(source, meta.line, meta.column, meta.end_line, meta.end_column, start, cast(int, end))
 
     def to(self, other: "Span") -> "Span":
         """The span from the start of self to the end of other."""

@@ -43,7 +43,7 @@ def axes_text(value: int | Sequence[int]) -> str:
     return shape_text(value) if isinstance(value, (tuple, list)) else str(value)
 
 
-def dims_text(value: int | Sequence[int], rank: int) -> str:
+def dims_text(value: int | tuple[int, ...] | list[int], rank: int) -> str:
     """`3` in rank 2 → `3x3`; rank 1 → `3`; rank 3 → `3x3x3`; `(1, 7)` → `1x7`."""
     return axes_text(value) if isinstance(value, (tuple, list)) else shape_text([value] * max(rank, 1))
 

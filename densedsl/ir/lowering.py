@@ -135,9 +135,11 @@ def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, 
     A block of linear layers (an MLP's) has the same recipe with `linear{i}` for `conv{i}`.
     """
     k = block.growth
-    half = tuple(x // 2 for x in block.kernel) if isinstance(block.kernel, tuple) else block.kernel // 2
+    half: n.Axes = (tuple(x // 2 for x in block.kernel) if isinstance(block.kernel, tuple)
+                    else block.kernel // 2)
     grow = (k, block.kernel, half, block.groups)  # the growth conv keeps the size
-    convs = [(block.bottleneck * k, 1, 0, 1), grow] if block.bottleneck else [grow]
+    convs: list[tuple[int, n.Axes, n.Axes, int]] = (
+        [(block.bottleneck * k, 1, 0, 1), grow] if block.bottleneck else [grow])
     ops: list[Op] = []
     prefix = f"{module}." if module else ""
     for i, (cout, kernel, padding, groups) in enumerate(convs, start=1):
@@ -173,7 +175,7 @@ def _norm(block: DenseBlock, i: int, shape: Shape, prefix: str) -> tuple[Op, ...
             assert_never(block.norm)
 
 
-def _unit(block: DenseBlock, i: int, shape: Shape, cout: int, kernel: int, padding: int, groups: int,
+def _unit(block: DenseBlock, i: int, shape: Shape, cout: int, kernel: n.Axes, padding: n.Axes, groups: int,
           prefix: str) -> Op:
     """The layer's i-th weighted op: `conv{i}` on maps, `linear{i}` (fully connected, to the same
     width) in a block of linear layers, whose input is a vector (an MLP)."""

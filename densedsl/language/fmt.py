@@ -186,6 +186,7 @@ class _Formatter:
     def for_loop(self, stmt: ast.Statement, indent: str) -> None:
         """`for i, n in blocks {` … `} between {` … `}`: both bodies always open on their line."""
         head_line = stmt.keyword_span.line if stmt.keyword_span else self.last_line
+        assert stmt.arg is not None  # the grammar's for_loop always has its list
         self.lines.append(f"{indent}for {', '.join(stmt.names)} in {format_expr(stmt.arg)} {{"
                           + self.trailing_comment(head_line))
         self.last_line = head_line

@@ -194,7 +194,7 @@ class Expectation:
 
 
 Stage = Union[DenseBlock, Transition]
-ParamValue = Union[int, float, Fraction, bool, str]
+ParamValue = Union[int, float, Fraction, bool, str, tuple["ParamValue", ...]]  # a tuple: a list value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,6 +18,7 @@ from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Callable, cast
 
 import lark
 from lark import Lark, Token, v_args
@@ -99,7 +100,9 @@ def _parse_recovering(source: Source):
     length keeps every later position and the brace structure intact, so each further error is
     an independent one. An unexpected end of input ends the search.
     """
-    text, errors, tries = source.text, [], {}
+    text = source.text
+    errors: list[d.Diagnostic] = []
+    tries: dict[int, int] = {}
     # each retry re-parses from the start, up to its error: stop once the retries together have
     # read about as much as the text again, so a large file with errors all through it stays fast
     budget = len(text) + 64 * 1024
@@ -164,12 +167,12 @@ def parse_expression(text: str, name: str = "<value>") -> ast.Expr:
 
 def _opens_like_spec(text: str) -> bool:
     """Whether the first token, after blanks, ';' and comments, is the `network` keyword."""
-    pos = _BLANKS.match(text).end()
+    pos = cast(re.Match[str], _BLANKS.match(text)).end()  # _BLANKS matches anywhere, if only ''
     while text.startswith("#", pos):
         end = text.find("\n", pos)
         if end == -1:
             return False
-        pos = _BLANKS.match(text, end).end()
+        pos = cast(re.Match[str], _BLANKS.match(text, end)).end()
     return _HEADER.match(text, pos) is not None
 
 
@@ -292,7 +295,7 @@ def _join(items: list[str]) -> str:
 
 def _translate(source: Source, e: lark.UnexpectedInput) -> d.Diagnostic:
     if isinstance(e, lark.UnexpectedCharacters):
-        pos = e.pos_in_stream
+        pos = cast(int, e.pos_in_stream)  # None only in lark's base class; this one sets the offset
         word = re.match(r"[0-9][0-9A-Za-z_.]*", source.text[pos:])
         if word and source.text[pos].isdigit():
             shown = f"'{word.group()}'" if source.quotable else "a word starting with a digit"
@@ -444,7 +447,8 @@ class _Builder(Transformer_NonRecursive):
         return ast.Setting(name=str(name), value=value, span=self._span(meta),
                            name_span=Span.from_meta(self.source, name))
 
-    def _binop(op):
+    # a helper run in the class body to make methods, deleted below, never a method itself
+    def _binop(op: str) -> Callable[..., ast.BinOp]:  # type: ignore[misc]
         def method(self, meta, children):
             left, right = children
             return self._counted(ast.BinOp(op=op, left=left, right=right, span=self._span(meta)), children)

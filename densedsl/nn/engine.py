@@ -24,6 +24,7 @@ it. It knows 2-D networks: `accelerate` leaves 1-D and 3-D models on the plain p
 from __future__ import annotations
 
 import functools
+from typing import TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ def _caller_format(y: Tensor, x: Tensor) -> Tensor:
 
 def _state_key(*tensors: Tensor | None) -> tuple:
     """What identifies the values of `tensors`; None when they cannot be tracked (inference tensors)."""
-    key = []
+    key: list[tuple | None] = []
     for t in tensors:
         if t is None:
             key.append(None)
@@ -95,6 +96,8 @@ class _Folded:
 
     @staticmethod
     def _scale_shift(norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        # only BNs with running statistics are folded (_foldable_bn, and the conv → BN test)
+        assert norm.running_var is not None and norm.running_mean is not None
         scale = torch.rsqrt(norm.running_var + norm.eps)
         if norm.weight is not None:
             scale = scale * norm.weight
@@ -181,11 +184,11 @@ def _empty_like_layout(x: Tensor) -> Tensor:
                        memory_format=_CHANNELS_LAST if channels_inner else torch.contiguous_format)
 
 
-def _foldable_bn(m: nn.Module) -> bool:
+def _foldable_bn(m: nn.Module) -> TypeGuard[nn.BatchNorm2d]:
     return isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None
 
 
-def _pointwise(m: nn.Module) -> bool:
+def _pointwise(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     """A 1x1 conv that mixes channels only: no padding, stride or groups to break linearity."""
     return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1)
             and m.padding == (0, 0) and m.groups == 1 and m.padding_mode == "zeros")
@@ -203,8 +206,10 @@ def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
         name = id(m)  # the fold cache's key: one entry per module of the model
         if _foldable_bn(m) and i + 2 < len(ops) and isinstance(ops[i + 1], nn.ReLU) \
                 and _pointwise(ops[i + 2]):
-            after = ops[i + 3] if i + 3 < len(ops) and _foldable_bn(ops[i + 3]) else None
-            fused = folded.relu_conv(name, m, ops[i + 2], after)
+            # the casts: mypy narrows no list item with a computed index; the tests above did
+            after = (cast(nn.BatchNorm2d, ops[i + 3]) if i + 3 < len(ops) and _foldable_bn(ops[i + 3])
+                     else None)
+            fused = folded.relu_conv(name, m, cast(nn.Conv2d, ops[i + 2]), after)
             if fused is not None:
                 t, weight, bias = fused
                 x = F.conv2d(torch.maximum(x, t.to(x.dtype), out=_empty_like_layout(x)), weight, bias)
@@ -212,7 +217,7 @@ def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
                 continue
         if isinstance(m, nn.Conv2d) and i + 1 < len(ops) and isinstance(ops[i + 1], nn.BatchNorm2d) \
                 and ops[i + 1].track_running_stats and ops[i + 1].running_mean is not None:
-            weight, bias = folded.get(name, m, ops[i + 1])
+            weight, bias = folded.get(name, m, cast(nn.BatchNorm2d, ops[i + 1]))  # tested above
             x = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
             i += 2
             continue
@@ -301,7 +306,8 @@ class InferenceEngine:
         pool_first = isinstance(pool, nn.AvgPool2d) and pool.padding == 0 and _pointwise(t.conv)
         if pool_first and _foldable_bn(t.norm):
             # s·max(x, t) + b pooled is s·pool(max(x, t)) + b: the affine part folds into the conv
-            fused = self.folded.relu_conv(id(t.conv), t.norm, t.conv)
+            # pool_first holds _pointwise(t.conv)
+            fused = self.folded.relu_conv(id(t.conv), t.norm, cast(nn.Conv2d, t.conv))
             if fused is not None:
                 shift, weight, bias = fused
                 return F.conv2d(t.pool(torch.maximum(x, shift.to(x.dtype), out=_empty_like_layout(x))),

@@ -29,7 +29,7 @@ torch.compile it runs eagerly, behind one graph break).
 from __future__ import annotations
 
 import os
-from typing import Sequence, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, ValuesView, assert_never, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,16 @@ _CONVOLUTION_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.def
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 # Only the channel counts of a standalone layer or transition matter for its modules.
 _ANY_SIZE = 64
+
+
+class _Engine(Protocol):
+    """What the modules call of `engine.InferenceEngine` (which imports this module, not back)."""
+
+    def applies(self, module: nn.Module, x: Tensor) -> bool: ...
+    def block(self, block: DenseBlock, x: Tensor) -> Tensor: ...
+    def features(self, model: DenseNet, x: Tensor) -> Tensor: ...
+    def features_only(self, model: DenseNetFeatures, x: Tensor) -> dict[str, Tensor]: ...
+    def clear(self) -> None: ...
 
 
 def compiling() -> bool:
@@ -194,6 +204,9 @@ class DenseBlock(nn.ModuleDict):
     _version = 2  # torchvision's: keys without the legacy 'norm.1' dots
     shared_storage = True  # the shared-buffer training path where it applies (set False: plain)
 
+    if TYPE_CHECKING:  # its children are the layers
+        def values(self) -> ValuesView[DenseLayer]: ...
+
     def __init__(self, in_channels: int, layers: int, growth: int, *, memory_efficient: bool = False,
                  rank: int = 2, lowered: lowering.LoweredBlock | None = None, device=None, dtype=None,
                  **recipe) -> None:
@@ -204,7 +217,7 @@ class DenseBlock(nn.ModuleDict):
         self.in_channels = in_channels
         self.growth = growth
         self.out_channels = lowered.out_shape[0]
-        self.engine = None  # engine.accelerate sets it
+        self.engine: _Engine | None = None  # engine.accelerate sets it
         for i, layer_ops in enumerate(lowered.layers, start=1):
             self.add_module(f"denselayer{i}", DenseLayer(
                 layer_ops[0].in_shape[0], growth, memory_efficient=memory_efficient, ops=layer_ops,
@@ -240,7 +253,7 @@ class DenseBlock(nn.ModuleDict):
             return None
         if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return None
-        return entries
+        return cast(list[shared.Entry], entries)  # no None: returned above
 
     def _shared_forward(self, x: Tensor, entries: list[shared.Entry]) -> Tensor:
         holder = shared.Buffer(x, self.out_channels)
@@ -257,6 +270,11 @@ class DenseBlock(nn.ModuleDict):
 
 class Transition(nn.Sequential):
     """BN-ReLU-Conv1x1-(Dropout)-Pool between two dense blocks; `ops` overrides the recipe."""
+
+    if TYPE_CHECKING:  # children added by _add from the lowered ops; no pool with pool=none
+        norm: nn.Module
+        conv: nn.Module
+        pool: nn.Module
 
     def __init__(self, in_channels: int, out_channels: int, *, bias: bool = False, dropout: float = 0.0,
                  pool: n.Pool = n.Pool(), rank: int = 2, ops: Sequence[ops.Op] | None = None,
@@ -310,7 +328,9 @@ def init_weights(model: nn.Module) -> None:
         elif not any(t is not None for t in (*m._parameters.values(), *m._buffers.values())):
             continue  # containers and stateless ops (ReLU, pools, dropout)
         elif hasattr(m, "reset_parameters"):
-            m.reset_parameters()  # norms: weight 1, bias 0, running mean 0, var 1, count 0
+            # norms: weight 1, bias 0, running mean 0, var 1, count 0. The ignore: torch types an
+            # unknown Module attribute Tensor | Module, and hasattr found a method
+            m.reset_parameters()  # type: ignore[operator]
         else:
             raise TypeError(f"densedsl cannot initialise {type(m).__name__}: it has parameters or "
                             "buffers and no reset_parameters()")
@@ -328,6 +348,9 @@ class DenseNet(nn.Module):
     with `device="meta"` nothing is allocated.
     """
 
+    if TYPE_CHECKING:  # added by _head, only when the network has a head (has_head)
+        classifier: nn.Module
+
     def __init__(self, network: n.Network, *, memory: str = "standard",
                  lowered: Sequence[lowering.Lowered] | None = None, device=None, dtype=None) -> None:
         super().__init__()
@@ -344,7 +367,7 @@ class DenseNet(nn.Module):
         self.final_act = nn.Sequential()   # the head's ReLU after norm5 (timm: part of features)
         self.pre_logits = nn.Sequential()  # the head's pool, flatten and dropout
         self.feature_info: list[dict] = []
-        self.engine = None  # engine.accelerate sets it
+        self.engine: _Engine | None = None  # engine.accelerate sets it
         self.train_channels_last = True  # convert rank-2 NCHW input in CPU training (see forward_features)
         self.stem_length = 0
         self.stem_tap: int | None = None  # index in `features` of the stem's feature tap
@@ -427,7 +450,7 @@ class DenseNet(nn.Module):
             raise AttributeError(f"network {self.network_name!r} has no head, hence no classifier")
         self.num_classes = num_classes
         ref = self.classifier.weight if isinstance(self.classifier, nn.Linear) else None
-        dd = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+        dd: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
         self.classifier = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
         if isinstance(self.classifier, nn.Linear):
             nn.init.constant_(self.classifier.bias, 0)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import Tensor, nn
@@ -119,8 +120,9 @@ def _view(flat: Tensor, like: Tensor, width: int, memory_format: torch.memory_fo
     return flat.view(batch, width, *spatial)
 
 
-def _bn_factor(norm: nn.Module) -> float:
+def _bn_factor(norm: nn.modules.batchnorm._BatchNorm) -> float:
     """nn.BatchNorm's update factor, counting the batch as it does."""
+    assert norm.num_batches_tracked is not None  # entry_of takes only BNs that track running statistics
     norm.num_batches_tracked.add_(1)
     return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
 
@@ -175,8 +177,10 @@ class _WriteEnter(torch.autograd.Function):
                                        conv.dilation, False, [0] * len(conv.stride), conv.groups)
         return buffer, z
 
+    # the ignore: mypy 1.10 holds this against torch's backward(ctx, *grad_outputs), which torch
+    # calls with one gradient per output; mypy 2.4 accepts it, hence unused-ignore as well
     @staticmethod
-    def backward(ctx, grad_buffer: Tensor | None, grad_out: Tensor | None):
+    def backward(ctx, grad_buffer: Tensor | None, grad_out: Tensor | None):  # type: ignore[override, unused-ignore]
         holder = ctx.holder
         if grad_buffer is None:
             grad_buffer = torch.zeros_like(holder.tensor, memory_format=holder.memory_format)
@@ -208,6 +212,16 @@ class _WriteEnter(torch.autograd.Function):
                 holder.release_scratch()
         grad_new = grad_buffer.narrow(1, ctx.offset, ctx.channels)
         return (grad_buffer, grad_new, *grads, None, None, None, None, None, None)
+
+
+@overload
+def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width: int,
+                entry: Entry, efficient: bool) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width: int,
+                entry: None, efficient: bool) -> tuple[Tensor, None]: ...
 
 
 def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width: int,

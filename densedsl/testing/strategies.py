@@ -20,7 +20,7 @@ import math
 import typing
 from dataclasses import replace
 from fractions import Fraction
-from typing import assert_never
+from typing import Any, assert_never
 
 from hypothesis import strategies as st
 
@@ -42,6 +42,7 @@ from ..language.network import (
     Stage,
     Stem,
     StemOp,
+    Task,
     Transition,
 )
 
@@ -132,7 +133,7 @@ def _vector_transition(draw, index: int) -> Transition:
 def _head(draw, *, vector: bool, rank: int = 2, per_axis: bool = False) -> Head:
     """A head; one output is a regression (the resolver's rule), more may be either task."""
     classes = draw(st.integers(1, 10))
-    task = "regression" if classes == 1 else draw(st.sampled_from(("classification", "regression")))
+    task: Task = "regression" if classes == 1 else draw(st.sampled_from(("classification", "regression")))
     window = None if vector or not draw(st.booleans()) else (  # shrinks to a global pool
         _axes(draw, (2, 1), rank, per_axis), _axes(draw, (2, 1), rank, per_axis))
     return Head(classes=classes, norm=draw(st.booleans().map(lambda b: not b)),
@@ -345,7 +346,7 @@ def family_text(network: Network) -> str:
     """
     blocks, transitions = network.blocks, network.transitions
     assert len({replace(t, index=1) for t in transitions}) <= 1, "transitions differ"
-    lists = {
+    lists: dict[str, list[Any]] = {
         "layers": [b.layers for b in blocks],
         "growths": [b.growth for b in blocks],
         "bottlenecks": [b.bottleneck or "off" for b in blocks],

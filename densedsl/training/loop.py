@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sized, cast
 
 import torch
 import torch.distributed as dist
@@ -95,9 +95,10 @@ class _Progress:
             self.bar = tqdm(total=total, unit=self.unit, unit_scale=True, leave=False, dynamic_ncols=True,
                             desc=f"epoch {epoch}/{epochs}", file=sys.stdout)
 
-    def _score(self, loss: float, acc: float) -> tuple[str, str]:
+    def _score(self, loss: float, acc: float | None) -> tuple[str, str]:
         if self.target_std is not None:
             return "rmse", format_rmse(math.sqrt(max(loss, 0.0)) * self.target_std)
+        assert acc is not None  # a classification's batches report their accuracy
         return "acc", f"{100 * acc:.2f}%"
 
     def update(self, images: int, loss: float | None, acc: float | None) -> None:
@@ -178,6 +179,9 @@ def evaluate_split(model: nn.Module, data: datasets.Data, *, device: torch.devic
                      device.type == "cuda", 0)
     was_training = model.training
     model.eval()
+    loss_sum: float
+    correct: float  # all_sum over the ranks gives floats back
+    total: float
     loss_sum, correct, total = 0.0, 0, 0
     with torch.no_grad(), _autocast(device, amp):
         for images, labels in datasets.batches(loader):
@@ -218,10 +222,10 @@ def evaluate_regression(model: nn.Module, data: datasets.Data, *, device: torch.
                 log_squares += (predicted.log() - actual.log()).square().sum()
             total += len(targets)
     model.train(was_training)
-    squares, log_squares, total = all_sum([float(squares), float(log_squares), total], dd, device)
-    mse = squares / max(total, 1)
-    log_rmse = math.sqrt(log_squares / max(total, 1)) if pipeline.target_floor is not None else None
-    return mse, math.sqrt(mse) * pipeline.target_std, log_rmse, int(total)
+    squares_sum, log_squares_sum, rows = all_sum([float(squares), float(log_squares), total], dd, device)
+    mse = squares_sum / max(rows, 1)
+    log_rmse = math.sqrt(log_squares_sum / max(rows, 1)) if pipeline.target_floor is not None else None
+    return mse, math.sqrt(mse) * pipeline.target_std, log_rmse, int(rows)
 
 
 def _inputs(batch: torch.Tensor, data: datasets.Data, mean: torch.Tensor, std: torch.Tensor,
@@ -262,7 +266,7 @@ HEAD = "classifier."  # the parameters --head-lr applies to
 def stages(model: nn.Module) -> dict[str, str | tuple[str, ...]]:
     """Stage name → parameter-name prefix, for --freeze: `features` (all but the head), `stem`
     (what comes before the first dense block) and every module of `features` by name."""
-    names = [name for name, _ in model.features.named_children()]
+    names = [name for name, _ in cast(nn.Module, model.features).named_children()]  # a DenseNet's
     first_block = next((i for i, n in enumerate(names) if n.startswith("denseblock")), len(names))
     found: dict[str, str | tuple[str, ...]] = {"features": "features."}
     if first_block:
@@ -278,8 +282,9 @@ def frozen_parameters(model: nn.Module, freeze: tuple[str, ...]) -> set[str]:
     if unknown:
         raise SpecError([Diagnostic(d.OUT_OF_RANGE, f"--freeze {unknown[0]}: no such stage in this network",
                                     None, "freeze one of: " + ", ".join(known), file="--freeze")])
-    prefixes = tuple(p for name in freeze for p in ((known[name],) if isinstance(known[name], str)
-                                                     else known[name]))
+    prefixes = cast(tuple[str, ...],  # mypy narrows no dict item by isinstance
+                    tuple(p for name in freeze for p in ((known[name],) if isinstance(known[name], str)
+                                                         else known[name])))
     return {name for name, _ in model.named_parameters() if prefixes and name.startswith(prefixes)}
 
 
@@ -287,14 +292,16 @@ def optimizer_for(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     """SGD (the paper's) or AdamW over the parameters not frozen; with --head-lr the classifier
     is a second parameter group with its own learning rate."""
     frozen = frozen_parameters(model, config.freeze)
-    body, head = [], []
+    body: list[nn.Parameter] = []
+    head: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if name in frozen:
             parameter.requires_grad_(False)
         else:
             (head if config.head_lr is not None and name.startswith(HEAD) else body).append(parameter)
     # An empty group (everything but the head frozen) would only show its unused rate in the log.
-    groups = ([{"params": body}] if body else []) + ([{"params": head, "lr": config.head_lr}] if head else [])
+    groups: list[dict[str, Any]] = (([{"params": body}] if body else [])
+                                    + ([{"params": head, "lr": config.head_lr}] if head else []))
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -354,8 +361,8 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
     curves_at = -math.inf
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        sampler = DistributedSampler(data.train, num_replicas=dd.world, rank=dd.rank, shuffle=True,
-                                     seed=config.seed)
+        sampler: DistributedSampler[int] = DistributedSampler(
+            data.train, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=config.seed)
         sampler.set_epoch(epoch)
         # A last batch of one breaks BatchNorm when the final map is 1x1: drop it then.
         batches = BatchSampler(sampler, config.batch_size, drop_last=len(sampler) % config.batch_size == 1)
@@ -365,8 +372,8 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
         try:
             loss, acc, seen, steps = train_epoch(
                 trained, loader, optimizer, scaler, data, config, dev, amp, mean, std, augment_rng,
-                dd, _Progress(run.log, run.progress, len(batches.sampler) * dd.world, epoch, config.epochs,
-                              data.pipeline.target_std if regression else None), limit)
+                dd, _Progress(run.log, run.progress, len(cast(Sized, batches.sampler)) * dd.world, epoch,
+                              config.epochs, data.pipeline.target_std if regression else None), limit)
         except _Diverged as e:
             raise _diverged(e, epoch, optimizer, net, last_checkpoint) from None
         steps_done += steps

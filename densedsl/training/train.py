@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -128,7 +128,8 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           weight_decay: float | None = None, milestones: tuple[float, ...] | None = None,
           gamma: float | None = None, augment: str | None = None, seed: int | None = None,
           device: str = "auto", amp: str = "auto", memory: str = "standard",
-          release_memory: bool = False, workers: int | None = None, threads: int | str | None = None, sync_bn: bool = False,
+          release_memory: bool = False, workers: int | None = None,
+          threads: int | Literal["auto"] | None = None, sync_bn: bool = False,
           max_steps: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
           log: Log | None = None, progress: bool = True, callback: Callable[[dict], bool | None] | None = None,
           init: str | os.PathLike | None = None, init_partial: bool = False,
@@ -199,7 +200,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
             dist.destroy_process_group()
 
 
-def _set_threads(threads: int | str | None) -> str:
+def _set_threads(threads: int | Literal["auto"] | None) -> str:
     """Apply `threads` (a count, "auto" or None: the process's own) and say who chose it."""
     from . import threads as cpu
     if threads == "auto" and cpu.THREADS_VARIABLE not in os.environ:  # OMP_NUM_THREADS is a choice too
@@ -241,7 +242,8 @@ def return_freed_memory() -> bool:
 
 
 def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist, started: float, *,
-         recipe: dict, device: str, amp: str, memory: str, release_memory: bool, workers: int | None, threads: int | str | None,
+         recipe: dict, device: str, amp: str, memory: str, release_memory: bool, workers: int | None,
+         threads: int | Literal["auto"] | None,
          sync_bn: bool,
          max_steps: int | None, out, resume: bool, log: Log | None, progress: bool,
          callback, init, init_partial: bool) -> RunResult:
@@ -285,7 +287,10 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
         sync_bn = False  # one process: nothing to synchronise
     if desc.kind == "csv":  # --target, or the checkpoint's on resume
         desc = replace(desc, target=values["target"])
-    data = datasets.load(desc, shape=net.input, classes=net.head.classes, task=tabular.task_of(net))
+    assert net.head is not None  # config.check_data refused a network without one
+    # the ignore: datasets.load's annotation says an image shape; it takes any network input
+    data = datasets.load(desc, shape=net.input, classes=net.head.classes,  # type: ignore[arg-type]
+                         task=tabular.task_of(net))
     if data.tabular:  # the encoded width (E207) before the model is built
         d.raise_if_errors(tabular.check_data(net, data) + tabular.recipe_problems(data, values))
     check_enough_data(data, int(values["batch_size"]), dd)
@@ -318,7 +323,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     model = model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
+        # the ignore: torch's stub for Module.to lacks memory_format, which it takes
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     torch.manual_seed(derived_seed(config.seed, "rank", dd.rank))
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -332,6 +338,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     metrics: list[dict[str, float]] = []
     start_epoch = 0
     if ckpt:
+        assert run_dir is not None  # resume refuses a missing out=
         checkpoints.restore(ckpt, model, optimizer, scheduler, scaler, run_dir / CHECKPOINT)
         metrics = [dict(row) for row in ckpt["metrics"]]
         start_epoch = int(ckpt["epoch"])
@@ -353,7 +360,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     run = Run(net=net, record=record, data=data, config=config, dd=dd, device=dev, amp=amp, model=model,
               optimizer=optimizer, scheduler=scheduler, scaler=scaler, run_dir=run_dir, log=log,
               progress=progress, callback=callback)
-    last_checkpoint, stopped = fit(run, metrics, start_epoch, run_dir / CHECKPOINT if ckpt else None)
+    last_checkpoint, stopped = fit(run, metrics, start_epoch,
+                                   cast(Path, run_dir) / CHECKPOINT if ckpt else None)  # as above
 
     seconds = time.perf_counter() - started
     if metrics:

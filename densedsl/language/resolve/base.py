@@ -7,7 +7,7 @@ import decimal
 import difflib
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from ...core import diagnostics as d
 from ...core.source import Source, Span
@@ -80,7 +80,7 @@ class ResolverBase:
         self.diags.append(d.Diagnostic(code, message, span, hint, notes,
                                        file=None if span else (self.source.name if self.source else None)))
 
-    def suggest(self, word: str, known: Iterable[str]) -> str | None:
+    def suggest(self, word: str, known: Collection[str]) -> str | None:
         """A did-you-mean among a network's own names, which may be many: difflib costs ~5 µs a
         candidate, so past the first diagnostics (the only ones printed) it is skipped, and a
         name is looked up once."""
@@ -108,7 +108,7 @@ def _tolerance(e: ast.Expr) -> Fraction:
     return unit / 2
 
 
-def _source_text(e: ast.Expr) -> str:
+def _source_text(e: ast.Expr | ast.ShapeLit | ast.Dims) -> str:
     """The expression exactly as the user wrote it (Elm: show the code as written)."""
     span = e.span
     if span is not None and span.source.text and span.end > span.start:

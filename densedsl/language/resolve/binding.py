@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import numbers
 from fractions import Fraction
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from ...core import diagnostics as d
-from ...core.source import Source
+from ...core.source import Source, Span
 from .. import ast
 from .. import network as n
 from .base import _Budget, _did_you_mean, _Invalid, _listing, _plain, _top_level_comma
@@ -43,7 +43,8 @@ def resolve_all(file: ast.SpecFile, params: Mapping[str, Any] | None = None,
                 source: Source | None = None) -> list[n.Network]:
     """Resolve every network of `file`; diagnostics from all of them are raised together."""
     _check_file(file, source)
-    networks, diags = [], []
+    networks: list[n.Network] = []
+    diags: list[d.Diagnostic] = []
     budget = _Budget(_FILE_MAX_STAGES, _FILE_MAX_LAYERS)  # shared: the file's networks together
     for net in file.networks:
         try:
@@ -63,12 +64,13 @@ def _check_file(file: ast.SpecFile, source: Source | None) -> None:
                                         "a spec starts with: network NAME { input 3x32x32 ... }",
                                         file=name)])
     seen: dict[str, ast.NetworkDef] = {}
-    diags = []
+    diags: list[d.Diagnostic] = []
     for net in file.networks:
         if net.name in seen:
             diags.append(d.Diagnostic(d.DUPLICATE_DEFINITION, f"network '{net.name}' is defined twice",
                                       net.name_span, "rename one of them",
-                                      ((seen[net.name].name_span, "first defined here"),)))
+                                      # a parsed file gives every name a span
+                                      ((cast(Span, seen[net.name].name_span), "first defined here"),)))
         seen.setdefault(net.name, net)
     d.raise_if_errors(diags)
 
@@ -149,6 +151,7 @@ class _Resolver(Stages):
             head = self.head(head_stmt)
         if d.has_errors(self.diags):
             raise d.SpecError(self.diags)
+        assert input_shape is not None  # each way input() returns None reports an error
         return n.Network(name=self.net.name, input=input_shape, stem=stem or n.Stem(),
                          stages=tuple(stages), head=head, expectations=tuple(expectations),
                          parameters=tuple((k, _plain(v)) for k, v in self.env.items()),
@@ -194,7 +197,10 @@ class _Resolver(Stages):
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, numbers.Rational):  # int, Fraction, numpy integers
-            return self.override_fits(name, Fraction(raw.numerator, raw.denominator))
+            # the ignore: typeshed types Rational.numerator as _IntegralLike, which Fraction's stub
+            # refuses; it is an Integral, which Fraction takes
+            value = Fraction(raw.numerator, raw.denominator)  # type: ignore[call-overload]
+            return self.override_fits(name, value)
         if isinstance(raw, numbers.Real):  # float, numpy floats
             real = float(raw)
             if not math.isfinite(real):

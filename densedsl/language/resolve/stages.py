@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from ...core import diagnostics as d
 from ...core.source import Span
@@ -287,6 +287,7 @@ class Stages(Statements):
                                   Fraction(_MAX_FIGURE), False, False)
             except _Invalid:
                 continue
-            out.append(n.Expectation(key=s.name, value=value, tolerance=_tolerance(s.value),
+            out.append(n.Expectation(key=cast(n.ExpectKey, s.name), value=value,  # in EXPECT_KEYS
+                                     tolerance=_tolerance(s.value),
                                      text=format_expr(s.value), span=s.span))
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from fractions import Fraction
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, cast
 
 from ...core import diagnostics as d
 from ...core.source import Span
@@ -32,6 +32,11 @@ from .vocabulary import (
 
 
 class Statements(Values):
+    if TYPE_CHECKING:  # defined by Stages, the subclass that completes the resolver
+        def try_all(self, **thunks: Callable[[], Any]) -> dict[str, Any]: ...
+        def dense(self, stmt: ast.Statement, index: int) -> n.DenseBlock: ...
+        def transition(self, stmt: ast.Statement, index: int) -> n.Transition: ...
+
     # --- statements -------------------------------------------------------------------------
 
     def settings(self, stmt: ast.Statement, allowed: tuple[str, ...], what: str,
@@ -208,9 +213,10 @@ class Statements(Values):
         return n.Norm(span=op.span) if kw == "norm" else n.ReLU(span=op.span)
 
     def positional(self, stmt: ast.Statement, name: str | None = None) -> _Bound:
-        if isinstance(stmt.arg, ast.ShapeLit):
+        if isinstance(stmt.arg, (ast.ShapeLit, ast.Dims)):
             self.error(d.WRONG_TYPE, f"{stmt.keyword} expects a number here, not a shape", stmt.arg.span)
             raise _Invalid
+        assert stmt.arg is not None  # every caller reports a missing argument first
         return _Bound(stmt.arg, stmt.arg.span, name or stmt.keyword)
 
     def pool(self, mode: str, s: dict[str, _Bound], span: Span | None) -> n.Pool:
@@ -223,7 +229,8 @@ class Statements(Values):
             self.error(d.OUT_OF_RANGE, f"pooling padding {axes_text(padding)} is more than half the kernel "
                        f"{axes_text(kernel)}", s["padding"].span, "PyTorch allows padding up to kernel/2")
             raise _Invalid
-        return n.Pool(mode=mode, kernel=kernel, stride=stride, padding=padding, span=span)
+        # avg or max: the stem passes its keyword's, a transition's pool=none took the poolless path
+        return n.Pool(mode=cast(n.PoolMode, mode), kernel=kernel, stride=stride, padding=padding, span=span)
 
     def stages(self, stmts: list[ast.Statement]) -> list[n.Stage]:
         flat = self.unroll(stmts, {})
@@ -242,7 +249,7 @@ class Statements(Values):
                     if stmt.keyword == "dense":
                         blocks += 1
                         stages.append(self.dense(stmt, blocks))
-                        layers += stages[-1].layers
+                        layers += cast(n.DenseBlock, stages[-1]).layers  # appended just above
                         if layers > min(_MAX_LAYERS, self.budget.layers):
                             self.too_many_layers(stmt)
                             return stages
@@ -327,6 +334,8 @@ class Statements(Values):
                 self.error(d.DUPLICATE_DEFINITION, f"loop variable '{name}' has the name of {what}",
                            span or stmt.keyword_span, "give the loop variable a name of its own, e.g. for n in blocks")
                 clash = True
+        # the grammar's for_loop takes an expr, never a shape
+        assert stmt.arg is not None and not isinstance(stmt.arg, (ast.ShapeLit, ast.Dims))
         try:
             with self.scoped(scope):
                 items = self.eval(stmt.arg)

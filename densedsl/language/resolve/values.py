@@ -35,7 +35,9 @@ class Values(Expressions):
         per spatial axis, written as a shape (`kernel=1x7`, `padding=0 x k//2`). Equal numbers
         collapse to one, so `3x3` is `3` and a square spec's network is unchanged."""
         what = what or b.name
-        e = b.expr
+        # a window setting may hold a shape (the grammar's setting: expr | SHAPE | dims), which
+        # _Bound.expr's annotation leaves out
+        e: ast.Expr | ast.ShapeLit | ast.Dims = b.expr
         if not isinstance(e, (ast.ShapeLit, ast.Dims)):
             return self.integer(b, lo, hi, what)
         if isinstance(e, ast.ShapeLit):
@@ -45,6 +47,7 @@ class Values(Expressions):
         values = tuple(self.integer(item, lo, hi, f"{what} along axis {i}") for i, item in enumerate(items, 1))
         spatial = len(self.input_shape) - 1 if self.input_shape is not None else None
         if spatial is not None and len(values) != spatial:
+            assert self.input_shape is not None  # spatial is its rank
             noun = {1: "a signal (one axis)", 2: "an image (two axes)", 3: "a volume (three axes)"}.get(
                 spatial, f"{spatial} axes")
             example = "x".join(["1"] + ["3"] * (spatial - 1)) if spatial > 1 else "3"
