@@ -189,7 +189,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         model = build_model(spec.network, memory=args.memory)
         pipeline = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
-            from .training.tabular import pipeline_of
+            from .training.checkpoints import pipeline_of
             from .training.transfer import load_exactly
             load_exactly(model, args.weights)
             pipeline = pipeline_of(args.weights)

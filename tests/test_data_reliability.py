@@ -10,10 +10,10 @@ import math
 import pytest
 
 import densedsl
-from densedsl.views import report
-from densedsl.training import tabular
 from densedsl.analysis import Analysis
 from densedsl.core.diagnostics import SpecError
+from densedsl.training import tabular, tabular_record
+from densedsl.views import report
 
 
 def _codes(error: SpecError) -> list[str]:
@@ -163,9 +163,9 @@ def _record(tmp_path):
 
 def test_a_fitted_pipeline_record_has_no_problems(tmp_path):
     record, path = _record(tmp_path)
-    assert tabular.record_problems(record) == []
-    exported = json.loads(json.dumps(tabular.exported(tabular.Pipeline.from_record(record), "csv:t")))
-    assert tabular.encode_csv(exported, path).shape == (3, 4)
+    assert tabular_record.record_problems(record) == []
+    exported = json.loads(json.dumps(tabular_record.exported(tabular.Pipeline.from_record(record), "csv:t")))
+    assert tabular_record.encode_csv(exported, path).shape == (3, 4)
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -183,9 +183,9 @@ def test_a_fitted_pipeline_record_has_no_problems(tmp_path):
 def test_encode_csv_refuses_a_record_fit_could_not_have_written(tmp_path, edit, words):
     record, path = _record(tmp_path)
     edit(record)
-    assert any(words in p for p in tabular.record_problems(record)), tabular.record_problems(record)
+    assert any(words in p for p in tabular_record.record_problems(record)), tabular_record.record_problems(record)
     with pytest.raises(SpecError) as e:
-        tabular.encode_csv({"pipeline": record}, path)
+        tabular_record.encode_csv({"pipeline": record}, path)
     assert _codes(e.value) == ["E908"] and "invalid tabular pipeline" in str(e.value)
 
 
@@ -194,7 +194,7 @@ def test_a_value_that_standardises_beyond_float32_is_refused(tmp_path):
     far = tmp_path / "far.csv"
     far.write_text("x,c,y\n1,a,10\n1e300,b,20\n")
     with pytest.raises(SpecError) as e:
-        tabular.encode_csv(record, far)
+        tabular_record.encode_csv(record, far)
     assert _codes(e.value) == ["E908"] and "line 3: column 'x' standardises to" in str(e.value)
 
 
@@ -229,8 +229,8 @@ def test_the_library_refuses_them_too():
 
 
 def test_workers_are_capped_by_the_cpus(tmp_path, capsys, monkeypatch):
-    from densedsl.training import config as train_config
     from densedsl.cli import main
+    from densedsl.training import config as train_config
     monkeypatch.setattr(train_config.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert train_config.max_workers() == 8
     code = main(["train", TINY, "--data", "synthetic:16", "--workers", "1000", "--out", str(tmp_path / "r"),
@@ -248,9 +248,9 @@ def _peak_step_bytes(optimizer) -> int:
     buffers, moments and temporaries), tracked tensor by tensor as torch dispatches them."""
     import weakref
 
+    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
-    import torch
     live = {"now": 0, "peak": 0}
 
     def freed(n: int) -> None:
@@ -277,8 +277,7 @@ def _peak_step_bytes(optimizer) -> int:
 def test_the_training_figure_covers_what_the_optimizer_step_allocates(kind):
     import torch
 
-    from densedsl.analysis import budget
-    from densedsl.analysis import analyze
+    from densedsl.analysis import analyze, budget
     from densedsl.nn.build import build_model
     net = densedsl.load("specs/d2l_flux_mlp.dense", features=256).network  # weight-heavy: 1.3 M params
     a = analyze(net)
@@ -322,7 +321,7 @@ def test_synthetic_rows_for_a_vector_input_regression_and_classification():
     reg = datasets.load("synthetic:40", shape=(10,), classes=1, task="regression")
     assert reg.tabular and reg.task == "regression" and reg.shape == (10,) and reg.classes == 1
     assert len(reg.train) == 40 and len(reg.test) == 10 and reg.train.targets.dtype.is_floating_point
-    assert tabular.record_problems(reg.pipeline.record()) == []
+    assert tabular_record.record_problems(reg.pipeline.record()) == []
     cls = datasets.load("synthetic:40", shape=(6,), classes=3, task="classification")
     assert cls.classes == 3 and set(cls.train.targets.tolist()) <= {0, 1, 2} and cls.pipeline.width == 6
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from densedsl.core.diagnostics import SpecError
-from densedsl.training import datasets
+from densedsl.training import datasets, loaded
 
 
 def _codes(e: SpecError) -> list[str]:
@@ -394,7 +394,7 @@ def test_a_fifo_in_place_of_a_data_file_is_refused(tmp_path):
 
 def test_cifar_file_larger_than_the_limit_is_refused_before_reading(tmp_path, monkeypatch):
     _write_cifar10(tmp_path, records_per_file=3)
-    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 2 * 3073)
+    monkeypatch.setattr(loaded, "MAX_FILE_BYTES", 2 * 3073)
     with pytest.raises(SpecError) as e:
         datasets.load(f"cifar10:{tmp_path}", shape=(3, 32, 32), classes=10)
     assert _codes(e.value) == ["E908"] and "3 records" in str(e.value)

@@ -16,7 +16,7 @@ import torch
 
 from densedsl import cli
 from densedsl.core.diagnostics import SpecError
-from densedsl.training import checkpoint_schema, datasets, tabular
+from densedsl.training import checkpoint_schema, datasets, loaded, tabular, tabular_record
 from densedsl.training.train import CHECKPOINT, evaluate, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def test_a_csv_trains_evaluates_and_exports_end_to_end(spec, houses, tmp_path, c
     assert cli.main(["compile", str(spec), "--weights", str(run), "-o", str(onnx_file)]) == 0
     exported = json.loads((tmp_path / "m.pipeline.json").read_text())
     assert exported["features"][:3] == ["size", "rooms", "colour=blue"] and len(exported["features"]) == 9
-    features = tabular.encode_csv(exported, houses)
+    features = tabular_record.encode_csv(exported, houses)
     from densedsl.training.train import model_from_checkpoint
     model, _ = model_from_checkpoint(run)
     with torch.no_grad():
@@ -272,7 +272,7 @@ def test_a_fifo_a_missing_file_and_an_oversized_file_are_refused(tmp_path, capsy
     assert "error[E912]" in _error(capsys, "train", spec, "--data", f"csv:{fifo}", "--target", "y")
     assert "error[E901]" in _error(capsys, "train", spec, "--data", f"csv:{tmp_path / 'no.csv'}", "--target", "y",
                                    "--out", tmp_path / "r")
-    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(loaded, "MAX_FILE_BYTES", 100)
     err = _error(capsys, "train", spec, "--data", f"csv:{houses}", "--target", "price", "--out", tmp_path / "r")
     assert "error[E908]" in err and "more than densedsl reads from one data file" in err
 
@@ -287,7 +287,7 @@ def test_a_csv_with_too_many_cells_is_refused_while_parsing(monkeypatch):
 def test_the_encoded_size_is_checked_before_it_is_allocated(monkeypatch):
     table = tabular._parse("id,y\n" + "".join(f"row{i},{i}\n" for i in range(30)), None)
     pipeline = tabular.fit(table, [table], "y", "regression")  # 30 ids: one-hot width 31
-    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 8 * 30 * 31 - 1)
+    monkeypatch.setattr(loaded, "MAX_FILE_BYTES", 8 * 30 * 31 - 1)
     with pytest.raises(SpecError) as e:
         pipeline.features(table)
     assert _codes(e.value) == ["E307"] and "30 rows of 31 encoded features" in str(e.value)

@@ -17,7 +17,7 @@ import torch
 import densedsl
 from densedsl import cli
 from densedsl.core.diagnostics import SpecError
-from densedsl.training import checkpoint_schema, checkpoints
+from densedsl.training import checkpoint_schema
 from densedsl.training.train import CHECKPOINT, RunLock, default_run_dir, evaluate, read_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]

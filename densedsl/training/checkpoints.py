@@ -33,7 +33,9 @@ from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import atomic_path, require_regular
 from ..nn.weights import load_weights, verify_archive
-from .checkpoint_schema import FORMAT, FORMAT_VERSION, _is_int, problem_in
+from .checkpoint_schema import FORMAT, FORMAT_VERSION, TABULAR_KINDS, _is_int, problem_in
+from .tabular import Pipeline
+from .tabular_record import exported
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -208,3 +210,17 @@ def non_finite(state: dict[str, torch.Tensor]) -> str | None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None
+
+
+def pipeline_of(weights) -> dict | None:
+    """The pipeline record of a densedsl checkpoint trained on tabular data, or None (another
+    kind of weights file, or image data)."""
+    path = Path(weights)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    try:
+        ckpt = read(path)
+    except SpecError:  # not a densedsl checkpoint: the caller has loaded it as weights already
+        return None
+    data = ckpt["data"]
+    return exported(Pipeline.from_record(data["pipeline"]), data["name"]) if data["kind"] in TABULAR_KINDS else None

@@ -17,7 +17,7 @@ normalisation happen batch-wise in `prepare_batch`, on the training device, with
 
 Data files are untrusted: every size a header declares is checked against the file's actual
 size (or, gzipped, against what decompresses, read in chunks and never past the promise) and
-against `MAX_FILE_BYTES` before anything is allocated; images are checked against
+against `loaded.MAX_FILE_BYTES` before anything is allocated; images are checked against
 `MAX_IMAGE_PIXELS` from their header before they are decoded. Every split must hold images (E208)
 of the spec's input shape (E207; only folder data is resized, explicitly, to the spec's size).
 """
@@ -40,6 +40,8 @@ from torch.utils.data import Dataset
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import require_regular
+from . import loaded, tabular
+from .loaded import Data
 
 Shape = tuple[int, int, int]
 
@@ -52,9 +54,6 @@ TABULAR_WHY = "default for tabular data, after d2l's house-price recipe"
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
-# A data file (CIFAR, IDX, decompressed) is read whole into memory: a header or a gzip stream
-# cannot make densedsl allocate more than this for one file. MNIST's largest file is 47 MB.
-MAX_FILE_BYTES = 1 << 30
 # Images are decoded one at a time at full size before resizing: 8192x8192 RGB is 192 MiB.
 # (Pillow's own bomb check warns at 89M pixels and fails at 179M, with an exception densedsl
 # would otherwise not expect.)
@@ -96,31 +95,6 @@ class Description:
     def tabular(self) -> bool:
         return self.kind in TABULAR_KINDS
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Data:
-    """Both splits plus how to turn a batch of raw pixels into network input."""
-
-    description: Description
-    train: "ImageSet | FolderSet"
-    test: "ImageSet | FolderSet"
-    shape: Shape
-    classes: int
-    class_names: tuple[str, ...]
-    pixel_max: float             # raw value of a white pixel (255; 16 for digits)
-    mean: tuple[float, ...]      # per channel, of the training images scaled to [0, 1]
-    std: tuple[float, ...]
-    resized: str | None = None   # folder: what sizes (of a sample) are resized to the spec's
-    task: str = "classification"  # or "regression" (tabular data with a regression head)
-    pipeline: Any = None         # tabular: the tabular.Pipeline that encodes rows (mean/std unused)
-
-    @property
-    def name(self) -> str:
-        return self.description.name
-
-    @property
-    def tabular(self) -> bool:
-        return self.pipeline is not None
 
 
 class ImageSet(Dataset):
@@ -276,10 +250,8 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
     tabular data is encoded for `task` (with `pipeline`, a checkpoint's, when given)."""
     desc = data if isinstance(data, Description) else describe(data)
     if desc.tabular:
-        from . import tabular
         return tabular.load(desc, task=task, pipeline=pipeline)
     if desc.kind == "synthetic" and len(shape) == 1:  # feature vectors: rows, not images
-        from . import tabular
         return tabular.synthetic(desc, width=shape[0], classes=classes, task=task)
     names: tuple[str, ...] = tuple(str(i) for i in range(desc.classes or classes))
     pixel_max = 255.0
@@ -398,9 +370,9 @@ def _synthetic(shape: Shape, classes: int, desc: Description) -> tuple[ImageSet,
     n_test = max(classes, n_train // 4)
     # generating costs ~5 bytes an element at its peak (int16 noise and templates, uint8 result)
     needed = 5 * (n_train + n_test + classes) * math.prod(shape)
-    if needed > MAX_FILE_BYTES:
+    if needed > loaded.MAX_FILE_BYTES:
         raise _fail(d.OUT_OF_MEMORY, f"synthetic:{n_train} images of {'x'.join(map(str, shape))} would need "
-                    f"{needed / 2**30:.1f} GiB to generate, more than the {MAX_FILE_BYTES / 2**30:.0f} GiB "
+                    f"{needed / 2**30:.1f} GiB to generate, more than the {loaded.MAX_FILE_BYTES / 2**30:.0f} GiB "
                     "a data set may use", None, "ask for fewer images, e.g. --data synthetic:256")
     g = torch.Generator().manual_seed(1234)
     templates = torch.randint(0, 256, (classes, *shape), generator=g, dtype=torch.int16)
@@ -573,9 +545,9 @@ def _file_size(f) -> int:
 
 
 def _within_limit(size: int, path: Path, what: str) -> None:
-    if size > MAX_FILE_BYTES:
+    if size > loaded.MAX_FILE_BYTES:
         raise _fail(d.BAD_FILE, f"the file declares {what} ({size / 2**30:.1f} GiB), more than densedsl "
-                    f"reads from one data file ({MAX_FILE_BYTES / 2**30:g} GiB)", path,
+                    f"reads from one data file ({loaded.MAX_FILE_BYTES / 2**30:g} GiB)", path,
                     "a header this large is damaged or crafted; a data set this large belongs in a "
                     "folder: data set, whose images are read as they are needed")
 

@@ -44,6 +44,8 @@ from torch.utils.data import Dataset
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import require_regular
+from . import loaded
+from .loaded import Data
 
 KINDS = ("csv", "diabetes")
 TASKS = ("classification", "regression")
@@ -85,18 +87,17 @@ def read_csv(path: Path, what: str = "CSV file") -> Table:
 
     The file is streamed line by line into the parser: only the cells' strings are held, never
     the whole file as bytes and text besides them (a 1000 MiB file peaked at 7.5 GB that way)."""
-    from .datasets import MAX_FILE_BYTES
     require_regular(path, what)
     if path.is_dir():
         raise _fail(d.IS_DIRECTORY, f"is a directory, not a {what}", path, "pass the CSV file itself")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
+            if size > loaded.MAX_FILE_BYTES:
                 raise _fail(d.BAD_FILE, f"the file holds {size / 2**30:.1f} GiB, more than densedsl reads "
-                            f"from one data file ({MAX_FILE_BYTES / 2**30:g} GiB)", path,
+                            f"from one data file ({loaded.MAX_FILE_BYTES / 2**30:g} GiB)", path,
                             "a table this large does not fit densedsl's in-memory tabular pipeline")
-            return _parse(_text_lines(f, path, MAX_FILE_BYTES), path)
+            return _parse(_text_lines(f, path, loaded.MAX_FILE_BYTES), path)
     except FileNotFoundError:
         raise _fail(d.FILE_NOT_FOUND, f"no such {what}", path,
                     "pass --data csv:FILE (or csv:TRAIN,TEST) with the path of a CSV file") from None
@@ -282,11 +283,10 @@ class Pipeline:
 
     def features(self, table: Table) -> torch.Tensor:
         """The encoded (rows, width) float32 matrix of a table that holds every column."""
-        from .datasets import MAX_FILE_BYTES
         needed = 8 * len(table.rows) * self.width  # float64 while encoding
-        if needed > MAX_FILE_BYTES:
+        if needed > loaded.MAX_FILE_BYTES:
             raise _fail(d.OUT_OF_MEMORY, f"{len(table.rows):,} rows of {self.width:,} encoded features would "
-                        f"need {needed / 2**30:.1f} GiB, more than the {MAX_FILE_BYTES / 2**30:.0f} GiB a "
+                        f"need {needed / 2**30:.1f} GiB, more than the {loaded.MAX_FILE_BYTES / 2**30:.0f} GiB a "
                         "data set may use", table.path,
                         f"the encoded width is {self.composition()}: drop categorical columns with many values")
         index = _column_index(table, [c.name for c in self.columns], "the model was trained with")
@@ -532,7 +532,6 @@ def _diabetes() -> Table:
 def load(desc, *, task: str, pipeline: Pipeline | None = None):
     """Read a tabular data set and encode it: with `pipeline` (a checkpoint's) as it was trained,
     else with a pipeline fitted on the training split."""
-    from .datasets import Data
     train_table, test_table = tables(desc)
     target = desc.target if desc.kind == "csv" else DIABETES_TARGET
     if pipeline is None:
@@ -555,14 +554,13 @@ def synthetic(desc, *, width: int, classes: int, task: str):
     pipeline is the identity and is recorded like a CSV's). Classification: noisy copies of one
     random template per class; regression (task "regression", one output): a random linear
     function of the features plus noise, standardised with the training rows' statistics."""
-    from .datasets import MAX_FILE_BYTES, Data
     n_train = desc.size or 512
     n_test = max(classes if task == "classification" else 2, n_train // 4)
     n = n_train + n_test
     needed = 2 * 4 * n * width  # the features, and their noise while they are made
-    if needed > MAX_FILE_BYTES:
+    if needed > loaded.MAX_FILE_BYTES:
         raise _fail(d.OUT_OF_MEMORY, f"synthetic:{n_train} rows of {width:,} features would need "
-                    f"{needed / 2**30:.1f} GiB to generate, more than the {MAX_FILE_BYTES / 2**30:.0f} GiB "
+                    f"{needed / 2**30:.1f} GiB to generate, more than the {loaded.MAX_FILE_BYTES / 2**30:.0f} GiB "
                     "a data set may use", None, "ask for fewer rows, e.g. --data synthetic:256")
     g = torch.Generator().manual_seed(1234)
     columns = tuple(Column(f"x{i + 1}", "numeric") for i in range(width))
@@ -694,133 +692,3 @@ def describe_lines(data) -> list[tuple[str, str, str]]:
     else:
         rows.append(("target", f"{p.target}: {len(p.classes)} classes ({_listed(p.classes, 6)})", ""))
     return rows
-
-
-
-# --- exported models ---------------------------------------------------------------------------
-
-PIPELINE_FORMAT = "densedsl-tabular-pipeline"
-
-
-def exported(pipeline: Pipeline, data_name: str) -> dict:
-    """What `compile --weights` writes next to a model trained on tabular data (OUT.pipeline.json):
-    the exported model takes encoded rows, so this says how to encode one and read the output."""
-    output = (f"one value: the standardised {pipeline.target}; the prediction is "
-              f"output * target_std + target_mean" if pipeline.task == "regression"
-              else f"{len(pipeline.classes)} logits, one per class in 'classes' order (softmax for probabilities)")
-    return {"format": PIPELINE_FORMAT, "version": 1, "data": data_name,
-            "input": f"float32 rows of {pipeline.width} features, in 'features' order: numeric columns "
-                     "standardised, (x - mean) / std, missing -> 0; categorical columns one-hot over "
-                     "'categories' plus a last column for missing (an unseen value: all zeros)",
-            "output": output, "features": pipeline.feature_names(), "pipeline": pipeline.record()}
-
-
-def pipeline_of(weights) -> dict | None:
-    """The pipeline record of a densedsl checkpoint trained on tabular data, or None (another
-    kind of weights file, or image data)."""
-    from . import checkpoints
-    path = Path(weights)
-    if path.is_dir():
-        path = path / checkpoints.CHECKPOINT
-    try:
-        ckpt = checkpoints.read(path)
-    except SpecError:  # not a densedsl checkpoint: the caller has loaded it as weights already
-        return None
-    data = ckpt["data"]
-    return exported(Pipeline.from_record(data["pipeline"]), data["name"]) if data["kind"] in KINDS else None
-
-
-def encode_csv(pipeline: dict, path: str | os.PathLike) -> torch.Tensor:
-    """The exported model's input for the rows of a CSV file, from OUT.pipeline.json's content
-    (or a checkpoint's data.pipeline): `encode_csv(json.load(f), "new.csv")`. A record that
-    `Pipeline.record` could not have written is refused (E908) before the file is read."""
-    record = pipeline.get("pipeline", pipeline) if isinstance(pipeline, dict) else pipeline
-    problems = record_problems(record)
-    if problems:
-        raise _fail(d.BAD_FILE, f"invalid tabular pipeline: {problems[0]}"
-                    + (f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
-                       if len(problems) > 1 else ""), "pipeline",
-                    "pass the content of the OUT.pipeline.json that `compile --weights` wrote, unedited")
-    return Pipeline.from_record(record).features(read_csv(Path(path)))
-
-
-# --- checking a pipeline record --------------------------------------------------------------------
-
-_RECORD_KEYS = ("target", "task", "target_mean", "target_std", "target_floor", "classes", "columns")
-_COLUMN_KEYS = ("name", "kind", "mean", "std", "categories")
-
-
-def _finite(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int past float's range (JSON has no limit)
-        return False
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _distinct_strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value) and len(set(value)) == len(value)
-
-
-def record_problems(record: object) -> list[str]:
-    """What is wrong with a pipeline record (`Pipeline.record`'s dict, e.g. from a checkpoint or
-    an edited OUT.pipeline.json), one line each; [] when `Pipeline.from_record` and `features`
-    can use it as it stands. Beyond the shapes of the entries: every statistic finite, every
-    standard deviation above 0 (`fit` gives constant columns std 1, so 0 never comes from it
-    and would encode to inf), and no column named after the target (the model would be fed
-    what it is to predict)."""
-    if not isinstance(record, dict):
-        return [f"the pipeline must be a JSON object, not {_shown(record)}"]
-    missing = [k for k in _RECORD_KEYS if k not in record]
-    if missing:
-        return [f"the pipeline lacks {', '.join(repr(k) for k in missing)}"]
-    problems = []
-
-    def need(ok: bool, where: str, what: str, value: object) -> None:
-        if not ok:
-            problems.append(f"'{where}' must be {what}, not {_shown(value)}")
-
-    need(isinstance(record["target"], str), "target", "a column name", record["target"])
-    need(record["task"] in TASKS, "task", " or ".join(repr(t) for t in TASKS), record["task"])
-    need(_finite(record["target_mean"]), "target_mean", "a finite number", record["target_mean"])
-    need(_finite(record["target_std"]) and record["target_std"] > 0, "target_std", "a finite number > 0",
-         record["target_std"])
-    floor = record["target_floor"]
-    need(floor is None or (_finite(floor) and floor > 0), "target_floor", "null or a finite number > 0", floor)
-    need(_distinct_strings(record["classes"]), "classes", "a list of distinct strings", record["classes"])
-    columns = record["columns"]
-    if not isinstance(columns, list):
-        return problems + [f"'columns' must be a list, not {_shown(columns)}"]
-    for i, column in enumerate(columns):
-        problems += _column_problems(column, f"columns[{i}]")
-        if len(problems) >= 10:
-            return problems
-    names = [c["name"] for c in columns if isinstance(c, dict) and isinstance(c.get("name"), str)]
-    if len(set(names)) != len(names):
-        problems.append("'columns' names a column twice")
-    if record["target"] in set(names):
-        problems.append(f"'columns' holds the target '{_short(str(record['target']))}' as a feature: the model "
-                        "would be given what it is to predict")
-    return problems
-
-
-def _column_problems(column: object, where: str) -> list[str]:
-    if not isinstance(column, dict):
-        return [f"'{where}' must be an object, not {_shown(column)}"]
-    missing = [k for k in _COLUMN_KEYS if k not in column]
-    if missing:
-        return [f"'{where}' lacks {', '.join(repr(k) for k in missing)}"]
-    checks = [
-        (isinstance(column["name"], str), "name", "a column name"),
-        (column["kind"] in ("numeric", "categorical"), "kind", "'numeric' or 'categorical'"),
-        (_finite(column["mean"]), "mean", "a finite number"),
-        (_finite(column["std"]) and column["std"] > 0, "std", "a finite number > 0 (a constant column has std 1)"),
-        (_distinct_strings(column["categories"]), "categories", "a list of distinct strings"),
-    ]
-    return [f"'{where}.{key}' must be {what}, not {_shown(column[key])}" for ok, key, what in checks if not ok]
