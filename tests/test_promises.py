@@ -45,10 +45,12 @@ def test_counts_shapes_and_flops_equal_the_analysis(network):
             module = modules[attrs["module"]]
             assert sum(p.numel() for p in module.parameters()) == attrs["params"], node
     x = torch.randn(2, *network.input)
+    before = x.clone()
     # the analysis counts the network as specified, which the training path runs op for op
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         y = model.train()(x)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)  # no model writes into its input
     assert tuple(y.shape[1:]) == tuple(a.output_shape)
     assert counter.get_total_flops() == 2 * a.flops  # per image in the analysis, batch of 2 here
     # inference may only be cheaper (avg-pool before a transition's 1x1 conv), never different
@@ -56,6 +58,10 @@ def test_counts_shapes_and_flops_equal_the_analysis(network):
     with counter, torch.no_grad():
         model.eval()(x)
     assert counter.get_total_flops() <= 2 * a.flops
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+    if x.dim() == 4:  # the inference engine's channels_last path
+        model.eval()(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(x, before, rtol=0, atol=0)
 
 
 @PROMISES

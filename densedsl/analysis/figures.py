@@ -546,9 +546,9 @@ def _state_dict_entries(g: Graph) -> int:
 def _storages(g: Graph, *, training: bool, efficient: bool = False,
               blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
     """Which allocation holds each node's output, as the op table states each kind's storage:
-    ReLU runs in place (torchvision's inplace=True) unless its input is the caller's or is read
-    elsewhere, flatten is a view, feature nodes and the output name tensors made elsewhere, and
-    dropout is the identity outside training."""
+    a ReLU runs in place where the lowering allowed it (`lowering.in_place_where_safe`, the one
+    rule the model and the engine follow too), flatten is a view, feature nodes and the output
+    name tensors made elsewhere, and dropout is the identity outside training."""
     storage: dict[str, str] = {}
     # In standard mode the shared-buffer path keeps what the plain one keeps (each layer's staged
     # concatenation and BN-ReLU output), so only efficient mode's model reads the features as
@@ -560,10 +560,7 @@ def _storages(g: Graph, *, training: bool, efficient: bool = False,
             continue
         rule = kind_of(a["kind"]).storage_of(a)
         preds = g.pred[n]
-        alias = rule == "view" or (rule == "identity_in_eval" and not training)
-        if rule == "in_place":
-            p = next(iter(preds))
-            alias = not kind_of(g.nodes[p]["kind"]).borrowed and len(g.succ[p]) == 1
+        alias = rule in ("view", "in_place") or (rule == "identity_in_eval" and not training)
         storage[n] = storage[next(iter(preds))] if alias and preds else n
     return storage
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator, Union, assert_never
+from typing import Any, Iterator, Sequence, Union, assert_never
 
 from ..language import network as n
 from ..language.network import DenseBlock, Head, Network, Stem, Transition
@@ -33,12 +33,13 @@ from .ops import (
     Pool,
     ReLU,
     Shape,
+    kind_of,
     numel,
     window_out,
 )
 
 __all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
-           "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
+           "in_place_where_safe", "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
 
 DTYPE_BYTES: dict[str, int] = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
@@ -144,20 +145,16 @@ def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, 
     prefix = f"{module}." if module else ""
     for i, (cout, kernel, padding, groups) in enumerate(convs, start=1):
         conv = _unit(block, i, shape, cout, kernel, padding, groups, prefix)
-        # With no norm a ReLU reads what the norm would have copied, so it must not write in
-        # place: relu1 (pre) reads the concatenation, which in layer 1 is the block's input that
-        # every later layer reads; a ReLU after a conv would overwrite the conv output that
-        # memory-efficient mode keeps for backward (torch refuses a mutated checkpointed tensor).
-        inplace = block.norm != "none"
         if block.order == "pre":
-            ops += [*_norm(block, i, shape, prefix), *_activation(block, i, shape, inplace), conv]
+            ops += [*_norm(block, i, shape, prefix), *_activation(block, i, shape), conv]
         else:
-            ops += [conv, *_norm(block, i, conv.out_shape, prefix),
-                    *_activation(block, i, conv.out_shape, inplace)]
+            ops += [conv, *_norm(block, i, conv.out_shape, prefix), *_activation(block, i, conv.out_shape)]
         shape = conv.out_shape
         if block.dropout > 0:
             ops.append(Dropout.make(f"drop{i}", shape, block.dropout))
-    return tuple(ops)
+    # a layer reads the concatenation (in layer 1 the block's input itself, which every later
+    # layer reads) and, recomputed, keeps its conv outputs
+    return in_place_where_safe(ops, input_shared=True, recomputed=True)
 
 
 def _norm(block: DenseBlock, i: int, shape: Shape, prefix: str) -> tuple[Op, ...]:
@@ -184,18 +181,45 @@ def _unit(block: DenseBlock, i: int, shape: Shape, cout: int, kernel: n.Axes, pa
     return Conv.make(f"conv{i}", shape, cout, kernel, 1, padding, block.bias, f"{prefix}conv{i}", groups)
 
 
-def _activation(block: DenseBlock, i: int, shape: Shape, inplace: bool = True) -> tuple[Op, ...]:
+def _activation(block: DenseBlock, i: int, shape: Shape) -> tuple[Op, ...]:
     """`relu{i}` (torchvision's name and in-place ReLU), `act{i}` for another activation, or no
     op for `activation=none`."""
-    return _activation_op(block.activation, f"{i}", shape, inplace)
+    return _activation_op(block.activation, f"{i}", shape)
 
 
-def _activation_op(fn: str, suffix: str, shape: Shape, inplace: bool = True) -> tuple[Op, ...]:
+def _activation_op(fn: str, suffix: str, shape: Shape) -> tuple[Op, ...]:
     if fn == "none":
         return ()
     if fn == "relu":
-        return (ReLU.make(f"relu{suffix}", shape, inplace),)
+        return (ReLU.make(f"relu{suffix}", shape),)
     return (Activation.make(f"act{suffix}", shape, fn),)
+
+
+def in_place_where_safe(ops: Sequence[Op], *, input_shared: bool, recomputed: bool = False) -> tuple[Op, ...]:
+    """The one rule for writing in place, which the model, the engine, the export and the
+    analysis' memory model all read off the lowered ops: a ReLU overwrites the tensor it reads
+    only when nothing else reads that tensor and nothing keeps it for backward.
+
+    Looking back through what aliases its input (dropout, the identity in eval; a view; an
+    in-place ReLU), the tensor is the chain's input when no op made it: the caller's for a stem,
+    the concatenation or block input for a dense layer (`input_shared`); or a conv's (linear's)
+    output, which a recomputed (memory-efficient) layer keeps for backward and torch refuses to
+    see mutated (`recomputed`). Norms, pools and convs outside recomputed layers make tensors
+    only the next op reads."""
+    out: list[Op] = []
+    for op in ops:
+        if op.kind == "relu" and kind_of(op.kind).storage_of(op.attributes()) == "in_place":
+            j = len(out) - 1
+            while j >= 0 and kind_of(out[j].kind).storage_of(out[j].attributes()) in _ALIASING:
+                j -= 1
+            shared = input_shared if j < 0 else recomputed and kind_of(out[j].kind).saves_recomputed == "output"
+            if shared:
+                op = ReLU.make(op.name, op.in_shape, inplace=False)
+        out.append(op)
+    return tuple(out)
+
+
+_ALIASING = ("view", "in_place", "identity_in_eval")  # an op whose output may be its input's storage
 
 
 def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
@@ -211,7 +235,7 @@ def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op,
         ops.append(Dropout.make("drop", mid, t.dropout))
     if t.pool is not None:
         ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
-    return tuple(ops)
+    return in_place_where_safe(ops, input_shared=True)
 
 
 # torchvision's `DenseNet` names the final norm `norm5` whatever the number of blocks (its
@@ -244,7 +268,7 @@ def head_ops(head: Head, shape: Shape) -> tuple[Op, ...]:
         if head.dropout > 0:
             ops.append(Dropout.make(f"drop{j}", shape, head.dropout))
     ops.append(Linear.make("linear", shape, head.classes, "classifier"))
-    return tuple(ops)
+    return in_place_where_safe(ops, input_shared=True)
 
 
 # --- the lowered network -------------------------------------------------------------------------
@@ -315,7 +339,7 @@ def lower(network: Network) -> tuple[Lowered, ...]:
     are all built from. Call after `graph.check` (channel counts must be valid)."""
     shape: Shape = tuple(network.input)
     stem = list(stem_ops(network.stem, shape))
-    result: list[Lowered] = [LoweredStem(tuple(op for op, _ in stem),
+    result: list[Lowered] = [LoweredStem(in_place_where_safe([op for op, _ in stem], input_shared=True),
                                          tuple(src.span for _, src in stem), network.stem)]
     if stem:
         shape = stem[-1][0].out_shape

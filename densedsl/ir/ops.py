@@ -115,7 +115,6 @@ class OpKind:
     normalises: ClassVar[bool] = False     # needs > 1 value per channel in training
     pointwise: ClassVar[bool] = False      # acts per value or channel, keeps the shape
     computes: ClassVar[bool] = True        # False for graph-only kinds (data flow, no module)
-    borrowed: ClassVar[bool] = False       # its tensor is the caller's: never written in place
 
     def saved_bytes(self, a: Attrs) -> int:
         """Bytes per sample kept besides activations (masks, indices), standard mode."""
@@ -182,7 +181,6 @@ class OpKind:
 class Input(OpKind):
     kind = "input"
     computes = False
-    borrowed = True
 
 
 class Output(OpKind):

@@ -197,8 +197,8 @@ def _pointwise(m: nn.Module) -> TypeGuard[nn.Conv2d]:
 def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
     """Run a chain of modules in eval mode, folding every BN that directly follows a conv.
 
-    ReLU runs in place: every tensor it sees here was made by an earlier op of the chain (a chain
-    never starts with a ReLU on borrowed storage: callers check).
+    A ReLU runs in place where the lowering allowed it (`lowering.in_place_where_safe`): never
+    on the chain's input, a tensor others read, nor through a dropout this loop skips.
     """
     i = 0
     while i < len(ops):
@@ -225,7 +225,7 @@ def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
             scale, shift = folded.affine(name, m)
             x = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=_empty_like_layout(x))
         elif isinstance(m, nn.ReLU):
-            x = F.relu(x, inplace=i > 0)
+            x = F.relu(x, inplace=m.inplace)
         elif isinstance(m, nn.Conv2d) and x.device.type == "cpu" and _is_channels_last(x) \
                 and m.padding_mode == "zeros":
             x = F.conv2d(x, folded.channels_last(name, m), m.bias, m.stride, m.padding, m.dilation,

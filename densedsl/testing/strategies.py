@@ -77,19 +77,31 @@ def _stem(draw, rank: int = 2, per_axis: bool = False) -> Stem:
     if not draw(st.booleans()):
         return Stem()
     ops: list = []
-    kernel = _axes(draw, (3, 1, 5, 7), rank, per_axis)
-    ops.append(Conv(out_channels=draw(st.integers(1, 32)), kernel=kernel,
-                    stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(kernel, rank)),
-                    bias=draw(st.booleans())))
+    # A stem may open on the raw input with ops that keep its channels (a norm, a ReLU, a pool, a
+    # dropout): where a model could write into the caller's tensor, if any op wrongly did.
+    for lead in draw(st.lists(st.sampled_from(("norm", "relu", "dropout", "pool")), max_size=3)):
+        ops.append(Norm() if lead == "norm" else ReLU() if lead == "relu"
+                   else Dropout(rate=draw(st.sampled_from(_RATES[1:]))) if lead == "dropout"
+                   else draw(_stem_pool(rank, per_axis)))
+    if not ops or draw(st.booleans()):
+        kernel = _axes(draw, (3, 1, 5, 7), rank, per_axis)
+        ops.append(Conv(out_channels=draw(st.integers(1, 32)), kernel=kernel,
+                        stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(kernel, rank)),
+                        bias=draw(st.booleans())))
     if draw(st.booleans()):
         ops += [Norm(), ReLU()]
     if draw(st.booleans()):
-        k = _axes(draw, (2, 3), rank, per_axis)
-        ops.append(Pool(mode=draw(st.sampled_from(("max", "avg"))), kernel=k,
-                        stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(k, rank))))
+        ops.append(draw(_stem_pool(rank, per_axis)))
     if draw(st.booleans()):
         ops.append(Dropout(rate=draw(st.sampled_from(_RATES[1:]))))
     return Stem(ops=tuple(ops))
+
+
+@st.composite
+def _stem_pool(draw, rank: int, per_axis: bool) -> Pool:
+    k = _axes(draw, (2, 3), rank, per_axis)
+    return Pool(mode=draw(st.sampled_from(("max", "avg"))), kernel=k,
+                stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(k, rank)))
 
 
 @st.composite
