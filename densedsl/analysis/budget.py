@@ -33,14 +33,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from ..core import diagnostics as d
 from ..core.units import binary, parse_quantity
 
 if TYPE_CHECKING:
     from ..language.network import Network
-    from .figures import Analysis
+    from .figures import Analysis, MemoryMode
 
 ENV = "DENSEDSL_MEMORY_LIMIT"
 FLOAT32 = 4
@@ -292,7 +292,7 @@ STEP_LABELS = {"sgd": "weights, gradients, SGD momentum and the step's temporary
                "adamw": "weights, gradients, AdamW's two moments and the step's temporary"}
 
 
-def for_training(a: "Analysis", *, batch: int, mode: str, optimizer: str | None = None) -> Need:
+def for_training(a: "Analysis", *, batch: int, mode: MemoryMode, optimizer: str | None = None) -> Need:
     """`optimizer` "sgd" or "adamw"; None (not known): the larger figure."""
     params = a.params * FLOAT32
     kind = optimizer if optimizer in STEP_COPIES else max(STEP_COPIES, key=STEP_COPIES.__getitem__)
@@ -331,7 +331,10 @@ def require(need: Need, network: "Network | None" = None, *, within: Limit | Non
 def check_training(network: "Network", *, batch: int, mode: str = "standard", device: Any = None,
                    optimizer: str | None = None) -> None:
     """Before a model is built for training: its weights on the host, everything on `device`."""
-    _check_on(network, lambda a: for_training(a, batch=batch, mode=mode, optimizer=optimizer), device)
+    # the cast: train passes --memory as a str, already limited to standard|efficient by
+    # check_settings; any other word would still be refused (ValueError) by Analysis.memory
+    memory = cast("MemoryMode", mode)
+    _check_on(network, lambda a: for_training(a, batch=batch, mode=memory, optimizer=optimizer), device)
 
 
 def check_evaluation(network: "Network", *, batch: int, device: Any = None) -> None:

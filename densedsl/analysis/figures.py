@@ -36,7 +36,7 @@ Graph = graph_.ArchGraph  # what the walks below read: an ArchGraph, or a networ
 
 _KIND = operator.itemgetter("kind")  # an edge's kind, read in C over a concat's L inputs
 MemoryMode = Literal["standard", "efficient", "inference"]
-MEMORY_MODES: tuple[str, ...] = ("standard", "efficient", "inference")
+MEMORY_MODES: tuple[MemoryMode, ...] = ("standard", "efficient", "inference")
 
 # Defaults for the resource guards, sized for one large accelerator (an 80 GiB GPU): a network
 # past them could not be trained on one anyway. Pass a larger limit (or math.inf) to lift them.

@@ -222,11 +222,12 @@ def analyze_text(text: str, name: str, cache: AnalysisCache | None = None,
         found, blanked = _after_syntax_errors(source, e.diagnostics)
         # the networks of the text with its broken lines blanked: their statements still take
         # figures from `previous` (but `file` stays None: nothing formats a broken text)
-        states = tuple(_borrow(NetworkState(node), previous) for node in blanked.networks) if blanked else ()
-        return Snapshot(source, networks=states, diagnostics=tuple(d.sort_diagnostics(
+        borrowed = tuple(_borrow(NetworkState(node), previous)
+                         for node in blanked.networks) if blanked else ()
+        return Snapshot(source, networks=borrowed, diagnostics=tuple(d.sort_diagnostics(
             [*e.diagnostics, *found])))
     diagnostics: list[d.Diagnostic] = []
-    states = []
+    states: list[NetworkState] = []
     for node in file.networks:
         state, diags = _network_state(file, node, source, cache)
         states.append(_borrow(state, previous))
@@ -283,17 +284,17 @@ def _without_bad_settings(node: ast.NetworkDef, source: Source, errors: tuple[d.
     a wrong value), the network with those settings blanked out, analysed: its figures go on the
     statements that are unchanged (the ones in error show none). None when that does not
     resolve and analyse either."""
-    settings = [x for stmt in statements(node.body) for x in stmt.settings if x.span is not None]
+    settings = [x.span for stmt in statements(node.body) for x in stmt.settings if x.span is not None]
     bad = []
     for x in errors:
         if x.severity != "error":
             continue
         if x.code not in _LINE_LOCAL or x.span is None:
             return None
-        inside = [s for s in settings if s.span.start <= x.span.start and x.span.end <= s.span.end]
+        inside = [s for s in settings if s.start <= x.span.start and x.span.end <= s.end]
         if not inside:
             return None
-        bad.append(inside[0].span)
+        bad.append(inside[0])
     text = source.text
     for span in bad:  # same length: every other span stays put
         text = text[:span.start] + re.sub(r"[^\n]", " ", text[span.start:span.end]) + text[span.end:]
@@ -330,7 +331,7 @@ def _after_syntax_errors(source: Source, errors: tuple[d.Diagnostic, ...]
         file = parse_source(blanked)
     except d.SpecError:
         return [], None  # the broken line held a brace: the rest cannot be told apart reliably
-    found = []
+    found: list[d.Diagnostic] = []
     for node in file.networks:
         try:
             resolve(file, node.name, {}, blanked)
@@ -452,7 +453,7 @@ def innermost_statement(node: ast.NetworkDef, offset: int) -> ast.Statement | No
     return found
 
 
-def names(e: ast.Expr | ast.ShapeLit | None) -> Iterator[ast.Name]:
+def names(e: ast.Expr | ast.ShapeLit | ast.Dims | None) -> Iterator[ast.Name]:
     """Every `Name` in an expression."""
     if isinstance(e, ast.Name):
         yield e

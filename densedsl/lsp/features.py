@@ -186,7 +186,7 @@ def code_actions(snap: Snapshot, pos: Positions, uri: str, wanted: types.Range,
     actions = []
     for x in snap.diagnostics:
         fix = quick_fix(x, snap.source)
-        if fix is None or x.span.end < lo or x.span.start > hi:
+        if fix is None or x.span is None or x.span.end < lo or x.span.start > hi:  # a fix has a span
             continue
         edit = types.TextEdit(range=pos.range(x.span), new_text=fix)
         actions.append(types.CodeAction(
@@ -214,8 +214,10 @@ def hover(snap: Snapshot, pos: Positions, at: types.Position) -> types.Hover | N
     if state is None:
         return None
     found = _hover_at(snap, state, pos, offset)
-    if found is not None and _note(state):
-        found.contents.value += "  \n" + _note(state)
+    note = _note(state)
+    if found is not None and note:
+        assert isinstance(found.contents, types.MarkupContent)  # what _hover builds
+        found.contents.value += "  \n" + note
     return found
 
 
@@ -239,10 +241,10 @@ def _hover(lines: list[str], where: types.Range) -> types.Hover:
                                                     value="  \n".join(lines)), range=where)
 
 
-def _first_line(stmt: ast.Statement) -> Span:
+def _first_line(stmt: ast.Statement) -> Span | None:
     """The statement's keyword line (a `stem { … }` spans several)."""
     span = stmt.span
-    if span.end_line == span.line:
+    if span is None or span.end_line == span.line:
         return span
     end = span.source.line_starts[span.line - 1] + len(span.source.line_text(span.line))
     return span.source.span(span.start, end)
@@ -265,6 +267,7 @@ def _parameter_text(state: NetworkState, param: ast.Param) -> list[str]:
     value = dict(state.network.parameters).get(param.name) if state.network is not None else None
     default = format_expr(param.default)
     head = f"**parameter `{param.name}`**" + (f" = {_value(value)}" if value is not None else "")
+    assert param.name_span is not None  # the parser gives every parameter one
     lines = [head, f"declared on line {param.name_span.line}: `{param.name}={default}`"]
     uses = sorted({s.line for s in state.parameters.uses.get(param.name, ())})
     lines.append(f"used on line{'s' if len(uses) != 1 else ''} {_lines(uses)}" if uses else "not used")
@@ -301,7 +304,7 @@ def _statement_text(state: NetworkState, stmt: ast.Statement, offset: int) -> li
                 [f"{s.name}: {shape_text(s.in_shape)} → {shape_text(s.out_shape)}" for s in inner]) if inner else []
     if not stages:
         return []
-    lines: list[str] = []
+    lines = []
     for stage in stages:
         if lines:
             lines.append("")
@@ -342,7 +345,7 @@ def _settings_text(state: NetworkState, stmt: ast.Statement, stages: list[StageF
             expr = format_expr(written[name].value)
             parts.append(f"`{name}={expr}` → {shown}" if expr != shown else f"`{name}={shown}`")
         elif name in defaults and _inherits(stmt, name):
-            parts.append(f"`{name}={shown}` (defaults, line {defaults[name].span.line})")
+            parts.append(f"`{name}={shown}` (defaults, line {_line(defaults[name].span)})")
         else:
             parts.append(f"`{name}={shown}`")
     return ["settings: " + " · ".join(parts)] if parts else []
@@ -377,10 +380,12 @@ def _defaults_text(state: NetworkState, stmt: ast.Statement, offset: int) -> lis
     pointed = [s for s in stmt.settings if s.span is not None and s.span.start <= offset <= s.span.end]
     lines = ["**defaults**"]
     for setting in pointed or stmt.settings:
-        inherit, override = [], []
+        inherit: list[int] = []
+        override: list[int] = []
         for x in statements(state.node.body):
             if _inherits(x, setting.name):
-                (override if any(s.name == setting.name for s in x.settings) else inherit).append(x.span.line)
+                overridden = any(s.name == setting.name for s in x.settings)
+                (override if overridden else inherit).append(_line(x.span))
         text = f"`{setting.name}={format_expr(setting.value)}`"
         text += (f": inherited on line{'s' if len(inherit) != 1 else ''} {_lines(inherit)}"
                  if inherit else ": inherited nowhere")
@@ -411,6 +416,12 @@ def _inherits(stmt: ast.Statement, name: str) -> bool:
         return False
     written = {s.name for s in stmt.settings}
     return name in SETTINGS[stmt.keyword] and not (name == "compression" and "channels" in written)
+
+
+def _line(span: Span | None) -> int:
+    """The line of a parsed statement or setting: the parser gives each one a span."""
+    assert span is not None
+    return span.line
 
 
 def _lines(numbers: Iterable[int]) -> str:
@@ -471,8 +482,9 @@ def completion(snap: Snapshot, pos: Positions, at: types.Position) -> list[types
     value = re.search(r"^\s*([A-Za-z_]\w*)\b.*?\b([A-Za-z_]\w*)=(\w*)$", segment)
     if value:
         keyword, setting = value.group(1), value.group(2)
-        words = [(v, types.CompletionItemKind.EnumMember, f"{setting}={v}")
-                 for v in enumerated_values(keyword, setting)]
+        words: list[tuple[str, types.CompletionItemKind, str | None]] = [
+            (v, types.CompletionItemKind.EnumMember, f"{setting}={v}")
+            for v in enumerated_values(keyword, setting)]
         state = snap.network_at(offset)
         if state is not None:
             words += [(p.name, types.CompletionItemKind.Variable, f"parameter, default "

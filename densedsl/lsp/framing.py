@@ -139,7 +139,7 @@ def _content_length(header: bytes, limit: int) -> tuple[int, str | None]:
     return length, None
 
 
-def _shown(raw: bytes) -> str:
+def _shown(raw: bytes | bytearray) -> str:
     text = raw[:40].decode("utf-8", "replace")
     return repr(text + ("…" if len(raw) > 40 else ""))
 

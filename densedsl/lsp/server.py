@@ -18,13 +18,14 @@ checkout's copy when there is one).
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidRequest
@@ -75,11 +76,14 @@ class DenseLanguageServer(LanguageServer):
 
     def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
         """pygls' stdio server, reading through `framing.Frames` instead of pygls' reader (which
-        trusts every Content-Length: see framing.py)."""
+        trusts every Content-Length: see framing.py). `stdin` must have `read1` (a buffered
+        stream: sys.stdin.buffer, a pipe's, BytesIO)."""
         self._stop_event = threading.Event()
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
         try:
-            asyncio.run(self._read(stdin or sys.stdin.buffer))
+            # the cast: typeshed types sys.stdin.buffer as BinaryIO, but it is a BufferedReader,
+            # which has read1 (a read that returns what has arrived instead of waiting for more)
+            asyncio.run(self._read(cast(io.BufferedIOBase, stdin or sys.stdin.buffer)))
         except BrokenPipeError:
             logger.error("the connection to the client is lost; shutting down")
         except (KeyboardInterrupt, SystemExit):  # `exit` ends the loop by sys.exit, as in pygls
@@ -87,7 +91,8 @@ class DenseLanguageServer(LanguageServer):
         finally:
             self.shutdown()
 
-    async def _read(self, stdin: BinaryIO) -> None:
+    async def _read(self, stdin: io.BufferedIOBase) -> None:
+        assert self._stop_event is not None  # start_io sets it before it runs this loop
         loop = asyncio.get_running_loop()
         frames = framing.Frames()
         reading: asyncio.Future | None = None
@@ -98,6 +103,7 @@ class DenseLanguageServer(LanguageServer):
             half = frames.incomplete()
             done, _ = await asyncio.wait({reading}, timeout=STALL_SECONDS if half and not warned else None)
             if not done:
+                assert half is not None  # only a half-received message sets a timeout
                 warned = True
                 self.report(f"waiting for the rest of a message: {half[0]:,} bytes received, its "
                             f"header declares {half[1]:,} (a Content-Length larger than the message "

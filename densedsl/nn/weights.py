@@ -175,7 +175,9 @@ def normalised_weights(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, 
     `norm.1.weight`, `module.x` beside `x`) are E908: which of the two was meant is unknowable."""
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     raw = read_weights_file(weights) if name is not None else weights
-    state, origin, found = {}, {}, set()
+    state: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}   # densedsl key -> the key as the file wrote it
+    found: set[str] = set()
     for raw_key, value in _state_dict_of(raw, name).items():
         key, convention = _normalise_key(raw_key)
         if key in origin:
@@ -216,7 +218,10 @@ def fit(state: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> Fit:
     before any of its elements, so a crafted tensor (a stride-0 view of 10^10 elements) is refused
     or set aside without being materialised; only a value of the model's own shape is scanned for
     NaN and infinity, in chunks."""
-    taken, reshaped, unusable, ranks = [], [], [], {}
+    taken: list[str] = []
+    reshaped: list[tuple[str, str, str]] = []
+    unusable: list[str] = []
+    ranks: dict[tuple[int, int], int] = {}   # (file's, model's) convolution dimensions -> keys
     for key, value in state.items():
         if key not in own:
             continue
@@ -235,7 +240,7 @@ def fit(state: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> Fit:
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     return Fit(tuple(taken), tuple(reshaped), tuple(missing), tuple(unexpected), tuple(unusable),
-               max(ranks, key=ranks.get) if ranks else None)
+               max(ranks, key=ranks.__getitem__) if ranks else None)
 
 
 def _is_conv_weight(key: str, own: torch.Tensor) -> bool:
@@ -326,7 +331,9 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True, cli: bo
         raise _fail("\n".join(lines), hint, file=name, missing=f.missing, unexpected=f.unexpected,
                     mismatched=f.reshaped, unusable=f.unusable)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    model.weights_convention = convention
+    # the ignore: torch's stub types Module.__setattr__'s value as Tensor | Module, but any value
+    # may be set (a plain attribute, which torch stores in the instance __dict__)
+    model.weights_convention = convention  # type: ignore[assignment]
     return model
 
 
