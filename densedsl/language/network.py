@@ -3,8 +3,8 @@
 Every value here is a plain int, bool, str, float or `Fraction`: defaults applied, parameters
 substituted, arithmetic done, `repeat` unrolled. Spans point back at the spec text that caused
 each piece (for a repeated statement, at the statement inside the `repeat`). Channel counts that
-depend on the data flow (a block's input, a transition's ⌊θ·m⌋) are *not* stored: the graph
-computes them, so there is one place that does channel arithmetic.
+depend on the data flow (a block's input, a transition's ⌊θ·m⌋) are *not* stored: the lowering
+computes them (`ir/lowering.py`, from the block's connectivity table).
 """
 
 from __future__ import annotations
@@ -101,6 +101,29 @@ class Stem:
     span: Span | None = _span()
 
 
+# Who a dense layer reads and what its block emits (DenseNet's relatives). The rule is what the
+# user wrote; `ir.connectivity.table` expands it once into a table of reads, widths and emits,
+# and every later stage reads the table, never the rule.
+LinkRule = Literal["all", "log", "harmonic", "chain"]
+EmitRule = Literal["all", "log", "odd"]
+
+
+@dataclass(frozen=True, slots=True)
+class RandomLinks:
+    """The seeds' proposal: each earlier output kept with probability `p`, the previous one
+    always; the same `seed` gives the same table, so a spec names one network."""
+
+    p: Fraction
+    seed: int
+
+
+# A rule, or an explicit table: layer j's reads as indexes into x0 … x(j−1) (0 is the block's
+# input), in concatenation order, one tuple per layer
+Links = Union[LinkRule, RandomLinks, tuple[tuple[int, ...], ...]]
+# A rule, or an explicit list of indexes into x0 … xL, in the order the block emits them
+Emit = Union[EmitRule, tuple[int, ...]]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DenseBlock:
     """L dense layers; layer ℓ (1-based) sees k0 + growth·(ℓ−1) channels and adds `growth`.
@@ -128,6 +151,12 @@ class DenseBlock:
     kind: LayerKind = "conv"
     norm: NormKind = "batch"
     norm_groups: int = 32  # GroupNorm's group count, for norm="group" only (Wu & He's default)
+    links: Links = "all"   # DenseNet: layer j reads x0 … x(j−1)
+    emit: Emit = "all"     # DenseNet: the block emits x0 … xL
+    # Layer widths: HarDNet's `growth · width_factor^(times 2 divides j)`, rounded as its code
+    # rounds, or one explicit width per layer; neither: every layer adds `growth`
+    width_factor: float | None = None
+    widths: tuple[int, ...] | None = None
     span: Span | None = _span()
 
 

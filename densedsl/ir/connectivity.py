@@ -1,0 +1,186 @@
+"""Who reads whom inside a dense block: the rule a spec writes (`links=`, `emit=`, widths),
+expanded once into a `Table` that every later stage reads.
+
+A block of L layers has outputs x0 (its input) … xL. Layer j (1-based) concatenates the outputs
+`reads[j-1]` (indexes into x0 … x(j−1), in concatenation order) and adds `widths[j-1]` channels;
+the block emits the outputs `emits` (indexes into x0 … xL, in order). DenseNet is the default
+table: layer j reads x0 … x(j−1) ascending, every layer adds `growth`, the block emits x0 … xL,
+so every DenseNet figure, state_dict and golden number is what it was before tables existed.
+
+The rules, as their papers' reference code computes them (`../shared/reference/connectivity.md`):
+
+- `all` — DenseNet (Huang et al. 2017): x0 … x(j−1), ascending (torchvision's order);
+- `log` — SparseNet / Log-DenseNet: x(j−1), x(j−2), x(j−4), … while the offset is ≤ j, nearest
+  first (pytorchcv's `sparsenet_exponential_fetch`); `emit=log` is what a layer L+1 would read;
+- `harmonic` — HarDNet: x(j−2^n) for every 2^n dividing j, nearest first (its `get_link`);
+  `emit=odd` is the odd layers and the last one, ascending, without x0 (`keepBase=False`);
+- `chain` — VoVNet's one-shot aggregation: x(j−1) only;
+- `RandomLinks(p, seed)` — the seeds' proposal: x(j−1) always, each earlier output with
+  probability p, ascending; a seed names one table.
+
+Nothing here imports torch: `check`, `summary` and `render` read tables too. Invalid explicit
+tables are refused by the resolver, where the spec's spans are; `validate` states the rules.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+
+from ..language.network import DenseBlock, RandomLinks
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A block's connectivity: per layer its reads and width, and what the block emits."""
+
+    reads: tuple[tuple[int, ...], ...]   # layer j's inputs, indexes into x0 … x(j−1)
+    widths: tuple[int, ...]              # channels layer j adds
+    emits: tuple[int, ...]               # the block's output, indexes into x0 … xL
+
+    @property
+    def layers(self) -> int:
+        return len(self.reads)
+
+    @property
+    def dense(self) -> bool:
+        """DenseNet's table: every layer reads all earlier outputs in order and the block emits
+        them all. The shared-storage paths (one buffer per block, layers reading a prefix of it)
+        need exactly this; every other table runs the general path."""
+        return (all(r == tuple(range(j)) for j, r in enumerate(self.reads, start=1))
+                and self.emits == tuple(range(self.layers + 1)))
+
+    @property
+    def connections(self) -> int:
+        """Dense connections, as the graph counts them (an edge into a layer's concatenation):
+        DenseNet's L(L+1)/2, 15 for a harmonic block of 8 layers. The analysis reads its figure
+        off the graph; this is the closed form that bounds a network before it is built."""
+        return sum(len(r) for r in self.reads)
+
+    def in_channels(self, k0: int, layer: int) -> int:
+        """Channels entering layer `layer` (1-based) when the block's input has k0."""
+        return sum(self.channels_of(k0, i) for i in self.reads[layer - 1])
+
+    def out_channels(self, k0: int) -> int:
+        """Channels the block emits when its input has k0."""
+        return sum(self.channels_of(k0, i) for i in self.emits)
+
+    def channels_of(self, k0: int, output: int) -> int:
+        """Channels of x_output: k0 for the block's input, else that layer's width."""
+        return k0 if output == 0 else self.widths[output - 1]
+
+    def readers(self) -> tuple[tuple[int, ...], ...]:
+        """For each output x0 … xL, the layers that read it (L+1 means the block's emit)."""
+        found: list[list[int]] = [[] for _ in range(self.layers + 1)]
+        for j, reads in enumerate(self.reads, start=1):
+            for i in reads:
+                found[i].append(j)
+        for i in self.emits:
+            found[i].append(self.layers + 1)
+        return tuple(tuple(r) for r in found)
+
+
+def table(block: DenseBlock) -> Table:
+    """The block's rule expanded into its table."""
+    n = block.layers
+    return Table(reads=tuple(reads_of(block, j) for j in range(1, n + 1)), widths=widths_of(block),
+                 emits=emits_of(block))
+
+
+def reads_of(block: DenseBlock, j: int) -> tuple[int, ...]:
+    """What layer j (1-based) of `block` reads, in concatenation order."""
+    links = block.links
+    if isinstance(links, tuple):
+        return links[j - 1]
+    if isinstance(links, RandomLinks):
+        return _random_reads(links, j)
+    match links:
+        case "all":
+            return tuple(range(j))
+        case "log":
+            return _exponential(j)
+        case "harmonic":
+            return tuple(j - 2**n for n in range(j.bit_length()) if j % 2**n == 0)
+        case "chain":
+            return (j - 1,)
+    raise ValueError(f"unknown links rule {links!r}")
+
+
+def emits_of(block: DenseBlock) -> tuple[int, ...]:
+    """What the block emits, in order."""
+    emit, n = block.emit, block.layers
+    if isinstance(emit, tuple):
+        return emit
+    match emit:
+        case "all":
+            return tuple(range(n + 1))
+        case "log":
+            return _exponential(n + 1)
+        case "odd":
+            return tuple(i for i in range(1, n + 1) if i % 2 == 1 or i == n)
+    raise ValueError(f"unknown emit rule {emit!r}")
+
+
+def widths_of(block: DenseBlock) -> tuple[int, ...]:
+    """Channels each layer adds: `growth`, HarDNet's `growth · m^(times 2 divides j)` rounded as
+    its code rounds, or the explicit widths."""
+    if block.widths is not None:
+        return block.widths
+    if block.width_factor is None:
+        return (block.growth,) * block.layers
+    return tuple(_harmonic_width(block.growth, block.width_factor, j) for j in range(1, block.layers + 1))
+
+
+def _harmonic_width(growth: int, factor: float, j: int) -> int:
+    # HarDNet's get_link: the float product, multiplied once per time 2 divides j, then
+    # `int(int(out + 1) / 2) * 2` (the float division and both truncations are its own).
+    out: float = growth
+    n = 1
+    while j % (2 * n) == 0:
+        out *= factor
+        n *= 2
+    return int(int(out + 1) / 2) * 2
+
+
+def _exponential(length: int) -> tuple[int, ...]:
+    """SparseNet's fetch over `length` outputs x0 … x(length−1): offsets 1, 2, 4, … nearest first."""
+    return tuple(length - 2**i for i in range(length.bit_length()) if 2**i <= length)
+
+
+def _random_reads(rule: RandomLinks, j: int) -> tuple[int, ...]:
+    # One generator per (seed, layer): a layer's reads do not depend on how many layers the
+    # block has, so adding layers to a block keeps the earlier ones' links.
+    rng = random.Random(f"densedsl-links:{rule.seed}:{j}")
+    p = float(Fraction(rule.p))
+    return tuple(i for i in range(j - 1) if rng.random() < p) + (j - 1,)
+
+
+def validate(reads: tuple[tuple[int, ...], ...] | None, emits: tuple[int, ...] | None,
+             layers: int) -> list[tuple[str, int | None]]:
+    """What is wrong with an explicit table for a block of `layers` layers: (message, layer) pairs
+    (layer None for the emit list). A layer reads at least one earlier output, each once; the
+    emit list names at least one output, each once."""
+    problems: list[tuple[str, int | None]] = []
+    if reads is not None:
+        if len(reads) != layers:
+            problems.append((f"links lists {len(reads)} layers for a block of {layers}", None))
+        for j, r in enumerate(reads[:layers], start=1):
+            if not r:
+                problems.append((f"layer {j} reads nothing", j))
+            bad = [i for i in r if not 0 <= i < j]
+            if bad:
+                problems.append((f"layer {j} reads x{bad[0]}, which is not an earlier output "
+                                 f"(x0 … x{j - 1})", j))
+            if len(set(r)) != len(r):
+                problems.append((f"layer {j} reads an output twice", j))
+    if emits is not None:
+        if not emits:
+            problems.append(("the block emits nothing", None))
+        bad = [i for i in emits if not 0 <= i <= layers]
+        if bad:
+            problems.append((f"emit names x{bad[0]}, which is not an output of the block "
+                             f"(x0 … x{layers})", None))
+        if len(set(emits)) != len(emits):
+            problems.append(("emit names an output twice", None))
+    return problems
