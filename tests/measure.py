@@ -32,3 +32,23 @@ def saved_bytes_of(network, batch: int = 2) -> int:
     from densedsl.nn.build import build_model
 
     return saved_bytes(build_model(network).train(), torch.randn(batch, *network.input))
+
+
+def kept_bytes(model, x) -> int:
+    """Bytes of the distinct storages backward reads back (unpacks) on `model`'s output: what
+    `saved_bytes` sees, less what ops whose output reaches nothing saved (a layer no later layer
+    reads and its block does not emit), which autograd frees with their graph as soon as the
+    forward drops them. Parameters and buffers are left out."""
+    import torch
+
+    used: dict[int, int] = {}
+
+    def unpack(t):
+        used[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
+        y = model(x)
+    y.float().sum().backward()
+    left_out = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    return sum(v for k, v in used.items() if k not in left_out)

@@ -240,3 +240,20 @@ def test_a_norms_saved_tensors_are_what_the_analysis_counts(norm, order):
     running = 4 * (a_bn.buffers - a_other.buffers)
     assert running > 0
     assert saved_bytes_of(other) - a_other.memory(2) == saved_bytes_of(bn) - a_bn.memory(2) - running
+
+
+def test_group_norm_networks_train_without_crashing_the_process():
+    """torch 2.13's CPU GroupNorm backward on channels_last maps fed by a conv crashes the
+    process (SIGSEGV): models with group norms keep NCHW in CPU training. Run in a subprocess,
+    so a crash fails this test instead of the whole run."""
+    import subprocess
+    import sys
+    code = ("import torch, densedsl\n"
+            "m = densedsl.compile('network n {\\n input 2x8x8\\n dense layers=1 growth=3 bottleneck=4 "
+            "groups=3 norm=instance activation=none\\n}')\n"
+            "assert m.train_channels_last is False\n"
+            "m.train()(torch.randn(3, 2, 8, 8)).pow(2).sum().backward()\n"
+            "print('trained')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+    assert densedsl.compile("specs/tiny_digits.dense").train_channels_last is True  # BN: unchanged

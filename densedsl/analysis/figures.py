@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, assert_never, cast
 from ..core import diagnostics as d
 from ..core.source import Span
 from ..core.units import binary, exact_text, shape_text, si
-from ..ir import lowering
+from ..ir import connectivity, lowering
 from ..ir.ops import kind_of, numel
 from ..language.network import DenseBlock, Network, Transition, per_axis
 from . import graph as graph_
@@ -182,7 +182,8 @@ class Analysis:
             raise ValueError(f"batch must be at least 1, got {batch}")
         model = self._memory.get(mode)
         if model is None:  # made on first use: `check` and the language server never ask for most
-            model = self._memory[mode] = _memory_model(self.arch, mode)
+            shared = frozenset(s.name for s in self.lowered if isinstance(s, lowering.LoweredBlock) and s.shared)
+            model = self._memory[mode] = _memory_model(self.arch, mode, shared)
         total = model.bytes(batch, dtype)
         if weights:
             size = lowering.dtype_bytes(dtype)
@@ -367,36 +368,7 @@ def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:
         problems.append((network.span, "the graph has a cycle"))
     pred, nodes = graph_.predecessors(g), g.nodes
     for block in network.blocks:
-        name = f"denseblock{block.index}"
-        k0 = nodes[f"{name}.x0"]["out_shape"][0]
-        edges = 0
-        # x0..x(l-1) and their channels so far, grown by one map per layer: each layer's check
-        # is then C-level set and map work rather than Python per edge (L(L+1)/2 edges a block)
-        expected: set[str] = set()
-        expected_channels = 0
-        for layer in range(1, block.layers + 1):
-            concat = f"{name}.denselayer{layer}.concat"
-            inputs = pred[concat]
-            previous = f"{name}.x{layer - 1}"
-            expected.add(previous)
-            expected_channels += nodes[previous]["out_shape"][0] if previous in nodes else 0
-            exact = inputs.keys() == expected
-            if not exact or set(map(_KIND, inputs.values())) != {"dense"}:
-                problems.append((block.span, f"{concat} gathers {len(inputs)} maps, expected the "
-                                 f"{layer} maps x0..x{layer - 1} over dense edges"))
-            gathered = expected_channels if exact else sum(nodes[u]["out_shape"][0] for u in inputs)
-            if gathered != g.nodes[concat]["out_shape"][0] or gathered != k0 + block.growth * (layer - 1):
-                problems.append((block.span, f"{concat} has {g.nodes[concat]['out_shape'][0]} "
-                                 f"channels from inputs of {gathered}, expected {k0} + "
-                                 f"{block.growth}·{layer - 1}"))
-            edges += len(inputs)
-        if edges != block.layers * (block.layers + 1) // 2:
-            problems.append((block.span, f"{name} has {edges} dense connections, expected "
-                             f"{block.layers}·{block.layers + 1}/2"))
-        out = g.nodes[f"{name}.out"]["out_shape"][0]
-        if out != k0 + block.growth * block.layers:
-            problems.append((block.span, f"{name} emits {out} channels, expected {k0} + "
-                             f"{block.growth}·{block.layers}"))
+        problems += [(block.span, m) for m in _block_invariants(block, g, pred, nodes)]
     # The closed-form totals the guards trust must agree with the graph they guard.
     for s in stages:
         if isinstance(s, BlockFigures):
@@ -407,6 +379,53 @@ def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:
                                  f"differ from the closed form {t.params}/{t.buffers}/{t.macs}"))
     return [d.Diagnostic(d.INVARIANT, msg, span, "this is a bug in densedsl; please report it")
             for span, msg in problems]
+
+
+def _block_invariants(block: DenseBlock, g: Graph, pred, nodes) -> list[str]:
+    """The block's graph against its connectivity table: every concatenation gathers exactly the
+    maps the table says, in its order, over dense edges, with the channels they add up to; the
+    block emits exactly the maps of its emit list."""
+    problems: list[str] = []
+    name, table = f"denseblock{block.index}", connectivity.table(block)
+    k0 = nodes[f"{name}.x0"]["out_shape"][0]
+    edges = 0
+    # DenseNet's x0..x(l-1), grown by one map per layer: each layer's check is then C-level set
+    # work rather than Python per edge (L(L+1)/2 edges a block)
+    expected: set[str] = set()
+    for layer in range(1, block.layers + 1):
+        concat = f"{name}.denselayer{layer}.concat"
+        inputs = pred[concat]
+        reads = table.reads_of(layer)
+        if table.prefix:
+            expected.add(f"{name}.x{layer - 1}")
+            exact = inputs.keys() == expected
+        else:
+            exact = list(inputs) == [f"{name}.x{i}" for i in reads]
+        if not exact or set(map(_KIND, inputs.values())) != {"dense"}:
+            problems.append(f"{concat} gathers {len(inputs)} maps, expected the {len(reads)} maps "
+                            f"{_maps(reads)} over dense edges")
+        want = table.in_channels(k0, layer)
+        gathered = want if exact else sum(nodes[u]["out_shape"][0] for u in inputs)
+        if gathered != nodes[concat]["out_shape"][0] or gathered != want:
+            problems.append(f"{concat} has {nodes[concat]['out_shape'][0]} channels from inputs of "
+                            f"{gathered}, expected {want} ({_maps(reads)})")
+        edges += len(inputs)
+    if edges != table.connections:
+        problems.append(f"{name} has {edges} dense connections, expected {table.connections}")
+    emitted = list(pred[f"{name}.out"])
+    if emitted != [f"{name}.x{i}" for i in table.emits]:
+        problems.append(f"{name} emits {len(emitted)} maps, expected {_maps(table.emits)}")
+    out = nodes[f"{name}.out"]["out_shape"][0]
+    if out != table.out_channels(k0):
+        problems.append(f"{name} emits {out} channels, expected {table.out_channels(k0)} ({_maps(table.emits)})")
+    return problems
+
+
+def _maps(outputs: tuple[int, ...]) -> str:
+    """`x0..x5` for a run, else `x7, x6, x4, x0` (in the order given)."""
+    if len(outputs) > 2 and outputs == tuple(range(outputs[0], outputs[-1] + 1)):
+        return f"x{outputs[0]}..x{outputs[-1]}"
+    return ", ".join(f"x{i}" for i in outputs)
 
 
 def _acyclic(g: Graph) -> bool:
@@ -553,7 +572,7 @@ def _storages(g: Graph, *, training: bool, efficient: bool = False,
     # In standard mode the shared-buffer path keeps what the plain one keeps (each layer's staged
     # concatenation and BN-ReLU output), so only efficient mode's model reads the features as
     # slices of the block's buffer
-    shared = _shared_features(g, blocks) if training and efficient else {}
+    shared = _shared_features(g, blocks) if training and efficient and blocks else {}
     for n, a in g.nodes(data=True):
         if n in shared:  # copied into its block's buffer, the block's output
             storage[n] = shared[n]
@@ -571,47 +590,42 @@ def _layer_of(node: str) -> str | None:
     return ".".join(parts[:2]) if len(parts) == 3 and parts[1].startswith("denselayer") else None
 
 
-def _entry(g: Graph, concat: str) -> list[str] | None:
-    """A layer's concat → norm → relu → conv, if it starts so: what the compiler's shared-storage
-    Function runs (`concat.py`), else None."""
+def _entry(g: Graph, concat: str) -> list[str]:
+    """A layer's concat and the ops the shared-storage Function runs after it
+    (`lowering.SHARED_ENTRY`): the nodes one shared-buffer layer's entry covers."""
     chain = [concat]
-    for kind in ("norm", "relu", "conv"):
-        succ = list(g.succ[chain[-1]])
-        if len(succ) != 1 or g.nodes[succ[0]]["kind"] != kind:
-            return None
-        chain.append(succ[0])
+    for _ in lowering.SHARED_ENTRY:
+        chain.append(next(iter(g.succ[chain[-1]])))
     return chain
 
 
-def _shared_blocks(g: Graph) -> dict[str, dict[str, list[str]]]:
-    """Blocks the compiler trains through one shared buffer (every layer starts with an entry),
-    each with its layers' entries: {block: {layer: [concat, norm, relu, conv]}}."""
-    blocks: dict[str, dict[str, list[str] | None]] = {}
+def _shared_blocks(g: Graph, shared: frozenset[str]) -> dict[str, dict[str, list[str]]]:
+    """The blocks the compiler trains through one shared buffer (`LoweredBlock.shared`, the one
+    rule), each with its layers' entries: {block: {layer: [concat, norm, relu, conv]}}."""
+    blocks: dict[str, dict[str, list[str]]] = {}
     for n, a in g.nodes(data=True):
         layer = _layer_of(n)
-        if layer is not None and a["kind"] == "concat":
+        if layer is not None and a["kind"] == "concat" and layer.split(".")[0] in shared:
             blocks.setdefault(layer.split(".")[0], {})[layer] = _entry(g, n)
-    complete = {b: layers for b, layers in blocks.items() if all(e is not None for e in layers.values())}
-    return cast(dict[str, dict[str, list[str]]], complete)  # the Nones filtered out just above
+    return blocks
 
 
-def _shared_features(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
+def _shared_features(g: Graph, blocks: dict[str, dict[str, list[str]]]) -> dict[str, str]:
     """Feature node → its block's output node, in shared-buffer blocks: x0 … xL live in the
     block's output from the start (the layers' own outputs are copied in and freed)."""
     out: dict[str, str] = {}
-    for block in _shared_blocks(g) if blocks is None else blocks:
+    for block in blocks:
         for v in g.pred[f"{block}.out"]:
             if g.nodes[v]["kind"] == "feature":
                 out[v] = f"{block}.out"
     return out
 
 
-def _recomputed(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None) -> dict[str, list[str]]:
+def _recomputed(g: Graph, blocks: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
     """The regions memory-efficient mode recomputes in backward, in graph order: in a shared-
     buffer block each layer's entry (concat, BN, ReLU, and the conv whose input they make: the
     Function keeps the conv's output only); elsewhere every dense layer whole, from its concat to
     its last op (the compiler checkpoints `DenseLayer._layer`)."""
-    blocks = _shared_blocks(g) if blocks is None else blocks
     shared = {layer: entry for layers in blocks.values() for layer, entry in layers.items()}
     regions: dict[str, list[str]] = {}
     for n in g.nodes:
@@ -621,13 +635,13 @@ def _recomputed(g: Graph, blocks: dict[str, dict[str, list[str]]] | None = None)
     return regions
 
 
-def _memory_model(g: Graph, mode: str) -> _MemoryModel:
+def _memory_model(g: Graph, mode: str, shared: frozenset[str]) -> _MemoryModel:
     if mode == "inference":
         return _inference_memory(g)
-    return _training_memory(g, efficient=mode == "efficient")
+    return _training_memory(g, efficient=mode == "efficient", shared=shared)
 
 
-def _training_memory(g: Graph, *, efficient: bool) -> _MemoryModel:
+def _training_memory(g: Graph, *, efficient: bool, shared: frozenset[str]) -> _MemoryModel:
     """What autograd keeps for backward: each op's saved tensors, distinct storages counted once.
 
     The op table says what each kind saves (conv, BN, pooling and linear their input; ReLU its
@@ -636,13 +650,18 @@ def _training_memory(g: Graph, *, efficient: bool) -> _MemoryModel:
     outputs; its concat, BN and ReLU outputs and dropout masks are recomputed, so backward needs
     the largest layer's recomputed tensors once more, at a time.
     """
-    blocks = _shared_blocks(g) if efficient else None  # found once, read by both walks below
+    blocks = _shared_blocks(g, shared) if efficient else {}  # found once, read by both walks below
     storage = _storages(g, training=True, efficient=efficient, blocks=blocks)
     regions = _recomputed(g, blocks) if efficient else {}
     region = {n for nodes in regions.values() for n in nodes}
     saved: set[str] = set()
     mask_bytes = fixed = 0
+    live, tracked = _reaching_output(g), _tracked(g)
     for n, a in g.nodes(data=True):
+        if n not in live or n not in tracked:
+            # a layer whose output nothing reads: autograd frees what it saved at once; an op
+            # before any weight (a stem opening with a pool or ReLU): autograd records nothing
+            continue
         spec = kind_of(a["kind"])
         fixed += spec.fixed_bytes(a)
         keeps = spec.saves_recomputed if n in region else spec.saves
@@ -659,6 +678,29 @@ def _training_memory(g: Graph, *, efficient: bool) -> _MemoryModel:
         elements += max((_region_elements(g, nodes, storage, saved) for nodes in regions.values()),
                         default=0)
     return _MemoryModel(elements, mask_bytes, fixed)
+
+
+def _reaching_output(g: Graph) -> set[str]:
+    """The nodes with a path to the output. With DenseNet's table that is every node; a table
+    whose block emits less than it computes (`emit=[0]`, or a layer no later layer reads and the
+    block does not emit) leaves dead layers, whose saved tensors backward never holds."""
+    seen, stack = {"output"}, ["output"]
+    while stack:
+        for u in g.pred[stack.pop()]:
+            if u not in seen:
+                seen.add(u)
+                stack.append(u)
+    return seen
+
+
+def _tracked(g: Graph) -> set[str]:
+    """The nodes autograd records: those with weights and everything downstream of one (the
+    input does not require grad, so ops before the first weight save nothing)."""
+    found: set[str] = set()
+    for n, a in g.nodes(data=True):  # graph order is forward order (`_forward`)
+        if a.get("params") or any(p in found for p in g.pred[n]):
+            found.add(n)
+    return found
 
 
 def _region_elements(g: Graph, nodes: list[str], storage: dict[str, str], saved: set[str]) -> int:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, assert_neve
 from ..core import diagnostics as d
 from ..core.source import Span
 from ..core.units import dims_text, fraction_text, shape_text, size_text
-from ..ir import lowering
+from ..ir import connectivity, lowering
 from ..language import network as n
 from ..language.network import Axes, DenseBlock, Network, Transition, per_axis
 
@@ -233,9 +233,11 @@ def _check_channels(network: Network) -> list[d.Diagnostic]:
                     diags.append(bad)
                 if stage.norm == "group" and (bad := _bad_norm_groups(stage, c)) is not None:
                     diags.append(bad)
-                out = lowering.block_out_channels(c, stage)
-                source = (f"denseblock{stage.index} emits {c} + {stage.growth}·{stage.layers} = {out} "
-                          "channels")
+                table = connectivity.table(stage)
+                out = table.out_channels(c)
+                source = (f"denseblock{stage.index} emits {c} + {stage.growth}·{stage.layers} = {out} channels"
+                          if table.dense and stage.widths is None and stage.width_factor is None else
+                          f"denseblock{stage.index} emits {out} channels (x{', x'.join(map(str, table.emits))})")
                 c = out
             case Transition():
                 out = lowering.transition_channels(c, stage)
@@ -251,9 +253,10 @@ def _check_channels(network: Network) -> list[d.Diagnostic]:
 
 def _bad_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
     """The first growth conv of `block` (fed `c` channels) whose channels `groups` does not divide."""
-    g, k = block.groups, block.growth
+    g, table = block.groups, connectivity.table(block)
     for ell in range(1, block.layers + 1):
-        cin = block.bottleneck * k if block.bottleneck else c + k * (ell - 1)
+        k = table.widths[ell - 1]
+        cin = block.bottleneck * k if block.bottleneck else table.in_channels(c, ell)
         what = (f"its bottleneck's {block.bottleneck}·{k} = {cin}" if block.bottleneck
                 else f"its {cin} concatenated" if ell > 1 else f"its {cin}")
         for count, name in ((cin, f"{what} input channels"), (k, f"its {k} output channels (the growth)")):
@@ -263,19 +266,21 @@ def _bad_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
                     f"{name} ({count} = {count // g}·{g} + {count % g})", block.span,
                     "groups must divide the growth conv's input and output channels; without a "
                     "bottleneck the input grows by the growth rate each layer")
-        if block.bottleneck:
+        if block.bottleneck and len(set(table.widths)) == 1:
             break  # every layer's growth conv has the same widths
     return None
 
 
 def _bad_norm_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
     """The first group norm of `block` (fed `c` channels) whose channels `norm_groups` does not
-    divide. A layer's norm widths are affine in the layer (c + k·(ℓ−1) or fixed), so when the
-    first two layers divide, every later one does."""
-    g = block.norm_groups
-    for ell in range(1, min(block.layers, 2) + 1):
-        shape = (lowering.layer_in_channels(c, block, ell),)
-        for op in lowering.layer_ops(block, shape, None):
+    divide. In DenseNet's table a layer's norm widths are affine in the layer (c + k·(ℓ−1) or
+    fixed), so when the first two layers divide, every later one does; other tables are checked
+    layer by layer."""
+    g, table = block.norm_groups, connectivity.table(block)
+    uniform = table.prefix and len(set(table.widths)) <= 1
+    for ell in range(1, (min(block.layers, 2) if uniform else block.layers) + 1):
+        shape = (table.in_channels(c, ell),)
+        for op in lowering.layer_ops(block, shape, None, table.widths[ell - 1]):
             count = op.in_shape[0]
             if op.kind == "groupnorm" and count % g:
                 return d.Diagnostic(
@@ -302,14 +307,15 @@ def _no_channels(stage: Transition, c: int, out: int, source: str) -> d.Diagnost
 
 def _check_size(network: Network, p: lowering.Prediction) -> list[d.Diagnostic]:
     if p.largest_block is not None:
-        index, layers = p.largest_block
-        pairs = layers * (layers + 1) // 2
+        index, layers, pairs = p.largest_block
         if pairs > MAX_CONNECTIONS:
             block = next(b for b in network.blocks if b.index == index)
+            count = (f"{layers:,}·{layers + 1:,}/2 = {pairs:,}" if pairs == layers * (layers + 1) // 2
+                     else f"{pairs:,}")
             return [d.Diagnostic(
                 d.TOO_LARGE, f"denseblock{index} has {layers:,} layers: its graph would hold "
-                f"{layers:,}·{layers + 1:,}/2 = {pairs:,} dense connections (densedsl analyses up "
-                f"to {MAX_CONNECTIONS:,})", block.span, "split the block or use fewer layers")]
+                f"{count} dense connections (densedsl analyses up to {MAX_CONNECTIONS:,})", block.span,
+                "split the block or use fewer layers")]
     if p.connections > MAX_CONNECTIONS or p.nodes > MAX_NODES:
         return [d.Diagnostic(
             d.TOO_LARGE, f"the network's graph would hold {'more than ' if p.nodes > MAX_NODES else ''}"
@@ -590,23 +596,27 @@ class _Builder:
         x = self.node(f"{name}.x0", "feature", name, block.span, shape, shape, block=block.index,
                       layer=0)
         self.edge(prev, x)
-        # (feature map, its shape): the L(L+1)/2 dense edges go in bulk, each shape looked up once
+        # (feature map, its shape): the dense edges go in bulk, each shape looked up once; a
+        # concatenation's predecessors are kept in its reads' order, the order it concatenates
+        table = lowered.table
         features = [(x, self.g.nodes[x]["out_shape"])]
         for layer, ops in enumerate(lowered.layers, start=1):
             lname = f"{name}.denselayer{layer}"
             cin = ops[0].in_shape
+            reads = features if table.prefix else [features[i] for i in table.reads_of(layer)]
             concat = self.node(f"{lname}.concat", "concat", name, block.span, cin, cin,
-                               block=block.index, layer=layer)
-            self._bulk_edges(features, concat, "dense")
+                               block=block.index, layer=layer, maps=len(reads))
+            self._bulk_edges(reads, concat, "dense")
             last = self.ops(lname, name, ops, concat, block.span, block=block.index, layer=layer)
             new = ops[-1].out_shape
             x = self.node(f"{name}.x{layer}", "feature", name, block.span, new, new,
                           block=block.index, layer=layer)
             self.edge(last, x)
             features.append((x, self.g.nodes[x]["out_shape"]))
+        emitted = features if table.dense else [features[i] for i in table.emits]
         out = self.node(f"{name}.out", "concat", name, block.span, lowered.out_shape,
-                        lowered.out_shape, block=block.index)
-        self._bulk_edges(features, out, "concat")
+                        lowered.out_shape, block=block.index, maps=len(emitted))
+        self._bulk_edges(emitted, out, "concat")
         return out
 
     def _bulk_edges(self, features: list[tuple[str, tuple[int, ...]]], target: str, kind: str) -> None:

@@ -24,46 +24,82 @@ tables are refused by the resolver, where the spec's spans are; `validate` state
 
 from __future__ import annotations
 
+import functools
 import random
-from dataclasses import dataclass
 from fractions import Fraction
 
 from ..language.network import DenseBlock, RandomLinks
 
 
-@dataclass(frozen=True, slots=True)
 class Table:
-    """A block's connectivity: per layer its reads and width, and what the block emits."""
+    """A block's connectivity: per layer its reads and width, and what the block emits.
 
-    reads: tuple[tuple[int, ...], ...]   # layer j's inputs, indexes into x0 … x(j−1)
-    widths: tuple[int, ...]              # channels layer j adds
-    emits: tuple[int, ...]               # the block's output, indexes into x0 … xL
+    DenseNet's reads are never materialised (a block of L layers has L(L+1)/2 of them, and the
+    closed forms that bound a network before it is built must not pay for them): `prefix`
+    tables answer from prefix sums of the widths."""
+
+    __slots__ = ("layers", "widths", "emits", "prefix", "_reads", "_starts")
+
+    def __init__(self, layers: int, widths: tuple[int, ...], emits: tuple[int, ...],
+                 reads: tuple[tuple[int, ...], ...] | None = None) -> None:
+        self.layers = layers
+        self.widths = widths                  # channels layer j adds
+        self.emits = emits                    # the block's output, indexes into x0 … xL
+        self.prefix = reads is None or all(r == tuple(range(j)) for j, r in enumerate(reads, start=1))
+        self._reads = None if self.prefix else reads
+        starts = [0]                          # channels of x1 … x(j−1) together, per j
+        for w in widths:
+            starts.append(starts[-1] + w)
+        self._starts = tuple(starts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Table) and (self.widths, self.emits, self.reads) == (other.widths, other.emits,
+                                                                                        other.reads)
+
+    def __hash__(self) -> int:
+        return hash((self.widths, self.emits, self.prefix))
+
+    def __repr__(self) -> str:
+        reads = "prefix" if self.prefix else self._reads
+        return f"Table(layers={self.layers}, widths={self.widths}, emits={self.emits}, reads={reads})"
 
     @property
-    def layers(self) -> int:
-        return len(self.reads)
+    def reads(self) -> tuple[tuple[int, ...], ...]:
+        """Every layer's reads (materialised: O(connections))."""
+        return tuple(self.reads_of(j) for j in range(1, self.layers + 1))
+
+    def reads_of(self, layer: int) -> tuple[int, ...]:
+        """Layer `layer`'s (1-based) inputs, indexes into x0 … x(layer−1), in concatenation order."""
+        if self._reads is None:
+            return tuple(range(layer))
+        return self._reads[layer - 1]
 
     @property
     def dense(self) -> bool:
         """DenseNet's table: every layer reads all earlier outputs in order and the block emits
         them all. The shared-storage paths (one buffer per block, layers reading a prefix of it)
         need exactly this; every other table runs the general path."""
-        return (all(r == tuple(range(j)) for j, r in enumerate(self.reads, start=1))
-                and self.emits == tuple(range(self.layers + 1)))
+        return self.prefix and self.emits == tuple(range(self.layers + 1))
 
     @property
     def connections(self) -> int:
         """Dense connections, as the graph counts them (an edge into a layer's concatenation):
         DenseNet's L(L+1)/2, 15 for a harmonic block of 8 layers. The analysis reads its figure
         off the graph; this is the closed form that bounds a network before it is built."""
-        return sum(len(r) for r in self.reads)
+        if self._reads is None:
+            return self.layers * (self.layers + 1) // 2
+        return sum(len(r) for r in self._reads)
 
     def in_channels(self, k0: int, layer: int) -> int:
         """Channels entering layer `layer` (1-based) when the block's input has k0."""
-        return sum(self.channels_of(k0, i) for i in self.reads[layer - 1])
+        if self._reads is None:
+            return k0 + self._starts[layer - 1]
+        return sum(self.channels_of(k0, i) for i in self._reads[layer - 1])
 
     def out_channels(self, k0: int) -> int:
         """Channels the block emits when its input has k0."""
+        if self.dense:
+            return k0 + self._starts[-1]
         return sum(self.channels_of(k0, i) for i in self.emits)
 
     def channels_of(self, k0: int, output: int) -> int:
@@ -71,21 +107,22 @@ class Table:
         return k0 if output == 0 else self.widths[output - 1]
 
     def readers(self) -> tuple[tuple[int, ...], ...]:
-        """For each output x0 … xL, the layers that read it (L+1 means the block's emit)."""
+        """For each output x0 … xL, the layers that read it (L+1 stands for the block's emit)."""
         found: list[list[int]] = [[] for _ in range(self.layers + 1)]
-        for j, reads in enumerate(self.reads, start=1):
-            for i in reads:
+        for j in range(1, self.layers + 1):
+            for i in self.reads_of(j):
                 found[i].append(j)
         for i in self.emits:
             found[i].append(self.layers + 1)
         return tuple(tuple(r) for r in found)
 
 
+@functools.lru_cache(maxsize=512)
 def table(block: DenseBlock) -> Table:
-    """The block's rule expanded into its table."""
+    """The block's rule expanded into its table (cached: every stage asks for it)."""
     n = block.layers
-    return Table(reads=tuple(reads_of(block, j) for j in range(1, n + 1)), widths=widths_of(block),
-                 emits=emits_of(block))
+    reads = None if block.links == "all" else tuple(reads_of(block, j) for j in range(1, n + 1))
+    return Table(n, widths_of(block), emits_of(block), reads)
 
 
 def reads_of(block: DenseBlock, j: int) -> tuple[int, ...]:

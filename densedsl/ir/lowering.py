@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence, Union, assert_never
 
 from ..language import network as n
 from ..language.network import DenseBlock, Head, Network, Stem, Transition
+from .connectivity import Table, table
 from .ops import (
     Activation,
     Conv,
@@ -75,12 +76,14 @@ def transition_channels(m: int, t: Transition) -> int:
 
 
 def block_out_channels(k0: int, block: DenseBlock) -> int:
-    return k0 + block.growth * block.layers
+    """Channels the block emits from an input of k0, read off its connectivity table (DenseNet:
+    k0 + k·L)."""
+    return table(block).out_channels(k0)
 
 
 def layer_in_channels(k0: int, block: DenseBlock, layer: int) -> int:
-    """Channels entering layer ℓ (1-based): k0 + k·(ℓ−1)."""
-    return k0 + block.growth * (layer - 1)
+    """Channels entering layer ℓ (1-based): the widths of what it reads (DenseNet: k0 + k·(ℓ−1))."""
+    return table(block).in_channels(k0, layer)
 
 
 def _at(shape: Shape, channels: int) -> Shape:
@@ -126,16 +129,17 @@ def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
         shape = out.out_shape
 
 
-def layer_ops(block: DenseBlock, shape: Shape, module: str | None) -> tuple[Op, ...]:
+def layer_ops(block: DenseBlock, shape: Shape, module: str | None, width: int | None = None) -> tuple[Op, ...]:
     """The ops of one dense layer after its concatenation, in execution order; `shape` is the
-    concatenated input's.
+    concatenated input's, `width` the channels the layer adds (default the block's growth; a
+    table with per-layer widths, HarDNet's, gives each layer its own).
 
     Pre-activation runs BN-ReLU-Conv per conv, post-activation Conv-BN-ReLU; dropout ends each
     unit. With a bottleneck the `…1` ops are the 1x1 conv to bottleneck·k channels and the `…2`
     ops the 3x3 conv to k; without one, the layer has only the `…1` ops with the 3x3 conv.
     A block of linear layers (an MLP's) has the same recipe with `linear{i}` for `conv{i}`.
     """
-    k = block.growth
+    k = block.growth if width is None else width
     half: n.Axes = (tuple(x // 2 for x in block.kernel) if isinstance(block.kernel, tuple)
                     else block.kernel // 2)
     grow = (k, block.kernel, half, block.groups)  # the growth conv keeps the size
@@ -273,6 +277,10 @@ def head_ops(head: Head, shape: Shape) -> tuple[Op, ...]:
 
 # --- the lowered network -------------------------------------------------------------------------
 
+# What the shared-storage Function (nn/shared.py) runs at a layer's start: batch norm over the
+# concatenation, ReLU, and the conv they feed (efficient mode keeps only that conv's output).
+SHARED_ENTRY = ("norm", "relu", "conv")
+
 @dataclass(frozen=True, slots=True)
 class LoweredStem:
     ops: tuple[Op, ...]
@@ -300,10 +308,20 @@ class LoweredBlock:
     in_shape: Shape
     out_shape: Shape
     source: DenseBlock
+    table: Table                         # who each layer reads, its width, what the block emits
 
     @property
     def name(self) -> str:
         return f"denseblock{self.source.index}"
+
+    @property
+    def shared(self) -> bool:
+        """Whether the block trains through one shared buffer (Pleiss et al.): its table is
+        DenseNet's, so every layer reads a prefix of the buffer, and every layer opens with the
+        ops the shared-storage Function runs (`SHARED_ENTRY`). The model takes that path and the
+        memory model counts it from this one answer."""
+        return (self.table.dense and bool(self.layers)
+                and all(tuple(op.kind for op in ops[:len(SHARED_ENTRY)]) == SHARED_ENTRY for ops in self.layers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,10 +346,11 @@ Lowered = Union[LoweredStem, LoweredBlock, LoweredTransition, LoweredHead]
 
 def lower_block(block: DenseBlock, shape: Shape) -> LoweredBlock:
     name = f"features.denseblock{block.index}"
-    layers = tuple(layer_ops(block, _at(shape, layer_in_channels(shape[0], block, layer)),
-                             f"{name}.denselayer{layer}")
+    t = table(block)
+    layers = tuple(layer_ops(block, _at(shape, t.in_channels(shape[0], layer)), f"{name}.denselayer{layer}",
+                             t.widths[layer - 1])
                    for layer in range(1, block.layers + 1))
-    return LoweredBlock(layers, shape, _at(shape, block_out_channels(shape[0], block)), block)
+    return LoweredBlock(layers, shape, _at(shape, t.out_channels(shape[0])), block, t)
 
 
 def lower(network: Network) -> tuple[Lowered, ...]:
@@ -372,23 +391,31 @@ class BlockTotals:
 
 
 def block_totals(block: DenseBlock, shape: Shape) -> BlockTotals:
-    """Totals over a block's layers in O(1), whatever its depth; `shape` is the block input's.
+    """Totals over a block's layers in O(layers), without building them; `shape` is the block
+    input's.
 
-    A layer's params, buffers and MACs are affine in its input channels, and those grow by k per
-    layer, so the totals are L·f(1) + (f(2) − f(1))·L(L−1)/2 with f(ℓ) read off `layer_ops` of the
-    first two layers: the same functions the graph uses, so prediction and graph cannot drift.
+    A layer's params, buffers and MACs are affine in its input channels for a given width, so
+    for each width w of the table the totals are n·f(c_a) + slope·(Σ c − n·c_a) over its n
+    layers, with f read off `layer_ops` at two of their input counts: the same functions the
+    graph uses, so prediction and graph cannot drift.
     """
-    big_l = block.layers
-    first = layer_ops(block, shape, None)
-    second = layer_ops(block, _at(shape, shape[0] + block.growth), None)
-    pairs = big_l * (big_l - 1) // 2
-
-    def total(attr: str) -> int:
-        f1 = sum(getattr(o, attr) for o in first)
-        f2 = sum(getattr(o, attr) for o in second)
-        return big_l * f1 + (f2 - f1) * pairs
-
-    return BlockTotals(total("params"), total("buffers"), total("macs"), len(first))
+    t = table(block)
+    k0 = shape[0]
+    groups: dict[int, list[int]] = {}
+    for j in range(1, block.layers + 1):
+        groups.setdefault(t.widths[j - 1], []).append(t.in_channels(k0, j))
+    totals = {"params": 0, "buffers": 0, "macs": 0}
+    ops = 0
+    for width, cins in groups.items():
+        a, b = min(cins), max(cins)
+        first = layer_ops(block, _at(shape, a), None, width)
+        second = layer_ops(block, _at(shape, b), None, width) if b != a else first
+        ops = len(first)
+        for attr in totals:
+            fa = sum(getattr(o, attr) for o in first)
+            slope = (sum(getattr(o, attr) for o in second) - fa) // (b - a) if b != a else 0
+            totals[attr] += len(cins) * fa + slope * (sum(cins) - len(cins) * a)
+    return BlockTotals(totals["params"], totals["buffers"], totals["macs"], ops)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,7 +425,7 @@ class Prediction:
     params: int
     nodes: int
     connections: int
-    largest_block: tuple[int, int] | None  # (block index, layers) of the deepest block
+    largest_block: tuple[int, int, int] | None  # (index, layers, connections) of the most connected block
 
 
 def predict(network: Network, *, node_limit: int | None = None) -> Prediction:
@@ -416,7 +443,7 @@ def predict(network: Network, *, node_limit: int | None = None) -> Prediction:
         nodes += 1
         shape = op.out_shape
     c = shape[0]
-    largest: tuple[int, int] | None = None
+    largest: tuple[int, int, int] | None = None
     for stage in network.stages:
         match stage:
             case DenseBlock():
@@ -424,9 +451,10 @@ def predict(network: Network, *, node_limit: int | None = None) -> Prediction:
                 params += t.params
                 big_l = stage.layers
                 nodes += 2 + big_l * (2 + t.ops)  # x0, out; per layer concat, x_ℓ and its ops
-                connections += big_l * (big_l + 1) // 2
-                if largest is None or big_l > largest[1]:
-                    largest = (stage.index, big_l)
+                links = table(stage).connections
+                connections += links
+                if largest is None or links > largest[2]:
+                    largest = (stage.index, big_l, links)
                 c = block_out_channels(c, stage)
             case Transition():
                 ops = transition_ops(stage, (c, *(2 for _ in ones)), None)

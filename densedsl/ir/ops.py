@@ -204,8 +204,9 @@ class Concat(OpKind):
     computes = False
 
     def storage_of(self, a):
-        # layer 1 gathers x0 alone: the model hands it on without a torch.cat (DenseLayer._layer)
-        return "view" if a.get("layer") == 1 else "own"
+        # one map alone (DenseNet's layer 1 reads x0; a chain's layers their predecessor; a
+        # block emitting one output) is handed on without a torch.cat (`run_block`, DenseLayer)
+        return "view" if a.get("maps") == 1 else "own"
 
 
 # --- computing kinds -------------------------------------------------------------------------------

@@ -283,21 +283,30 @@ class InferenceEngine:
 
     @_eager
     def block(self, block: DenseBlock, x: Tensor) -> Tensor:
-        """Zero-copy concatenation: one output tensor, each layer reads a prefix, writes its slice."""
+        """Zero-copy concatenation for DenseNet's table: one output tensor, each layer reads a
+        prefix and writes its slice. Any other table gathers each layer's reads (one concat a
+        layer) and the block's emits, every layer still run with its norms folded."""
         layers = list(block.values())
         if not layers:
             return x
+        table = block.table
+        if not table.dense:
+            features = [x]
+            for j, layer in enumerate(layers, start=1):
+                reads = [features[i] for i in table.reads_of(j)]
+                features.append(self.layer(layer, reads[0] if len(reads) == 1 else torch.cat(reads, 1)))
+            emitted = [features[i] for i in table.emits]
+            return emitted[0] if len(emitted) == 1 else torch.cat(emitted, 1)
         first = self.layer(layers[0], x)
         fmt = _CHANNELS_LAST if _is_channels_last(x) else torch.contiguous_format
         n_, c, h, w = x.shape
         out = torch.empty((n_, block.out_channels, h, w), dtype=torch.promote_types(x.dtype, first.dtype),
                           device=x.device, memory_format=fmt)
         out[:, :c].copy_(x)
-        out[:, c:c + block.growth].copy_(first)
-        c += block.growth
-        for layer in layers[1:]:
-            out[:, c:c + block.growth].copy_(self.layer(layer, out[:, :c]))
-            c += block.growth
+        for j, layer in enumerate(layers):
+            width = table.widths[j]
+            out[:, c:c + width].copy_(first if j == 0 else self.layer(layer, out[:, :c]))
+            c += width
         return out
 
     def transition(self, t: Transition, x: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from ..core.files import atomic_path, atomic_write, check_writable
 from ..ir import lowering
 from ..ir import ops as ops_
 from ..language import network as n
-from .model import DenseNet, init_weights
+from .model import DenseNet, init_weights, run_block
 
 SUFFIXES = (".pt", ".py", ".onnx")
 
@@ -119,29 +119,28 @@ from torch import nn
 
 
 class DenseLayer(nn.Sequential):
-    """Concatenates its inputs x0 … x(l-1), then runs its modules in order."""
+    """Concatenates the outputs it reads, then runs its modules in order."""
 
     def forward(self, features):
-        x = torch.cat(features, 1)
+        x = torch.cat(features, 1) if len(features) > 1 else features[0]
         for module in self:
             x = module(x)
         return x
 
 
 class DenseBlock(nn.ModuleDict):
-    """denselayer1 … denselayerL; returns x0 … xL concatenated."""
+    """denselayer1 … denselayerL; `reads` (per layer, the outputs x0 … x(j-1) it concatenates)
+    and `emits` (the outputs the block concatenates) default to DenseNet's: all of them."""
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, reads=None, emits=None):
         super().__init__()
         for i, layer in enumerate(layers, start=1):
             self.add_module(f"denselayer{{i}}", layer)
+        self.reads, self.emits = reads, emits
 
     def forward(self, x):
-        features = [x]
-        for layer in self.values():
-            features.append(layer(features))
-        return torch.cat(features, 1)
-'''
+        return run_block(self.values(), x, self.reads, self.emits)
+''' + "\n\n" + inspect.getsource(run_block).replace("{", "{{").replace("}", "}}")
 
 # The generated file initialises exactly as the compiled model does: the same function's source.
 _INIT = '\n\n' + inspect.getsource(init_weights).replace('{', '{{').replace('}', '}}') + '''
@@ -169,7 +168,7 @@ def _int(value) -> str:
 
 # Names the generated module defines or imports itself: a network class by one of them would
 # shadow it (a network called `f` would replace torch.nn.functional's `F`).
-_TAKEN = frozenset({"DenseLayer", "DenseBlock", "Transition", "F", "nn", "torch", "build", "init_weights", "ops"})
+_TAKEN = frozenset({"DenseLayer", "DenseBlock", "nn", "torch", "build", "init_weights", "ops", "run_block"})
 
 
 def _class_name(name: str) -> str:
@@ -240,6 +239,10 @@ def python_source(network: n.Network, lowered: Sequence[lowering.Lowered] | None
             case lowering.LoweredBlock():
                 lines.append(f"        f.add_module(\"{stage.name}\", DenseBlock(")
                 lines += [f"            DenseLayer({_named(layer)})," for layer in stage.layers]
+                if not stage.table.dense:  # indexes only: nothing of the user's text
+                    reads = ", ".join("(" + "".join(f"{_int(i)}, " for i in r) + ")" for r in stage.table.reads)
+                    emits = "".join(f"{_int(i)}, " for i in stage.table.emits)
+                    lines.append(f"            reads=({reads},), emits=({emits}),")
                 lines.append("        ))")
             case lowering.LoweredTransition():
                 lines.append(f"        f.add_module(\"{stage.name}\", nn.Sequential({_named(stage.ops)}))")

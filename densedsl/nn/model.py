@@ -147,9 +147,11 @@ class DenseLayer(nn.Module):
         return entry if entry is not None and entry.norm.training else None
 
     def rest(self, y: Tensor, efficient: bool) -> Tensor:
-        """The layer after its entry: after BN-ReLU, or after BN-ReLU-conv in efficient mode."""
+        """The layer after its entry (`lowering.SHARED_ENTRY`): after BN-ReLU, or after
+        BN-ReLU-conv in efficient mode, where the Function runs the conv too."""
+        skip = len(lowering.SHARED_ENTRY) - (0 if efficient else 1)
         for i, m in enumerate(self.children()):
-            if i >= (3 if efficient else 2):
+            if i >= skip:
                 y = m(y)
         return y
 
@@ -195,6 +197,26 @@ class _Recomputing:
         return self.inner.__exit__(*exc)
 
 
+def _all_ops(lowered: Sequence[lowering.Lowered]):
+    for stage in lowered:
+        if isinstance(stage, lowering.LoweredBlock):
+            yield from (op for layer in stage.layers for op in layer)
+        else:
+            yield from stage.ops
+
+
+def run_block(layers, x, reads=None, emits=None):
+    """A dense block's loop, written once: the model runs it and the `.py` export copies its
+    source. Layer j gets the outputs its row of `reads` names (indexes into x0 … x(j-1), in
+    order; None: all of them, DenseNet's), and the block concatenates the outputs `emits` names
+    (None: all). pytorchcv's HarDNet gathers its `links_list` the same way."""
+    features = [x]
+    for j, layer in enumerate(layers):
+        features.append(layer(features if reads is None else [features[i] for i in reads[j]]))
+    emitted = features if emits is None else [features[i] for i in emits]
+    return emitted[0] if len(emitted) == 1 else torch.cat(emitted, 1)
+
+
 class DenseBlock(nn.ModuleDict):
     """`denselayer1 … denselayerL`; outputs the concatenation x0 … xL (in + L·growth channels).
 
@@ -217,6 +239,8 @@ class DenseBlock(nn.ModuleDict):
         self.in_channels = in_channels
         self.growth = growth
         self.out_channels = lowered.out_shape[0]
+        self.table = lowered.table  # who each layer reads and what the block emits
+        self.shares_buffer = lowered.shared  # the lowering's one rule (`LoweredBlock.shared`)
         self.engine: _Engine | None = None  # engine.accelerate sets it
         for i, layer_ops in enumerate(lowered.layers, start=1):
             self.add_module(f"denselayer{i}", DenseLayer(
@@ -229,10 +253,9 @@ class DenseBlock(nn.ModuleDict):
         entries = self._shared_entries(x)
         if entries is not None:
             return self._shared_forward(x, entries)
-        features = [x]
-        for layer in self.values():
-            features.append(layer(features))
-        return torch.cat(features, 1)
+        if self.table.dense:
+            return run_block(self.values(), x)
+        return run_block(self.values(), x, self.table.reads, self.table.emits)
 
     def _shared_entries(self, x: Tensor) -> list[shared.Entry] | None:
         """Each layer's entry when the whole block can train through the shared buffer, else None
@@ -241,7 +264,7 @@ class DenseBlock(nn.ModuleDict):
 
     def _shareable_entries(self, x: Tensor) -> list[shared.Entry] | None:
         """`_shared_entries` less its `compiling()` test (bench_dynamo traces the Function with it)."""
-        if not (self.shared_storage and self.training and torch.is_grad_enabled() and len(self)
+        if not (self.shared_storage and self.shares_buffer and self.training and torch.is_grad_enabled()
                 and not plain_training()):
             return None
         if _autocasting(x):  # the Function's aten calls skip autocast's casts
@@ -368,12 +391,15 @@ class DenseNet(nn.Module):
         self.pre_logits = nn.Sequential()  # the head's pool, flatten and dropout
         self.feature_info: list[dict] = []
         self.engine: _Engine | None = None  # engine.accelerate sets it
-        self.train_channels_last = True  # convert rank-2 NCHW input in CPU training (see forward_features)
+        self.lowered = tuple(lowering.lower(network) if lowered is None else lowered)  # what it is built from
+        # convert rank-2 NCHW input in CPU training (see forward_features), except with group
+        # norms: torch 2.13's CPU GroupNorm backward on channels_last maps fed by a conv crashes
+        # the process (a segmentation fault; tests/test_connectivity.py's random tables found it)
+        self.train_channels_last = not any(op.kind == "groupnorm" for op in _all_ops(self.lowered))
         self.stem_length = 0
         self.stem_tap: int | None = None  # index in `features` of the stem's feature tap
         self.num_features = network.input[0]
         reduction: tuple[int, ...] = ()  # per axis; () until a window strides
-        self.lowered = tuple(lowering.lower(network) if lowered is None else lowered)  # what it is built from
         for stage in self.lowered:
             match stage:
                 case lowering.LoweredStem():

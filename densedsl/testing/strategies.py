@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from ..analysis import graph as graph_
 from ..analysis.figures import Analysis
 from ..core.units import axes_text
-from ..ir import lowering
+from ..ir import connectivity, lowering
 from ..language.network import (
     ActivationFn,
     Conv,
@@ -38,6 +38,7 @@ from ..language.network import (
     Network,
     Norm,
     Pool,
+    RandomLinks,
     ReLU,
     Stage,
     Stem,
@@ -157,32 +158,65 @@ def _head(draw, *, vector: bool, rank: int = 2, per_axis: bool = False) -> Head:
 
 @st.composite
 def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
-           growth: tuple[int, int], rank: int = 2, per_axis: bool = False) -> DenseBlock:
+           growth: tuple[int, int], rank: int = 2, per_axis: bool = False, links: bool = False) -> DenseBlock:
     use_bottleneck = draw(st.booleans()) if bottleneck is None else bottleneck
     k = draw(st.integers(*growth))
+    layers = draw(st.integers(1, max_layers))
+    table = draw(_table(layers, k)) if links else {}
     return DenseBlock(
-        index=index, layers=draw(st.integers(1, max_layers)), growth=k,
+        index=index, layers=layers, growth=k,
         bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None,
         dropout=draw(st.sampled_from(_RATES)), bias=draw(st.booleans()),
         activation=draw(st.sampled_from(_ACTIVATIONS)), kernel=_axes(draw, (3, 1, 5), rank, per_axis),
         # groups divide the growth, hence the bottleneck's width; without one the input varies
-        groups=draw(st.sampled_from([g for g in range(1, 5) if k % g == 0])) if use_bottleneck else 1,
+        # (and so do per-layer widths)
+        groups=(draw(st.sampled_from([g for g in range(1, 5) if k % g == 0]))
+                if use_bottleneck and "widths" not in table and "width_factor" not in table else 1),
         order=draw(st.sampled_from(("pre", "post"))),
         # group norm's count depends on the channels entering the block: `_fit_norm_groups` picks it
-        norm=draw(st.sampled_from(_MAP_NORMS)))
+        norm=draw(st.sampled_from(_MAP_NORMS)), **table)
+
+
+@st.composite
+def _table(draw, layers: int, growth: int) -> dict:
+    """A connectivity table for a block of `layers` layers, as DenseBlock settings: a rule
+    (DenseNet's first, so failures shrink to it) or an explicit table of reads, an emit rule or
+    list, and sometimes per-layer widths."""
+    out: dict = {}
+    kind = draw(st.sampled_from(("all", "log", "harmonic", "chain", "random", "table")))
+    if kind == "random":
+        out["links"] = RandomLinks(p=draw(st.sampled_from((Fraction(1, 2), Fraction(1, 4), Fraction(1)))),
+                                   seed=draw(st.integers(0, 5)))
+    elif kind == "table":
+        out["links"] = tuple(tuple(draw(st.lists(st.integers(0, j - 1), min_size=1, max_size=j, unique=True)))
+                             for j in range(1, layers + 1))
+    elif kind != "all":
+        out["links"] = kind
+    emit = draw(st.sampled_from(("all", "log", "odd", "list")))
+    if emit == "list":
+        out["emit"] = tuple(draw(st.lists(st.integers(0, layers), min_size=1, max_size=layers + 1, unique=True)))
+    elif emit != "all":
+        out["emit"] = emit
+    widths = draw(st.sampled_from(("growth", "factor", "list")))
+    if widths == "factor":
+        out["width_factor"] = draw(st.sampled_from((1.5, 1.7)))
+    elif widths == "list":
+        out["widths"] = tuple(draw(st.lists(st.integers(1, max(growth, 2) * 2), min_size=layers, max_size=layers)))
+    return out
 
 
 @st.composite
 def _fit_norm_groups(draw, stages: list, channels: int, stem: Stem) -> list:
-    """Each `norm=group` block gets a group count dividing every width its layers normalise (the
-    layer input grows by the growth rate; the first two layers' widths fix every later one's)."""
+    """Each `norm=group` block gets a group count dividing every width its layers normalise."""
     c = next((op.out_channels for op in reversed(stem.ops) if isinstance(op, Conv)), channels)
     out = []
     for stage in stages:
         if isinstance(stage, DenseBlock):
             if stage.norm == "group":
-                widths = [op.in_shape[0] for ell in range(1, min(stage.layers, 2) + 1)
-                          for op in lowering.layer_ops(stage, (lowering.layer_in_channels(c, stage, ell), 1), None)
+                table = connectivity.table(stage)
+                widths = [op.in_shape[0] for ell in range(1, stage.layers + 1)
+                          for op in lowering.layer_ops(stage, (table.in_channels(c, ell), 1), None,
+                                                       table.widths[ell - 1])
                           if op.kind == "groupnorm"]
                 common = math.gcd(*widths)
                 stage = replace(stage, norm_groups=draw(st.sampled_from(
@@ -214,7 +248,8 @@ def _transition(draw, index: int, rank: int = 2, per_axis: bool = False) -> Tran
 def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool | None = None,
              growth: tuple[int, int] = (1, 16), input_sizes: tuple[int, int] = (1, 48),
              input_channels: tuple[int, int] = (1, 4), head: bool | None = None,
-             ranks: tuple[int, ...] = (2,), same_transitions: bool = False, per_axis: bool = True) -> Network:
+             ranks: tuple[int, ...] = (2,), same_transitions: bool = False, per_axis: bool = True,
+             links: bool = False) -> Network:
     """A valid Network: blocks separated by transitions, maps never below 1x1.
 
     `bottleneck` True/False forces bottleneck layers on/off (None: either); `input_sizes` bounds
@@ -225,7 +260,8 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     bounded by input_sizes' upper bound to the power 2/3, so it holds about as many values).
     `same_transitions` makes every transition the same (as `family_text` writes them);
     `per_axis` lets windows differ between axes (`kernel=1x7`; lists cannot hold those, so
-    `family_texts` turns it off).
+    `family_texts` turns it off). `links` draws connectivity tables too (log, harmonic, chain,
+    random and explicit reads; emit rules and lists; per-layer widths): DenseNet's relatives.
     """
     rank = draw(st.sampled_from(ranks))
     if rank == 0:
@@ -239,7 +275,7 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
         if i > 1:
             stages.append(replace(first, index=i - 1) if first else draw(_transition(i - 1, rank, per_axis)))
         stages.append(draw(_block(i, max_layers=max_layers, bottleneck=bottleneck, growth=growth,
-                                  rank=rank, per_axis=per_axis)))
+                                  rank=rank, per_axis=per_axis, links=links)))
     with_head = draw(st.booleans().map(lambda b: not b)) if head is None else head
     net_head = None
     if with_head:
@@ -422,30 +458,38 @@ def spec_texts(draw, **knobs) -> str:
 
 
 def assert_dense_invariants(analysis: Analysis) -> None:
-    """The paper's counting rules, checked on the graph itself (never from the formulas alone).
+    """The counting rules, checked on the graph itself (never from the formulas alone).
 
-    For every block of L layers with k0 input channels and growth k: layer ℓ's concat has
-    in-degree ℓ over dense edges from x0..x_{ℓ−1} and k0 + k(ℓ−1) channels, the block has
-    L(L+1)/2 dense edges and emits k0 + kL channels; node params add up to `analysis.params`.
+    For every block, against its connectivity table: layer ℓ's concat gathers exactly the maps
+    its row reads, in that order, over dense edges, with their channels; the block emits exactly
+    its emit list; the dense edges number the table's reads. For DenseNet's table these are the
+    paper's rules: in-degree ℓ from x0..x_{ℓ−1}, k0 + k(ℓ−1) channels, L(L+1)/2 dense edges and
+    k0 + kL channels emitted. Node params add up to `analysis.params`.
     """
     g = analysis.graph
     total = 0
     for b in analysis.blocks:
+        block = next(s for s in analysis.network.blocks if s.index == b.index)
+        table = connectivity.table(block)
         k0, k, big_l = b.in_channels, b.growth, b.layers
         edges = 0
         for ell in range(1, big_l + 1):
             concat = f"{b.name}.denselayer{ell}.concat"
-            ins = g.in_edges(concat, data="kind")
-            assert g.in_degree(concat) == ell, (concat, g.in_degree(concat))
+            ins = list(g.in_edges(concat, data="kind"))
+            reads = table.reads_of(ell)
+            assert [u for u, _, _ in ins] == [f"{b.name}.x{i}" for i in reads], concat
             assert all(kind == "dense" for _, _, kind in ins), concat
-            assert {u for u, _, _ in ins} == {f"{b.name}.x{i}" for i in range(ell)}, concat
-            assert g.nodes[concat]["out_shape"][0] == k0 + k * (ell - 1), concat
-            edges += ell
+            assert g.nodes[concat]["out_shape"][0] == table.in_channels(k0, ell), concat
+            if table.dense and block.widths is None and block.width_factor is None:
+                assert g.in_degree(concat) == ell and g.nodes[concat]["out_shape"][0] == k0 + k * (ell - 1)
+            edges += len(reads)
         counted = sum(1 for _, v, kind in g.edges(data="kind")
                       if kind == "dense" and v.startswith(f"{b.name}."))
-        assert counted == edges == big_l * (big_l + 1) // 2 == b.connections, (b.name, counted)
-        assert g.nodes[f"{b.name}.out"]["out_shape"][0] == k0 + k * big_l == b.out_channels
-        assert g.in_degree(f"{b.name}.out") == big_l + 1
+        assert counted == edges == table.connections == b.connections, (b.name, counted)
+        assert [u for u, _ in g.in_edges(f"{b.name}.out")] == [f"{b.name}.x{i}" for i in table.emits]
+        assert g.nodes[f"{b.name}.out"]["out_shape"][0] == table.out_channels(k0) == b.out_channels
+        if table.dense and block.widths is None and block.width_factor is None:
+            assert counted == big_l * (big_l + 1) // 2 and b.out_channels == k0 + k * big_l
         total += counted
     assert total == analysis.connections
     assert sum(p for _, p in g.nodes(data="params")) == analysis.params
