@@ -258,8 +258,13 @@ def test_hover_shows_the_resolved_connectivity():
     snap = analyze_text(text, "h.dense")
     pos = features.Positions(snap.source, len)
     hover = features.hover(snap, pos, types.Position(line=2, character=6))
-    assert hover is not None and "`links=[[0], [0, 1]]`" in hover.contents.value
-    assert "`emit=[2, 0]`" in hover.contents.value
+    # as the spec writes them, so the resolved value adds no `→ …`
+    assert hover is not None and "`links=[[0], [0, 1]]` · `emit=[2, 0]`" in hover.contents.value
+    random = _spec("links=random(0.25, 3)", layers=2)
+    snap = analyze_text(random, "h.dense")
+    hover = features.hover(snap, features.Positions(snap.source, len), types.Position(line=2, character=6))
+    assert hover is not None and "`links=random(0.25, 3)`" in hover.contents.value
+    assert "`links=random(0.25, 3)` →" not in hover.contents.value
     assert features.DOCS["links"].startswith("which earlier outputs") and "random" in features.FUNCTION_DOCS
 
 
