@@ -72,6 +72,10 @@ UNEXPECTED_ARGUMENT = Code("E115", "unexpected-argument", "a positional value th
 CONFLICT = Code("E116", "conflicting-settings", "settings that exclude each other")
 UNKNOWN_DATASET = Code("E117", "unknown-dataset", "a --data value that names no data set densedsl reads")
 BAD_OVERRIDE = Code("E118", "bad-override", "a --set item that is not NAME=VALUE")
+BAD_LINK = Code("E119", "bad-link", "a links or emit index that is not an output the layer or block can name")
+NO_INPUT = Code("E120", "no-input", "a dense layer that reads nothing, or a block that emits nothing")
+DUPLICATE_LINK = Code("E121", "duplicate-link", "a dense layer that reads an output twice, or an emit list naming one twice")
+WRONG_COUNT = Code("E122", "wrong-count", "a links table or widths list whose length differs from the block's layers")
 
 # E2xx: graph and shapes
 NO_CHANNELS = Code("E201", "no-channels", "a layer would emit fewer than one channel")

@@ -81,6 +81,15 @@ DOCS: dict[str, str] = {
     "flops": "floating-point operations of one forward pass (2 per MAC)",
     "connections": "dense connections, counted on the graph",
     "depth": "conv and linear layers",
+    # connectivity: DenseNet's relatives
+    "links": "which earlier outputs each dense layer reads: all (DenseNet), log (SparseNet: 1, 2, 4, … back), "
+             "harmonic (HarDNet), chain (VoVNet: the previous one), random(p, seed), or one list per layer "
+             "of indexes into x0 … x(j−1): [[0], [1, 0]]",
+    "emit": "which outputs the block passes on: all (x0 … xL), log (SparseNet), odd (HarDNet: odd layers "
+            "and the last), or a list of indexes into x0 … xL: [1, 3, 4]",
+    "width_factor": "HarDNet's m: layer j adds growth·m^(times 2 divides j) channels, rounded as HarDNet "
+                    "rounds (width_factor=1.7)",
+    "widths": "the channels each dense layer adds, one per layer: widths=[14, 24, 14, 40]",
 }
 
 _STEM_SETTINGS: dict[str, tuple[str, ...]] = r.STEM_SETTINGS  # the resolver's table of op settings
@@ -109,6 +118,10 @@ def enumerated_values(keyword: str, setting: str) -> tuple[str, ...]:
             return ("true", "false")
         if typing.get_origin(hint) is Literal:
             return tuple(typing.get_args(hint))
+        # a rule or an explicit list (`links`, `emit`): the rule's words
+        rules = [a for a in typing.get_args(hint) if typing.get_origin(a) is Literal]
+        if rules:
+            return tuple(w for rule in rules for w in typing.get_args(rule))
     return ()
 
 
@@ -340,6 +353,8 @@ def _settings_text(state: NetworkState, stmt: ast.Statement, stages: list[StageF
             continue
         if name == "norm_groups" and getattr(resolved, "norm", None) != "group":
             continue  # a group count only means something to a group norm
+        if name in ("links", "emit") and value == "all" and name not in written:
+            continue  # DenseNet's connectivity, as every block without these settings has
         shown = _value(value) if value is not None else "off"
         if name in written:
             expr = format_expr(written[name].value)
@@ -429,6 +444,10 @@ def _lines(numbers: Iterable[int]) -> str:
 
 
 def _value(v: Any) -> str:
+    if isinstance(v, n.RandomLinks):
+        return f"random({_value(v.p)}, {v.seed})"
+    if isinstance(v, tuple):  # a links table, an emit or widths list, as the spec writes them
+        return "[" + ", ".join(_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Fraction):
@@ -469,6 +488,9 @@ FUNCTION_DOCS: dict[str, str] = {
     "floor": "floor(x): round down", "ceil": "ceil(x): round up", "round": "round(x): to the nearest",
     "int": "int(x): toward zero", "abs": "abs(x)", "min": "min(a, b, …)", "max": "max(a, b, …)",
     "len": "len(list): its number of elements", "sum": "sum(list): its elements added",
+    # not arithmetic: the whole value of `links=`
+    "random": "random(p, seed): each earlier output read with probability p, the previous one "
+              "always; a seed names one table",
 }
 
 
@@ -489,6 +511,8 @@ def completion(snap: Snapshot, pos: Positions, at: types.Position) -> list[types
         if state is not None:
             words += [(p.name, types.CompletionItemKind.Variable, f"parameter, default "
                        f"{format_expr(p.default)}") for p in state.node.params]
+        if setting == "links":  # the one value written as a call
+            words.append((r.RANDOM_LINKS, types.CompletionItemKind.Function, FUNCTION_DOCS[r.RANDOM_LINKS]))
         if not enumerated_values(keyword, setting):  # a number: `layers=len(blocks)`
             words += [(f, types.CompletionItemKind.Function, FUNCTION_DOCS.get(f)) for f in r.FUNCTIONS]
         return [types.CompletionItem(label=w, kind=k, detail=doc) for w, k, doc in words]

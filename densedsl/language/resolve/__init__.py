@@ -11,12 +11,15 @@ from .vocabulary import (
                          ACTIVATIONS,
                          DEFAULT_SETTINGS,
                          DENSE_SETTINGS,
+                         EMIT_RULES,
                          EXPECT_KEYS,
                          FUNCTIONS,
                          HEAD_SETTINGS,
                          LAYER_KINDS,
+                         LINK_RULES,
                          MAX_LIST,
                          NORMS,
+                         RANDOM_LINKS,
                          STAGE_STATEMENTS,
                          STATEMENTS,
                          STEM_OPS,
@@ -25,6 +28,6 @@ from .vocabulary import (
                          TRANSITION_SETTINGS,
 )
 
-__all__ = ["ACTIVATIONS", "DEFAULT_SETTINGS", "DENSE_SETTINGS", "EXPECT_KEYS", "FUNCTIONS", "HEAD_SETTINGS",
-           "LAYER_KINDS", "MAX_LIST", "NORMS", "STAGE_STATEMENTS", "STATEMENTS", "STEM_OPS", "STEM_SETTINGS",
+__all__ = ["ACTIVATIONS", "DEFAULT_SETTINGS", "DENSE_SETTINGS", "EMIT_RULES", "EXPECT_KEYS", "FUNCTIONS", "HEAD_SETTINGS",
+           "LAYER_KINDS", "LINK_RULES", "MAX_LIST", "NORMS", "RANDOM_LINKS", "STAGE_STATEMENTS", "STATEMENTS", "STEM_OPS", "STEM_SETTINGS",
            "TASKS", "TRANSITION_SETTINGS", "resolve", "resolve_all"]

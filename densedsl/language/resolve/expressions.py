@@ -17,7 +17,7 @@ from .base import (
     _source_text,
     _walk,
 )
-from .vocabulary import _BOOL_WORDS, FUNCTIONS, Value
+from .vocabulary import _BOOL_WORDS, FUNCTIONS, RANDOM_LINKS, Value
 
 
 class Expressions(ResolverBase):
@@ -100,6 +100,11 @@ class Expressions(ResolverBase):
 
     def check_call(self, e: ast.Call) -> None:
         spec = FUNCTIONS.get(e.func)
+        if e.func == RANDOM_LINKS:
+            self.error(d.BAD_CALL, "random(p, seed) is a links value, not a function of numbers", e.span,
+                       "write it as the whole value of a block's links: dense layers=8 growth=12 "
+                       "links=random(0.5, 1)")
+            raise _Invalid
         if spec is None:
             self.error(d.BAD_CALL, f"unknown function '{e.func}'", e.func_span,
                        _did_you_mean(e.func, FUNCTIONS) or f"functions: {', '.join(FUNCTIONS)}")

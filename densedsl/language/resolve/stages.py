@@ -13,6 +13,7 @@ from .. import ast
 from .. import network as n
 from ..fmt import format_expr
 from .base import _Bound, _did_you_mean, _Invalid, _show, _source_text, _tolerance, _walk
+from .connectivity import Connectivity
 from .statements import Statements
 from .vocabulary import (
     _INT_MAX,
@@ -29,16 +30,19 @@ from .vocabulary import (
 )
 
 
-class Stages(Statements):
+class Stages(Statements, Connectivity):
     def dense(self, stmt: ast.Statement, index: int) -> n.DenseBlock:
         if stmt.arg is not None:
             shown = _source_text(stmt.arg) if not isinstance(stmt.arg, ast.ShapeLit) else "L"
             self.no_arg(stmt, f"write the number of layers as a setting: dense layers={shown}")
             raise _Invalid
         self.no_body(stmt)
+        explicit = {x.name for x in stmt.settings}
+        # widths written on the block replace an inherited width_factor, and the other way round
+        sized = () if {"widths", "width_factor"} & explicit else ("width_factor", "widths")
         s = self.settings(stmt, DENSE_SETTINGS, "dense block",
                           ("growth", "layers", "bottleneck", "dropout", "bias", "order", "activation", "norm",
-                           "norm_groups"))
+                           "norm_groups", "links", "emit") + sized)
         missing = [k for k in ("layers", "growth") if k not in s]
         misspelt = [x.name for x in stmt.settings if x.name not in DENSE_SETTINGS]
         for k in missing:
@@ -62,8 +66,13 @@ class Stages(Statements):
             kind=lambda: self.choice(s["kind"], LAYER_KINDS) if "kind" in s else self.default_kind(),
             norm=lambda: self.choice(s["norm"], NORMS) if "norm" in s else "batch",
             norm_groups=lambda: self.integer(s["norm_groups"], 1, 1 << 16) if "norm_groups" in s else 32,
+            links=lambda: self.links(s["links"]) if "links" in s else "all",
+            emit=lambda: self.emit(s["emit"]) if "emit" in s else "all",
+            width_factor=lambda: self.width_factor(s["width_factor"]) if "width_factor" in s else None,
+            widths=lambda: self.layer_widths(s["widths"]) if "widths" in s else None,
         )
-        self.norm_fits(s, values, {x.name for x in stmt.settings})
+        self.connectivity_fits(s, values)
+        self.norm_fits(s, values, explicit)
         if values["kind"] == "linear":
             self.linear_only(stmt, s, index)
             values["bias"] = self.boolean(s["bias"]) if "bias" in s else True
