@@ -82,6 +82,16 @@ def test_the_analysis_counts_what_the_table_says():
     assert a.connections == 15 + table(a.network.blocks[1]).connections
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks(max_blocks=2, max_layers=6, ranks=(1, 2), links=True))
+def test_random_tables_round_trip_through_spec_text(network):
+    """The spec text of any table resolves back to the same network (the language's links=,
+    emit=, width_factor= and widths=)."""
+    import densedsl
+    from densedsl.testing.strategies import spec_text
+    assert densedsl.parse(spec_text(network)).network == network
+
+
 torch = pytest.importorskip("torch")
 
 from measure import kept_bytes  # noqa: E402

@@ -19,7 +19,7 @@ The rules, as their papers' reference code computes them (`../shared/reference/c
   probability p, ascending; a seed names one table.
 
 Nothing here imports torch: `check`, `summary` and `render` read tables too. Invalid explicit
-tables are refused by the resolver, where the spec's spans are; `validate` states the rules.
+tables are refused by the resolver, where the spec's spans are (`language/links.py`).
 """
 
 from __future__ import annotations
@@ -191,33 +191,3 @@ def _random_reads(rule: RandomLinks, j: int) -> tuple[int, ...]:
     rng = random.Random(f"densedsl-links:{rule.seed}:{j}")
     p = float(Fraction(rule.p))
     return tuple(i for i in range(j - 1) if rng.random() < p) + (j - 1,)
-
-
-def validate(reads: tuple[tuple[int, ...], ...] | None, emits: tuple[int, ...] | None,
-             layers: int) -> list[tuple[str, int | None]]:
-    """What is wrong with an explicit table for a block of `layers` layers: (message, layer) pairs
-    (layer None for the emit list). A layer reads at least one earlier output, each once; the
-    emit list names at least one output, each once."""
-    problems: list[tuple[str, int | None]] = []
-    if reads is not None:
-        if len(reads) != layers:
-            problems.append((f"links lists {len(reads)} layers for a block of {layers}", None))
-        for j, r in enumerate(reads[:layers], start=1):
-            if not r:
-                problems.append((f"layer {j} reads nothing", j))
-            bad = [i for i in r if not 0 <= i < j]
-            if bad:
-                problems.append((f"layer {j} reads x{bad[0]}, which is not an earlier output "
-                                 f"(x0 … x{j - 1})", j))
-            if len(set(r)) != len(r):
-                problems.append((f"layer {j} reads an output twice", j))
-    if emits is not None:
-        if not emits:
-            problems.append(("the block emits nothing", None))
-        bad = [i for i in emits if not 0 <= i <= layers]
-        if bad:
-            problems.append((f"emit names x{bad[0]}, which is not an output of the block "
-                             f"(x0 … x{layers})", None))
-        if len(set(emits)) != len(emits):
-            problems.append(("emit names an output twice", None))
-    return problems

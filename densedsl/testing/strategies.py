@@ -344,6 +344,26 @@ def _stem_op_text(op: StemOp) -> str:
             assert_never(op)
 
 
+def _links_text(s: DenseBlock) -> str:
+    """The block's connectivity settings as a spec writes them (nothing for DenseNet's)."""
+    out = ""
+    if isinstance(s.links, RandomLinks):
+        out += f" links=random({_num(s.links.p)}, {s.links.seed})"
+    elif isinstance(s.links, tuple):
+        out += " links=[" + ", ".join("[" + ", ".join(map(str, r)) + "]" for r in s.links) + "]"
+    elif s.links != "all":
+        out += f" links={s.links}"
+    if isinstance(s.emit, tuple):
+        out += " emit=[" + ", ".join(map(str, s.emit)) + "]"
+    elif s.emit != "all":
+        out += f" emit={s.emit}"
+    if s.width_factor is not None:
+        out += f" width_factor={_num(s.width_factor)}"
+    if s.widths is not None:
+        out += " widths=[" + ", ".join(map(str, s.widths)) + "]"
+    return out
+
+
 def _stage_text(s: Stage, vector: bool = False) -> str:
     match s:
         case DenseBlock() if s.kind == "linear":
@@ -360,7 +380,7 @@ def _stage_text(s: Stage, vector: bool = False) -> str:
                     f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
                     f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
                     f"activation={s.activation} kernel={axes_text(s.kernel)} groups={s.groups} norm={s.norm}"
-                    + (f" norm_groups={s.norm_groups}" if s.norm == "group" else ""))
+                    + (f" norm_groups={s.norm_groups}" if s.norm == "group" else "") + _links_text(s))
         case Transition():
             size = (f"compression={_num(s.compression)}" if s.channels is None
                     else f"channels={s.channels}")
