@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # networkx is imported only where a DiGraph is made (`to_netw
     import networkx as nx
 
 # Beyond these a graph would take many seconds and gigabytes to build; no real DenseNet comes
-# close (DenseNet-264: 1,200 nodes, 3,440 dense connections). The connection cap admits one block
+# close (DenseNet-264: 1,071 nodes, 3,355 dense connections). The connection cap admits one block
 # of 1,413 layers (a 1,024-layer block analyses in about a second, 1,413 in about two:
 # bench/bench_construct.py); docs/analysis.md and docs/errors.md state them.
 MAX_NODES = 200_000
@@ -526,7 +526,7 @@ def predecessors(g: ArchGraph | nx.DiGraph):
 
 class _Builder:
     """Writes the graph into an `ArchGraph`'s dicts, as networkx's `add_node`/`add_edge` would
-    store it (a DenseNet-264 has 5,355 nodes; networkx's per-item checks were most of the time)."""
+    store it (a DenseNet-264 has 1,071 nodes; networkx's per-item checks were most of the time)."""
 
     def __init__(self, network: Network):
         self.network = network

@@ -13,8 +13,10 @@ Each class states everything every stage needs about its kind:
 - `constructor`: the torch.nn class and arguments that run it, from which both `module` (the
   model's) and `source` (the `.py` export's text) are made.
 
-Stages never match on op kinds: they look the kind up with `kind_of` and ask. A new kind of op
-is one new class here (and the lowering that emits it, in `costs`). Shapes are `(C, *spatial)`
+Stages ask the table (`kind_of(kind).window(node)`) rather than keeping their own rules; a few
+still match on kind names where a recipe is about specific ops (the lowering's in-place and
+shared-entry rules, the engine's folds, the diagrams' grouping). A new kind of op is one new class
+here (and the lowering that emits it, in `ir/lowering.py`). Shapes are `(C, *spatial)`
 for maps of any rank (1-D signals, 2-D images, 3-D volumes) and `(N,)` for vectors; an op's
 rank is read off its input shape, so one class serves Conv1d, Conv2d and Conv3d alike.
 

@@ -134,7 +134,7 @@ class DenseBlock:
 
     `kind="linear"` (a feature-vector network, an MLP) makes the layers fully connected: the
     same recipe with Linear in place of each conv (the bottleneck a Linear to bottleneck·growth
-    features), `norm` batch (BatchNorm1d), layer (LayerNorm) or none, `activation` may be
+    features), `norm` batch (BatchNorm1d), layer (LayerNorm on vectors; on maps GroupNorm(1, C)) or none, `activation` may be
     `none`; `kernel` and `groups` do not apply.
     """
 

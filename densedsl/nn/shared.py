@@ -1,6 +1,8 @@
 """Shared-storage concatenation for training a dense block (Pleiss et al. 2017, "Memory-Efficient
 Implementation of DenseNets"): one buffer per block holds x0 … xL, each feature is copied into
-its slice once (O(L) copies where a torch.cat per layer makes O(L²)), and each layer's entry,
+its slice once (L copies of one feature each, where a torch.cat per layer copies every earlier
+feature again: the number of copies drops from O(L²) to O(L), while the bytes the layers' staged
+concatenations copy stay O(L²) in standard mode), and each layer's entry,
 concat → BN (training) → ReLU [→ conv], is one autograd Function.
 
 The chain. `_WriteEnter` ℓ writes the newest feature into the buffer, marks the buffer dirty (an
