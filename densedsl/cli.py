@@ -186,7 +186,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                        spec.network)
         from .nn.build import build_model
         from .nn.export import write_output
+        from .nn.model import DenseNet
         model = build_model(spec.network, memory=args.memory)
+        assert isinstance(model, DenseNet)  # features_only is not asked for
         pipeline = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
             from .training.checkpoints import pipeline_of
@@ -509,7 +511,7 @@ def _render_heatmap(args: argparse.Namespace) -> int:
     from .nn.weights import load_weights
     from .views.heatmap import connection_strength, write_heatmap
     model = load_weights(build_model(network), args.weights, cli=True)
-    write_heatmap(connection_strength(model, network), args.output, network=network)
+    write_heatmap([m.tolist() for m in connection_strength(model, network)], args.output, network=network)
     print(f"{args.output}: {network.name}, connection strength from {args.weights}", file=sys.stderr)
     return EXIT_OK
 

@@ -246,7 +246,7 @@ def _schema(ckpt: Any) -> None:
 
 def _optimizer(state: Any) -> None:
     _entries(state, "optimizer", ("state", "param_groups"))
-    _need(isinstance(state["param_groups"], list) and state["param_groups"], "optimizer.param_groups",
+    _need(isinstance(state["param_groups"], list) and bool(state["param_groups"]), "optimizer.param_groups",
           "a non-empty list", state["param_groups"])
     for i, group in enumerate(state["param_groups"]):
         where = f"optimizer.param_groups[{i}]"

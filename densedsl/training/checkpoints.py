@@ -77,7 +77,7 @@ def read(path: str | os.PathLike) -> dict:
         raise _error(d.BAD_FILE, p, "not a densedsl training checkpoint (no 'format' entry)",
                      "use densedsl compile --weights for plain state_dicts")
     version = ckpt.get("version")
-    if _is_int(version) and version > FORMAT_VERSION:
+    if _is_int(version) and version is not None and version > FORMAT_VERSION:
         raise _error(d.BAD_FILE, p, f"checkpoint format {version} is newer than this densedsl reads "
                      f"({FORMAT_VERSION})", "upgrade densedsl")
     check(ckpt, p)

@@ -145,15 +145,21 @@ def _range_problems(values: dict) -> list[tuple[str, str]]:
     problems = []
     for key, cap in SETTING_CAPS.items():
         value = values.get(key)
-        if _is_number(value) and math.isfinite(value) and value > cap:
+        if not _is_number(value):
+            continue
+        assert value is not None
+        if math.isfinite(value) and value > cap:
             problems.append((key, f"must be at most {cap:g} (far above any recipe; larger values overflow "
                                   f"float32 in the optimizer step), not {value:g}"))
     for key in FLOAT32_SETTINGS:
         value = values.get(key)
-        if _is_number(value) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        if not _is_number(value):
+            continue
+        assert value is not None
+        if math.isfinite(value) and abs(value) > FLOAT32_MAX:
             problems.append((key, f"must be within float32's range (at most {FLOAT32_MAX:.4g}), not {value:g}"))
     workers = values.get("workers")
-    if _is_number(workers) and workers > max_workers():
+    if _is_number(workers) and workers is not None and workers > max_workers():
         problems.append(("workers", f"must be at most {max_workers()} ({WORKERS_PER_CPU} per CPU this "
                                     f"process may use, at most {MAX_WORKERS}): each worker is a process, "
                                     f"not {workers}"))
@@ -266,7 +272,7 @@ def resolve(desc: datasets.Description, recipe: dict, ckpt: dict | None, run_dir
                                         "checkpoint's: " + "; ".join(clashes), None,
                                         "leave them out to continue the run as it was (only a larger "
                                         "--epochs extends it), or start a new run with another --out",
-                                        file=str(run_dir / CHECKPOINT))])
+                                        file=str(run_dir / CHECKPOINT) if run_dir is not None else None)])
     return values, origin
 
 

@@ -288,8 +288,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     if desc.kind == "csv":  # --target, or the checkpoint's on resume
         desc = replace(desc, target=values["target"])
     assert net.head is not None  # config.check_data refused a network without one
-    # the ignore: datasets.load's annotation says an image shape; it takes any network input
-    data = datasets.load(desc, shape=net.input, classes=net.head.classes,  # type: ignore[arg-type]
+    data = datasets.load(desc, shape=net.input, classes=net.head.classes,
                          task=tabular.task_of(net))
     if data.tabular:  # the encoded width (E207) before the model is built
         d.raise_if_errors(tabular.check_data(net, data) + tabular.recipe_problems(data, values))

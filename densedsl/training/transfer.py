@@ -55,7 +55,7 @@ def load_exactly(model: nn.Module, path: str | os.PathLike) -> str:
         load_weights(model, raw, cli=True)
     except SpecError as e:
         raise _naming(e, path) from None
-    return model.weights_convention
+    return str(model.weights_convention)
 
 
 @dataclass(frozen=True, slots=True)
