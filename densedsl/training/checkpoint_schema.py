@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..nn.weights import non_finite_count
+from .tabular_record import record_problems
 
 FORMAT = "densedsl-checkpoint"
 FORMAT_VERSION = 1
@@ -381,13 +382,15 @@ def _spec(record: Any) -> None:
 
 
 def _data(record: Any) -> None:
-    if isinstance(record, dict) and record.get("kind") in TABULAR_KINDS:
+    # synthetic data for a vector input trains with the tabular recipe, and records a pipeline
+    if isinstance(record, dict) and (record.get("kind") in TABULAR_KINDS or "pipeline" in record):
         return _tabular_data(record)
     data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "pixel_max",
                                      "mean", "std"))
     _rule(instance(str, "a data set name"), "data.name", data["name"])
     _rule(one_of(DATA_KINDS), "data.kind", data["kind"])
-    _rule(sequence_of(integer(1, 2**31 - 1), length=3), "data.shape", data["shape"])
+    # (C, L) signals, (C, H, W) images, (C, D, H, W) volumes
+    _rule(sequence_of(integer(1, 2**31 - 1), at_least=2, at_most=4), "data.shape", data["shape"])
     _rule(integer(1, 2**31 - 1), "data.classes", data["classes"])
     _need(isinstance(data["class_names"], list) and len(data["class_names"]) == data["classes"]
           and all(isinstance(n, str) for n in data["class_names"]), "data.class_names",
@@ -435,6 +438,8 @@ def _tabular_data(record: dict) -> None:
         width += 1 if column["kind"] == "numeric" else len(column["categories"]) + 1
     _unique_names([c["name"] for c in columns], "data.pipeline.columns (names)")
     _need(data["shape"] == [width], "data.shape", f"[{width}] (the pipeline's encoded width)", data["shape"])
+    for problem in record_problems(data["pipeline"])[:1]:  # beyond the shapes: e.g. the target as a feature
+        raise _Invalid(f"'data.pipeline': {problem}")
 
 
 def _unique_names(names: Any, where: str) -> None:

@@ -355,7 +355,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     if run_dir is not None and dd.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if record is not None:
-            atomic_write(run_dir / "spec.dense", record["text"])
+            atomic_write(run_dir / "spec.dense", _as_trained(record))
     run = Run(net=net, record=record, data=data, config=config, dd=dd, device=dev, amp=amp, model=model,
               optimizer=optimizer, scheduler=scheduler, scaler=scaler, run_dir=run_dir, log=log,
               progress=progress, callback=callback)
@@ -374,6 +374,20 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                      model=model.eval(), run_dir=run_dir, checkpoint=last_checkpoint, seconds=seconds,
                      stopped=stopped)
 
+
+
+def _as_trained(record: dict) -> str:
+    """spec.dense: the spec's text, headed by the --set values it was trained with (the
+    checkpoint holds them; `compile RUN_DIR` and `predict RUN_DIR` apply them)."""
+    if not record["overrides"]:
+        return record["text"]
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return f"{v['fraction'][0]}/{v['fraction'][1]}" if isinstance(v, dict) else str(v)
+    shown = " ".join(f"{k}={value(v)}" for k, v in record["overrides"])
+    return (f"# trained with --set {shown}: densedsl compile RUN_DIR (or this file with --set {shown})\n"
+            + record["text"])
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -427,7 +441,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
         with _data_hint(data is None, saved["name"]):
             loaded = datasets.load(desc, shape=net.input, classes=net.head.classes, task=tabular.task_of(net),
                                    pipeline=pipeline)
-        if pipeline is None and saved["kind"] == desc.kind:
+        if pipeline is None and saved["kind"] == desc.kind and not loaded.tabular:
             # The statistics the model was trained with, not the evaluation data's own.
             loaded = replace(loaded, mean=tuple(saved["mean"]), std=tuple(saved["std"]),
                              pixel_max=float(saved["pixel_max"]))

@@ -1,0 +1,79 @@
+"""Issue 23, after training: checkpoints of every kind of input evaluate and resume (synthetic
+vectors, 1-D signals), the run directory's spec.dense names its --set values, and a checkpoint's
+pipeline that feeds the target to the model is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from densedsl import cli
+from densedsl.core.diagnostics import SpecError
+from densedsl.training import checkpoints
+from densedsl.training.train import CHECKPOINT, evaluate, train
+
+VECTOR = """network m(classes=3) {
+    input 6
+    defaults growth=8 norm=none
+    stem {
+        linear 16
+        relu
+    }
+    dense layers=2
+    head classes=classes
+}
+"""
+SIGNAL = """network s(classes=2, growth=4) {
+    input 2x32
+    defaults growth=growth bottleneck=2 compression=0.5
+    stem {
+        conv 8 kernel=3 padding=1
+    }
+    dense layers=2
+    transition
+    dense layers=2
+    head classes=classes
+}
+"""
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
+
+
+def _codes(e: SpecError) -> list[str]:
+    return [x.code.code for x in e.diagnostics]
+
+
+@pytest.mark.parametrize("spec", [VECTOR, SIGNAL], ids=["synthetic vectors", "1-D signals"])
+def test_a_checkpoint_of_any_input_rank_evaluates_and_resumes(tmp_path, spec):
+    run = tmp_path / "run"
+    trained = train(spec, data="synthetic:32", epochs=1, batch_size=16, out=run)
+    result = evaluate(run)  # was E908 ('data' has no entry 'pixel_max'; data.shape of 3 values)
+    assert result.total > 0 and result.accuracy == pytest.approx(trained.metrics[-1]["test_acc"])
+    resumed = train(spec, data="synthetic:32", epochs=2, batch_size=16, out=run, resume=True)
+    assert [row["epoch"] for row in resumed.metrics] == [1, 2]
+
+
+def test_spec_dense_names_the_set_values_it_was_trained_with(tmp_path):
+    (tmp_path / "s.dense").write_text(SIGNAL)
+    run = tmp_path / "run"
+    assert cli.main(["train", str(tmp_path / "s.dense"), "--data", "synthetic:32", "--epochs", "1",
+                     "--batch-size", "16", "--out", str(run), "--set", "growth=6", "--no-progress"]) == 0
+    text = (run / "spec.dense").read_text()
+    assert text.startswith("# trained with --set growth=6") and text.endswith(SIGNAL)
+    # as the comment says: the file with the --set value takes the run's weights
+    assert cli.main(["compile", str(run / "spec.dense"), "--set", "growth=6", "--weights", str(run),
+                     "-o", str(tmp_path / "m.pt")]) == 0
+
+
+def test_a_checkpoint_whose_pipeline_feeds_the_target_is_refused(tmp_path):
+    lines = ["a,b,y"] + [f"{i},{i % 3},{2 * i}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    spec = VECTOR.replace("input 6", "input 2").replace("classes=3", "classes=1")
+    train(spec, data=f"csv:{tmp_path / 't.csv'}", target="y", epochs=1, batch_size=16, out=tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    ckpt["data"]["pipeline"]["columns"][1]["name"] = "y"  # the target, listed as a feature
+    with pytest.raises(SpecError) as e:
+        checkpoints.check(ckpt, "edited")
+    assert _codes(e.value) == ["E908"] and "target" in str(e.value)
