@@ -95,12 +95,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _limits(args: argparse.Namespace) -> dict:
     """--max-params / --max-memory, for the commands that analyse (absent: the defaults)."""
-    limits = {}
-    if getattr(args, "max_params", None) is not None:
-        limits["max_params"] = args.max_params
-    if getattr(args, "max_memory", None) is not None:
-        limits["max_memory"] = args.max_memory
-    return limits
+    return {k: getattr(args, k) for k in ("max_params", "max_memory") if getattr(args, k, None) is not None}
 
 
 # --- fmt -------------------------------------------------------------------------------------
@@ -614,11 +609,14 @@ def _add_train(sub) -> None:
                    help="with --init: tensors the model or the weights lack are left at their "
                         "initialisation instead of an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only a line per epoch")
+    from .training.command import add_options
+    add_options(p, _integer, _real)
     _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.command import options
     from .training.train import default_run_dir, train
     spec = _load(args.file, args)
     out = args.out if args.out is not None else default_run_dir(spec.name, args.data, resume=args.resume)
@@ -632,7 +630,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
           resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress,
           init=args.init, init_partial=args.init_partial, optimizer=args.optimizer, schedule=args.schedule,
           warmup=args.warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
-          freeze=tuple(args.freeze) if args.freeze else None, head_lr=args.head_lr, target=args.target)
+          freeze=tuple(args.freeze) if args.freeze else None, head_lr=args.head_lr, target=args.target,
+          **options(args))
     return EXIT_OK
 
 

@@ -77,3 +77,60 @@ def test_a_checkpoint_whose_pipeline_feeds_the_target_is_refused(tmp_path):
     with pytest.raises(SpecError) as e:
         checkpoints.check(ckpt, "edited")
     assert _codes(e.value) == ["E908"] and "target" in str(e.value)
+
+
+# --- model selection (--val-split, --keep, --patience) ---------------------------------------
+
+IMAGES = SIGNAL.replace("input 2x32", "input 3x8x8")
+
+
+def test_a_validation_split_selects_and_the_test_split_is_scored_once(tmp_path, monkeypatch):
+    from densedsl.training import loop, train as train_module
+    splits: list[str] = []
+    original = loop.evaluate_split
+
+    def spy(*args, **kw):
+        splits.append(kw.get("split", "test"))
+        return original(*args, **kw)
+    monkeypatch.setattr(loop, "evaluate_split", spy)
+    monkeypatch.setattr(train_module, "evaluate_split", spy)
+    run = tmp_path / "run"
+    result = train(IMAGES, data="synthetic:64", epochs=4, batch_size=16, out=run, val_split=0.25, keep="best")
+    assert splits == ["val"] * 4 + ["test"]  # every epoch on validation, the test split once
+    assert all("val_acc" in row and "test_acc" not in row for row in result.metrics)
+    assert (run / "metrics.csv").read_text().splitlines()[0].split(",")[5:7] == ["val_loss", "val_acc"]
+    best = max(result.metrics, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
+    import json
+    saved = json.loads((run / "result.json").read_text())
+    assert saved["epoch"] == best and saved["split"] == "test" and saved["test_acc"] == result.test_accuracy
+    kept = torch.load(run / "best.pt", weights_only=True)
+    assert kept["epoch"] == best
+    for key, value in kept["model"].items():  # the run ends with the best epoch's weights
+        assert torch.equal(result.model.state_dict()[key], value), key
+    # the run directory's model is best.pt: eval, predict and compile read it
+    assert evaluate(run).epoch == best
+    from densedsl.training.predict import load_predictor
+    assert load_predictor(run).source.endswith("best.pt")
+
+
+def test_patience_stops_when_validation_stops_improving(tmp_path):
+    # lr 0: only the batch-norm statistics move, so the validation score soon stops improving
+    from densedsl.training.selection import best_epoch
+    result = train(IMAGES, data="synthetic:64", epochs=30, batch_size=16, lr=0.0, momentum=0.0,
+                   val_split=0.25, patience=2, out=tmp_path / "run")
+    assert result.stopped == "patience" and result.epochs < 30
+    assert result.epochs - best_epoch(list(result.metrics)) == 2
+    # the checkpoint with validation rows passes the schema: the run resumes from it
+    resumed = train(IMAGES, data="synthetic:64", epochs=30, batch_size=16, lr=0.0, momentum=0.0,
+                    val_split=0.25, patience=2, out=tmp_path / "run", resume=True)
+    assert resumed.metrics[:result.epochs] == result.metrics and resumed.epochs > result.epochs
+
+
+@pytest.mark.parametrize("flags", [["--keep", "best"], ["--patience", "3"]])
+def test_selection_without_a_validation_split_is_refused(tmp_path, capsys, flags):
+    (tmp_path / "s.dense").write_text(IMAGES)
+    code = cli.main(["train", str(tmp_path / "s.dense"), "--data", "synthetic:32", "--epochs", "1",
+                     "--out", str(tmp_path / "run"), "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E112]" in err and "--val-split" in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()

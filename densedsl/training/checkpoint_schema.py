@@ -130,6 +130,9 @@ SETTINGS: dict[str, Rule] = {
     "freeze": sequence_of(instance(str, "a stage name"), at_most=10_000),
     "head_lr": optional(real(0)),
     "target": optional(instance(str, "a column name")),
+    "val_split": optional(real(0, above=True)),
+    "keep": one_of(("last", "best")),
+    "patience": optional(integer(1, 10**9)),
     "threads": integer(0, 4096),                          # recorded only; 0: not recorded
     "threads_why": instance(str, "who chose the threads"),
 }
@@ -137,7 +140,8 @@ SETTINGS: dict[str, Rule] = {
 # with: older checkpoints still load, and resume as they were.
 LATER_SETTINGS: dict[str, Any] = {"init": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
                                   "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None,
-                                  "target": None, "threads": 0, "threads_why": ""}
+                                  "target": None, "threads": 0, "threads_why": "", "val_split": None,
+                                  "keep": "last", "patience": None}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -151,6 +155,9 @@ def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
             problems.append((key, f"must be {want}, not {_shown(value)}"))
     if values.get("nesterov") is True and _is_real(values.get("momentum")) and values["momentum"] == 0:
         problems.append(("nesterov", "must be False when momentum is 0 (Nesterov momentum needs momentum)"))
+    if _is_real(values.get("val_split")) and values["val_split"] >= 1:
+        problems.append(("val_split", f"must be below 1 (a fraction of the training split), not "
+                                      f"{_shown(values['val_split'])}"))
     if _is_real(values.get("label_smoothing")) and values["label_smoothing"] >= 1:
         problems.append(("label_smoothing", f"must be below 1, not {_shown(values['label_smoothing'])}"))
     if _is_int(values.get("warmup")) and values["warmup"] > 0 and values.get("schedule", "step") != "cosine":
@@ -240,7 +247,7 @@ def _schema(ckpt: Any) -> None:
     _data(ckpt["data"])
     regression = ckpt["data"].get("task") == "regression"
     for i, row in enumerate(ckpt["metrics"]):
-        _need(("test_rmse" in row) == regression, f"metrics[{i}]",
+        _need(("test_rmse" in row or "val_rmse" in row) == regression, f"metrics[{i}]",
               "a regression's row" if regression else "a classifier's row", row)
     _rule(instance(str, "a version string"), "torch", ckpt["torch"])
 
@@ -342,10 +349,11 @@ def _metrics(rows: Any, epoch: int) -> None:
           rows)
     for i, row in enumerate(rows):
         where = f"metrics[{i}]"
-        regression = isinstance(row, dict) and "test_rmse" in row
-        fields = REGRESSION_FIELDS if regression else METRIC_FIELDS
-        _entries(row, where, [f for f in fields if f != "test_log_rmse"],
-                 ("test_log_rmse",) if regression else ())
+        held_out = "val" if isinstance(row, dict) and "val_loss" in row else "test"  # train --val-split
+        regression = isinstance(row, dict) and f"{held_out}_rmse" in row
+        fields = tuple(f.replace("test_", f"{held_out}_") for f in (REGRESSION_FIELDS if regression else METRIC_FIELDS))
+        log = f"{held_out}_log_rmse"
+        _entries(row, where, [f for f in fields if f != log], (log,) if regression else ())
         _need(row["epoch"] == i + 1 and _is_int(row["epoch"]), f"{where}.epoch", str(i + 1), row["epoch"])
         _rule(integer(0), f"{where}.steps", row["steps"])
         for key in fields[2:]:

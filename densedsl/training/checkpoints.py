@@ -38,6 +38,12 @@ from .tabular import Pipeline
 from .tabular_record import exported
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # train --keep best: the best epoch's checkpoint (a run directory's model when present)
+
+
+def model_file(run_dir: Path) -> Path:
+    """The checkpoint whose weights are a run directory's model: best.pt when kept, else checkpoint.pt."""
+    return run_dir / BEST if (run_dir / BEST).is_file() else run_dir / CHECKPOINT
 
 
 # --- the file --------------------------------------------------------------------------------------
@@ -51,7 +57,7 @@ def read(path: str | os.PathLike) -> dict:
     p = Path(path)
     require_regular(p, "checkpoint")
     if p.is_dir() and (p / CHECKPOINT).exists():
-        p = p / CHECKPOINT
+        p = model_file(p)
         require_regular(p, "checkpoint")
     if not p.is_file():
         raise _error(d.FILE_NOT_FOUND, p, "no such checkpoint",

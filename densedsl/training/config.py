@@ -35,12 +35,13 @@ SCHEDULES = ("step", "cosine")
 RECIPE = {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
           "milestones": (0.5, 0.75), "gamma": 0.1, "seed": 0, "optimizer": "sgd", "schedule": "step",
           "warmup": 0, "label_smoothing": 0.0, "grad_clip": None, "freeze": (), "head_lr": None,
-          "target": None}  # csv: data's column to predict (--target)
+          "target": None,  # csv: data's column to predict (--target)
+          "val_split": None, "keep": "last", "patience": None}  # model selection (training/selection.py)
 # Settings a resumed run must share with its checkpoint: they decide what the weights become.
 # (`epochs` may grow: see `resolve`.)
 RESUME_FIXED = ("data", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
                 "milestones", "gamma", "augment", "seed", "optimizer", "schedule", "warmup",
-                "label_smoothing", "grad_clip", "freeze", "head_lr", "target")
+                "label_smoothing", "grad_clip", "freeze", "head_lr", "target", "val_split", "keep", "patience")
 
 Log = Callable[[str], None]
 
@@ -75,6 +76,9 @@ class Config:
     freeze: tuple[str, ...] = ()     # stages not trained: "features", "stem" or features.NAME
     head_lr: float | None = None     # the classifier's learning rate (None: lr)
     target: str | None = None        # csv: data: the column to predict
+    val_split: float | None = None   # the fraction of the training split held out for validation
+    keep: str = "last"               # selection.KEEP: the weights a run ends with
+    patience: int | None = None      # stop after this many epochs without a better validation score
     threads: int = 0                 # torch's CPU intra-op threads (recorded; may change on resume)
     threads_why: str = ""            # who chose them (--threads, auto from the load) and the OpenMP wait
 
@@ -380,6 +384,11 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         rows.append(("batch norm", "synchronised across processes", ""))
     if config.max_steps is not None:
         rows.append(("max steps", str(config.max_steps), "  (smoke test)"))
+    if data.val is not None:
+        rows.append(("validation", f"{len(data.val)} examples held out of the training split "
+                     f"(--val-split {config.val_split:g}); the test split is scored once, at the end", ""))
+        rows.append(("kept weights", f"{config.keep} epoch" + (f", early stop after {config.patience} epochs "
+                     "without a better validation score" if config.patience else ""), ""))
     rows.append(("run directory", str(run_dir) if run_dir is not None else "none (nothing is saved)", ""))
     width = max(len(name) for name, _, _ in rows)
     for name, value, note in rows:

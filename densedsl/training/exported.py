@@ -36,7 +36,7 @@ def record_for(weights: str | os.PathLike, spec) -> dict | None:
     checkpoint (or its run directory); None for other weights files."""
     path = Path(weights)
     if path.is_dir():
-        path = path / checkpoints.CHECKPOINT
+        path = checkpoints.model_file(path)
     from ..core.diagnostics import SpecError
     try:
         ckpt = checkpoints.read(path)

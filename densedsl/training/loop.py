@@ -13,7 +13,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sized, cast
 
@@ -26,7 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..language.network import Network
-from . import checkpoints, datasets
+from . import checkpoints, datasets, selection
 from .checkpoints import CHECKPOINT
 from .config import Config, Log
 from .distributed import Dist, agree, all_sum, gather
@@ -56,6 +56,7 @@ class Run:
     log: Log | None
     progress: bool
     callback: Callable[[dict], bool | None] | None
+    kept: dict = field(default_factory=dict)  # --keep best: the best epoch's weights (selection.keep_best)
 
 
 def derived_seed(*parts: Any) -> int:
@@ -173,7 +174,7 @@ def evaluate_split(model: nn.Module, data: datasets.Data, *, device: torch.devic
               batch_size: int, workers: int, dd: Dist, split: str = "test",
               norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, float, int, int]:
     """(mean loss, accuracy, correct, total) over a split, summed across ranks."""
-    dataset = data.test if split == "test" else data.train
+    dataset = {"test": data.test, "val": data.val}.get(split, data.train)
     mean, std = norm if norm is not None else norm_tensors(data, device)
     loader = _loader(dataset, _EvalBatches(len(dataset), batch_size, dd), workers,
                      device.type == "cuda", 0)
@@ -204,7 +205,7 @@ def evaluate_regression(model: nn.Module, data: datasets.Data, *, device: torch.
     below the pipeline's floor (1, or the smallest target when that is below 1) are raised to it;
     it exists only when every target is positive."""
     pipeline = data.pipeline
-    dataset = data.test if split == "test" else data.train
+    dataset = {"test": data.test, "val": data.val}.get(split, data.train)
     loader = _loader(dataset, _EvalBatches(len(dataset), batch_size, dd), workers, device.type == "cuda", 0)
     was_training = model.training
     model.eval()
@@ -356,6 +357,7 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
 
     mean, std = norm_tensors(data, dev)
     regression = data.task == "regression"
+    held_out = "val" if data.val is not None else "test"  # the test split waits for the end
     stopped = None
     steps_done = 0
     curves_at = -math.inf
@@ -381,13 +383,15 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
         lr_now = optimizer.param_groups[0]["lr"]
         if regression:
             test_loss, test_rmse, test_log_rmse, _ = evaluate_regression(
-                model, data, device=dev, amp=amp, batch_size=max(256, config.batch_size), workers=workers, dd=dd)
+                model, data, device=dev, amp=amp, batch_size=max(256, config.batch_size), workers=workers, dd=dd,
+                split=held_out)
         else:
             test_loss, test_acc, _, _ = evaluate_split(model, data, device=dev, amp=amp,
                                                        batch_size=max(256, config.batch_size),
-                                                       workers=workers, dd=dd, norm=(mean, std))
+                                                       workers=workers, dd=dd, norm=(mean, std), split=held_out)
         if not math.isfinite(test_loss):  # finite weights can still overflow the logits
-            raise _diverged(_Diverged(steps, test_loss, "the test loss"), epoch, optimizer, net, last_checkpoint)
+            raise _diverged(_Diverged(steps, test_loss, f"the {held_out} loss"), epoch, optimizer, net,
+                            last_checkpoint)
         if regression:  # checkpoint_schema.REGRESSION_FIELDS
             row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss,
                    "train_rmse": math.sqrt(loss) * data.pipeline.target_std,
@@ -398,6 +402,8 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
             row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss, "train_acc": acc,
                    "test_loss": test_loss, "test_acc": test_acc,
                    "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
+        if held_out == "val":
+            row = selection.validation_row(row)
         metrics.append(row)
         partial = max_steps is not None and steps_done >= max_steps and steps < len(batches)
         if not partial:
@@ -410,6 +416,10 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
             stopped = "max-steps"
         elif run.callback is not None and agree(bool(run.callback(dict(row))), dd, dev):
             stopped = "callback"
+        elif selection.out_of_patience(metrics, config.patience):
+            stopped = "patience"
+            say(f"early stop: no better {held_out} score for {config.patience} epochs "
+                f"(best: epoch {selection.best_epoch(metrics)})")
         if run_dir is not None:
             # Every rank takes part in gathering the RNG states; only rank 0 writes.
             rng = gather(rng_state(), dd) if not partial else []
@@ -422,8 +432,12 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
                 # Drawing costs ~0.3 s: with sub-second epochs, redraw at most every _CURVES_EVERY_S.
                 if epoch == config.epochs or stopped or time.perf_counter() - curves_at >= _CURVES_EVERY_S:
                     from ..views.plots import write_curves
-                    write_curves(metrics, run_dir / CURVES, title=f"{net.name} on {data.name}")
+                    title = f"{net.name} on {data.name}" + (" ('test' curves: the validation split)"
+                                                            if held_out == "val" else "")
+                    write_curves(selection.as_test_rows(metrics), run_dir / CURVES, title=title)
                     curves_at = time.perf_counter()
+        if config.keep == "best" and not partial and dd.main:
+            selection.keep_best(run_dir, run.kept, model, metrics)
         if dd.active:
             dist.barrier()
         if stopped:
@@ -504,15 +518,16 @@ def _duration(seconds: float) -> str:
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    if "test_rmse" in row:
-        log = f" log rmse {row['test_log_rmse']:.4f}" if "test_log_rmse" in row else ""
+    s = "val" if "val_loss" in row else "test"  # which split the held-out numbers are
+    if f"{s}_rmse" in row:
+        log = f" log rmse {row[f'{s}_log_rmse']:.4f}" if f"{s}_log_rmse" in row else ""
         return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  lr {row['lr']:.4g}  "
                 f"train loss {row['train_loss']:.4f} rmse {format_rmse(row['train_rmse'])}  "
-                f"test loss {row['test_loss']:.4f} rmse {format_rmse(row['test_rmse'])}{log}  "
+                f"{s} loss {row[f'{s}_loss']:.4f} rmse {format_rmse(row[f'{s}_rmse'])}{log}  "
                 f"{row['rows_per_s']:.0f} rows/s  {row['seconds']:.1f}s")
     return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  lr {row['lr']:.4g}  "
             f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-            f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%  "
+            f"{s} loss {row[f'{s}_loss']:.4f} acc {100 * row[f'{s}_acc']:.2f}%  "
             f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s")
 
 

@@ -99,14 +99,14 @@ class Predictor:
 def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor:
     """The model at `path` (a run directory, its checkpoint, an exported .pt or .onnx) with its
     preprocessing; SpecError (E901, E908 ...) for anything else."""
-    from .checkpoints import CHECKPOINT
+    from .checkpoints import CHECKPOINT, model_file
     p = Path(path)
     require_regular(p, "model")
     if p.is_dir():
         if not (p / CHECKPOINT).is_file():
             raise _fail(d.FILE_NOT_FOUND, f"the directory holds no {CHECKPOINT}", p,
                         "pass a run directory written by densedsl train, or an exported .pt/.onnx")
-        p = p / CHECKPOINT
+        p = model_file(p)
     if not p.exists():
         raise _fail(d.FILE_NOT_FOUND, "no such model", p, "pass a run directory, a checkpoint, or a .pt/.onnx "
                     "written by densedsl compile RUN_DIR -o OUT")
