@@ -134,3 +134,68 @@ def test_selection_without_a_validation_split_is_refused(tmp_path, capsys, flags
     err = capsys.readouterr().err
     assert code == 1 and "error[E112]" in err and "--val-split" in err
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+# --- fine-tuning (--normalize, frozen batch norms, --freeze-bn, per-group rates) -------------
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("init") / "run"
+    train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, out=run)
+    return run
+
+
+def _norm_stats(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.startswith("features.") and "running_" in k}
+
+
+def test_frozen_stages_keep_their_batch_norm_statistics(first_run, tmp_path):
+    start = torch.load(first_run / CHECKPOINT, weights_only=True)["model"]
+    result = train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, init=first_run, freeze=("features",),
+                   head_lr=0.01, lr=0.1)
+    after = result.model.state_dict()
+    for key, value in _norm_stats(start).items():  # were updated by every training batch
+        assert torch.equal(after[key], value), key
+    # the lr column is the base rate, head_lr the classifier's (lr showed the head's rate)
+    assert result.metrics[0]["lr"] == pytest.approx(0.1) and result.metrics[0]["head_lr"] == pytest.approx(0.01)
+
+
+def test_freeze_bn_keeps_every_batch_norm_statistic(first_run):
+    start = torch.load(first_run / CHECKPOINT, weights_only=True)["model"]
+    result = train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, init=first_run, freeze_bn=True)
+    after = result.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in _norm_stats(start).items())
+    moved = [k for k in start if k.endswith(".weight") and not torch.equal(after[k], start[k])]
+    assert moved  # the weights themselves still train
+
+
+def test_normalize_defaults_to_the_initial_weights_statistics(first_run, tmp_path):
+    from densedsl.training.normalize import IMAGENET_MEAN, IMAGENET_STD
+    saved = torch.load(first_run / CHECKPOINT, weights_only=True)
+    # torchvision-layout weights (a bare state_dict): ImageNet's statistics
+    (tmp_path / "tv.pth").parent.mkdir(exist_ok=True)
+    torch.save(saved["model"], tmp_path / "tv.pth")
+    run = tmp_path / "tv"
+    train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, init=tmp_path / "tv.pth", out=run)
+    data = torch.load(run / CHECKPOINT, weights_only=True)["data"]
+    assert data["mean"] == pytest.approx(IMAGENET_MEAN) and data["std"] == pytest.approx(IMAGENET_STD)
+    # a densedsl run: the statistics it was trained with, not the new data's
+    run = tmp_path / "dd"
+    train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, init=first_run, out=run)
+    assert torch.load(run / CHECKPOINT, weights_only=True)["data"]["mean"] == pytest.approx(saved["data"]["mean"])
+    # explicit settings
+    result = train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, normalize="none", out=tmp_path / "none")
+    data = torch.load(tmp_path / "none" / CHECKPOINT, weights_only=True)["data"]
+    assert data["mean"] == [0.0] * 3 and data["std"] == [1.0] * 3 and result.metrics
+    train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, normalize="0.5,0.25", out=tmp_path / "pair")
+    assert torch.load(tmp_path / "pair" / CHECKPOINT, weights_only=True)["data"]["std"] == [0.25] * 3
+
+
+@pytest.mark.parametrize("value", ["1,0", "imagenett", "nan,1"])
+def test_a_bad_normalize_is_refused_before_training(tmp_path, capsys, value):
+    (tmp_path / "s.dense").write_text(IMAGES)
+    code = cli.main(["train", str(tmp_path / "s.dense"), "--data", "synthetic:32", "--epochs", "1",
+                     "--out", str(tmp_path / "run"), "--no-progress", "--normalize", value])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E105]" in err and "normalize" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()

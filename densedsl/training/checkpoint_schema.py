@@ -99,6 +99,18 @@ def sequence_of(rule: Rule, *, length: int | None = None, at_least: int = 0, at_
     return check
 
 
+def _normalize_setting(value: Any) -> bool:
+    """train --normalize: a name (normalize.NAMED), or MEAN,STD with STD > 0."""
+    if value in ("auto", "data", "imagenet", "none"):
+        return True
+    parts = value.split(",") if isinstance(value, str) else []
+    try:
+        numbers_ = [float(p) for p in parts]
+    except ValueError:
+        return False
+    return len(numbers_) == 2 and all(math.isfinite(x) for x in numbers_) and numbers_[1] > 0
+
+
 # --- training settings -----------------------------------------------------------------------------
 
 # One rule per `train.Config` field (a test keeps the two in step). `train` checks its arguments
@@ -133,6 +145,9 @@ SETTINGS: dict[str, Rule] = {
     "val_split": optional(real(0, above=True)),
     "keep": one_of(("last", "best")),
     "patience": optional(integer(1, 10**9)),
+    "normalize": lambda v: None if _normalize_setting(v) else "auto, data, imagenet, none or MEAN,STD",
+    "normalize_why": instance(str, "whose statistics normalise the input"),
+    "freeze_bn": instance(bool, "True or False"),
     "threads": integer(0, 4096),                          # recorded only; 0: not recorded
     "threads_why": instance(str, "who chose the threads"),
 }
@@ -141,7 +156,8 @@ SETTINGS: dict[str, Rule] = {
 LATER_SETTINGS: dict[str, Any] = {"init": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
                                   "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None,
                                   "target": None, "threads": 0, "threads_why": "", "val_split": None,
-                                  "keep": "last", "patience": None}
+                                  "keep": "last", "patience": None, "normalize": "data", "normalize_why": "",
+                                  "freeze_bn": False}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -353,7 +369,9 @@ def _metrics(rows: Any, epoch: int) -> None:
         regression = isinstance(row, dict) and f"{held_out}_rmse" in row
         fields = tuple(f.replace("test_", f"{held_out}_") for f in (REGRESSION_FIELDS if regression else METRIC_FIELDS))
         log = f"{held_out}_log_rmse"
-        _entries(row, where, [f for f in fields if f != log], (log,) if regression else ())
+        _entries(row, where, [f for f in fields if f != log], ((log,) if regression else ()) + ("head_lr",))
+        if "head_lr" in row:  # train --head-lr: the classifier's own rate
+            _rule(real(0), f"{where}.head_lr", row["head_lr"])
         _need(row["epoch"] == i + 1 and _is_int(row["epoch"]), f"{where}.epoch", str(i + 1), row["epoch"])
         _rule(integer(0), f"{where}.steps", row["steps"])
         for key in fields[2:]:

@@ -18,8 +18,15 @@ def add_options(p: argparse.ArgumentParser, integer: Callable[..., Callable[[str
                         "needs --val-split), also kept as RUN_DIR/best.pt")
     p.add_argument("--patience", type=integer(1, 10**9), metavar="N",
                    help="stop after N epochs without a better validation score (needs --val-split)")
+    p.add_argument("--normalize", metavar="HOW",
+                   help="data (the training images' statistics), imagenet, none, or MEAN,STD; default: with "
+                        "--init, the statistics the initial weights were trained with (ImageNet's for "
+                        "torchvision, timm or MONAI weights), else data")
+    p.add_argument("--freeze-bn", action="store_true", default=None,
+                   help="keep every batch norm's running statistics (frozen stages' always stay)")
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """What `add_options` read, as `train` keywords."""
-    return {"val_split": args.val_split, "keep": args.keep, "patience": args.patience}
+    return {"val_split": args.val_split, "keep": args.keep, "patience": args.patience,
+            "normalize": args.normalize, "freeze_bn": args.freeze_bn}

@@ -36,12 +36,14 @@ RECIPE = {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weigh
           "milestones": (0.5, 0.75), "gamma": 0.1, "seed": 0, "optimizer": "sgd", "schedule": "step",
           "warmup": 0, "label_smoothing": 0.0, "grad_clip": None, "freeze": (), "head_lr": None,
           "target": None,  # csv: data's column to predict (--target)
-          "val_split": None, "keep": "last", "patience": None}  # model selection (training/selection.py)
+          "val_split": None, "keep": "last", "patience": None,  # model selection (training/selection.py)
+          "normalize": "auto", "freeze_bn": False}  # fine-tuning (training/normalize.py, loop.hold_norms)
 # Settings a resumed run must share with its checkpoint: they decide what the weights become.
 # (`epochs` may grow: see `resolve`.)
 RESUME_FIXED = ("data", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
                 "milestones", "gamma", "augment", "seed", "optimizer", "schedule", "warmup",
-                "label_smoothing", "grad_clip", "freeze", "head_lr", "target", "val_split", "keep", "patience")
+                "label_smoothing", "grad_clip", "freeze", "head_lr", "target", "val_split", "keep", "patience",
+                "normalize", "freeze_bn")
 
 Log = Callable[[str], None]
 
@@ -79,6 +81,9 @@ class Config:
     val_split: float | None = None   # the fraction of the training split held out for validation
     keep: str = "last"               # selection.KEEP: the weights a run ends with
     patience: int | None = None      # stop after this many epochs without a better validation score
+    normalize: str = "auto"          # normalize.NAMED or MEAN,STD: which statistics normalise the input
+    normalize_why: str = ""          # whose statistics they are (ImageNet's, the initial weights', the data's)
+    freeze_bn: bool = False          # every batch norm's running statistics fixed (frozen stages' always are)
     threads: int = 0                 # torch's CPU intra-op threads (recorded; may change on resume)
     threads_why: str = ""            # who chose them (--threads, auto from the load) and the OpenMP wait
 
@@ -365,11 +370,14 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         ("optimizer", f"AdamW, weight decay {config.weight_decay:g}", why("optimizer", "default")),
         *([("head learning rate", f"{config.head_lr:g}", "  (classifier)")] if config.head_lr is not None else []),
         *([("frozen", ", ".join(config.freeze), "  (not trained)")] if config.freeze else []),
+        *([("batch norm", "running statistics fixed" + ("" if config.freeze_bn else " in the frozen stages"),
+            "  (--freeze-bn)" if config.freeze_bn else "")] if config.freeze or config.freeze_bn else []),
         *([("label smoothing", f"{config.label_smoothing:g}", "")] if config.label_smoothing else []),
         *([("gradient clipping", f"total norm {config.grad_clip:g}", "")] if config.grad_clip is not None else []),
         *(_tabular_rows(data) if data.tabular else [
             ("augmentation", config.augment, why("augment", f"default for {data.description.kind}")),
-            ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)")]),
+            ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})",
+             f"  ({config.normalize_why or 'of the training images'})")]),
         *([("resize", data.resized, "  (folder images to the spec's input)")] if data.resized else []),
         ("seed", str(config.seed), why("seed", "default")),
         *([("initial weights", config.init, "")] if config.init is not None else []),

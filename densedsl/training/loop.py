@@ -276,17 +276,53 @@ def stages(model: nn.Module) -> dict[str, str | tuple[str, ...]]:
     return found
 
 
-def frozen_parameters(model: nn.Module, freeze: tuple[str, ...]) -> set[str]:
-    """The names of the parameters `freeze` (stage names, checked) keeps as they are."""
+def frozen_prefixes(model: nn.Module, freeze: tuple[str, ...]) -> tuple[str, ...]:
+    """The module-name prefixes (with their dot) of the stages `freeze` names, checked."""
     known = stages(model)
     unknown = [name for name in freeze if name not in known]
     if unknown:
         raise SpecError([Diagnostic(d.OUT_OF_RANGE, f"--freeze {unknown[0]}: no such stage in this network",
                                     None, "freeze one of: " + ", ".join(known), file="--freeze")])
-    prefixes = cast(tuple[str, ...],  # mypy narrows no dict item by isinstance
-                    tuple(p for name in freeze for p in ((known[name],) if isinstance(known[name], str)
-                                                         else known[name])))
+    return cast(tuple[str, ...],  # mypy narrows no dict item by isinstance
+                tuple(p for name in freeze for p in ((known[name],) if isinstance(known[name], str)
+                                                     else known[name])))
+
+
+def frozen_parameters(model: nn.Module, freeze: tuple[str, ...]) -> set[str]:
+    """The names of the parameters `freeze` (stage names, checked) keeps as they are."""
+    prefixes = frozen_prefixes(model, freeze)
     return {name for name, _ in model.named_parameters() if prefixes and name.startswith(prefixes)}
+
+
+def hold_norms(model: nn.Module, config: Config) -> None:
+    """After model.train(): the batch norms of frozen stages (of every stage with --freeze-bn)
+    back in eval mode, so they normalise with, and keep, the running statistics of the initial
+    weights. A frozen layer whose statistics follow the new data is no longer the layer it was."""
+    if not config.freeze and not config.freeze_bn:
+        return
+    inner = cast(nn.Module, getattr(model, "module", model))  # under DistributedDataParallel
+    prefixes = frozen_prefixes(inner, config.freeze)
+    for name, module in inner.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and (
+                config.freeze_bn or (prefixes and f"{name}.".startswith(prefixes))):
+            module.eval()
+
+
+def group_rates(optimizer: torch.optim.Optimizer, config: Config) -> dict[str, float]:
+    """The learning rates of an epoch's row: `lr` the base rate (the body's group; the schedule's
+    value when the body is frozen whole), `head_lr` the classifier's when --head-lr gave it a group."""
+    groups = optimizer.param_groups
+    # named by optimizer_for; a checkpoint from before the names has [body, head] or [body]
+    head = next((g for g in groups if g.get("name") == "head"), groups[1] if len(groups) == 2 else None)
+    body = next((g for g in groups if g is not head), None)
+    if body is not None:
+        rates = {"lr": float(body["lr"])}
+    else:  # the body frozen whole: the schedule's factor, read off the head's group
+        assert head is not None
+        rates = {"lr": config.lr * (head["lr"] / head["initial_lr"] if head.get("initial_lr") else 1.0)}
+    if head is not None:
+        rates["head_lr"] = float(head["lr"])
+    return rates
 
 
 def optimizer_for(model: nn.Module, config: Config) -> torch.optim.Optimizer:
@@ -301,8 +337,8 @@ def optimizer_for(model: nn.Module, config: Config) -> torch.optim.Optimizer:
         else:
             (head if config.head_lr is not None and name.startswith(HEAD) else body).append(parameter)
     # An empty group (everything but the head frozen) would only show its unused rate in the log.
-    groups: list[dict[str, Any]] = (([{"params": body}] if body else [])
-                                    + ([{"params": head, "lr": config.head_lr}] if head else []))
+    groups: list[dict[str, Any]] = (([{"params": body, "name": "body"}] if body else [])
+                                    + ([{"params": head, "lr": config.head_lr, "name": "head"}] if head else []))
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -339,7 +375,7 @@ def replayed(optimizer: torch.optim.Optimizer, config: Config, epochs_done: int)
     with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(epochs_done):
-            lrs.append(optimizer.param_groups[0]["lr"])
+            lrs.append(group_rates(optimizer, config)["lr"])
             scheduler.step()
     return scheduler, lrs
 
@@ -380,7 +416,9 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
             raise _diverged(e, epoch, optimizer, net, last_checkpoint) from None
         steps_done += steps
         train_seconds = time.perf_counter() - t0
-        lr_now = optimizer.param_groups[0]["lr"]
+        rates = group_rates(optimizer, config)
+        if metrics and "head_lr" not in metrics[0]:  # a run resumed from before the column: rows alike
+            rates.pop("head_lr", None)
         if regression:
             test_loss, test_rmse, test_log_rmse, _ = evaluate_regression(
                 model, data, device=dev, amp=amp, batch_size=max(256, config.batch_size), workers=workers, dd=dd,
@@ -393,13 +431,13 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
             raise _diverged(_Diverged(steps, test_loss, f"the {held_out} loss"), epoch, optimizer, net,
                             last_checkpoint)
         if regression:  # checkpoint_schema.REGRESSION_FIELDS
-            row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss,
+            row = {"epoch": epoch, "steps": steps, **rates, "train_loss": loss,
                    "train_rmse": math.sqrt(loss) * data.pipeline.target_std,
                    "test_loss": test_loss, "test_rmse": test_rmse,
                    **({"test_log_rmse": test_log_rmse} if test_log_rmse is not None else {}),
                    "rows_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
         else:
-            row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss, "train_acc": acc,
+            row = {"epoch": epoch, "steps": steps, **rates, "train_loss": loss, "train_acc": acc,
                    "test_loss": test_loss, "test_acc": test_acc,
                    "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
         if held_out == "val":
@@ -450,6 +488,7 @@ def train_epoch(model, loader, optimizer, scaler, data, config: Config, device, 
                  augment_rng, dd: Dist, bar: _Progress, limit: int | None):
     """One pass over the training split; returns (mean loss, accuracy, images, steps), all ranks."""
     model.train()
+    hold_norms(model, config)
     # Sums stay on the device; a host sync (needed for the bar and the finiteness check) happens
     # every step on the CPU, where it is free, and every `sync` steps on a GPU.
     sync = 1 if device.type == "cpu" else 25

@@ -35,6 +35,7 @@ from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import atomic_write
 from ..language.network import Network
 from . import checkpoints, datasets, selection, tabular
+from . import normalize as normalization
 from .checkpoints import CHECKPOINT, model_from_checkpoint, spec_from_record
 from .checkpoints import read as read_checkpoint
 from .config import (
@@ -140,7 +141,8 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           label_smoothing: float | None = None, grad_clip: float | None = None,
           freeze: tuple[str, ...] | None = None, head_lr: float | None = None,
           target: str | None = None, val_split: float | None = None, keep: str | None = None,
-          patience: int | None = None, network: str | None = None, **params: Any) -> RunResult:
+          patience: int | None = None, normalize: str | None = None, freeze_bn: bool | None = None,
+          network: str | None = None, **params: Any) -> RunResult:
     """Train a spec (a `Spec`, a path, spec text or a resolved `Network`) on a data set.
 
     Settings left at None take the paper's recipe (`RECIPE`) or the data set's default (epochs,
@@ -197,7 +199,8 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
                   milestones=tuple(milestones) if milestones is not None else None,
                   optimizer=optimizer, schedule=schedule, warmup=warmup, label_smoothing=label_smoothing,
                   grad_clip=grad_clip, freeze=tuple(freeze) if freeze is not None else None, head_lr=head_lr,
-                  target=target, val_split=val_split, keep=keep, patience=patience)
+                  target=target, val_split=val_split, keep=keep, patience=patience, normalize=normalize,
+                  freeze_bn=freeze_bn)
     try:
         with run_directory(out, dd, pick_device(device, dd)):
             return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
@@ -303,6 +306,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     if data.tabular:  # the encoded width (E207) before the model is built
         d.raise_if_errors(tabular.check_data(net, data) + tabular.recipe_problems(data, values))
     check_enough_data(data, int(values["batch_size"]), dd)
+    data, normalize_why = _normalised(data, values["normalize"], ckpt, init)
     workers = workers if workers is not None else (min(4, os.cpu_count() or 1)
                                                    if desc.kind == "folder" and dev.type == "cuda" else 0)
     config = Config(data=desc.name, epochs=int(values["epochs"]), batch_size=int(values["batch_size"]),
@@ -320,7 +324,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     head_lr=float(values["head_lr"]) if values["head_lr"] is not None else None,
                     target=values["target"], threads=torch.get_num_threads(), threads_why=threads_why,
                     val_split=float(values["val_split"]) if values["val_split"] is not None else None,
-                    keep=values["keep"], patience=int(values["patience"]) if values["patience"] is not None else None)
+                    keep=values["keep"], patience=int(values["patience"]) if values["patience"] is not None else None,
+                    normalize=values["normalize"], normalize_why=normalize_why, freeze_bn=bool(values["freeze_bn"]))
     if config.val_split is not None:
         data = selection.split_off(data, config.val_split, derived_seed(config.seed, "val-split"))
     selection.needs_validation(config, data)
@@ -395,6 +400,21 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     return RunResult(network=net.name, data=desc.name, config=config, metrics=tuple(metrics),
                      model=model.eval(), run_dir=run_dir, checkpoint=last_checkpoint, seconds=seconds,
                      stopped=stopped, test=test)
+
+
+def _normalised(data: datasets.Data, setting: str, ckpt: dict | None, init) -> tuple[datasets.Data, str]:
+    """`data` with the statistics `setting` chooses (training/normalize.py); on resume, the checkpoint's."""
+    if data.tabular:
+        if setting not in ("auto", "data"):
+            raise SpecError([Diagnostic(d.CONFLICT, f"--normalize {setting} with tabular data: its pipeline "
+                                        "standardises every column", None, "leave out --normalize",
+                                        file="--normalize")])
+        return data, ""
+    if ckpt is not None and "mean" in ckpt["data"]:
+        return replace(data, mean=tuple(ckpt["data"]["mean"]), std=tuple(ckpt["data"]["std"])), \
+            ckpt["config"].get("normalize_why") or "from the checkpoint"
+    mean, std, why = normalization.choose(setting, data, init)
+    return replace(data, mean=mean, std=std), why
 
 
 def _score(row: dict) -> str:
