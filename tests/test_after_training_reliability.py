@@ -199,3 +199,56 @@ def test_a_bad_normalize_is_refused_before_training(tmp_path, capsys, value):
     err = capsys.readouterr().err
     assert code == 1 and "error[E105]" in err and "normalize" in err and "Traceback" not in err
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+DIABETES = """network m(classes=1) {
+    input 10
+    defaults growth=8 norm=none
+    stem {
+        linear 16
+        relu
+    }
+    dense layers=2
+    head classes=classes
+}
+"""
+
+
+def test_a_regression_reports_r2_and_a_ridge_baseline_on_the_same_split(tmp_path):
+    import json
+
+    from sklearn.linear_model import Ridge
+
+    from densedsl.training import datasets, tabular
+    lines: list[str] = []
+    run = tmp_path / "run"
+    result = train(DIABETES, data="diabetes", epochs=2, out=run, val_split=0.2, log=lines.append)
+    saved = json.loads((run / "result.json").read_text())
+    # by hand, on the same split: the run's training rows (less the validation rows) and its test rows
+    data = tabular.load(datasets.describe("diabetes"), task="regression")
+    p = data.pipeline
+    truth = data.test.targets.double() * p.target_std + p.target_mean
+    assert saved["test_r2"] == pytest.approx(1 - result.test_rmse ** 2 / float(truth.var(unbiased=False)))
+    from densedsl.training.selection import split_off
+    from densedsl.training.loop import derived_seed
+    train_rows = split_off(data, 0.2, derived_seed(0, "val-split")).train
+    ridge = Ridge(alpha=1.0).fit(train_rows.features.double().numpy(), train_rows.targets.double().numpy())
+    predicted = torch.from_numpy(ridge.predict(data.test.features.double().numpy())) * p.target_std + p.target_mean
+    rmse = float((predicted - truth).pow(2).mean().sqrt())
+    assert saved["baseline"]["test_rmse"] == pytest.approx(rmse)
+    assert saved["baseline"]["test_r2"] == pytest.approx(1 - rmse ** 2 / float(truth.var(unbiased=False)))
+    assert any(line.startswith("test R² ") and "ridge regression" in line for line in lines)
+
+
+def test_a_classifier_reports_the_majority_class_accuracy(tmp_path):
+    from densedsl.training import datasets
+    lines: list[str] = []
+    train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, out=tmp_path / "run", log=lines.append)
+    saved = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["data"]  # no result.json without --val-split
+    data = datasets.load("synthetic:64", shape=(3, 8, 8), classes=2)
+    majority = int(torch.bincount(data.train.labels).argmax())
+    expected = float((data.test.labels == majority).double().mean())
+    assert saved["baseline"]["test_acc"] == pytest.approx(expected) and saved["baseline"]["class"] == str(majority)
+    assert f"baseline, majority class ('{majority}'): test accuracy {100 * expected:.2f}%" in lines

@@ -412,7 +412,8 @@ def _data(record: Any) -> None:
     if isinstance(record, dict) and (record.get("kind") in TABULAR_KINDS or "pipeline" in record):
         return _tabular_data(record)
     data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "pixel_max",
-                                     "mean", "std"))
+                                     "mean", "std"), ("baseline",))
+    _baseline(data)
     _rule(instance(str, "a data set name"), "data.name", data["name"])
     _rule(one_of(DATA_KINDS), "data.kind", data["kind"])
     # (C, L) signals, (C, H, W) images, (C, D, H, W) volumes
@@ -430,7 +431,9 @@ def _data(record: Any) -> None:
 def _tabular_data(record: dict) -> None:
     """A tabular data set's record: its pipeline (`tabular.Pipeline.record`) is applied by `eval`
     and written next to exported models, so every statistic must be usable as it stands."""
-    data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "task", "pipeline"))
+    data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "task", "pipeline"),
+                    ("baseline",))
+    _baseline(data)
     _rule(instance(str, "a data set name"), "data.name", data["name"])
     _rule(one_of(("regression", "classification")), "data.task", data["task"])
     _rule(sequence_of(integer(1, 2**31 - 1), length=1), "data.shape", data["shape"])
@@ -466,6 +469,18 @@ def _tabular_data(record: dict) -> None:
     _need(data["shape"] == [width], "data.shape", f"[{width}] (the pipeline's encoded width)", data["shape"])
     for problem in record_problems(data["pipeline"])[:1]:  # beyond the shapes: e.g. the target as a feature
         raise _Invalid(f"'data.pipeline': {problem}")
+
+
+def _baseline(data: dict) -> None:
+    """train's baseline on the test split (training/baseline.py): its name and its scores."""
+    if "baseline" not in data:
+        return
+    record = data["baseline"]
+    _need(isinstance(record, dict) and isinstance(record.get("baseline"), str), "data.baseline",
+          "a dict naming its baseline", record)
+    for key, value in record.items():
+        _need(isinstance(key, str) and (isinstance(value, str) or _is_real(value) or value is None),
+              f"data.baseline.{key}", "a name or a number", value)
 
 
 def _unique_names(names: Any, where: str) -> None:

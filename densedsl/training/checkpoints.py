@@ -198,7 +198,8 @@ def save(path: Path, model, optimizer, scheduler, scaler, epoch: int, metrics, c
         "data": {"name": data.name, "kind": data.description.kind, "shape": list(data.shape),
                  "classes": data.classes, "class_names": list(data.class_names),
                  **({"task": data.task, "pipeline": data.pipeline.record()} if data.tabular else
-                    {"pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)})},
+                    {"pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)}),
+                 **({"baseline": data.baseline} if data.baseline is not None else {})},
         "torch": str(torch.__version__),  # TorchVersion itself does not load with weights_only
     }
     crc = torch.serialization.get_crc32_options()

@@ -392,6 +392,9 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         rows.append(("batch norm", "synchronised across processes", ""))
     if config.max_steps is not None:
         rows.append(("max steps", str(config.max_steps), "  (smoke test)"))
+    if data.baseline is not None:
+        from .baseline import describe
+        rows.append(("baseline", describe(data.baseline), ""))
     if data.val is not None:
         rows.append(("validation", f"{len(data.val)} examples held out of the training split "
                      f"(--val-split {config.val_split:g}); the test split is scored once, at the end", ""))

@@ -35,6 +35,7 @@ class Data:
     task: str = "classification"  # or "regression" (tabular data with a regression head)
     pipeline: Any = None         # tabular: the tabular.Pipeline that encodes rows (mean/std unused)
     val: Any = None              # the validation split (selection.split_off), or None
+    baseline: dict | None = None  # baseline.baseline on the test split, kept in the checkpoint
 
     @property
     def name(self) -> str:

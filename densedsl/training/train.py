@@ -34,7 +34,7 @@ from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import atomic_write
 from ..language.network import Network
-from . import checkpoints, datasets, selection, tabular
+from . import baseline, checkpoints, datasets, selection, tabular
 from . import normalize as normalization
 from .checkpoints import CHECKPOINT, model_from_checkpoint, spec_from_record
 from .checkpoints import read as read_checkpoint
@@ -329,6 +329,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     if config.val_split is not None:
         data = selection.split_off(data, config.val_split, derived_seed(config.seed, "val-split"))
     selection.needs_validation(config, data)
+    data = replace(data, baseline=baseline.baseline(data, "test"))  # fitted on the training rows kept
 
     # Model, optimizer, schedule. Every rank seeds alike, so initial weights agree (DDP would
     # broadcast rank 0's anyway); dropout then draws from a per-rank stream.
@@ -385,6 +386,9 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     test = None
     if data.val is not None and metrics and stopped != "max-steps":
         test = _test_once(run, metrics)
+    if metrics and stopped != "max-steps":
+        for line in _with_baseline(run, test or _last_result(metrics)):
+            say(line)
     seconds = time.perf_counter() - started
     if test is not None:
         say(f"done: {_score(test)} on the test split (scored once), with the weights of epoch {test['epoch']} "
@@ -443,11 +447,27 @@ def _test_once(run: Run, metrics: list[dict]) -> dict:
         loss, acc, _, total = evaluate_split(model, data, **kw)
         scores = {"test_loss": loss, "test_acc": acc}
     row = next(r for r in metrics if r["epoch"] == epoch)
-    result = {"split": "test", "kept": config.keep, "epoch": epoch, "epochs": metrics[-1]["epoch"], **scores,
-              "test_examples": total, **{k: v for k, v in row.items() if k.startswith("val_")}}
-    if run.dd.main:
+    return {"split": "test", "kept": config.keep, "epoch": epoch, "epochs": metrics[-1]["epoch"], **scores,
+            "test_examples": total, **{k: v for k, v in row.items() if k.startswith("val_")}}
+
+
+def _last_result(metrics: list[dict]) -> dict:
+    """Without a validation split, the run's result is its last epoch's test numbers."""
+    last = metrics[-1]
+    return {"split": "test", "kept": "last", "epoch": last["epoch"], "epochs": last["epoch"],
+            **{k: v for k, v in last.items() if k.startswith("test_")}}
+
+
+def _with_baseline(run: Run, result: dict) -> list[str]:
+    """Adds R² (a regression) and the baseline on the test split to `result`, writes it to
+    RUN_DIR/result.json (with a validation split), and returns the lines to print."""
+    data = run.data
+    if data.task == "regression":
+        result["test_r2"] = baseline.model_r2(data, result["test_rmse"])
+    result["baseline"] = data.baseline
+    if run.dd.main and data.val is not None:  # without one, the last row of metrics.csv is the result
         selection.write_result(run.run_dir, result)
-    return result
+    return baseline.lines(result, result["baseline"])
 
 
 
