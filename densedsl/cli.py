@@ -95,12 +95,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _limits(args: argparse.Namespace) -> dict:
     """--max-params / --max-memory, for the commands that analyse (absent: the defaults)."""
-    limits = {}
-    if getattr(args, "max_params", None) is not None:
-        limits["max_params"] = args.max_params
-    if getattr(args, "max_memory", None) is not None:
-        limits["max_memory"] = args.max_memory
-    return limits
+    return {k: getattr(args, k) for k in ("max_params", "max_memory") if getattr(args, k, None) is not None}
 
 
 # --- fmt -------------------------------------------------------------------------------------
@@ -169,9 +164,28 @@ def _add_compile(sub) -> None:
     p.set_defaults(func=_cmd_compile)
 
 
+def _run_dir(path: str) -> bool:
+    """A run directory of densedsl train: it holds its spec as trained, weights and preprocessing."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "checkpoint.pt"))
+
+
+def _refuse_with_run(args: argparse.Namespace, options: tuple[str, ...]) -> None:
+    if given := [f"--{o.replace('_', '-')}" for o in options if getattr(args, o, None)]:
+        raise SpecError([d.Diagnostic(d.CONFLICT, f"{' and '.join(given)} with a run directory: it holds the spec "
+                                      "as trained, its --set values and its weights", None, "leave them out, or "
+                                      "pass a spec file", file=args.file)])
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .nn.export import check_output
     kind = check_output(args.output)  # a bad extension fails before torch is imported
+    if _run_dir(args.file):
+        _refuse_with_run(args, ("overrides", "network", "weights"))
+        from .training.exported import export_run
+        spec, a = export_run(args.file, args.output, memory=args.memory)
+        print(f"{args.output}: {spec.network.name}, {a.params:,} parameters, weights and preprocessing "
+              f"from {args.file}", file=sys.stderr)
+        return EXIT_OK
     spec = _load(args.file, args)
     from .analysis.figures import analyze
     a = analyze(spec.network)
@@ -186,22 +200,23 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                        spec.network)
         from .nn.build import build_model
         from .nn.export import write_output
+        from .nn.model import DenseNet
         model = build_model(spec.network, memory=args.memory)
-        pipeline = None
+        assert isinstance(model, DenseNet)  # features_only is not asked for
+        record = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
-            from .training.checkpoints import pipeline_of
+            from .training.exported import record_for
             from .training.transfer import load_exactly
             load_exactly(model, args.weights)
-            pipeline = pipeline_of(args.weights)
-        write_output(model, spec.network, args.output)
-        if pipeline is not None:  # trained on tabular data: the model takes encoded rows
-            import json
-            from pathlib import Path
-
-            from .core.files import atomic_write
-            atomic_write(Path(args.output).with_suffix(".pipeline.json"), json.dumps(pipeline, indent=1) + "\n")
-            print(f"{Path(args.output).with_suffix('.pipeline.json')}: how to encode its input rows "
-                  f"({pipeline['pipeline']['target']}, {len(pipeline['features'])} features)", file=sys.stderr)
+            record = record_for(args.weights, spec)
+        if record is not None and kind != ".py":  # a densedsl checkpoint: its preprocessing goes along
+            from .training.exported import write_with_record
+            write_with_record(model, record, args.output)
+        else:
+            write_output(model, spec.network, args.output)
+        if record is not None:
+            from .training.exported import write_pipeline
+            write_pipeline(record, args.output)
     weights = f", weights from {args.weights}" if args.weights is not None else ""
     print(f"{args.output}: {spec.network.name}, {a.params:,} parameters{weights}", file=sys.stderr)
     if kind == ".py" and args.weights is not None:
@@ -501,15 +516,21 @@ def _render_heatmap(args: argparse.Namespace) -> int:
     if ext not in (".png", ".svg", ".pdf"):
         raise SpecError([d.Diagnostic(d.BAD_OUTPUT, f"cannot write a heatmap with '{ext or 'no extension'}'",
                                       None, "name the output .png, .svg or .pdf", file=args.output)])
-    network = _load(args.file, args).network
+    if _run_dir(args.file):
+        _refuse_with_run(args, ("overrides", "network"))
+        from .training.exported import run_spec
+        network = run_spec(args.file).network
+    else:
+        network = _load(args.file, args).network
     from .analysis import budget
     from .analysis.figures import analyze
     budget.require(budget.for_weights_file(analyze(network, **_limits(args)), "reading the weights of"), network)
     from .nn.build import build_model
-    from .nn.weights import load_weights
+    from .training.transfer import load_exactly
     from .views.heatmap import connection_strength, write_heatmap
-    model = load_weights(build_model(network), args.weights, cli=True)
-    write_heatmap(connection_strength(model, network), args.output, network=network)
+    model = build_model(network)
+    load_exactly(model, args.weights)  # a densedsl checkpoint, its run directory, or any state_dict
+    write_heatmap([m.tolist() for m in connection_strength(model, network)], args.output, network=network)
     print(f"{args.output}: {network.name}, connection strength from {args.weights}", file=sys.stderr)
     return EXIT_OK
 
@@ -588,11 +609,14 @@ def _add_train(sub) -> None:
                    help="with --init: tensors the model or the weights lack are left at their "
                         "initialisation instead of an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only a line per epoch")
+    from .training.command import add_options
+    add_options(p, _integer, _real)
     _add_memory_limit_option(p)
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.command import options
     from .training.train import default_run_dir, train
     spec = _load(args.file, args)
     out = args.out if args.out is not None else default_run_dir(spec.name, args.data, resume=args.resume)
@@ -606,7 +630,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
           resume=args.resume, log=lambda line: print(line, flush=True), progress=not args.no_progress,
           init=args.init, init_partial=args.init_partial, optimizer=args.optimizer, schedule=args.schedule,
           warmup=args.warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
-          freeze=tuple(args.freeze) if args.freeze else None, head_lr=args.head_lr, target=args.target)
+          freeze=tuple(args.freeze) if args.freeze else None, head_lr=args.head_lr, target=args.target,
+          **options(args))
     return EXIT_OK
 
 
@@ -632,21 +657,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .training.train import evaluate
     r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
                  device=args.device, amp=args.amp, workers=args.workers)
-    if r.rmse is not None:  # a regression: the loss is the MSE of the standardised target
-        if args.json:
-            print(json.dumps({"network": r.network, "epoch": r.epoch, "data": r.data, "split": args.split,
-                              "rmse": r.rmse, "log_rmse": r.log_rmse, "loss": r.loss, "total": r.total}))
-        else:
-            log = f", log RMSE {r.log_rmse:.4f}" if r.log_rmse is not None else ""
-            from .training.tabular import format_rmse
-            print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: RMSE {format_rmse(r.rmse)}{log} "
-                  f"({r.total} rows), loss {r.loss:.4f} (MSE of the standardised target)")
-    elif args.json:
+    if args.json:
+        scores = ({"rmse": r.rmse, "log_rmse": r.log_rmse} if r.rmse is not None else
+                  {"accuracy": r.accuracy, "correct": r.correct})
         print(json.dumps({"network": r.network, "epoch": r.epoch, "data": r.data, "split": args.split,
-                          "accuracy": r.accuracy, "loss": r.loss, "correct": r.correct, "total": r.total}))
+                          **scores, "loss": r.loss, "total": r.total}))
+    elif r.rmse is not None:  # a regression: the loss is the MSE of the standardised target
+        log = f", log RMSE {r.log_rmse:.4f}" if r.log_rmse is not None else ""
+        from .training.tabular import format_rmse
+        print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: RMSE {format_rmse(r.rmse)}{log} "
+              f"({r.total} rows), loss {r.loss:.4f} (MSE of the standardised target)")
     else:
         print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: accuracy "
               f"{100 * r.accuracy:.2f}% ({r.correct}/{r.total}), loss {r.loss:.4f}")
+    return EXIT_OK
+
+
+# --- predict ---------------------------------------------------------------------------------
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict on new data with a trained model",
+                       description="Predict with a run directory (or its checkpoint), or an OUT.pt/OUT.onnx "
+                                   "written by `compile RUN_DIR`: one CSV row per input, with the class and "
+                                   "its probability (or the top K), or the regression value in the target's "
+                                   "units. Preprocessing comes with the model; no data set is read.")
+    p.add_argument("model", metavar="MODEL", help="RUN_DIR, RUN_DIR/checkpoint.pt, OUT.pt or OUT.onnx")
+    p.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
+                   help="a directory of images or image files, FILE.csv (rows of a table), FILE.npy (inputs)")
+    p.add_argument("-o", "--output", metavar="OUT.csv", help="write the predictions here (default: stdout)")
+    p.add_argument("--top-k", type=_integer(1, 10**6), default=1, metavar="K", help="the K likeliest classes")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .training.predict import run
+    predictor, text = run(args.model, args.data, output=args.output, top_k=args.top_k)
+    print(f"{args.output}: {text.count(chr(10)) - 1} predictions of {predictor.source}", file=sys.stderr) \
+        if args.output else sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -689,6 +736,7 @@ _COMMANDS: tuple[Callable, ...] = (
     _add_render,
     _add_train,
     _add_eval,
+    _add_predict,
     _add_lsp,
 )
 

@@ -259,9 +259,10 @@ def test_freeze_features_trains_the_classifier_alone_at_its_own_rate(tmp_path):
     assert "frozen features (not trained)" in [" ".join(line.split()) for line in lines]
     assert "head learning rate 0.05 (classifier)" in [" ".join(line.split()) for line in lines]
     optimizer = read_checkpoint(tmp_path / "ft")["optimizer"]
-    # Nothing but the head is trained: one parameter group, at the head's rate (the log's lr).
+    # Nothing but the head is trained: one parameter group, at the head's rate; the row's lr is
+    # the base rate the header names, head_lr the head's (issue 23: lr showed the head's rate).
     assert [g["initial_lr"] for g in optimizer["param_groups"]] == [0.05]
-    assert result.metrics[0]["lr"] == 0.05
+    assert result.metrics[0]["lr"] == pytest.approx(result.config.lr) and result.metrics[0]["head_lr"] == 0.05
     assert result.config.freeze == ("features",)
 
 

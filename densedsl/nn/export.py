@@ -59,8 +59,11 @@ def write_weights(model: nn.Module, path: str | os.PathLike) -> None:
         torch.save(model.state_dict(), tmp)
 
 
-def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18) -> None:
-    """ONNX graph of `model` in eval mode for its spec's input shape, batch size dynamic."""
+def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18,
+               metadata: dict[str, str] | None = None) -> None:
+    """ONNX graph of `model` in eval mode, batch size dynamic and spatial sizes dynamic wherever
+    the network allows them (a global-pool head: any size at least the smallest the network
+    takes; a flatten into a linear layer fixes them), `metadata` in its metadata_props."""
     try:
         import onnx  # noqa: F401  (the exporter needs it; say so before tracing)
     except ImportError:
@@ -69,12 +72,17 @@ def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18) -> 
     was_training = model.training
     model.eval()
     example = torch.randn(2, *model.input_shape)
-    batch = torch.export.Dim("batch", min=1)
+    # Dim.AUTO: export keeps an axis dynamic when every op the graph runs allows it, else fixes it
+    axes = {0: torch.export.Dim("batch", min=1),
+            **{axis: torch.export.Dim.AUTO for axis in range(2, example.dim())}}
     try:
         with atomic_path(path) as tmp, _quiet_exporter():
-            torch.onnx.export(model, (example,), tmp, input_names=["input"], output_names=["output"],
-                              dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
-                              external_data=False, verbose=False)
+            program = torch.onnx.export(model, (example,), None, input_names=["input"], output_names=["output"],
+                                        dynamic_shapes={"x": axes}, opset_version=opset, dynamo=True,
+                                        verbose=False)
+            assert program is not None  # dynamo=True returns the program
+            program.model.metadata_props.update(metadata or {})
+            program.save(tmp, external_data=False)
     finally:
         model.train(was_training)
 

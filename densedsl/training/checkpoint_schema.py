@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..nn.weights import non_finite_count
+from .tabular_record import record_problems
 
 FORMAT = "densedsl-checkpoint"
 FORMAT_VERSION = 1
@@ -98,6 +99,18 @@ def sequence_of(rule: Rule, *, length: int | None = None, at_least: int = 0, at_
     return check
 
 
+def _normalize_setting(value: Any) -> bool:
+    """train --normalize: a name (normalize.NAMED), or MEAN,STD with STD > 0."""
+    if value in ("auto", "data", "imagenet", "none"):
+        return True
+    parts = value.split(",") if isinstance(value, str) else []
+    try:
+        numbers_ = [float(p) for p in parts]
+    except ValueError:
+        return False
+    return len(numbers_) == 2 and all(math.isfinite(x) for x in numbers_) and numbers_[1] > 0
+
+
 # --- training settings -----------------------------------------------------------------------------
 
 # One rule per `train.Config` field (a test keeps the two in step). `train` checks its arguments
@@ -129,6 +142,12 @@ SETTINGS: dict[str, Rule] = {
     "freeze": sequence_of(instance(str, "a stage name"), at_most=10_000),
     "head_lr": optional(real(0)),
     "target": optional(instance(str, "a column name")),
+    "val_split": optional(real(0, above=True)),
+    "keep": one_of(("last", "best")),
+    "patience": optional(integer(1, 10**9)),
+    "normalize": lambda v: None if _normalize_setting(v) else "auto, data, imagenet, none or MEAN,STD",
+    "normalize_why": instance(str, "whose statistics normalise the input"),
+    "freeze_bn": instance(bool, "True or False"),
     "threads": integer(0, 4096),                          # recorded only; 0: not recorded
     "threads_why": instance(str, "who chose the threads"),
 }
@@ -136,7 +155,9 @@ SETTINGS: dict[str, Rule] = {
 # with: older checkpoints still load, and resume as they were.
 LATER_SETTINGS: dict[str, Any] = {"init": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
                                   "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None,
-                                  "target": None, "threads": 0, "threads_why": ""}
+                                  "target": None, "threads": 0, "threads_why": "", "val_split": None,
+                                  "keep": "last", "patience": None, "normalize": "data", "normalize_why": "",
+                                  "freeze_bn": False}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -150,6 +171,9 @@ def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
             problems.append((key, f"must be {want}, not {_shown(value)}"))
     if values.get("nesterov") is True and _is_real(values.get("momentum")) and values["momentum"] == 0:
         problems.append(("nesterov", "must be False when momentum is 0 (Nesterov momentum needs momentum)"))
+    if _is_real(values.get("val_split")) and values["val_split"] >= 1:
+        problems.append(("val_split", f"must be below 1 (a fraction of the training split), not "
+                                      f"{_shown(values['val_split'])}"))
     if _is_real(values.get("label_smoothing")) and values["label_smoothing"] >= 1:
         problems.append(("label_smoothing", f"must be below 1, not {_shown(values['label_smoothing'])}"))
     if _is_int(values.get("warmup")) and values["warmup"] > 0 and values.get("schedule", "step") != "cosine":
@@ -239,14 +263,14 @@ def _schema(ckpt: Any) -> None:
     _data(ckpt["data"])
     regression = ckpt["data"].get("task") == "regression"
     for i, row in enumerate(ckpt["metrics"]):
-        _need(("test_rmse" in row) == regression, f"metrics[{i}]",
+        _need(("test_rmse" in row or "val_rmse" in row) == regression, f"metrics[{i}]",
               "a regression's row" if regression else "a classifier's row", row)
     _rule(instance(str, "a version string"), "torch", ckpt["torch"])
 
 
 def _optimizer(state: Any) -> None:
     _entries(state, "optimizer", ("state", "param_groups"))
-    _need(isinstance(state["param_groups"], list) and state["param_groups"], "optimizer.param_groups",
+    _need(isinstance(state["param_groups"], list) and bool(state["param_groups"]), "optimizer.param_groups",
           "a non-empty list", state["param_groups"])
     for i, group in enumerate(state["param_groups"]):
         where = f"optimizer.param_groups[{i}]"
@@ -341,10 +365,13 @@ def _metrics(rows: Any, epoch: int) -> None:
           rows)
     for i, row in enumerate(rows):
         where = f"metrics[{i}]"
-        regression = isinstance(row, dict) and "test_rmse" in row
-        fields = REGRESSION_FIELDS if regression else METRIC_FIELDS
-        _entries(row, where, [f for f in fields if f != "test_log_rmse"],
-                 ("test_log_rmse",) if regression else ())
+        held_out = "val" if isinstance(row, dict) and "val_loss" in row else "test"  # train --val-split
+        regression = isinstance(row, dict) and f"{held_out}_rmse" in row
+        fields = tuple(f.replace("test_", f"{held_out}_") for f in (REGRESSION_FIELDS if regression else METRIC_FIELDS))
+        log = f"{held_out}_log_rmse"
+        _entries(row, where, [f for f in fields if f != log], ((log,) if regression else ()) + ("head_lr",))
+        if "head_lr" in row:  # train --head-lr: the classifier's own rate
+            _rule(real(0), f"{where}.head_lr", row["head_lr"])
         _need(row["epoch"] == i + 1 and _is_int(row["epoch"]), f"{where}.epoch", str(i + 1), row["epoch"])
         _rule(integer(0), f"{where}.steps", row["steps"])
         for key in fields[2:]:
@@ -381,13 +408,16 @@ def _spec(record: Any) -> None:
 
 
 def _data(record: Any) -> None:
-    if isinstance(record, dict) and record.get("kind") in TABULAR_KINDS:
+    # synthetic data for a vector input trains with the tabular recipe, and records a pipeline
+    if isinstance(record, dict) and (record.get("kind") in TABULAR_KINDS or "pipeline" in record):
         return _tabular_data(record)
     data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "pixel_max",
-                                     "mean", "std"))
+                                     "mean", "std"), ("baseline",))
+    _baseline(data)
     _rule(instance(str, "a data set name"), "data.name", data["name"])
     _rule(one_of(DATA_KINDS), "data.kind", data["kind"])
-    _rule(sequence_of(integer(1, 2**31 - 1), length=3), "data.shape", data["shape"])
+    # (C, L) signals, (C, H, W) images, (C, D, H, W) volumes
+    _rule(sequence_of(integer(1, 2**31 - 1), at_least=2, at_most=4), "data.shape", data["shape"])
     _rule(integer(1, 2**31 - 1), "data.classes", data["classes"])
     _need(isinstance(data["class_names"], list) and len(data["class_names"]) == data["classes"]
           and all(isinstance(n, str) for n in data["class_names"]), "data.class_names",
@@ -401,7 +431,9 @@ def _data(record: Any) -> None:
 def _tabular_data(record: dict) -> None:
     """A tabular data set's record: its pipeline (`tabular.Pipeline.record`) is applied by `eval`
     and written next to exported models, so every statistic must be usable as it stands."""
-    data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "task", "pipeline"))
+    data = _entries(record, "data", ("name", "kind", "shape", "classes", "class_names", "task", "pipeline"),
+                    ("baseline",))
+    _baseline(data)
     _rule(instance(str, "a data set name"), "data.name", data["name"])
     _rule(one_of(("regression", "classification")), "data.task", data["task"])
     _rule(sequence_of(integer(1, 2**31 - 1), length=1), "data.shape", data["shape"])
@@ -435,6 +467,20 @@ def _tabular_data(record: dict) -> None:
         width += 1 if column["kind"] == "numeric" else len(column["categories"]) + 1
     _unique_names([c["name"] for c in columns], "data.pipeline.columns (names)")
     _need(data["shape"] == [width], "data.shape", f"[{width}] (the pipeline's encoded width)", data["shape"])
+    for problem in record_problems(data["pipeline"])[:1]:  # beyond the shapes: e.g. the target as a feature
+        raise _Invalid(f"'data.pipeline': {problem}")
+
+
+def _baseline(data: dict) -> None:
+    """train's baseline on the test split (training/baseline.py): its name and its scores."""
+    if "baseline" not in data:
+        return
+    record = data["baseline"]
+    _need(isinstance(record, dict) and isinstance(record.get("baseline"), str), "data.baseline",
+          "a dict naming its baseline", record)
+    for key, value in record.items():
+        _need(isinstance(key, str) and (isinstance(value, str) or _is_real(value) or value is None),
+              f"data.baseline.{key}", "a name or a number", value)
 
 
 def _unique_names(names: Any, where: str) -> None:

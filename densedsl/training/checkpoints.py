@@ -38,6 +38,12 @@ from .tabular import Pipeline
 from .tabular_record import exported
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # train --keep best: the best epoch's checkpoint (a run directory's model when present)
+
+
+def model_file(run_dir: Path) -> Path:
+    """The checkpoint whose weights are a run directory's model: best.pt when kept, else checkpoint.pt."""
+    return run_dir / BEST if (run_dir / BEST).is_file() else run_dir / CHECKPOINT
 
 
 # --- the file --------------------------------------------------------------------------------------
@@ -51,7 +57,7 @@ def read(path: str | os.PathLike) -> dict:
     p = Path(path)
     require_regular(p, "checkpoint")
     if p.is_dir() and (p / CHECKPOINT).exists():
-        p = p / CHECKPOINT
+        p = model_file(p)
         require_regular(p, "checkpoint")
     if not p.is_file():
         raise _error(d.FILE_NOT_FOUND, p, "no such checkpoint",
@@ -77,7 +83,7 @@ def read(path: str | os.PathLike) -> dict:
         raise _error(d.BAD_FILE, p, "not a densedsl training checkpoint (no 'format' entry)",
                      "use densedsl compile --weights for plain state_dicts")
     version = ckpt.get("version")
-    if _is_int(version) and version > FORMAT_VERSION:
+    if _is_int(version) and version is not None and version > FORMAT_VERSION:
         raise _error(d.BAD_FILE, p, f"checkpoint format {version} is newer than this densedsl reads "
                      f"({FORMAT_VERSION})", "upgrade densedsl")
     check(ckpt, p)
@@ -192,7 +198,8 @@ def save(path: Path, model, optimizer, scheduler, scaler, epoch: int, metrics, c
         "data": {"name": data.name, "kind": data.description.kind, "shape": list(data.shape),
                  "classes": data.classes, "class_names": list(data.class_names),
                  **({"task": data.task, "pipeline": data.pipeline.record()} if data.tabular else
-                    {"pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)})},
+                    {"pixel_max": data.pixel_max, "mean": list(data.mean), "std": list(data.std)}),
+                 **({"baseline": data.baseline} if data.baseline is not None else {})},
         "torch": str(torch.__version__),  # TorchVersion itself does not load with weights_only
     }
     crc = torch.serialization.get_crc32_options()

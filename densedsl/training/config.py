@@ -35,12 +35,15 @@ SCHEDULES = ("step", "cosine")
 RECIPE = {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
           "milestones": (0.5, 0.75), "gamma": 0.1, "seed": 0, "optimizer": "sgd", "schedule": "step",
           "warmup": 0, "label_smoothing": 0.0, "grad_clip": None, "freeze": (), "head_lr": None,
-          "target": None}  # csv: data's column to predict (--target)
+          "target": None,  # csv: data's column to predict (--target)
+          "val_split": None, "keep": "last", "patience": None,  # model selection (training/selection.py)
+          "normalize": "auto", "freeze_bn": False}  # fine-tuning (training/normalize.py, loop.hold_norms)
 # Settings a resumed run must share with its checkpoint: they decide what the weights become.
 # (`epochs` may grow: see `resolve`.)
 RESUME_FIXED = ("data", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
                 "milestones", "gamma", "augment", "seed", "optimizer", "schedule", "warmup",
-                "label_smoothing", "grad_clip", "freeze", "head_lr", "target")
+                "label_smoothing", "grad_clip", "freeze", "head_lr", "target", "val_split", "keep", "patience",
+                "normalize", "freeze_bn")
 
 Log = Callable[[str], None]
 
@@ -75,6 +78,12 @@ class Config:
     freeze: tuple[str, ...] = ()     # stages not trained: "features", "stem" or features.NAME
     head_lr: float | None = None     # the classifier's learning rate (None: lr)
     target: str | None = None        # csv: data: the column to predict
+    val_split: float | None = None   # the fraction of the training split held out for validation
+    keep: str = "last"               # selection.KEEP: the weights a run ends with
+    patience: int | None = None      # stop after this many epochs without a better validation score
+    normalize: str = "auto"          # normalize.NAMED or MEAN,STD: which statistics normalise the input
+    normalize_why: str = ""          # whose statistics they are (ImageNet's, the initial weights', the data's)
+    freeze_bn: bool = False          # every batch norm's running statistics fixed (frozen stages' always are)
     threads: int = 0                 # torch's CPU intra-op threads (recorded; may change on resume)
     threads_why: str = ""            # who chose them (--threads, auto from the load) and the OpenMP wait
 
@@ -145,15 +154,21 @@ def _range_problems(values: dict) -> list[tuple[str, str]]:
     problems = []
     for key, cap in SETTING_CAPS.items():
         value = values.get(key)
-        if _is_number(value) and math.isfinite(value) and value > cap:
+        if not _is_number(value):
+            continue
+        assert value is not None
+        if math.isfinite(value) and value > cap:
             problems.append((key, f"must be at most {cap:g} (far above any recipe; larger values overflow "
                                   f"float32 in the optimizer step), not {value:g}"))
     for key in FLOAT32_SETTINGS:
         value = values.get(key)
-        if _is_number(value) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        if not _is_number(value):
+            continue
+        assert value is not None
+        if math.isfinite(value) and abs(value) > FLOAT32_MAX:
             problems.append((key, f"must be within float32's range (at most {FLOAT32_MAX:.4g}), not {value:g}"))
     workers = values.get("workers")
-    if _is_number(workers) and workers > max_workers():
+    if _is_number(workers) and workers is not None and workers > max_workers():
         problems.append(("workers", f"must be at most {max_workers()} ({WORKERS_PER_CPU} per CPU this "
                                     f"process may use, at most {MAX_WORKERS}): each worker is a process, "
                                     f"not {workers}"))
@@ -266,7 +281,7 @@ def resolve(desc: datasets.Description, recipe: dict, ckpt: dict | None, run_dir
                                         "checkpoint's: " + "; ".join(clashes), None,
                                         "leave them out to continue the run as it was (only a larger "
                                         "--epochs extends it), or start a new run with another --out",
-                                        file=str(run_dir / CHECKPOINT))])
+                                        file=str(run_dir / CHECKPOINT) if run_dir is not None else None)])
     return values, origin
 
 
@@ -355,11 +370,14 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         ("optimizer", f"AdamW, weight decay {config.weight_decay:g}", why("optimizer", "default")),
         *([("head learning rate", f"{config.head_lr:g}", "  (classifier)")] if config.head_lr is not None else []),
         *([("frozen", ", ".join(config.freeze), "  (not trained)")] if config.freeze else []),
+        *([("batch norm", "running statistics fixed" + ("" if config.freeze_bn else " in the frozen stages"),
+            "  (--freeze-bn)" if config.freeze_bn else "")] if config.freeze or config.freeze_bn else []),
         *([("label smoothing", f"{config.label_smoothing:g}", "")] if config.label_smoothing else []),
         *([("gradient clipping", f"total norm {config.grad_clip:g}", "")] if config.grad_clip is not None else []),
         *(_tabular_rows(data) if data.tabular else [
             ("augmentation", config.augment, why("augment", f"default for {data.description.kind}")),
-            ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})", "  (of the training images)")]),
+            ("normalisation", f"mean ({fmt(data.mean)}), std ({fmt(data.std)})",
+             f"  ({config.normalize_why or 'of the training images'})")]),
         *([("resize", data.resized, "  (folder images to the spec's input)")] if data.resized else []),
         ("seed", str(config.seed), why("seed", "default")),
         *([("initial weights", config.init, "")] if config.init is not None else []),
@@ -374,6 +392,14 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         rows.append(("batch norm", "synchronised across processes", ""))
     if config.max_steps is not None:
         rows.append(("max steps", str(config.max_steps), "  (smoke test)"))
+    if data.baseline is not None:
+        from .baseline import describe
+        rows.append(("baseline", describe(data.baseline), ""))
+    if data.val is not None:
+        rows.append(("validation", f"{len(data.val)} examples held out of the training split "
+                     f"(--val-split {config.val_split:g}); the test split is scored once, at the end", ""))
+        rows.append(("kept weights", f"{config.keep} epoch" + (f", early stop after {config.patience} epochs "
+                     "without a better validation score" if config.patience else ""), ""))
     rows.append(("run directory", str(run_dir) if run_dir is not None else "none (nothing is saved)", ""))
     width = max(len(name) for name, _, _ in rows)
     for name, value, note in rows:

@@ -43,7 +43,8 @@ from ..core.files import require_regular
 from . import loaded, tabular
 from .loaded import Data
 
-Shape = tuple[int, int, int]
+# (C, H, W) for images; (C, L), (C, D, H, W) or a vector's (F,) as well
+Shape = tuple[int, ...]
 
 KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes")
 TABULAR_KINDS = ("csv", "diabetes")  # feature vectors, read and encoded by densedsl.training.tabular
@@ -255,26 +256,31 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
         return tabular.synthetic(desc, width=shape[0], classes=classes, task=task)
     names: tuple[str, ...] = tuple(str(i) for i in range(desc.classes or classes))
     pixel_max = 255.0
+    train: ImageSet | FolderSet
+    test: ImageSet | FolderSet
     if desc.kind == "digits":
         train, test = _digits()
         pixel_max = 16.0
     elif desc.kind == "synthetic":
         train, test = _synthetic(shape, classes, desc)
-    elif desc.kind == "cifar10":
-        train, test = _cifar(desc.path, 10)
-    elif desc.kind == "cifar100":
-        train, test = _cifar(desc.path, 100)
-    elif desc.kind in ("mnist", "fashion-mnist"):
-        train, test = _mnist(desc.path, desc.kind)
     else:
-        train, test, names = _folder(desc.path, shape)
+        assert desc.path is not None  # every kind but digits and synthetic names its files
+        if desc.kind == "cifar10":
+            train, test = _cifar(desc.path, 10)
+        elif desc.kind == "cifar100":
+            train, test = _cifar(desc.path, 100)
+        elif desc.kind in ("mnist", "fashion-mnist"):
+            train, test = _mnist(desc.path, desc.kind)
+        else:
+            train, test, names = _folder(desc.path, shape)
     _require_images(desc, train, test)
     resized = None
-    if desc.kind == "folder":
+    if isinstance(train, FolderSet):
         mean, std = _stats(_sample(train, 1000), pixel_max)
         data_shape = shape
         resized = _resized(train, shape, 1000)
     else:
+        assert isinstance(test, ImageSet)
         data_shape = _same_shape(desc, train, test, shape)
         mean, std = _stats(train.images, pixel_max)
     return Data(description=desc, train=train, test=test, shape=data_shape,
@@ -282,7 +288,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
                 mean=mean, std=std, resized=resized)
 
 
-def _require_images(desc: Description, train: Dataset, test: Dataset) -> None:
+def _require_images(desc: Description, train: ImageSet | FolderSet, test: ImageSet | FolderSet) -> None:
     """An empty split would train zero steps, or report a mean of nothing (NaN) as a result."""
     for split, images in (("training", train), ("test", test)):
         if len(images) == 0:
@@ -507,8 +513,8 @@ def _read_idx(path: Path, ndim: int, where: str) -> torch.Tensor:
         # decompress to far more than its header says.
         raw = _read_exactly(f, count + 1, path)
     if len(raw) != count:
-        held = f"{len(raw)}" if len(raw) < count else f"more than {count}"
-        raise _fail(d.BAD_FILE, f"{promise} but the file holds {held}", path,
+        read = f"{len(raw)}" if len(raw) < count else f"more than {count}"
+        raise _fail(d.BAD_FILE, f"{promise} but the file holds {read}", path,
                     f"the file may be truncated: {where}")
     return torch.frombuffer(raw, dtype=torch.uint8).view(*dims) if count else torch.zeros(dims, dtype=torch.uint8)
 
@@ -519,9 +525,9 @@ class _open_data:
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = None
+        self.file: Any = None
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         require_regular(self.path, "data file")
         try:
             self.file = gzip.open(self.path, "rb") if self.path.suffix == ".gz" else open(self.path, "rb")
@@ -529,7 +535,7 @@ class _open_data:
             raise _fail(d.CANNOT_READ, f"cannot read the file: {e.strerror or e}", self.path) from None
         return self.file
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.file.close()
         if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
             # gzip: a bad header (BadGzipFile), a damaged stream (zlib.error), a cut one (EOFError)
@@ -537,7 +543,6 @@ class _open_data:
                         "the file is damaged or not gzip-compressed") from None
         if isinstance(exc, OSError):
             raise _fail(d.CANNOT_READ, f"cannot read the file: {exc.strerror or exc}", self.path) from None
-        return False
 
 
 def _file_size(f) -> int:
@@ -610,8 +615,10 @@ def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, 
                         "directories", split_dir, "put the images in DIR/<split>/<class>/")
         return files, labels
 
-    train = FolderSet(*scan(_folder_split(path, "train")), shape)
-    test = FolderSet(*scan(_folder_split(path, "test")), shape)
+    train_dir, test_dir = _folder_split(path, "train"), _folder_split(path, "test")
+    assert train_dir is not None and test_dir is not None  # _folder_classes refused their absence
+    train = FolderSet(*scan(train_dir), shape)
+    test = FolderSet(*scan(test_dir), shape)
     return train, test, tuple(classes)
 
 
@@ -625,10 +632,12 @@ def _read_image(path: Path, shape: Shape) -> torch.Tensor:
             opened = Image.open(path)
         with opened as im:
             _check_pixels(im.size, path)  # Image.open read only the header: nothing is decoded yet
-            im = im.convert("L" if shape[0] == 1 else "RGB")
-            if im.size != (shape[2], shape[1]):
-                im = im.resize((shape[2], shape[1]), Image.BILINEAR)
-            data = bytearray(im.tobytes())
+            converted = im.convert("L" if shape[0] == 1 else "RGB")
+            if converted.size != (shape[2], shape[1]):
+                # Image.Resampling from Pillow 9.1 on (what the stubs know); 9.0 has the constant only
+                bilinear = getattr(Image, "Resampling", Image).BILINEAR
+                converted = converted.resize((shape[2], shape[1]), bilinear)
+            data = bytearray(converted.tobytes())
     except Image.DecompressionBombError as e:  # beyond Pillow's hard limit, refused by Image.open
         raise _fail(d.BAD_FILE, f"the image is too large to decode: {e}", path,
                     f"densedsl decodes images of at most {MAX_IMAGE_PIXELS:,} pixels; shrink it or "

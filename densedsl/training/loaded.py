@@ -34,6 +34,8 @@ class Data:
     resized: str | None = None   # folder: what sizes (of a sample) are resized to the spec's
     task: str = "classification"  # or "regression" (tabular data with a regression head)
     pipeline: Any = None         # tabular: the tabular.Pipeline that encodes rows (mean/std unused)
+    val: Any = None              # the validation split (selection.split_off), or None
+    baseline: dict | None = None  # baseline.baseline on the test split, kept in the checkpoint
 
     @property
     def name(self) -> str:

@@ -13,7 +13,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sized, cast
 
@@ -26,7 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..language.network import Network
-from . import checkpoints, datasets
+from . import checkpoints, datasets, selection
 from .checkpoints import CHECKPOINT
 from .config import Config, Log
 from .distributed import Dist, agree, all_sum, gather
@@ -56,6 +56,7 @@ class Run:
     log: Log | None
     progress: bool
     callback: Callable[[dict], bool | None] | None
+    kept: dict = field(default_factory=dict)  # --keep best: the best epoch's weights (selection.keep_best)
 
 
 def derived_seed(*parts: Any) -> int:
@@ -173,7 +174,7 @@ def evaluate_split(model: nn.Module, data: datasets.Data, *, device: torch.devic
               batch_size: int, workers: int, dd: Dist, split: str = "test",
               norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, float, int, int]:
     """(mean loss, accuracy, correct, total) over a split, summed across ranks."""
-    dataset = data.test if split == "test" else data.train
+    dataset = {"test": data.test, "val": data.val}.get(split, data.train)
     mean, std = norm if norm is not None else norm_tensors(data, device)
     loader = _loader(dataset, _EvalBatches(len(dataset), batch_size, dd), workers,
                      device.type == "cuda", 0)
@@ -204,7 +205,7 @@ def evaluate_regression(model: nn.Module, data: datasets.Data, *, device: torch.
     below the pipeline's floor (1, or the smallest target when that is below 1) are raised to it;
     it exists only when every target is positive."""
     pipeline = data.pipeline
-    dataset = data.test if split == "test" else data.train
+    dataset = {"test": data.test, "val": data.val}.get(split, data.train)
     loader = _loader(dataset, _EvalBatches(len(dataset), batch_size, dd), workers, device.type == "cuda", 0)
     was_training = model.training
     model.eval()
@@ -275,17 +276,53 @@ def stages(model: nn.Module) -> dict[str, str | tuple[str, ...]]:
     return found
 
 
-def frozen_parameters(model: nn.Module, freeze: tuple[str, ...]) -> set[str]:
-    """The names of the parameters `freeze` (stage names, checked) keeps as they are."""
+def frozen_prefixes(model: nn.Module, freeze: tuple[str, ...]) -> tuple[str, ...]:
+    """The module-name prefixes (with their dot) of the stages `freeze` names, checked."""
     known = stages(model)
     unknown = [name for name in freeze if name not in known]
     if unknown:
         raise SpecError([Diagnostic(d.OUT_OF_RANGE, f"--freeze {unknown[0]}: no such stage in this network",
                                     None, "freeze one of: " + ", ".join(known), file="--freeze")])
-    prefixes = cast(tuple[str, ...],  # mypy narrows no dict item by isinstance
-                    tuple(p for name in freeze for p in ((known[name],) if isinstance(known[name], str)
-                                                         else known[name])))
+    return cast(tuple[str, ...],  # mypy narrows no dict item by isinstance
+                tuple(p for name in freeze for p in ((known[name],) if isinstance(known[name], str)
+                                                     else known[name])))
+
+
+def frozen_parameters(model: nn.Module, freeze: tuple[str, ...]) -> set[str]:
+    """The names of the parameters `freeze` (stage names, checked) keeps as they are."""
+    prefixes = frozen_prefixes(model, freeze)
     return {name for name, _ in model.named_parameters() if prefixes and name.startswith(prefixes)}
+
+
+def hold_norms(model: nn.Module, config: Config) -> None:
+    """After model.train(): the batch norms of frozen stages (of every stage with --freeze-bn)
+    back in eval mode, so they normalise with, and keep, the running statistics of the initial
+    weights. A frozen layer whose statistics follow the new data is no longer the layer it was."""
+    if not config.freeze and not config.freeze_bn:
+        return
+    inner = cast(nn.Module, getattr(model, "module", model))  # under DistributedDataParallel
+    prefixes = frozen_prefixes(inner, config.freeze)
+    for name, module in inner.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and (
+                config.freeze_bn or (prefixes and f"{name}.".startswith(prefixes))):
+            module.eval()
+
+
+def group_rates(optimizer: torch.optim.Optimizer, config: Config) -> dict[str, float]:
+    """The learning rates of an epoch's row: `lr` the base rate (the body's group; the schedule's
+    value when the body is frozen whole), `head_lr` the classifier's when --head-lr gave it a group."""
+    groups = optimizer.param_groups
+    # named by optimizer_for; a checkpoint from before the names has [body, head] or [body]
+    head = next((g for g in groups if g.get("name") == "head"), groups[1] if len(groups) == 2 else None)
+    body = next((g for g in groups if g is not head), None)
+    if body is not None:
+        rates = {"lr": float(body["lr"])}
+    else:  # the body frozen whole: the schedule's factor, read off the head's group
+        assert head is not None
+        rates = {"lr": config.lr * (head["lr"] / head["initial_lr"] if head.get("initial_lr") else 1.0)}
+    if head is not None:
+        rates["head_lr"] = float(head["lr"])
+    return rates
 
 
 def optimizer_for(model: nn.Module, config: Config) -> torch.optim.Optimizer:
@@ -300,8 +337,8 @@ def optimizer_for(model: nn.Module, config: Config) -> torch.optim.Optimizer:
         else:
             (head if config.head_lr is not None and name.startswith(HEAD) else body).append(parameter)
     # An empty group (everything but the head frozen) would only show its unused rate in the log.
-    groups: list[dict[str, Any]] = (([{"params": body}] if body else [])
-                                    + ([{"params": head, "lr": config.head_lr}] if head else []))
+    groups: list[dict[str, Any]] = (([{"params": body, "name": "body"}] if body else [])
+                                    + ([{"params": head, "lr": config.head_lr, "name": "head"}] if head else []))
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -338,7 +375,7 @@ def replayed(optimizer: torch.optim.Optimizer, config: Config, epochs_done: int)
     with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(epochs_done):
-            lrs.append(optimizer.param_groups[0]["lr"])
+            lrs.append(group_rates(optimizer, config)["lr"])
             scheduler.step()
     return scheduler, lrs
 
@@ -356,6 +393,7 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
 
     mean, std = norm_tensors(data, dev)
     regression = data.task == "regression"
+    held_out = "val" if data.val is not None else "test"  # the test split waits for the end
     stopped = None
     steps_done = 0
     curves_at = -math.inf
@@ -378,26 +416,32 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
             raise _diverged(e, epoch, optimizer, net, last_checkpoint) from None
         steps_done += steps
         train_seconds = time.perf_counter() - t0
-        lr_now = optimizer.param_groups[0]["lr"]
+        rates = group_rates(optimizer, config)
+        if metrics and "head_lr" not in metrics[0]:  # a run resumed from before the column: rows alike
+            rates.pop("head_lr", None)
         if regression:
             test_loss, test_rmse, test_log_rmse, _ = evaluate_regression(
-                model, data, device=dev, amp=amp, batch_size=max(256, config.batch_size), workers=workers, dd=dd)
+                model, data, device=dev, amp=amp, batch_size=max(256, config.batch_size), workers=workers, dd=dd,
+                split=held_out)
         else:
             test_loss, test_acc, _, _ = evaluate_split(model, data, device=dev, amp=amp,
                                                        batch_size=max(256, config.batch_size),
-                                                       workers=workers, dd=dd, norm=(mean, std))
+                                                       workers=workers, dd=dd, norm=(mean, std), split=held_out)
         if not math.isfinite(test_loss):  # finite weights can still overflow the logits
-            raise _diverged(_Diverged(steps, test_loss, "the test loss"), epoch, optimizer, net, last_checkpoint)
+            raise _diverged(_Diverged(steps, test_loss, f"the {held_out} loss"), epoch, optimizer, net,
+                            last_checkpoint)
         if regression:  # checkpoint_schema.REGRESSION_FIELDS
-            row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss,
+            row = {"epoch": epoch, "steps": steps, **rates, "train_loss": loss,
                    "train_rmse": math.sqrt(loss) * data.pipeline.target_std,
                    "test_loss": test_loss, "test_rmse": test_rmse,
                    **({"test_log_rmse": test_log_rmse} if test_log_rmse is not None else {}),
                    "rows_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
         else:
-            row = {"epoch": epoch, "steps": steps, "lr": lr_now, "train_loss": loss, "train_acc": acc,
+            row = {"epoch": epoch, "steps": steps, **rates, "train_loss": loss, "train_acc": acc,
                    "test_loss": test_loss, "test_acc": test_acc,
                    "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
+        if held_out == "val":
+            row = selection.validation_row(row)
         metrics.append(row)
         partial = max_steps is not None and steps_done >= max_steps and steps < len(batches)
         if not partial:
@@ -410,6 +454,10 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
             stopped = "max-steps"
         elif run.callback is not None and agree(bool(run.callback(dict(row))), dd, dev):
             stopped = "callback"
+        elif selection.out_of_patience(metrics, config.patience):
+            stopped = "patience"
+            say(f"early stop: no better {held_out} score for {config.patience} epochs "
+                f"(best: epoch {selection.best_epoch(metrics)})")
         if run_dir is not None:
             # Every rank takes part in gathering the RNG states; only rank 0 writes.
             rng = gather(rng_state(), dd) if not partial else []
@@ -422,8 +470,12 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
                 # Drawing costs ~0.3 s: with sub-second epochs, redraw at most every _CURVES_EVERY_S.
                 if epoch == config.epochs or stopped or time.perf_counter() - curves_at >= _CURVES_EVERY_S:
                     from ..views.plots import write_curves
-                    write_curves(metrics, run_dir / CURVES, title=f"{net.name} on {data.name}")
+                    title = f"{net.name} on {data.name}" + (" ('test' curves: the validation split)"
+                                                            if held_out == "val" else "")
+                    write_curves(selection.as_test_rows(metrics), run_dir / CURVES, title=title)
                     curves_at = time.perf_counter()
+        if config.keep == "best" and not partial and dd.main:
+            selection.keep_best(run_dir, run.kept, model, metrics)
         if dd.active:
             dist.barrier()
         if stopped:
@@ -436,6 +488,7 @@ def train_epoch(model, loader, optimizer, scaler, data, config: Config, device, 
                  augment_rng, dd: Dist, bar: _Progress, limit: int | None):
     """One pass over the training split; returns (mean loss, accuracy, images, steps), all ranks."""
     model.train()
+    hold_norms(model, config)
     # Sums stay on the device; a host sync (needed for the bar and the finiteness check) happens
     # every step on the CPU, where it is free, and every `sync` steps on a GPU.
     sync = 1 if device.type == "cpu" else 25
@@ -504,15 +557,16 @@ def _duration(seconds: float) -> str:
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    if "test_rmse" in row:
-        log = f" log rmse {row['test_log_rmse']:.4f}" if "test_log_rmse" in row else ""
+    s = "val" if "val_loss" in row else "test"  # which split the held-out numbers are
+    if f"{s}_rmse" in row:
+        log = f" log rmse {row[f'{s}_log_rmse']:.4f}" if f"{s}_log_rmse" in row else ""
         return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  lr {row['lr']:.4g}  "
                 f"train loss {row['train_loss']:.4f} rmse {format_rmse(row['train_rmse'])}  "
-                f"test loss {row['test_loss']:.4f} rmse {format_rmse(row['test_rmse'])}{log}  "
+                f"{s} loss {row[f'{s}_loss']:.4f} rmse {format_rmse(row[f'{s}_rmse'])}{log}  "
                 f"{row['rows_per_s']:.0f} rows/s  {row['seconds']:.1f}s")
     return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  lr {row['lr']:.4g}  "
             f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-            f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%  "
+            f"{s} loss {row[f'{s}_loss']:.4f} acc {100 * row[f'{s}_acc']:.2f}%  "
             f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s")
 
 

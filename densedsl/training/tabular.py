@@ -444,8 +444,8 @@ def fit(train: Table, tables: Sequence[Table], target: str, task: str) -> Pipeli
                             "(their squares overflow)", train.path, "rescale the column") from None
             columns.append(Column(name, "numeric", mean, std))
         else:
-            values = sorted({row[j].strip() for row in train.rows if not _missing(row[j])})
-            columns.append(Column(name, "categorical", categories=tuple(values)))
+            seen = sorted({row[j].strip() for row in train.rows if not _missing(row[j])})
+            columns.append(Column(name, "categorical", categories=tuple(seen)))
     t = train.header.index(target)
     if task == "regression":
         for table, where in zip(tables, positions):

@@ -34,7 +34,8 @@ from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import atomic_write
 from ..language.network import Network
-from . import checkpoints, datasets, tabular
+from . import baseline, checkpoints, datasets, selection, tabular
+from . import normalize as normalization
 from .checkpoints import CHECKPOINT, model_from_checkpoint, spec_from_record
 from .checkpoints import read as read_checkpoint
 from .config import (
@@ -82,16 +83,19 @@ class RunResult:
     run_dir: Path | None
     checkpoint: Path | None                 # the last checkpoint written, if any
     seconds: float                          # wall time of this call
-    stopped: str | None = None              # "max-steps" or "callback" when it ended early
+    stopped: str | None = None              # "max-steps", "callback" or "patience" when it ended early
+    test: dict | None = None                # with a validation split: the test split's one score (result.json)
 
     @property
     def test_accuracy(self) -> float:
-        return self.metrics[-1].get("test_acc", float("nan")) if self.metrics else float("nan")
+        last = self.test or (self.metrics[-1] if self.metrics else {})
+        return last.get("test_acc", float("nan"))
 
     @property
     def test_rmse(self) -> float:
         """A regression's test RMSE in the target's units (NaN for a classifier)."""
-        return self.metrics[-1].get("test_rmse", float("nan")) if self.metrics else float("nan")
+        last = self.test or (self.metrics[-1] if self.metrics else {})
+        return last.get("test_rmse", float("nan"))
 
     @property
     def epochs(self) -> int:
@@ -136,7 +140,9 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           optimizer: str | None = None, schedule: str | None = None, warmup: int | None = None,
           label_smoothing: float | None = None, grad_clip: float | None = None,
           freeze: tuple[str, ...] | None = None, head_lr: float | None = None,
-          target: str | None = None, network: str | None = None, **params: Any) -> RunResult:
+          target: str | None = None, val_split: float | None = None, keep: str | None = None,
+          patience: int | None = None, normalize: str | None = None, freeze_bn: bool | None = None,
+          network: str | None = None, **params: Any) -> RunResult:
     """Train a spec (a `Spec`, a path, spec text or a resolved `Network`) on a data set.
 
     Settings left at None take the paper's recipe (`RECIPE`) or the data set's default (epochs,
@@ -169,6 +175,12 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     Tabular data (`csv:FILE` with `target`, the column to predict, or `diabetes`) is encoded by
     `densedsl.training.tabular`; the spec's head decides between regression (MSE; RMSE reported) and
     classification.
+
+    Model selection (`selection`): `val_split` holds out that fraction of the training split for
+    validation; each epoch is then scored on it (`val_*` in its row) and the test split is scored
+    once at the end, with the weights `keep` names ("last", the default, or "best": the best
+    validation epoch's, also kept as RUN_DIR/best.pt); `patience` stops after that many epochs
+    without a better validation score.
     """
     started = time.perf_counter()
     net, record = _resolve_spec(spec, network, params)
@@ -187,7 +199,8 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
                   milestones=tuple(milestones) if milestones is not None else None,
                   optimizer=optimizer, schedule=schedule, warmup=warmup, label_smoothing=label_smoothing,
                   grad_clip=grad_clip, freeze=tuple(freeze) if freeze is not None else None, head_lr=head_lr,
-                  target=target)
+                  target=target, val_split=val_split, keep=keep, patience=patience, normalize=normalize,
+                  freeze_bn=freeze_bn)
     try:
         with run_directory(out, dd, pick_device(device, dd)):
             return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
@@ -288,12 +301,12 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     if desc.kind == "csv":  # --target, or the checkpoint's on resume
         desc = replace(desc, target=values["target"])
     assert net.head is not None  # config.check_data refused a network without one
-    # the ignore: datasets.load's annotation says an image shape; it takes any network input
-    data = datasets.load(desc, shape=net.input, classes=net.head.classes,  # type: ignore[arg-type]
+    data = datasets.load(desc, shape=net.input, classes=net.head.classes,
                          task=tabular.task_of(net))
     if data.tabular:  # the encoded width (E207) before the model is built
         d.raise_if_errors(tabular.check_data(net, data) + tabular.recipe_problems(data, values))
     check_enough_data(data, int(values["batch_size"]), dd)
+    data, normalize_why = _normalised(data, values["normalize"], ckpt, init)
     workers = workers if workers is not None else (min(4, os.cpu_count() or 1)
                                                    if desc.kind == "folder" and dev.type == "cuda" else 0)
     config = Config(data=desc.name, epochs=int(values["epochs"]), batch_size=int(values["batch_size"]),
@@ -309,7 +322,14 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     grad_clip=float(values["grad_clip"]) if values["grad_clip"] is not None else None,
                     freeze=tuple(values["freeze"]),
                     head_lr=float(values["head_lr"]) if values["head_lr"] is not None else None,
-                    target=values["target"], threads=torch.get_num_threads(), threads_why=threads_why)
+                    target=values["target"], threads=torch.get_num_threads(), threads_why=threads_why,
+                    val_split=float(values["val_split"]) if values["val_split"] is not None else None,
+                    keep=values["keep"], patience=int(values["patience"]) if values["patience"] is not None else None,
+                    normalize=values["normalize"], normalize_why=normalize_why, freeze_bn=bool(values["freeze_bn"]))
+    if config.val_split is not None:
+        data = selection.split_off(data, config.val_split, derived_seed(config.seed, "val-split"))
+    selection.needs_validation(config, data)
+    data = replace(data, baseline=baseline.baseline(data, "test"))  # fitted on the training rows kept
 
     # Model, optimizer, schedule. Every rank seeds alike, so initial weights agree (DDP would
     # broadcast rank 0's anyway); dropout then draws from a per-rank stream.
@@ -356,15 +376,25 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     if run_dir is not None and dd.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if record is not None:
-            atomic_write(run_dir / "spec.dense", record["text"])
+            atomic_write(run_dir / "spec.dense", _as_trained(record))
     run = Run(net=net, record=record, data=data, config=config, dd=dd, device=dev, amp=amp, model=model,
               optimizer=optimizer, scheduler=scheduler, scaler=scaler, run_dir=run_dir, log=log,
               progress=progress, callback=callback)
     last_checkpoint, stopped = fit(run, metrics, start_epoch,
                                    cast(Path, run_dir) / CHECKPOINT if ckpt else None)  # as above
 
+    test = None
+    if data.val is not None and metrics and stopped != "max-steps":
+        test = _test_once(run, metrics)
+    if metrics and stopped != "max-steps":
+        for line in _with_baseline(run, test or _last_result(metrics)):
+            say(line)
     seconds = time.perf_counter() - started
-    if metrics:
+    if test is not None:
+        say(f"done: {_score(test)} on the test split (scored once), with the weights of epoch {test['epoch']} "
+            f"({config.keep}) after {metrics[-1]['epoch']} epochs in {seconds:.1f}s"
+            + (f"; run directory {run_dir}" if run_dir is not None else ""))
+    elif metrics:
         last = metrics[-1]
         score = (f"test RMSE {tabular.format_rmse(last['test_rmse'])}" + (f" (log RMSE {last['test_log_rmse']:.4f})"
                                                          if "test_log_rmse" in last else "")
@@ -373,8 +403,86 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
             f"in {seconds:.1f}s" + (f"; run directory {run_dir}" if run_dir is not None else ""))
     return RunResult(network=net.name, data=desc.name, config=config, metrics=tuple(metrics),
                      model=model.eval(), run_dir=run_dir, checkpoint=last_checkpoint, seconds=seconds,
-                     stopped=stopped)
+                     stopped=stopped, test=test)
 
+
+def _normalised(data: datasets.Data, setting: str, ckpt: dict | None, init) -> tuple[datasets.Data, str]:
+    """`data` with the statistics `setting` chooses (training/normalize.py); on resume, the checkpoint's."""
+    if data.tabular:
+        if setting not in ("auto", "data"):
+            raise SpecError([Diagnostic(d.CONFLICT, f"--normalize {setting} with tabular data: its pipeline "
+                                        "standardises every column", None, "leave out --normalize",
+                                        file="--normalize")])
+        return data, ""
+    if ckpt is not None and "mean" in ckpt["data"]:
+        return replace(data, mean=tuple(ckpt["data"]["mean"]), std=tuple(ckpt["data"]["std"])), \
+            ckpt["config"].get("normalize_why") or "from the checkpoint"
+    mean, std, why = normalization.choose(setting, data, init)
+    return replace(data, mean=mean, std=std), why
+
+
+def _score(row: dict) -> str:
+    if "test_rmse" in row:
+        return f"test RMSE {tabular.format_rmse(row['test_rmse'])}" + (
+            f" (log RMSE {row['test_log_rmse']:.4f})" if row.get("test_log_rmse") is not None else "")
+    return f"test accuracy {100 * row['test_acc']:.2f}%"
+
+
+def _test_once(run: Run, metrics: list[dict]) -> dict:
+    """The test split, scored once with the kept weights (the best epoch's, or the last's);
+    RUN_DIR/result.json records it beside that epoch's validation numbers."""
+    config, data, model, dev = run.config, run.data, run.model, run.device
+    epoch = metrics[-1]["epoch"]
+    if config.keep == "best":
+        state = selection.kept_state(run.run_dir, run.kept)
+        if state is not None:
+            model.load_state_dict(state)
+            epoch = selection.best_epoch(metrics) or epoch
+    kw: dict[str, Any] = dict(device=dev, amp=run.amp, batch_size=max(256, config.batch_size),
+                              workers=config.workers, dd=run.dd)
+    if data.task == "regression":
+        loss, rmse, log_rmse, total = evaluate_regression(model, data, **kw)
+        scores: dict[str, Any] = {"test_loss": loss, "test_rmse": rmse, "test_log_rmse": log_rmse}
+    else:
+        loss, acc, _, total = evaluate_split(model, data, **kw)
+        scores = {"test_loss": loss, "test_acc": acc}
+    row = next(r for r in metrics if r["epoch"] == epoch)
+    return {"split": "test", "kept": config.keep, "epoch": epoch, "epochs": metrics[-1]["epoch"], **scores,
+            "test_examples": total, **{k: v for k, v in row.items() if k.startswith("val_")}}
+
+
+def _last_result(metrics: list[dict]) -> dict:
+    """Without a validation split, the run's result is its last epoch's test numbers."""
+    last = metrics[-1]
+    return {"split": "test", "kept": "last", "epoch": last["epoch"], "epochs": last["epoch"],
+            **{k: v for k, v in last.items() if k.startswith("test_")}}
+
+
+def _with_baseline(run: Run, result: dict) -> list[str]:
+    """Adds R² (a regression) and the baseline on the test split to `result`, writes it to
+    RUN_DIR/result.json (with a validation split), and returns the lines to print."""
+    data = run.data
+    if data.task == "regression":
+        result["test_r2"] = baseline.model_r2(data, result["test_rmse"])
+    result["baseline"] = data.baseline
+    if run.dd.main and data.val is not None:  # without one, the last row of metrics.csv is the result
+        selection.write_result(run.run_dir, result)
+    return baseline.lines(result, result["baseline"])
+
+
+
+def _as_trained(record: dict) -> str:
+    """spec.dense: the spec's text, headed by the --set values it was trained with (the
+    checkpoint holds them; `compile RUN_DIR` and `predict RUN_DIR` apply them)."""
+    if not record["overrides"]:
+        return record["text"]
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return f"{v['fraction'][0]}/{v['fraction'][1]}" if isinstance(v, dict) else str(v)
+    shown = " ".join(f"{k}={value(v)}" for k, v in record["overrides"])
+    return (f"# trained with --set {shown}: densedsl compile RUN_DIR (or this file with --set {shown})\n"
+            + record["text"])
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -428,7 +536,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
         with _data_hint(data is None, saved["name"]):
             loaded = datasets.load(desc, shape=net.input, classes=net.head.classes, task=tabular.task_of(net),
                                    pipeline=pipeline)
-        if pipeline is None and saved["kind"] == desc.kind:
+        if pipeline is None and saved["kind"] == desc.kind and not loaded.tabular:
             # The statistics the model was trained with, not the evaluation data's own.
             loaded = replace(loaded, mean=tuple(saved["mean"]), std=tuple(saved["std"]),
                              pixel_max=float(saved["pixel_max"]))

@@ -19,7 +19,7 @@ from torch import nn
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from .checkpoint_schema import FORMAT
-from .checkpoints import CHECKPOINT, check
+from .checkpoints import CHECKPOINT, check, model_file
 
 _MAX_LISTED = 12  # tensors named one by one in the --init report; the rest are counted
 
@@ -32,7 +32,7 @@ def read_weights(path: str | os.PathLike) -> Any:
     p = Path(path)
     require_regular(p, "weights file")
     if p.is_dir() and (p / CHECKPOINT).is_file():  # a run directory, as `eval` accepts
-        p = p / CHECKPOINT
+        p = model_file(p)
     raw = read_weights_file(p)
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         check(raw, p)
@@ -55,7 +55,7 @@ def load_exactly(model: nn.Module, path: str | os.PathLike) -> str:
         load_weights(model, raw, cli=True)
     except SpecError as e:
         raise _naming(e, path) from None
-    return model.weights_convention
+    return str(model.weights_convention)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,254 @@
+"""Issue 23, after training: checkpoints of every kind of input evaluate and resume (synthetic
+vectors, 1-D signals), the run directory's spec.dense names its --set values, and a checkpoint's
+pipeline that feeds the target to the model is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from densedsl import cli
+from densedsl.core.diagnostics import SpecError
+from densedsl.training import checkpoints
+from densedsl.training.train import CHECKPOINT, evaluate, train
+
+VECTOR = """network m(classes=3) {
+    input 6
+    defaults growth=8 norm=none
+    stem {
+        linear 16
+        relu
+    }
+    dense layers=2
+    head classes=classes
+}
+"""
+SIGNAL = """network s(classes=2, growth=4) {
+    input 2x32
+    defaults growth=growth bottleneck=2 compression=0.5
+    stem {
+        conv 8 kernel=3 padding=1
+    }
+    dense layers=2
+    transition
+    dense layers=2
+    head classes=classes
+}
+"""
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
+
+
+def _codes(e: SpecError) -> list[str]:
+    return [x.code.code for x in e.diagnostics]
+
+
+@pytest.mark.parametrize("spec", [VECTOR, SIGNAL], ids=["synthetic vectors", "1-D signals"])
+def test_a_checkpoint_of_any_input_rank_evaluates_and_resumes(tmp_path, spec):
+    run = tmp_path / "run"
+    trained = train(spec, data="synthetic:32", epochs=1, batch_size=16, out=run)
+    result = evaluate(run)  # was E908 ('data' has no entry 'pixel_max'; data.shape of 3 values)
+    assert result.total > 0 and result.accuracy == pytest.approx(trained.metrics[-1]["test_acc"])
+    resumed = train(spec, data="synthetic:32", epochs=2, batch_size=16, out=run, resume=True)
+    assert [row["epoch"] for row in resumed.metrics] == [1, 2]
+
+
+def test_spec_dense_names_the_set_values_it_was_trained_with(tmp_path):
+    (tmp_path / "s.dense").write_text(SIGNAL)
+    run = tmp_path / "run"
+    assert cli.main(["train", str(tmp_path / "s.dense"), "--data", "synthetic:32", "--epochs", "1",
+                     "--batch-size", "16", "--out", str(run), "--set", "growth=6", "--no-progress"]) == 0
+    text = (run / "spec.dense").read_text()
+    assert text.startswith("# trained with --set growth=6") and text.endswith(SIGNAL)
+    # as the comment says: the file with the --set value takes the run's weights
+    assert cli.main(["compile", str(run / "spec.dense"), "--set", "growth=6", "--weights", str(run),
+                     "-o", str(tmp_path / "m.pt")]) == 0
+
+
+def test_a_checkpoint_whose_pipeline_feeds_the_target_is_refused(tmp_path):
+    lines = ["a,b,y"] + [f"{i},{i % 3},{2 * i}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    spec = VECTOR.replace("input 6", "input 2").replace("classes=3", "classes=1")
+    train(spec, data=f"csv:{tmp_path / 't.csv'}", target="y", epochs=1, batch_size=16, out=tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    ckpt["data"]["pipeline"]["columns"][1]["name"] = "y"  # the target, listed as a feature
+    with pytest.raises(SpecError) as e:
+        checkpoints.check(ckpt, "edited")
+    assert _codes(e.value) == ["E908"] and "target" in str(e.value)
+
+
+# --- model selection (--val-split, --keep, --patience) ---------------------------------------
+
+IMAGES = SIGNAL.replace("input 2x32", "input 3x8x8")
+
+
+def test_a_validation_split_selects_and_the_test_split_is_scored_once(tmp_path, monkeypatch):
+    from densedsl.training import loop, train as train_module
+    splits: list[str] = []
+    original = loop.evaluate_split
+
+    def spy(*args, **kw):
+        splits.append(kw.get("split", "test"))
+        return original(*args, **kw)
+    monkeypatch.setattr(loop, "evaluate_split", spy)
+    monkeypatch.setattr(train_module, "evaluate_split", spy)
+    run = tmp_path / "run"
+    result = train(IMAGES, data="synthetic:64", epochs=4, batch_size=16, out=run, val_split=0.25, keep="best")
+    assert splits == ["val"] * 4 + ["test"]  # every epoch on validation, the test split once
+    assert all("val_acc" in row and "test_acc" not in row for row in result.metrics)
+    assert (run / "metrics.csv").read_text().splitlines()[0].split(",")[5:7] == ["val_loss", "val_acc"]
+    best = max(result.metrics, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
+    import json
+    saved = json.loads((run / "result.json").read_text())
+    assert saved["epoch"] == best and saved["split"] == "test" and saved["test_acc"] == result.test_accuracy
+    kept = torch.load(run / "best.pt", weights_only=True)
+    assert kept["epoch"] == best
+    for key, value in kept["model"].items():  # the run ends with the best epoch's weights
+        assert torch.equal(result.model.state_dict()[key], value), key
+    # the run directory's model is best.pt: eval, predict and compile read it
+    assert evaluate(run).epoch == best
+    from densedsl.training.predict import load_predictor
+    assert load_predictor(run).source.endswith("best.pt")
+
+
+def test_patience_stops_when_validation_stops_improving(tmp_path):
+    # lr 0: only the batch-norm statistics move, so the validation score soon stops improving
+    from densedsl.training.selection import best_epoch
+    result = train(IMAGES, data="synthetic:64", epochs=30, batch_size=16, lr=0.0, momentum=0.0,
+                   val_split=0.25, patience=2, out=tmp_path / "run")
+    assert result.stopped == "patience" and result.epochs < 30
+    assert result.epochs - best_epoch(list(result.metrics)) == 2
+    # the checkpoint with validation rows passes the schema: the run resumes from it
+    resumed = train(IMAGES, data="synthetic:64", epochs=30, batch_size=16, lr=0.0, momentum=0.0,
+                    val_split=0.25, patience=2, out=tmp_path / "run", resume=True)
+    assert resumed.metrics[:result.epochs] == result.metrics and resumed.epochs > result.epochs
+
+
+@pytest.mark.parametrize("flags", [["--keep", "best"], ["--patience", "3"]])
+def test_selection_without_a_validation_split_is_refused(tmp_path, capsys, flags):
+    (tmp_path / "s.dense").write_text(IMAGES)
+    code = cli.main(["train", str(tmp_path / "s.dense"), "--data", "synthetic:32", "--epochs", "1",
+                     "--out", str(tmp_path / "run"), "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E112]" in err and "--val-split" in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+# --- fine-tuning (--normalize, frozen batch norms, --freeze-bn, per-group rates) -------------
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("init") / "run"
+    train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, out=run)
+    return run
+
+
+def _norm_stats(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.startswith("features.") and "running_" in k}
+
+
+def test_frozen_stages_keep_their_batch_norm_statistics(first_run, tmp_path):
+    start = torch.load(first_run / CHECKPOINT, weights_only=True)["model"]
+    result = train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, init=first_run, freeze=("features",),
+                   head_lr=0.01, lr=0.1)
+    after = result.model.state_dict()
+    for key, value in _norm_stats(start).items():  # were updated by every training batch
+        assert torch.equal(after[key], value), key
+    # the lr column is the base rate, head_lr the classifier's (lr showed the head's rate)
+    assert result.metrics[0]["lr"] == pytest.approx(0.1) and result.metrics[0]["head_lr"] == pytest.approx(0.01)
+
+
+def test_freeze_bn_keeps_every_batch_norm_statistic(first_run):
+    start = torch.load(first_run / CHECKPOINT, weights_only=True)["model"]
+    result = train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, init=first_run, freeze_bn=True)
+    after = result.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in _norm_stats(start).items())
+    moved = [k for k in start if k.endswith(".weight") and not torch.equal(after[k], start[k])]
+    assert moved  # the weights themselves still train
+
+
+def test_normalize_defaults_to_the_initial_weights_statistics(first_run, tmp_path):
+    from densedsl.training.normalize import IMAGENET_MEAN, IMAGENET_STD
+    saved = torch.load(first_run / CHECKPOINT, weights_only=True)
+    # torchvision-layout weights (a bare state_dict): ImageNet's statistics
+    (tmp_path / "tv.pth").parent.mkdir(exist_ok=True)
+    torch.save(saved["model"], tmp_path / "tv.pth")
+    run = tmp_path / "tv"
+    train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, init=tmp_path / "tv.pth", out=run)
+    data = torch.load(run / CHECKPOINT, weights_only=True)["data"]
+    assert data["mean"] == pytest.approx(IMAGENET_MEAN) and data["std"] == pytest.approx(IMAGENET_STD)
+    # a densedsl run: the statistics it was trained with, not the new data's
+    run = tmp_path / "dd"
+    train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, init=first_run, out=run)
+    assert torch.load(run / CHECKPOINT, weights_only=True)["data"]["mean"] == pytest.approx(saved["data"]["mean"])
+    # explicit settings
+    result = train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, normalize="none", out=tmp_path / "none")
+    data = torch.load(tmp_path / "none" / CHECKPOINT, weights_only=True)["data"]
+    assert data["mean"] == [0.0] * 3 and data["std"] == [1.0] * 3 and result.metrics
+    train(IMAGES, data="synthetic:32", epochs=1, batch_size=16, normalize="0.5,0.25", out=tmp_path / "pair")
+    assert torch.load(tmp_path / "pair" / CHECKPOINT, weights_only=True)["data"]["std"] == [0.25] * 3
+
+
+@pytest.mark.parametrize("value", ["1,0", "imagenett", "nan,1"])
+def test_a_bad_normalize_is_refused_before_training(tmp_path, capsys, value):
+    (tmp_path / "s.dense").write_text(IMAGES)
+    code = cli.main(["train", str(tmp_path / "s.dense"), "--data", "synthetic:32", "--epochs", "1",
+                     "--out", str(tmp_path / "run"), "--no-progress", "--normalize", value])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E105]" in err and "normalize" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+DIABETES = """network m(classes=1) {
+    input 10
+    defaults growth=8 norm=none
+    stem {
+        linear 16
+        relu
+    }
+    dense layers=2
+    head classes=classes
+}
+"""
+
+
+def test_a_regression_reports_r2_and_a_ridge_baseline_on_the_same_split(tmp_path):
+    import json
+
+    from sklearn.linear_model import Ridge
+
+    from densedsl.training import datasets, tabular
+    lines: list[str] = []
+    run = tmp_path / "run"
+    result = train(DIABETES, data="diabetes", epochs=2, out=run, val_split=0.2, log=lines.append)
+    saved = json.loads((run / "result.json").read_text())
+    # by hand, on the same split: the run's training rows (less the validation rows) and its test rows
+    data = tabular.load(datasets.describe("diabetes"), task="regression")
+    p = data.pipeline
+    truth = data.test.targets.double() * p.target_std + p.target_mean
+    assert saved["test_r2"] == pytest.approx(1 - result.test_rmse ** 2 / float(truth.var(unbiased=False)))
+    from densedsl.training.selection import split_off
+    from densedsl.training.loop import derived_seed
+    train_rows = split_off(data, 0.2, derived_seed(0, "val-split")).train
+    ridge = Ridge(alpha=1.0).fit(train_rows.features.double().numpy(), train_rows.targets.double().numpy())
+    predicted = torch.from_numpy(ridge.predict(data.test.features.double().numpy())) * p.target_std + p.target_mean
+    rmse = float((predicted - truth).pow(2).mean().sqrt())
+    assert saved["baseline"]["test_rmse"] == pytest.approx(rmse)
+    assert saved["baseline"]["test_r2"] == pytest.approx(1 - rmse ** 2 / float(truth.var(unbiased=False)))
+    assert any(line.startswith("test R² ") and "ridge regression" in line for line in lines)
+
+
+def test_a_classifier_reports_the_majority_class_accuracy(tmp_path):
+    from densedsl.training import datasets
+    lines: list[str] = []
+    train(IMAGES, data="synthetic:64", epochs=1, batch_size=16, out=tmp_path / "run", log=lines.append)
+    saved = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["data"]  # no result.json without --val-split
+    data = datasets.load("synthetic:64", shape=(3, 8, 8), classes=2)
+    majority = int(torch.bincount(data.train.labels).argmax())
+    expected = float((data.test.labels == majority).double().mean())
+    assert saved["baseline"]["test_acc"] == pytest.approx(expected) and saved["baseline"]["class"] == str(majority)
+    assert f"baseline, majority class ('{majority}'): test accuracy {100 * expected:.2f}%" in lines
