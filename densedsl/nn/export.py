@@ -77,9 +77,17 @@ def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18,
             **{axis: torch.export.Dim.AUTO for axis in range(2, example.dim())}}
     try:
         with atomic_path(path) as tmp, _quiet_exporter():
-            program = torch.onnx.export(model, (example,), None, input_names=["input"], output_names=["output"],
-                                        dynamic_shapes={"x": axes}, opset_version=opset, dynamo=True,
-                                        verbose=False)
+            try:
+                program = torch.onnx.export(model, (example,), None, input_names=["input"],
+                                            output_names=["output"], dynamic_shapes={"x": axes},
+                                            opset_version=opset, dynamo=True, verbose=False)
+            except torch.onnx.OnnxExporterError:
+                # torch.export cannot always solve the size constraints of dynamic spatial axes
+                # (a 3-D stride chain: "Eq(((x/4)//2) - 1, 0) cannot be solved"): the sizes the
+                # spec states, with the batch still dynamic
+                program = torch.onnx.export(model, (example,), None, input_names=["input"],
+                                            output_names=["output"], dynamic_shapes={"x": {0: axes[0]}},
+                                            opset_version=opset, dynamo=True, verbose=False)
             assert program is not None  # dynamo=True returns the program
             program.model.metadata_props.update(metadata or {})
             program.save(tmp, external_data=False)
