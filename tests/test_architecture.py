@@ -117,3 +117,12 @@ def test_the_checker_sees_imports_inside_functions():
     assert "densedsl.nn.build" in GRAPH["densedsl.cli"]
     assert "densedsl.training.datasets" not in GRAPH["densedsl.training.loaded"]
     assert "densedsl.training.loaded" in GRAPH["densedsl.training.datasets"]
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages setuptools installs: a folder left out works in a
+    source checkout and fails on a user's machine (ModuleNotFoundError at `import densedsl`)."""
+    import tomllib
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {_module(p) for p in PACKAGE.rglob("__init__.py")}
+    assert folders <= listed, sorted(folders - listed)
