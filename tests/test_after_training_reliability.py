@@ -252,3 +252,53 @@ def test_a_classifier_reports_the_majority_class_accuracy(tmp_path):
     expected = float((data.test.labels == majority).double().mean())
     assert saved["baseline"]["test_acc"] == pytest.approx(expected) and saved["baseline"]["class"] == str(majority)
     assert f"baseline, majority class ('{majority}'): test accuracy {100 * expected:.2f}%" in lines
+
+
+# --- tabular columns: --drop, identifiers --------------------------------------------------------
+
+def _kaggle(tmp_path: Path) -> Path:
+    import random
+    r = random.Random(3)
+    lines = ["Id,size,rooms,price"] + [
+        f"{1000 + i},{s:.1f},{k},{1000 * s + 5000 * k + r.gauss(0, 3000):.0f}"
+        for i, (s, k) in enumerate((r.uniform(30, 200), r.randint(1, 6)) for _ in range(80))]
+    path = tmp_path / "houses.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+HOUSE_SPEC = DIABETES.replace("input 10", "input features").replace("network m(classes=1)",
+                                                                     "network m(features=2, classes=1)")
+
+
+def test_an_identifier_column_is_warned_about_and_drop_leaves_it_out(tmp_path, capsys):
+    import json
+    houses = _kaggle(tmp_path)
+    lines: list[str] = []
+    train(HOUSE_SPEC, data=f"csv:{houses}", target="price", epochs=1, features=3, log=lines.append)
+    assert any(line.startswith("warning: column 'Id' looks like a row identifier") and "--drop Id" in line
+               for line in lines)
+    (tmp_path / "m.dense").write_text(HOUSE_SPEC)
+    run = tmp_path / "run"
+    code = cli.main(["train", str(tmp_path / "m.dense"), "--data", f"csv:{houses}", "--target", "price",
+                     "--drop", "Id", "--val-split", "0.2", "--epochs", "2", "--out", str(run), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "warning:" not in out and "test R² " in out and "ridge regression" in out
+    pipeline = torch.load(run / CHECKPOINT, weights_only=True)["data"]["pipeline"]
+    assert [c["name"] for c in pipeline["columns"]] == ["size", "rooms"]
+    saved = json.loads((run / "result.json").read_text())
+    assert "test_r2" in saved and "test_r2" in saved["baseline"]
+    # new rows with their Id: the identifier is not read
+    (tmp_path / "new.csv").write_text("Id,size,rooms\n9999,100,3\n")
+    assert cli.main(["predict", str(run), "--data", str(tmp_path / "new.csv")]) == 0
+
+
+@pytest.mark.parametrize("drop, code", [("Idd", "E207"), ("price", "E116")])
+def test_drop_of_a_missing_column_or_the_target_is_refused(tmp_path, capsys, drop, code):
+    houses = _kaggle(tmp_path)
+    (tmp_path / "m.dense").write_text(HOUSE_SPEC)
+    status = cli.main(["train", str(tmp_path / "m.dense"), "--data", f"csv:{houses}", "--target", "price",
+                       "--drop", drop, "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1 and f"error[{code}]" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()

@@ -81,6 +81,7 @@ class Description:
     size: int | None = None      # synthetic:N, the number of training images
     test_path: Path | None = None  # csv:TRAIN,TEST, the test file
     target: str | None = None    # csv: the column to predict (train --target)
+    drop: tuple[str, ...] = ()   # tabular: columns left out of the features (train --drop)
     # Recipe settings this kind of data trains with by default instead of the paper's
     defaults: tuple[tuple[str, Any], ...] = ()
 
