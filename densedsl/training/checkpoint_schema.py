@@ -29,7 +29,8 @@ REGRESSION_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_rmse", "test_l
                      "test_log_rmse", "rows_per_s", "seconds")
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")  # datasets.AUGMENTATIONS (a test keeps both equal)
 MEMORY_MODES = ("standard", "efficient")                  # compiler.MEMORY_MODES
-DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes")
+DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes",
+              "npy", "npz")
 TABULAR_KINDS = ("csv", "diabetes")
 MAX_SPEC_CHARS = 16 * 1024 * 1024                          # files._MAX_BYTES: a spec is a short text
 

@@ -289,6 +289,10 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     "max_steps": max_steps}, threads if threads != "auto" else None)
     if int(values["batch_size"]) == 1:
         check_batch_of_one(net)
+    if "crop" in values["augment"] and len(net.input) != 3:  # crops are of H x W; flips work on any rank
+        raise SpecError([Diagnostic(d.CONFLICT, f"--augment {values['augment']} crops images; the spec's input "
+                                    f"is {'x'.join(map(str, net.input))}", None, "use --augment flip or none",
+                                    file="--augment")])
 
     dev = pick_device(device, dd)
     amp = pick_amp(amp, dev)
