@@ -376,3 +376,19 @@ def test_flip_flips_each_rank_along_its_own_axes():
         flips = {tuple(x.float().flip(a).flatten().tolist()) for a in axes}
         assert tuple(x.float().flatten().tolist()) in seen and flips <= seen  # each axis flips, alone
         assert len(seen) == 2 ** len(axes)  # and no other axis ever does
+
+
+def test_a_val_folder_beside_test_is_the_validation_split(tmp_path):
+    from PIL import Image
+    for split in ("train", "val", "test"):
+        for c, color in (("a", (250, 10, 10)), ("b", (10, 10, 250))):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4 if split == "train" else 2):
+                Image.new("RGB", (12, 10), color).save(tmp_path / split / c / f"{i}.png")
+    spec = IMAGES
+    result = train(spec, data=f"folder:{tmp_path}", epochs=2, batch_size=4, keep="best", out=tmp_path / "run")
+    assert all("val_acc" in row for row in result.metrics) and result.test is not None
+    assert result.test["test_examples"] == 4  # test/, scored once; val/ scored every epoch
+    with pytest.raises(SpecError) as e:
+        train(spec, data=f"folder:{tmp_path}", epochs=1, batch_size=4, val_split=0.2)
+    assert _codes(e.value) == ["E116"]

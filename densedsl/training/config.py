@@ -399,8 +399,9 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         from .baseline import describe
         rows.append(("baseline", describe(data.baseline), ""))
     if data.val is not None:
-        rows.append(("validation", f"{len(data.val)} examples held out of the training split "
-                     f"(--val-split {config.val_split:g}); the test split is scored once, at the end", ""))
+        where = (f"held out of the training split (--val-split {config.val_split:g})" if config.val_split
+                 else "of the val/ folder")
+        rows.append(("validation", f"{len(data.val)} examples {where}; the test split is scored once, at the end", ""))
         rows.append(("kept weights", f"{config.keep} epoch" + (f", early stop after {config.patience} epochs "
                      "without a better validation score" if config.patience else ""), ""))
     rows.append(("run directory", str(run_dir) if run_dir is not None else "none (nothing is saved)", ""))

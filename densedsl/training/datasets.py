@@ -265,6 +265,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
     pixel_max = 255.0
     train: ImageSet | FolderSet
     test: ImageSet | FolderSet
+    val = None
     if desc.kind == "digits":
         train, test = _digits()
         pixel_max = 16.0
@@ -282,7 +283,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
             (x, y), (x_test, y_test), pixel_max = arrays.load(desc, tuple(shape), desc.classes or classes)
             train, test = ImageSet(x, y), ImageSet(x_test, y_test)
         else:
-            train, test, names = _folder(desc.path, shape)
+            train, test, names, val = _folder(desc.path, shape)
     _require_images(desc, train, test)
     resized = None
     if isinstance(train, FolderSet):
@@ -295,7 +296,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
         mean, std = _stats(train.images, pixel_max)
     return Data(description=desc, train=train, test=test, shape=data_shape,
                 classes=desc.classes or classes, class_names=names, pixel_max=pixel_max,
-                mean=mean, std=std, resized=resized)
+                mean=mean, std=std, resized=resized, val=val)
 
 
 def _require_images(desc: Description, train: ImageSet | FolderSet, test: ImageSet | FolderSet) -> None:
@@ -603,7 +604,9 @@ def _folder_classes(path: Path) -> list[str]:
     return classes
 
 
-def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, ...]]:
+def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, ...], FolderSet | None]:
+    """(train, test, class names, validation): DIR/val is the validation split when DIR/test is
+    there too, and the test split when it is alone."""
     classes = _folder_classes(path)
     index = {c: i for i, c in enumerate(classes)}
     if shape[0] not in (1, 3):
@@ -629,7 +632,8 @@ def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, 
     assert train_dir is not None and test_dir is not None  # _folder_classes refused their absence
     train = FolderSet(*scan(train_dir), shape)
     test = FolderSet(*scan(test_dir), shape)
-    return train, test, tuple(classes)
+    val = FolderSet(*scan(path / "val"), shape) if test_dir.name == "test" and (path / "val").is_dir() else None
+    return train, test, tuple(classes), val
 
 
 def _read_image(path: Path, shape: Shape) -> torch.Tensor:

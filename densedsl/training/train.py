@@ -338,6 +338,9 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     normalize=values["normalize"], normalize_why=normalize_why, freeze_bn=bool(values["freeze_bn"]),
                     drop=tuple(values["drop"]))
     if config.val_split is not None:
+        if data.val is not None:
+            raise SpecError([Diagnostic(d.CONFLICT, f"--val-split with {desc.name}, whose val/ folder is its "
+                                        "validation split", None, "leave out --val-split", file="--val-split")])
         data = selection.split_off(data, config.val_split, derived_seed(config.seed, "val-split"))
     selection.needs_validation(config, data)
     data = replace(data, baseline=baseline.baseline(data, "test"))  # fitted on the training rows kept
