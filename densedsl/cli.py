@@ -205,17 +205,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         assert isinstance(model, DenseNet)  # features_only is not asked for
         record = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
-            from .training.exported import record_for
+            from .training.exported import record_for, write_pipeline, write_with_record
             from .training.transfer import load_exactly
             load_exactly(model, args.weights)
             record = record_for(args.weights, spec)
         if record is not None and kind != ".py":  # a densedsl checkpoint: its preprocessing goes along
-            from .training.exported import write_with_record
             write_with_record(model, record, args.output)
         else:
             write_output(model, spec.network, args.output)
         if record is not None:
-            from .training.exported import write_pipeline
             write_pipeline(record, args.output)
     weights = f", weights from {args.weights}" if args.weights is not None else ""
     print(f"{args.output}: {spec.network.name}, {a.params:,} parameters{weights}", file=sys.stderr)
@@ -308,6 +306,7 @@ def _add_memory_limit_option(p: argparse.ArgumentParser) -> None:
 
 ENV_MEMORY_LIMIT = "DENSEDSL_MEMORY_LIMIT"
 _MAX_BATCH = _MAX_DIM
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}  # train --amp's names
 _SEED_RANGE = (-(2**63), 2**63 - 1)   # what a checkpoint stores (int64) and torch.manual_seed takes
 
 
@@ -324,7 +323,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_integer(1, _MAX_BATCH), default=1, metavar="N",
                    help="batch size for memory (default 1)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16", "float64"),
-                   help="element type for memory (default float32)")
+                   type=lambda t: _DTYPES.get(t, t), help="element type for memory (default float32; bf16, fp16 "
+                   "as train --amp writes them)")
 
 
 def _analyze_file(path: str, args: argparse.Namespace):

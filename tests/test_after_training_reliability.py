@@ -252,3 +252,143 @@ def test_a_classifier_reports_the_majority_class_accuracy(tmp_path):
     expected = float((data.test.labels == majority).double().mean())
     assert saved["baseline"]["test_acc"] == pytest.approx(expected) and saved["baseline"]["class"] == str(majority)
     assert f"baseline, majority class ('{majority}'): test accuracy {100 * expected:.2f}%" in lines
+
+
+# --- tabular columns: --drop, identifiers --------------------------------------------------------
+
+def _kaggle(tmp_path: Path) -> Path:
+    import random
+    r = random.Random(3)
+    lines = ["Id,size,rooms,price"] + [
+        f"{1000 + i},{s:.1f},{k},{1000 * s + 5000 * k + r.gauss(0, 3000):.0f}"
+        for i, (s, k) in enumerate((r.uniform(30, 200), r.randint(1, 6)) for _ in range(80))]
+    path = tmp_path / "houses.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+HOUSE_SPEC = DIABETES.replace("input 10", "input features").replace("network m(classes=1)",
+                                                                     "network m(features=2, classes=1)")
+
+
+def test_an_identifier_column_is_warned_about_and_drop_leaves_it_out(tmp_path, capsys):
+    import json
+    houses = _kaggle(tmp_path)
+    lines: list[str] = []
+    train(HOUSE_SPEC, data=f"csv:{houses}", target="price", epochs=1, features=3, log=lines.append)
+    assert any(line.startswith("warning: column 'Id' looks like a row identifier") and "--drop Id" in line
+               for line in lines)
+    (tmp_path / "m.dense").write_text(HOUSE_SPEC)
+    run = tmp_path / "run"
+    code = cli.main(["train", str(tmp_path / "m.dense"), "--data", f"csv:{houses}", "--target", "price",
+                     "--drop", "Id", "--val-split", "0.2", "--epochs", "2", "--out", str(run), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "warning:" not in out and "test R² " in out and "ridge regression" in out
+    pipeline = torch.load(run / CHECKPOINT, weights_only=True)["data"]["pipeline"]
+    assert [c["name"] for c in pipeline["columns"]] == ["size", "rooms"]
+    saved = json.loads((run / "result.json").read_text())
+    assert "test_r2" in saved and "test_r2" in saved["baseline"]
+    # new rows with their Id: the identifier is not read
+    (tmp_path / "new.csv").write_text("Id,size,rooms\n9999,100,3\n")
+    assert cli.main(["predict", str(run), "--data", str(tmp_path / "new.csv")]) == 0
+
+
+@pytest.mark.parametrize("drop, code", [("Idd", "E207"), ("price", "E116")])
+def test_drop_of_a_missing_column_or_the_target_is_refused(tmp_path, capsys, drop, code):
+    houses = _kaggle(tmp_path)
+    (tmp_path / "m.dense").write_text(HOUSE_SPEC)
+    status = cli.main(["train", str(tmp_path / "m.dense"), "--data", f"csv:{houses}", "--target", "price",
+                       "--drop", drop, "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1 and f"error[{code}]" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+# --- arrays (--data npz:FILE, npy:INPUTS,LABELS) -----------------------------------------------
+
+VOLUME = SIGNAL.replace("input 2x32", "input 1x8x8x8")
+
+
+def _arrays(shape: tuple[int, ...], n: int = 40, seed: int = 0):
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    y = rng.randint(0, 2, n)
+    x = rng.randn(n, *shape).astype(np.float32) + y.reshape(-1, *[1] * len(shape)) * 2.0
+    return x, y
+
+
+def test_npz_arrays_of_signals_and_volumes_train_evaluate_and_predict(tmp_path, capsys):
+    import numpy as np
+    for spec, shape, name in ((SIGNAL, (2, 32), "signals"), (VOLUME, (1, 8, 8, 8), "volumes")):
+        x, y = _arrays(shape)
+        np.savez(tmp_path / f"{name}.npz", x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+        run = tmp_path / name
+        result = train(spec, data=f"npz:{tmp_path / name}.npz", epochs=2, batch_size=8, augment="flip", out=run)
+        assert result.metrics[-1]["test_acc"] > 0.5
+        assert evaluate(run).total == 8
+        np.save(tmp_path / f"{name}-new.npy", x[32:])
+        assert cli.main(["predict", str(run), "--data", str(tmp_path / f"{name}-new.npy")]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 9
+
+
+def test_npy_inputs_with_labels_alongside_split_80_20(tmp_path):
+    import numpy as np
+    x, y = _arrays((2, 32), n=50)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    result = train(SIGNAL, data=f"npy:{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}", epochs=1, batch_size=8)
+    assert result.metrics[0]["steps"] == 5  # 40 training inputs of 50, batch 8
+
+
+@pytest.mark.parametrize("case, code", [("wrong shape", "E207"), ("label out of range", "E207"),
+                                        ("object array", "E908"), ("missing arrays", "E112"), ("crop", "E116")])
+def test_bad_arrays_are_refused(tmp_path, capsys, case, code):
+    import numpy as np
+    x, y = _arrays((2, 32))
+    augment = []
+    if case == "wrong shape":
+        np.savez(tmp_path / "a.npz", x=x[:, :, :16], y=y)
+    elif case == "label out of range":
+        np.savez(tmp_path / "a.npz", x=x, y=y + 5)
+    elif case == "object array":
+        np.savez(tmp_path / "a.npz", x=np.array([{"a": 1}] * 40, dtype=object), y=y)
+    elif case == "missing arrays":
+        np.savez(tmp_path / "a.npz", inputs=x, labels=y)
+    else:
+        np.savez(tmp_path / "a.npz", x=x, y=y)
+        augment = ["--augment", "crop+flip"]
+    (tmp_path / "s.dense").write_text(SIGNAL)
+    status = cli.main(["train", str(tmp_path / "s.dense"), "--data", f"npz:{tmp_path / 'a.npz'}", "--epochs", "1",
+                       "--out", str(tmp_path / "run"), "--no-progress", *augment])
+    err = capsys.readouterr().err
+    assert status == 1 and f"error[{code}]" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_flip_flips_each_rank_along_its_own_axes():
+    from densedsl.training.datasets import prepare_batch
+    # a signal's time axis, an image's horizontal axis only, each of a volume's three axes
+    for shape, axes in (((1, 2, 5), (2,)), ((1, 1, 3, 4), (3,)), ((1, 1, 2, 3, 4), (2, 3, 4))):
+        x = torch.arange(int(torch.tensor(shape).prod()), dtype=torch.uint8).reshape(shape)
+        mean, std = torch.zeros(shape[1]), torch.ones(shape[1])
+        seen = {tuple(prepare_batch(x, pixel_max=1.0, mean=mean, std=std, augment="flip",
+                                    generator=torch.Generator().manual_seed(s)).flatten().tolist()) for s in range(40)}
+        flips = {tuple(x.float().flip(a).flatten().tolist()) for a in axes}
+        assert tuple(x.float().flatten().tolist()) in seen and flips <= seen  # each axis flips, alone
+        assert len(seen) == 2 ** len(axes)  # and no other axis ever does
+
+
+def test_a_val_folder_beside_test_is_the_validation_split(tmp_path):
+    from PIL import Image
+    for split in ("train", "val", "test"):
+        for c, color in (("a", (250, 10, 10)), ("b", (10, 10, 250))):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4 if split == "train" else 2):
+                Image.new("RGB", (12, 10), color).save(tmp_path / split / c / f"{i}.png")
+    spec = IMAGES
+    result = train(spec, data=f"folder:{tmp_path}", epochs=2, batch_size=4, keep="best", out=tmp_path / "run")
+    assert all("val_acc" in row for row in result.metrics) and result.test is not None
+    assert result.test["test_examples"] == 4  # test/, scored once; val/ scored every epoch
+    with pytest.raises(SpecError) as e:
+        train(spec, data=f"folder:{tmp_path}", epochs=1, batch_size=4, val_split=0.2)
+    assert _codes(e.value) == ["E116"]

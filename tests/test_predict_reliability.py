@@ -5,6 +5,7 @@ preprocessing in the .pt and ONNX exports, and every bad input as one error, exi
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -102,6 +103,11 @@ def test_train_predict_export_predict_gives_the_same_predictions(run, inputs, tm
     # The .pt is still a plain state_dict: it loads into the spec compiled with the run's --set value
     model = densedsl.compile(SPEC, growth=6)
     model.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    # and into the standalone source of the spec as trained
+    assert cli.main(["compile", str(run), "-o", str(tmp_path / "m.py")]) == 0
+    namespace: dict = {}
+    exec(compile((tmp_path / "m.py").read_text(), "m.py", "exec"), namespace)
+    namespace["build"]().load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
 
 
 def test_the_onnx_export_carries_preprocessing_and_takes_other_sizes(run, inputs, tmp_path, capsys):
@@ -180,6 +186,10 @@ def test_tabular_predict_on_rows_without_the_target_gives_values_in_its_units(tm
     assert cli.main(["compile", str(tmp_path / "run"), "-o", str(tmp_path / "m.pt")]) == 0
     assert (tmp_path / "m.pipeline.json").is_file()
     assert _main(capsys, "predict", tmp_path / "m.pt", "--data", tmp_path / "new.csv")[1] == out
+    if importlib.util.find_spec("onnxscript") and importlib.util.find_spec("onnxruntime"):
+        assert cli.main(["compile", str(tmp_path / "run"), "-o", str(tmp_path / "m.onnx")]) == 0
+        from_onnx = _rows(_main(capsys, "predict", tmp_path / "m.onnx", "--data", tmp_path / "new.csv")[1])
+        assert [float(r[1]) for r in from_onnx[1:]] == pytest.approx([float(r[1]) for r in rows[1:]], rel=1e-5)
     code, _, err = _main(capsys, "predict", tmp_path / "run", "--data", tmp_path / "new.csv", "--top-k", "2")
     assert code == 1 and "error[E116]" in err
 

@@ -72,27 +72,28 @@ def write_onnx(model: DenseNet, path: str | os.PathLike, *, opset: int = 18,
     was_training = model.training
     model.eval()
     example = torch.randn(2, *model.input_shape)
+    batch = {0: torch.export.Dim("batch", min=1)}
     # Dim.AUTO: export keeps an axis dynamic when every op the graph runs allows it, else fixes it
-    axes = {0: torch.export.Dim("batch", min=1),
-            **{axis: torch.export.Dim.AUTO for axis in range(2, example.dim())}}
+    spatial = {axis: torch.export.Dim.AUTO for axis in range(2, example.dim())}
     try:
         with atomic_path(path) as tmp, _quiet_exporter():
             try:
-                program = torch.onnx.export(model, (example,), None, input_names=["input"],
-                                            output_names=["output"], dynamic_shapes={"x": axes},
-                                            opset_version=opset, dynamo=True, verbose=False)
+                program = _export(model, example, {**batch, **spatial}, opset)
             except torch.onnx.OnnxExporterError:
-                # torch.export cannot always solve the size constraints of dynamic spatial axes
-                # (a 3-D stride chain: "Eq(((x/4)//2) - 1, 0) cannot be solved"): the sizes the
-                # spec states, with the batch still dynamic
-                program = torch.onnx.export(model, (example,), None, input_names=["input"],
-                                            output_names=["output"], dynamic_shapes={"x": {0: axes[0]}},
-                                            opset_version=opset, dynamo=True, verbose=False)
-            assert program is not None  # dynamo=True returns the program
+                # torch.export's symbolic shapes fail on some graphs (3-D pooling chains, in torch
+                # 2.13): those export with their spatial sizes fixed, as before
+                program = _export(model, example, batch, opset)
             program.model.metadata_props.update(metadata or {})
             program.save(tmp, external_data=False)
     finally:
         model.train(was_training)
+
+
+def _export(model: DenseNet, example: torch.Tensor, axes: dict, opset: int):
+    program = torch.onnx.export(model, (example,), None, input_names=["input"], output_names=["output"],
+                                dynamic_shapes={"x": axes}, opset_version=opset, dynamo=True, verbose=False)
+    assert program is not None  # dynamo=True returns the program
+    return program
 
 
 @contextlib.contextmanager

@@ -29,7 +29,8 @@ REGRESSION_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_rmse", "test_l
                      "test_log_rmse", "rows_per_s", "seconds")
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")  # datasets.AUGMENTATIONS (a test keeps both equal)
 MEMORY_MODES = ("standard", "efficient")                  # compiler.MEMORY_MODES
-DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes")
+DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes",
+              "npy", "npz")
 TABULAR_KINDS = ("csv", "diabetes")
 MAX_SPEC_CHARS = 16 * 1024 * 1024                          # files._MAX_BYTES: a spec is a short text
 
@@ -148,6 +149,7 @@ SETTINGS: dict[str, Rule] = {
     "normalize": lambda v: None if _normalize_setting(v) else "auto, data, imagenet, none or MEAN,STD",
     "normalize_why": instance(str, "whose statistics normalise the input"),
     "freeze_bn": instance(bool, "True or False"),
+    "drop": sequence_of(instance(str, "a column name"), at_most=100_000),
     "threads": integer(0, 4096),                          # recorded only; 0: not recorded
     "threads_why": instance(str, "who chose the threads"),
 }
@@ -157,7 +159,7 @@ LATER_SETTINGS: dict[str, Any] = {"init": None, "optimizer": "sgd", "schedule": 
                                   "label_smoothing": 0.0, "grad_clip": None, "freeze": [], "head_lr": None,
                                   "target": None, "threads": 0, "threads_why": "", "val_split": None,
                                   "keep": "last", "patience": None, "normalize": "data", "normalize_why": "",
-                                  "freeze_bn": False}
+                                  "freeze_bn": False, "drop": []}
 
 
 def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -22,6 +22,8 @@ def add_options(p: argparse.ArgumentParser, integer: Callable[..., Callable[[str
                    help="data (the training images' statistics), imagenet, none, or MEAN,STD; default: with "
                         "--init, the statistics the initial weights were trained with (ImageNet's for "
                         "torchvision, timm or MONAI weights), else data")
+    p.add_argument("--drop", nargs="+", metavar="COLUMN",
+                   help="tabular data: leave these columns out of the features (an identifier, say)")
     p.add_argument("--freeze-bn", action="store_true", default=None,
                    help="keep every batch norm's running statistics (frozen stages' always stay)")
 
@@ -29,4 +31,5 @@ def add_options(p: argparse.ArgumentParser, integer: Callable[..., Callable[[str
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """What `add_options` read, as `train` keywords."""
     return {"val_split": args.val_split, "keep": args.keep, "patience": args.patience,
-            "normalize": args.normalize, "freeze_bn": args.freeze_bn}
+            "normalize": args.normalize, "freeze_bn": args.freeze_bn,
+            "drop": tuple(args.drop) if args.drop else None}

@@ -37,13 +37,14 @@ RECIPE = {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weigh
           "warmup": 0, "label_smoothing": 0.0, "grad_clip": None, "freeze": (), "head_lr": None,
           "target": None,  # csv: data's column to predict (--target)
           "val_split": None, "keep": "last", "patience": None,  # model selection (training/selection.py)
-          "normalize": "auto", "freeze_bn": False}  # fine-tuning (training/normalize.py, loop.hold_norms)
+          "normalize": "auto", "freeze_bn": False,
+          "drop": ()}  # tabular data: columns left out of the features (--drop)  # fine-tuning (training/normalize.py, loop.hold_norms)
 # Settings a resumed run must share with its checkpoint: they decide what the weights become.
 # (`epochs` may grow: see `resolve`.)
 RESUME_FIXED = ("data", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
                 "milestones", "gamma", "augment", "seed", "optimizer", "schedule", "warmup",
                 "label_smoothing", "grad_clip", "freeze", "head_lr", "target", "val_split", "keep", "patience",
-                "normalize", "freeze_bn")
+                "normalize", "freeze_bn", "drop")
 
 Log = Callable[[str], None]
 
@@ -84,6 +85,7 @@ class Config:
     normalize: str = "auto"          # normalize.NAMED or MEAN,STD: which statistics normalise the input
     normalize_why: str = ""          # whose statistics they are (ImageNet's, the initial weights', the data's)
     freeze_bn: bool = False          # every batch norm's running statistics fixed (frozen stages' always are)
+    drop: tuple[str, ...] = ()       # tabular data: columns left out of the features
     threads: int = 0                 # torch's CPU intra-op threads (recorded; may change on resume)
     threads_why: str = ""            # who chose them (--threads, auto from the load) and the OpenMP wait
 
@@ -263,6 +265,7 @@ def resolve(desc: datasets.Description, recipe: dict, ckpt: dict | None, run_dir
             values[key], origin[key] = default, "default"
     values["milestones"] = tuple(values["milestones"])
     values["freeze"] = tuple(values["freeze"])
+    values["drop"] = tuple(values["drop"])
     if values["augment"] == "standard":  # the data set's own: crop+flip for CIFAR, and so on
         values["augment"] = desc.augment
     if origin["nesterov"] == "default" and values["momentum"] == 0:
@@ -396,14 +399,17 @@ def report(say: Log, net: Network, record: dict | None, data: datasets.Data, con
         from .baseline import describe
         rows.append(("baseline", describe(data.baseline), ""))
     if data.val is not None:
-        rows.append(("validation", f"{len(data.val)} examples held out of the training split "
-                     f"(--val-split {config.val_split:g}); the test split is scored once, at the end", ""))
+        where = (f"held out of the training split (--val-split {config.val_split:g})" if config.val_split
+                 else "of the val/ folder")
+        rows.append(("validation", f"{len(data.val)} examples {where}; the test split is scored once, at the end", ""))
         rows.append(("kept weights", f"{config.keep} epoch" + (f", early stop after {config.patience} epochs "
                      "without a better validation score" if config.patience else ""), ""))
     rows.append(("run directory", str(run_dir) if run_dir is not None else "none (nothing is saved)", ""))
     width = max(len(name) for name, _, _ in rows)
     for name, value, note in rows:
         say(f"  {name:<{width}}  {value}{note}")
+    for warning in data.warnings:
+        say(f"warning: {warning}")
 
 
 def _tabular_rows(data: datasets.Data) -> list[tuple[str, str, str]]:

@@ -40,13 +40,14 @@ from torch.utils.data import Dataset
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import require_regular
-from . import loaded, tabular
+from . import arrays, loaded, tabular
 from .loaded import Data
 
 # (C, H, W) for images; (C, L), (C, D, H, W) or a vector's (F,) as well
 Shape = tuple[int, ...]
 
-KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes")
+KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes",
+         "npy", "npz")
 TABULAR_KINDS = ("csv", "diabetes")  # feature vectors, read and encoded by densedsl.training.tabular
 # d2l's house-price recipe trains with Adam for 100 epochs. The paper's SGD at lr 0.1 diverges on
 # MLPs without normalisation (d2l_flux_mlp's 16 linear layers in a row): AdamW at 1e-3 instead.
@@ -81,6 +82,7 @@ class Description:
     size: int | None = None      # synthetic:N, the number of training images
     test_path: Path | None = None  # csv:TRAIN,TEST, the test file
     target: str | None = None    # csv: the column to predict (train --target)
+    drop: tuple[str, ...] = ()   # tabular: columns left out of the features (train --drop)
     # Recipe settings this kind of data trains with by default instead of the paper's
     defaults: tuple[tuple[str, Any], ...] = ()
 
@@ -103,7 +105,8 @@ class ImageSet(Dataset):
     batches are gathered by indexing it."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        assert images.dtype == torch.uint8 and 3 <= images.dim() <= 5 and len(images) == len(labels)
+        # uint8 pixels, or float32 values (arrays: signals, volumes) used as they are
+        assert images.dtype in (torch.uint8, torch.float32) and 3 <= images.dim() <= 5 and len(images) == len(labels)
         self.images = images
         self.labels = labels.to(torch.int64)
 
@@ -180,7 +183,7 @@ def describe(data: str) -> Description:
         raise _fail(d.UNKNOWN_DATASET, f"unknown data set '{kind}'", None,
                     (f"did you mean '{close[0]}'? " if close else "")
                     + "known: digits, cifar10:DIR, cifar100:DIR, mnist:DIR, fashion-mnist:DIR, "
-                      "folder:DIR, synthetic[:N], csv:FILE, diabetes")
+                      "folder:DIR, synthetic[:N], csv:FILE, diabetes, npz:FILE, npy:INPUTS,LABELS")
     if kind == "diabetes":
         if sep:
             raise _fail(d.UNKNOWN_DATASET, "'diabetes' takes no file: the data ships with scikit-learn",
@@ -202,6 +205,10 @@ def describe(data: str) -> Description:
         return Description(kind=kind, path=None, shape=None, classes=None, augment="none",
                            epochs=1, epochs_why="default for synthetic data (a smoke test)",
                            size=int(rest) if sep else None)
+    if kind in arrays.KINDS:
+        path, labels = arrays.paths(kind, rest if sep else "")
+        return Description(kind=kind, path=path, test_path=labels, shape=None, classes=None, augment="none",
+                           epochs=arrays.EPOCHS, epochs_why="default for arrays")
     if not sep or not rest:
         raise _fail(d.UNKNOWN_DATASET, f"'{kind}' needs the directory that holds its files", None,
                     f"write --data {kind}:DIR")
@@ -258,6 +265,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
     pixel_max = 255.0
     train: ImageSet | FolderSet
     test: ImageSet | FolderSet
+    val = None
     if desc.kind == "digits":
         train, test = _digits()
         pixel_max = 16.0
@@ -271,8 +279,11 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
             train, test = _cifar(desc.path, 100)
         elif desc.kind in ("mnist", "fashion-mnist"):
             train, test = _mnist(desc.path, desc.kind)
+        elif desc.kind in arrays.KINDS:
+            (x, y), (x_test, y_test), pixel_max = arrays.load(desc, tuple(shape), desc.classes or classes)
+            train, test = ImageSet(x, y), ImageSet(x_test, y_test)
         else:
-            train, test, names = _folder(desc.path, shape)
+            train, test, names, val = _folder(desc.path, shape)
     _require_images(desc, train, test)
     resized = None
     if isinstance(train, FolderSet):
@@ -285,7 +296,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
         mean, std = _stats(train.images, pixel_max)
     return Data(description=desc, train=train, test=test, shape=data_shape,
                 classes=desc.classes or classes, class_names=names, pixel_max=pixel_max,
-                mean=mean, std=std, resized=resized)
+                mean=mean, std=std, resized=resized, val=val)
 
 
 def _require_images(desc: Description, train: ImageSet | FolderSet, test: ImageSet | FolderSet) -> None:
@@ -593,7 +604,9 @@ def _folder_classes(path: Path) -> list[str]:
     return classes
 
 
-def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, ...]]:
+def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, ...], FolderSet | None]:
+    """(train, test, class names, validation): DIR/val is the validation split when DIR/test is
+    there too, and the test split when it is alone."""
     classes = _folder_classes(path)
     index = {c: i for i, c in enumerate(classes)}
     if shape[0] not in (1, 3):
@@ -619,7 +632,8 @@ def _folder(path: Path, shape: Shape) -> tuple[FolderSet, FolderSet, tuple[str, 
     assert train_dir is not None and test_dir is not None  # _folder_classes refused their absence
     train = FolderSet(*scan(train_dir), shape)
     test = FolderSet(*scan(test_dir), shape)
-    return train, test, tuple(classes)
+    val = FolderSet(*scan(path / "val"), shape) if test_dir.name == "test" and (path / "val").is_dir() else None
+    return train, test, tuple(classes), val
 
 
 def _read_image(path: Path, shape: Shape) -> torch.Tensor:
@@ -702,6 +716,10 @@ def prepare_batch(images: torch.Tensor, *, pixel_max: float, mean: torch.Tensor,
         # Advanced indices on dims 0, 2, 3 around the channel slice give (N, H, W, C).
         x = padded[batch, :, rows, cols].permute(0, 3, 1, 2)
     if "flip" in steps:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)[:, None, None, None]
-        x = torch.where(flip, x.flip(3), x)
+        # per rank: a signal's time axis, an image's horizontal axis, each axis of a volume
+        axes = range(2, x.dim()) if x.dim() == 5 else (x.dim() - 1,)
+        per_example = (n,) + (1,) * (x.dim() - 1)
+        for axis in axes:
+            flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(per_example)
+            x = torch.where(flip, x.flip(axis), x)
     return (x - mean.view(per_channel)) / std.view(per_channel)

@@ -36,6 +36,7 @@ class Data:
     pipeline: Any = None         # tabular: the tabular.Pipeline that encodes rows (mean/std unused)
     val: Any = None              # the validation split (selection.split_off), or None
     baseline: dict | None = None  # baseline.baseline on the test split, kept in the checkpoint
+    warnings: tuple[str, ...] = ()  # what the report warns about the data (tabular.identifier_warnings)
 
     @property
     def name(self) -> str:

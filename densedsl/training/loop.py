@@ -474,8 +474,8 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
                                                             if held_out == "val" else "")
                     write_curves(selection.as_test_rows(metrics), run_dir / CURVES, title=title)
                     curves_at = time.perf_counter()
-        if config.keep == "best" and not partial and dd.main:
-            selection.keep_best(run_dir, run.kept, model, metrics)
+        if config.keep == "best" and not partial:  # every rank keeps the weights; rank 0 writes best.pt
+            selection.keep_best(run_dir if dd.main else None, run.kept, model, metrics)
         if dd.active:
             dist.barrier()
         if stopped:

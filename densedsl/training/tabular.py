@@ -422,18 +422,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (std if std > 0 else 1.0)
 
 
-def fit(train: Table, tables: Sequence[Table], target: str, task: str) -> Pipeline:
+def fit(train: Table, tables: Sequence[Table], target: str, task: str, drop: Sequence[str] = ()) -> Pipeline:
     """The pipeline of `train` (statistics, categories, classes from it alone). `tables` (all the
     data: train and test) decide only which columns are numeric, so that a test file's cell
-    cannot turn a numeric column into a surprise later."""
+    cannot turn a numeric column into a surprise later. Columns named in `drop` are left out."""
     for table in tables:
         _column_index(table, [target], "to predict (--target)")
+    _column_index(train, list(drop), "to drop (--drop)")
+    if target in drop:
+        raise _fail(d.CONFLICT, f"--drop names the target '{_short(target)}'", train.path,
+                    "leave the column to predict out of --drop")
     # Each table's columns by name, once: looking a name up in the header for every column made
     # the fit quadratic in the number of columns (8 s at 20,000).
     positions = [{name: j for j, name in enumerate(table.header)} for table in tables]
     columns = []
     for j, name in enumerate(train.header):
-        if name == target:
+        if name == target or name in drop:
             continue
         if all(_numeric_column(table, where.get(name)) for table, where in zip(tables, positions)):
             values = [_numeric_cell(train, i, name, row[j]) for i, row in enumerate(train.rows)]
@@ -538,14 +542,35 @@ def load(desc, *, task: str, pipeline: Pipeline | None = None):
         if target is None:
             raise _fail(d.MISSING, "csv: data needs the column to predict", desc.path,
                         f"pass --target COLUMN; the columns are {_listed(train_table.header)}")
-        pipeline = fit(train_table, [train_table, test_table], target, task)
+        pipeline = fit(train_table, [train_table, test_table], target, task, desc.drop)
     train = TabularSet(pipeline.features(train_table), pipeline.targets(train_table))
     test = TabularSet(pipeline.features(test_table), pipeline.targets(test_table))
     classes = 1 if pipeline.task == "regression" else len(pipeline.classes)
     names = (pipeline.target,) if pipeline.task == "regression" else pipeline.classes
     return Data(description=desc, train=train, test=test, shape=(pipeline.width,), classes=classes,
                 class_names=tuple(names), pixel_max=1.0, mean=(), std=(), task=pipeline.task,
-                pipeline=pipeline)
+                pipeline=pipeline, warnings=identifier_warnings(train_table, pipeline))
+
+
+def _identifier_name(name: str) -> bool:
+    """Id, ID, id, PassengerId, user_id ...: how tables name a row's identifier."""
+    return name.lower() == "id" or name.lower().endswith("_id") or name.endswith(("Id", "ID"))
+
+
+def identifier_warnings(table: Table, pipeline: Pipeline) -> tuple[str, ...]:
+    """A feature that looks like a row identifier (an identifier's name, a different value in every
+    row): standardised, it predicts nothing, and a new row's identifier lands far outside the
+    training range (Kaggle's Id=9999 encodes to 21 standard deviations)."""
+    found = []
+    for column in pipeline.columns:
+        if not _identifier_name(column.name) or len(table.rows) < 2:
+            continue
+        j = table.header.index(column.name)
+        if len({row[j].strip() for row in table.rows}) == len(table.rows):
+            found.append(f"column '{_short(column.name)}' looks like a row identifier (its name, and a different "
+                         f"value in each of the {len(table.rows)} training rows) and is used as a feature; "
+                         f"leave it out with --drop {column.name}")
+    return tuple(found)
 
 
 def synthetic(desc, *, width: int, classes: int, task: str):

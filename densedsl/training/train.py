@@ -142,6 +142,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
           freeze: tuple[str, ...] | None = None, head_lr: float | None = None,
           target: str | None = None, val_split: float | None = None, keep: str | None = None,
           patience: int | None = None, normalize: str | None = None, freeze_bn: bool | None = None,
+          drop: tuple[str, ...] | None = None,
           network: str | None = None, **params: Any) -> RunResult:
     """Train a spec (a `Spec`, a path, spec text or a resolved `Network`) on a data set.
 
@@ -200,7 +201,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
                   optimizer=optimizer, schedule=schedule, warmup=warmup, label_smoothing=label_smoothing,
                   grad_clip=grad_clip, freeze=tuple(freeze) if freeze is not None else None, head_lr=head_lr,
                   target=target, val_split=val_split, keep=keep, patience=patience, normalize=normalize,
-                  freeze_bn=freeze_bn)
+                  freeze_bn=freeze_bn, drop=tuple(drop) if drop is not None else None)
     try:
         with run_directory(out, dd, pick_device(device, dd)):
             return _run(net, record, desc, dd, started, recipe=recipe, device=device, amp=amp,
@@ -288,6 +289,10 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     "max_steps": max_steps}, threads if threads != "auto" else None)
     if int(values["batch_size"]) == 1:
         check_batch_of_one(net)
+    if "crop" in values["augment"] and len(net.input) != 3:  # crops are of H x W; flips work on any rank
+        raise SpecError([Diagnostic(d.CONFLICT, f"--augment {values['augment']} crops images; the spec's input "
+                                    f"is {'x'.join(map(str, net.input))}", None, "use --augment flip or none",
+                                    file="--augment")])
 
     dev = pick_device(device, dd)
     amp = pick_amp(amp, dev)
@@ -300,6 +305,11 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
         sync_bn = False  # one process: nothing to synchronise
     if desc.kind == "csv":  # --target, or the checkpoint's on resume
         desc = replace(desc, target=values["target"])
+    if values["drop"]:
+        if not desc.tabular:
+            raise SpecError([Diagnostic(d.CONFLICT, f"--drop names columns of a table; {desc.kind} data has none",
+                                        None, "leave out --drop", file="--drop")])
+        desc = replace(desc, drop=tuple(values["drop"]))
     assert net.head is not None  # config.check_data refused a network without one
     data = datasets.load(desc, shape=net.input, classes=net.head.classes,
                          task=tabular.task_of(net))
@@ -325,8 +335,12 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
                     target=values["target"], threads=torch.get_num_threads(), threads_why=threads_why,
                     val_split=float(values["val_split"]) if values["val_split"] is not None else None,
                     keep=values["keep"], patience=int(values["patience"]) if values["patience"] is not None else None,
-                    normalize=values["normalize"], normalize_why=normalize_why, freeze_bn=bool(values["freeze_bn"]))
+                    normalize=values["normalize"], normalize_why=normalize_why, freeze_bn=bool(values["freeze_bn"]),
+                    drop=tuple(values["drop"]))
     if config.val_split is not None:
+        if data.val is not None:
+            raise SpecError([Diagnostic(d.CONFLICT, f"--val-split with {desc.name}, whose val/ folder is its "
+                                        "validation split", None, "leave out --val-split", file="--val-split")])
         data = selection.split_off(data, config.val_split, derived_seed(config.seed, "val-split"))
     selection.needs_validation(config, data)
     data = replace(data, baseline=baseline.baseline(data, "test"))  # fitted on the training rows kept
