@@ -31,8 +31,8 @@ if _t.TYPE_CHECKING:
 
 __version__ = "0.1.0"
 # `compile` is left out of `__all__` so that `from densedsl import *` does not shadow the builtin.
-__all__ = ["Analysis", "Diagnostic", "Spec", "SpecError", "Summary", "analyze", "load", "load_all",
-           "load_weights", "parse", "render", "summary", "__version__"]
+__all__ = ["Analysis", "Diagnostic", "Spec", "SpecError", "Summary", "analyze", "load", "load_all", "load_run",
+           "load_weights", "parse", "predict", "render", "summary", "__version__"]
 
 SpecLike = _t.Union[Spec, str, "_os.PathLike[str]"]
 
@@ -128,6 +128,26 @@ def load_weights(model: "torch.nn.Module", weights: _t.Any, *, strict: bool = Tr
     """Load a state_dict or a checkpoint path; one readable error lists every mismatch."""
     from .nn.weights import load_weights as _load_weights
     return _load_weights(model, weights, strict=strict)
+
+
+def load_run(path: "str | _os.PathLike[str]", *, device: str = "cpu") -> _t.Any:
+    """A trained model with its preprocessing, from a run directory (its best or last weights),
+    a checkpoint, or an exported .pt/.onnx: call it on a batch of raw inputs, or pass it to
+    `predict`. Everything it needs travels with the file; nothing is downloaded."""
+    from .training.predict import load_predictor
+    return load_predictor(path, device=device)
+
+
+def predict(model: _t.Any, data: "str | _t.Sequence[str]", *, top_k: int = 1) -> list[dict[str, _t.Any]]:
+    """What `densedsl predict` writes, as one dict per input: `model` a run directory, a
+    checkpoint, an exported .pt/.onnx or what `load_run` returned; `data` a folder or files of
+    images, a CSV without the target column, or .npy arrays."""
+    from .training.predict import Predictor, load_predictor
+    from .training.predict import predict as _predict
+    predictor = model if isinstance(model, Predictor) else load_predictor(model)
+    header, rows = _predict(predictor, [data] if isinstance(data, (str, _os.PathLike)) else list(data),
+                            top_k=top_k)
+    return [dict(zip(header, row)) for row in rows]
 
 
 def render(spec: SpecLike, detail: str = "overview", *, network: str | None = None,

@@ -240,3 +240,16 @@ def test_bad_input_is_one_error_and_no_output(run, inputs, tmp_path, capsys, cas
 def test_compile_of_a_run_directory_refuses_set_values(run, tmp_path, capsys):
     code, _, err = _main(capsys, "compile", run, "--set", "growth=5", "-o", tmp_path / "x.pt")
     assert code == 1 and "error[E116]" in err and not (tmp_path / "x.pt").exists()
+
+
+def test_the_python_entry_points_load_a_run_and_predict_what_the_cli_writes(run, inputs, capsys):
+    """`densedsl.load_run` and `densedsl.predict`: the run's model with its preprocessing, and one
+    dict per input with exactly what `densedsl predict` writes."""
+    code, out, _ = _main(capsys, "predict", run, "--data", inputs)
+    assert code == 0
+    header, *rows = _rows(out)
+    predictor = densedsl.load_run(run)
+    for answers in (densedsl.predict(run, str(inputs)), densedsl.predict(predictor, [str(inputs)])):
+        assert [list(a) for a in answers] == [header] * len(rows)
+        assert [[str(a[header[0]]), str(a[header[1]])] for a in answers] == [[r[0], r[1]] for r in rows]
+        assert [a[header[2]] for a in answers] == pytest.approx([float(r[2]) for r in rows], abs=1e-6)
