@@ -137,3 +137,15 @@ def randomise_every_tensor(model, seed: int = 1, *, negative_scales: bool = True
                 bound = float(t.abs().max()) or 0.1
                 t.copy_((r * 2 - 1) * bound)
     return model
+
+
+def two_block_text(name: str, input_shape: str, *, growth_parameter: bool = False) -> str:
+    """The small spec many file and training tests use: a conv stem, two dense blocks of two
+    bottleneck layers and a transition, `classes` a parameter (and `growth` with
+    `growth_parameter`, default 4)."""
+    params = "classes=3, growth=4" if growth_parameter else "classes=3"
+    growth = "growth" if growth_parameter else "4"
+    return (f"network {name}({params}) {{\n    input {input_shape}\n"
+            f"    defaults growth={growth} bottleneck=2 compression=0.5\n"
+            "    stem {\n        conv 8 kernel=3 padding=1\n    }\n"
+            "    dense layers=2\n    transition\n    dense layers=2\n    head classes=classes\n}\n")

@@ -29,18 +29,9 @@ from densedsl.training.train import (
     train,
 )
 
-SPEC = """network t(classes=3) {
-    input 1x8x8
-    defaults growth=4 bottleneck=2 compression=0.5
-    stem {
-        conv 8 kernel=3 padding=1
-    }
-    dense layers=2
-    transition
-    dense layers=2
-    head classes=classes
-}
-"""
+from networks import two_block_text  # noqa: E402
+
+SPEC = two_block_text("t", "1x8x8")
 
 
 def _codes(e: SpecError) -> list[str]:

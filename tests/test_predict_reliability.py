@@ -20,18 +20,9 @@ from densedsl.training import model_record
 from densedsl.training.predict import load_predictor
 from densedsl.training.train import train
 
-SPEC = """network t(classes=3, growth=4) {
-    input 3x8x8
-    defaults growth=growth bottleneck=2 compression=0.5
-    stem {
-        conv 8 kernel=3 padding=1
-    }
-    dense layers=2
-    transition
-    dense layers=2
-    head classes=classes
-}
-"""
+from networks import two_block_text  # noqa: E402
+
+SPEC = two_block_text("t", "3x8x8", growth_parameter=True)
 TABLE_SPEC = """network m(features=9, classes=1) {
     input features
     defaults growth=8 norm=none

@@ -21,18 +21,9 @@ from densedsl.training.transfer import initialise
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
-SPEC = """network w(classes=3) {
-    input 1x8x8
-    defaults growth=4 bottleneck=2 compression=0.5
-    stem {
-        conv 8 kernel=3 padding=1
-    }
-    dense layers=2
-    transition
-    dense layers=2
-    head classes=classes
-}
-"""
+from networks import two_block_text  # noqa: E402
+
+SPEC = two_block_text("w", "1x8x8")
 SPEC_1D = SPEC.replace("input 1x8x8", "input 1x64")
 QUIET = ("--no-progress", "--device", "cpu", "--threads", "1")
 NORM = "features.denseblock1.denselayer1.norm1.weight"
