@@ -29,7 +29,8 @@ from .document import NetworkState, Snapshot, innermost_statement, names, statem
 # --- names and their one-line docs ----------------------------------------------------------------
 
 # What each statement, op, setting and figure means, for completion items and hovers. The names
-# themselves come from resolve.py's tables; tests/test_lsp.py checks that both agree.
+# themselves come from resolve.py's tables; tests/test_lsp.py checks that both agree. A setting's
+# words are written a|b|c, and tests/test_choices.py checks those lists against the network's types.
 DOCS: dict[str, str] = {
     # statements
     "input": "the input shape, channels x height x width (input 3x224x224), or a feature vector's "
@@ -45,11 +46,12 @@ DOCS: dict[str, str] = {
     "between": "after a for body: what goes between two elements (not after the last)",
     # stem ops
     "conv": "a convolution: conv CHANNELS kernel= stride= padding= bias=",
-    "norm": "batch normalisation (as an op); a dense layer's norm: batch (the paper), group, "
-            "instance, layer or none; on the head, the final BN-ReLU (true|false)",
-    "kind": "a dense block's layers: conv (maps) or linear (fully connected, on a feature vector)",
+    "norm": "batch normalisation (as an op); a dense layer's norm, batch|group|instance|layer|none "
+            "(batch: the paper's); on the head, the final BN-ReLU (true|false)",
+    "kind": "a dense block's layers, conv|linear: convolutions on maps, or fully connected on a "
+            "feature vector",
     "linear": "a fully-connected layer: linear FEATURES bias=",
-    "task": "what the head's outputs are: classification (logits) or regression (values)",
+    "task": "what the head's outputs are, classification|regression: logits, or values",
     "norm_groups": "the group count G of a dense layer's norm=group: GroupNorm(G, C), default 32",
     "relu": "ReLU",
     "maxpool": "max pooling: maxpool kernel= stride= padding=",
@@ -60,15 +62,15 @@ DOCS: dict[str, str] = {
     "growth": "k, the channels each dense layer adds",
     "bottleneck": "width factor of the 1x1 conv (4: 4k channels), or off",
     "bias": "convolutions with a bias term (true|false)",
-    "order": "pre: BN-ReLU-Conv (the paper); post: Conv-BN-ReLU",
+    "order": "pre|post: BN-ReLU-Conv (the paper's), or Conv-BN-ReLU",
     "hidden": "widths of fully-connected layers before the classifier: hidden=[512, 256]",
     "groups": "a dense layer's growth conv in groups (must divide its input and output channels)",
-    "activation": "a dense layer's activation: relu (the paper), relu6, leaky_relu, silu, gelu, elu "
-                  "or none",
+    "activation": "a dense layer's or the head's hidden layers' activation, "
+                  "relu|relu6|leaky_relu|silu|gelu|elu|none (relu: the paper's)",
     "compression": "θ in (0, 1]: a transition emits ⌊θ·m⌋ of its m input channels",
     "channels": "a transition's output channels (instead of compression); as a figure: the "
                 "channels of the final feature map",
-    "pool": "avg or max pooling",
+    "pool": "avg|max pooling; a transition's pool=none has none (its 1x1 conv may stride): avg|max|none",
     "kernel": "the pooling or convolution window: one number for every axis, or one per axis (1x7)",
     "stride": "the step of the pooling or convolution window (one number, or one per axis: 1x2)",
     "padding": "zero padding on each side (one number, or one per axis: 0x3)",
@@ -82,10 +84,10 @@ DOCS: dict[str, str] = {
     "connections": "dense connections, counted on the graph",
     "depth": "conv and linear layers",
     # connectivity: DenseNet's relatives
-    "links": "which earlier outputs each dense layer reads: all (DenseNet), log (SparseNet: 1, 2, 4, … back), "
-             "harmonic (HarDNet), chain (VoVNet: the previous one), random(p, seed), or one list per layer "
+    "links": "which earlier outputs each dense layer reads, all|log|harmonic|chain (DenseNet; SparseNet: "
+             "1, 2, 4, … back; HarDNet; VoVNet: the previous one), random(p, seed), or one list per layer "
              "of indexes into x0 … x(j−1): [[0], [1, 0]]",
-    "emit": "which outputs the block passes on: all (x0 … xL), log (SparseNet), odd (HarDNet: odd layers "
+    "emit": "which outputs the block passes on, all|log|odd (x0 … xL; SparseNet's; HarDNet's odd layers "
             "and the last), or a list of indexes into x0 … xL: [1, 3, 4]",
     "width_factor": "HarDNet's m: layer j adds growth·m^(times 2 divides j) channels, rounded as HarDNet "
                     "rounds (width_factor=1.7)",

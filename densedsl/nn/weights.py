@@ -69,18 +69,36 @@ def _fail(message: str, hint: str | None = None, file: str | None = None, **list
     return WeightsError([d.Diagnostic(d.BAD_FILE, message, None, hint, file=file)], **lists)
 
 
+# A run directory's model, as training/checkpoints.model_file picks it (best.pt when `--keep best`
+# kept one, else the last epoch's checkpoint.pt); named here because nn never imports training.
+RUN_DIR_FILES = ("best.pt", "checkpoint.pt")
+
+
+def run_dir_weights(path: str | os.PathLike) -> str:
+    """The weights file of a run directory of `densedsl train`, or E902 for any other directory."""
+    for file in RUN_DIR_FILES:
+        candidate = os.path.join(path, file)
+        if os.path.isfile(candidate):
+            return candidate
+    raise WeightsError([d.Diagnostic(
+        d.IS_DIRECTORY, f"is a directory with neither {' nor '.join(RUN_DIR_FILES)}: not a run directory "
+        "of densedsl train", None, "pass a weights file (.pt, .pth), or the run directory `densedsl train "
+        "--out RUN_DIR` wrote", file=str(path))])
+
+
 def read_weights_file(path: str | os.PathLike) -> Any:
-    """A weights file as torch.load(weights_only=True) returns it, after E912/E913 checks."""
-    name = str(path)
+    """A weights file as torch.load(weights_only=True) returns it, after E912/E913 checks; for a
+    run directory, its best.pt if there is one, else its checkpoint.pt."""
     require_regular(path, "weights file")   # E912: a FIFO would block torch.load forever
+    if os.path.isdir(path):
+        path = run_dir_weights(path)
+    name = str(path)
     if os.path.isfile(path):
         verify_archive(path, "weights file")  # E913: torch.load ignores the records' CRC-32s
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise _fail("no such weights file", "check the path", file=name) from None
-    except IsADirectoryError:
-        raise _fail("is a directory, not a weights file", file=name) from None
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _fail(f"not a weights-only checkpoint ({first})",
@@ -299,7 +317,9 @@ UNUSABLE_HINT = ("pass weights saved from a model's state_dict(): dense, finite 
 
 
 def load_weights(model: nn.Module, weights: Any, *, strict: bool = True, cli: bool = False) -> nn.Module:
-    """Load a state_dict, a checkpoint dict with a 'model' entry, or a path to a .pt/.pth file.
+    """Load a state_dict, a checkpoint dict with a 'model' entry, a path to a .pt/.pth file, or a
+    run directory of `densedsl train` (its best.pt if kept, else its checkpoint.pt; E902 when it
+    holds neither).
 
     Keys saved from DistributedDataParallel (`module.`) or torch.compile (`_orig_mod.`),
     torchvision's legacy `norm.1`-style keys and MONAI's DenseNet layout (`denselayerN.layers.…`,
@@ -378,4 +398,4 @@ def verify_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
 
 
 __all__ = ["CONVENTIONS", "Fit", "WeightsError", "fit", "load_weights", "non_finite_count", "normalised_weights",
-           "read_weights_file", "verify_archive", "weights_convention"]
+           "read_weights_file", "run_dir_weights", "verify_archive", "weights_convention"]

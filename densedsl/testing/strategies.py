@@ -1,17 +1,18 @@
 """Hypothesis strategies for densedsl, public so users can property-test their own tools.
+Needs hypothesis (`pip install "densedsl[test]"`); without it, importing this module raises an
+ImportError saying so.
 
     from hypothesis import given
-    from densedsl.testing.strategies import networks, spec_texts, assert_dense_invariants
+    from densedsl.testing import networks, spec_texts, assert_dense_invariants
 
     @given(networks(max_blocks=2, bottleneck=True))
     def test_mine(network): ...
 
 `networks()` draws valid `Network`s (analyse without errors; warnings such as W204 may occur),
-`spec_texts()` the same networks written as spec text, `spec_text(network)` writes one, and
-`family_text(network)` writes one with list parameters and a `for … between` loop, and
-`assert_dense_invariants(analysis)` checks the paper's counting rules on an analysis graph.
-Knobs are keyword-only; related draws sit next to each other and the simplest choice comes
-first, so failures shrink to small networks.
+`spec_texts()` the same networks written as spec text and `family_texts()` a network with its
+family form (`densedsl.testing.printer` writes both). Knobs are keyword-only; related draws sit
+next to each other and the simplest choice comes first, so failures shrink to small networks.
+`spec_text`, `family_text` and `assert_dense_invariants` are importable from here too, as before.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ import math
 import typing
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any, assert_never
 
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ModuleNotFoundError as e:
+    if e.name != "hypothesis":
+        raise
+    raise ModuleNotFoundError(
+        "densedsl.testing.strategies needs the optional package hypothesis, which is not installed: "
+        'pip install "densedsl[test]" (or pip install hypothesis)', name="hypothesis") from None
 
 from ..analysis import graph as graph_
-from ..analysis.figures import Analysis
-from ..core.units import axes_text
 from ..ir import connectivity, lowering
 from ..language.network import (
     ActivationFn,
@@ -40,12 +45,12 @@ from ..language.network import (
     Pool,
     RandomLinks,
     ReLU,
-    Stage,
     Stem,
-    StemOp,
     Task,
     Transition,
 )
+from .invariants import assert_dense_invariants
+from .printer import family_text, spec_text
 
 # Finite decimals, so the text form is exact; ≥ 1/2 keeps ⌊θ·m⌋ ≥ 1 for any block output m ≥ 2.
 _COMPRESSIONS = (Fraction(1, 2), Fraction(1), Fraction(3, 4))
@@ -315,149 +320,6 @@ def _mlp(draw, *, max_blocks: int, max_layers: int, bottleneck: bool | None, gro
                    head=draw(_head(vector=True)) if with_head else None)
 
 
-def _bool(b: bool) -> str:
-    return "true" if b else "false"
-
-
-def _num(x) -> str:
-    if isinstance(x, Fraction):
-        return str(x.numerator) if x.denominator == 1 else f"{float(x):g}"
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def _stem_op_text(op: StemOp) -> str:
-    match op:
-        case Conv():
-            return (f"conv {op.out_channels} kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} "
-                    f"padding={axes_text(op.padding)} bias={_bool(op.bias)}")
-        case Pool():
-            return f"{op.mode}pool kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} padding={axes_text(op.padding)}"
-        case Dropout():
-            return f"dropout {_num(op.rate)}"
-        case Norm():
-            return "norm"
-        case ReLU():
-            return "relu"
-        case Linear():
-            return f"linear {op.out_features} bias={_bool(op.bias)}"
-        case _:
-            assert_never(op)
-
-
-def _links_text(s: DenseBlock) -> str:
-    """The block's connectivity settings as a spec writes them (nothing for DenseNet's)."""
-    out = ""
-    if isinstance(s.links, RandomLinks):
-        out += f" links=random({_num(s.links.p)}, {s.links.seed})"
-    elif isinstance(s.links, tuple):
-        out += " links=[" + ", ".join("[" + ", ".join(map(str, r)) + "]" for r in s.links) + "]"
-    elif s.links != "all":
-        out += f" links={s.links}"
-    if isinstance(s.emit, tuple):
-        out += " emit=[" + ", ".join(map(str, s.emit)) + "]"
-    elif s.emit != "all":
-        out += f" emit={s.emit}"
-    if s.width_factor is not None:
-        out += f" width_factor={_num(s.width_factor)}"
-    if s.widths is not None:
-        out += " widths=[" + ", ".join(map(str, s.widths)) + "]"
-    return out
-
-
-def _stage_text(s: Stage, vector: bool = False) -> str:
-    match s:
-        case DenseBlock() if s.kind == "linear":
-            return (f"dense layers={s.layers} growth={s.growth} "
-                    f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
-                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
-                    f"activation={s.activation} kind=linear norm={s.norm}")
-        case Transition() if vector:
-            size = (f"compression={_num(s.compression)}" if s.channels is None
-                    else f"channels={s.channels}")
-            return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)}"
-        case DenseBlock():
-            return (f"dense layers={s.layers} growth={s.growth} "
-                    f"bottleneck={s.bottleneck if s.bottleneck else 'off'} "
-                    f"dropout={_num(s.dropout)} bias={_bool(s.bias)} order={s.order} "
-                    f"activation={s.activation} kernel={axes_text(s.kernel)} groups={s.groups} norm={s.norm}"
-                    + (f" norm_groups={s.norm_groups}" if s.norm == "group" else "") + _links_text(s))
-        case Transition():
-            size = (f"compression={_num(s.compression)}" if s.channels is None
-                    else f"channels={s.channels}")
-            pool = (f"pool={s.pool.mode} kernel={axes_text(s.pool.kernel)} stride={axes_text(s.pool.stride)} "
-                    f"padding={axes_text(s.pool.padding)}" if s.pool else f"pool=none stride={axes_text(s.stride)}")
-            return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} {pool}"
-        case _:
-            assert_never(s)
-
-
-def spec_text(network: Network) -> str:
-    """The network as spec text, every setting explicit (so no `defaults` can change it)."""
-    lines = [f"network {network.name} {{", f"    input {'x'.join(map(str, network.input))}"]
-    if network.stem.ops:
-        lines.append("    stem {")
-        lines += [f"        {_stem_op_text(op)}" for op in network.stem.ops]
-        lines.append("    }")
-    lines += [f"    {_stage_text(s, network.vector)}" for s in network.stages]
-    if network.head is not None:
-        lines.append(f"    {_head_text(network.head, network.vector)}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def family_text(network: Network) -> str:
-    """The network as a family spec: every per-block setting a list parameter, one
-    `for i, n in layers { dense … } between { transition … }`, the input side a parameter.
-
-    Needs a network whose transitions are all the same (`networks(same_transitions=True)`); its
-    resolved form is `network` with these parameters.
-    """
-    blocks, transitions = network.blocks, network.transitions
-    assert len({replace(t, index=1) for t in transitions}) <= 1, "transitions differ"
-    lists: dict[str, list[Any]] = {
-        "layers": [b.layers for b in blocks],
-        "growths": [b.growth for b in blocks],
-        "bottlenecks": [b.bottleneck or "off" for b in blocks],
-        "dropouts": [_num(b.dropout) for b in blocks],
-        "biases": [_bool(b.bias) for b in blocks],
-        "orders": [b.order for b in blocks],
-        "activations": [b.activation for b in blocks],
-        "kernels": [b.kernel for b in blocks],
-        "groups": [b.groups for b in blocks],
-    }
-    # an MLP's layers take a norm, not a kernel or groups; its input width is the parameter
-    if network.vector:
-        del lists["kernels"], lists["groups"]
-    lists["norms"] = [b.norm for b in blocks]
-    grouped = all(b.norm == "group" for b in blocks)  # norm_groups beside another norm is E116
-    if grouped:
-        lists["norm_groups"] = [b.norm_groups for b in blocks]
-    side = network.input[-1]  # networks() draws the same side along every axis
-    params = ", ".join([f"{k}=[{', '.join(map(str, v))}]" for k, v in lists.items()] + [f"side={side}"])
-    shape = "side" if network.vector else " x ".join([str(network.input[0])] + ["side"] * (len(network.input) - 1))
-    lines = [f"network {network.name}({params}) {{", f"    input {shape}"]
-    if network.stem.ops:
-        lines += ["    stem {"] + [f"        {_stem_op_text(op)}" for op in network.stem.ops] + ["    }"]
-    lines += ["    for i, n in layers {",
-              "        dense layers=n growth=growths[i] bottleneck=bottlenecks[i] dropout=dropouts[i] "
-              "bias=biases[i] order=orders[i] activation=activations[i] "
-              + ("norm=norms[i]" if network.vector else "kernel=kernels[i] groups=groups[i] norm=norms[i]")
-              + (" norm_groups=norm_groups[i]" if grouped else "")]
-    if transitions:
-        lines += ["    } between {", f"        {_stage_text(transitions[0], network.vector)}"]
-    lines.append("    }")
-    if network.head is not None:
-        lines.append(f"    {_head_text(network.head, network.vector)}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _head_text(hd: Head, vector: bool = False) -> str:
-    window = f" kernel={axes_text(hd.window[0])} stride={axes_text(hd.window[1])}" if hd.window else ""
-    pool = "" if vector else f" pool={hd.pool}{window}"  # a vector is not pooled (E210)
-    return (f"head classes={hd.classes} norm={_bool(hd.norm)}{pool} dropout={_num(hd.dropout)} "
-            f"hidden=[{', '.join(map(str, hd.hidden))}] activation={hd.activation} task={hd.task}")
-
 
 @st.composite
 def family_texts(draw, **knobs) -> tuple[Network, str]:
@@ -477,39 +339,4 @@ def spec_texts(draw, **knobs) -> str:
     return spec_text(draw(networks(**knobs)))
 
 
-def assert_dense_invariants(analysis: Analysis) -> None:
-    """The counting rules, checked on the graph itself (never from the formulas alone).
-
-    For every block, against its connectivity table: layer ℓ's concat gathers exactly the maps
-    its row reads, in that order, over dense edges, with their channels; the block emits exactly
-    its emit list; the dense edges number the table's reads. For DenseNet's table these are the
-    paper's rules: in-degree ℓ from x0..x_{ℓ−1}, k0 + k(ℓ−1) channels, L(L+1)/2 dense edges and
-    k0 + kL channels emitted. Node params add up to `analysis.params`.
-    """
-    g = analysis.graph
-    total = 0
-    for b in analysis.blocks:
-        block = next(s for s in analysis.network.blocks if s.index == b.index)
-        table = connectivity.table(block)
-        k0, k, big_l = b.in_channels, b.growth, b.layers
-        edges = 0
-        for ell in range(1, big_l + 1):
-            concat = f"{b.name}.denselayer{ell}.concat"
-            ins = list(g.in_edges(concat, data="kind"))
-            reads = table.reads_of(ell)
-            assert [u for u, _, _ in ins] == [f"{b.name}.x{i}" for i in reads], concat
-            assert all(kind == "dense" for _, _, kind in ins), concat
-            assert g.nodes[concat]["out_shape"][0] == table.in_channels(k0, ell), concat
-            if table.dense and block.widths is None and block.width_factor is None:
-                assert g.in_degree(concat) == ell and g.nodes[concat]["out_shape"][0] == k0 + k * (ell - 1)
-            edges += len(reads)
-        counted = sum(1 for _, v, kind in g.edges(data="kind")
-                      if kind == "dense" and v.startswith(f"{b.name}."))
-        assert counted == edges == table.connections == b.connections, (b.name, counted)
-        assert [u for u, _ in g.in_edges(f"{b.name}.out")] == [f"{b.name}.x{i}" for i in table.emits]
-        assert g.nodes[f"{b.name}.out"]["out_shape"][0] == table.out_channels(k0) == b.out_channels
-        if table.dense and block.widths is None and block.width_factor is None:
-            assert counted == big_l * (big_l + 1) // 2 and b.out_channels == k0 + k * big_l
-        total += counted
-    assert total == analysis.connections
-    assert sum(p for _, p in g.nodes(data="params")) == analysis.params
+__all__ = ["assert_dense_invariants", "family_text", "family_texts", "networks", "spec_text", "spec_texts"]

@@ -41,7 +41,7 @@ from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import require_regular
 from . import arrays, loaded, tabular
-from .loaded import Data
+from .loaded import Data, TensorSet
 
 # (C, H, W) for images; (C, L), (C, D, H, W) or a vector's (F,) as well
 Shape = tuple[int, ...]
@@ -100,27 +100,15 @@ class Description:
 
 
 
-class ImageSet(Dataset):
-    """Images (or signals, or volumes: N x C x spatial) held in memory as one uint8 tensor;
-    batches are gathered by indexing it."""
+# one in-memory split for images and tables alike; the name stays for the code that tests for it
+ImageSet = TensorSet
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        # uint8 pixels, or float32 values (arrays: signals, volumes) used as they are
-        assert images.dtype in (torch.uint8, torch.float32) and 3 <= images.dim() <= 5 and len(images) == len(labels)
-        self.images = images
-        self.labels = labels.to(torch.int64)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        # The DataLoader hands a whole batch of indices here, so a batch costs one gather
-        # instead of B calls and a collate.
-        index = torch.as_tensor(indices, dtype=torch.int64)
-        return self.images[index], self.labels[index]
+def image_set(images: torch.Tensor, labels: torch.Tensor) -> TensorSet:
+    """Images (or signals, or volumes: N x C x spatial) and their class indices as a TensorSet."""
+    # uint8 pixels, or float32 values (arrays: signals, volumes) used as they are
+    assert images.dtype in (torch.uint8, torch.float32) and 3 <= images.dim() <= 5 and len(images) == len(labels)
+    return TensorSet(images, labels.to(torch.int64))
 
 
 class FolderSet(Dataset):
@@ -263,8 +251,8 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
         return tabular.synthetic(desc, width=shape[0], classes=classes, task=task)
     names: tuple[str, ...] = tuple(str(i) for i in range(desc.classes or classes))
     pixel_max = 255.0
-    train: ImageSet | FolderSet
-    test: ImageSet | FolderSet
+    train: TensorSet | FolderSet
+    test: TensorSet | FolderSet
     val = None
     if desc.kind == "digits":
         train, test = _digits()
@@ -281,7 +269,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
             train, test = _mnist(desc.path, desc.kind)
         elif desc.kind in arrays.KINDS:
             (x, y), (x_test, y_test), pixel_max = arrays.load(desc, tuple(shape), desc.classes or classes)
-            train, test = ImageSet(x, y), ImageSet(x_test, y_test)
+            train, test = image_set(x, y), image_set(x_test, y_test)
         else:
             train, test, names, val = _folder(desc.path, shape)
     _require_images(desc, train, test)
@@ -291,7 +279,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
         data_shape = shape
         resized = _resized(train, shape, 1000)
     else:
-        assert isinstance(test, ImageSet)
+        assert isinstance(test, TensorSet)
         data_shape = _same_shape(desc, train, test, shape)
         mean, std = _stats(train.images, pixel_max)
     return Data(description=desc, train=train, test=test, shape=data_shape,
@@ -299,7 +287,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
                 mean=mean, std=std, resized=resized, val=val)
 
 
-def _require_images(desc: Description, train: ImageSet | FolderSet, test: ImageSet | FolderSet) -> None:
+def _require_images(desc: Description, train: TensorSet | FolderSet, test: TensorSet | FolderSet) -> None:
     """An empty split would train zero steps, or report a mean of nothing (NaN) as a result."""
     for split, images in (("training", train), ("test", test)):
         if len(images) == 0:
@@ -307,7 +295,7 @@ def _require_images(desc: Description, train: ImageSet | FolderSet, test: ImageS
                         "point --data at a data set with images in both splits")
 
 
-def _same_shape(desc: Description, train: ImageSet, test: ImageSet, shape: Shape) -> Shape:
+def _same_shape(desc: Description, train: TensorSet, test: TensorSet, shape: Shape) -> Shape:
     """Files declare their own image size; only the spec's input can be fed to the network
     (a smaller image would pass through a network with global pooling and train on nonsense)."""
     want = "x".join(map(str, shape))
@@ -363,7 +351,7 @@ def _resized(ds: "FolderSet", shape: Shape, limit: int) -> str | None:
 
 # --- digits ------------------------------------------------------------------------------------
 
-def _digits() -> tuple[ImageSet, ImageSet]:
+def _digits() -> tuple[TensorSet, TensorSet]:
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -376,12 +364,12 @@ def _digits() -> tuple[ImageSet, ImageSet]:
     train_i, test_i = train_test_split(list(range(len(labels))), test_size=0.2, random_state=0,
                                        stratify=bunch.target)
     train_i, test_i = torch.tensor(sorted(train_i)), torch.tensor(sorted(test_i))
-    return ImageSet(images[train_i], labels[train_i]), ImageSet(images[test_i], labels[test_i])
+    return image_set(images[train_i], labels[train_i]), image_set(images[test_i], labels[test_i])
 
 
 # --- synthetic ---------------------------------------------------------------------------------
 
-def _synthetic(shape: Shape, classes: int, desc: Description) -> tuple[ImageSet, ImageSet]:
+def _synthetic(shape: Shape, classes: int, desc: Description) -> tuple[TensorSet, TensorSet]:
     """Noisy copies of one random template per class: learnable, so a smoke run can improve."""
     n_train = desc.size or 512
     n_test = max(classes, n_train // 4)
@@ -394,17 +382,17 @@ def _synthetic(shape: Shape, classes: int, desc: Description) -> tuple[ImageSet,
     g = torch.Generator().manual_seed(1234)
     templates = torch.randint(0, 256, (classes, *shape), generator=g, dtype=torch.int16)
 
-    def make(n: int) -> ImageSet:
+    def make(n: int) -> TensorSet:
         labels = torch.randint(0, classes, (n,), generator=g)
         noise = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.int16)
-        return ImageSet(((3 * templates[labels] + noise) // 4).to(torch.uint8), labels)
+        return image_set(((3 * templates[labels] + noise) // 4).to(torch.uint8), labels)
 
     return make(n_train), make(n_test)
 
 
 # --- CIFAR -------------------------------------------------------------------------------------
 
-def _cifar(path: Path, classes: int) -> tuple[ImageSet, ImageSet]:
+def _cifar(path: Path, classes: int) -> tuple[TensorSet, TensorSet]:
     if classes == 10:
         subdir, train_files, test_files, label_bytes = (
             "cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1)
@@ -428,9 +416,9 @@ def _cifar(path: Path, classes: int) -> tuple[ImageSet, ImageSet]:
                         f"{hint}; pass the directory that holds {', '.join(train_files + test_files)} "
                         f"(or its parent)")
 
-    def read(names: list[str]) -> ImageSet:
+    def read(names: list[str]) -> TensorSet:
         parts = [_read_cifar_file(root / n, classes, label_bytes, fmt, where) for n in names]
-        return ImageSet(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return image_set(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
     return read(train_files), read(test_files)
 
@@ -471,7 +459,7 @@ _IDX_FILES = {
 }
 
 
-def _mnist(path: Path, kind: str) -> tuple[ImageSet, ImageSet]:
+def _mnist(path: Path, kind: str) -> tuple[TensorSet, TensorSet]:
     title, url = ("MNIST", _MNIST_URL) if kind == "mnist" else ("Fashion-MNIST", _FASHION_URL)
     where = f"download the four {title} files from {url}"
     # torchvision keeps them in MNIST/raw or FashionMNIST/raw; people often point at either.
@@ -487,7 +475,7 @@ def _mnist(path: Path, kind: str) -> tuple[ImageSet, ImageSet]:
                         f"{where}; gzipped or not, all four in one directory")
         files[key] = found[0]
 
-    def read(split: str) -> ImageSet:
+    def read(split: str) -> TensorSet:
         images = _read_idx(files[f"{split}-images"], 3, where)
         labels = _read_idx(files[f"{split}-labels"], 1, where).to(torch.int64)
         if len(images) != len(labels):
@@ -497,7 +485,7 @@ def _mnist(path: Path, kind: str) -> tuple[ImageSet, ImageSet]:
         if len(labels) and int(labels.max()) > 9:
             raise _fail(d.BAD_FILE, f"a label is {int(labels.max())}; {title} has 10 classes (0-9)",
                         files[f"{split}-labels"], where)
-        return ImageSet(images.unsqueeze(1), labels)
+        return image_set(images.unsqueeze(1), labels)
 
     return read("train"), read("test")
 

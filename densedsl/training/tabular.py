@@ -39,13 +39,12 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import require_regular
 from . import loaded
-from .loaded import Data
+from .loaded import Data, TensorSet
 
 KINDS = ("csv", "diabetes")
 TASKS = ("classification", "regression")
@@ -473,24 +472,14 @@ def fit(train: Table, tables: Sequence[Table], target: str, task: str, drop: Seq
 
 # --- data sets ---------------------------------------------------------------------------------
 
-class TabularSet(Dataset):
-    """Encoded features (float32, rows x width) and targets, held in memory; batches are gathered
-    by indexing (`__getitems__`, as for image tensors)."""
+# one in-memory split for tables and images alike; the name stays for the code that tests for it
+TabularSet = TensorSet
 
-    def __init__(self, features: torch.Tensor, targets: torch.Tensor):
-        assert features.dim() == 2 and len(features) == len(targets)
-        self.features = features
-        self.targets = targets
 
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.features[i], self.targets[i]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.int64)
-        return self.features[index], self.targets[index]
+def _table_set(features: torch.Tensor, targets: torch.Tensor) -> TensorSet:
+    """Encoded features (float32, rows x width) and their targets as a TensorSet."""
+    assert features.dim() == 2
+    return TensorSet(features, targets)
 
 
 def split_indices(n: int) -> tuple[list[int], list[int]]:
@@ -543,8 +532,8 @@ def load(desc, *, task: str, pipeline: Pipeline | None = None):
             raise _fail(d.MISSING, "csv: data needs the column to predict", desc.path,
                         f"pass --target COLUMN; the columns are {_listed(train_table.header)}")
         pipeline = fit(train_table, [train_table, test_table], target, task, desc.drop)
-    train = TabularSet(pipeline.features(train_table), pipeline.targets(train_table))
-    test = TabularSet(pipeline.features(test_table), pipeline.targets(test_table))
+    train = _table_set(pipeline.features(train_table), pipeline.targets(train_table))
+    test = _table_set(pipeline.features(test_table), pipeline.targets(test_table))
     classes = 1 if pipeline.task == "regression" else len(pipeline.classes)
     names = (pipeline.target,) if pipeline.task == "regression" else pipeline.classes
     return Data(description=desc, train=train, test=test, shape=(pipeline.width,), classes=classes,
@@ -602,8 +591,8 @@ def synthetic(desc, *, width: int, classes: int, task: str):
         names = tuple(str(i) for i in range(classes))
         pipeline = Pipeline(columns, "class", "classification", classes=names)
         targets = labels
-    return Data(description=desc, train=TabularSet(x[:n_train], targets[:n_train]),
-                test=TabularSet(x[n_train:], targets[n_train:]), shape=(width,),
+    return Data(description=desc, train=_table_set(x[:n_train], targets[:n_train]),
+                test=_table_set(x[n_train:], targets[n_train:]), shape=(width,),
                 classes=1 if task == "regression" else classes, class_names=names, pixel_max=1.0,
                 mean=(), std=(), task=task, pipeline=pipeline)
 
