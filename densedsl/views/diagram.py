@@ -11,8 +11,10 @@ Three levels of detail, all drawn from `Analysis.graph` (never from a traced mod
 - `blocks`: the ops of the stem, transitions and head as rows; each dense block one node that
   states its layer recipe (`BN-ReLU-Conv1x1(128)-BN-ReLU-Conv3x3(32) ×6`).
 - `layers`: `blocks` with every dense block expanded (or only those in `expand`): x0 and one node
-  per dense layer in a row, one edge per dense connection of the graph (L(L+1)/2 per block)
-  arcing over the row, fading with distance, and the concatenation into the block output below.
+  per dense layer in a row, one edge per dense connection of the graph (one per read of the
+  block's connectivity table: L(L+1)/2 in DenseNet) arcing over the row, fading with distance,
+  and the concatenation of the emitted maps into the block output below.
+- `matrix` (views/matrix.py): per dense block a grid of who reads whom, one HTML-like table node.
 
 `expand` expands the listed blocks at any level, so `detail="overview", expand=3` shows one
 block's layers inside the overview.
