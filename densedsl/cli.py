@@ -476,7 +476,7 @@ def _add_render(sub) -> None:
                     "docs/diagrams.md explains the pictures.")
     _add_spec_options(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.svg, OUT.png, OUT.pdf or OUT.dot")
-    p.add_argument("--detail", choices=("overview", "blocks", "layers"), default="overview",
+    p.add_argument("--detail", choices=("overview", "blocks", "layers", "matrix"), default="overview",
                    help="how much to draw (default overview)")
     p.add_argument("--expand", type=_integer(1, _MAX_DIM), action="append", metavar="N",
                    help="draw dense block N (1-based) layer by layer; repeat for several")

@@ -95,14 +95,18 @@ def assert_corresponds(a: Analysis, g: graphviz.Digraph, expanded: set[int]) -> 
     assert sorted(edges) == expected
     for b in a.blocks:
         dense = [e for e in edges if e[2] == "dense" and e[1].startswith(f"{b.name}.")]
+        # the block's connectivity table (DenseNet's: L(L+1)/2 reads, cin = k0 + k·(ℓ−1))
+        table = next(x.table for x in a.lowered if getattr(x, "name", "") == b.name)
         if b.index in expanded:
-            assert len(dense) == b.layers * (b.layers + 1) // 2 == b.connections
+            assert len(dense) == table.connections == b.connections
+            if table.dense:
+                assert len(dense) == b.layers * (b.layers + 1) // 2
             assert f"{b.name}.x0" in drawn and f"{b.name}.out" in drawn
             for layer in range(1, b.layers + 1):
                 label = _attr(nodes[f"{b.name}.denselayer{layer}"], "label")
-                cin = b.in_channels + b.growth * (layer - 1)
+                cin, width = table.in_channels(b.in_channels, layer), table.widths[layer - 1]
                 unit = "ch" if len(b.in_shape) > 1 else "features"
-                assert (f"{cin} → {b.growth} {unit}" in label or f">{cin}<" in label), label
+                assert (f"{cin} → {width} {unit}" in label or f">{cin}<" in label), label
             # a map's size reads 64x8x8; a feature vector's (an MLP's) is its width alone
             shown = f"{b.out_shape[0]}x" if len(b.out_shape) > 1 else f">{b.out_shape[0]}<"
             assert shown in _attr(nodes[f"{b.name}.out"], "label")

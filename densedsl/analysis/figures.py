@@ -129,6 +129,9 @@ class Analysis:
     depth: int
     connections: int
     channels: int                   # channels of the final feature map (entering the head)
+    # HarDNet's CIO (Chao et al. 2019): every conv's input plus output elements, one sample;
+    # a proxy for memory traffic. Not an `expect` figure (`figures()`): a report figure.
+    cio: int
     state_dict_entries: int
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -225,7 +228,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     lowered = lowering.lower(network)
     g = graph_.lower_arch(network, checked=True, lowered=lowered)
     nodes = g.nodes
-    params = buffers = macs = flops = depth = 0
+    params = buffers = macs = flops = depth = cio = 0
     for _, a in nodes(data=True):  # one pass over the graph for every total
         params += a["params"]
         buffers += a["buffers"]
@@ -233,6 +236,8 @@ def analyze(network: Network, *, max_params: int | float | None = None,
         flops += a["flops"]
         if kind_of(a["kind"]).layer:
             depth += 1
+        if a["kind"] == "conv":
+            cio += numel(a["in_shape"]) + numel(a["out_shape"])
     stages = _stages(lowered, g)
     diags += _check_invariants(network, g, stages)
     if not d.has_errors(diags):
@@ -246,7 +251,7 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     analysis = Analysis(
         network=network, arch=g, params=params, buffers=buffers, macs=macs, flops=flops, depth=depth,
         connections=sum(s.connections for s in stages if isinstance(s, BlockFigures)),  # dense edges all end in a block
-        channels=head_in[0],
+        channels=head_in[0], cio=cio,
         state_dict_entries=_state_dict_entries(g),
         input_shape=tuple(network.input), output_shape=tuple(g.graph["output_shape"]),
         min_input_size=MinInputSize(graph_.min_input_size(plan, rank=rank),

@@ -11,8 +11,10 @@ Three levels of detail, all drawn from `Analysis.graph` (never from a traced mod
 - `blocks`: the ops of the stem, transitions and head as rows; each dense block one node that
   states its layer recipe (`BN-ReLU-Conv1x1(128)-BN-ReLU-Conv3x3(32) ×6`).
 - `layers`: `blocks` with every dense block expanded (or only those in `expand`): x0 and one node
-  per dense layer in a row, one edge per dense connection of the graph (L(L+1)/2 per block)
-  arcing over the row, fading with distance, and the concatenation into the block output below.
+  per dense layer in a row, one edge per dense connection of the graph (one per read of the
+  block's connectivity table: L(L+1)/2 in DenseNet) arcing over the row, fading with distance,
+  and the concatenation of the emitted maps into the block output below.
+- `matrix` (views/matrix.py): per dense block a grid of who reads whom, one HTML-like table node.
 
 `expand` expands the listed blocks at any level, so `detail="overview", expand=3` shows one
 block's layers inside the overview.
@@ -35,7 +37,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import graphviz
 
@@ -43,10 +45,15 @@ from ..analysis.figures import Analysis, BlockFigures, StageFigures
 from ..core import diagnostics as d
 from ..core.files import atomic_write, check_writable
 from ..core.units import float_text, shape_text, si
+from ..ir.connectivity import Table
+from ..ir.lowering import LoweredBlock
 from ..ir.ops import kind_of
-from ..language.network import Transition
+from ..language.network import DenseBlock, RandomLinks, Transition
 
-DETAILS: tuple[str, ...] = ("overview", "blocks", "layers")
+DETAILS: tuple[str, ...] = ("overview", "blocks", "layers")   # drawings of the analysis graph
+# Every detail `to_digraph` draws: the graph's three, and `matrix`, a table per dense block of who
+# reads whom (views/matrix.py), which draws the blocks' tables rather than the graph's nodes.
+VIEWS: tuple[str, ...] = DETAILS + ("matrix",)
 RANKDIRS: tuple[str, ...] = ("TB", "LR")
 FORMATS: tuple[str, ...] = ("svg", "png", "pdf", "dot")
 
@@ -88,11 +95,15 @@ def to_digraph(analysis: Analysis, detail: str = "overview", *,
 
     Raises ValueError for an unknown detail or rankdir, or a block that does not exist.
     """
-    if detail not in DETAILS:
-        raise ValueError(f"unknown detail {detail!r}; use one of {', '.join(DETAILS)}")
+    if detail not in VIEWS:
+        raise ValueError(f"unknown detail {detail!r}; use one of {', '.join(VIEWS)}")
     rankdir = rankdir.upper()
     if rankdir not in RANKDIRS:
         raise ValueError(f"unknown rankdir {rankdir!r}; use TB or LR")
+    if detail == "matrix":
+        from .matrix import matrix_digraph
+        return matrix_digraph(analysis, _expanded(analysis, "layers", expand), rankdir,
+                              _graph_id(analysis.name), _shown_name(analysis.name))
     return _Builder(analysis, detail, _expanded(analysis, detail, expand), rankdir).build()
 
 
@@ -360,16 +371,27 @@ class _Builder:
         return _label(s.name, recipe, f"{shapes} · {sizes}" if sizes else shapes, _figures(s))
 
     def _block_label(self, b: BlockFigures) -> str:
+        table = self._table(b)
         lines = [self._block_facts(b), f"{b.in_channels} → {b.out_channels} {_unit(b.in_shape)}{_at(b.in_shape)}",
                  f"{b.connections:,} connections · {_figures(b)}"]
+        if not table.dense:
+            lines.append(f"emits {maps_text(table.emits)}")
         if self.detail != "overview":
-            lines.append(f"{self._recipe(b)} ×{b.layers}")
+            lines.append(f"{self._recipe(b)} ×{b.layers}" if _uniform(table)
+                         else f"layer 1: {self._recipe(b)}")
         return _label(f"dense block {b.index}", *lines)
+
+    def _table(self, b: BlockFigures) -> Table:
+        return next(x.table for x in self.a.lowered if isinstance(x, LoweredBlock) and x.name == b.name)
 
     def _block_facts(self, b: BlockFigures) -> str:
         block = next(x for x in self.a.network.blocks if x.index == b.index)
-        facts = [f"{b.layers} layer" + ("s" if b.layers != 1 else ""), f"k={b.growth}",
+        table = self._table(b)
+        facts = [f"{b.layers} layer" + ("s" if b.layers != 1 else ""),
+                 f"k={b.growth}" if _uniform(table) else f"widths {widths_text(table.widths)}",
                  f"bottleneck {b.bottleneck}k" if b.bottleneck else "no bottleneck"]
+        if not table.dense:
+            facts.append(f"links={_rule(block.links)} emit={_rule(block.emit)}")
         if block.dropout:
             facts.append(f"dropout {float_text(block.dropout)}")
         if block.order == "post":
@@ -430,33 +452,40 @@ class _Builder:
                 if layer:
                     self.owner[n] = row[layer]
                     params[layer] += self.g.nodes[n]["params"]
+            table = self._table(b)
             for layer in range(1, b.layers + 1):
                 concat = self.g.nodes[f"{b.name}.denselayer{layer}.concat"]
-                cin = concat["out_shape"][0]
+                cin, width = concat["out_shape"][0], table.widths[layer - 1]
+                # what the layer reads, as the graph's concatenation gathers it (its table's order)
+                reads = reads_text([int(m.rsplit(".x", 1)[1]) for m in self.g.pred[concat_id(b, layer)]],
+                                   table.prefix)
                 label = _label(str(layer), str(cin), size=7) if compact else \
-                    _label(f"layer {layer}", f"{cin} → {b.growth} {_unit(b.in_shape)}", size=8)
+                    _label(f"layer {layer}", f"{cin} → {width} {_unit(b.in_shape)}",
+                           "" if table.prefix else f"reads {reads}", size=8)
                 c.node(row[layer], label, fillcolor=p.fill, color=p.border,
                        fontsize="9" if compact else "10", margin="0.06,0.04" if compact else "0.12,0.06",
-                       tooltip=f"features.{b.name}.denselayer{layer} · reads x0…x{layer - 1} "
-                               f"({cin} {_unit(b.in_shape)}), adds x{layer} ({b.growth} {_unit(b.in_shape)}) · "
+                       tooltip=f"features.{b.name}.denselayer{layer} · reads {reads} "
+                               f"({cin} {_unit(b.in_shape)}), adds x{layer} ({width} {_unit(b.in_shape)}) · "
                                f"{params[layer]:,} params")
             c.body.append(_same_rank(row))
             out = f"{b.name}.out"
             a = self.g.nodes[out]
-            c.node(out, _label(f"concatenate x0…x{b.layers}", shape_text(a["out_shape"]), size=8),
+            c.node(out, _label(f"concatenate {maps_text(table.emits, dense=table.dense)}",
+                               shape_text(a["out_shape"]), size=8),
                    shape="box", style="filled", fillcolor=p.fill, color=p.border,
                    tooltip=f"features.{b.name} output · {shape_text(a['out_shape'])}")
             self.owner[out] = out
         self.anchors.append((title, out))
 
     def _expanded_title(self, b: BlockFigures) -> str:
-        n = b.layers
+        table = self._table(b)
+        block = next(x for x in self.a.network.blocks if x.index == b.index)
+        recipe = f"each layer: {self._recipe(b)}" if _uniform(table) else f"layer 1: {self._recipe(b)}"
         return (f"<<B>dense block {b.index}</B><FONT FACE=\"{MONO}\" POINT-SIZE=\"9\"> · "
                 f"{_h(self._block_facts(b))}<BR/>{b.in_channels} → {b.out_channels} {_unit(b.in_shape)}"
                 f"{_at(b.in_shape)} · {_h(_figures(b))}</FONT><BR/>"
-                f"<FONT POINT-SIZE=\"10\">layer ℓ reads x0 … x(ℓ−1), the outputs of all earlier "
-                f"layers: {n}·{n + 1}/2 = {b.connections:,} connections</FONT><BR/>"
-                f"<FONT FACE=\"{MONO}\" POINT-SIZE=\"9\">each layer: {_h(self._recipe(b))}</FONT>>")
+                f"<FONT POINT-SIZE=\"10\">{_h(links_sentence(block, table, b.connections))}</FONT><BR/>"
+                f"<FONT FACE=\"{MONO}\" POINT-SIZE=\"9\">{_h(recipe)}</FONT>>")
 
     # edges
 
@@ -522,6 +551,70 @@ class _Builder:
                         '(one per edge of the graph; darker = nearer) · dashed: concatenation into '
                         'the block output</FONT></TD></TR>')
         return f'<<TABLE BORDER="0" CELLSPACING="2">{"".join(rows)}</TABLE>>'
+
+
+def concat_id(b: BlockFigures, layer: int) -> str:
+    return f"{b.name}.denselayer{layer}.concat"
+
+
+def _uniform(table: Table) -> bool:
+    return len(set(table.widths)) <= 1
+
+
+def _rule(value: object) -> str:
+    """A links/emit setting as a spec writes it: `log`, `random(0.5, 1)`, `[…]` for a table."""
+    if isinstance(value, RandomLinks):
+        return f"random({float_text(float(value.p))}, {value.seed})"
+    if isinstance(value, tuple):
+        return "[…]"
+    return str(value)
+
+
+# A label lists at most this many maps; longer lists show their ends.
+_LISTED = 8
+
+
+def maps_text(indices: Sequence[int], *, dense: bool = False) -> str:
+    """`x1, x3, x5, x7, x8`; DenseNet's whole block `x0…x48`; long lists by their ends."""
+    if dense or (len(indices) > 2 and list(indices) == list(range(indices[0], indices[0] + len(indices)))):
+        return f"x{indices[0]}…x{indices[-1]}"
+    names = [f"x{i}" for i in indices]
+    if len(names) > _LISTED:
+        names = names[:_LISTED // 2] + [f"… ({len(names) - _LISTED + 1} more) …"] + names[-(_LISTED // 2 - 1):]
+    return ", ".join(names)
+
+
+def reads_text(reads: Sequence[int], prefix: bool) -> str:
+    """What a layer reads, in its concatenation order: `x0…x6`, or `x7, x6, x4, x0`."""
+    if prefix and len(reads) > 1:
+        return f"x0…x{len(reads) - 1}"
+    return maps_text(reads)
+
+
+def widths_text(widths: Sequence[int]) -> str:
+    return ", ".join(map(str, widths)) if len(widths) <= _LISTED else \
+        f"{', '.join(map(str, widths[:_LISTED]))}, … ({min(widths)}–{max(widths)})"
+
+
+_RULES = {"all": "x0 … x(ℓ−1), the outputs of all earlier layers",
+          "log": "x(ℓ−1), x(ℓ−2), x(ℓ−4), … (offsets 1, 2, 4, … up to ℓ; links=log)",
+          "harmonic": "x(ℓ−2ⁿ) for every 2ⁿ dividing ℓ, nearest first (links=harmonic)",
+          "chain": "x(ℓ−1) only (links=chain)"}
+
+
+def links_sentence(block: DenseBlock, table: Table, connections: int) -> str:
+    """The block's rule in words, with its connections counted on the graph."""
+    if table.dense:
+        n = table.layers
+        return f"layer ℓ reads {_RULES['all']}: {n}·{n + 1}/2 = {connections:,} connections"
+    links = block.links
+    if isinstance(links, RandomLinks):
+        rule = f"x(ℓ−1) and each earlier output with probability {float_text(float(links.p))} ({_rule(links)})"
+    elif isinstance(links, tuple):
+        rule = "the outputs its row of the links table lists"
+    else:
+        rule = _RULES[links]
+    return f"layer ℓ reads {rule}: {connections:,} connections · the block emits {maps_text(table.emits)}"
 
 
 def _same_rank(names: list[str]) -> str:

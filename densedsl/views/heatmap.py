@@ -7,6 +7,11 @@ the concatenation [x_0, x_1, ..., x_{ℓ−1}]; the input channels that hold x_s
 the mean |w| over that range (all output channels, all kernel positions) is the strength of the
 connection s → ℓ. The layer after the block (a transition's conv, or the classifier after the
 last block) reads all of x_0 ... x_L and forms the last row, as in the paper's figure.
+
+Any connectivity table (`links=`, `emit=`, widths; ir/connectivity.py) reads the same way: layer
+ℓ's first conv reads the maps of its table's reads, in their concatenation order (x7, x6, x4, x0
+for a harmonic layer 8), each one range of input channels as wide as that map; the row after the
+block reads the emitted maps, in emit order. A cell no layer reads stays NaN (blank).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, assert_never
 
 from ..core.files import atomic_path
-from ..ir.lowering import layer_in_channels
+from ..ir import connectivity
 from ..language.network import DenseBlock, Network, Transition
 
 if TYPE_CHECKING:
@@ -50,26 +55,37 @@ def connection_strength(model: "nn.Module", network: Network) -> "list[np.ndarra
         name = f"{prefix}features.denseblock{block.index}"
         first = "linear1" if block.kind == "linear" else "conv1"  # an MLP's layers read through a Linear
         k0 = modules[f"{name}.denselayer1.{first}"].weight.shape[1]
-        L = block.layers
-        # x_s holds channels bounds[s]:bounds[s+1]; layer s+1 reads the first k0 + k·s
-        bounds = [0] + [layer_in_channels(k0, block, s + 1) for s in range(L + 1)]
+        L, table = block.layers, connectivity.table(block)
         matrix = np.full((L + 1, L + 1), np.nan)
         with torch.no_grad():
             for layer in range(1, L + 1):
                 w = modules[f"{name}.denselayer{layer}.{first}"].weight.detach().float().abs()
-                if w.shape[1] != bounds[layer]:
+                ranges = _ranges(table, k0, table.reads_of(layer))
+                if w.shape[1] != ranges[-1][2]:
                     raise ValueError(f"{name}.denselayer{layer}.{first} reads {w.shape[1]} channels, not "
-                                     f"{bounds[layer]}: the model was not built from this network")
-                for s in range(layer):
-                    matrix[layer - 1, s] = float(w[:, bounds[s]:bounds[s + 1]].mean())
+                                     f"{ranges[-1][2]}: the model was not built from this network")
+                for s, start, stop in ranges:
+                    matrix[layer - 1, s] = float(w[:, start:stop].mean())
             consumer = _consumer(modules, prefix, stages, pos, network)
             if consumer is not None:
+                ranges = _ranges(table, k0, table.emits)
                 # A classifier after a windowed pool reads channel-major flattened features.
-                w = consumer.detach().float().abs().reshape(consumer.shape[0], bounds[L + 1], -1)
-                for s in range(L + 1):
-                    matrix[L, s] = float(w[:, bounds[s]:bounds[s + 1]].mean())
+                w = consumer.detach().float().abs().reshape(consumer.shape[0], ranges[-1][2], -1)
+                for s, start, stop in ranges:
+                    matrix[L, s] = float(w[:, start:stop].mean())
         result.append(matrix)
     return result
+
+
+def _ranges(table: connectivity.Table, k0: int, maps: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(s, start, stop) for each map x_s of a concatenation of `maps`, in order: the input
+    channels that hold x_s."""
+    out, start = [], 0
+    for s in maps:
+        stop = start + table.channels_of(k0, s)
+        out.append((s, start, stop))
+        start = stop
+    return out
 
 
 def _consumer(modules: dict, prefix: str, stages: list, pos: int, network: Network):

@@ -18,6 +18,8 @@ from ..analysis.figures import MEMORY_MODES, Analysis, BlockFigures, StageFigure
 from ..core import diagnostics as d
 from ..core.source import Span
 from ..core.units import binary, shape_text, si, size_text
+from ..ir.connectivity import Table
+from ..ir.lowering import LoweredBlock
 from ..ir.ops import kind_of
 from ..language.network import Network
 
@@ -100,7 +102,7 @@ class Summary:
             "input_shape": list(a.input_shape), "output_shape": list(a.output_shape),
             "task": a.network.task,  # classification, regression, or None without a head
             "batch": self.batch, "dtype": self.dtype,
-            "totals": {**a.figures(), "state_dict_entries": a.state_dict_entries,
+            "totals": {**a.figures(), "cio": a.cio, "state_dict_entries": a.state_dict_entries,
                        "memory": self.memory(),
                        "min_input_size": {"eval": a.min_input_size.eval,
                                           "train": a.min_input_size.train},
@@ -131,7 +133,7 @@ class Summary:
         lines += [
             f"params {a.params:,} ({si(a.params)}) · buffers {a.buffers:,} · MACs {si(a.macs)} · "
             f"FLOPs {si(a.flops)}",
-            f"depth {a.depth} · connections {a.connections:,} · {shape_facts}{task}",
+            f"depth {a.depth} · connections {a.connections:,} · CIO {si(a.cio)} · {shape_facts}{task}",
             f"memory at batch {self.batch}, {self.dtype}: training {binary(mem['standard'])} "
             f"(standard), {binary(mem['efficient'])} (efficient); inference {binary(mem['inference'])}",
         ]
@@ -306,6 +308,7 @@ class Explanation:
     block: BlockFigures
     layers: tuple[LayerInputs, ...]
     recipe: str = ""  # every layer's ops, as the diagrams write them: BN-SiLU-Conv3x3(32)
+    table: Table | None = field(default=None, repr=False)  # who reads whom; None: DenseNet's
 
     def as_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "report": "explain", "block": _stage_json(self.block),
@@ -320,8 +323,15 @@ class Explanation:
         b = self.block
         # an MLP's block concatenates feature vectors: the same table, in its words
         map_, unit = ("vector", "features") if len(b.in_shape) == 1 else ("map", "channels")
-        head = (f"{b.name}: {b.layers} layers, growth {b.growth}, {b.in_channels} + "
-                f"{b.growth}·{b.layers} = {b.out_channels} {unit}, {b.connections:,} connections")
+        if self.table is None or self.table.dense and len(set(self.table.widths)) <= 1:
+            head = (f"{b.name}: {b.layers} layers, growth {b.growth}, {b.in_channels} + "
+                    f"{b.growth}·{b.layers} = {b.out_channels} {unit}, {b.connections:,} connections")
+        else:
+            t = self.table
+            widths = f"widths {', '.join(map(str, t.widths))}" if len(set(t.widths)) > 1 else f"growth {b.growth}"
+            head = (f"{b.name}: {b.layers} layers, {widths}, {b.in_channels} {unit} in, emits "
+                    f"{', '.join(f'x{i}' for i in t.emits)} = {b.out_channels} {unit}, "
+                    f"{b.connections:,} connections")
         where = f"  ({_where(b.span)}: {_statement(b.span)})" if b.span else ""
         lines = [head + where] + ([f"each layer: {self.recipe}"] if self.recipe else [])
         for li in self.layers:
@@ -351,7 +361,7 @@ def explain(a: Analysis, block: int, layer: int | None = None) -> Explanation:
     out = []
     for ell in wanted:
         concat = f"{name}.denselayer{ell}.concat"
-        maps = sorted(g.pred[concat], key=lambda n: int(n.rsplit(".x", 1)[1]))
+        maps = list(g.pred[concat])  # in the order the layer concatenates them (its table's reads)
         inputs = []
         for m in maps:
             maker = next(iter(g.pred[m]))
@@ -361,7 +371,8 @@ def explain(a: Analysis, block: int, layer: int | None = None) -> Explanation:
     prefix = f"{name}.denselayer1."
     recipe = "-".join(kind_of(a_["kind"]).token(a_) for n_, a_ in g.nodes(data=True)
                       if n_.startswith(prefix) and kind_of(a_["kind"]).computes)
-    return Explanation(figures, tuple(out), recipe)
+    table = next(x.table for x in a.lowered if isinstance(x, LoweredBlock) and x.name == name)
+    return Explanation(figures, tuple(out), recipe, table)
 
 
 # --- sweep -------------------------------------------------------------------------------------
