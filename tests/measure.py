@@ -49,6 +49,8 @@ def kept_bytes(model, x) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
         y = model(x)
+    if not y.requires_grad:  # no weight on the output's path: backward has nothing to read
+        return 0
     y.float().sum().backward()
     left_out = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     return sum(v for k, v in used.items() if k not in left_out)

@@ -197,10 +197,11 @@ def _table(draw, layers: int, growth: int) -> dict:
                              for j in range(1, layers + 1))
     elif kind != "all":
         out["links"] = kind
+    # at least two maps emitted, so a following transition's ⌊θ·m⌋ with θ ≥ 1/2 keeps a channel
     emit = draw(st.sampled_from(("all", "log", "odd", "list")))
     if emit == "list":
-        out["emit"] = tuple(draw(st.lists(st.integers(0, layers), min_size=1, max_size=layers + 1, unique=True)))
-    elif emit != "all":
+        out["emit"] = tuple(draw(st.lists(st.integers(0, layers), min_size=2, max_size=layers + 1, unique=True)))
+    elif emit == "odd" and layers > 1 or emit == "log":
         out["emit"] = emit
     widths = draw(st.sampled_from(("growth", "factor", "list")))
     if widths == "factor":
@@ -223,7 +224,7 @@ def _fit_norm_groups(draw, stages: list, channels: int, stem: Stem) -> list:
                           for op in lowering.layer_ops(stage, (table.in_channels(c, ell), 1), None,
                                                        table.widths[ell - 1])
                           if op.kind == "groupnorm"]
-                common = math.gcd(*widths)
+                common = math.gcd(*widths) or 1
                 stage = replace(stage, norm_groups=draw(st.sampled_from(
                     [g for g in range(min(common, 8), 0, -1) if common % g == 0])))
             c = lowering.block_out_channels(c, stage)
