@@ -116,6 +116,8 @@ def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
                 out = Norm.make(nm, shape, f"features.{nm}")
             case n.ReLU():
                 out = ReLU.make(name("relu"), shape)
+            case n.Activation():
+                out = Activation.make(name("act"), shape, op.fn)
             case n.Pool():
                 out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding)
             case n.Dropout():
@@ -227,14 +229,19 @@ _ALIASING = ("view", "in_place", "identity_in_eval")  # an op whose output may b
 
 
 def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
-    """BN-ReLU-Conv1x1-(Dropout)-(Pool); on a vector (an MLP) BN-ReLU-Linear-(Dropout), the
-    linear projection to ⌊θ·m⌋ features."""
+    """BN-ReLU-Conv1x1-(Dropout)-(Pool), or with `order=post` Conv1x1-BN-ReLU-(Dropout)-(Pool);
+    on a vector (an MLP) the same with Linear, the projection to ⌊θ·m⌋ features. `activation`
+    replaces the ReLU."""
     cout = transition_channels(shape[0], t)
     prefix = f"{module}." if module else ""
     project = (Linear.make("linear", shape, cout, f"{prefix}linear", t.bias) if len(shape) == 1
                else Conv.make("conv", shape, cout, 1, t.stride, 0, t.bias, f"{prefix}conv"))
-    ops = [Norm.make("norm", shape, f"{prefix}norm"), ReLU.make("relu", shape), project]
-    mid = ops[-1].out_shape
+    mid = project.out_shape
+    ops: list[Op]
+    if t.order == "pre":
+        ops = [Norm.make("norm", shape, f"{prefix}norm"), *_activation_op(t.activation, "", shape), project]
+    else:
+        ops = [project, Norm.make("norm", mid, f"{prefix}norm"), *_activation_op(t.activation, "", mid)]
     if t.dropout > 0:
         ops.append(Dropout.make("drop", mid, t.dropout))
     if t.pool is not None:

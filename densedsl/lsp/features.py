@@ -52,6 +52,7 @@ DOCS: dict[str, str] = {
     "task": "what the head's outputs are: classification (logits) or regression (values)",
     "norm_groups": "the group count G of a dense layer's norm=group: GroupNorm(G, C), default 32",
     "relu": "ReLU",
+    "relu6": "ReLU6, min(max(x, 0), 6) (HarDNet's stem)",
     "maxpool": "max pooling: maxpool kernel= stride= padding=",
     "avgpool": "average pooling: avgpool kernel= stride= padding=",
     "dropout": "dropout rate in [0, 1): after each conv of a layer, or before the classifier",
@@ -60,11 +61,11 @@ DOCS: dict[str, str] = {
     "growth": "k, the channels each dense layer adds",
     "bottleneck": "width factor of the 1x1 conv (4: 4k channels), or off",
     "bias": "convolutions with a bias term (true|false)",
-    "order": "pre: BN-ReLU-Conv (the paper); post: Conv-BN-ReLU",
+    "order": "pre: BN-ReLU-Conv (the paper); post: Conv-BN-ReLU (a dense layer's or a transition's)",
     "hidden": "widths of fully-connected layers before the classifier: hidden=[512, 256]",
     "groups": "a dense layer's growth conv in groups (must divide its input and output channels)",
-    "activation": "a dense layer's activation: relu (the paper), relu6, leaky_relu, silu, gelu, elu "
-                  "or none",
+    "activation": "a dense layer's or a transition's activation: relu (the paper), relu6, leaky_relu, "
+                  "silu, gelu, elu or none",
     "compression": "θ in (0, 1]: a transition emits ⌊θ·m⌋ of its m input channels",
     "channels": "a transition's output channels (instead of compression); as a figure: the "
                 "channels of the final feature map",

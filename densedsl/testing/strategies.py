@@ -29,6 +29,7 @@ from ..analysis.figures import Analysis
 from ..core.units import axes_text
 from ..ir import connectivity, lowering
 from ..language.network import (
+    Activation,
     ActivationFn,
     Conv,
     DenseBlock,
@@ -338,6 +339,8 @@ def _stem_op_text(op: StemOp) -> str:
             return "norm"
         case ReLU():
             return "relu"
+        case Activation():
+            return op.fn
         case Linear():
             return f"linear {op.out_features} bias={_bool(op.bias)}"
         case _:

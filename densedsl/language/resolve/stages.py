@@ -181,6 +181,10 @@ class Stages(Statements, Connectivity):
             bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
             dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
             if "dropout" in s else 0.0,
+            # not inherited from `defaults`: `defaults order=post` makes post-activation layers
+            # and keeps DenseNet's BN-ReLU-Conv transitions
+            order=lambda: self.choice(s["order"], ("pre", "post")) if "order" in s else "pre",
+            activation=lambda: self.choice(s["activation"], ACTIVATIONS) if "activation" in s else "relu",
         )
 
     @staticmethod

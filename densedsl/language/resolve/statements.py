@@ -210,6 +210,8 @@ class Statements(Values):
                 raise _Invalid
             return n.Dropout(rate=float(self.real(b, Fraction(0), Fraction(1), False, True)), span=op.span)
         self.no_arg(op)
+        if kw == "relu6":
+            return n.Activation(fn="relu6", span=op.span)
         return n.Norm(span=op.span) if kw == "norm" else n.ReLU(span=op.span)
 
     def positional(self, stmt: ast.Statement, name: str | None = None) -> _Bound:
