@@ -74,3 +74,26 @@ def test_sparsenet121_expect_lines_state_pytorchcvs_figures():
     expected = {e.key: e.value for e in a.network.expectations}
     assert expected["params"] == a.params == 3_250_824
     assert expected["flops"] == 2 * a.macs == 2 * 1_819_742_464
+
+
+# --- HarDNet: harmonic links, odd emits, post-activation ReLU6 layers and transitions -----------
+# pytorchcv's HarDNet uses ReLU where the official code (and these specs) have ReLU6: the counts
+# are equal, the outputs differ, so only counts and shapes are compared.
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, params", [("hardnet68", 17_565_348), ("hardnet85", 36_670_212)])
+def test_hardnet_equals_pytorchcv(name, params):
+    _assert_equal_to_reference(f"{name}.dense", "hardnet", name, params)
+
+
+def test_hardnet68_first_block_and_transition_are_the_official_ones():
+    """Block 1 (in 64, growth 14, 8 layers) emits layers 1, 3, 5, 7, 8 = 124 channels into a
+    1x1 Conv-BN-ReLU6 to 128 and a 2x2 max pool (connectivity.md's figures)."""
+    a = densedsl.analyze(SPECS / "hardnet68.dense")
+    net = a.network
+    block, t = net.stages[0], net.stages[1]
+    assert (block.links, block.emit, block.width_factor, block.order, block.activation, block.bottleneck) == (
+        "harmonic", "odd", 1.7, "post", "relu6", None)
+    assert (t.channels, t.order, t.activation, t.pool.mode, t.pool.kernel) == (128, "post", "relu6", "max", 2)
+    assert a.arch.nodes["transition1.conv"]["in_shape"] == (124, 56, 56)
+    assert a.arch.nodes["transition1.pool"]["out_shape"] == (128, 28, 28)
