@@ -85,6 +85,51 @@ def test_new_syntax_formats_to_itself_and_resolves_the_same(text):
     assert format_spec(parse_source(Source.from_text(formatted, "t.dense"))) == formatted
 
 
+
+def _ceil_net(size: int, where: str) -> str:
+    stem_pool = "maxpool kernel=3 stride=2 ceil=true" if where == "stem" else "relu"
+    t_pool = "pool=max kernel=3 stride=2 ceil=true" if where == "transition" else "pool=none"
+    return f"""network t {{
+    input 3x{size}x{size}
+    stem {{
+        conv 8
+        norm
+        {stem_pool}
+    }}
+    dense layers=2 growth=4
+    transition channels=6 order=post {t_pool}
+    head classes=3
+}}
+"""
+
+
+@pytest.mark.parametrize("where", ["stem", "transition"])
+@pytest.mark.parametrize("size", [6, 7, 8, 56, 57])
+def test_a_ceil_pool_rounds_sizes_up_and_drops_nothing(size, where):
+    """ceil_mode keeps the last, partial window: 56 → 28 (floor mode: 27, and the last row
+    unread, which `check` would report as W-uneven)."""
+    a = densedsl.analyze(densedsl.parse(_ceil_net(size, where)))
+    node = "stem.pool0" if where == "stem" else "transition1.pool"
+    out = a.arch.nodes[node]["out_shape"][1]
+    assert out == -(-(size - 3) // 2) + 1
+    assert not [x for x in a.diagnostics if "drops the last" in x.message]
+
+
+def test_ceil_on_a_poolless_transition_is_a_conflict():
+    with pytest.raises(densedsl.SpecError) as e:
+        densedsl.parse(_net("channels=6 pool=none ceil=true"))
+    assert "error[E116]: 'ceil' sets the pooling window, and this transition has pool=none" in str(e.value)
+
+
+@pytest.mark.parametrize("text", [_ceil_net(9, "stem"), _ceil_net(9, "transition")])
+def test_ceil_formats_to_itself_and_round_trips_through_spec_text(text):
+    from densedsl.testing.strategies import spec_text
+    formatted = format_spec(parse_source(Source.from_text(text, "t.dense")))
+    network = densedsl.parse(text).network
+    assert densedsl.parse(formatted).network == network
+    assert densedsl.parse(spec_text(network)).network == network
+
+
 torch = pytest.importorskip("torch")
 
 
@@ -114,3 +159,27 @@ def test_the_model_and_its_inference_engine_agree_on_every_transition(transition
     x = torch.randn(2, 3, 16, 16) * 4
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [5, 6, 7, 8, 9, 10, 11, 56])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 0), (3, 2, 1), (2, 2, 0), (3, 3, 1)])
+def test_window_out_in_ceil_mode_is_torchs(size, kernel, stride, padding):
+    from densedsl.ir.ops import window_out
+    pool = torch.nn.MaxPool2d(kernel, stride, padding, ceil_mode=True)
+    assert window_out(size, kernel, stride, padding, ceil=True) == pool(torch.zeros(1, 1, size, size)).shape[-1]
+
+
+@pytest.mark.parametrize("where", ["stem", "transition"])
+def test_the_model_pools_in_ceil_mode_where_the_analysis_says(where):
+    from densedsl.nn.build import build_model
+    network = densedsl.parse(_ceil_net(57, where)).network
+    model = build_model(network)
+    assert [m.ceil_mode for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)] == [True]
+    shapes = []
+    handle = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)][0].register_forward_hook(
+        lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 57, 57))
+    handle.remove()
+    node = "stem.pool0" if where == "stem" else "transition1.pool"
+    assert shapes == [densedsl.analyze(_ceil_net(57, where)).arch.nodes[node]["out_shape"]]

@@ -57,13 +57,13 @@ def dtype_bytes(dtype: str) -> int:
 
 # --- sizes -------------------------------------------------------------------------------------
 
-def drops_input(size: int, kernel: int, stride: int, padding: int) -> bool:
+def drops_input(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> bool:
     """True when the last real row (not padding) is covered by no window.
 
     Windows cover padded positions [i·s, i·s + k) for i < out; the data sits at [p, p + size).
     A stride-2 conv that skips only a padding row (DenseNet's 7x7 stem at 224) drops nothing.
     """
-    out = window_out(size, kernel, stride, padding)
+    out = window_out(size, kernel, stride, padding, ceil)
     return out >= 1 and (out - 1) * stride + kernel < padding + size
 
 
@@ -119,7 +119,7 @@ def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
             case n.Activation():
                 out = Activation.make(name("act"), shape, op.fn)
             case n.Pool():
-                out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding)
+                out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding, op.ceil)
             case n.Dropout():
                 out = Dropout.make(name("drop"), shape, op.rate)
             case n.Linear():
@@ -245,7 +245,7 @@ def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op,
     if t.dropout > 0:
         ops.append(Dropout.make("drop", mid, t.dropout))
     if t.pool is not None:
-        ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
+        ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding, t.pool.ceil))
     return in_place_where_safe(ops, input_shared=True)
 
 

@@ -82,6 +82,7 @@ class Pool:
     kernel: Axes = 2
     stride: Axes = 2
     padding: Axes = 0
+    ceil: bool = False  # PyTorch's ceil_mode: a last, partial window counts (VoVNet's max pools)
     span: Span | None = _span()
 
 

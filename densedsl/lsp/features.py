@@ -55,6 +55,7 @@ DOCS: dict[str, str] = {
     "relu6": "ReLU6, min(max(x, 0), 6) (HarDNet's stem)",
     "maxpool": "max pooling: maxpool kernel= stride= padding=",
     "avgpool": "average pooling: avgpool kernel= stride= padding=",
+    "ceil": "a pool's ceil_mode (true|false): a last, partial window counts (VoVNet's max pools)",
     "dropout": "dropout rate in [0, 1): after each conv of a layer, or before the classifier",
     # settings
     "layers": "L, the number of dense layers in the block",

@@ -59,15 +59,15 @@ LAYER_KINDS = typing.get_args(n.LayerKind)
 NORMS = typing.get_args(n.NormKind)
 TASKS = typing.get_args(n.Task)
 TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding",
-                       "order", "activation")
+                       "order", "activation", "ceil")
 HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout", "hidden", "activation", "task")
 DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order", "activation",
                     "norm", "norm_groups", "links", "emit", "width_factor", "widths")
 EXPECT_KEYS = ("params", "buffers", "macs", "flops", "channels", "connections", "depth")
 STEM_SETTINGS = {
     "conv": ("kernel", "stride", "padding", "bias"),
-    "maxpool": ("kernel", "stride", "padding"),
-    "avgpool": ("kernel", "stride", "padding"),
+    "maxpool": ("kernel", "stride", "padding", "ceil"),
+    "avgpool": ("kernel", "stride", "padding", "ceil"),
     "dropout": ("rate",),
     "norm": (),
     "relu": (),
