@@ -97,3 +97,21 @@ def test_hardnet68_first_block_and_transition_are_the_official_ones():
     assert (t.channels, t.order, t.activation, t.pool.mode, t.pool.kernel) == (128, "post", "relu6", "max", 2)
     assert a.arch.nodes["transition1.conv"]["in_shape"] == (124, 56, 56)
     assert a.arch.nodes["transition1.pool"]["out_shape"] == (128, 28, 28)
+
+
+# --- VoVNet: chains aggregated once (links=chain emit=all) by a post-activation 1x1 transition ---
+# pytorchcv's VoVNet adds a residual around every block but a stage's first (timm's 'a' models,
+# whose counts these are, have none): counts equal, outputs differ.
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, params", [("vovnet39", 22_600_296), ("vovnet57", 36_640_296)])
+def test_vovnet_equals_pytorchcv(name, params):
+    _assert_equal_to_reference(f"{name}.dense", "vovnet", name, params)
+
+
+def test_vovnet39_pools_in_ceil_mode_to_28_14_7():
+    a = densedsl.analyze(SPECS / "vovnet39.dense")
+    sizes = [attrs["out_shape"][1:] for name, attrs in a.arch.nodes.items()
+             if name.startswith("transition") and name.endswith(".pool")]
+    assert sizes == [(28, 28), (14, 14), (7, 7)]
+    assert not a.diagnostics
