@@ -68,7 +68,7 @@ def test_grammar_assertions():
 def _alternatives(grammar: dict, scope: str) -> tuple[str, ...]:
     """The words of the `(a|b|c)` pattern that gives `scope`."""
     [pattern] = [p["match"] for p in grammar["repository"]["statement"]["patterns"] if p.get("name") == scope]
-    return tuple(re.search(r"\(([a-z|]+)\)", pattern).group(1).split("|"))
+    return tuple(re.search(r"\(([a-z0-9_|]+)\)", pattern).group(1).split("|"))
 
 
 def test_grammar_highlights_the_resolvers_statements_and_ops():

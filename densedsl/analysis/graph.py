@@ -45,6 +45,7 @@ class Window:
     padding: Axes = 0
     span: Span | None = None
     least: tuple[int, ...] = ()  # the smallest input length along each axis it accepts
+    ceil: bool = False         # a pool's ceil_mode: sizes round up (`ops.window_out`)
     always: bool = False       # (kernel None) a norm that refuses one value at batch 1 in eval too
 
 
@@ -55,7 +56,7 @@ def _windows(stage: str, ops: Sequence[lowering.Op], spans: Sequence[Span | None
         window = spec.window(a)
         if window is not None:
             yield Window(f"{stage}.{op.name}", spec.describe(a), *window, span=span,
-                         least=spec.least_input(a))
+                         least=spec.least_input(a), ceil=bool(a.get("ceil")))
         elif spec.normalises:
             yield Window(f"{stage}.{op.name}", spec.describe(a), None, span=span)
 
@@ -129,7 +130,7 @@ def _slid(sizes: tuple[int, ...], w: Window) -> tuple[int, ...]:
     """The map's size along each axis after the window `w`."""
     assert w.kernel is not None  # the callers skip norm markers (kernel None)
     r = len(sizes)
-    return tuple(lowering.window_out(x, k, s, p) for x, k, s, p in
+    return tuple(lowering.window_out(x, k, s, p, w.ceil) for x, k, s, p in
                  zip(sizes, per_axis(w.kernel, r), per_axis(w.stride, r),
                      per_axis(w.padding, r)))
 
@@ -354,7 +355,7 @@ def _check_spatial(network: Network) -> list[d.Diagnostic]:
             return diags
         new = _slid(sizes, win)
         dropped = [axis for axis, x, kk, ss, pp in zip(_AXES.get(rank, ("values",) * rank), sizes, k, s, p)
-                   if lowering.drops_input(x, kk, ss, pp)]
+                   if lowering.drops_input(x, kk, ss, pp, win.ceil)]
         if dropped:
             diags.append(d.Diagnostic(
                 d.UNEVEN_SIZE, f"{win.node} ({win.label}) drops the last {' and '.join(dropped)} of "

@@ -57,13 +57,13 @@ def dtype_bytes(dtype: str) -> int:
 
 # --- sizes -------------------------------------------------------------------------------------
 
-def drops_input(size: int, kernel: int, stride: int, padding: int) -> bool:
+def drops_input(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> bool:
     """True when the last real row (not padding) is covered by no window.
 
     Windows cover padded positions [i·s, i·s + k) for i < out; the data sits at [p, p + size).
     A stride-2 conv that skips only a padding row (DenseNet's 7x7 stem at 224) drops nothing.
     """
-    out = window_out(size, kernel, stride, padding)
+    out = window_out(size, kernel, stride, padding, ceil)
     return out >= 1 and (out - 1) * stride + kernel < padding + size
 
 
@@ -116,8 +116,10 @@ def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
                 out = Norm.make(nm, shape, f"features.{nm}")
             case n.ReLU():
                 out = ReLU.make(name("relu"), shape)
+            case n.Activation():
+                out = Activation.make(name("act"), shape, op.fn)
             case n.Pool():
-                out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding)
+                out = Pool.make(name("pool"), shape, op.mode, op.kernel, op.stride, op.padding, op.ceil)
             case n.Dropout():
                 out = Dropout.make(name("drop"), shape, op.rate)
             case n.Linear():
@@ -227,18 +229,23 @@ _ALIASING = ("view", "in_place", "identity_in_eval")  # an op whose output may b
 
 
 def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
-    """BN-ReLU-Conv1x1-(Dropout)-(Pool); on a vector (an MLP) BN-ReLU-Linear-(Dropout), the
-    linear projection to ⌊θ·m⌋ features."""
+    """BN-ReLU-Conv1x1-(Dropout)-(Pool), or with `order=post` Conv1x1-BN-ReLU-(Dropout)-(Pool);
+    on a vector (an MLP) the same with Linear, the projection to ⌊θ·m⌋ features. `activation`
+    replaces the ReLU."""
     cout = transition_channels(shape[0], t)
     prefix = f"{module}." if module else ""
     project = (Linear.make("linear", shape, cout, f"{prefix}linear", t.bias) if len(shape) == 1
                else Conv.make("conv", shape, cout, 1, t.stride, 0, t.bias, f"{prefix}conv"))
-    ops = [Norm.make("norm", shape, f"{prefix}norm"), ReLU.make("relu", shape), project]
-    mid = ops[-1].out_shape
+    mid = project.out_shape
+    ops: list[Op]
+    if t.order == "pre":
+        ops = [Norm.make("norm", shape, f"{prefix}norm"), *_activation_op(t.activation, "", shape), project]
+    else:
+        ops = [project, Norm.make("norm", mid, f"{prefix}norm"), *_activation_op(t.activation, "", mid)]
     if t.dropout > 0:
         ops.append(Dropout.make("drop", mid, t.dropout))
     if t.pool is not None:
-        ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding))
+        ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding, t.pool.ceil))
     return in_place_where_safe(ops, input_shared=True)
 
 

@@ -77,12 +77,17 @@ def numel(shape: Shape) -> int:
     return n
 
 
-def window_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length of a conv or pool along one axis (floor mode, as PyTorch's default).
+def window_out(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:
+    """Output length of a conv or pool along one axis (floor mode, as PyTorch's default; `ceil`
+    as a pool's ceil_mode, which keeps a last, partial window unless it would start in the right
+    padding: PyTorch's pooling_output_shape).
 
     Can be 0 or negative: callers check `size + 2·padding >= kernel` first.
     """
-    return (size + 2 * padding - kernel) // stride + 1
+    if not ceil:
+        return (size + 2 * padding - kernel) // stride + 1
+    out = -(-(size + 2 * padding - kernel) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
 
 
 def rank(shape: Shape) -> int:
@@ -90,9 +95,9 @@ def rank(shape: Shape) -> int:
     return len(shape) - 1
 
 
-def _sized(shape: Shape, kernel: Axes, stride: Axes, padding: Axes) -> Shape:
+def _sized(shape: Shape, kernel: Axes, stride: Axes, padding: Axes, ceil: bool = False) -> Shape:
     r = rank(shape)
-    return tuple(window_out(s, k, st, p) for s, k, st, p in
+    return tuple(window_out(s, k, st, p, ceil) for s, k, st, p in
                  zip(shape[1:], per_axis(kernel, r), per_axis(stride, r), per_axis(padding, r)))
 
 
@@ -416,10 +421,13 @@ class Pool(OpKind):
     saves = "input"
 
     @staticmethod
-    def make(name: str, shape: Shape, mode: str, kernel: Axes, stride: Axes, padding: Axes) -> Op:
-        out = (shape[0], *_sized(shape, kernel, stride, padding))
+    def make(name: str, shape: Shape, mode: str, kernel: Axes, stride: Axes, padding: Axes,
+             ceil: bool = False) -> Op:
+        """`ceil`: PyTorch's ceil_mode (VoVNet's pools); the attribute is present only when set."""
+        out = (shape[0], *_sized(shape, kernel, stride, padding, ceil))
         return Op(name, "pool", shape, out, attrs=(("mode", mode), ("kernel", kernel), ("stride", stride),
-                                                   ("padding", padding), ("global", False)))
+                                                   ("padding", padding), ("global", False))
+                  + ((("ceil", True),) if ceil else ()))
 
     @staticmethod
     def make_global(name: str, shape: Shape, mode: str) -> Op:
@@ -455,15 +463,17 @@ class Pool(OpKind):
 
     def describe(self, a):
         pad = f" padding {axes_text(a['padding'])}" if a["padding"] else ""
+        ceil = " ceil" if a.get("ceil") else ""
         return (f"{a['mode']} pool {dims_text(a['kernel'], rank(a['in_shape']))} stride "
-                f"{axes_text(a['stride'])}{pad}")
+                f"{axes_text(a['stride'])}{pad}{ceil}")
 
     def constructor(self, a):
         r = rank(a["in_shape"])
         if a["global"]:
             return _nn(f"Adaptive{self._mode(a)}Pool", r), (1,), {}
         padding = {"padding": a["padding"]} if a["padding"] else {}
-        return _nn(f"{self._mode(a)}Pool", r), (a["kernel"],), {"stride": a["stride"], **padding}
+        ceil = {"ceil_mode": True} if a.get("ceil") else {}
+        return _nn(f"{self._mode(a)}Pool", r), (a["kernel"],), {"stride": a["stride"], **padding, **ceil}
 
 
 class Flatten(OpKind):

@@ -69,11 +69,20 @@ class ReLU:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Activation:
+    """A stem activation other than ReLU (`relu6`: HarDNet's stem is Conv-BN-ReLU6 twice)."""
+
+    fn: ActivationFn
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Pool:
     mode: PoolMode = "avg"
     kernel: Axes = 2
     stride: Axes = 2
     padding: Axes = 0
+    ceil: bool = False  # PyTorch's ceil_mode: a last, partial window counts (VoVNet's max pools)
     span: Span | None = _span()
 
 
@@ -92,7 +101,7 @@ class Linear:
     span: Span | None = _span()
 
 
-StemOp = Union[Conv, Norm, ReLU, Pool, Dropout, Linear]
+StemOp = Union[Conv, Norm, ReLU, Activation, Pool, Dropout, Linear]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,7 +171,8 @@ class DenseBlock:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Transition:
-    """BN-ReLU-Conv1x1-(Dropout)-Pool.
+    """BN-ReLU-Conv1x1-(Dropout)-Pool; `order="post"` runs Conv1x1-BN-ReLU instead (HarDNet's
+    transitions, VoVNet's aggregation), and `activation` replaces the ReLU.
 
     Exactly one of `compression` (output ⌊θ·m⌋ for m input channels, 0 < θ ≤ 1) and `channels`
     (an explicit output count) is set. `pool` None (`pool=none`) leaves the pool out; `stride` is
@@ -176,6 +186,8 @@ class Transition:
     dropout: float = 0.0
     pool: Pool | None = field(default_factory=Pool)
     stride: Axes = 1
+    order: Order = "pre"
+    activation: ActivationFn = "relu"
     span: Span | None = _span()
 
 

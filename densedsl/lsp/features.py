@@ -54,18 +54,20 @@ DOCS: dict[str, str] = {
     "task": "what the head's outputs are, classification|regression: logits, or values",
     "norm_groups": "the group count G of a dense layer's norm=group: GroupNorm(G, C), default 32",
     "relu": "ReLU",
+    "relu6": "ReLU6, min(max(x, 0), 6) (HarDNet's stem)",
     "maxpool": "max pooling: maxpool kernel= stride= padding=",
     "avgpool": "average pooling: avgpool kernel= stride= padding=",
+    "ceil": "a pool's ceil_mode (true|false): a last, partial window counts (VoVNet's max pools)",
     "dropout": "dropout rate in [0, 1): after each conv of a layer, or before the classifier",
     # settings
     "layers": "L, the number of dense layers in the block",
     "growth": "k, the channels each dense layer adds",
     "bottleneck": "width factor of the 1x1 conv (4: 4k channels), or off",
     "bias": "convolutions with a bias term (true|false)",
-    "order": "pre|post: BN-ReLU-Conv (the paper's), or Conv-BN-ReLU",
+    "order": "pre|post: BN-ReLU-Conv (the paper's), or Conv-BN-ReLU (a dense layer's or a transition's)",
     "hidden": "widths of fully-connected layers before the classifier: hidden=[512, 256]",
     "groups": "a dense layer's growth conv in groups (must divide its input and output channels)",
-    "activation": "a dense layer's or the head's hidden layers' activation, "
+    "activation": "a dense layer's, a transition's or the head's hidden layers' activation, "
                   "relu|relu6|leaky_relu|silu|gelu|elu|none (relu: the paper's)",
     "compression": "θ in (0, 1]: a transition emits ⌊θ·m⌋ of its m input channels",
     "channels": "a transition's output channels (instead of compression); as a figure: the "

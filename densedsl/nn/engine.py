@@ -312,7 +312,9 @@ class InferenceEngine:
     def transition(self, t: Transition, x: Tensor) -> Tensor:
         # avg-pool(conv1x1(x)) == conv1x1(avg-pool(x)) when no padding mixes in zeros.
         pool = getattr(t, "pool", None)  # `pool=none` transitions have none
-        pool_first = isinstance(pool, nn.AvgPool2d) and pool.padding == 0 and _pointwise(t.conv)
+        # (BN-ReLU-Conv only: a post-activation transition, Conv-BN-ReLU, runs as it is built)
+        pool_first = (isinstance(pool, nn.AvgPool2d) and pool.padding == 0 and _pointwise(t.conv)
+                      and next(iter(t.children())) is t.norm and isinstance(getattr(t, "relu", None), nn.ReLU))
         if pool_first and _foldable_bn(t.norm):
             # s·max(x, t) + b pooled is s·pool(max(x, t)) + b: the affine part folds into the conv
             # pool_first holds _pointwise(t.conv)

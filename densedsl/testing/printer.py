@@ -14,6 +14,7 @@ from typing import Any, assert_never
 
 from ..core.units import axes_text
 from ..language.network import (
+    Activation,
     Conv,
     DenseBlock,
     Dropout,
@@ -46,13 +47,16 @@ def _stem_op_text(op: StemOp) -> str:
             return (f"conv {op.out_channels} kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} "
                     f"padding={axes_text(op.padding)} bias={_bool(op.bias)}")
         case Pool():
-            return f"{op.mode}pool kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} padding={axes_text(op.padding)}"
+            return (f"{op.mode}pool kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} "
+                    f"padding={axes_text(op.padding)}" + (" ceil=true" if op.ceil else ""))
         case Dropout():
             return f"dropout {_num(op.rate)}"
         case Norm():
             return "norm"
         case ReLU():
             return "relu"
+        case Activation():
+            return op.fn
         case Linear():
             return f"linear {op.out_features} bias={_bool(op.bias)}"
         case _:
@@ -100,8 +104,10 @@ def _stage_text(s: Stage, vector: bool = False) -> str:
             size = (f"compression={_num(s.compression)}" if s.channels is None
                     else f"channels={s.channels}")
             pool = (f"pool={s.pool.mode} kernel={axes_text(s.pool.kernel)} stride={axes_text(s.pool.stride)} "
-                    f"padding={axes_text(s.pool.padding)}" if s.pool else f"pool=none stride={axes_text(s.stride)}")
-            return f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} {pool}"
+                    f"padding={axes_text(s.pool.padding)}" + (" ceil=true" if s.pool.ceil else "")
+                    if s.pool else f"pool=none stride={axes_text(s.stride)}")
+            return (f"transition {size} bias={_bool(s.bias)} dropout={_num(s.dropout)} {pool} "
+                    f"order={s.order} activation={s.activation}")
         case _:
             assert_never(s)
 

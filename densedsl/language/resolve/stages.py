@@ -181,6 +181,10 @@ class Stages(Statements, Connectivity):
             bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
             dropout=lambda: float(self.real(s["dropout"], Fraction(0), Fraction(1), False, True))
             if "dropout" in s else 0.0,
+            # not inherited from `defaults`: `defaults order=post` makes post-activation layers
+            # and keeps DenseNet's BN-ReLU-Conv transitions
+            order=lambda: self.choice(s["order"], ("pre", "post")) if "order" in s else "pre",
+            activation=lambda: self.choice(s["activation"], ACTIVATIONS) if "activation" in s else "relu",
         )
 
     @staticmethod
@@ -204,7 +208,7 @@ class Stages(Statements, Connectivity):
     def vector_transition(self, stmt: ast.Statement, index: int, s: dict[str, _Bound]) -> n.Transition:
         """On a feature vector (an MLP): BN-ReLU-Linear to ⌊θ·m⌋ features, no pool (E210 for a
         window setting)."""
-        windowed = [name for name in ("pool", "kernel", "stride", "padding") if name in s]
+        windowed = [name for name in ("pool", "kernel", "stride", "padding", "ceil") if name in s]
         for name in windowed:
             self.error(d.WRONG_DATA_KIND, f"the transition's '{name}' is a map's, and the input is a feature "
                        "vector", self.setting_span(stmt, s[name]), f"remove {name}=…; on a vector a transition is a linear "
@@ -216,7 +220,7 @@ class Stages(Statements, Connectivity):
 
     def poolless_transition(self, stmt: ast.Statement, index: int, s: dict[str, _Bound]) -> n.Transition:
         """`pool=none`: BN-ReLU-Conv1x1 only; `stride` is the conv's (2 downsamples in the conv)."""
-        for name in ("kernel", "padding"):
+        for name in ("kernel", "padding", "ceil"):
             if name in s:
                 self.error(d.CONFLICT, f"'{name}' sets the pooling window, and this transition has "
                            "pool=none", s[name].span,

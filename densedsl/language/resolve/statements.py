@@ -210,6 +210,8 @@ class Statements(Values):
                 raise _Invalid
             return n.Dropout(rate=float(self.real(b, Fraction(0), Fraction(1), False, True)), span=op.span)
         self.no_arg(op)
+        if kw == "relu6":
+            return n.Activation(fn="relu6", span=op.span)
         return n.Norm(span=op.span) if kw == "norm" else n.ReLU(span=op.span)
 
     def positional(self, stmt: ast.Statement, name: str | None = None) -> _Bound:
@@ -229,8 +231,10 @@ class Statements(Values):
             self.error(d.OUT_OF_RANGE, f"pooling padding {axes_text(padding)} is more than half the kernel "
                        f"{axes_text(kernel)}", s["padding"].span, "PyTorch allows padding up to kernel/2")
             raise _Invalid
+        ceil = self.boolean(s["ceil"]) if "ceil" in s else False
         # avg or max: the stem passes its keyword's, a transition's pool=none took the poolless path
-        return n.Pool(mode=cast(n.PoolMode, mode), kernel=kernel, stride=stride, padding=padding, span=span)
+        return n.Pool(mode=cast(n.PoolMode, mode), kernel=kernel, stride=stride, padding=padding, ceil=ceil,
+                      span=span)
 
     def stages(self, stmts: list[ast.Statement]) -> list[n.Stage]:
         flat = self.unroll(stmts, {})

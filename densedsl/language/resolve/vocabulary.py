@@ -46,7 +46,7 @@ _LISTFUNCTIONS = ("len", "sum")
 
 STATEMENTS = ("input", "defaults", "stem", "dense", "transition", "repeat", "head", "expect")
 STAGE_STATEMENTS = ("dense", "transition", "repeat", "for")  # what repeat and for bodies hold
-STEM_OPS = ("conv", "norm", "relu", "maxpool", "avgpool", "dropout", "linear")
+STEM_OPS = ("conv", "norm", "relu", "relu6", "maxpool", "avgpool", "dropout", "linear")
 DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order", "activation", "kernel", "groups",
                   "kind", "norm", "norm_groups", "links", "emit", "width_factor", "widths")
 # who a dense layer reads and what its block emits (DenseNet's relatives); `random(p, seed)` is a
@@ -58,18 +58,20 @@ ACTIVATIONS = typing.get_args(n.ActivationFn)
 LAYER_KINDS = typing.get_args(n.LayerKind)
 NORMS = typing.get_args(n.NormKind)
 TASKS = typing.get_args(n.Task)
-TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding")
+TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding",
+                       "order", "activation", "ceil")
 HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout", "hidden", "activation", "task")
 DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order", "activation",
                     "norm", "norm_groups", "links", "emit", "width_factor", "widths")
 EXPECT_KEYS = ("params", "buffers", "macs", "flops", "channels", "connections", "depth")
 STEM_SETTINGS = {
     "conv": ("kernel", "stride", "padding", "bias"),
-    "maxpool": ("kernel", "stride", "padding"),
-    "avgpool": ("kernel", "stride", "padding"),
+    "maxpool": ("kernel", "stride", "padding", "ceil"),
+    "avgpool": ("kernel", "stride", "padding", "ceil"),
     "dropout": ("rate",),
     "norm": (),
     "relu": (),
+    "relu6": (),
     "linear": ("bias",),
 }
 _OWNER = {  # which statement a setting belongs to, for "'compression' is a transition setting"
