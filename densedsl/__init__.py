@@ -125,7 +125,8 @@ def compile(spec: SpecLike, memory: str = "standard", *, network: str | None = N
 
 
 def load_weights(model: "torch.nn.Module", weights: _t.Any, *, strict: bool = True) -> "torch.nn.Module":
-    """Load a state_dict or a checkpoint path; one readable error lists every mismatch."""
+    """Load a state_dict, a checkpoint or weights file, or a run directory (its best.pt, else
+    checkpoint.pt); one readable error lists every mismatch."""
     from .nn.weights import load_weights as _load_weights
     return _load_weights(model, weights, strict=strict)
 
@@ -153,7 +154,8 @@ def predict(model: _t.Any, data: "str | _t.Sequence[str]", *, top_k: int = 1) ->
 def render(spec: SpecLike, detail: str = "overview", *, network: str | None = None,
            params: _t.Mapping[str, _t.Any] | None = None, expand: int | _t.Iterable[int] | None = None,
            rankdir: str = "TB") -> "graphviz.Digraph":
-    """Draw the analysis graph: `detail` overview, blocks or layers; `expand` lists the dense
+    """Draw the analysis graph: `detail` overview, blocks, layers or matrix (who reads whom, a
+    grid per block); `expand` lists the dense
     blocks (1-based) drawn layer by layer; `rankdir` TB or LR. Spec parameters go in `params=`
     only (every other keyword here is a diagram option)."""
     # The module is `diagram`, not `render`: importing a submodule named `render` would
