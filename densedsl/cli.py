@@ -764,22 +764,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .analysis.budget import overridden
     try:
         with overridden(getattr(args, "memory_limit", None)):
-            return args.func(args)
+            status = args.func(args)
+        sys.stdout.flush()  # here, where a full disk under stdout is reported, not at exit
+        return status
     except SpecError as e:
         _print_diagnostics(e.diagnostics)
         return EXIT_INVALID
-    except ModuleNotFoundError as e:
+    except (ModuleNotFoundError, OSError) as e:  # a missing extra; a closed pipe or a full disk
+        from .core.files import output_failure
         from .core.optional import missing_package
-        error = missing_package(e)
+        error = missing_package(e) if isinstance(e, ModuleNotFoundError) else output_failure(e)
         if error is None:
-            return _internal_error(args)
+            return EXIT_OK if isinstance(e, BrokenPipeError) else _internal_error(args)
         _print_diagnostics(error.diagnostics)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
     except Exception:  # the one catch-all: a bug in densedsl, never the user's fault
         return _internal_error(args)
 

@@ -4,6 +4,10 @@ sequences in user-controlled strings on success paths, and `--set blocks=6` for 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy
@@ -157,3 +161,58 @@ def test_set_one_value_for_a_list_parameter_on_the_command_line(capsys):
 def test_a_number_parameter_given_one_value_stays_a_number():
     spec = densedsl.load(DENSENET, blocks="2", growth="4")
     assert [s.growth for s in spec.network.stages if hasattr(s, "growth")] == [4]
+
+
+# --- 3. a full disk or a file-size limit -----------------------------------------------------------
+
+_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing it
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from densedsl import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "specs" / "tiny_digits.dense")
+
+
+def _run(args: list[str], cwd: Path, limit: int | None = None, stdout=subprocess.PIPE):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", _LIMITED, str(limit), *args] if limit is not None else \
+        [sys.executable, "-m", "densedsl", *args]
+    return subprocess.run(command, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=600)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("output", ["model.pt", "model.onnx", "model.py"])
+def test_compile_past_a_file_size_limit_is_e905_and_leaves_nothing(tmp_path, output):
+    if output.endswith(".onnx"):
+        pytest.importorskip("onnx")
+    r = _run(["compile", TINY, "-o", output], tmp_path, limit=2000)
+    assert r.returncode == 1, r.stderr
+    assert f"{output}: error[E905]: cannot write the file: File too large" in r.stderr
+    assert "internal error" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="RLIMIT_FSIZE is POSIX")
+def test_train_past_a_file_size_limit_is_e905_naming_the_checkpoint(tmp_path):
+    r = _run(["train", TINY, "--data", "synthetic:32", "--epochs", "1", "--no-progress", "--threads", "1",
+              "--out", "run"], tmp_path, limit=100_000)
+    assert r.returncode == 1, r.stderr
+    assert "checkpoint.pt: error[E905]: cannot write the file: File too large" in r.stderr
+    assert "internal error" not in r.stderr
+    assert not [p.name for p in (tmp_path / "run").iterdir() if "densedsl-tmp" in p.name or p.suffix == ".pt"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["check", TINY], ["summary", TINY], ["summary", TINY, "--json"],
+                                     ["fmt", TINY]])
+def test_a_full_stdout_is_e905(tmp_path, command):
+    with open("/dev/full", "w") as full:
+        r = _run(command, tmp_path, stdout=full)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("<stdout>: error[E905]: cannot write the output: No space left on device")
+    assert "Exception ignored" not in r.stderr and "internal error" not in r.stderr
