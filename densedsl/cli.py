@@ -205,16 +205,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         assert isinstance(model, DenseNet)  # features_only is not asked for
         record = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
-            from .training.exported import record_for, write_pipeline, write_with_record
+            from .training.exported import record_for, write_with_record
             from .training.transfer import load_exactly
             load_exactly(model, args.weights)
             record = record_for(args.weights, spec)
-        if record is not None and kind != ".py":  # a densedsl checkpoint: its preprocessing goes along
-            write_with_record(model, record, args.output)
-        else:
-            write_output(model, spec.network, args.output)
-        if record is not None:
-            write_pipeline(record, args.output)
+        from .training.exported import write_pipeline  # with a table's pipeline: both files or neither
+        write_pipeline(record, args.output, (lambda: write_with_record(model, record, args.output))
+                       if record is not None and kind != ".py"  # a densedsl checkpoint: its preprocessing goes along
+                       else lambda: write_output(model, spec.network, args.output))
     weights = f", weights from {args.weights}" if args.weights is not None else ""
     print(f"{args.output}: {spec.network.name}, {a.params:,} parameters{weights}", file=sys.stderr)
     if kind == ".py" and args.weights is not None:
