@@ -56,12 +56,6 @@ def _spec(where: str, name: str, value: str) -> str:
     return _TEMPLATE.format(**parts)
 
 
-def _codes(text: str, **params) -> list[str]:
-    with pytest.raises(densedsl.SpecError) as e:
-        densedsl.parse(text, **params)
-    return [x.code.code for x in e.value.diagnostics]
-
-
 # --- 1. a shape where a number or keyword is expected -------------------------------------------
 
 @pytest.mark.parametrize("where, name, value", [
@@ -216,3 +210,107 @@ def test_a_full_stdout_is_e905(tmp_path, command):
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("<stdout>: error[E905]: cannot write the output: No space left on device")
     assert "Exception ignored" not in r.stderr and "internal error" not in r.stderr
+
+
+# --- 4 and 5: a table's export, and what reaches the terminal ------------------------------------
+
+_HOSTILE = "\x1b[31m"
+_TABLE = """network m(features=2, classes=2) {
+    input features
+    defaults growth=8 norm=none
+    stem {
+        linear 16
+        relu
+    }
+    dense layers=2
+    head classes=classes
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """A run trained on a CSV whose class values and a column name carry an escape sequence and a
+    newline; its spec file's name too."""
+    import csv
+    import io
+    where = tmp_path_factory.mktemp("table")
+    rng = numpy.random.RandomState(0)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["size", f"wei{_HOSTILE}ght\nx", "kind"])
+    for size, weight in zip(rng.uniform(0, 1, 40), rng.uniform(0, 1, 40)):
+        writer.writerow([f"{size:.3f}", f"{weight:.3f}", f"red{_HOSTILE}" if size > 0.5 else "blue\nsky"])
+    (where / "t.csv").write_text(buf.getvalue())
+    spec = where / f"sp{_HOSTILE}ec\nx.dense"
+    spec.write_text(_TABLE)
+    argv = ["train", str(spec), "--data", f"csv:{where / 't.csv'}", "--target", "kind", "--epochs", "1",
+            "--no-progress", "--threads", "1", "--out", str(where / "run")]
+    return where, spec, argv
+
+
+def test_train_prints_no_control_characters_from_the_data_or_the_file_name(table_run, capsys, tmp_path):
+    where, spec, argv = table_run
+    argv = [*argv[:-1], str(tmp_path / "run")]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err
+    header = out.splitlines()
+    assert header[0].startswith("training m")
+    assert any("red\ufffd[31m" in line and "blue\ufffdsky" in line for line in header), out
+    assert not any(line.startswith(("sky", "ght", "x.dense")) for line in header), out
+    assert header[-1].startswith("done: ")
+
+
+@pytest.mark.parametrize("command, shown", [
+    (["check"], "sp\ufffd[31mec\ufffdx.dense: m"),
+    (["fmt", "--check"], None),
+    (["compile", "-o", "OUT.py"], "o\ufffd[31m\ufffdut.py: m, "),
+    (["render", "-o", "OUT.svg"], "o\ufffd[31m\ufffdut.svg: m, "),
+])
+def test_success_lines_print_no_control_characters_from_file_names(table_run, capsys, tmp_path, command, shown):
+    where, spec, _ = table_run
+    if command[0] == "fmt":
+        spec = tmp_path / f"sp{_HOSTILE}ec\nx.dense"
+        spec.write_text(_TABLE.replace("    input", "  input"))  # not in canonical form
+    argv = [command[0], str(spec), *(str(tmp_path / f"o{_HOSTILE}\nut{Path(x).suffix}") if x.startswith("OUT")
+                                     else x for x in command[1:])]
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    if command[0] == "render" and code == 1 and "E906" in err:
+        pytest.skip("Graphviz's dot is not installed")
+    assert "\x1b" not in out + err
+    if shown is None:  # fmt --check: the spec is not in canonical form, and says so on one line
+        assert code == 1 and err == f"{str(spec).replace(_HOSTILE, chr(0xfffd) + '[31m').replace(chr(10), chr(0xfffd))}" \
+            ": would reformat\n"
+        return
+    assert code == 0, err
+    assert (out + err).startswith(str(tmp_path if command[0] != "check" else where)) and shown in out + err
+    assert len((out + err).strip().splitlines()) == 1
+
+
+def test_explain_prints_no_control_characters_from_comments(tmp_path, capsys):
+    spec = tmp_path / "c.dense"
+    spec.write_text(_TABLE.replace("dense layers=2", f"dense layers=2  # a comment {_HOSTILE}red"))
+    assert cli.main(["explain", str(spec), "--block", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "# a comment \ufffd[31mred" in out and "\x1b" not in out
+
+
+@pytest.mark.parametrize("output", ["m.pt", "m.onnx"])
+def test_a_table_export_writes_the_model_and_its_pipeline_or_neither(table_run, capsys, tmp_path, output):
+    if output.endswith(".onnx"):
+        pytest.importorskip("onnxscript")
+    where, spec, argv = table_run
+    if not (where / "run").exists():
+        assert cli.main(argv) == 0
+    (tmp_path / "m.pipeline.json").mkdir()  # the pipeline cannot be written
+    capsys.readouterr()
+    assert cli.main(["compile", str(where / "run"), "-o", str(tmp_path / output)]) == 1
+    assert "m.pipeline.json: error[E902]" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pipeline.json"]
+    assert cli.main(["compile", str(spec), "--weights", str(where / "run"), "-o", str(tmp_path / output)]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pipeline.json"]
+    (tmp_path / "m.pipeline.json").rmdir()
+    assert cli.main(["compile", str(where / "run"), "-o", str(tmp_path / output)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([output, "m.pipeline.json"])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ..core.diagnostics import printable_line
 from ..core.files import atomic_path, atomic_write
 from . import checkpoints, model_record
 from .tabular import Pipeline
@@ -58,7 +59,7 @@ def write_pipeline(record: dict | None, output: str | os.PathLike, write_model: 
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(pipeline, indent=1) + "\n", encoding="utf-8")
         write_model()
-    print(f"{path}: how to encode its input rows ({pipeline['pipeline']['target']}, "
+    print(f"{printable_line(str(path))}: how to encode its input rows ({pipeline['pipeline']['target']}, "
           f"{len(pipeline['features'])} features)", file=sys.stderr)
 
 
