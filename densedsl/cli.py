@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from .core import diagnostics as d
 from .core.diagnostics import SpecError
+from .core.diagnostics import printable_line as _line
 from .core.units import parse_quantity
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -89,7 +90,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             continue
         for a in analyses:
             _print_diagnostics(a.diagnostics)
-            print(f"{path}: {a.check_line()}")
+            print(f"{_line(path)}: {a.check_line()}")
     return status
 
 
@@ -126,7 +127,7 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
             continue
         if args.check:
             if formatted != source.text:
-                print(f"{path}: would reformat", file=sys.stderr)
+                print(f"{_line(path)}: would reformat", file=sys.stderr)
                 status = EXIT_INVALID
         elif args.write:
             if formatted != source.text:
@@ -136,7 +137,7 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
                     _print_diagnostics(e.diagnostics)
                     status = EXIT_INVALID
                     continue
-                print(f"{path}: reformatted", file=sys.stderr)
+                print(f"{_line(path)}: reformatted", file=sys.stderr)
         else:
             sys.stdout.write(formatted)
     return status
@@ -183,8 +184,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         _refuse_with_run(args, ("overrides", "network", "weights"))
         from .training.exported import export_run
         spec, a = export_run(args.file, args.output, memory=args.memory)
-        print(f"{args.output}: {spec.network.name}, {a.params:,} parameters, weights and preprocessing "
-              f"from {args.file}", file=sys.stderr)
+        print(f"{_line(args.output)}: {spec.network.name}, {a.params:,} parameters, weights and "
+              f"preprocessing from {_line(args.file)}", file=sys.stderr)
         return EXIT_OK
     spec = _load(args.file, args)
     from .analysis.figures import analyze
@@ -205,20 +206,18 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         assert isinstance(model, DenseNet)  # features_only is not asked for
         record = None
         if args.weights is not None:  # every tensor must fit: nothing is written otherwise
-            from .training.exported import record_for, write_pipeline, write_with_record
+            from .training.exported import record_for, write_with_record
             from .training.transfer import load_exactly
             load_exactly(model, args.weights)
             record = record_for(args.weights, spec)
-        if record is not None and kind != ".py":  # a densedsl checkpoint: its preprocessing goes along
-            write_with_record(model, record, args.output)
-        else:
-            write_output(model, spec.network, args.output)
-        if record is not None:
-            write_pipeline(record, args.output)
-    weights = f", weights from {args.weights}" if args.weights is not None else ""
-    print(f"{args.output}: {spec.network.name}, {a.params:,} parameters{weights}", file=sys.stderr)
+        from .training.exported import write_pipeline  # with a table's pipeline: both files or neither
+        write_pipeline(record, args.output, (lambda: write_with_record(model, record, args.output))
+                       if record is not None and kind != ".py"  # a densedsl checkpoint: its preprocessing goes along
+                       else lambda: write_output(model, spec.network, args.output))
+    weights = f", weights from {_line(args.weights)}" if args.weights is not None else ""
+    print(f"{_line(args.output)}: {spec.network.name}, {a.params:,} parameters{weights}", file=sys.stderr)
     if kind == ".py" and args.weights is not None:
-        print(f"note: {args.output} is source only; the weights fit it and load with "
+        print(f"note: {_line(args.output)} is source only; the weights fit it and load with "
               f"model.load_state_dict (write them with -o OUT.pt)", file=sys.stderr)
     return EXIT_OK
 
@@ -340,7 +339,7 @@ def _emit(report, args: argparse.Namespace) -> None:
         import json
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:
-        print(report.text())
+        print(d.printable(report.text()))  # a report quotes spec comments
 
 
 def _add_summary(sub) -> None:
@@ -418,7 +417,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         report = explain(a, args.block, args.layer)
     except ValueError as e:
-        print(f"densedsl explain: {e}", file=sys.stderr)
+        print(f"densedsl explain: {_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     _emit(report, args)
     return EXIT_OK
@@ -451,7 +450,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     try:
         grid = parse_grid(args.grid)
     except ValueError as e:
-        print(f"densedsl sweep: {e}", file=sys.stderr)
+        print(f"densedsl sweep: {_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     base = _load(args.file, args)  # fails early, once, on a broken file
     report = sweep(lambda values: base.with_params(**values).network, grid, batch=args.batch,
@@ -501,10 +500,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
     try:
         graph = to_digraph(a, args.detail, expand=args.expand, rankdir=args.rankdir)
     except ValueError as e:
-        print(f"densedsl render: {e}", file=sys.stderr)
+        print(f"densedsl render: {_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     write(graph, args.output)
-    print(f"{args.output}: {a.name}, {args.detail}", file=sys.stderr)
+    print(f"{_line(args.output)}: {a.name}, {args.detail}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -531,7 +530,7 @@ def _render_heatmap(args: argparse.Namespace) -> int:
     model = build_model(network)
     load_exactly(model, args.weights)  # a densedsl checkpoint, its run directory, or any state_dict
     write_heatmap([m.tolist() for m in connection_strength(model, network)], args.output, network=network)
-    print(f"{args.output}: {network.name}, connection strength from {args.weights}", file=sys.stderr)
+    print(f"{_line(args.output)}: {network.name}, connection strength from {_line(args.weights)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -665,10 +664,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     elif r.rmse is not None:  # a regression: the loss is the MSE of the standardised target
         log = f", log RMSE {r.log_rmse:.4f}" if r.log_rmse is not None else ""
         from .training.tabular import format_rmse
-        print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: RMSE {format_rmse(r.rmse)}{log} "
-              f"({r.total} rows), loss {r.loss:.4f} (MSE of the standardised target)")
+        print(f"{_line(r.network)} (epoch {r.epoch}) on {_line(r.data)} {args.split}: RMSE "
+              f"{format_rmse(r.rmse)}{log} ({r.total} rows), loss {r.loss:.4f} (MSE of the standardised target)")
     else:
-        print(f"{r.network} (epoch {r.epoch}) on {r.data} {args.split}: accuracy "
+        print(f"{_line(r.network)} (epoch {r.epoch}) on {_line(r.data)} {args.split}: accuracy "
               f"{100 * r.accuracy:.2f}% ({r.correct}/{r.total}), loss {r.loss:.4f}")
     return EXIT_OK
 
@@ -692,7 +691,8 @@ def _add_predict(sub) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .training.predict import run
     predictor, text = run(args.model, args.data, output=args.output, top_k=args.top_k)
-    print(f"{args.output}: {text.count(chr(10)) - 1} predictions of {predictor.source}", file=sys.stderr) \
+    print(f"{_line(args.output)}: {text.count(chr(10)) - 1} predictions of {_line(str(predictor.source))}",
+          file=sys.stderr) \
         if args.output else sys.stdout.write(text)
     return EXIT_OK
 
@@ -764,22 +764,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .analysis.budget import overridden
     try:
         with overridden(getattr(args, "memory_limit", None)):
-            return args.func(args)
+            status = args.func(args)
+        sys.stdout.flush()  # here, where a full disk under stdout is reported, not at exit
+        return status
     except SpecError as e:
         _print_diagnostics(e.diagnostics)
         return EXIT_INVALID
-    except ModuleNotFoundError as e:
+    except (ModuleNotFoundError, OSError) as e:  # a missing extra; a closed pipe or a full disk
+        from .core.files import output_failure
         from .core.optional import missing_package
-        error = missing_package(e)
+        error = missing_package(e) if isinstance(e, ModuleNotFoundError) else output_failure(e)
         if error is None:
-            return _internal_error(args)
+            return EXIT_OK if isinstance(e, BrokenPipeError) else _internal_error(args)
         _print_diagnostics(error.diagnostics)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
     except Exception:  # the one catch-all: a bug in densedsl, never the user's fault
         return _internal_error(args)
 

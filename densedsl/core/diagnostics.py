@@ -188,7 +188,7 @@ def format_diagnostic(d: Diagnostic, color: bool = False) -> str:
     )
     tint = red if d.severity == "error" else yellow
     where = f"{d.span}: " if d.span is not None else (f"{d.file}: " if d.file else "")
-    where, message = _printable(where), _printable(d.message)  # names and paths come from users
+    where, message = _printable(printable_line(where)), _printable(d.message)  # names and paths come from users
     lines = [f"{bold}{where}{tint}{d.severity}[{d.code.code}]{reset}{bold}: {message}{reset}"]
     if d.span is not None:
         lines.extend(_excerpt(d.span, tint, reset))
@@ -198,6 +198,19 @@ def format_diagnostic(d: Diagnostic, color: bool = False) -> str:
     if d.hint:
         lines.append(f"{blue}hint{reset}: {_printable(d.hint)}")
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """User text (a report quoting spec comments, CSV values) made safe for a terminal: control
+    characters as U+FFFD, tab and newline kept. Every success line prints user strings through
+    this or `printable_line`, as every diagnostic does."""
+    return _CONTROL.sub("\ufffd", text)
+
+
+def printable_line(text: str) -> str:
+    """One line of output holding user strings (a file name, a class value): newlines as U+FFFD
+    too, so a value cannot start a line of its own."""
+    return _LINE_CONTROL.sub("\ufffd", text)
 
 
 def _printable(text: str, limit: int = 500) -> str:
@@ -216,6 +229,7 @@ _MAX_LINES = 60  # of one message or hint
 
 _EXCERPT_WIDTH = 200  # a longer line is cut to a window around the caret
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+_LINE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all but tab
 
 
 def _excerpt(span: Span, tint: str, reset: str) -> list[str]:

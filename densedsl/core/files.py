@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -134,7 +136,10 @@ class _AtomicPath:
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         assert self.target is not None and self.tmp is not None
         if exc_type is not None:
+            full = _full_disk(exc, self.tmp)
             _remove_quietly(self.tmp)
+            if full is not None:
+                raise self.target.cannot_write(full) from None
             return False
         try:
             _fsync_file(self.tmp)
@@ -222,6 +227,53 @@ class _Target:
         reason = getattr(e, "strerror", None) or e
         return d.SpecError([d.Diagnostic(d.CANNOT_WRITE, f"cannot write the file: {reason}", None,
                                          hint, file=self.shown)])
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_PROBE_BYTES = 64 * 1024
+
+
+def _full_disk(exc: BaseException | None, tmp: str) -> OSError | None:
+    """Whether a writer failed because the disk is full or the file hit a size limit: the
+    OSError saying so, else None (the writer's own error stands).
+
+    Python writers raise that OSError (or chain it: torch.save into a file object); torch.save
+    to a path writes through C++ streams and says only "file write failed", so then the disk
+    itself is asked, by appending a few blocks to the failed temporary (removed next)."""
+    if not isinstance(exc, Exception):
+        return None  # Ctrl-C, SystemExit: nothing to ask the disk
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return exc if exc.errno in _FULL else None
+        exc = exc.__cause__ or exc.__context__
+    try:
+        with open(tmp, "ab") as f:
+            f.write(bytes(_PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e if e.errno in _FULL else None
+    return None
+
+
+def output_failure(e: OSError) -> d.SpecError | None:
+    """E905 for a full disk or a file-size limit that reached the command line (None for any
+    other OSError: a bug). Every file is written through this module, which reports its own
+    failures, so what gets here unnamed is standard output (`> /dev/full`, a full disk). Then
+    standard output becomes /dev/null, so the interpreter's last flush does not fail again."""
+    if isinstance(e, BrokenPipeError) or e.errno in _FULL:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass  # not a real file (a test's capture): nothing will flush it at exit
+    if e.errno not in _FULL:
+        return None
+    return d.SpecError([d.Diagnostic(d.CANNOT_WRITE, f"cannot write the output: {e.strerror or e}", None,
+                                     "free some space, or write to another disk", file=e.filename or "<stdout>")])
 
 
 def _tmp_prefix(name: str) -> str:

@@ -8,8 +8,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
-from ..core.files import atomic_write
+from ..core.diagnostics import printable_line
+from ..core.files import atomic_path, atomic_write
 from . import checkpoints, model_record
 from .tabular import Pipeline
 from .tabular_record import exported
@@ -45,14 +47,19 @@ def record_for(weights: str | os.PathLike, spec) -> dict | None:
     return {**model_record.from_checkpoint(ckpt), "spec": checkpoints.spec_record(spec)}
 
 
-def write_pipeline(record: dict, output: str | os.PathLike) -> None:
-    """OUT.pipeline.json beside a model trained on a table: how to encode its input rows."""
-    if "pipeline" not in record:
+def write_pipeline(record: dict | None, output: str | os.PathLike, write_model: Callable[[], None]) -> None:
+    """Write the model (`write_model`) and, beside one trained on a table, OUT.pipeline.json (how to
+    encode its input rows): both or neither. The pipeline is written to a temporary first and
+    published only once the model is written; a failure on either leaves neither."""
+    if record is None or "pipeline" not in record:
+        write_model()
         return
     pipeline = exported(Pipeline.from_record(record["pipeline"]), record["data"])
     path = Path(output).with_suffix(".pipeline.json")
-    atomic_write(path, json.dumps(pipeline, indent=1) + "\n")
-    print(f"{path}: how to encode its input rows ({pipeline['pipeline']['target']}, "
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(pipeline, indent=1) + "\n", encoding="utf-8")
+        write_model()
+    print(f"{printable_line(str(path))}: how to encode its input rows ({pipeline['pipeline']['target']}, "
           f"{len(pipeline['features'])} features)", file=sys.stderr)
 
 
@@ -79,8 +86,7 @@ def export_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, memory:
     assert isinstance(model, DenseNet)  # features_only is not asked for
     load_weights(model, ckpt["model"])
     model.eval()
-    write_with_record(model, record, output)
-    write_pipeline(record, output)
+    write_pipeline(record, output, lambda: write_with_record(model, record, output))
     return spec, a
 
 

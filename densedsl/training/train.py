@@ -261,7 +261,8 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
          sync_bn: bool,
          max_steps: int | None, out, resume: bool, log: Log | None, progress: bool,
          callback, init, init_partial: bool) -> RunResult:
-    say = log or (lambda line: None)
+    # every line may quote the user's strings (file names, CSV class values and columns)
+    say: Log = (lambda line: log(d.printable_line(line))) if log is not None else (lambda line: None)
     run_dir = Path(out) if out is not None else None
     ckpt = None
     if resume:

@@ -181,7 +181,8 @@ class _Resolver(Stages):
             try:
                 defaults[name] = self.eval(p.default, symbols=True)
                 if name in self.overrides:
-                    self.env[name] = self.override_value(name, self.overrides[name])
+                    self.env[name] = self.override_value(name, self.overrides[name],
+                                                         isinstance(p.default, ast.ListExpr))
                 else:
                     self.env[name] = self.eval(p.default, symbols=True)
             except _Invalid:
@@ -192,14 +193,15 @@ class _Resolver(Stages):
         self.overridden = any(defaults.get(k) != v for k, v in self.env.items())
         return ok
 
-    def override_value(self, name: str, raw: Any) -> Value:
-        """A value passed from Python (`load(p, depth=100)`) or `--set` (a string to parse)."""
+    def override_value(self, name: str, raw: Any, a_list: bool = False) -> Value:
+        """A value passed from Python (`load(p, depth=100)`) or `--set` (a string to parse);
+        `a_list`: the parameter's default is a list, so `--set blocks=6` means [6]."""
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, numbers.Rational):  # int, Fraction, numpy integers
-            # the ignore: typeshed types Rational.numerator as _IntegralLike, which Fraction's stub
-            # refuses; it is an Integral, which Fraction takes
-            value = Fraction(raw.numerator, raw.denominator)  # type: ignore[call-overload]
+            # int(): a numpy integer's numerator is itself, and a Fraction built on it keeps it,
+            # with no bit_length() for the digit cap to measure
+            value = Fraction(int(raw.numerator), int(raw.denominator))
             return self.override_fits(name, value)
         if isinstance(raw, numbers.Real):  # float, numpy floats
             real = float(raw)
@@ -219,8 +221,8 @@ class _Resolver(Stages):
             return tuple(self.override_value(name, x) for x in raw)
         if isinstance(raw, str):
             from ..syntax import parse_expression
-            if _top_level_comma(raw):
-                raw = f"[{raw}]"  # --set blocks=6,12,32,32
+            if _top_level_comma(raw) or (a_list and not raw.lstrip().startswith("[")):
+                raw = f"[{raw}]"  # --set blocks=6,12,32,32, or blocks=6 for a list parameter
             try:
                 expr = parse_expression(raw, f"--set {name}")
             except d.SpecError as e:

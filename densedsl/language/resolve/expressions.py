@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import NoReturn
 
 from ...core import diagnostics as d
 from .. import ast
@@ -30,6 +31,8 @@ class Expressions(ResolverBase):
         Python's stack; every value, intermediate ones included, is checked against
         `ast.MAX_DIGITS` as soon as it exists, so chained squaring stops within a few steps.
         """
+        if isinstance(e, (ast.ShapeLit, ast.Dims)):
+            self.refuse_shape(e)
         if isinstance(e, ast.Name):
             return self.lookup(e, symbols)
         values: list[Value] = []
@@ -55,6 +58,15 @@ class Expressions(ResolverBase):
                 result = self.apply(node, args)
                 values.append(self.bounded(result, node) if isinstance(result, Fraction) else result)
         return values[0]
+
+    def refuse_shape(self, e: ast.ShapeLit | ast.Dims, what: str | None = None) -> NoReturn:
+        """A setting's value may be a shape (the grammar's `setting: expr | SHAPE | dims`), and
+        only a window's kernel, stride and padding take one; everywhere else it is a mistake."""
+        message = (f"{what} must be a number, not a shape" if what is not None
+                   else f"expected a value here, not the shape {_source_text(e)}")
+        self.error(d.WRONG_TYPE, message, e.span,
+                   "only kernel, stride and padding take one number per axis (kernel=1x7)")
+        raise _Invalid
 
     def lookup(self, e: ast.Name, symbols: bool) -> Value:
         if e.id in self.env:

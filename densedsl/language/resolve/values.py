@@ -16,8 +16,9 @@ class Values(Expressions):
     # --- typed settings ---------------------------------------------------------------------
 
     def integer(self, b: _Bound, lo: int, hi: int = _INT_MAX, what: str | None = None) -> int:
-        v = self.number(b.expr)
         what = what or b.name
+        self.no_shape(b, what)
+        v = self.number(b.expr)
         if v.denominator != 1:
             self.error(d.NOT_INTEGER, f"{what} must be a whole number, but {self.derivation(b.expr)}",
                        b.span, "change the parameters or round explicitly with floor(...) or round(...)")
@@ -29,6 +30,12 @@ class Values(Expressions):
                 self.error(d.OUT_OF_RANGE, f"{what} must be at least {lo}, got {self.derivation(b.expr)}", b.span)
             raise _Invalid
         return int(v)
+
+    def no_shape(self, b: _Bound, what: str) -> None:
+        # the annotation of _Bound.expr leaves shapes out, but a setting's value may be one
+        e: ast.Expr | ast.ShapeLit | ast.Dims = b.expr
+        if isinstance(e, (ast.ShapeLit, ast.Dims)):
+            self.refuse_shape(e, what)
 
     def axes(self, b: _Bound, lo: int, hi: int = _INT_MAX, what: str | None = None) -> n.Axes:
         """A window's kernel, stride or padding: one number (the same along every axis) or one
@@ -60,6 +67,7 @@ class Values(Expressions):
 
     def real(self, b: _Bound, lo: Fraction, hi: Fraction, lo_open: bool, hi_open: bool,
              what: str | None = None) -> Fraction:
+        self.no_shape(b, what or b.name)
         v = self.number(b.expr)
         low_ok = v > lo if lo_open else v >= lo
         high_ok = v < hi if hi_open else v <= hi
