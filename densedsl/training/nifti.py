@@ -43,6 +43,11 @@ def _fail(code: d.Code, message: str, file: Path | None, hint: str | None = None
     return SpecError([Diagnostic(code, message, None, hint, file=str(file) if file is not None else "--data")])
 
 
+def _size(n: int) -> str:
+    return next(f"{n / 2**k:.1f} {unit}" for k, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "bytes"))
+                if n >= 2**k or k == 0)
+
+
 def is_volume(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
@@ -126,7 +131,7 @@ class Volume:
         try:
             self.image = nib.load(path, mmap=False)  # reads the header; the voxels wait for _read
         except (ImageFileError, OSError, EOFError, ValueError) as e:
-            raise _fail(d.BAD_FILE, f"cannot read the NIfTI header: {str(e)[:200]}", path,
+            raise _fail(d.BAD_FILE, f"cannot read the NIfTI header: {str(e).splitlines()[0][:200]}", path,
                         "write it with nibabel (nib.save) or another NIfTI-1/2 writer") from None
         if not isinstance(self.image, nib.Nifti1Image):  # Nifti2Image is one too
             raise _fail(d.BAD_FILE, f"nibabel reads it as {type(self.image).__name__}, not NIfTI", path,
@@ -138,8 +143,8 @@ class Volume:
         self.bytes = math.prod(found) * max(4, dtype.itemsize)
         if self.bytes > loaded.MAX_FILE_BYTES:
             raise _fail(d.OUT_OF_MEMORY, f"the header declares {'x'.join(map(str, found))} voxels of {dtype}, "
-                        f"{self.bytes / 2**30:.1f} GiB to read, more than the "
-                        f"{loaded.MAX_FILE_BYTES / 2**30:.0f} GiB a data file may be", path,
+                        f"{_size(self.bytes)} to read, more than the {_size(loaded.MAX_FILE_BYTES)} a data file may be",
+                        path,
                         "crop or downsample the volume to the spec's input size")
         if dtype.kind not in "uif":
             raise _fail(d.BAD_FILE, f"the voxels are {dtype} values, not numbers densedsl reads", path,
@@ -159,7 +164,7 @@ class Volume:
         try:
             voxels = np.asarray(self.image.dataobj, dtype=np.float32)  # the header's scaling applied
         except (OSError, EOFError, ValueError) as e:  # truncated, or a damaged gzip stream
-            raise _fail(d.BAD_FILE, f"cannot read the voxels: {str(e)[:200]}", self.path,
+            raise _fail(d.BAD_FILE, f"cannot read the voxels: {str(e).splitlines()[0][:200]}", self.path,
                         "the file may be truncated: write it again") from None
         if not np.isfinite(voxels).all():
             raise _fail(d.BAD_FILE, "the volume holds values that are not finite", self.path,
@@ -192,8 +197,8 @@ def load(path: Path, shape: tuple[int, ...]) -> tuple[TensorSet, TensorSet, tupl
         labels[split] = [index[label] for _, label, _ in entries]
         total += sum(h.bytes for h in headers[split])
         if total > loaded.MAX_FILE_BYTES:
-            raise _fail(d.OUT_OF_MEMORY, f"the volumes' headers declare {total / 2**30:.1f} GiB, more than the "
-                        f"{loaded.MAX_FILE_BYTES / 2**30:.0f} GiB a data set held in memory may use", path,
+            raise _fail(d.OUT_OF_MEMORY, f"the volumes' headers declare {_size(total)}, more than the "
+                        f"{_size(loaded.MAX_FILE_BYTES)} a data set held in memory may use", path,
                         "use fewer or smaller volumes")
     sets = {split: TensorSet(torch.stack([h.read() for h in headers[split]]),
                              torch.tensor(labels[split], dtype=torch.int64)) for split in splits}
