@@ -25,6 +25,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "PIL": ("pillow", "train"),
     "pygls": ("pygls", "lsp"),
     "lsprotocol": ("lsprotocol", "lsp"),
+    "nibabel": ("nibabel", "nifti"),
 }
 
 

@@ -30,7 +30,7 @@ REGRESSION_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_rmse", "test_l
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "resized-crop+flip")  # datasets.AUGMENTATIONS (a test keeps both equal)
 MEMORY_MODES = ("standard", "efficient")                  # compiler.MEMORY_MODES
 DATA_KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes",
-              "npy", "npz")
+              "npy", "npz", "nifti")
 TABULAR_KINDS = ("csv", "diabetes")
 MAX_SPEC_CHARS = 16 * 1024 * 1024                          # files._MAX_BYTES: a spec is a short text
 

@@ -14,6 +14,7 @@ normalisation happen batch-wise in `prepare_batch`, on the training device, with
     --data synthetic[:N]       N (default 512) random learnable images of the spec's shape
     --data csv:FILE            tabular data (with --target COLUMN), encoded by `tabular`
     --data diabetes            sklearn's bundled regression table (see `tabular`)
+    --data nifti:DIR           NIfTI volumes listed in DIR/train/labels.csv ... (see `nifti`)
 
 Data files are untrusted: every size a header declares is checked against the file's actual
 size (or, gzipped, against what decompresses, read in chunks and never past the promise) and
@@ -40,14 +41,14 @@ from torch.utils.data import Dataset
 from ..core import diagnostics as d
 from ..core.diagnostics import Diagnostic, SpecError
 from ..core.files import require_regular
-from . import arrays, loaded, tabular
+from . import arrays, loaded, nifti, tabular
 from .loaded import Data, TensorSet
 
 # (C, H, W) for images; (C, L), (C, D, H, W) or a vector's (F,) as well
 Shape = tuple[int, ...]
 
 KINDS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "synthetic", "csv", "diabetes",
-         "npy", "npz")
+         "npy", "npz", "nifti")
 TABULAR_KINDS = ("csv", "diabetes")  # feature vectors, read and encoded by densedsl.training.tabular
 # d2l's house-price recipe trains with Adam for 100 epochs. The paper's SGD at lr 0.1 diverges on
 # MLPs without normalisation (d2l_flux_mlp's 16 linear layers in a row): AdamW at 1e-3 instead.
@@ -171,7 +172,7 @@ def describe(data: str) -> Description:
         raise _fail(d.UNKNOWN_DATASET, f"unknown data set '{kind}'", None,
                     (f"did you mean '{close[0]}'? " if close else "")
                     + "known: digits, cifar10:DIR, cifar100:DIR, mnist:DIR, fashion-mnist:DIR, "
-                      "folder:DIR, synthetic[:N], csv:FILE, diabetes, npz:FILE, npy:INPUTS,LABELS")
+                      "folder:DIR, synthetic[:N], csv:FILE, diabetes, npz:FILE, npy:INPUTS,LABELS, nifti:DIR")
     if kind == "diabetes":
         if sep:
             raise _fail(d.UNKNOWN_DATASET, "'diabetes' takes no file: the data ships with scikit-learn",
@@ -210,6 +211,9 @@ def describe(data: str) -> Description:
     if kind in ("mnist", "fashion-mnist"):
         return Description(kind=kind, path=path, shape=(1, 28, 28), classes=10, augment="none",
                            epochs=40, epochs_why=f"default for {kind}")
+    if kind in nifti.KINDS:
+        return Description(kind=kind, path=path, shape=None, classes=len(nifti.classes(path)), augment="none",
+                           epochs=nifti.EPOCHS, epochs_why="default for volumes")
     classes = _folder_classes(path)
     return Description(kind=kind, path=path, shape=None, classes=len(classes), augment="resized-crop+flip",
                        epochs=90, epochs_why="the paper's ImageNet recipe")
@@ -253,7 +257,7 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
     pixel_max = 255.0
     train: TensorSet | FolderSet
     test: TensorSet | FolderSet
-    val = None
+    val: TensorSet | FolderSet | None = None
     if desc.kind == "digits":
         train, test = _digits()
         pixel_max = 16.0
@@ -270,6 +274,9 @@ def load(data: str | Description, *, shape: Shape, classes: int, task: str = "cl
         elif desc.kind in arrays.KINDS:
             (x, y), (x_test, y_test), pixel_max = arrays.load(desc, tuple(shape), desc.classes or classes)
             train, test = image_set(x, y), image_set(x_test, y_test)
+        elif desc.kind in nifti.KINDS:
+            train, test, names, val = nifti.load(desc.path, tuple(shape))
+            pixel_max = 1.0
         else:
             train, test, names, val = _folder(desc.path, shape)
     _require_images(desc, train, test)

@@ -11,6 +11,8 @@ Inputs (`--data`, one or more):
     FILE.csv (or csv:FILE)   rows for a model trained on a table; the target column may be absent
     FILE.npy (or npy:FILE)   an array of inputs (N x the spec's input), or one input, in the
                              training data's raw units (pixel values 0..255 for images)
+    .nii/.nii.gz files, or a directory of them (or nifti:DIR)
+                             volumes, read like nifti: data (no resampling; needs nibabel)
 
 Every output row names its input (a path, or the row's index from 0) and holds the class and its
 probability (or the top K of each), or the regression value in the target's own units.
@@ -195,7 +197,7 @@ def read_inputs(predictor: Predictor, data: Sequence[str]) -> Inputs:
     if not data:
         raise _fail(d.MISSING, "no input to predict", None, "pass --data DIR, image files, FILE.csv or FILE.npy")
     kinds = [_kind_of(item) for item in data]
-    if len(set(k for k, _ in kinds)) > 1 or (len(kinds) > 1 and kinds[0][0] != "image"):
+    if len(set(k for k, _ in kinds)) > 1 or (len(kinds) > 1 and kinds[0][0] not in ("image", "nifti")):
         raise _fail(d.CONFLICT, "--data mixes kinds of input, or names more than one table or array", None,
                     "pass one CSV file, one .npy file, or images (files or directories)")
     kind = kinds[0][0]
@@ -210,19 +212,24 @@ def read_inputs(predictor: Predictor, data: Sequence[str]) -> Inputs:
         return _csv_inputs(predictor, paths[0])
     if kind == "npy":
         return _npy_inputs(predictor, paths[0])
+    if kind == "nifti":
+        return _nifti_inputs(predictor, paths)
     return _image_inputs(predictor, paths)
 
 
 def _kind_of(item: str) -> tuple[str, Path]:
     from .datasets import IMAGE_SUFFIXES
+    from .nifti import is_volume
     prefix, sep, rest = item.partition(":")
-    if sep and prefix in ("csv", "npy", "folder"):
+    if sep and prefix in ("csv", "npy", "folder", "nifti"):
         path = Path(rest)
         return ("image" if prefix == "folder" else prefix), path
     path = Path(item)
     require_regular(path, "input")
-    if path.is_dir():
-        return "image", path
+    if path.is_dir():  # of volumes when it holds any (and so no images were meant)
+        return ("nifti" if any(is_volume(f) for f in path.rglob("*")) else "image"), path
+    if is_volume(path):
+        return "nifti", path
     if not path.exists():
         raise _fail(d.FILE_NOT_FOUND, "no such file or directory", path,
                     "pass a directory of images, image files, FILE.csv or FILE.npy")
@@ -275,6 +282,22 @@ def _npy_inputs(predictor: Predictor, path: Path) -> Inputs:
         raise _fail(d.NO_DATA, "the array holds no inputs", path)
     values = torch.from_numpy(np.ascontiguousarray(array))
     return Inputs([str(i) for i in range(len(values))], lambda: iter(values.split(BATCH)))
+
+
+def _nifti_inputs(predictor: Predictor, paths: list[Path]) -> Inputs:
+    from .nifti import is_volume, volumes
+    files: list[Path] = []
+    for path in paths:
+        found = sorted(f for f in path.rglob("*") if is_volume(f) and f.is_file()) if path.is_dir() else [path]
+        if not found:
+            raise _fail(d.NO_DATA, "no .nii or .nii.gz files under the directory", path)
+        files += found
+    checked = volumes(files, predictor.input_shape)  # every header before any voxels
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(checked), BATCH):
+            yield torch.stack([v.read() for v in checked[start:start + BATCH]])
+    return Inputs([str(f) for f in files], batches)
 
 
 def _image_inputs(predictor: Predictor, paths: list[Path]) -> Inputs:
