@@ -544,12 +544,12 @@ def _add_train(sub) -> None:
                     "at 50% and 75% of the epochs, crop+flip augmentation for CIFAR. Works "
                     "unchanged under torchrun (DistributedDataParallel). Data sets are read from "
                     "local files: digits, cifar10:DIR, cifar100:DIR, mnist:DIR, fashion-mnist:DIR, "
-                    "folder:DIR, synthetic[:N]; tables: csv:FILE or csv:TRAIN,TEST with --target COLUMN, "
+                    "folder:DIR, synthetic[:N], npz:FILE, npy:INPUTS,LABELS, nifti:DIR (volumes); tables: csv:FILE or csv:TRAIN,TEST with --target COLUMN, "
                     "diabetes (a regression when the spec's head has one output).")
     _add_spec_options(p)
     p.add_argument("--data", required=True, metavar="DATASET",
                    help="digits | cifar10:DIR | cifar100:DIR | mnist:DIR | fashion-mnist:DIR | "
-                        "folder:DIR | synthetic[:N] | csv:FILE or csv:TRAIN,TEST (with --target) | diabetes")
+                        "folder:DIR | synthetic[:N] | npz:FILE | npy:INPUTS,LABELS | nifti:DIR | csv:FILE or csv:TRAIN,TEST (with --target) | diabetes")
     p.add_argument("--target", metavar="COLUMN",
                    help="csv: data: the column to predict (a regression when the spec's head is one)")
     p.add_argument("--epochs", type=_integer(1, 10**9), metavar="N", help="default: 300 for CIFAR, else per data set")
@@ -682,7 +682,7 @@ def _add_predict(sub) -> None:
                                    "units. Preprocessing comes with the model; no data set is read.")
     p.add_argument("model", metavar="MODEL", help="RUN_DIR, RUN_DIR/checkpoint.pt, OUT.pt or OUT.onnx")
     p.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
-                   help="a directory of images or image files, FILE.csv (rows of a table), FILE.npy (inputs)")
+                   help="a directory of images or image files, FILE.csv, FILE.npy, .nii/.nii.gz volumes or a folder of them")
     p.add_argument("-o", "--output", metavar="OUT.csv", help="write the predictions here (default: stdout)")
     p.add_argument("--top-k", type=_integer(1, 10**6), default=1, metavar="K", help="the K likeliest classes")
     p.set_defaults(func=_cmd_predict)
