@@ -182,7 +182,8 @@ class Transition:
     transitions, VoVNet's aggregation), and `activation` replaces the ReLU.
 
     Exactly one of `compression` (output ⌊θ·m⌋ for m input channels, 0 < θ ≤ 1) and `channels`
-    (an explicit output count) is set. `pool` None (`pool=none`) leaves the pool out; `stride` is
+    (an explicit output count) is set. A pool of mode `depthwise` is a depthwise conv and its BN
+    on the pool's window (HarDNet-DS). `pool` None (`pool=none`) leaves the pool out; `stride` is
     the 1x1 conv's (`pool=none stride=2` downsamples in the conv instead of a pool).
     """
 
