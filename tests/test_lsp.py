@@ -275,7 +275,7 @@ async def test_completion_after_dense_offers_its_settings(client: LanguageClient
         return [item.label for item in result.items]
 
     assert await labels(2, 10) == list(resolve.DENSE_SETTINGS)
-    assert await labels(3, 20) == ["avg", "max", "none"]
+    assert await labels(3, 20) == ["avg", "max", "depthwise", "none"]
     assert await labels(5, 8) == list(resolve.STEM_OPS)
     assert await labels(2, 4) == list(resolve.STATEMENTS) + ["for"]
 
@@ -401,7 +401,7 @@ def test_every_name_the_resolver_knows_has_a_doc():
 
 def test_enumerated_values_come_from_the_network_types():
     assert features.enumerated_values("dense", "order") == ("pre", "post")
-    assert features.enumerated_values("transition", "pool") == ("avg", "max", "none")
+    assert features.enumerated_values("transition", "pool") == ("avg", "max", "depthwise", "none")
     assert features.enumerated_values("head", "norm") == ("true", "false")
     assert features.enumerated_values("dense", "layers") == ()
 

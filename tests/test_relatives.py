@@ -99,6 +99,46 @@ def test_hardnet68_first_block_and_transition_are_the_official_ones():
     assert a.arch.nodes["transition1.pool"]["out_shape"] == (128, 28, 28)
 
 
+# --- HarDNet-DS: separable layers, a 1x1 stem conv, depthwise stride-2 downsampling -------------
+# pytorchcv's DS models use ReLU6 wherever the official code does (its DS layers take the
+# network's activation), so here outputs are compared too, after loading its weights.
+
+HARDNETS_DS = [("hardnet39ds", 3_488_228, 429_471_474), ("hardnet68ds", 4_180_602, 775_281_526)]
+
+
+@pytest.mark.parametrize("name, params, macs", HARDNETS_DS, ids=[h[0] for h in HARDNETS_DS])
+def test_hardnet_ds_equals_pytorchcv(name, params, macs):
+    _assert_equal_to_reference(f"{name}.dense", "hardnet", name, params)
+    a = densedsl.analyze(SPECS / f"{name}.dense")
+    expected = {e.key: e.value for e in a.network.expectations}
+    assert (expected["params"], expected["flops"]) == (params, 2 * macs) == (a.params, 2 * a.macs)
+
+
+def test_hardnet39ds_computes_pytorchcvs_function_with_its_weights():
+    """Both models hold their weights in the same order (stem, then each block's layers, its
+    1x1 conv and its depthwise downsampling, then the classifier), so pytorchcv's state dict
+    maps onto the spec's entry by entry; BN statistics are randomised so eval mode (densedsl's
+    inference engine, BNs folded into the convs) is tested on more than identities."""
+    torch.manual_seed(0)
+    ref = _reference("hardnet", "hardnet39ds")
+    model = build_model(densedsl.analyze(SPECS / "hardnet39ds.dense").network)
+    theirs = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    assert len(theirs) == len(ours)
+    g = torch.Generator().manual_seed(1)
+    for k, v in theirs.items():
+        if k.endswith(("running_mean", "bn.bias")):
+            v.normal_(0, 0.1, generator=g)
+        elif k.endswith(("running_var", "bn.weight")):
+            v.uniform_(0.5, 1.5, generator=g)
+    model.load_state_dict(dict(zip(ours, theirs.values())), strict=False)
+    x = torch.randn(2, 3, 224, 224, generator=g)
+    with torch.no_grad():
+        expected, got = ref.eval()(x), model.eval()(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert expected.std() > 1e-3  # the comparison is not between two near-zero outputs
+
+
 # --- VoVNet: chains aggregated once (links=chain emit=all) by a post-activation 1x1 transition ---
 # pytorchcv's VoVNet adds a residual around every block but a stage's first (timm's 'a' models,
 # whose counts these are, have none): counts equal, outputs differ.

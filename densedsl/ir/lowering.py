@@ -110,7 +110,7 @@ def stem_ops(stem: Stem, shape: Shape) -> Iterator[tuple[Op, n.StemOp]]:
             case n.Conv():
                 nm = name("conv")
                 out = Conv.make(nm, shape, op.out_channels, op.kernel, op.stride, op.padding, op.bias,
-                                f"features.{nm}")
+                                f"features.{nm}", op.groups)
             case n.Norm():
                 nm = name("norm")
                 out = Norm.make(nm, shape, f"features.{nm}")
@@ -139,22 +139,31 @@ def layer_ops(block: DenseBlock, shape: Shape, module: str | None, width: int | 
     Pre-activation runs BN-ReLU-Conv per conv, post-activation Conv-BN-ReLU; dropout ends each
     unit. With a bottleneck the `…1` ops are the 1x1 conv to bottleneck·k channels and the `…2`
     ops the 3x3 conv to k; without one, the layer has only the `…1` ops with the 3x3 conv.
+    A separable layer (HarDNet-DS, post-activation only) has a 1x1 conv to k as its `…1` ops
+    and a depthwise 3x3 conv (groups k) with its norm and no activation as its `…2` ops.
     A block of linear layers (an MLP's) has the same recipe with `linear{i}` for `conv{i}`.
     """
     k = block.growth if width is None else width
     half: n.Axes = (tuple(x // 2 for x in block.kernel) if isinstance(block.kernel, tuple)
                     else block.kernel // 2)
-    grow = (k, block.kernel, half, block.groups)  # the growth conv keeps the size
-    convs: list[tuple[int, n.Axes, n.Axes, int]] = (
-        [(block.bottleneck * k, 1, 0, 1), grow] if block.bottleneck else [grow])
+    # (out channels, kernel, padding, groups, activated): the growth conv keeps the size
+    grow = (k, block.kernel, half, block.groups, True)
+    convs: list[tuple[int, n.Axes, n.Axes, int, bool]]
+    if block.separable:
+        convs = [(k, 1, 0, 1, True), (k, block.kernel, half, k, False)]
+    elif block.bottleneck:
+        convs = [(block.bottleneck * k, 1, 0, 1, True), grow]
+    else:
+        convs = [grow]
     ops: list[Op] = []
     prefix = f"{module}." if module else ""
-    for i, (cout, kernel, padding, groups) in enumerate(convs, start=1):
+    for i, (cout, kernel, padding, groups, activated) in enumerate(convs, start=1):
         conv = _unit(block, i, shape, cout, kernel, padding, groups, prefix)
+        act = _activation(block, i, shape if block.order == "pre" else conv.out_shape) if activated else ()
         if block.order == "pre":
-            ops += [*_norm(block, i, shape, prefix), *_activation(block, i, shape), conv]
+            ops += [*_norm(block, i, shape, prefix), *act, conv]
         else:
-            ops += [conv, *_norm(block, i, conv.out_shape, prefix), *_activation(block, i, conv.out_shape)]
+            ops += [conv, *_norm(block, i, conv.out_shape, prefix), *act]
         shape = conv.out_shape
         if block.dropout > 0:
             ops.append(Dropout.make(f"drop{i}", shape, block.dropout))
@@ -230,6 +239,7 @@ _ALIASING = ("view", "in_place", "identity_in_eval")  # an op whose output may b
 
 def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op, ...]:
     """BN-ReLU-Conv1x1-(Dropout)-(Pool), or with `order=post` Conv1x1-BN-ReLU-(Dropout)-(Pool);
+    `pool=depthwise` puts a depthwise conv (groups = channels) and its BN on the pool's window;
     on a vector (an MLP) the same with Linear, the projection to ⌊θ·m⌋ features. `activation`
     replaces the ReLU."""
     cout = transition_channels(shape[0], t)
@@ -244,7 +254,12 @@ def transition_ops(t: Transition, shape: Shape, module: str | None) -> tuple[Op,
         ops = [project, Norm.make("norm", mid, f"{prefix}norm"), *_activation_op(t.activation, "", mid)]
     if t.dropout > 0:
         ops.append(Dropout.make("drop", mid, t.dropout))
-    if t.pool is not None:
+    if t.pool is not None and t.pool.mode == "depthwise":
+        # HarDNet-DS downsamples with a learned depthwise conv and its norm, no activation
+        conv = Conv.make("dwconv", mid, mid[0], t.pool.kernel, t.pool.stride, t.pool.padding, t.bias,
+                         f"{prefix}dwconv", mid[0])
+        ops += [conv, Norm.make("dwnorm", conv.out_shape, f"{prefix}dwnorm")]
+    elif t.pool is not None:
         ops.append(Pool.make("pool", mid, t.pool.mode, t.pool.kernel, t.pool.stride, t.pool.padding, t.pool.ceil))
     return in_place_where_safe(ops, input_shared=True)
 

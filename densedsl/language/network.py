@@ -29,6 +29,9 @@ Task = Literal["classification", "regression"]
 # `none` leaves the activation out (the seeds' DenseNet-MLP layers have none)
 ActivationFn = Literal["relu", "relu6", "leaky_relu", "silu", "gelu", "elu", "none"]
 PoolMode = Literal["avg", "max"]
+# What a transition's `pool=` downsamples with: a pool, or `depthwise`, a learned depthwise conv
+# (groups = channels) and its batch norm on the same window (HarDNet-DS's stride-2 downsampling)
+TransitionPool = Literal["avg", "max", "depthwise"]
 
 
 # A window's kernel, stride or padding: one number for every spatial axis, or one per axis (1x7)
@@ -53,6 +56,7 @@ class Conv:
     stride: Axes = 1
     padding: Axes = 1
     bias: bool = False
+    groups: int = 1  # = channels: a depthwise conv (HarDNet-DS's stride-2 stem downsampling)
     span: Span | None = _span()
 
 
@@ -78,7 +82,7 @@ class Activation:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pool:
-    mode: PoolMode = "avg"
+    mode: TransitionPool = "avg"  # a stem's maxpool/avgpool is avg or max; depthwise: transitions only
     kernel: Axes = 2
     stride: Axes = 2
     padding: Axes = 0
@@ -166,6 +170,9 @@ class DenseBlock:
     # rounds, or one explicit width per layer; neither: every layer adds `growth`
     width_factor: float | None = None
     widths: tuple[int, ...] | None = None
+    # depthwise-separable layers (HarDNet-DS): a 1x1 conv to the layer's width with norm and
+    # activation, then a depthwise `kernel` conv (groups = width) with norm only; post-activation
+    separable: bool = False
     span: Span | None = _span()
 
 
@@ -175,7 +182,8 @@ class Transition:
     transitions, VoVNet's aggregation), and `activation` replaces the ReLU.
 
     Exactly one of `compression` (output ⌊θ·m⌋ for m input channels, 0 < θ ≤ 1) and `channels`
-    (an explicit output count) is set. `pool` None (`pool=none`) leaves the pool out; `stride` is
+    (an explicit output count) is set. A pool of mode `depthwise` is a depthwise conv and its BN
+    on the pool's window (HarDNet-DS). `pool` None (`pool=none`) leaves the pool out; `stride` is
     the 1x1 conv's (`pool=none stride=2` downsamples in the conv instead of a pool).
     """
 

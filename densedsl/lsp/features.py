@@ -66,13 +66,16 @@ DOCS: dict[str, str] = {
     "bias": "convolutions with a bias term (true|false)",
     "order": "pre|post: BN-ReLU-Conv (the paper's), or Conv-BN-ReLU (a dense layer's or a transition's)",
     "hidden": "widths of fully-connected layers before the classifier: hidden=[512, 256]",
-    "groups": "a dense layer's growth conv in groups (must divide its input and output channels)",
+    "groups": "a dense layer's growth conv, or a stem conv, in groups (must divide its input and output "
+              "channels; groups equal to both: a depthwise conv)",
     "activation": "a dense layer's, a transition's or the head's hidden layers' activation, "
                   "relu|relu6|leaky_relu|silu|gelu|elu|none (relu: the paper's)",
     "compression": "θ in (0, 1]: a transition emits ⌊θ·m⌋ of its m input channels",
     "channels": "a transition's output channels (instead of compression); as a figure: the "
                 "channels of the final feature map",
-    "pool": "avg|max pooling; a transition's pool=none has none (its 1x1 conv may stride): avg|max|none",
+    "pool": "avg|max pooling; a transition's pool=depthwise downsamples with a depthwise conv and BN on "
+            "the same window (HarDNet-DS), its pool=none has none (its 1x1 conv may stride): "
+            "avg|max|depthwise|none",
     "kernel": "the pooling or convolution window: one number for every axis, or one per axis (1x7)",
     "stride": "the step of the pooling or convolution window (one number, or one per axis: 1x2)",
     "padding": "zero padding on each side (one number, or one per axis: 0x3)",
@@ -93,6 +96,8 @@ DOCS: dict[str, str] = {
             "and the last), or a list of indexes into x0 … xL: [1, 3, 4]",
     "width_factor": "HarDNet's m: layer j adds growth·m^(times 2 divides j) channels, rounded as HarDNet "
                     "rounds (width_factor=1.7)",
+    "separable": "depthwise-separable layers (true|false; HarDNet-DS): a 1x1 conv to the layer's width with "
+                 "norm and activation, then a depthwise conv with norm only; needs order=post",
     "widths": "the channels each dense layer adds, one per layer: widths=[14, 24, 14, 40]",
 }
 
@@ -357,8 +362,8 @@ def _settings_text(state: NetworkState, stmt: ast.Statement, stages: list[StageF
             continue
         if name == "norm_groups" and getattr(resolved, "norm", None) != "group":
             continue  # a group count only means something to a group norm
-        if name in ("links", "emit") and value == "all" and name not in written:
-            continue  # DenseNet's connectivity, as every block without these settings has
+        if (name, value) in (("links", "all"), ("emit", "all"), ("separable", False)) and name not in written:
+            continue  # DenseNet's connectivity and layers, as every block without these settings has
         shown = _value(value) if value is not None else "off"
         if name in written:
             expr = format_expr(written[name].value)

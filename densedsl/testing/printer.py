@@ -45,7 +45,8 @@ def _stem_op_text(op: StemOp) -> str:
     match op:
         case Conv():
             return (f"conv {op.out_channels} kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} "
-                    f"padding={axes_text(op.padding)} bias={_bool(op.bias)}")
+                    f"padding={axes_text(op.padding)} bias={_bool(op.bias)}"
+                    + (f" groups={op.groups}" if op.groups != 1 else ""))
         case Pool():
             return (f"{op.mode}pool kernel={axes_text(op.kernel)} stride={axes_text(op.stride)} "
                     f"padding={axes_text(op.padding)}" + (" ceil=true" if op.ceil else ""))
@@ -80,6 +81,8 @@ def _links_text(s: DenseBlock) -> str:
         out += f" width_factor={_num(s.width_factor)}"
     if s.widths is not None:
         out += " widths=[" + ", ".join(map(str, s.widths)) + "]"
+    if s.separable:
+        out += " separable=true"
     return out
 
 

@@ -25,9 +25,15 @@ from .vocabulary import (
     LAYER_KINDS,
     NORMS,
     TASKS,
+    TRANSITION_POOLS,
     TRANSITION_SETTINGS,
     Value,
 )
+
+
+def _show_setting(value: Any) -> str:
+    """A resolved setting as a spec writes it: bottleneck 4, order post."""
+    return "off" if value is None else str(value)
 
 
 class Stages(Statements, Connectivity):
@@ -42,7 +48,7 @@ class Stages(Statements, Connectivity):
         sized = () if {"widths", "width_factor"} & explicit else ("width_factor", "widths")
         s = self.settings(stmt, DENSE_SETTINGS, "dense block",
                           ("growth", "layers", "bottleneck", "dropout", "bias", "order", "activation", "norm",
-                           "norm_groups", "links", "emit") + sized)
+                           "norm_groups", "links", "emit", "separable") + sized)
         missing = [k for k in ("layers", "growth") if k not in s]
         misspelt = [x.name for x in stmt.settings if x.name not in DENSE_SETTINGS]
         for k in missing:
@@ -70,13 +76,38 @@ class Stages(Statements, Connectivity):
             emit=lambda: self.emit(s["emit"]) if "emit" in s else "all",
             width_factor=lambda: self.width_factor(s["width_factor"]) if "width_factor" in s else None,
             widths=lambda: self.layer_widths(s["widths"]) if "widths" in s else None,
+            separable=lambda: self.boolean(s["separable"]) if "separable" in s else False,
         )
         self.connectivity_fits(s, values)
         self.norm_fits(s, values, explicit)
         if values["kind"] == "linear":
             self.linear_only(stmt, s, index)
             values["bias"] = self.boolean(s["bias"]) if "bias" in s else True
+        if values["separable"]:
+            self.separable_fits(stmt, s, values, index)
         return n.DenseBlock(index=index, span=stmt.span, **values)
+
+    def separable_fits(self, stmt: ast.Statement, s: dict[str, _Bound], values: dict[str, Any], index: int) -> None:
+        """A separable layer is HarDNet-DS's: post-activation convs on maps, its 1x1 conv in place
+        of a bottleneck and its depthwise conv's groups its width, so none of those may differ."""
+        span = self.setting_span(stmt, s["separable"])
+        if values["kind"] == "linear":
+            self.error(d.WRONG_DATA_KIND, f"separable=true splits a conv, and denseblock{index}'s layers are "
+                       "linear (fully connected)", span, "remove separable=…; a linear layer has no depthwise form")
+            raise _Invalid
+        clashes = [(name, hint) for name, bad, hint in (
+            ("order", values["order"] != "post", "separable layers are post-activation (Conv-BN-act, then "
+             "depthwise Conv-BN): write order=post"),
+            ("bottleneck", values["bottleneck"] is not None, "a separable layer's 1x1 conv is its own; "
+             "write bottleneck=off"),
+            ("groups", values["groups"] != 1, "the depthwise conv's groups are the layer's width; "
+             "remove groups=…"),
+        ) if bad]
+        for name, hint in clashes:
+            self.error(d.CONFLICT, f"separable=true and {name}={_show_setting(values[name])} exclude each other",
+                       self.setting_span(stmt, s[name]) if name in s else span, hint)
+        if clashes:
+            raise _Invalid
 
     def norm_fits(self, s: dict[str, _Bound], values: dict[str, Any], explicit: set[str]) -> None:
         """`norm_groups` belongs to `norm=group` (a default one is simply unused by other norms);
@@ -167,9 +198,13 @@ class Stages(Statements, Connectivity):
             return self.poolless_transition(stmt, index, s)
         values = self.try_all(
             **self.transition_values(s),
-            pool=lambda: self.pool(self.choice(s["pool"], ("avg", "max", "none")) if "pool" in s else "avg",
+            pool=lambda: self.pool(self.choice(s["pool"], (*TRANSITION_POOLS, "none")) if "pool" in s else "avg",
                                    s, stmt.span),
         )
+        if values["pool"].mode == "depthwise" and values["pool"].ceil:
+            self.error(d.CONFLICT, "ceil=true rounds a pool's output up, and pool=depthwise is a conv",
+                       s["ceil"].span, "remove ceil=…; a conv's output size rounds down")
+            raise _Invalid
         return n.Transition(index=index, span=stmt.span, **self.default_compression(values))
 
     def transition_values(self, s: dict[str, _Bound]) -> dict[str, Callable[[], Any]]:

@@ -154,14 +154,50 @@ class Statements(Values):
                        "e.g. stem { conv 16 kernel=3 }")
             return n.Stem(span=stmt.span)
         ops = []
+        channels = self.map_channels()  # entering each op: a grouped conv's groups must divide them
         for op in stmt.body:
             try:
                 built = self.stem_op(op)
             except _Invalid:
+                channels = None  # unknown past an invalid op
                 continue
+            if isinstance(built, n.Conv):
+                self.stem_groups_fit(op, built, channels)
+                channels = built.out_channels
+            elif isinstance(built, n.Linear):
+                channels = None
             if built is not None:
                 ops.append(built)
         return n.Stem(ops=tuple(ops), span=stmt.span)
+
+    def map_channels(self) -> int | None:
+        """The input map's channels, also when `input` follows the stem (read quietly there: its
+        own statement reports its mistakes); None for a feature vector or an invalid input."""
+        shape = self.input_shape
+        if shape is None:
+            stmt = next((x for x in self.net.body if x.keyword == "input"), None)
+            if stmt is None:
+                return None
+            mark, reported = len(self.diags), set(self._reported)
+            try:
+                shape, _ = self.input(stmt)
+            finally:
+                del self.diags[mark:]
+                self._reported = reported
+        return shape[0] if shape is not None and len(shape) > 1 else None
+
+    def stem_groups_fit(self, stmt: ast.Statement, conv: n.Conv, channels: int | None) -> None:
+        """A grouped stem conv (`groups=C`, depthwise) needs groups dividing its output channels
+        and the channels it reads (E209); the conv is kept, so later ops still resolve."""
+        g = conv.groups
+        bad = [(what, c) for what, c in (("input", channels), ("output", conv.out_channels))
+               if c is not None and c % g]
+        if bad:
+            what, c = bad[0]
+            span = next((x.span for x in stmt.settings if x.name == "groups"), stmt.span)
+            self.error(d.BAD_GROUPS, f"conv groups={g} does not divide its {what} channels ({c})",
+                       span, "groups must divide the conv's input and output channels; "
+                       "groups equal to both makes it depthwise")
 
     def stem_op(self, op: ast.Statement):
         kw = op.keyword
@@ -182,6 +218,7 @@ class Statements(Values):
                 stride=lambda: self.axes(s["stride"], 1) if "stride" in s else 1,
                 padding=lambda: self.axes(s["padding"], 0) if "padding" in s else None,
                 bias=lambda: self.boolean(s["bias"]) if "bias" in s else False,
+                groups=lambda: self.integer(s["groups"], 1, 1 << 16) if "groups" in s else 1,
             )
             if v["padding"] is None:  # 'same' for odd kernels
                 k = v["kernel"]

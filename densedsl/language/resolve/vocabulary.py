@@ -48,7 +48,7 @@ STATEMENTS = ("input", "defaults", "stem", "dense", "transition", "repeat", "hea
 STAGE_STATEMENTS = ("dense", "transition", "repeat", "for")  # what repeat and for bodies hold
 STEM_OPS = ("conv", "norm", "relu", "relu6", "maxpool", "avgpool", "dropout", "linear")
 DENSE_SETTINGS = ("layers", "growth", "bottleneck", "dropout", "bias", "order", "activation", "kernel", "groups",
-                  "kind", "norm", "norm_groups", "links", "emit", "width_factor", "widths")
+                  "kind", "norm", "norm_groups", "links", "emit", "width_factor", "widths", "separable")
 # who a dense layer reads and what its block emits (DenseNet's relatives); `random(p, seed)` is a
 # links value only, not an arithmetic function
 LINK_RULES = typing.get_args(n.LinkRule)
@@ -58,14 +58,15 @@ ACTIVATIONS = typing.get_args(n.ActivationFn)
 LAYER_KINDS = typing.get_args(n.LayerKind)
 NORMS = typing.get_args(n.NormKind)
 TASKS = typing.get_args(n.Task)
+TRANSITION_POOLS = typing.get_args(n.TransitionPool)
 TRANSITION_SETTINGS = ("compression", "channels", "bias", "dropout", "pool", "kernel", "stride", "padding",
                        "order", "activation", "ceil")
 HEAD_SETTINGS = ("classes", "norm", "pool", "kernel", "stride", "dropout", "hidden", "activation", "task")
 DEFAULT_SETTINGS = ("growth", "layers", "bottleneck", "compression", "bias", "dropout", "order", "activation",
-                    "norm", "norm_groups", "links", "emit", "width_factor", "widths")
+                    "norm", "norm_groups", "links", "emit", "width_factor", "widths", "separable")
 EXPECT_KEYS = ("params", "buffers", "macs", "flops", "channels", "connections", "depth")
 STEM_SETTINGS = {
-    "conv": ("kernel", "stride", "padding", "bias"),
+    "conv": ("kernel", "stride", "padding", "bias", "groups"),
     "maxpool": ("kernel", "stride", "padding", "ceil"),
     "avgpool": ("kernel", "stride", "padding", "ceil"),
     "dropout": ("rate",),
