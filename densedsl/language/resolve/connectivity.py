@@ -14,7 +14,7 @@ from .. import network as n
 from ..links import Problem, problems
 from .base import _Bound, _did_you_mean, _Invalid, _show
 from .values import Values
-from .vocabulary import _INT_MAX, EMIT_RULES, LINK_RULES, RANDOM_LINKS, Value
+from .vocabulary import EMIT_RULES, LINK_RULES, RANDOM_LINKS, Value
 
 _LINKS_HINT = (f"links takes {', '.join(LINK_RULES)}, random(p, seed) or one list of indexes per layer: "
                "links=[[0], [1, 0], [2]]")
@@ -125,15 +125,8 @@ class Connectivity(Values):
             self.error(d.WRONG_TYPE, f"widths must be a list with one width per layer, got {_show(v)}", b.span,
                        "e.g. widths=[14, 24, 14, 40]; for the same width everywhere write growth=N")
             raise _Invalid
-        out = []
-        for i, (x, span) in enumerate(zip(v, self.item_spans(b.expr, len(v), b.span)), start=1):
-            if isinstance(x, bool) or not isinstance(x, Fraction) or x.denominator != 1 or not 1 <= x <= _INT_MAX:
-                self.error(d.OUT_OF_RANGE if isinstance(x, Fraction) else d.WRONG_TYPE,
-                           f"the width of layer {i} must be a whole number of at least 1, got {_show(x)}", span,
+        return self.counts(v, self.item_spans(b.expr, len(v), b.span), lambda i: f"the width of layer {i + 1}",
                            "widths lists the channels each layer adds, e.g. widths=[14, 24, 14, 40]")
-                raise _Invalid
-            out.append(int(x))
-        return tuple(out)
 
     # --- against the layer count ------------------------------------------------------------
 

@@ -12,11 +12,10 @@ from ...core.units import axes_text
 from .. import ast
 from .. import network as n
 from ..fmt import format_expr
-from .base import _Bound, _did_you_mean, _Invalid, _show, _source_text, _tolerance, _walk
+from .base import _Bound, _did_you_mean, _Invalid, _source_text, _tolerance, _walk
 from .connectivity import Connectivity
 from .statements import Statements
 from .vocabulary import (
-    _INT_MAX,
     _MAX_FIGURE,
     ACTIVATIONS,
     DENSE_SETTINGS,
@@ -149,16 +148,8 @@ class Stages(Statements, Connectivity):
         v = self.eval(b.expr)
         items = v if isinstance(v, tuple) else (v,)
         spans = [x.span for x in b.expr.items] if isinstance(b.expr, ast.ListExpr) else [b.span] * len(items)
-        out = []
-        for i, (x, span) in enumerate(zip(items, spans)):
-            what = f"hidden width {i}" if isinstance(v, tuple) else "hidden width"
-            if isinstance(x, bool) or not isinstance(x, Fraction) or x.denominator != 1 or not 1 <= x <= _INT_MAX:
-                self.error(d.OUT_OF_RANGE if isinstance(x, Fraction) else d.WRONG_TYPE,
-                           f"{what} must be a whole number of at least 1, got {_show(x)}", span,
+        return self.counts(items, spans, lambda i: f"hidden width {i}" if isinstance(v, tuple) else "hidden width",
                            "hidden lists the widths of the layers before the classifier, e.g. hidden=[512, 256]")
-                raise _Invalid
-            out.append(int(x))
-        return tuple(out)
 
     def odd_kernel(self, b: _Bound) -> n.Axes:
         k = self.axes(b, 1, 255, "kernel")

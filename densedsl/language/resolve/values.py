@@ -105,3 +105,15 @@ class Values(Expressions):
                        f"got {_show(v)}", b.span)
             raise _Invalid
         return self.integer(b, 1, 1024, "bottleneck")
+
+    def counts(self, items: tuple, spans: list, what, hint: str) -> tuple[int, ...]:
+        """A list of whole numbers ≥ 1 (widths of layers), each element located: `what(i)`
+        names element i (0-based) in the message."""
+        out = []
+        for i, (x, span) in enumerate(zip(items, spans)):
+            if isinstance(x, bool) or not isinstance(x, Fraction) or x.denominator != 1 or not 1 <= x <= _INT_MAX:
+                self.error(d.OUT_OF_RANGE if isinstance(x, Fraction) else d.WRONG_TYPE,
+                           f"{what(i)} must be a whole number of at least 1, got {_show(x)}", span, hint)
+                raise _Invalid
+            out.append(int(x))
+        return tuple(out)
