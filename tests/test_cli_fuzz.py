@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 from conftest import ROOT
 from hypothesis import HealthCheck, example, given, settings
