@@ -98,6 +98,7 @@ TOO_LARGE = Code("E304", "too-large", "a block or network too large to analyse")
 DIVERGED = Code("E305", "diverged", "training produced a non-finite loss")
 NO_DEVICE = Code("E306", "no-device", "the requested device or precision is not available")
 OUT_OF_MEMORY = Code("E307", "out-of-memory", "building or running the model would need more memory than is available")
+TOO_BIG_TO_DRAW = Code("E308", "too-big-to-draw", "a diagram larger than Graphviz lays out in reasonable time")
 
 # E9xx: files and I/O
 FILE_NOT_FOUND = Code("E901", "file-not-found", "the file does not exist")

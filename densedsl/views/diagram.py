@@ -33,6 +33,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ _PALETTE: dict[str, _Palette] = {
 }
 _DENSE_EDGE = (0x1c, 0x4a, 0x80)   # the dense connections' colour; far ones fade towards white
 _CONCAT_EDGE = "#8f99a3"
+
+# Edge attributes whose values differ from edge to edge: quoted without remembering them.
+_UNIQUE = frozenset({"tooltip", "label"})
 
 # Above this many layers an expanded block's layer nodes shrink to their number and width.
 _COMPACT_LAYERS = 24
@@ -134,13 +138,77 @@ def write(graph: graphviz.Digraph, path: str | os.PathLike) -> None:
     atomic_write(path, data)
 
 
+# What `dot` may be given to lay out. Its time grows faster than linearly in each of these
+# (measured with dot 2.43 on this project's 2-core machine; docs/diagrams.md has the table):
+# 20,512 edges (one 200-layer block) 1.0 s, 102,387 (450 layers) 6.3 s, 998,991 (1,413 layers)
+# 2 minutes; 3,013 nodes in one row 4.8 s; 602 clusters 2.1 s, 1,000 clusters 13 s; 40,815
+# table cells (a 200-layer matrix) 1.0 s, 91,215 (300 layers) 2.4 s. Each cap keeps dot near
+# 2 seconds; a .dot file needs no layout and is never capped.
+MAX_EDGES = 20_000
+MAX_NODES = 2_500
+MAX_CLUSTERS = 600
+MAX_CELLS = 50_000
+
+_STATEMENT_ID = r'"(?:[^"\\]|\\.)*"|[A-Za-z_][A-Za-z_0-9.]*'
+_EDGE_LINE = re.compile(rf"^\s*(?:{_STATEMENT_ID})(?::\w+)? -> ")
+_NODE_LINE = re.compile(rf"^\s*({_STATEMENT_ID})(?: \[|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutSize:
+    """What a DOT text asks `dot` to lay out, counted on the text itself."""
+    nodes: int
+    edges: int
+    clusters: int
+    cells: int      # <TD> cells of HTML-like labels (the matrix view's grids)
+
+
+def layout_size(source: str) -> LayoutSize:
+    """Count the statements of a DOT text as densedsl writes it: one statement a line (labels
+    never hold a raw newline: names are shown through _shown_name)."""
+    nodes = edges = clusters = 0
+    for line in source.splitlines():
+        if _EDGE_LINE.match(line):
+            edges += 1
+        elif line.lstrip().startswith("subgraph cluster"):
+            clusters += 1
+        else:
+            m = _NODE_LINE.match(line)
+            if m and m.group(1) not in ("graph", "node", "edge", "subgraph", "digraph"):
+                nodes += 1
+    return LayoutSize(nodes, edges, clusters, source.count("<TD"))
+
+
+def check_layout_size(source: str, fmt: str, name: str) -> None:
+    """SpecError E308 when `dot` could not lay the text out in reasonable time; before dot runs."""
+    size = layout_size(source)
+    over = [f"{have:,} {what} (at most {cap:,})" for have, cap, what in (
+        (size.edges, MAX_EDGES, "edges"), (size.nodes, MAX_NODES, "nodes"),
+        (size.clusters, MAX_CLUSTERS, "boxes"), (size.cells, MAX_CELLS, "matrix cells")) if have > cap]
+    if not over:
+        return
+    if size.cells > MAX_CELLS:
+        hint = ("draw fewer blocks' matrices (--expand N draws block N's), or --detail layers or "
+                "blocks; or write a .dot file, which is never limited, and run `dot` on it yourself")
+    else:
+        hint = ("draw less: --expand N draws only block N layer by layer, --detail matrix shows who "
+                "reads whom as one grid per block, --detail blocks or overview draw no arcs; or write a "
+                ".dot file, which is never limited, and run `dot` on it yourself")
+    raise d.SpecError([d.Diagnostic(
+        d.TOO_BIG_TO_DRAW, f"cannot draw {fmt.upper()}: the diagram has {', '.join(over)}, more than "
+        "Graphviz's `dot` lays out in reasonable time", None, hint, file=name)])
+
+
 def _pipe(graph: graphviz.Digraph, fmt: str, name: str) -> bytes:
     """Run `dot -T<fmt>` on the graph's source. Any failure of `dot` is an error that names it and
     quotes its message (E906 not installed, E914 failed): dot exiting early while densedsl still
     writes its input must not pass for success (`subprocess.run` absorbs the broken pipe and
-    reports dot's status and stderr instead)."""
+    reports dot's status and stderr instead). A diagram too big to lay out (E308) is refused
+    before dot starts."""
+    source = graph.source
+    check_layout_size(source, fmt, name)
     try:
-        done = subprocess.run(["dot", f"-T{fmt}"], input=graph.source.encode("utf-8"),
+        done = subprocess.run(["dot", f"-T{fmt}"], input=source.encode("utf-8"),
                               capture_output=True, check=False)
     except FileNotFoundError:
         raise d.SpecError([d.Diagnostic(
@@ -280,6 +348,8 @@ class _Builder:
         self.owner: dict[str, str] = {}          # analysis node → DOT node
         self.anchors: list[tuple[str, str]] = []  # each stage's (entry, exit) DOT node, in order
         self.kinds: list[str] = []               # palette keys in use, for the legend
+        self._quoted: dict[str, str] = {}         # attribute keys and values, quoted for DOT
+        self._edge_ids: dict[str, str] = {}       # node names, quoted as edge ends
         biggest = max((b.layers for b in analysis.blocks if b.index in expanded), default=0)
         # Dense arcs are flat edges, routed in the gap above their row: give them room.
         ranksep = 0.45 if not biggest else min(0.5 + 0.06 * biggest, 1.8)
@@ -519,8 +589,29 @@ class _Builder:
                 # so the arrows still point at the reading layer) put x0 at the top.
                 attrs["dir"] = "back"
                 tail, head = head, tail
-            self.dot.edge(tail, head, _attributes=attrs)
+            self._edge(tail, head, attrs)
         return drawn
+
+    def _edge(self, tail: str, head: str, attrs: dict[str, str]) -> None:
+        """`self.dot.edge(tail, head, _attributes=attrs)`, the same text, with the quoting of
+        names and repeated values remembered: graphviz's own quoting was three quarters of the
+        time of a 1,000-layer block's million edges (`.dot` output has no cap)."""
+        q = self._quote
+        items = " ".join(f"{q(k)}={graphviz.quoting.quote(v) if k in _UNIQUE else q(v)}"
+                         for k, v in sorted(attrs.items()))
+        self.dot.body.append(f"\t{self._quote_edge(tail)} -> {self._quote_edge(head)} [{items}]\n")
+
+    def _quote(self, text: str) -> str:
+        done = self._quoted.get(text)
+        if done is None:
+            done = self._quoted[text] = graphviz.quoting.quote(text)
+        return done
+
+    def _quote_edge(self, name: str) -> str:
+        done = self._edge_ids.get(name)
+        if done is None:
+            done = self._edge_ids[name] = graphviz.quoting.quote_edge(name)
+        return done
 
     @staticmethod
     def _dense_style(attrs: dict, distance: int) -> None:
