@@ -4,10 +4,9 @@ Exit codes: 0 success; 1 invalid input (a spec error, a failed expectation, `fmt
 would change a file); 2 usage error (argparse); 3 internal error (a bug in densedsl: please
 report it, with the output of `--traceback`).
 
-Adding a command: write `_add_NAME(sub)` that creates the subparser and sets
-`func=_cmd_NAME`, write `_cmd_NAME(args) -> int`, and list `_add_NAME` in `_COMMANDS`.
-Commands import heavy modules (torch, graphviz) inside `_cmd_NAME`, never at the top, so
-`check`, `fmt`, `summary` and `render` start fast.
+Adding a command: write `_add_NAME(sub)` that creates the subparser and sets `func=_cmd_NAME`,
+write `_cmd_NAME(args) -> int`, and list `_add_NAME` in `_COMMANDS`. Commands import heavy
+modules (torch, graphviz) inside `_cmd_NAME`, never at the top: `check`, `fmt`, `summary` start fast.
 """
 
 from __future__ import annotations
@@ -765,7 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with overridden(getattr(args, "memory_limit", None)):
             status = args.func(args)
-        sys.stdout.flush()  # here, where a full disk under stdout is reported, not at exit
+        if not sys.stdout.closed:  # the language server closes it when its client exits
+            sys.stdout.flush()  # here, where a full disk under stdout is reported, not at exit
         return status
     except SpecError as e:
         _print_diagnostics(e.diagnostics)

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import densedsl  # noqa: E402
+from densedsl.core.diagnostics import SpecError  # noqa: E402
 from densedsl import cli  # noqa: E402
 from densedsl.nn.export import python_source  # noqa: E402
 from densedsl.nn.model import DenseNet  # noqa: E402
@@ -154,8 +155,9 @@ def test_failed_write_leaves_no_partial_file(spec_file, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", save_half)
     out = tmp_path / "w.pt"
-    with pytest.raises(OSError):
+    with pytest.raises(SpecError, match="E905") as e:  # a full disk is the user's, said as E905
         write_output(model, network, out)
+    assert "No space left on device" in str(e.value)
     assert list(tmp_path.iterdir()) == [spec_file]
 
 

@@ -384,3 +384,10 @@ def test_the_byte_estimate_follows_the_graph():
     assert large > 30 * small
     assert document.MAX_CACHE_BYTES >= 64 * estimated_bytes(
         AnalysisCache().analyze(analyze_text(DN121, "a").networks[0].network)[1])
+
+
+def test_the_server_exits_cleanly_after_shutdown_and_exit():
+    """`densedsl lsp` closes stdout when its client exits; the CLI's final flush (which reports a
+    full disk under stdout) must not turn that into an internal error (exit 3)."""
+    client = RawClient()
+    assert client.close() == 0
