@@ -430,3 +430,27 @@ def test_curves_with_characters_the_font_lacks_draw_without_warnings(tmp_path):
         warnings.simplefilter("error")  # a warning would be printed in the middle of the training log
         write_curves(rows, tmp_path / "curves.png", title="t on folder:/data/a\x07b")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_curves_name_the_split_the_epochs_were_scored_on(tmp_path, monkeypatch, regression):
+    """With --val-split the held-out curve is the validation split's, and says so in the legend
+    and the best-epoch title (issue 23: the curves said "test" for validation numbers)."""
+    import matplotlib.figure
+
+    from densedsl.views.plots import write_curves
+    texts: list[str] = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        for ax in fig.axes:
+            texts.append(ax.get_title())
+            texts.extend(t.get_text() for t in ax.get_legend().get_texts())
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    score = {"val_rmse": 3.0, "train_rmse": 2.0} if regression else {"val_acc": 0.4, "train_acc": 0.5}
+    rows = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, **score}]
+    write_curves(rows, tmp_path / "curves.png", held_out="val")
+    assert "val" in texts and "test" not in texts
+    assert any(t.startswith(("accuracy (best val", "RMSE (best val")) for t in texts), texts

@@ -470,9 +470,7 @@ def fit(run: Run, metrics: list[dict], start_epoch: int, last_checkpoint: Path |
                 # Drawing costs ~0.3 s: with sub-second epochs, redraw at most every _CURVES_EVERY_S.
                 if epoch == config.epochs or stopped or time.perf_counter() - curves_at >= _CURVES_EVERY_S:
                     from ..views.plots import write_curves
-                    title = f"{net.name} on {data.name}" + (" ('test' curves: the validation split)"
-                                                            if held_out == "val" else "")
-                    write_curves(selection.as_test_rows(metrics), run_dir / CURVES, title=title)
+                    write_curves(metrics, run_dir / CURVES, title=f"{net.name} on {data.name}", held_out=held_out)
                     curves_at = time.perf_counter()
         if config.keep == "best" and not partial:  # every rank keeps the weights; rank 0 writes best.pt
             selection.keep_best(run_dir if dd.main else None, run.kept, model, metrics)

@@ -60,11 +60,6 @@ def validation_row(row: dict) -> dict:
     return {(f"val_{k[5:]}" if k.startswith("test_") else k): v for k, v in row.items()}
 
 
-def as_test_rows(metrics: list[dict]) -> list[dict]:
-    """Rows named the way the curves' drawing reads them (views.plots knows test_* only)."""
-    return [{(f"test_{k[4:]}" if k.startswith("val_") else k): v for k, v in row.items()} for row in metrics]
-
-
 def _score(row: dict) -> tuple[float, ...]:
     """Larger is better."""
     if "val_rmse" in row:
