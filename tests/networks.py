@@ -139,13 +139,20 @@ def randomise_every_tensor(model, seed: int = 1, *, negative_scales: bool = True
     return model
 
 
-def two_block_text(name: str, input_shape: str, *, growth_parameter: bool = False) -> str:
+def two_block_text(name: str, input_shape: str, *, growth_parameter: bool = False, classes: int = 3) -> str:
     """The small spec many file and training tests use: a conv stem, two dense blocks of two
     bottleneck layers and a transition, `classes` a parameter (and `growth` with
     `growth_parameter`, default 4)."""
-    params = "classes=3, growth=4" if growth_parameter else "classes=3"
+    params = f"classes={classes}, growth=4" if growth_parameter else f"classes={classes}"
     growth = "growth" if growth_parameter else "4"
     return (f"network {name}({params}) {{\n    input {input_shape}\n"
             f"    defaults growth={growth} bottleneck=2 compression=0.5\n"
             "    stem {\n        conv 8 kernel=3 padding=1\n    }\n"
             "    dense layers=2\n    transition\n    dense layers=2\n    head classes=classes\n}\n")
+
+
+def mlp_text(name: str, input_: str, params: str) -> str:
+    """The small MLP the tabular and array tests use: a linear stem, one block of two linear
+    layers without norms, a head of `classes`; `params` declares `classes` (and maybe more)."""
+    return (f"network {name}({params}) {{\n    input {input_}\n    defaults growth=8 norm=none\n"
+            "    stem {\n        linear 16\n        relu\n    }\n    dense layers=2\n    head classes=classes\n}\n")

@@ -8,35 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from networks import mlp_text, two_block_text  # noqa: E402
 
 from densedsl import cli
 from densedsl.core.diagnostics import SpecError
 from densedsl.training import checkpoints
 from densedsl.training.train import CHECKPOINT, evaluate, train
 
-VECTOR = """network m(classes=3) {
-    input 6
-    defaults growth=8 norm=none
-    stem {
-        linear 16
-        relu
-    }
-    dense layers=2
-    head classes=classes
-}
-"""
-SIGNAL = """network s(classes=2, growth=4) {
-    input 2x32
-    defaults growth=growth bottleneck=2 compression=0.5
-    stem {
-        conv 8 kernel=3 padding=1
-    }
-    dense layers=2
-    transition
-    dense layers=2
-    head classes=classes
-}
-"""
+VECTOR = mlp_text("m", "6", "classes=3")
+SIGNAL = two_block_text("s", "2x32", growth_parameter=True, classes=2)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
@@ -85,7 +65,8 @@ IMAGES = SIGNAL.replace("input 2x32", "input 3x8x8")
 
 
 def test_a_validation_split_selects_and_the_test_split_is_scored_once(tmp_path, monkeypatch):
-    from densedsl.training import loop, train as train_module
+    from densedsl.training import loop
+    from densedsl.training import train as train_module
     splits: list[str] = []
     original = loop.evaluate_split
 
@@ -203,17 +184,7 @@ def test_a_bad_normalize_is_refused_before_training(tmp_path, capsys, value):
 
 # --- baselines ---------------------------------------------------------------------------------
 
-DIABETES = """network m(classes=1) {
-    input 10
-    defaults growth=8 norm=none
-    stem {
-        linear 16
-        relu
-    }
-    dense layers=2
-    head classes=classes
-}
-"""
+DIABETES = mlp_text("m", "10", "classes=1")
 
 
 def test_a_regression_reports_r2_and_a_ridge_baseline_on_the_same_split(tmp_path):
@@ -231,8 +202,8 @@ def test_a_regression_reports_r2_and_a_ridge_baseline_on_the_same_split(tmp_path
     p = data.pipeline
     truth = data.test.targets.double() * p.target_std + p.target_mean
     assert saved["test_r2"] == pytest.approx(1 - result.test_rmse ** 2 / float(truth.var(unbiased=False)))
-    from densedsl.training.selection import split_off
     from densedsl.training.loop import derived_seed
+    from densedsl.training.selection import split_off
     train_rows = split_off(data, 0.2, derived_seed(0, "val-split")).train
     ridge = Ridge(alpha=1.0).fit(train_rows.features.double().numpy(), train_rows.targets.double().numpy())
     predicted = torch.from_numpy(ridge.predict(data.test.features.double().numpy())) * p.target_std + p.target_mean

@@ -19,18 +19,9 @@ nib = pytest.importorskip("nibabel")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
-VOLUME = """network v(classes=2, growth=4) {
-    input 1x8x8x8
-    defaults growth=growth bottleneck=2 compression=0.5
-    stem {
-        conv 8 kernel=3 padding=1
-    }
-    dense layers=2
-    transition
-    dense layers=2
-    head classes=classes
-}
-"""
+from networks import two_block_text  # noqa: E402
+
+VOLUME = two_block_text("v", "1x8x8x8", growth_parameter=True, classes=2)
 
 
 def _save(path: Path, voxels: np.ndarray) -> None:

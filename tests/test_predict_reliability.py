@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from networks import mlp_text, two_block_text  # noqa: E402
 
 import densedsl
 from densedsl import cli
@@ -20,20 +21,8 @@ from densedsl.training import model_record
 from densedsl.training.predict import load_predictor
 from densedsl.training.train import train
 
-from networks import two_block_text  # noqa: E402
-
 SPEC = two_block_text("t", "3x8x8", growth_parameter=True)
-TABLE_SPEC = """network m(features=9, classes=1) {
-    input features
-    defaults growth=8 norm=none
-    stem {
-        linear 16
-        relu
-    }
-    dense layers=2
-    head classes=classes
-}
-"""
+TABLE_SPEC = mlp_text("m", "features", "features=9, classes=1")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 

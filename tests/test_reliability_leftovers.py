@@ -215,17 +215,9 @@ def test_a_full_stdout_is_e905(tmp_path, command):
 # --- 4 and 5: a table's export, and what reaches the terminal ------------------------------------
 
 _HOSTILE = "\x1b[31m"
-_TABLE = """network m(features=2, classes=2) {
-    input features
-    defaults growth=8 norm=none
-    stem {
-        linear 16
-        relu
-    }
-    dense layers=2
-    head classes=classes
-}
-"""
+from networks import mlp_text  # noqa: E402
+
+_TABLE = mlp_text("m", "features", "features=2, classes=2")
 
 
 @pytest.fixture(scope="module")
