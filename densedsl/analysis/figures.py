@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, assert_never, cast
 
 from ..core import diagnostics as d
 from ..core.source import Span
-from ..core.units import binary, exact_text, shape_text, si
+from ..core.units import binary, exact_text, index_list, shape_text, si
 from ..ir import connectivity, lowering
 from ..ir.ops import kind_of, numel
 from ..language.network import DenseBlock, Network, Transition, per_axis
@@ -348,11 +348,12 @@ def _derivation(a: Analysis, key: str) -> str:
         last = next((s for s in reversed(a.stages) if s.kind in ("dense", "transition")), None)
         if last is None:
             return "the stem's output channels"
-        source = next(s.source for s in a.lowered if s.name == last.name)
+        lowered = next(s for s in a.lowered if s.name == last.name)
+        source = lowered.source
         match source:
             case DenseBlock():
-                return (f"{last.in_shape[0]:,} + {source.layers}·{source.growth} ({last.name}: "
-                        f"{last.in_shape[0]:,} in, {source.layers} layers of growth {source.growth})")
+                assert isinstance(lowered, lowering.LoweredBlock)
+                return _block_channels(last.name, last.in_shape[0], source, lowered.table)
             case Transition():
                 if source.channels is not None:
                     return f"channels={source.channels} of {last.name}"
@@ -364,6 +365,23 @@ def _derivation(a: Analysis, key: str) -> str:
         return " + ".join(f"{s.depth} ({s.name})" for s in a.stages if s.depth) + \
             " conv and linear layers"
     return " + ".join(f"{getattr(s, key):,} ({s.name})" for s in a.stages if getattr(s, key))
+
+
+def _block_channels(name: str, k0: int, block: DenseBlock, table: connectivity.Table) -> str:
+    """A block's output channels as its table adds them up: each emitted map's channels (the
+    input's k0, a layer's width), equal widths counted together: `512 + 16·32` for DenseNet's
+    table, `2·160 + 1·462` for a HarDNet block emitting x1, x3, x4."""
+    counts: dict[int, int] = {}
+    for i in table.emits:
+        if i:
+            counts[table.widths[i - 1]] = counts.get(table.widths[i - 1], 0) + 1
+    terms = ([f"{k0:,}"] if 0 in table.emits else []) + [f"{c}·{w:,}" for w, c in counts.items()]
+    total = " + ".join(terms) or "0"
+    if table.dense and table.widths == (block.growth,) * block.layers:
+        return f"{total} ({name}: {k0:,} in, {block.layers} layers of growth {block.growth})"
+    widths = (f"each layer adds {block.growth}" if table.widths == (block.growth,) * block.layers
+              else f"widths {index_list(table.widths, noun='layers')}")
+    return f"{total} ({name}: {k0:,} in, emits {index_list(table.emits, 'x', 'maps')}; {widths})"
 
 
 def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:

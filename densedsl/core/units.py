@@ -76,6 +76,31 @@ def exact_text(x: Fraction) -> str:
     return f"{float(x):,.6g}"
 
 
+def index_list(values: Sequence[int], prefix: str = "", noun: str = "indexes") -> str:
+    """Indexes (a dense block's reads, emits, widths) as people read them: `[4, 3, 2, 1, 0]` →
+    `4…0`, runs of three or more consecutive values (either direction) shortened; a list of more
+    than eight parts cut to its ends with its length: `x1, x3, x5, x7, x9, x11, …, x15, x16
+    (9 maps)` (`prefix` x, `noun` maps)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        step = values[i + 1] - values[i] if i + 1 < len(values) else 0
+        if step in (1, -1):
+            while j + 1 < len(values) and values[j + 1] - values[j] == step:
+                j += 1
+        if j - i >= 2:
+            parts.append(f"{prefix}{values[i]}…{prefix}{values[j]}")
+            i = j + 1
+        else:
+            parts.append(f"{prefix}{values[i]}")
+            i += 1
+    if len(parts) > 8:
+        parts = parts[:6] + ["…"] + parts[-2:]
+        return ", ".join(parts) + f" ({len(values)} {noun})"
+    return ", ".join(parts)
+
+
 _QUANTITY = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][+-]?[0-9]+)?)\s*([KMGT]i?)?B?\s*$")
 _SCALE = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}

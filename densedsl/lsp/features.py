@@ -19,7 +19,8 @@ from lsprotocol import types
 from ..analysis.figures import BlockFigures, StageFigures
 from ..core import diagnostics as d
 from ..core.source import Source, Span
-from ..core.units import axes_text, shape_text, si
+from ..core.units import axes_text, index_list, shape_text, si
+from ..ir import connectivity
 from ..language import ast
 from ..language import network as n
 from ..language import resolve as r
@@ -331,6 +332,7 @@ def _statement_text(state: NetworkState, stmt: ast.Statement, offset: int) -> li
         if lines:
             lines.append("")
         lines.extend(_stage_text(stage))
+        lines.extend(_table_text(state, stage))
     lines.extend(_settings_text(state, stmt, stages))
     return lines
 
@@ -346,6 +348,20 @@ def _stage_text(stage: StageFigures) -> list[str]:
                  f"{shape_text(stage.in_shape)} → {shape_text(stage.out_shape)}")
     lines.append(f"params {_count(stage.params)} · {si(stage.flops, 'FLOPs')} · depth {stage.depth}")
     return lines
+
+
+def _table_text(state: NetworkState, stage: StageFigures) -> list[str]:
+    """A relative's block (a table not DenseNet's): what it emits and, where they differ, each
+    layer's width. A DenseNet block says nothing more: its layers read all, it emits all."""
+    block = _resolved_stage(state.network, stage) if state.network is not None else None
+    if not isinstance(stage, BlockFigures) or not isinstance(block, n.DenseBlock):
+        return []
+    t = connectivity.table(block)
+    uniform = t.widths == (block.growth,) * block.layers
+    if t.dense and uniform:
+        return []
+    line = f"emits {index_list(t.emits, 'x', 'maps')} ({stage.out_shape[0]:,} channels)"
+    return [line + ("" if uniform else f" · widths {index_list(t.widths, noun='layers')}")]
 
 
 def _settings_text(state: NetworkState, stmt: ast.Statement, stages: list[StageFigures]) -> list[str]:

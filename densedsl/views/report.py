@@ -17,11 +17,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ..analysis.figures import MEMORY_MODES, Analysis, BlockFigures, StageFigures, analyze
 from ..core import diagnostics as d
 from ..core.source import Span
-from ..core.units import binary, shape_text, si, size_text
+from ..core.units import binary, index_list, shape_text, si, size_text
 from ..ir.connectivity import Table
 from ..ir.lowering import LoweredBlock
 from ..ir.ops import kind_of
 from ..language.network import Network
+from . import diff as table_diff
 
 SCHEMA = 1
 
@@ -89,9 +90,9 @@ class Summary:
 
     def as_json(self) -> dict[str, Any]:
         a = self.analysis
-        stages = []
+        stages, tables = [], _tables(a)
         for s in a.stages:
-            entry = _stage_json(s)
+            entry = _stage_json(s, tables.get(s.name))
             children = [r for r in self.rows if r.level == 1 and r.name.startswith(s.name + ".")]
             if children:
                 entry["children"] = [{"name": r.name, "kind": r.kind, "out_shape": list(r.out_shape),
@@ -143,7 +144,12 @@ class Summary:
         return "\n".join(lines)
 
 
-def _stage_json(s: StageFigures) -> dict[str, Any]:
+def _tables(a: Analysis) -> dict[str, Table]:
+    """Each dense block's connectivity table, by stage name."""
+    return {x.name: x.table for x in a.lowered if isinstance(x, LoweredBlock)}
+
+
+def _stage_json(s: StageFigures, table: Table | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": s.name, "kind": s.kind, "line": s.span.line if s.span else None,
                              "in_shape": list(s.in_shape), "out_shape": list(s.out_shape),
                              "params": s.params, "buffers": s.buffers, "macs": s.macs,
@@ -152,6 +158,8 @@ def _stage_json(s: StageFigures) -> dict[str, Any]:
         entry.update(layers=s.layers, growth=s.growth, bottleneck=s.bottleneck,
                      in_channels=s.in_channels, out_channels=s.out_channels,
                      connections=s.connections)
+        if table is not None:  # what the block emits and each layer's width, DenseNet's table too
+            entry.update(emits=list(table.emits), widths=list(table.widths))
     return entry
 
 
@@ -190,6 +198,19 @@ class DiffRow:
     name: str
     old: StageFigures | None
     new: StageFigures | None
+    # the blocks' connectivity tables (None for other stages): reads, widths and emits can
+    # differ where every figure above agrees
+    old_table: Table | None = field(default=None, repr=False, compare=False)
+    new_table: Table | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def tables(self) -> table_diff.TableDiff | None:
+        """How the two blocks' tables differ (None unless both sides are dense blocks)."""
+        o, n = self.old, self.new
+        if not (isinstance(o, BlockFigures) and isinstance(n, BlockFigures)) \
+                or self.old_table is None or self.new_table is None:
+            return None
+        return table_diff.compare(self.old_table, self.new_table, o.growth, n.growth)
 
     @property
     def changes(self) -> list[str]:
@@ -200,9 +221,13 @@ class DiffRow:
             return ["removed"]
         out = []
         if isinstance(o, BlockFigures) and isinstance(n, BlockFigures):
-            for attr, word in (("layers", "layers"), ("growth", "growth"), ("bottleneck", "bottleneck")):
+            for attr, word in (("layers", "layers"), ("growth", "growth"), ("bottleneck", "bottleneck"),
+                               ("connections", "connections")):
                 if getattr(o, attr) != getattr(n, attr):
                     out.append(f"{_spelled(getattr(o, attr))} → {_spelled(getattr(n, attr))} {word}")
+            tables = self.tables
+            if tables is not None:
+                out += tables.changes()
         if o.out_shape != n.out_shape:
             out.append(f"{shape_text(o.out_shape)} → {shape_text(n.out_shape)}")
         if o.params != n.params:
@@ -236,8 +261,9 @@ class Diff:
             "batch": self.batch, "dtype": self.dtype,
             "totals": {k: {"old": a, "new": b, "delta": b - a} for k, a, b in
                        ((k, *v) for k, v in self.totals().items())},
-            "stages": [{"name": r.name, "old": _stage_json(r.old) if r.old else None,
-                        "new": _stage_json(r.new) if r.new else None, "changes": r.changes}
+            "stages": [{"name": r.name, "old": _stage_json(r.old, r.old_table) if r.old else None,
+                        "new": _stage_json(r.new, r.new_table) if r.new else None, "changes": r.changes,
+                        "tables": None if (t := r.tables) is None else t.as_json()}
                        for r in self.rows],
         }
 
@@ -276,7 +302,9 @@ def diff(old: Analysis, new: Analysis, *, old_label: str | None = None, new_labe
     for i, s in enumerate(old.stages):
         if s.name not in new_by:
             names.insert(min(i, len(names)), s.name)
-    rows = tuple(DiffRow(n, old_by.get(n), new_by.get(n)) for n in names)
+    old_tables, new_tables = _tables(old), _tables(new)
+    rows = tuple(DiffRow(n, old_by.get(n), new_by.get(n), old_tables.get(n), new_tables.get(n))
+                 for n in names)
     return Diff(old, new, old_label or old.name, new_label or new.name, rows, batch, dtype)
 
 
@@ -311,34 +339,50 @@ class Explanation:
     table: Table | None = field(default=None, repr=False)  # who reads whom; None: DenseNet's
 
     def as_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "report": "explain", "block": _stage_json(self.block),
+        return {"schema": SCHEMA, "report": "explain", "block": _stage_json(self.block, self.table),
                 "recipe": self.recipe,
                 "layers": [{"layer": li.layer, "in_channels": li.in_channels,
+                            # the table's row: what the layer reads (indexes of x0 …) and adds
+                            "reads": list(self._reads(li.layer)), "width": self._width(li.layer),
                             "inputs": [{"map": i.map, "channels": i.channels, "made_by": i.made_by,
                                         "file": i.span.file if i.span else None, "line": i.line,
                                         "statement": _statement(i.span)} for i in li.inputs]}
                            for li in self.layers]}
 
+    def _reads(self, layer: int) -> tuple[int, ...]:
+        return tuple(range(layer)) if self.table is None else self.table.reads_of(layer)
+
+    def _width(self, layer: int) -> int:
+        return self.block.growth if self.table is None else self.table.widths[layer - 1]
+
+    @property
+    def densenet(self) -> bool:
+        """DenseNet's table with every layer adding `growth`: the paper's wording applies."""
+        t = self.table
+        return t is None or t.dense and t.widths == (self.block.growth,) * t.layers
+
     def text(self) -> str:
         b = self.block
         # an MLP's block concatenates feature vectors: the same table, in its words
         map_, unit = ("vector", "features") if len(b.in_shape) == 1 else ("map", "channels")
-        if self.table is None or self.table.dense and len(set(self.table.widths)) <= 1:
+        t = self.table
+        if t is None or self.densenet:
             head = (f"{b.name}: {b.layers} layers, growth {b.growth}, {b.in_channels} + "
                     f"{b.growth}·{b.layers} = {b.out_channels} {unit}, {b.connections:,} connections")
         else:
-            t = self.table
-            widths = f"widths {', '.join(map(str, t.widths))}" if len(set(t.widths)) > 1 else f"growth {b.growth}"
+            widths = (f"growth {b.growth}" if t.widths == (b.growth,) * t.layers
+                      else f"widths [{index_list(t.widths, noun='layers')}]")
             head = (f"{b.name}: {b.layers} layers, {widths}, {b.in_channels} {unit} in, emits "
-                    f"{', '.join(f'x{i}' for i in t.emits)} = {b.out_channels} {unit}, "
+                    f"{index_list(t.emits, 'x', 'maps')} = {b.out_channels} {unit}, "
                     f"{b.connections:,} connections")
         where = f"  ({_where(b.span)}: {_statement(b.span)})" if b.span else ""
         lines = [head + where] + ([f"each layer: {self.recipe}"] if self.recipe else [])
         for li in self.layers:
             lines.append("")
             maps = f"1 {map_}" if len(li.inputs) == 1 else f"{len(li.inputs)} {map_}s"
+            adds = "" if self.densenet else f", and adds {self._width(li.layer)} {unit}"
             lines.append(f"denselayer{li.layer} concatenates {maps}, "
-                         f"{li.in_channels} {unit}:")
+                         f"{li.in_channels} {unit}{adds}:")
             body = [(i.map.split(".")[-1], f"{i.channels}", i.made_by,
                      f"{_where(i.span)}: {_statement(i.span)}" if i.span else "") for i in li.inputs]
             lines += ["  " + t for t in _table((map_, unit, "made by", "from"), body, {1})]
