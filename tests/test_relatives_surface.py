@@ -128,7 +128,8 @@ def test_explain_text_states_each_layers_width_where_the_table_is_not_densenets(
     assert main(["explain", "specs/hardnet68.dense", "--block", "2", "--layer", "16"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("denseblock2: 16 layers, widths [16, 28, 16, 46, 16, 28, …, 16, 134 "
-                          "(16 layers)], 128 channels in, emits x1, x3, x5, x7, x9, x11, …, x15, x16 (9 maps) = 262 channels")
+                          "(16 layers)], 128 channels in, emits x1, x3, x5, x7, x9, x11, …, x15, x16 (9 maps) "
+                          "= 262 channels")
     assert "denselayer16 concatenates 5 maps, 296 channels, and adds 134 channels:" in out
     assert main(["explain", "specs/densenet121.dense", "--block", "2", "--layer", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["reads"] == [0, 1, 2]
@@ -204,3 +205,30 @@ def test_hovering_a_relatives_block_shows_its_connections_emits_and_widths():
     assert sparse.count("emits ") == 4 and "emits x16, x15, x13, x9, x1 (160 channels)" in sparse
     assert "widths" not in sparse.replace("`widths", "")  # equal widths: the growth says it
     assert "emits" not in hover("specs/densenet121.dense", "    dense layers=24")
+
+
+# --- the property-test strategies ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("choice", "holds"), [
+    ("separable=true layers", lambda n: any(b.separable and b.order == "post" for b in n.blocks)),
+    ("pool=depthwise transitions",
+     lambda n: any(t.pool and t.pool.mode == "depthwise" for t in n.transitions)),
+    ("ceil=true transition pools", lambda n: any(t.pool and t.pool.ceil for t in n.transitions)),
+    ("order=post transitions",
+     lambda n: any(t.order == "post" and t.activation != "relu" for t in n.transitions)),
+    ("ceil=true stem pools", lambda n: any(getattr(op, "ceil", False) for op in n.stem.ops)),
+    ("grouped stem convs", lambda n: any(getattr(op, "groups", 1) > 1 for op in n.stem.ops)),
+])
+def test_networks_draw_the_relatives_layer_and_transition_choices(choice, holds):
+    """So every property test over `networks()` (the model against the analysis, spec-text and
+    family round trips, diagrams) covers them."""
+    from hypothesis import HealthCheck, Phase, find, settings
+
+    from densedsl.testing.strategies import networks
+    # the first drawn network that has it (unshrunk: finding it is the point, not its minimum)
+    found = find(networks(), holds, settings=settings(
+        max_examples=500, database=None, phases=[Phase.generate], derandomize=True,
+        suppress_health_check=list(HealthCheck)))
+    assert holds(found), choice
+    # the printer writes it: the text resolves to the same network
+    assert densedsl.parse(densedsl.testing.spec_text(found)).network == found

@@ -156,6 +156,9 @@ def family_text(network: Network) -> str:
     grouped = all(b.norm == "group" for b in blocks)  # norm_groups beside another norm is E116
     if grouped:
         lists["norm_groups"] = [b.norm_groups for b in blocks]
+    separable = any(b.separable for b in blocks)  # written only where a block has it (HarDNet-DS)
+    if separable:
+        lists["separables"] = [_bool(b.separable) for b in blocks]
     side = network.input[-1]  # networks() draws the same side along every axis
     params = ", ".join([f"{k}=[{', '.join(map(str, v))}]" for k, v in lists.items()] + [f"side={side}"])
     shape = "side" if network.vector else " x ".join([str(network.input[0])] + ["side"] * (len(network.input) - 1))
@@ -166,7 +169,8 @@ def family_text(network: Network) -> str:
               "        dense layers=n growth=growths[i] bottleneck=bottlenecks[i] dropout=dropouts[i] "
               "bias=biases[i] order=orders[i] activation=activations[i] "
               + ("norm=norms[i]" if network.vector else "kernel=kernels[i] groups=groups[i] norm=norms[i]")
-              + (" norm_groups=norm_groups[i]" if grouped else "")]
+              + (" norm_groups=norm_groups[i]" if grouped else "")
+              + (" separable=separables[i]" if separable else "")]
     if transitions:
         lines += ["    } between {", f"        {_stage_text(transitions[0], network.vector)}"]
     lines.append("    }")

@@ -107,7 +107,22 @@ def _stem(draw, rank: int = 2, per_axis: bool = False) -> Stem:
 def _stem_pool(draw, rank: int, per_axis: bool) -> Pool:
     k = _axes(draw, (2, 3), rank, per_axis)
     return Pool(mode=draw(st.sampled_from(("max", "avg"))), kernel=k,
-                stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(k, rank)))
+                stride=_axes(draw, (1, 2), rank, per_axis), padding=draw(_paddings(k, rank)),
+                ceil=draw(st.booleans()))  # ceil_mode: VoVNet's pools
+
+
+@st.composite
+def _group_stem_conv(draw, stem: Stem, channels: int) -> Stem:
+    """The stem's conv (it reads the input: the ops before it keep the channels) with groups
+    dividing its input and output channels; groups equal to both make it depthwise (HarDNet-DS)."""
+    at = next((i for i, op in enumerate(stem.ops) if isinstance(op, Conv)), None)
+    if at is None:
+        return stem
+    conv = stem.ops[at]
+    assert isinstance(conv, Conv)
+    common = math.gcd(channels, conv.out_channels)
+    groups = draw(st.sampled_from([g for g in range(1, common + 1) if common % g == 0]))
+    return replace(stem, ops=stem.ops[:at] + (replace(conv, groups=groups),) + stem.ops[at + 1:])
 
 
 @st.composite
@@ -168,6 +183,9 @@ def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
     k = draw(st.integers(*growth))
     layers = draw(st.integers(1, max_layers))
     table = draw(_table(layers, k)) if links else {}
+    # HarDNet-DS's separable layers: their own 1x1 conv (no bottleneck), a depthwise conv of the
+    # layer's width (the resolver's, so `groups` stays 1), post-activation only
+    separable = not use_bottleneck and draw(st.booleans())
     return DenseBlock(
         index=index, layers=layers, growth=k,
         bottleneck=draw(st.integers(1, 4)) if use_bottleneck else None,
@@ -177,7 +195,7 @@ def _block(draw, index: int, *, max_layers: int, bottleneck: bool | None,
         # (and so do per-layer widths)
         groups=(draw(st.sampled_from([g for g in range(1, 5) if k % g == 0]))
                 if use_bottleneck and "widths" not in table and "width_factor" not in table else 1),
-        order=draw(st.sampled_from(("pre", "post"))),
+        order="post" if separable else draw(st.sampled_from(("pre", "post"))), separable=separable,
         # group norm's count depends on the channels entering the block: `_fit_norm_groups` picks it
         norm=draw(st.sampled_from(_MAP_NORMS)), **table)
 
@@ -241,13 +259,20 @@ def _transition(draw, index: int, rank: int = 2, per_axis: bool = False) -> Tran
     else:
         compression, channels = None, draw(st.integers(1, 32))
     kernel = _axes(draw, (2, 3), rank, per_axis)
-    pool = Pool(mode=draw(st.sampled_from(("avg", "max"))), kernel=kernel,
-                stride=_axes(draw, (2, 1), rank, per_axis), padding=draw(_paddings(kernel, rank)))
+    # depthwise: HarDNet-DS's learned downsampling, a conv (whose size rounds down: no ceil)
+    mode = draw(st.sampled_from(("avg", "max", "depthwise")))
+    pool = Pool(mode=mode, kernel=kernel,
+                stride=_axes(draw, (2, 1), rank, per_axis), padding=draw(_paddings(kernel, rank)),
+                ceil=mode != "depthwise" and draw(st.booleans()))
     # pool=none: the 1x1 conv downsamples (stride 2) or keeps the size
     pooled = draw(st.booleans().map(lambda b: not b))
     return Transition(index=index, compression=compression, channels=channels,
                       bias=draw(st.booleans()), dropout=draw(st.sampled_from(_RATES)),
-                      pool=pool if pooled else None, stride=1 if pooled else _axes(draw, (2, 1), rank, per_axis))
+                      pool=pool if pooled else None,
+                      stride=1 if pooled else _axes(draw, (2, 1), rank, per_axis),
+                      # post: Conv1x1-BN-act (HarDNet's transitions, VoVNet's aggregation)
+                      order=draw(st.sampled_from(("pre", "post"))),
+                      activation=draw(st.sampled_from(_ACTIVATIONS)))
 
 
 @st.composite
@@ -268,6 +293,9 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     `per_axis` lets windows differ between axes (`kernel=1x7`; lists cannot hold those, so
     `family_texts` turns it off). `links` draws connectivity tables too (log, harmonic, chain,
     random and explicit reads; emit rules and lists; per-layer widths): DenseNet's relatives.
+    Every draw may also hold the relatives' layer and transition choices: separable layers
+    (HarDNet-DS), post-activation transitions with any activation, `pool=depthwise`, ceil-mode
+    pools (stem and transitions) and a grouped stem conv.
     """
     rank = draw(st.sampled_from(ranks))
     if rank == 0:
@@ -287,6 +315,7 @@ def networks(draw, *, max_blocks: int = 3, max_layers: int = 6, bottleneck: bool
     if with_head:
         net_head = draw(_head(vector=False, rank=rank, per_axis=per_axis))
     channels = draw(st.integers(*input_channels))
+    stem = draw(_group_stem_conv(stem, channels))
     stages = draw(_fit_norm_groups(stages, channels, stem))
     probe = Network(name="n", input=(channels,) + (1,) * rank, stem=stem, stages=tuple(stages),
                     head=net_head)
