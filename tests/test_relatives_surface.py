@@ -92,6 +92,22 @@ def test_diff_summarises_many_differing_layers_and_counts_connections():
     assert not any("reads" in c or "emits" in c or "width" in c for c in changes)
 
 
+def test_diff_of_a_densenet_block_with_a_sparse_one_builds_no_densenet_row(monkeypatch):
+    """DenseNet's reads are never materialised (L(L+1)/2 of them): against a chain only the rows
+    of equal length are built, so a 2,000-layer block costs the chain's 2,000 reads."""
+    from densedsl.ir.connectivity import Table, table
+    from densedsl.language.network import DenseBlock
+    from densedsl.views.diff import compare
+    dense, chain = (table(DenseBlock(index=1, layers=2000, growth=4, links=rule))
+                    for rule in ("all", "chain"))
+    built = []
+    real = Table.reads_of
+    monkeypatch.setattr(Table, "reads_of", lambda self, j: built.append(len(r := real(self, j))) or r)
+    d = compare(chain, dense, 4, 4)
+    assert d.reads == tuple(range(2, 2001)) and d.layers == 2000
+    assert sum(built) <= 3 * 2000
+
+
 def test_cli_diff_of_two_files_that_differ_only_in_links(tmp_path, capsys):
     a, b = tmp_path / "a.dense", tmp_path / "b.dense"
     a.write_text(_small("links=log emit=log"))

@@ -198,19 +198,11 @@ class DiffRow:
     name: str
     old: StageFigures | None
     new: StageFigures | None
-    # the blocks' connectivity tables (None for other stages): reads, widths and emits can
-    # differ where every figure above agrees
+    # the blocks' connectivity tables (None for other stages) and how they differ (None unless
+    # both sides are blocks): reads, widths and emits can differ where every figure agrees
     old_table: Table | None = field(default=None, repr=False, compare=False)
     new_table: Table | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def tables(self) -> table_diff.TableDiff | None:
-        """How the two blocks' tables differ (None unless both sides are dense blocks)."""
-        o, n = self.old, self.new
-        if not (isinstance(o, BlockFigures) and isinstance(n, BlockFigures)) \
-                or self.old_table is None or self.new_table is None:
-            return None
-        return table_diff.compare(self.old_table, self.new_table, o.growth, n.growth)
+    tables: table_diff.TableDiff | None = field(default=None, repr=False, compare=False)
 
     @property
     def changes(self) -> list[str]:
@@ -303,9 +295,17 @@ def diff(old: Analysis, new: Analysis, *, old_label: str | None = None, new_labe
         if s.name not in new_by:
             names.insert(min(i, len(names)), s.name)
     old_tables, new_tables = _tables(old), _tables(new)
-    rows = tuple(DiffRow(n, old_by.get(n), new_by.get(n), old_tables.get(n), new_tables.get(n))
+    rows = tuple(_diff_row(n, old_by.get(n), new_by.get(n), old_tables.get(n), new_tables.get(n))
                  for n in names)
     return Diff(old, new, old_label or old.name, new_label or new.name, rows, batch, dtype)
+
+
+def _diff_row(name: str, old: StageFigures | None, new: StageFigures | None, old_table: Table | None,
+              new_table: Table | None) -> DiffRow:
+    tables = (table_diff.compare(old_table, new_table, old.growth, new.growth)
+              if isinstance(old, BlockFigures) and isinstance(new, BlockFigures)
+              and old_table is not None and new_table is not None else None)
+    return DiffRow(name, old, new, old_table, new_table, tables)
 
 
 # --- explain -----------------------------------------------------------------------------------
