@@ -144,8 +144,8 @@ def test_explain_text_states_each_layers_width_where_the_table_is_not_densenets(
     assert main(["explain", "specs/hardnet68.dense", "--block", "2", "--layer", "16"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("denseblock2: 16 layers, widths [16, 28, 16, 46, 16, 28, …, 16, 134 "
-                          "(16 layers)], 128 channels in, emits x1, x3, x5, x7, x9, x11, …, x15, x16 (9 maps) "
-                          "= 262 channels")
+                          "(16 layers)], 128 channels in, emits x1, x3, x5, x7, x9, x11, …, x15, x16 "
+                          "(9 maps) = 262 channels")
     assert "denselayer16 concatenates 5 maps, 296 channels, and adds 134 channels:" in out
     assert main(["explain", "specs/densenet121.dense", "--block", "2", "--layer", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["reads"] == [0, 1, 2]
