@@ -248,3 +248,13 @@ def test_networks_draw_the_relatives_layer_and_transition_choices(choice, holds)
     assert holds(found), choice
     # the printer writes it: the text resolves to the same network
     assert densedsl.parse(densedsl.testing.spec_text(found)).network == found
+
+
+def test_the_relatives_page_quotes_what_diff_and_explain_print(capsys):
+    page = (ROOT / "docs" / "relatives.md").read_text()
+    block = page.split("state the tables in words", 1)[1].split("```\n")[1]
+    for command in block.split("$ densedsl ")[1:]:
+        argv, *expected = command.rstrip("\n").split("\n")
+        assert main(argv.split()) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert all(line in out for line in expected), (argv, expected)
