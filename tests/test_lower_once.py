@@ -103,15 +103,16 @@ def test_check_lowers_each_piece_at_most_once(lowered_pieces):
     assert set(lowered_pieces) <= set(_pieces(spec.network)) | {"lower()"}
 
 
-def test_a_refused_giant_block_is_not_lowered_layer_by_layer(lowered_pieces):
-    """The closed-form size guard (E304) reads a block's first layers, not all of them: a block of
-    a million layers is refused after lowering a handful."""
+@pytest.mark.parametrize("layers", [1_500, 30_000])  # past the connection cap; past the node cap too
+def test_a_refused_giant_block_is_not_lowered_layer_by_layer(layers, lowered_pieces):
+    """The closed-form size guard (E304) reads a block's table and at most two of its layers
+    (`block_totals`: the fewest and the most input channels), not all of them."""
     import dataclasses
 
     from densedsl.analysis import graph
     from densedsl.language.network import DenseBlock
     spec = densedsl.load("specs/densenet121.dense")
-    net = dataclasses.replace(spec.network, stages=(DenseBlock(index=1, layers=10**6, growth=12),))
+    net = dataclasses.replace(spec.network, stages=(DenseBlock(index=1, layers=layers, growth=12),))
     lowered_pieces.clear()
     assert [x.code.code for x in graph.check(net)] == ["E304"]
     assert sum(v for k, v in lowered_pieces.items() if "denselayer" in k) <= 2
