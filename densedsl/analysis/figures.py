@@ -4,11 +4,11 @@
     a.params, a.macs, a.flops, a.depth, a.connections, a.memory(batch=64, mode="efficient")
 
 Order of work, cheapest first, so that absurd specs are refused before anything big is built:
-1. `graph.check`: channels (E201), map sizes (E202, E203, W204) and graph size (E304), from
-   the Network with plain integers;
+1. `graph.check_and_lower`: the network's one lowering, and on it channels (E201), map sizes
+   (E202, E203, W204) and graph size (E304), before any graph exists;
 2. the parameter prediction of `lowering.predict` against the hard ceiling (E304) and
    `max_params` (E301);
-3. `graph.lower`, then every figure from the graph, the invariants (E205), batch-of-one
+3. `graph.lower_arch` from that lowering, then every figure from the graph, the invariants (E205), batch-of-one
    training (W206), memory against `max_memory` (E302) and the spec's `expect` lines (E303).
 docs/analysis.md documents every attribute and the memory model.
 """
@@ -287,7 +287,7 @@ def _stem_tap(stem: lowering.LoweredStem, g: Graph, jumps: dict[str, int]) -> tu
 
 def _refuse_unbuildable(network: Network, prediction: lowering.Prediction) -> list[d.Diagnostic]:
     """Refuse, from the closed-form count and before any graph exists, a network too large to
-    analyse at all (a fixed head window makes the count a lower bound, which still proves it).
+    analyse at all (the count is read off the network's one lowering, at the input's size).
     Every figure densedsl reports, E301's included, is read off the graph afterwards.
     `prediction` is `lowering.predict(network)`, as `graph.check_and_lower` made it."""
     predicted = prediction.params
@@ -371,6 +371,7 @@ def _check_invariants(network: Network, g: Graph, stages, lowered=()) -> list[d.
     """Dense connectivity as the paper states it, verified on the graph (E205 means a bug);
     `lowered` is the lowering the graph was built from (a block not in it is lowered here)."""
     problems: list[tuple[Span | None, str]] = []
+    made = {b.source.index: b for b in lowered if isinstance(b, lowering.LoweredBlock)}
     if not _forward(g) and not _acyclic(g):
         problems.append((network.span, "the graph has a cycle"))
     pred, nodes = graph_.predecessors(g), g.nodes
@@ -380,9 +381,7 @@ def _check_invariants(network: Network, g: Graph, stages, lowered=()) -> list[d.
     for s in stages:
         if isinstance(s, BlockFigures):
             block = next(b for b in network.blocks if b.index == s.index)
-            t = lowering.block_totals(next((b for b in lowered if isinstance(b, lowering.LoweredBlock)
-                                             and b.source.index == s.index), None)
-                                       or lowering.lower_block(block, s.in_shape))
+            t = lowering.block_totals(made.get(s.index) or lowering.lower_block(block, s.in_shape))
             if (t.params, t.buffers, t.macs) != (s.params, s.buffers, s.macs):
                 problems.append((block.span, f"{s.name}: graph totals {s.params}/{s.buffers}/{s.macs} "
                                  f"differ from the closed form {t.params}/{t.buffers}/{t.macs}"))

@@ -41,7 +41,7 @@ from .ops import (
     window_out,
 )
 
-__all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
+__all__ = ["DTYPE_BYTES", "Layers", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
            "in_place_where_safe", "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
 
 DTYPE_BYTES: dict[str, int] = {
