@@ -4,11 +4,11 @@
     a.params, a.macs, a.flops, a.depth, a.connections, a.memory(batch=64, mode="efficient")
 
 Order of work, cheapest first, so that absurd specs are refused before anything big is built:
-1. `graph.check`: channels (E201), map sizes (E202, E203, W204) and graph size (E304), from
-   the Network with plain integers;
+1. `graph.check_and_lower`: the network's one lowering, and on it channels (E201), map sizes
+   (E202, E203, W204) and graph size (E304), before any graph exists;
 2. the parameter prediction of `lowering.predict` against the hard ceiling (E304) and
    `max_params` (E301);
-3. `graph.lower`, then every figure from the graph, the invariants (E205), batch-of-one
+3. `graph.lower_arch` from that lowering, then every figure from the graph, the invariants (E205), batch-of-one
    training (W206), memory against `max_memory` (E302) and the spec's `expect` lines (E303).
 docs/analysis.md documents every attribute and the memory model.
 """
@@ -219,13 +219,15 @@ def analyze(network: Network, *, max_params: int | float | None = None,
     """
     max_params = DEFAULT_MAX_PARAMS if max_params is None else max_params
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    diags, prediction = graph_.check_and_predict(network)
+    checked = graph_.check_and_lower(network)  # the one lowering, read by everything below
+    diags = checked.diagnostics
     if not d.has_errors(diags):
-        assert prediction is not None  # check_and_predict: complete whenever there is no error
-        diags += _refuse_unbuildable(network, prediction)
+        assert checked.prediction is not None  # check_and_lower: complete whenever there is no error
+        diags += _refuse_unbuildable(network, checked.prediction)
     d.raise_if_errors(diags)
 
-    lowered = lowering.lower(network)
+    assert checked.lowered is not None  # None only with E210, an error
+    lowered, plan = checked.lowered, checked.plan
     g = graph_.lower_arch(network, checked=True, lowered=lowered)
     nodes = g.nodes
     params = buffers = macs = flops = depth = cio = 0
@@ -239,11 +241,10 @@ def analyze(network: Network, *, max_params: int | float | None = None,
         if a["kind"] == "conv":
             cio += numel(a["in_shape"]) + numel(a["out_shape"])
     stages = _stages(lowered, g)
-    diags += _check_invariants(network, g, stages)
+    diags += _check_invariants(network, g, stages, lowered)
     if not d.has_errors(diags):
-        diags += _check_batch_of_one(network, g)
+        diags += _check_batch_of_one(network, g, plan)
 
-    plan = graph_.spatial_plan(network)
     rank = len(network.input) - 1
     rf, jumps = _receptive_fields(g)
     final = _final_map(g)
@@ -286,9 +287,9 @@ def _stem_tap(stem: lowering.LoweredStem, g: Graph, jumps: dict[str, int]) -> tu
 
 def _refuse_unbuildable(network: Network, prediction: lowering.Prediction) -> list[d.Diagnostic]:
     """Refuse, from the closed-form count and before any graph exists, a network too large to
-    analyse at all (a fixed head window makes the count a lower bound, which still proves it).
+    analyse at all (the count is read off the network's one lowering, at the input's size).
     Every figure densedsl reports, E301's included, is read off the graph afterwards.
-    `prediction` is `lowering.predict(network)`, as `graph.check_and_predict` made it."""
+    `prediction` is `lowering.predict(network)`, as `graph.check_and_lower` made it."""
     predicted = prediction.params
     if predicted >= HARD_MAX_PARAMS:
         return [d.Diagnostic(d.TOO_LARGE, f"the network would have {predicted:,} parameters "
@@ -384,9 +385,11 @@ def _block_channels(name: str, k0: int, block: DenseBlock, table: connectivity.T
     return f"{total} ({name}: {k0:,} in, emits {index_list(table.emits, 'x', 'maps')}; {widths})"
 
 
-def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:
-    """Dense connectivity as the paper states it, verified on the graph (E205 means a bug)."""
+def _check_invariants(network: Network, g: Graph, stages, lowered=()) -> list[d.Diagnostic]:
+    """Dense connectivity as the paper states it, verified on the graph (E205 means a bug);
+    `lowered` is the lowering the graph was built from (a block not in it is lowered here)."""
     problems: list[tuple[Span | None, str]] = []
+    made = {b.source.index: b for b in lowered if isinstance(b, lowering.LoweredBlock)}
     if not _forward(g) and not _acyclic(g):
         problems.append((network.span, "the graph has a cycle"))
     pred, nodes = graph_.predecessors(g), g.nodes
@@ -396,7 +399,7 @@ def _check_invariants(network: Network, g: Graph, stages) -> list[d.Diagnostic]:
     for s in stages:
         if isinstance(s, BlockFigures):
             block = next(b for b in network.blocks if b.index == s.index)
-            t = lowering.block_totals(block, s.in_shape)
+            t = lowering.block_totals(made.get(s.index) or lowering.lower_block(block, s.in_shape))
             if (t.params, t.buffers, t.macs) != (s.params, s.buffers, s.macs):
                 problems.append((block.span, f"{s.name}: graph totals {s.params}/{s.buffers}/{s.macs} "
                                  f"differ from the closed form {t.params}/{t.buffers}/{t.macs}"))
@@ -466,7 +469,7 @@ def _forward(g: Graph) -> bool:
     return all(max(map(position, preds), default=-1) < order[v] for v, preds in graph_.predecessors(g).items())
 
 
-def _check_batch_of_one(network: Network, g: Graph) -> list[d.Diagnostic]:
+def _check_batch_of_one(network: Network, g: Graph, plan: tuple[graph_.Window, ...]) -> list[d.Diagnostic]:
     """BN in training needs more than one value per channel: with batch 1, a 1x1 map fails (and
     a group norm with one channel per group, instance norm, fails in eval too)."""
     stages: list[str] = []
@@ -490,7 +493,7 @@ def _check_batch_of_one(network: Network, g: Graph) -> list[d.Diagnostic]:
             network.input_span or network.span,
             "train with batches of 2 or more; in dense blocks, norm=layer or norm=none needs no batch "
             "statistics (a transition's norm and the stem's `norm` are batch norms)")]
-    least = graph_.min_input_size(graph_.spatial_plan(network), train=True, rank=rank)
+    least = graph_.min_input_size(plan, train=True, rank=rank)
     return [d.Diagnostic(
         d.TRAIN_TOO_SMALL, f"a batch of one cannot be trained at {shape_text(network.input)}: "
         f"{' and '.join(norms)} in {which} sees a {graph_.size_text(1, rank)} map, one value per "

@@ -1,12 +1,13 @@
 """Lowering a `Network` to the architecture graph of docs/graph.md, and the checks that must pass
 before a graph can be built at all.
 
-`check(network)` walks the network with plain integers (channels, then H and W through the few
-ops that change them) and reports what would make the graph meaningless or unbuildable: E201
-no channels, E202/E203 maps too small, W204 dropped rows, E304 too large to build. It never
-builds a graph, so a block of a million layers is refused in microseconds. `lower(network)`
-runs `check` and then builds the graph node by node from the op lists in `costs`.
-"""
+`check(network)` lowers the network once (`lowering.lower`, which tolerates what the checks
+refuse) and reads that lowering: the channels, then the map's size through the windows of the
+spatial plan, and reports what would make the graph meaningless or unbuildable: E201 no
+channels, E202/E203 maps too small, W204 dropped rows, E304 too large to build. It never builds
+a graph, and a block's layers are lowered only as they are read, so a block of a million layers
+is refused in microseconds. `check_and_lower` hands that lowering, its prediction and its plan
+on; `lower(network)` runs it and builds the graph node by node from the same op lists."""
 
 from __future__ import annotations
 
@@ -61,54 +62,49 @@ def _windows(stage: str, ops: Sequence[lowering.Op], spans: Sequence[Span | None
             yield Window(f"{stage}.{op.name}", spec.describe(a), None, span=span)
 
 
-def spatial_plan(network: Network) -> tuple[Window, ...]:
-    """The ops that shrink maps, in order, with markers for batch norms (kernel None).
+def spatial_plan(network: Network, lowered: Sequence[lowering.Lowered] | None = None) -> tuple[Window, ...]:
+    """The ops that shrink maps, in order, with markers for batch norms (kernel None), read off
+    `lowered` (`lowering.lower(network)`, made here when not given).
 
-    Dense layers keep the map's size (3x3 with padding 1, 1x1) and transitions' convs are 1x1,
-    so only stem convs and pools, transition pools and a fixed head window appear. Stages are
-    lowered at a 1x1 map: only windows matter here, and a dense block stands for its first layer's
-    norms (whose channel counts say whether a group norm has one channel per group), so the plan
-    stays cheap for any depth.
+    Dense layers keep the map's size (odd kernels with padding k//2, 1x1), so only stem convs
+    and pools, transition convs and pools and a fixed head window appear; a dense block stands for
+    its first layer's norms (whose channel counts say whether a group norm has one channel per
+    group), so the plan reads one layer of any block. Windows do not depend on the map they
+    slide over, so the plan is the same at any input size (`min_input_size` searches it).
     """
-    ones = (1,) * (len(network.input) - 1)
-    probe: lowering.Shape = (network.input[0], *ones)
     plan: list[Window] = []
-    stem = list(lowering.stem_ops(network.stem, probe))
-    plan += _windows("stem", [op for op, _ in stem], [src.span or network.stem.span for _, src in stem])
-    c = stem[-1][0].out_shape[0] if stem else network.input[0]
-    for stage in network.stages:
+    for stage in lowering.lower(network) if lowered is None else lowered:
         match stage:
-            case DenseBlock():
-                if stage.layers > 0:
-                    plan += _block_norms(stage, (c, *ones))
-                c = lowering.block_out_channels(c, stage)
-            case Transition():
-                ops = lowering.transition_ops(stage, (c, *ones), None)
-                c = ops[-1].out_shape[0]
+            case lowering.LoweredStem():
+                plan += _windows("stem", stage.ops, [span or stage.source.span for span in stage.spans])
+            case lowering.LoweredBlock():
+                if stage.source.layers > 0:
+                    plan += _block_norms(stage)
+            case lowering.LoweredTransition():
+                t = stage.source
                 # only a transition with a pool has an op named pool
-                spans = [(cast(n.Pool, stage.pool).span or stage.span) if op.name == "pool" else stage.span
-                         for op in ops]
-                plan += _windows(f"transition{stage.index}", ops, spans)
+                spans = [(cast(n.Pool, t.pool).span or t.span) if op.name == "pool" else t.span
+                         for op in stage.ops]
+                plan += _windows(stage.name, stage.ops, spans)
+            case lowering.LoweredHead():
+                plan += _windows("head", stage.ops, [stage.source.span] * len(stage.ops))
             case _:
                 assert_never(stage)
-    if network.head is not None:
-        ops = lowering.head_ops(network.head, probe)
-        plan += _windows("head", ops, [network.head.span] * len(ops))
     return tuple(plan)
 
 
-def _block_norms(block: DenseBlock, shape: lowering.Shape) -> list[Window]:
+def _block_norms(block: lowering.LoweredBlock) -> list[Window]:
     """One marker for a block's norms that refuse a single value at batch 1, or none (norm=none,
     or group norms with several channels per group): its first layer has the fewest channels."""
     fails: dict[str, str] = {}
-    for op in lowering.layer_ops(block, shape, None):
+    for op in block.layers[0]:
         when = op.spec.one_value_fails(op.attributes())
         if when is not None:
             fails.setdefault(when, op.spec.describe(op.attributes()))
     when = "always" if "always" in fails else "train" if fails else None
     if when is None:
         return []
-    return [Window(f"denseblock{block.index}", fails[when], None, span=block.span, always=when == "always")]
+    return [Window(block.name, fails[when], None, span=block.source.span, always=when == "always")]
 
 
 def _fits(plan: Sequence[Window], size: int, rank: int, *, train: bool) -> bool:
@@ -162,25 +158,38 @@ _NOUNS = {1: "signal", 2: "map", 3: "volume"}
 # --- checks ----------------------------------------------------------------------------------------
 
 def check(network: Network) -> list[d.Diagnostic]:
-    """E210, E201, E202, E203, W204 and E304, from the Network alone (no graph is built)."""
-    return check_and_predict(network)[0]
+    """E210, E201, E202, E203, W204 and E304, before any graph is built."""
+    return check_and_lower(network).diagnostics
 
 
-def check_and_predict(network: Network) -> tuple[list[d.Diagnostic], lowering.Prediction | None]:
-    """`check`, and the closed-form `lowering.predict` its size check made (None if it got no
-    further than the channels), so that analysis reads its parameter ceiling off the same
-    prediction instead of making it twice. It is complete whenever the diagnostics hold no
-    error: it stops early only past MAX_NODES, which is an E304."""
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What `check_and_lower` found and made, for the analysis to read rather than remake."""
+
+    diagnostics: list[d.Diagnostic]
+    lowered: tuple[lowering.Lowered, ...] | None      # None only for E210 (a conv on a vector)
+    prediction: lowering.Prediction | None            # None when the channels are wrong (or E210)
+    plan: tuple[Window, ...] = ()                     # `spatial_plan`, read off `lowered`
+
+
+def check_and_lower(network: Network) -> Checked:
+    """`check`, on the network's one lowering (`lowering.lower`), which it hands on with the
+    closed-form `lowering.predict` and the spatial plan it read off it, so that the analysis
+    builds its graph, its parameter ceiling and its minimum input size from the same lowering.
+    The prediction is complete whenever the diagnostics hold no error: it stops early only past
+    MAX_NODES, which is an E304."""
     diags = _check_data_kind(network)
     if diags:
-        return diags, None  # a conv on a vector has no meaningful size or channel chain
-    diags = _check_channels(network)
+        return Checked(diags, None, None)  # a conv on a vector has no meaningful size or channel chain
+    lowered = lowering.lower(network)
+    diags = _check_channels(network, lowered)
     prediction = None
     if not diags:
-        prediction = lowering.predict(network, node_limit=MAX_NODES)
+        prediction = lowering.predict(network, lowered=lowered, node_limit=MAX_NODES)
         diags += _check_size(network, prediction)
-    diags += _check_spatial(network)
-    return diags, prediction
+    plan = spatial_plan(network, lowered)
+    diags += _check_spatial(network, plan)
+    return Checked(diags, lowered, prediction, plan)
 
 
 def _check_data_kind(network: Network) -> list[d.Diagnostic]:
@@ -219,34 +228,37 @@ def _check_data_kind(network: Network) -> list[d.Diagnostic]:
     return diags
 
 
-def _check_channels(network: Network) -> list[d.Diagnostic]:
+def _check_channels(network: Network, lowered: Sequence[lowering.Lowered]) -> list[d.Diagnostic]:
     diags: list[d.Diagnostic] = []
     c = network.input[0]
     source = f"the input has {c} channels"
-    stem = [op for op, _ in lowering.stem_ops(network.stem, (c,) * len(network.input))]
-    if stem and stem[-1].out_shape[0] != c:
-        c = stem[-1].out_shape[0]
-        source = f"the stem emits {c} channels"
-    for stage in network.stages:
+    for stage in lowered:
         match stage:
-            case DenseBlock():
-                if stage.groups != 1 and (bad := _bad_groups(stage, c)) is not None:
+            case lowering.LoweredStem():
+                if stage.ops and stage.ops[-1].out_shape[0] != c:
+                    c = stage.ops[-1].out_shape[0]
+                    source = f"the stem emits {c} channels"
+            case lowering.LoweredBlock():
+                block = stage.source
+                if block.groups != 1 and (bad := _bad_groups(block, c)) is not None:
                     diags.append(bad)
-                if stage.norm == "group" and (bad := _bad_norm_groups(stage, c)) is not None:
+                if block.norm == "group" and (bad := _bad_norm_groups(stage)) is not None:
                     diags.append(bad)
-                table = connectivity.table(stage)
+                table = stage.table
                 out = table.out_channels(c)
-                source = (f"denseblock{stage.index} emits {c} + {stage.growth}·{stage.layers} = {out} channels"
-                          if table.dense and stage.widths is None and stage.width_factor is None else
-                          f"denseblock{stage.index} emits {out} channels (x{', x'.join(map(str, table.emits))})")
+                source = (f"denseblock{block.index} emits {c} + {block.growth}·{block.layers} = {out} channels"
+                          if table.dense and block.widths is None and block.width_factor is None else
+                          f"denseblock{block.index} emits {out} channels (x{', x'.join(map(str, table.emits))})")
                 c = out
-            case Transition():
-                out = lowering.transition_channels(c, stage)
+            case lowering.LoweredTransition():
+                out = lowering.transition_channels(c, stage.source)
                 if out < 1:
-                    diags.append(_no_channels(stage, c, out, source))
+                    diags.append(_no_channels(stage.source, c, out, source))
                     return diags  # later channel counts would be meaningless
-                source = f"transition{stage.index} emits {out} channels"
+                source = f"transition{stage.source.index} emits {out} channels"
                 c = out
+            case lowering.LoweredHead():
+                pass
             case _:
                 assert_never(stage)
     return diags
@@ -272,22 +284,22 @@ def _bad_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
     return None
 
 
-def _bad_norm_groups(block: DenseBlock, c: int) -> d.Diagnostic | None:
-    """The first group norm of `block` (fed `c` channels) whose channels `norm_groups` does not
+def _bad_norm_groups(block: lowering.LoweredBlock) -> d.Diagnostic | None:
+    """The first group norm of the lowered `block` whose channels `norm_groups` does not
     divide. In DenseNet's table a layer's norm widths are affine in the layer (c + k·(ℓ−1) or
-    fixed), so when the first two layers divide, every later one does; other tables are checked
-    layer by layer."""
-    g, table = block.norm_groups, connectivity.table(block)
+    fixed), so when the first two layers divide, every later one does (and only those two are
+    lowered); other tables are checked layer by layer."""
+    source, table = block.source, block.table
+    g = source.norm_groups
     uniform = table.prefix and len(set(table.widths)) <= 1
-    for ell in range(1, (min(block.layers, 2) if uniform else block.layers) + 1):
-        shape = (table.in_channels(c, ell),)
-        for op in lowering.layer_ops(block, shape, None, table.widths[ell - 1]):
+    for ell in range(1, (min(source.layers, 2) if uniform else source.layers) + 1):
+        for op in block.layers[ell - 1]:
             count = op.in_shape[0]
             if op.kind == "groupnorm" and count % g:
                 return d.Diagnostic(
-                    d.BAD_GROUPS, f"denseblock{block.index}.denselayer{ell}.{op.name}: norm_groups={g} does "
+                    d.BAD_GROUPS, f"denseblock{source.index}.denselayer{ell}.{op.name}: norm_groups={g} does "
                     f"not divide its {count} channels ({count} = {count // g}·{g} + {count % g})",
-                    block.span, "norm_groups must divide every normalised width: the layer's input (it "
+                    source.span, "norm_groups must divide every normalised width: the layer's input (it "
                     "grows by the growth rate each layer), the bottleneck's bottleneck·growth and the "
                     "growth rate")
     return None
@@ -326,13 +338,13 @@ def _check_size(network: Network, p: lowering.Prediction) -> list[d.Diagnostic]:
     return []
 
 
-def _check_spatial(network: Network) -> list[d.Diagnostic]:
-    """Walk the map's size through the windows; stop at the first map that cannot be computed."""
+def _check_spatial(network: Network, plan: Sequence[Window]) -> list[d.Diagnostic]:
+    """Walk the map's size through the windows of `plan` (`spatial_plan`); stop at the first map
+    that cannot be computed."""
     diags: list[d.Diagnostic] = []
     sizes = tuple(network.input[1:])
     rank = len(sizes)
     chain = [shape_text(sizes)]
-    plan = spatial_plan(network)
     for win in plan:
         if win.kernel is None:
             continue
@@ -385,7 +397,9 @@ def lower_arch(network: Network, *, checked: bool = False,
     """The architecture graph of docs/graph.md in densedsl's own `ArchGraph` (what the analysis
     builds and reads: no networkx import); `to_networkx` wraps the same dicts in a DiGraph."""
     if not checked:
-        d.raise_if_errors(check(network))
+        found = check_and_lower(network)
+        d.raise_if_errors(found.diagnostics)
+        lowered = found.lowered if lowered is None else lowered
     return _Builder(network).build(lowering.lower(network) if lowered is None else lowered)
 
 

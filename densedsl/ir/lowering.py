@@ -2,10 +2,12 @@
 
 Per-op figures live in the op table (`ops.py`); this module decides *which* ops a stem, a dense
 layer, a transition and a head lower to, in execution order. Everything is integer arithmetic on
-plain values (no graph, no torch), so the same functions serve every caller: `lower` gives the
-lowered network that `graph` turns into nodes and `modules`/`export` into torch modules;
-`analysis` predicts totals from a `Network` before building any graph (to refuse absurd specs in
-microseconds), and the minimum-input-size search evaluates the size chain thousands of times.
+plain values (no graph, no torch). A network is lowered once (`lower`), and everything reads that
+one lowering: `graph`'s checks and spatial plan, `predict` (totals before any graph is built, to
+refuse absurd specs in microseconds), the graph builder, and `nn`'s modules and export. The
+lowering tolerates what the checks refuse (a window larger than its map gives sizes of 0 or less,
+a transition may emit no channels), and a block's layers are lowered on first use (`Layers`), so
+the size guard reads a million-layer block's first layer without making the others.
 
 Conventions (docs/graph.md, docs/analysis.md):
 - params count BN's affine weight and bias; buffers count BN's running mean and var;
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator, Sequence, Union, assert_never
+from typing import Any, Iterator, Sequence, Union, assert_never, overload
 
 from ..language import network as n
 from ..language.network import DenseBlock, Head, Network, Stem, Transition
@@ -39,7 +41,7 @@ from .ops import (
     window_out,
 )
 
-__all__ = ["DTYPE_BYTES", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
+__all__ = ["DTYPE_BYTES", "Layers", "Op", "Shape", "block_totals", "dtype_bytes", "drops_input", "head_ops",
            "in_place_where_safe", "layer_ops", "lower", "numel", "predict", "stem_ops", "transition_ops", "window_out"]
 
 DTYPE_BYTES: dict[str, int] = {
@@ -324,9 +326,59 @@ class LoweredStem:
         return i - 1 if i else None
 
 
+class Layers(Sequence[tuple[Op, ...]]):
+    """A dense block's layers (each one's ops after its concatenation), every layer lowered on
+    first use and kept. The checks and the size guard read a block's first layers (a block of a
+    million layers is refused after lowering one), the graph and the model read them all, and no
+    layer is lowered twice."""
+
+    __slots__ = ("_block", "_shape", "_table", "_made")
+
+    def __init__(self, block: DenseBlock, shape: Shape, t: Table):
+        self._block, self._shape, self._table = block, shape, t
+        self._made: dict[int, tuple[Op, ...]] = {}
+
+    def __len__(self) -> int:
+        return self._block.layers
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[Op, ...]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> tuple[tuple[Op, ...], ...]: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[Op, ...] | tuple[tuple[Op, ...], ...]:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self))))
+        j = i + len(self) if i < 0 else i
+        if not 0 <= j < len(self):
+            raise IndexError(f"layer index {i} out of range for {len(self)} layers")
+        ops = self._made.get(j)
+        if ops is None:
+            layer, t = j + 1, self._table
+            ops = self._made[j] = layer_ops(
+                self._block, _at(self._shape, t.in_channels(self._shape[0], layer)),
+                f"features.denseblock{self._block.index}.denselayer{layer}", t.widths[j])
+        return ops
+
+    def __iter__(self) -> Iterator[tuple[Op, ...]]:
+        return (self[j] for j in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Layers):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Layers({self._block.layers} of denseblock{self._block.index}, {len(self._made)} lowered)"
+
+
 @dataclass(frozen=True, slots=True)
 class LoweredBlock:
-    layers: tuple[tuple[Op, ...], ...]   # each dense layer's ops after its concatenation
+    layers: Layers                       # each dense layer's ops after its concatenation
     in_shape: Shape
     out_shape: Shape
     source: DenseBlock
@@ -367,17 +419,17 @@ Lowered = Union[LoweredStem, LoweredBlock, LoweredTransition, LoweredHead]
 
 
 def lower_block(block: DenseBlock, shape: Shape) -> LoweredBlock:
-    name = f"features.denseblock{block.index}"
+    """The block at an input of `shape`; its layers are lowered as they are read (`Layers`)."""
     t = table(block)
-    layers = tuple(layer_ops(block, _at(shape, t.in_channels(shape[0], layer)), f"{name}.denselayer{layer}",
-                             t.widths[layer - 1])
-                   for layer in range(1, block.layers + 1))
-    return LoweredBlock(layers, shape, _at(shape, t.out_channels(shape[0])), block, t)
+    return LoweredBlock(Layers(block, shape, t), shape, _at(shape, t.out_channels(shape[0])), block, t)
 
 
 def lower(network: Network) -> tuple[Lowered, ...]:
-    """The network as op lists, stage by stage: what the graph, the model and the `.py` export
-    are all built from. Call after `graph.check` (channel counts must be valid)."""
+    """The network as op lists, stage by stage, the stem first and the head (if any) last: what
+    the checks, the prediction, the graph, the model and the `.py` export all read. Lower once and
+    pass the result on. It tolerates what `graph.check` refuses (the ops then hold sizes of 0 or
+    less, or no channels), so the checks read it too; only a conv on a vector (E210) has no
+    lowering."""
     shape: Shape = tuple(network.input)
     stem = list(stem_ops(network.stem, shape))
     result: list[Lowered] = [LoweredStem(in_place_where_safe([op for op, _ in stem], input_shared=True),
@@ -412,31 +464,33 @@ class BlockTotals:
     ops: int          # op nodes per layer (norm, relu, conv, dropout), without concat and x_ℓ
 
 
-def block_totals(block: DenseBlock, shape: Shape) -> BlockTotals:
-    """Totals over a block's layers in O(layers), without building them; `shape` is the block
-    input's.
+def block_totals(block: LoweredBlock) -> BlockTotals:
+    """Totals over a lowered block's layers in O(layers), reading (so lowering) at most two
+    layers per width.
 
     A layer's params, buffers and MACs are affine in its input channels for a given width, so
     for each width w of the table the totals are n·f(c_a) + slope·(Σ c − n·c_a) over its n
-    layers, with f read off `layer_ops` at two of their input counts: the same functions the
-    graph uses, so prediction and graph cannot drift.
+    layers, with f read off the layers with the fewest and the most input channels: the graph's
+    own layers, so prediction and graph cannot drift.
     """
-    t = table(block)
-    k0 = shape[0]
-    groups: dict[int, list[int]] = {}
-    for j in range(1, block.layers + 1):
-        groups.setdefault(t.widths[j - 1], []).append(t.in_channels(k0, j))
+    t = block.table
+    k0 = block.in_shape[0]
+    groups: dict[int, list[tuple[int, int]]] = {}  # width: (input channels, layer index) of each layer
+    for j in range(block.source.layers):
+        groups.setdefault(t.widths[j], []).append((t.in_channels(k0, j + 1), j))
     totals = {"params": 0, "buffers": 0, "macs": 0}
     ops = 0
-    for width, cins in groups.items():
-        a, b = min(cins), max(cins)
-        first = layer_ops(block, _at(shape, a), None, width)
-        second = layer_ops(block, _at(shape, b), None, width) if b != a else first
+    for members in groups.values():
+        (a, ja), (b, jb) = min(members), max(members)
+        first = block.layers[ja]
+        second = block.layers[jb] if b != a else first
         ops = len(first)
+        n_ = len(members)
+        sum_c = sum(c for c, _ in members)
         for attr in totals:
             fa = sum(getattr(o, attr) for o in first)
             slope = (sum(getattr(o, attr) for o in second) - fa) // (b - a) if b != a else 0
-            totals[attr] += len(cins) * fa + slope * (sum(cins) - len(cins) * a)
+            totals[attr] += n_ * fa + slope * (sum_c - n_ * a)
     return BlockTotals(totals["params"], totals["buffers"], totals["macs"], ops)
 
 
@@ -450,46 +504,47 @@ class Prediction:
     largest_block: tuple[int, int, int] | None  # (index, layers, connections) of the most connected block
 
 
-def predict(network: Network, *, node_limit: int | None = None) -> Prediction:
-    """Params, node and dense-edge counts without building the graph, O(number of stages).
+def predict(network: Network, *, lowered: Sequence[Lowered] | None = None,
+            node_limit: int | None = None) -> Prediction:
+    """Params, node and dense-edge counts without building the graph, O(number of stages), read
+    off `lowered` (`lower(network)`, made here when not given).
 
-    Spatial sizes do not affect params, so maps are taken as 1x1 here (costs stay finite even
-    for absurd inputs). Stops early once `node_limit` is passed: a refused spec costs nothing.
-    Assumes channel counts are valid (callers check E201 first).
+    A block is counted from its table and at most two layers per width (`block_totals`), so a
+    block of a million layers costs one lowered layer. Stops early once `node_limit` is passed
+    (a block past it is counted without its totals): a refused spec costs nothing. Channel
+    counts must be valid (callers check E201 first); the sizes need not be, params do not
+    depend on them except through a fixed head window.
     """
+    stages = tuple(lower(network) if lowered is None else lowered)
+    head = stages[-1] if isinstance(stages[-1], LoweredHead) else None  # lower() puts it last
     params, nodes, connections = 0, 2, 0
-    ones = (1,) * (len(network.input) - 1)
-    shape: Shape = (network.input[0], *ones)
-    for op, _ in stem_ops(network.stem, shape):
-        params += op.params
-        nodes += 1
-        shape = op.out_shape
-    c = shape[0]
     largest: tuple[int, int, int] | None = None
-    for stage in network.stages:
+    for stage in stages[:-1] if head is not None else stages:
         match stage:
-            case DenseBlock():
-                t = block_totals(stage, (c, *ones))
-                params += t.params
-                big_l = stage.layers
-                nodes += 2 + big_l * (2 + t.ops)  # x0, out; per layer concat, x_ℓ and its ops
-                links = table(stage).connections
+            case LoweredStem():
+                params += sum(op.params for op in stage.ops)
+                nodes += len(stage.ops)
+                continue
+            case LoweredBlock():
+                big_l = stage.source.layers
+                per_layer = len(stage.layers[0]) if big_l else 0
+                nodes += 2 + big_l * (2 + per_layer)  # x0, out; per layer concat, x_ℓ and its ops
+                links = stage.table.connections
                 connections += links
                 if largest is None or links > largest[2]:
-                    largest = (stage.index, big_l, links)
-                c = block_out_channels(c, stage)
-            case Transition():
-                ops = transition_ops(stage, (c, *(2 for _ in ones)), None)
-                params += sum(o.params for o in ops)
-                nodes += len(ops)
-                c = ops[-1].out_shape[0]
+                    largest = (stage.source.index, big_l, links)
+                if node_limit is None or nodes <= node_limit:
+                    params += block_totals(stage).params
+            case LoweredTransition():
+                params += sum(o.params for o in stage.ops)
+                nodes += len(stage.ops)
+            case LoweredHead():
+                raise AssertionError("lower() puts the head last")
             case _:
                 assert_never(stage)
         if node_limit is not None and nodes > node_limit:
             break
-    if network.head is not None:
-        # The classifier's width depends on the map size only with a fixed window; the real
-        # figure comes from the graph, this bound only guards resources.
-        params += sum(o.params for o in head_ops(network.head, (c, *ones)))
+    if head is not None:
+        params += sum(o.params for o in head.ops)
         nodes += 6
     return Prediction(params, nodes, connections, largest)
