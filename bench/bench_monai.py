@@ -133,33 +133,39 @@ def ceiling_op(a) -> Op:
     return [op for op in block.layers[0] if op.kind == "conv"][-1]
 
 
-def ceiling_layouts(op: Op, batch: int, device: str) -> dict[str, Callable[[], torch.Tensor]]:
-    """One call of the ceiling conv per layout: contiguous and channels_last; for a 1-D conv,
-    the same conv as a 2-D one over a 1xL map in channels_last (what an engine may run)."""
+def ceiling_layouts(op: Op, batch: int, device: str) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """The ceiling conv and its input, one pair per layout, all computing the same conv on the
+    same values: contiguous and channels_last; for a 1-D conv, the same conv as a 2-D one over a
+    1xL map in channels_last (what an engine may run instead)."""
     attrs = dict(op.attrs)
     cin, cout, k, pad = attrs["in_channels"], attrs["out_channels"], attrs["kernel"], attrs["padding"]
     size = op.in_shape[1:]
     rank = len(size)
     g = torch.Generator().manual_seed(2)
-    layouts: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     conv = getattr(nn, f"Conv{rank}d")(cin, cout, k, padding=pad, bias=False)
     x = torch.randn(batch, cin, *size, generator=g)
-    layouts["contiguous"] = (conv, x)
+    layouts: dict[str, tuple[nn.Module, torch.Tensor]] = {"contiguous": (conv, x)}
     if rank == 1:
-        conv2 = nn.Conv2d(cin, cout, (1, k), padding=(0, pad), bias=False)
-        layouts["as 2-D, channels_last"] = (conv2.to(memory_format=torch.channels_last),
+        flat = nn.Conv2d(cin, cout, (1, k), padding=(0, pad), bias=False)
+        with torch.no_grad():
+            flat.weight.copy_(conv.weight[:, :, None, :])
+        layouts["as 2-D, channels_last"] = (flat.to(memory_format=torch.channels_last),
                                             x[:, :, None, :].contiguous(memory_format=torch.channels_last))
     else:
         fmt = torch.channels_last if rank == 2 else torch.channels_last_3d
-        layouts["channels_last"] = (conv.to(memory_format=fmt), x.contiguous(memory_format=fmt))
-    calls = {}
-    for name, (module, inp) in layouts.items():
-        module, inp = module.to(device).eval(), inp.to(device)
+        copy = getattr(nn, f"Conv{rank}d")(cin, cout, k, padding=pad, bias=False)
+        copy.load_state_dict(conv.state_dict())
+        layouts["channels_last"] = (copy.to(memory_format=fmt), x.contiguous(memory_format=fmt))
+    return {name: (module.to(device).eval(), inp.to(device)) for name, (module, inp) in layouts.items()}
 
+
+def ceiling_calls(op: Op, batch: int, device: str) -> dict[str, Callable[[], torch.Tensor]]:
+    calls = {}
+    for name, (module, inp) in ceiling_layouts(op, batch, device).items():
         def call(module=module, inp=inp) -> torch.Tensor:
             with torch.no_grad():
                 return module(inp)
-        calls[name] = call
+        calls[f"ceiling {name}"] = call
     return calls
 
 
@@ -245,7 +251,7 @@ def bench_case(case: str, device: str, rounds: tuple[int, int], log) -> dict:
     out["ceiling_conv"] = {"in": op.in_shape, "out": op.out_shape, "kernel": dict(op.attrs)["kernel"],
                            "macs": op.macs * c["batch"]}
     calls: dict[str, Callable] = {impl: (lambda m=m, impl=impl: _infer(m, impl, x)) for impl, m in models.items()}
-    ceiling = {f"ceiling {k}": f for k, f in ceiling_layouts(op, c["batch"], device).items()}
+    ceiling = ceiling_calls(op, c["batch"], device)
     infer = bc.interleaved({**calls, **ceiling}, device, rounds[0])
     del models
     best = min(ceiling, key=lambda k: bc.median(infer[k]))
