@@ -149,7 +149,7 @@ def ceiling_layouts(op: Op, batch: int, device: str) -> dict[str, tuple[nn.Modul
         flat = nn.Conv2d(cin, cout, (1, k), padding=(0, pad), bias=False)
         with torch.no_grad():
             flat.weight.copy_(conv.weight[:, :, None, :])
-        layouts["as 2-D, channels_last"] = (flat.to(memory_format=torch.channels_last),
+        layouts["as 2-D, channels_last"] = (flat.to(memory_format=torch.channels_last),  # type: ignore[call-overload]
                                             x[:, :, None, :].contiguous(memory_format=torch.channels_last))
     else:
         fmt = torch.channels_last if rank == 2 else torch.channels_last_3d
@@ -160,7 +160,7 @@ def ceiling_layouts(op: Op, batch: int, device: str) -> dict[str, tuple[nn.Modul
 
 
 def ceiling_calls(op: Op, batch: int, device: str) -> dict[str, Callable[[], torch.Tensor]]:
-    calls = {}
+    calls: dict[str, Callable[[], torch.Tensor]] = {}
     for name, (module, inp) in ceiling_layouts(op, batch, device).items():
         def call(module=module, inp=inp) -> torch.Tensor:
             with torch.no_grad():
@@ -250,7 +250,8 @@ def bench_case(case: str, device: str, rounds: tuple[int, int], log) -> dict:
     op = ceiling_op(a)
     out["ceiling_conv"] = {"in": op.in_shape, "out": op.out_shape, "kernel": dict(op.attrs)["kernel"],
                            "macs": op.macs * c["batch"]}
-    calls: dict[str, Callable] = {impl: (lambda m=m, impl=impl: _infer(m, impl, x)) for impl, m in models.items()}
+    calls: dict[str, Callable] = {impl: (lambda m=m, impl=impl: _infer(m, impl, x))
+                                  for impl, m in models.items()}
     ceiling = ceiling_calls(op, c["batch"], device)
     infer = bc.interleaved({**calls, **ceiling}, device, rounds[0])
     del models
@@ -310,7 +311,8 @@ def memory_rows(case: str, res: dict) -> list[str]:
     rows = [("inference: densedsl / MONAI", "inference/densedsl", "inference/monai"),
             ("training step: densedsl standard / MONAI", "training/standard", "training/monai"),
             ("training step: densedsl efficient / MONAI", "training/efficient", "training/monai"),
-            ("training step: densedsl efficient / densedsl standard", "training/efficient", "training/standard")]
+            ("training step: densedsl efficient / densedsl standard", "training/efficient",
+             "training/standard")]
     return [f"| {case} | {what} | {m[a]['peak'] / m[b]['peak']:.2f}× |" for what, a, b in rows]
 
 
@@ -350,7 +352,8 @@ def report(results: dict, meta: dict) -> str:
     for case, res in results.items():
         lines.append(f"| {case} | {res['batch']} | {res['params']:,} | {res['macs'] / 1e9:.3f} | "
                      f"{res['parity']:.1e} | {res['rounds'][0]}, {res['rounds'][1]} |")
-    lines += ["", "### Time", "", "| network | measurement | implementation | median s | best s | items/s (median) |",
+    lines += ["", "### Time", "",
+              "| network | measurement | implementation | median s | best s | items/s (median) |",
               "| --- | --- | --- | ---: | ---: | ---: |"]
     for case, res in results.items():
         for phase, impls in (("inference", INFERENCE), ("training", TRAINING)):
@@ -369,11 +372,14 @@ def report(results: dict, meta: dict) -> str:
               "densedsl | MONAI |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for case, res in results.items():
         cc = res["ceiling_conv"]
-        shape = f"{res['batch']}x{'x'.join(map(str, cc['in']))} → {'x'.join(map(str, cc['out']))}, k{cc['kernel']}"
-        lines.append(f"| {case} | {shape} | {res['ceiling_layout']} | {res['ceiling_macs_per_s'] / 1e9:.1f} | "
+        shape = (f"{res['batch']}x{'x'.join(map(str, cc['in']))} → {'x'.join(map(str, cc['out']))}, "
+                 f"k{cc['kernel']}")
+        lines.append(f"| {case} | {shape} | {res['ceiling_layout']} | "
+                     f"{res['ceiling_macs_per_s'] / 1e9:.1f} | "
                      f"{res['densedsl_ceiling_share']:.0%} | {res['monai_ceiling_share']:.0%} |")
     lines += ["", "### Peak memory against the analysis' prediction (goal: within 25 %)", "",
-              "| network | measurement | implementation | measured MiB | predicted MiB | error | within 25 % |",
+              "| network | measurement | implementation | measured MiB | predicted MiB | error | "
+              "within 25 % |",
               "| --- | --- | --- | ---: | ---: | ---: | :---: |"]
     for case, res in results.items():
         for key, row in res["memory"].items():
