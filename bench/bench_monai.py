@@ -428,7 +428,9 @@ def main(argv=None) -> int:
     plan = ROUNDS["quick" if args.quick else "full"]
     results = {}
     for case in args.cases:
+        t0 = time.perf_counter()
         results[case] = bench_case(case, args.device, plan[case], lambda s: print(s, flush=True))
+        print(f"  {case}: {time.perf_counter() - t0:.0f} s", flush=True)
     meta = {"command": "python " + " ".join([str(Path(__file__).relative_to(ROOT))] +
                                              (argv if argv is not None else sys.argv[1:])),
             "machine": machine(), "threads": torch.get_num_threads(), "python": platform.python_version(),
