@@ -8,14 +8,23 @@ sessions: `--dry-run` walks every section on the CPU with a tiny network (fp16 a
 backend, which need CUDA, are recorded as skipped with the reason) and CI runs it. Sections:
 
 - parity:      the compiled model (inference engine and plain training modules) against the
-               straightforward torchvision-layout reference loaded with the same weights, on the
-               device and against the CPU; one training step's gradients, standard and efficient;
+               straightforward torchvision-layout reference (2-D) or MONAI's DenseNet (3-D volume)
+               loaded with the same weights, on the device and against the CPU; one training
+               step's gradients, standard and efficient;
 - amp:         bf16 and fp16 autocast in channels_last: finite, and how far from fp32;
 - memory:      peak allocated memory of one training step, standard against efficient (and
-               against torchvision's memory_efficient=True), beside the analysis' prediction;
+               against torchvision's memory_efficient=True, or MONAI's DenseNet for the volume,
+               which has no memory-efficient option), beside the analysis' prediction;
 - ddp:         `torchrun --nproc_per_node 1 -m densedsl train …` (NCCL on CUDA, gloo otherwise);
 - speed:       inference and training steps per second against the reference, interleaved rounds;
-- compile:     torch.compile in training and inference, loss equal to eager, and its speed.
+- compile:     torch.compile in training and inference, loss equal to eager, and its speed
+               (2-D networks: compiling two 3-D networks would double the run).
+
+The 3-D network is specs/densenet121_3d.dense at MONAI's typical 1x96^3 (batch 4), against
+`monai.networks.nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)` whose weights
+`load_weights` reads; the dry run has a tiny 3-D network and a tiny MONAI DenseNet of the same
+layers. Without MONAI installed the 3-D network is left out and the record says why
+(`models_left_out`).
 
 Each section is recorded with `status` ok/failed/skipped and its figures; a failing section does
 not stop the others, and the file is rewritten after each section so a run cut short keeps what it
@@ -34,6 +43,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +55,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import densedsl  # noqa: E402
 from densedsl.analysis.figures import analyze  # noqa: E402
 from densedsl.nn.build import build_model  # noqa: E402
+from densedsl.nn.weights import load_weights, normalised_weights  # noqa: E402
 
 import bench_compiler as bc  # noqa: E402  (the reference DenseNet and the timing helpers)
 
@@ -63,9 +74,50 @@ network tiny_check {
 """
 
 
+# MONAI's DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=4,
+# block_config=(2, 2)): the same layers, so MONAI's weights load into it
+TINY_3D = """
+network tiny_check_3d {
+    input 1x16x16x16
+    defaults growth=4 bottleneck=4 compression=0.5 bias=false
+    stem {
+        conv 8 kernel=7 stride=2 padding=3
+        norm
+        relu
+        maxpool kernel=3 stride=2 padding=1
+    }
+    dense layers=2
+    transition
+    dense layers=2
+    head classes=2
+}
+"""
+
+
 def _tiny_reference(memory_efficient: bool = False) -> torch.nn.Module:
     return bc.RefDenseNet([("conv0", torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False))], 8, (2, 2), 4, classes=10,
                           memory_efficient=memory_efficient)
+
+
+def _monai_reference(tiny: bool) -> torch.nn.Module:
+    from monai.networks.nets import DenseNet, DenseNet121
+    if tiny:
+        return DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=4,
+                        block_config=(2, 2))
+    return DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)
+
+
+def _volume_models(dry_run: bool) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The 3-D network against MONAI's, or why it is left out."""
+    try:
+        import monai.networks.nets  # noqa: F401
+    except ImportError as e:
+        return {}, {"volume": f"MONAI is not installed ({e}): pip install monai"}
+    name = "tiny_3d" if dry_run else "densenet121_3d"
+    spec = ROOT / "specs" / "densenet121_3d.dense"
+    net = densedsl.parse(TINY_3D).network if dry_run else densedsl.load(spec).network
+    return {name: dict(net=net, batch=2 if dry_run else 4, reference=lambda: _monai_reference(dry_run),
+                       convention="monai")}, {}
 
 
 class Plan:
@@ -74,20 +126,48 @@ class Plan:
     def __init__(self, dry_run: bool, device: str):
         self.dry_run, self.device = dry_run, device
         self.iters = 1 if dry_run else 5
+        self.models: dict[str, dict[str, Any]]
         if dry_run:
-            self.models = {"tiny": dict(net=densedsl.parse(TINY).network, batch=4, reference=_tiny_reference)}
+            self.models = {"tiny": dict(net=densedsl.parse(TINY).network, batch=4, reference=_tiny_reference,
+                                        convention="torchvision")}
         else:
             self.models = {name: dict(net=bc.network(name), batch=64 if name == "densenet121" else 128,
-                                      reference=lambda name=name, **kw: bc.reference(name, **kw))
+                                      reference=lambda name=name, **kw: bc.reference(name, **kw),
+                                      convention="torchvision")
                            for name in bc.MODELS}
+        volumes, self.left_out = _volume_models(dry_run)
+        self.models.update(volumes)
+
+    def rank(self, name: str) -> int:
+        return len(self.models[name]["net"].input) - 1
+
+    def formats(self, name: str) -> dict[str, torch.memory_format]:
+        """The contiguous and the channels-last layout of the network's rank, by name."""
+        if self.rank(name) == 3:
+            return {"NCDHW": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
+        return dict(bc.FORMATS)
+
+    def channels_last(self, name: str) -> torch.memory_format:
+        return list(self.formats(name).values())[1]
+
+    def is_monai(self, name: str) -> bool:
+        return self.models[name]["convention"] == "monai"
 
     def pair(self, name: str, memory: str = "standard"):
-        """The compiled model and the reference, same seed-0 weights, on the device, train mode."""
+        """The compiled model and the reference, same seed-0 weights, on the device, train mode:
+        torchvision's reference takes the compiled model's weights, the compiled model MONAI's."""
         torch.manual_seed(0)
         model = build_model(self.models[name]["net"], memory=memory)
         ref = self.models[name]["reference"]()
-        ref.load_state_dict(model.state_dict())
+        if self.is_monai(name):
+            load_weights(model, ref.state_dict())
+        else:
+            ref.load_state_dict(model.state_dict())
         return model.to(self.device), ref.to(self.device)
+
+    def reference_grads(self, name: str, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reference's gradients under the compiled model's parameter names."""
+        return normalised_weights(grads, {})[0] if self.is_monai(name) else grads
 
     def batch(self, name: str, *, fmt=torch.contiguous_format):
         g = torch.Generator().manual_seed(1)
@@ -125,12 +205,14 @@ def check_parity(plan: Plan) -> dict:
             want_cpu = ref.cpu()(x.cpu())
         ref.to(plan.device).train()
         model.train()
-        g_model, g_ref = _grads(model, x, y), _grads(ref, x, y)
+        g_model, g_ref = _grads(model, x, y), plan.reference_grads(name, _grads(ref, x, y))
         eff, _ = plan.pair(name, memory="efficient")
         g_eff = _grads(eff.train(), x, y)
-        row = {"inference_vs_reference": _max_rel(got, want), "reference_device_vs_cpu": _max_rel(want, want_cpu),
+        row: dict = {"reference": "MONAI" if plan.is_monai(name) else "torchvision layout"}
+        row |= {"inference_vs_reference": _max_rel(got, want),
+                "reference_device_vs_cpu": _max_rel(want, want_cpu),
                "grads_vs_reference": _worst(g_model, g_ref), "grads_efficient_vs_standard": _worst(g_eff, g_model)}
-        row["ok"] = all(v < 1e-3 for v in row.values())
+        row["ok"] = all(v < 1e-3 for k, v in row.items() if k != "reference")
         out[name] = row
     out["status"] = "ok" if all(r["ok"] for r in out.values()) else "failed"
     out["tolerance"] = "max |a-b| / max |b| < 1e-3, fp32 with TF32 off"
@@ -146,8 +228,8 @@ def check_amp(plan: Plan) -> dict:
                 out[key] = {"status": "skipped", "why": "fp16 autocast is checked on CUDA only"}
                 continue
             model, _ = plan.pair(name)
-            model = model.to(memory_format=torch.channels_last)
-            x, y = plan.batch(name, fmt=torch.channels_last)
+            model = model.to(memory_format=plan.channels_last(name))
+            x, y = plan.batch(name, fmt=plan.channels_last(name))
             with torch.no_grad():
                 model.eval()
                 fp32 = model(x)
@@ -199,7 +281,14 @@ def check_memory(plan: Plan) -> dict:
             model, _ = plan.pair(name, memory=mode)
             row[f"{mode}_measured"] = _cuda_step_peak(plan, name, model)
             del model
-        if plan.device == "cuda":
+        if plan.device == "cuda" and plan.is_monai(name):
+            # MONAI's DenseNet has no memory-efficient option: both modes against its one
+            monai = plan.pair(name)[1]
+            row["monai_measured"] = _cuda_step_peak(plan, name, monai)
+            del monai
+            row["efficient_over_monai"] = row["efficient_measured"] / row["monai_measured"]
+            row["standard_over_monai"] = row["standard_measured"] / row["monai_measured"]
+        elif plan.device == "cuda":
             # torchvision's memory_efficient=True (checkpointed concat-BN-ReLU-Conv1x1), the
             # comparison for densedsl's efficient mode
             ref = plan.pair(name)[1]
@@ -210,6 +299,7 @@ def check_memory(plan: Plan) -> dict:
                 plan, name, torchvision_efficient.to(plan.device))
             row["efficient_over_torchvision_memory_efficient"] = (
                 row["efficient_measured"] / row["torchvision_memory_efficient_measured"])
+        if plan.device == "cuda":
             row["efficient_over_standard"] = row["efficient_measured"] / row["standard_measured"]
             row["prediction_over_measured"] = {m: row[f"{m}_predicted"] / row[f"{m}_measured"]
                                                for m in ("standard", "efficient")}
@@ -238,7 +328,7 @@ def check_speed(plan: Plan) -> dict:
     out = {}
     rounds = bc.rounds(plan.iters)
     for name in plan.models:
-        for fmt_name, fmt in bc.FORMATS.items():
+        for fmt_name, fmt in plan.formats(name).items():
             model, ref = plan.pair(name)
             model, ref = model.to(memory_format=fmt), ref.to(memory_format=fmt)
             x, y = plan.batch(name, fmt=fmt)
@@ -262,8 +352,10 @@ def check_speed(plan: Plan) -> dict:
 def check_compile(plan: Plan) -> dict:
     # inductor on a GPU; aot_eager in the dry run (still dynamo's tracing, without a C++ toolchain)
     backend = "aot_eager" if plan.dry_run else "inductor"
-    out = {"backend": backend}
-    for name in plan.models:
+    out: dict = {"backend": backend}
+    names = [n for n in plan.models if plan.rank(n) == 2]
+    out["not_compiled"] = {n: "3-D: left out to keep the run short" for n in plan.models if n not in names}
+    for name in names:
         row = {}
         for impl in ("densedsl", "reference"):
             model, ref = plan.pair(name)
@@ -289,7 +381,7 @@ def check_compile(plan: Plan) -> dict:
         row["infer_ratio"] = row["reference"]["infer_s"] / row["densedsl"]["infer_s"]
         row["ok"] = all(row[i]["loss_vs_eager"] < 1e-3 for i in ("densedsl", "reference"))
         out[name] = row
-    out["status"] = "ok" if all(out[n]["ok"] for n in plan.models) else "failed"
+    out["status"] = "ok" if all(out[n]["ok"] for n in names) else "failed"
     return out
 
 
@@ -323,6 +415,9 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     plan = Plan(args.dry_run, device)
     record = {"environment": environment(device), "dry_run": args.dry_run,
+              "models": {n: "x".join(map(str, m["net"].input)) + f", batch {m['batch']}"
+                         for n, m in plan.models.items()},
+              "models_left_out": plan.left_out,
               "command": "python bench/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     started = time.perf_counter()
     for name in args.sections:
