@@ -3,7 +3,8 @@
 `read_weights_file` checks the file before torch sees it (a regular file: E912; every zip record
 against its CRC-32: E913, `verify_archive`) and loads it with `torch.load(weights_only=True)`;
 `normalised_weights` renames other libraries' key conventions (DistributedDataParallel,
-torch.compile, torchvision's legacy keys, MONAI) to densedsl's; `load_weights` loads them,
+torch.compile, torchvision's legacy keys, MONAI, timm's VoVNet, pytorchcv's DenseNet, SparseNet and
+HarDNet) to densedsl's; `load_weights` loads them,
 listing every mismatch in one `WeightsError` (E908). The training side (`checkpoints`,
 `transfer`) builds on this module; nothing here imports it.
 """
@@ -57,7 +58,9 @@ _MONAI_CLASSIFIER = "class_layers.out."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 NATIVE, LEGACY, OLD_NORM, MONAI = ("densedsl/torchvision", "torchvision (legacy keys)",
                                    "densedsl before norm5", "MONAI")
-CONVENTIONS = (NATIVE, LEGACY, OLD_NORM, MONAI)  # a state_dict's is the last one any key shows
+TIMM_VOVNET, PYTORCHCV = "timm VoVNet", "pytorchcv"
+# a state_dict's is the last one any key shows
+CONVENTIONS = (NATIVE, LEGACY, OLD_NORM, MONAI, TIMM_VOVNET, PYTORCHCV)
 # densedsl before 0.2 named the head's norm `norm{B+1}` (norm4 for a 3-block network).
 _HEAD_NORM = re.compile(r"^features\.norm(\d+)\.(.*)$")
 _MAX_LISTED = 8  # lines of each list in a message; the rest are counted
@@ -123,21 +126,103 @@ def _state_dict_of(obj: Any, name: str | None) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _normalise_key(key: str) -> tuple[str, str]:
-    """The key in densedsl's (torchvision's) layout, and the convention it was written in."""
+def _unwrapped(key: str) -> str:
     stripped = True
     while stripped:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key, stripped = key[len(prefix):], True
+    return key
+
+
+def _normalise_key(key: str, blocks: Mapping[tuple[str, str, str], int]) -> tuple[str, str]:
+    """The key (wrapper prefixes already stripped) in densedsl's (torchvision's) layout, and the
+    convention it was written in; `blocks` numbers the file's dense blocks (`_block_numbers`)."""
     if m := _LEGACY_KEY.match(key):
         return m.group(1) + m.group(2), LEGACY
     if m := _MONAI_LAYER.match(key):
         return f"{m.group(1)}.{m.group(2)}", MONAI
     if key.startswith(_MONAI_CLASSIFIER):
         return "classifier." + key.removeprefix(_MONAI_CLASSIFIER), MONAI
+    for convention, pattern, rename in _RELATIVES:
+        if m := pattern.match(key):
+            return rename(m, blocks), convention
     return key, NATIVE
+
+
+def _normalised_keys(keys) -> list[tuple[str, str, str]]:
+    """(the key as written, in densedsl's layout, its convention) for every key of a state_dict."""
+    unwrapped = [(key, _unwrapped(key)) for key in keys]
+    blocks = _block_numbers(k for _, k in unwrapped)
+    return [(raw, *_normalise_key(key, blocks)) for raw, key in unwrapped]
+
+
+# --- DenseNet's relatives as other libraries write them ----------------------------------------------
+# specs/vovnet39.dense and vovnet57.dense are timm's vovnet39a/vovnet57a, specs/sparsenet.dense,
+# densenet121.dense and hardnet*.dense pytorchcv's models, module for module and in the same
+# order (tests/test_relatives_weights.py): only the names differ. timm and pytorchcv's HarDNet
+# number a dense block by its stage and its place in the stage, densedsl through the network, so
+# the n-th (stage, block) pair the file holds, in numeric order, is densedsl's block n; pytorchcv's
+# DenseNet and SparseNet have one block a stage, whose transition opens the next stage.
+_OP = {"conv": "conv", "bn": "norm"}
+_STAGE_BLOCK = {  # the (stage, block) pair of a key that belongs to one dense block and its transition
+    TIMM_VOVNET: re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\."),
+    PYTORCHCV: re.compile(r"^features\.stage(\d+)\.unit(\d+)\.(?:blocks|conv|downsample)\."),
+}
+_HARDNET_UNIT = r"^features\.stage(\d+)\.unit(\d+)\."
+
+
+def _block_numbers(keys) -> dict[tuple[str, str, str], int]:
+    """(convention, stage, block) -> densedsl's 1-based block number, for the pairs the keys hold."""
+    pairs: dict[str, set[tuple[str, str]]] = {c: set() for c in _STAGE_BLOCK}
+    for key in keys:
+        for convention, pattern in _STAGE_BLOCK.items():
+            if m := pattern.match(key):
+                pairs[convention].add((m.group(1), m.group(2)))
+    return {(c, *pair): n for c, found in pairs.items()
+            for n, pair in enumerate(sorted(found, key=lambda p: (int(p[0]), int(p[1]))), 1)}
+
+
+def _rule(convention: str, pattern: str, rename):
+    return convention, re.compile(pattern), rename
+
+
+_RELATIVES = (
+    # timm's VoVNet (vovnet39a, vovnet57a): stem.i, stages.s.blocks.b.{conv_mid.l, conv_concat}, head.fc
+    _rule(TIMM_VOVNET, r"^stem\.(\d+)\.(conv|bn)\.(.+)$", lambda m, n: f"features.{_OP[m[2]]}{m[1]}.{m[3]}"),
+    _rule(TIMM_VOVNET, r"^stages\.(\d+)\.blocks\.(\d+)\.conv_mid\.(\d+)\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{n[TIMM_VOVNET, m[1], m[2]]}.denselayer{int(m[3]) + 1}."
+                       f"{_OP[m[4]]}1.{m[5]}"),
+    _rule(TIMM_VOVNET, r"^stages\.(\d+)\.blocks\.(\d+)\.conv_concat\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{n[TIMM_VOVNET, m[1], m[2]]}.{_OP[m[3]]}.{m[4]}"),
+    _rule(TIMM_VOVNET, r"^head\.fc\.(.+)$", lambda m, n: f"classifier.{m[1]}"),
+    # pytorchcv's stems: DenseNet/SparseNet init_block.{conv, bn}; HarDNet init_block.conv1, conv2
+    # and, in the DS models, a depthwise downsample (the stem's third conv)
+    _rule(PYTORCHCV, r"^features\.init_block\.(conv|bn)\.(.+)$", lambda m, n: f"features.{_OP[m[1]]}0.{m[2]}"),
+    _rule(PYTORCHCV, r"^features\.init_block\.conv(\d+)\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.{_OP[m[2]]}{int(m[1]) - 1}.{m[3]}"),
+    _rule(PYTORCHCV, r"^features\.init_block\.downsample\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.{_OP[m[1]]}2.{m[2]}"),
+    # DenseNet (stageS.unitL) and SparseNet (stageS.blocks.blockL): pre-activation bottleneck layers
+    _rule(PYTORCHCV, r"^features\.stage(\d+)\.(?:unit|blocks\.block)(\d+)\.conv([12])\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{m[1]}.denselayer{m[2]}.{_OP[m[4]]}{m[3]}.{m[5]}"),
+    _rule(PYTORCHCV, r"^features\.stage(\d+)\.trans\d*\.conv\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{int(m[1]) - 1}.{_OP[m[2]]}.{m[3]}"),
+    _rule(PYTORCHCV, r"^features\.post_activ\.bn\.(.+)$", lambda m, n: f"features.norm5.{m[1]}"),
+    # HarDNet: stageS.unitU.blocks.blockL (DS: pw_conv, dw_conv), the unit's 1x1 conv and (DS) its
+    # depthwise downsample
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"blocks\.block(\d+)\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{n[PYTORCHCV, m[1], m[2]]}.denselayer{m[3]}.{_OP[m[4]]}1.{m[5]}"),
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"blocks\.block(\d+)\.(pw|dw)_conv\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{n[PYTORCHCV, m[1], m[2]]}.denselayer{m[3]}."
+                       f"{_OP[m[5]]}{1 if m[4] == 'pw' else 2}.{m[6]}"),
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"conv\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{n[PYTORCHCV, m[1], m[2]]}.{_OP[m[3]]}.{m[4]}"),
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"downsample\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{n[PYTORCHCV, m[1], m[2]]}.dw{_OP[m[3]]}.{m[4]}"),
+    _rule(PYTORCHCV, r"^output\.(?:fc\.)?(weight|bias)$", lambda m, n: f"classifier.{m[1]}"),
+)
 
 
 def _old_head_norm(state: dict, own: Mapping) -> tuple[dict, bool]:
@@ -157,7 +242,7 @@ def weights_convention(weights: Any) -> str:
     """Which key layout a state_dict (or checkpoint, or path) is written in: one of CONVENTIONS."""
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     raw = read_weights_file(weights) if name is not None else weights
-    return _convention(_normalise_key(k)[1] for k in _state_dict_of(raw, name))
+    return _convention(c for _, _, c in _normalised_keys(_state_dict_of(raw, name)))
 
 
 def _convention(found) -> str:
@@ -196,8 +281,9 @@ def normalised_weights(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, 
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}   # densedsl key -> the key as the file wrote it
     found: set[str] = set()
-    for raw_key, value in _state_dict_of(raw, name).items():
-        key, convention = _normalise_key(raw_key)
+    raw_state = _state_dict_of(raw, name)
+    for raw_key, key, convention in _normalised_keys(raw_state):
+        value = raw_state[raw_key]
         if key in origin:
             raise _fail(f"the weights hold '{shown_key(key)}' twice: as '{shown_key(origin[key])}' and as "
                         f"'{shown_key(raw_key)}'", "keep one of the two keys (a state_dict names each "
