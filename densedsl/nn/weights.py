@@ -16,7 +16,7 @@ import pickle
 import re
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,7 @@ def _unwrapped(key: str) -> str:
     return key
 
 
-def _normalise_key(key: str, blocks: Mapping[tuple[str, str, str], int]) -> tuple[str, str]:
+def _normalise_key(key: str, blocks: BlockNumbers) -> tuple[str, str]:
     """The key (wrapper prefixes already stripped) in densedsl's (torchvision's) layout, and the
     convention it was written in; `blocks` numbers the file's dense blocks (`_block_numbers`)."""
     if m := _LEGACY_KEY.match(key):
@@ -151,7 +151,7 @@ def _normalise_key(key: str, blocks: Mapping[tuple[str, str, str], int]) -> tupl
     return key, NATIVE
 
 
-def _normalised_keys(keys) -> list[tuple[str, str, str]]:
+def _normalised_keys(keys: Iterable[str]) -> list[tuple[str, str, str]]:
     """(the key as written, in densedsl's layout, its convention) for every key of a state_dict."""
     unwrapped = [(key, _unwrapped(key)) for key in keys]
     blocks = _block_numbers(k for _, k in unwrapped)
@@ -173,7 +173,7 @@ _STAGE_BLOCK = {  # the (stage, block) pair of a key that belongs to one dense b
 _HARDNET_UNIT = r"^features\.stage(\d+)\.unit(\d+)\."
 
 
-def _block_numbers(keys) -> dict[tuple[str, str, str], int]:
+def _block_numbers(keys: Iterable[str]) -> dict[tuple[str, str, str], int]:
     """(convention, stage, block) -> densedsl's 1-based block number, for the pairs the keys hold."""
     pairs: dict[str, set[tuple[str, str]]] = {c: set() for c in _STAGE_BLOCK}
     for key in keys:
@@ -184,8 +184,30 @@ def _block_numbers(keys) -> dict[tuple[str, str, str], int]:
             for n, pair in enumerate(sorted(found, key=lambda p: (int(p[0]), int(p[1]))), 1)}
 
 
-def _rule(convention: str, pattern: str, rename):
+BlockNumbers = Mapping[tuple[str, str, str], int]   # what _block_numbers returns
+
+
+def _rule(convention: str, pattern: str, rename: Callable[[re.Match[str], BlockNumbers], str]
+          ) -> tuple[str, re.Pattern[str], Callable[[re.Match[str], BlockNumbers], str]]:
     return convention, re.compile(pattern), rename
+
+
+# Relatives whose weights name modules densedsl's specs do not have, and why no spec can.
+_UNSAYABLE = (
+    (re.compile(r"^features\.stage\d+\.unit\d+\.(?:branches|concat_conv)\."),
+     ("these are pytorchcv's VoVNet weights: it adds a residual around every OSA block but a stage's "
+      "first, which no spec can say; specs/vovnet39.dense and vovnet57.dense are timm's vovnet39a and "
+      "vovnet57a, whose weights load")),
+    (re.compile(r"^stages\.\d+\.blocks\.\d+\.attn\."),
+     ("these are weights of one of timm's ese_/eca_ VoVNets: an attention module (and a residual) per "
+      "OSA block, which no spec can say; timm's vovnet39a and vovnet57a load into specs/vovnet39.dense "
+      "and vovnet57.dense")),
+)
+
+
+def _unsayable(keys: Iterable[str]) -> list[str]:
+    """Why a file's keys that no model built from a spec has cannot be loaded, where it is known."""
+    return [why for pattern, why in _UNSAYABLE if any(pattern.match(_unwrapped(k)) for k in keys)]
 
 
 _RELATIVES = (
@@ -276,11 +298,19 @@ def normalised_weights(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, 
     for a model whose own state_dict is `own`. `weights`: a state_dict, a checkpoint dict with a
     'model' entry, or a path. Two keys that name one tensor (`norm1.weight` beside the legacy
     `norm.1.weight`, `module.x` beside `x`) are E908: which of the two was meant is unknowable."""
+    state, convention, _ = _normalised(weights, own)
+    return state, convention
+
+
+def _normalised(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str, dict[str, str]]:
+    """`normalised_weights`, and the key each tensor had in the file where a relative's layout
+    (timm's, pytorchcv's) renamed it, for messages: their names share nothing with densedsl's."""
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     raw = read_weights_file(weights) if name is not None else weights
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}   # densedsl key -> the key as the file wrote it
     found: set[str] = set()
+    relatives: dict[str, str] = {}
     raw_state = _state_dict_of(raw, name)
     for raw_key, key, convention in _normalised_keys(raw_state):
         value = raw_state[raw_key]
@@ -290,10 +320,12 @@ def normalised_weights(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, 
                         "tensor once); the file mixes two models' weights, or two key conventions", file=name)
         state[key], origin[key] = value, raw_key
         found.add(convention)
+        if convention in (TIMM_VOVNET, PYTORCHCV):
+            relatives[key] = raw_key
     state, renamed = _old_head_norm(state, own)
     if renamed:
         found.add(OLD_NORM)
-    return state, _convention(found)
+    return state, _convention(found), relatives
 
 
 # --- how weights fit a model -----------------------------------------------------------------------
@@ -418,20 +450,25 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True, cli: bo
     """
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     own = model.state_dict()
-    state, convention = normalised_weights(weights, own)
+    state, convention, file_keys = _normalised(weights, own)
+
+    def named(key: str) -> str:  # a renamed key with the name the file gave it
+        return shown_key(key) + (f" (the file's {shown_key(file_keys[key])})" if key in file_keys else "")
+
     f = fit(state, own)
     missing, unexpected = (f.missing, f.unexpected) if strict else ((), ())
     if f.unusable or f.reshaped or missing or unexpected:
         counts = [f"{len(x)} {label}" for x, label in ((f.unusable, "unusable"), (missing, "missing"),
                                                       (unexpected, "unexpected"),
                                                       (f.reshaped, "with a different shape")) if x]
-        lines = [f"the weights ({convention} layout) do not fit the model: {', '.join(counts)}", *f.cause()]
+        lines = [f"the weights ({convention} layout) do not fit the model: {', '.join(counts)}", *f.cause(),
+                 *_unsayable(f.unexpected)]
         lines += _listing("unusable values", list(f.unusable)) if f.unusable else []
         lines += _listing("missing from the weights", [f"{shown_key(k)} ({_shape(own[k])})" for k in missing]) \
             if missing else []
-        lines += _listing("not in the model", [f"{shown_key(k)} ({_shape(state[k])})" for k in unexpected]) \
+        lines += _listing("not in the model", [f"{named(k)} ({_shape(state[k])})" for k in unexpected]) \
             if unexpected else []
-        lines += _listing("different shapes", [f"{shown_key(k)}: model {a}, weights {b}" for k, a, b in f.reshaped]) \
+        lines += _listing("different shapes", [f"{named(k)}: model {a}, weights {b}" for k, a, b in f.reshaped]) \
             if f.reshaped else []
         hint = _RANK_HINT if f.ranks else UNUSABLE_HINT if f.unusable and not f.reshaped else _HINT + _HINTS[cli]
         raise _fail("\n".join(lines), hint, file=name, missing=f.missing, unexpected=f.unexpected,
