@@ -440,8 +440,9 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True, cli: bo
     holds neither).
 
     Keys saved from DistributedDataParallel (`module.`) or torch.compile (`_orig_mod.`),
-    torchvision's legacy `norm.1`-style keys and MONAI's DenseNet layout (`denselayerN.layers.…`,
-    `class_layers.out`) are renamed; the convention recognised is reported in the error message
+    torchvision's legacy `norm.1`-style keys, MONAI's DenseNet layout (`denselayerN.layers.…`,
+    `class_layers.out`), timm's VoVNet and pytorchcv's DenseNet, SparseNet and HarDNet
+    (`_RELATIVES`) are renamed; the convention recognised is reported in the error message
     and kept as `model.weights_convention`. Missing, unexpected and wrongly shaped keys, and
     values no model can take (not a tensor, sparse or meta, complex, boolean or integer where
     the model holds floats, NaN or infinity) are all reported in one WeightsError (E908);
