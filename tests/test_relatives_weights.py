@@ -203,3 +203,13 @@ def test_blocks_are_numbered_in_numeric_order_past_nine():
     state, convention = normalised_weights(theirs, {})
     assert convention == TIMM_VOVNET
     assert [float(state[f"features.transition{n}.conv.weight"]) for n in range(1, 13)] == list(map(float, range(12)))
+
+
+def test_a_classifier_alone_is_not_taken_for_a_relatives():
+    """`head.fc` and `output` name many models' classifiers (timm's ConvNeXt, any nn.Module with
+    an `output` layer): without a VoVNet or pytorchcv body beside them they keep their names."""
+    for key in ("head.fc.weight", "output.weight", "output.fc.weight"):
+        state = {key: torch.zeros(1000, 1024), "features.conv0.weight": torch.zeros(64, 3, 7, 7)}
+        renamed, convention = normalised_weights(state, {})
+        assert (list(renamed), convention) == ([key, "features.conv0.weight"], weights_convention(state))
+        assert convention == "densedsl/torchvision"

@@ -126,6 +126,9 @@ def _state_dict_of(obj: Any, name: str | None) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+BlockNumbers = Mapping[tuple[str, str, str], int]   # what _block_numbers returns
+
+
 def _unwrapped(key: str) -> str:
     stripped = True
     while stripped:
@@ -146,8 +149,8 @@ def _normalise_key(key: str, blocks: BlockNumbers) -> tuple[str, str]:
     if key.startswith(_MONAI_CLASSIFIER):
         return "classifier." + key.removeprefix(_MONAI_CLASSIFIER), MONAI
     for convention, pattern, rename in _RELATIVES:
-        if m := pattern.match(key):
-            return rename(m, blocks), convention
+        if (m := pattern.match(key)) and (renamed := rename(m, blocks)) is not None:
+            return renamed, convention
     return key, NATIVE
 
 
@@ -173,22 +176,35 @@ _STAGE_BLOCK = {  # the (stage, block) pair of a key that belongs to one dense b
 _HARDNET_UNIT = r"^features\.stage(\d+)\.unit(\d+)\."
 
 
+# A classifier named `head.fc` or `output` is many libraries' and models'; it is renamed only in
+# a file whose body is the relative's (else it stays unexpected, under its own name).
+_BODY = {TIMM_VOVNET: re.compile(r"^stages\.\d+\.blocks\.\d+\.conv_(?:mid|concat)\."),
+         PYTORCHCV: re.compile(r"^features\.(?:init_block|stage\d+|post_activ)\.")}
+
+
 def _block_numbers(keys: Iterable[str]) -> dict[tuple[str, str, str], int]:
-    """(convention, stage, block) -> densedsl's 1-based block number, for the pairs the keys hold."""
+    """(convention, stage, block) -> densedsl's 1-based block number, for the pairs the keys hold;
+    (convention, "", "") -> 0 when the file holds that relative's body (`_BODY`)."""
     pairs: dict[str, set[tuple[str, str]]] = {c: set() for c in _STAGE_BLOCK}
+    bodies: set[str] = set()
     for key in keys:
         for convention, pattern in _STAGE_BLOCK.items():
             if m := pattern.match(key):
                 pairs[convention].add((m.group(1), m.group(2)))
-    return {(c, *pair): n for c, found in pairs.items()
-            for n, pair in enumerate(sorted(found, key=lambda p: (int(p[0]), int(p[1]))), 1)}
+        bodies.update(c for c, pattern in _BODY.items() if pattern.match(key))
+    numbers = {(c, *pair): n for c, found in pairs.items()
+               for n, pair in enumerate(sorted(found, key=lambda p: (int(p[0]), int(p[1]))), 1)}
+    return numbers | {(c, "", ""): 0 for c in bodies}
 
 
-BlockNumbers = Mapping[tuple[str, str, str], int]   # what _block_numbers returns
+Rename = Callable[[re.Match[str], BlockNumbers], str | None]  # None: not this relative's key after all
 
 
-def _rule(convention: str, pattern: str, rename: Callable[[re.Match[str], BlockNumbers], str]
-          ) -> tuple[str, re.Pattern[str], Callable[[re.Match[str], BlockNumbers], str]]:
+def _classifier(convention: str) -> Rename:
+    return lambda m, n: f"classifier.{m[1]}" if (convention, "", "") in n else None
+
+
+def _rule(convention: str, pattern: str, rename: Rename) -> tuple[str, re.Pattern[str], Rename]:
     return convention, re.compile(pattern), rename
 
 
@@ -218,7 +234,7 @@ _RELATIVES = (
                        f"{_OP[m[4]]}1.{m[5]}"),
     _rule(TIMM_VOVNET, r"^stages\.(\d+)\.blocks\.(\d+)\.conv_concat\.(conv|bn)\.(.+)$",
           lambda m, n: f"features.transition{n[TIMM_VOVNET, m[1], m[2]]}.{_OP[m[3]]}.{m[4]}"),
-    _rule(TIMM_VOVNET, r"^head\.fc\.(.+)$", lambda m, n: f"classifier.{m[1]}"),
+    _rule(TIMM_VOVNET, r"^head\.fc\.(.+)$", _classifier(TIMM_VOVNET)),
     # pytorchcv's stems: DenseNet/SparseNet init_block.{conv, bn}; HarDNet init_block.conv1, conv2
     # and, in the DS models, a depthwise downsample (the stem's third conv)
     _rule(PYTORCHCV, r"^features\.init_block\.(conv|bn)\.(.+)$", lambda m, n: f"features.{_OP[m[1]]}0.{m[2]}"),
@@ -243,7 +259,7 @@ _RELATIVES = (
           lambda m, n: f"features.transition{n[PYTORCHCV, m[1], m[2]]}.{_OP[m[3]]}.{m[4]}"),
     _rule(PYTORCHCV, _HARDNET_UNIT + r"downsample\.(conv|bn)\.(.+)$",
           lambda m, n: f"features.transition{n[PYTORCHCV, m[1], m[2]]}.dw{_OP[m[3]]}.{m[4]}"),
-    _rule(PYTORCHCV, r"^output\.(?:fc\.)?(weight|bias)$", lambda m, n: f"classifier.{m[1]}"),
+    _rule(PYTORCHCV, r"^output\.(?:fc\.)?(weight|bias)$", _classifier(PYTORCHCV)),
 )
 
 
