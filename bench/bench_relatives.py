@@ -161,7 +161,7 @@ def main(argv=None) -> int:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    meta = {"command": "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + (argv or sys.argv[1:])),
+    meta = {"command": "python " + " ".join([str(Path(__file__).resolve().relative_to(ROOT))] + (argv or sys.argv[1:])),
             "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
             "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "load_before": load_before, "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
