@@ -150,6 +150,7 @@ PYTORCHCV_MODELS = [
     ("sparsenet", "sparsenet121", "sparsenet.dense", (0.5, 1.5), torch.float32),
     ("densenet", "densenet121", "densenet121.dense", (0.5, 1.5), torch.float32),
     ("hardnet", "hardnet68", "hardnet68 with ReLU layers", (0.02, 0.1), torch.float64),
+    ("hardnet", "hardnet85", "hardnet85 with ReLU layers", (0.02, 0.1), torch.float64),
     ("hardnet", "hardnet39ds", "hardnet39ds.dense", (0.02, 0.1), torch.float64),
 ]
 
