@@ -3,7 +3,8 @@
 `read_weights_file` checks the file before torch sees it (a regular file: E912; every zip record
 against its CRC-32: E913, `verify_archive`) and loads it with `torch.load(weights_only=True)`;
 `normalised_weights` renames other libraries' key conventions (DistributedDataParallel,
-torch.compile, torchvision's legacy keys, MONAI) to densedsl's; `load_weights` loads them,
+torch.compile, torchvision's legacy keys, MONAI, timm's VoVNet, pytorchcv's DenseNet, SparseNet and
+HarDNet) to densedsl's; `load_weights` loads them,
 listing every mismatch in one `WeightsError` (E908). The training side (`checkpoints`,
 `transfer`) builds on this module; nothing here imports it.
 """
@@ -15,7 +16,7 @@ import pickle
 import re
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ _MONAI_CLASSIFIER = "class_layers.out."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 NATIVE, LEGACY, OLD_NORM, MONAI = ("densedsl/torchvision", "torchvision (legacy keys)",
                                    "densedsl before norm5", "MONAI")
-CONVENTIONS = (NATIVE, LEGACY, OLD_NORM, MONAI)  # a state_dict's is the last one any key shows
+TIMM_VOVNET, PYTORCHCV = "timm VoVNet", "pytorchcv"
+# a state_dict's is the last one any key shows
+CONVENTIONS = (NATIVE, LEGACY, OLD_NORM, MONAI, TIMM_VOVNET, PYTORCHCV)
 # densedsl before 0.2 named the head's norm `norm{B+1}` (norm4 for a 3-block network).
 _HEAD_NORM = re.compile(r"^features\.norm(\d+)\.(.*)$")
 _MAX_LISTED = 8  # lines of each list in a message; the rest are counted
@@ -123,21 +126,141 @@ def _state_dict_of(obj: Any, name: str | None) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _normalise_key(key: str) -> tuple[str, str]:
-    """The key in densedsl's (torchvision's) layout, and the convention it was written in."""
+BlockNumbers = Mapping[tuple[str, str, str], int]   # what _block_numbers returns
+
+
+def _unwrapped(key: str) -> str:
     stripped = True
     while stripped:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key, stripped = key[len(prefix):], True
+    return key
+
+
+def _normalise_key(key: str, blocks: BlockNumbers) -> tuple[str, str]:
+    """The key (wrapper prefixes already stripped) in densedsl's (torchvision's) layout, and the
+    convention it was written in; `blocks` numbers the file's dense blocks (`_block_numbers`)."""
     if m := _LEGACY_KEY.match(key):
         return m.group(1) + m.group(2), LEGACY
     if m := _MONAI_LAYER.match(key):
         return f"{m.group(1)}.{m.group(2)}", MONAI
     if key.startswith(_MONAI_CLASSIFIER):
         return "classifier." + key.removeprefix(_MONAI_CLASSIFIER), MONAI
+    for convention, pattern, rename in _RELATIVES:
+        if (m := pattern.match(key)) and (renamed := rename(m, blocks)) is not None:
+            return renamed, convention
     return key, NATIVE
+
+
+def _normalised_keys(keys: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(the key as written, in densedsl's layout, its convention) for every key of a state_dict."""
+    unwrapped = [(key, _unwrapped(key)) for key in keys]
+    blocks = _block_numbers(k for _, k in unwrapped)
+    return [(raw, *_normalise_key(key, blocks)) for raw, key in unwrapped]
+
+
+# --- DenseNet's relatives as other libraries write them ----------------------------------------------
+# specs/vovnet39.dense and vovnet57.dense are timm's vovnet39a/vovnet57a, specs/sparsenet.dense,
+# densenet121.dense and hardnet*.dense pytorchcv's models, module for module and in the same
+# order (tests/test_relatives_weights.py): only the names differ. timm and pytorchcv's HarDNet
+# number a dense block by its stage and its place in the stage, densedsl through the network, so
+# the n-th (stage, block) pair the file holds, in numeric order, is densedsl's block n; pytorchcv's
+# DenseNet and SparseNet have one block a stage, whose transition opens the next stage.
+_OP = {"conv": "conv", "bn": "norm"}
+_STAGE_BLOCK = {  # the (stage, block) pair of a key that belongs to one dense block and its transition
+    TIMM_VOVNET: re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\."),
+    PYTORCHCV: re.compile(r"^features\.stage(\d+)\.unit(\d+)\.(?:blocks|conv|downsample)\."),
+}
+_HARDNET_UNIT = r"^features\.stage(\d+)\.unit(\d+)\."
+
+
+# A classifier named `head.fc` or `output` is many libraries' and models'; it is renamed only in
+# a file whose body is the relative's (else it stays unexpected, under its own name).
+_BODY = {TIMM_VOVNET: re.compile(r"^stages\.\d+\.blocks\.\d+\.conv_(?:mid|concat)\."),
+         PYTORCHCV: re.compile(r"^features\.(?:init_block|stage\d+|post_activ)\.")}
+
+
+def _block_numbers(keys: Iterable[str]) -> dict[tuple[str, str, str], int]:
+    """(convention, stage, block) -> densedsl's 1-based block number, for the pairs the keys hold;
+    (convention, "", "") -> 0 when the file holds that relative's body (`_BODY`)."""
+    pairs: dict[str, set[tuple[str, str]]] = {c: set() for c in _STAGE_BLOCK}
+    bodies: set[str] = set()
+    for key in keys:
+        for convention, pattern in _STAGE_BLOCK.items():
+            if m := pattern.match(key):
+                pairs[convention].add((m.group(1), m.group(2)))
+        bodies.update(c for c, pattern in _BODY.items() if pattern.match(key))
+    numbers = {(c, *pair): n for c, found in pairs.items()
+               for n, pair in enumerate(sorted(found, key=lambda p: (int(p[0]), int(p[1]))), 1)}
+    return numbers | {(c, "", ""): 0 for c in bodies}
+
+
+Rename = Callable[[re.Match[str], BlockNumbers], str | None]  # None: not this relative's key after all
+
+
+def _classifier(convention: str) -> Rename:
+    return lambda m, n: f"classifier.{m[1]}" if (convention, "", "") in n else None
+
+
+def _rule(convention: str, pattern: str, rename: Rename) -> tuple[str, re.Pattern[str], Rename]:
+    return convention, re.compile(pattern), rename
+
+
+# Relatives whose weights name modules densedsl's specs do not have, and why no spec can.
+_UNSAYABLE = (
+    (re.compile(r"^features\.stage\d+\.unit\d+\.(?:branches|concat_conv)\."),
+     ("these are pytorchcv's VoVNet weights: it adds a residual around every OSA block but a stage's "
+      "first, which no spec can say; specs/vovnet39.dense and vovnet57.dense are timm's vovnet39a and "
+      "vovnet57a, whose weights load")),
+    (re.compile(r"^stages\.\d+\.blocks\.\d+\.attn\."),
+     ("these are weights of one of timm's ese_/eca_ VoVNets: an attention module (and a residual) per "
+      "OSA block, which no spec can say; timm's vovnet39a and vovnet57a load into specs/vovnet39.dense "
+      "and vovnet57.dense")),
+)
+
+
+def _unsayable(keys: Iterable[str]) -> list[str]:
+    """Why a file's keys that no model built from a spec has cannot be loaded, where it is known."""
+    return [why for pattern, why in _UNSAYABLE if any(pattern.match(_unwrapped(k)) for k in keys)]
+
+
+_RELATIVES = (
+    # timm's VoVNet (vovnet39a, vovnet57a): stem.i, stages.s.blocks.b.{conv_mid.l, conv_concat}, head.fc
+    _rule(TIMM_VOVNET, r"^stem\.(\d+)\.(conv|bn)\.(.+)$", lambda m, n: f"features.{_OP[m[2]]}{m[1]}.{m[3]}"),
+    _rule(TIMM_VOVNET, r"^stages\.(\d+)\.blocks\.(\d+)\.conv_mid\.(\d+)\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{n[TIMM_VOVNET, m[1], m[2]]}.denselayer{int(m[3]) + 1}."
+                       f"{_OP[m[4]]}1.{m[5]}"),
+    _rule(TIMM_VOVNET, r"^stages\.(\d+)\.blocks\.(\d+)\.conv_concat\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{n[TIMM_VOVNET, m[1], m[2]]}.{_OP[m[3]]}.{m[4]}"),
+    _rule(TIMM_VOVNET, r"^head\.fc\.(.+)$", _classifier(TIMM_VOVNET)),
+    # pytorchcv's stems: DenseNet/SparseNet init_block.{conv, bn}; HarDNet init_block.conv1, conv2
+    # and, in the DS models, a depthwise downsample (the stem's third conv)
+    _rule(PYTORCHCV, r"^features\.init_block\.(conv|bn)\.(.+)$", lambda m, n: f"features.{_OP[m[1]]}0.{m[2]}"),
+    _rule(PYTORCHCV, r"^features\.init_block\.conv(\d+)\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.{_OP[m[2]]}{int(m[1]) - 1}.{m[3]}"),
+    _rule(PYTORCHCV, r"^features\.init_block\.downsample\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.{_OP[m[1]]}2.{m[2]}"),
+    # DenseNet (stageS.unitL) and SparseNet (stageS.blocks.blockL): pre-activation bottleneck layers
+    _rule(PYTORCHCV, r"^features\.stage(\d+)\.(?:unit|blocks\.block)(\d+)\.conv([12])\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{m[1]}.denselayer{m[2]}.{_OP[m[4]]}{m[3]}.{m[5]}"),
+    _rule(PYTORCHCV, r"^features\.stage(\d+)\.trans\d*\.conv\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{int(m[1]) - 1}.{_OP[m[2]]}.{m[3]}"),
+    _rule(PYTORCHCV, r"^features\.post_activ\.bn\.(.+)$", lambda m, n: f"features.norm5.{m[1]}"),
+    # HarDNet: stageS.unitU.blocks.blockL (DS: pw_conv, dw_conv), the unit's 1x1 conv and (DS) its
+    # depthwise downsample
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"blocks\.block(\d+)\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{n[PYTORCHCV, m[1], m[2]]}.denselayer{m[3]}.{_OP[m[4]]}1.{m[5]}"),
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"blocks\.block(\d+)\.(pw|dw)_conv\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.denseblock{n[PYTORCHCV, m[1], m[2]]}.denselayer{m[3]}."
+                       f"{_OP[m[5]]}{1 if m[4] == 'pw' else 2}.{m[6]}"),
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"conv\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{n[PYTORCHCV, m[1], m[2]]}.{_OP[m[3]]}.{m[4]}"),
+    _rule(PYTORCHCV, _HARDNET_UNIT + r"downsample\.(conv|bn)\.(.+)$",
+          lambda m, n: f"features.transition{n[PYTORCHCV, m[1], m[2]]}.dw{_OP[m[3]]}.{m[4]}"),
+    _rule(PYTORCHCV, r"^output\.(?:fc\.)?(weight|bias)$", _classifier(PYTORCHCV)),
+)
 
 
 def _old_head_norm(state: dict, own: Mapping) -> tuple[dict, bool]:
@@ -157,7 +280,7 @@ def weights_convention(weights: Any) -> str:
     """Which key layout a state_dict (or checkpoint, or path) is written in: one of CONVENTIONS."""
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     raw = read_weights_file(weights) if name is not None else weights
-    return _convention(_normalise_key(k)[1] for k in _state_dict_of(raw, name))
+    return _convention(c for _, _, c in _normalised_keys(_state_dict_of(raw, name)))
 
 
 def _convention(found) -> str:
@@ -191,23 +314,34 @@ def normalised_weights(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, 
     for a model whose own state_dict is `own`. `weights`: a state_dict, a checkpoint dict with a
     'model' entry, or a path. Two keys that name one tensor (`norm1.weight` beside the legacy
     `norm.1.weight`, `module.x` beside `x`) are E908: which of the two was meant is unknowable."""
+    state, convention, _ = _normalised(weights, own)
+    return state, convention
+
+
+def _normalised(weights: Any, own: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str, dict[str, str]]:
+    """`normalised_weights`, and the key each tensor had in the file where a relative's layout
+    (timm's, pytorchcv's) renamed it, for messages: their names share nothing with densedsl's."""
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     raw = read_weights_file(weights) if name is not None else weights
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}   # densedsl key -> the key as the file wrote it
     found: set[str] = set()
-    for raw_key, value in _state_dict_of(raw, name).items():
-        key, convention = _normalise_key(raw_key)
+    relatives: dict[str, str] = {}
+    raw_state = _state_dict_of(raw, name)
+    for raw_key, key, convention in _normalised_keys(raw_state):
+        value = raw_state[raw_key]
         if key in origin:
             raise _fail(f"the weights hold '{shown_key(key)}' twice: as '{shown_key(origin[key])}' and as "
                         f"'{shown_key(raw_key)}'", "keep one of the two keys (a state_dict names each "
                         "tensor once); the file mixes two models' weights, or two key conventions", file=name)
         state[key], origin[key] = value, raw_key
         found.add(convention)
+        if convention in (TIMM_VOVNET, PYTORCHCV):
+            relatives[key] = raw_key
     state, renamed = _old_head_norm(state, own)
     if renamed:
         found.add(OLD_NORM)
-    return state, _convention(found)
+    return state, _convention(found), relatives
 
 
 # --- how weights fit a model -----------------------------------------------------------------------
@@ -322,8 +456,9 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True, cli: bo
     holds neither).
 
     Keys saved from DistributedDataParallel (`module.`) or torch.compile (`_orig_mod.`),
-    torchvision's legacy `norm.1`-style keys and MONAI's DenseNet layout (`denselayerN.layers.…`,
-    `class_layers.out`) are renamed; the convention recognised is reported in the error message
+    torchvision's legacy `norm.1`-style keys, MONAI's DenseNet layout (`denselayerN.layers.…`,
+    `class_layers.out`), timm's VoVNet and pytorchcv's DenseNet, SparseNet and HarDNet
+    (`_RELATIVES`) are renamed; the convention recognised is reported in the error message
     and kept as `model.weights_convention`. Missing, unexpected and wrongly shaped keys, and
     values no model can take (not a tensor, sparse or meta, complex, boolean or integer where
     the model holds floats, NaN or infinity) are all reported in one WeightsError (E908);
@@ -332,20 +467,25 @@ def load_weights(model: nn.Module, weights: Any, *, strict: bool = True, cli: bo
     """
     name = str(weights) if isinstance(weights, (str, os.PathLike)) else None
     own = model.state_dict()
-    state, convention = normalised_weights(weights, own)
+    state, convention, file_keys = _normalised(weights, own)
+
+    def named(key: str) -> str:  # a renamed key with the name the file gave it
+        return shown_key(key) + (f" (the file's {shown_key(file_keys[key])})" if key in file_keys else "")
+
     f = fit(state, own)
     missing, unexpected = (f.missing, f.unexpected) if strict else ((), ())
     if f.unusable or f.reshaped or missing or unexpected:
         counts = [f"{len(x)} {label}" for x, label in ((f.unusable, "unusable"), (missing, "missing"),
                                                       (unexpected, "unexpected"),
                                                       (f.reshaped, "with a different shape")) if x]
-        lines = [f"the weights ({convention} layout) do not fit the model: {', '.join(counts)}", *f.cause()]
+        lines = [f"the weights ({convention} layout) do not fit the model: {', '.join(counts)}", *f.cause(),
+                 *_unsayable(f.unexpected)]
         lines += _listing("unusable values", list(f.unusable)) if f.unusable else []
         lines += _listing("missing from the weights", [f"{shown_key(k)} ({_shape(own[k])})" for k in missing]) \
             if missing else []
-        lines += _listing("not in the model", [f"{shown_key(k)} ({_shape(state[k])})" for k in unexpected]) \
+        lines += _listing("not in the model", [f"{named(k)} ({_shape(state[k])})" for k in unexpected]) \
             if unexpected else []
-        lines += _listing("different shapes", [f"{shown_key(k)}: model {a}, weights {b}" for k, a, b in f.reshaped]) \
+        lines += _listing("different shapes", [f"{named(k)}: model {a}, weights {b}" for k, a, b in f.reshaped]) \
             if f.reshaped else []
         hint = _RANK_HINT if f.ranks else UNUSABLE_HINT if f.unusable and not f.reshaped else _HINT + _HINTS[cli]
         raise _fail("\n".join(lines), hint, file=name, missing=f.missing, unexpected=f.unexpected,
