@@ -77,8 +77,9 @@ def test_sparsenet121_expect_lines_state_pytorchcvs_figures():
 
 
 # --- HarDNet: harmonic links, odd emits, post-activation ReLU6 layers and transitions -----------
-# pytorchcv's HarDNet uses ReLU where the official code (and these specs) have ReLU6: the counts
-# are equal, the outputs differ, so only counts and shapes are compared.
+# pytorchcv's HarDNet layers use ReLU where the official code (and these specs) have ReLU6 (its
+# stem and transitions keep ReLU6): counts and shapes are compared here; with `act=relu` the specs
+# compute pytorchcv's outputs from its weights (tests/test_relatives_weights.py).
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, params", [("hardnet68", 17_565_348), ("hardnet85", 36_670_212)])

@@ -135,12 +135,10 @@ def _pytorchcv(module: str, name: str) -> torch.nn.Module:
 
 
 def _hardnet_with_relu_layers(name: str) -> densedsl.Spec:
-    """The spec with its dense layers' activation ReLU (stem and transitions keep ReLU6):
-    pytorchcv's HarDNet-68/85, whose harmonic layers are `conv3x3_block`s with its default ReLU."""
-    text = (SPECS / f"{name}.dense").read_text()
-    defaults = "order=post activation=relu6 bottleneck=off"
-    assert text.count(defaults) == 1
-    return densedsl.parse(text.replace(defaults, "order=post activation=relu bottleneck=off"))
+    """The spec's `act=relu`: its dense layers' activation ReLU (stem and transitions keep
+    ReLU6), pytorchcv's HarDNet-68/85, whose harmonic layers are `conv3x3_block`s with its
+    default ReLU."""
+    return densedsl.load(SPECS / f"{name}.dense", params={"act": "relu"})
 
 
 # (module, name, spec, BN running variance, dtype). HarDNet's small variances make its ReLU6s clamp; the network then amplifies
