@@ -32,26 +32,95 @@ from torch import Tensor, nn
 
 from .model import DenseBlock, DenseLayer, DenseNet, DenseNetFeatures, Transition, exporting
 
-_CHANNELS_LAST = torch.channels_last
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
+_BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
+_CONV_FN = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by the weight's (and the map's) dim
+
+# Whether CPU inference lays a map of this dim out channels-innermost ("channels_last": NLC,
+# NHWC, NDHWC), measured per rank on DenseNet-121 against contiguous (/tmp/bench_layout.py in
+# issue 25's report):
+CHANNELS_INNER = {3: False, 4: True, 5: True}
+
+
+def _channels_inner_order(dim: int) -> tuple[int, ...]:
+    return (0, *range(2, dim), 1)
 
 
 def _is_channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=_CHANNELS_LAST)
+    """Channels innermost and not plain contiguous (a map of dim 3, 4 or 5)."""
+    return (3 <= x.dim() <= 5 and not x.is_contiguous()
+            and x.permute(_channels_inner_order(x.dim())).is_contiguous())
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """`x` with channels innermost (N, *spatial, C in memory; torch's channels_last(_3d) for 4-D
+    and 5-D, strides torch has no memory_format for in 3-D). Always real channels_last strides:
+    with one channel torch's `contiguous(memory_format=...)` keeps NCHW strides (it counts them
+    as channels_last), and oneDNN then lays every later map out NCHW (a 1-channel volume or
+    image ran the whole network NCDHW)."""
+    if x.stride(1) == 1 and x.permute(_channels_inner_order(x.dim())).is_contiguous():
+        return x
+    return _empty(tuple(x.shape), x, True).copy_(x)
+
+
+def _empty(shape: tuple[int, ...], like: Tensor, channels_inner: bool, dtype: torch.dtype | None = None) -> Tensor:
+    dtype = like.dtype if dtype is None else dtype
+    if not channels_inner:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    order = _channels_inner_order(len(shape))
+    back = sorted(range(len(shape)), key=order.__getitem__)
+    return torch.empty([shape[i] for i in order], dtype=dtype, device=like.device).permute(back)
 
 
 def _inference_format(x: Tensor) -> Tensor:
-    """CPU inference runs channels_last whatever the caller's layout: oneDNN convolves NHWC
-    directly, while NCHW costs a reorder around every conv (DenseNet-121, batch 8: about 1.2x
-    faster, bench/bench_compiler.py). `_caller_format` gives 4-D results back in the caller's."""
-    if x.device.type == "cpu" and x.dim() == 4:
-        return x.contiguous(memory_format=_CHANNELS_LAST)
+    """CPU inference of 2-D and 3-D maps runs channels_last whatever the caller's layout:
+    oneDNN convolves NHWC / NDHWC directly, while NCHW costs a reorder around every conv
+    (DenseNet-121, batch 8: about 1.2x faster, bench/bench_compiler.py; 3-D: see
+    CHANNELS_INNER). `_caller_format` gives the results back in the caller's layout."""
+    if x.device.type == "cpu" and CHANNELS_INNER.get(x.dim(), False):
+        return _channels_last(x)
     return x
 
 
 def _caller_format(y: Tensor, x: Tensor) -> Tensor:
-    if y.dim() == 4 and x.dim() == 4 and x.is_contiguous() and not y.is_contiguous():
+    if y.dim() == x.dim() and 3 <= x.dim() <= 5 and x.is_contiguous() and not y.is_contiguous():
         return y.contiguous()
     return y
+
+
+def _unpadded(pool: nn.Module) -> bool:
+    padding = getattr(pool, "padding", None)  # an int, or a tuple (AvgPool1d keeps (p,))
+    return padding is not None and all(p == 0 for p in (padding if isinstance(padding, tuple) else (padding,)))
+
+
+def _inference_weight(weight: Tensor, like: Tensor) -> Tensor:
+    """A folded conv weight in the layout its maps have: channels_last on the CPU where the
+    rank's inference runs so (CHANNELS_INNER), or where the caller laid the conv out so."""
+    if (weight.device.type == "cpu" and CHANNELS_INNER.get(weight.dim(), False)) or _is_channels_last(like):
+        return _channels_last(weight)
+    return weight
+
+
+def _same_layout(y: Tensor, x: Tensor) -> Tensor:
+    """`y` channels_last where `x` was: CPU's avg_pool3d and max_pool1d give channels_last
+    input back NCDHW / NCL, and every later conv would then run NCDHW (or reorder)."""
+    if y.dim() == x.dim() and y.size(1) > 1 and _is_channels_last(x) and not _is_channels_last(y):
+        return _channels_last(y)
+    return y
+
+
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, dilation=1,
+          groups: int = 1) -> Tensor:
+    return _CONV_FN[weight.dim()](x, weight, bias, stride, padding, dilation, groups)
+
+
+def _channel_shape(x: Tensor | int) -> tuple[int, ...]:
+    """(1, -1, 1, ...): a per-channel vector broadcast over a map of dim `x`."""
+    dim = x if isinstance(x, int) else x.dim()
+    return (1, -1) + (1,) * (dim - 2)
 
 
 # --- inference helpers: BN folding ------------------------------------------------------------
@@ -95,7 +164,7 @@ class _Folded:
         return value
 
     @staticmethod
-    def _scale_shift(norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    def _scale_shift(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
         # only BNs with running statistics are folded (_foldable_bn, and the conv → BN test)
         assert norm.running_var is not None and norm.running_mean is not None
         scale = torch.rsqrt(norm.running_var + norm.eps)
@@ -107,23 +176,21 @@ class _Folded:
         return scale, shift
 
     @staticmethod
-    def _norm_tensors(norm: nn.BatchNorm2d) -> tuple:
+    def _norm_tensors(norm: nn.modules.batchnorm._BatchNorm) -> tuple:
         return norm.weight, norm.bias, norm.running_mean, norm.running_var
 
-    def get(self, name: int, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    def get(self, name: int, conv: _Conv, norm: _BatchNorm) -> tuple[Tensor, Tensor]:
         """Conv → BN as one conv: (weight, bias)."""
         def compute():
             scale, shift = self._scale_shift(norm)
             if conv.bias is not None:
                 shift = shift + conv.bias * scale
-            weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-            if weight.device.type == "cpu" or conv.weight.is_contiguous(memory_format=_CHANNELS_LAST):
-                weight = weight.contiguous(memory_format=_CHANNELS_LAST)  # CPU inference is NHWC
-            return weight, shift.to(conv.weight.dtype)
+            weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+            return _inference_weight(weight, conv.weight), shift.to(conv.weight.dtype)
         return self._cached("conv_bn", name, (conv.weight, conv.bias, *self._norm_tensors(norm)), compute)
 
-    def relu_conv(self, name: int, norm: nn.BatchNorm2d, conv: nn.Conv2d,
-                  after: nn.BatchNorm2d | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
+    def relu_conv(self, name: int, norm: _BatchNorm, conv: _Conv,
+                  after: _BatchNorm | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
         """BN → ReLU → 1x1 conv (→ BN) as max(x, t) then one conv: (t, weight, bias), or None.
 
         With s = γ/√(σ²+ε) > 0 and b = β − μ·s, relu(s·x + b) = s·max(x, −b/s) + b, and a 1x1
@@ -147,28 +214,27 @@ class _Folded:
             if after is not None:
                 s2, b2 = self._scale_shift(after)
                 w, bias = w * s2[:, None], bias * s2 + b2
-            weight = w.reshape_as(conv.weight).to(conv.weight.dtype)
-            if weight.device.type == "cpu":
-                weight = weight.contiguous(memory_format=_CHANNELS_LAST)
-            return t.reshape(1, -1, 1, 1).to(conv.weight.dtype), weight, bias.to(conv.weight.dtype)
+            weight = _inference_weight(w.reshape_as(conv.weight).to(conv.weight.dtype), conv.weight)
+            return (t.reshape(_channel_shape(conv.weight.dim())).to(conv.weight.dtype), weight,
+                    bias.to(conv.weight.dtype))
         tensors = (*self._norm_tensors(norm), conv.weight, conv.bias,
                    *(self._norm_tensors(after) if after is not None else ()))
         return self._cached("relu_conv", name, tensors, compute)
 
-    def channels_last(self, name: int, conv: nn.Conv2d) -> Tensor:
+    def channels_last(self, name: int, conv: _Conv) -> Tensor:
         """The conv's weight laid out channels_last, so oneDNN does not re-lay it every call."""
         return self._cached("channels_last", name, (conv.weight,),
-                            lambda: conv.weight.detach().contiguous(memory_format=_CHANNELS_LAST))
+                            lambda: _channels_last(conv.weight.detach()))
 
-    def affine(self, name: int, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-        """BN in eval mode as x·scale + shift, both shaped (1, C, 1, 1).
+    def affine(self, name: int, norm: _BatchNorm, dim: int) -> tuple[Tensor, Tensor]:
+        """BN in eval mode as x·scale + shift, both shaped (1, C, 1, ...) for maps of `dim`.
 
         Faster than batch_norm on a channel slice of a preallocated block output, which the
         batch_norm kernel handles through a slow strided path.
         """
         def compute():
             scale, shift = self._scale_shift(norm)
-            return scale.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)
+            return scale.reshape(_channel_shape(dim)), shift.reshape(_channel_shape(dim))
         return self._cached("affine", name, self._norm_tensors(norm), compute)
 
 
@@ -179,19 +245,20 @@ def _empty_like_layout(x: Tensor) -> Tensor:
     would allocate NCHW and gather across strides (a third of BC-100's inference time), and
     the next conv would reorder back. Keeping channels innermost keeps every pass contiguous.
     """
-    channels_inner = x.dim() == 4 and x.size(1) > 1 and x.stride(1) == 1
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                       memory_format=_CHANNELS_LAST if channels_inner else torch.contiguous_format)
+    channels_inner = 3 <= x.dim() <= 5 and x.size(1) > 1 and x.stride(1) == 1
+    return _empty(tuple(x.shape), x, channels_inner)
 
 
-def _foldable_bn(m: nn.Module) -> TypeGuard[nn.BatchNorm2d]:
-    return isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None
+def _foldable_bn(m: nn.Module) -> TypeGuard[_BatchNorm]:
+    return isinstance(m, _NORMS) and m.track_running_stats and m.running_mean is not None
 
 
-def _pointwise(m: nn.Module) -> TypeGuard[nn.Conv2d]:
-    """A 1x1 conv that mixes channels only: no padding, stride or groups to break linearity."""
-    return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1)
-            and m.padding == (0, 0) and m.groups == 1 and m.padding_mode == "zeros")
+def _pointwise(m: nn.Module) -> TypeGuard[_Conv]:
+    """A 1x1 (1, 1x1x1) conv that mixes channels only: no padding, stride or groups to break
+    linearity."""
+    return (isinstance(m, _CONVS) and all(k == 1 for k in m.kernel_size) and all(s == 1 for s in m.stride)
+            and not isinstance(m.padding, str) and all(p == 0 for p in m.padding)
+            and m.groups == 1 and m.padding_mode == "zeros")
 
 
 def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
@@ -207,31 +274,30 @@ def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
         if _foldable_bn(m) and i + 2 < len(ops) and isinstance(ops[i + 1], nn.ReLU) \
                 and _pointwise(ops[i + 2]):
             # the casts: mypy narrows no list item with a computed index; the tests above did
-            after = (cast(nn.BatchNorm2d, ops[i + 3]) if i + 3 < len(ops) and _foldable_bn(ops[i + 3])
+            after = (cast(_BatchNorm, ops[i + 3]) if i + 3 < len(ops) and _foldable_bn(ops[i + 3])
                      else None)
-            fused = folded.relu_conv(name, m, cast(nn.Conv2d, ops[i + 2]), after)
+            fused = folded.relu_conv(name, m, cast(_Conv, ops[i + 2]), after)
             if fused is not None:
                 t, weight, bias = fused
-                x = F.conv2d(torch.maximum(x, t.to(x.dtype), out=_empty_like_layout(x)), weight, bias)
+                x = _conv(torch.maximum(x, t.to(x.dtype), out=_empty_like_layout(x)), weight, bias)
                 i += 4 if after is not None else 3
                 continue
-        if isinstance(m, nn.Conv2d) and i + 1 < len(ops) and isinstance(ops[i + 1], nn.BatchNorm2d) \
-                and ops[i + 1].track_running_stats and ops[i + 1].running_mean is not None:
-            weight, bias = folded.get(name, m, cast(nn.BatchNorm2d, ops[i + 1]))  # tested above
-            x = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+        if isinstance(m, _CONVS) and i + 1 < len(ops) and _foldable_bn(ops[i + 1]):
+            weight, bias = folded.get(name, m, cast(_BatchNorm, ops[i + 1]))  # tested above
+            x = _conv(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
             i += 2
             continue
-        if isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None:
-            scale, shift = folded.affine(name, m)
+        if _foldable_bn(m):
+            scale, shift = folded.affine(name, m, x.dim())
             x = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=_empty_like_layout(x))
         elif isinstance(m, nn.ReLU):
             x = F.relu(x, inplace=m.inplace)
-        elif isinstance(m, nn.Conv2d) and x.device.type == "cpu" and _is_channels_last(x) \
+        elif isinstance(m, _CONVS) and x.device.type == "cpu" and _is_channels_last(x) \
                 and m.padding_mode == "zeros":
-            x = F.conv2d(x, folded.channels_last(name, m), m.bias, m.stride, m.padding, m.dilation,
-                         m.groups)
+            x = _conv(x, folded.channels_last(name, m), m.bias, m.stride, m.padding, m.dilation,
+                      m.groups)
         elif not isinstance(m, nn.Dropout):
-            x = m(x)
+            x = _same_layout(m(x), x)
         i += 1
     return x
 
@@ -298,10 +364,9 @@ class InferenceEngine:
             emitted = [features[i] for i in table.emits]
             return emitted[0] if len(emitted) == 1 else torch.cat(emitted, 1)
         first = self.layer(layers[0], x)
-        fmt = _CHANNELS_LAST if _is_channels_last(x) else torch.contiguous_format
-        n_, c, h, w = x.shape
-        out = torch.empty((n_, block.out_channels, h, w), dtype=torch.promote_types(x.dtype, first.dtype),
-                          device=x.device, memory_format=fmt)
+        c = x.shape[1]
+        out = _empty((x.shape[0], block.out_channels, *x.shape[2:]), x, _is_channels_last(x),
+                     torch.promote_types(x.dtype, first.dtype))
         out[:, :c].copy_(x)
         for j, layer in enumerate(layers):
             width = table.widths[j]
@@ -313,16 +378,16 @@ class InferenceEngine:
         # avg-pool(conv1x1(x)) == conv1x1(avg-pool(x)) when no padding mixes in zeros.
         pool = getattr(t, "pool", None)  # `pool=none` transitions have none
         # (BN-ReLU-Conv only: a post-activation transition, Conv-BN-ReLU, runs as it is built)
-        pool_first = (isinstance(pool, nn.AvgPool2d) and pool.padding == 0 and _pointwise(t.conv)
+        pool_first = (isinstance(pool, _AVG_POOLS) and _unpadded(pool) and _pointwise(t.conv)
                       and next(iter(t.children())) is t.norm and isinstance(getattr(t, "relu", None), nn.ReLU))
         if pool_first and _foldable_bn(t.norm):
             # s·max(x, t) + b pooled is s·pool(max(x, t)) + b: the affine part folds into the conv
             # pool_first holds _pointwise(t.conv)
-            fused = self.folded.relu_conv(id(t.conv), t.norm, cast(nn.Conv2d, t.conv))
+            fused = self.folded.relu_conv(id(t.conv), t.norm, cast(_Conv, t.conv))
             if fused is not None:
                 shift, weight, bias = fused
-                return F.conv2d(t.pool(torch.maximum(x, shift.to(x.dtype), out=_empty_like_layout(x))),
-                                weight, bias)
+                pooled = t.pool(torch.maximum(x, shift.to(x.dtype), out=_empty_like_layout(x)))
+                return _conv(_same_layout(pooled, x), weight, bias)
         if not pool_first:
             return t(x)
         x = F.relu(t.norm(x))
@@ -371,12 +436,13 @@ class InferenceEngine:
 
 def accelerate(model: nn.Module) -> nn.Module:
     """Attach one inference engine to every DenseNet, DenseNetFeatures and DenseBlock in
-    `model`; returns `model`. A model with any conv that is not 2-D, or with no conv at all (an
-    MLP on feature vectors: the engine's buffers are 2-D maps), is returned as it is."""
+    `model`; returns `model`. Maps of every rank (Conv1d/2d/3d) are accelerated. A model with a
+    transposed conv, or with no conv at all (an MLP on feature vectors: the engine's buffers are
+    maps), is returned as it is."""
     targets, convs = [], 0
     for m in model.modules():  # one walk over the modules (a DenseNet-264 has ~950)
         if isinstance(m, nn.modules.conv._ConvNd):
-            if not isinstance(m, nn.Conv2d):
+            if not isinstance(m, _CONVS):
                 return model
             convs += 1
         elif isinstance(m, (DenseNet, DenseNetFeatures, DenseBlock)):
