@@ -96,13 +96,13 @@ def test_the_engine_runs_every_block_of_a_rank(rank, monkeypatch):
     blocks = [m for m in fast.modules() if isinstance(m, DenseBlock)]
     assert blocks and all(b.engine is not None for b in blocks)
     ran = []
-    original = engine.InferenceEngine.block
+    original = engine.InferenceEngine._block
 
-    def block(self, b, x):
+    def block(self, b, x, lifted=False):
         ran.append(b)
-        return original(self, b, x)
+        return original(self, b, x, lifted)
 
-    monkeypatch.setattr(engine.InferenceEngine, "block", block)
+    monkeypatch.setattr(engine.InferenceEngine, "_block", block)
     with torch.no_grad():
         fast(torch.randn(2, *network.input))
     assert ran == blocks
@@ -157,14 +157,14 @@ def test_one_channel_inputs_run_in_the_ranks_layout(rank, monkeypatch):
     assert network.input[0] == 1
     fast, _ = _pair(network, negative_scales=False)
     seen = []
-    original = engine.InferenceEngine.block
+    original = engine.InferenceEngine._block
 
-    def block(self, b, x):
-        out = original(self, b, x)
+    def block(self, b, x, lifted=False):
+        out = original(self, b, x, lifted)
         seen.append(engine._is_channels_last(out))
         return out
 
-    monkeypatch.setattr(engine.InferenceEngine, "block", block)
+    monkeypatch.setattr(engine.InferenceEngine, "_block", block)
     with torch.no_grad():
         fast(torch.randn(2, *network.input))
     assert seen == [engine.CHANNELS_INNER[rank + 2]] * 2

@@ -39,10 +39,10 @@ _Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 _BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
 _CONV_FN = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by the weight's (and the map's) dim
 
-# Whether CPU inference lays a map of this dim out channels-innermost ("channels_last": NLC,
-# NHWC, NDHWC), measured per rank on DenseNet-121 against contiguous (/tmp/bench_layout.py in
-# issue 25's report):
-CHANNELS_INNER = {3: False, 4: True, 5: True}
+# Whether CPU inference lays a map of this dim out channels-innermost (NHWC, NDHWC; a 1-D map
+# runs as (N, C, 1, L) NHWC, "lifted", since conv1d on N, L, C strides is no faster than on NCL
+# while conv2d on NHWC is), measured per rank on DenseNet-121 against contiguous (issue 25).
+CHANNELS_INNER = {3: True, 4: True, 5: True}
 
 
 def _channels_inner_order(dim: int) -> tuple[int, ...]:
@@ -75,20 +75,48 @@ def _empty(shape: tuple[int, ...], like: Tensor, channels_inner: bool, dtype: to
     return torch.empty([shape[i] for i in order], dtype=dtype, device=like.device).permute(back)
 
 
-def _inference_format(x: Tensor) -> Tensor:
-    """CPU inference of 2-D and 3-D maps runs channels_last whatever the caller's layout:
-    oneDNN convolves NHWC / NDHWC directly, while NCHW costs a reorder around every conv
-    (DenseNet-121, batch 8: about 1.2x faster, bench/bench_compiler.py; 3-D: see
-    CHANNELS_INNER). `_caller_format` gives the results back in the caller's layout."""
-    if x.device.type == "cpu" and CHANNELS_INNER.get(x.dim(), False):
-        return _channels_last(x)
-    return x
+def _inference_format(x: Tensor) -> tuple[Tensor, bool]:
+    """CPU inference runs channels_last whatever the caller's layout: oneDNN convolves NHWC /
+    NDHWC directly, while NCHW costs a reorder around every conv (DenseNet-121, batch 8: about
+    1.2x faster, bench/bench_compiler.py; 3-D: see CHANNELS_INNER). A 1-D map (N, C, L) runs as
+    (N, C, 1, L) channels_last: (the map, lifted). `_caller_format` gives every result back in
+    the caller's rank and layout."""
+    if x.device.type != "cpu" or not CHANNELS_INNER.get(x.dim(), False):
+        return x, False
+    if x.dim() == 3:
+        return _channels_last(x.unsqueeze(2)), True
+    return _channels_last(x), False
 
 
-def _caller_format(y: Tensor, x: Tensor) -> Tensor:
+def _caller_format(y: Tensor, x: Tensor, lifted: bool = False) -> Tensor:
+    if lifted:
+        y = y.squeeze(2)
     if y.dim() == x.dim() and 3 <= x.dim() <= 5 and x.is_contiguous() and not y.is_contiguous():
         return y.contiguous()
     return y
+
+
+def _unlifted(m: nn.Module, x: Tensor) -> Tensor:
+    """A 1-D module on a lifted (N, C, 1, L) map: run on (N, C, L), lifted back, the layout kept."""
+    return _same_layout(m(x.squeeze(2)).unsqueeze(2), x)
+
+
+def _apply(m: nn.Module, x: Tensor, lifted: bool) -> Tensor:
+    """A module the engine does not rewrite. On a lifted map the 1-D pools run as their 2-D
+    equivalents (1 x k windows) in place of a round trip through (N, C, L)."""
+    if not lifted:
+        return _same_layout(m(x), x)
+    if isinstance(m, nn.MaxPool1d) and not m.return_indices:
+        return F.max_pool2d(x, (1, *_pair1(m.kernel_size)), (1, *_pair1(m.stride)), (0, *_pair1(m.padding)),
+                            (1, *_pair1(m.dilation)), m.ceil_mode)
+    if isinstance(m, nn.AvgPool1d):
+        return F.avg_pool2d(x, (1, *_pair1(m.kernel_size)), (1, *_pair1(m.stride)), (0, *_pair1(m.padding)),
+                            m.ceil_mode, m.count_include_pad)
+    return _unlifted(m, x)
+
+
+def _pair1(v) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, tuple) else (v,)
 
 
 def _unpadded(pool: nn.Module) -> bool:
@@ -114,6 +142,12 @@ def _same_layout(y: Tensor, x: Tensor) -> Tensor:
 
 def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, dilation=1,
           groups: int = 1) -> Tensor:
+    """A conv by the weight's rank; a 1-D conv on a lifted map as a 1 x k conv2d (a 1-D weight
+    with channels innermost is, unsqueezed, a channels_last 2-D one: no copy)."""
+    if x.dim() == weight.dim() + 1:
+        return F.conv2d(x, weight.unsqueeze(2), bias, (1, *_pair1(stride)),
+                        padding if isinstance(padding, str) else (0, *_pair1(padding)),
+                        (1, *_pair1(dilation)), groups)
     return _CONV_FN[weight.dim()](x, weight, bias, stride, padding, dilation, groups)
 
 
@@ -215,8 +249,7 @@ class _Folded:
                 s2, b2 = self._scale_shift(after)
                 w, bias = w * s2[:, None], bias * s2 + b2
             weight = _inference_weight(w.reshape_as(conv.weight).to(conv.weight.dtype), conv.weight)
-            return (t.reshape(_channel_shape(conv.weight.dim())).to(conv.weight.dtype), weight,
-                    bias.to(conv.weight.dtype))
+            return t.to(conv.weight.dtype), weight, bias.to(conv.weight.dtype)  # t: (C,)
         tensors = (*self._norm_tensors(norm), conv.weight, conv.bias,
                    *(self._norm_tensors(after) if after is not None else ()))
         return self._cached("relu_conv", name, tensors, compute)
@@ -261,7 +294,7 @@ def _pointwise(m: nn.Module) -> TypeGuard[_Conv]:
             and m.groups == 1 and m.padding_mode == "zeros")
 
 
-def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
+def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded, lifted: bool = False) -> Tensor:
     """Run a chain of modules in eval mode, folding every BN that directly follows a conv.
 
     A ReLU runs in place where the lowering allowed it (`lowering.in_place_where_safe`): never
@@ -279,7 +312,8 @@ def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
             fused = folded.relu_conv(name, m, cast(_Conv, ops[i + 2]), after)
             if fused is not None:
                 t, weight, bias = fused
-                x = _conv(torch.maximum(x, t.to(x.dtype), out=_empty_like_layout(x)), weight, bias)
+                x = _conv(torch.maximum(x, t.to(x.dtype).reshape(_channel_shape(x)), out=_empty_like_layout(x)),
+                          weight, bias)
                 i += 4 if after is not None else 3
                 continue
         if isinstance(m, _CONVS) and i + 1 < len(ops) and _foldable_bn(ops[i + 1]):
@@ -297,7 +331,7 @@ def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded) -> Tensor:
             x = _conv(x, folded.channels_last(name, m), m.bias, m.stride, m.padding, m.dilation,
                       m.groups)
         elif not isinstance(m, nn.Dropout):
-            x = _same_layout(m(x), x)
+            x = _apply(m, x, lifted)
         i += 1
     return x
 
@@ -343,12 +377,16 @@ class InferenceEngine:
         # record a graph, so they get the plain path.
         return not module.training and not exporting() and not _needs_autograd(module, x)
 
-    def layer(self, layer: DenseLayer, x: Tensor) -> Tensor:
+    def layer(self, layer: DenseLayer, x: Tensor, lifted: bool = False) -> Tensor:
         """Eval-mode forward on the already concatenated input, BNs after convs folded."""
-        return _run_eval(list(layer.children()), x, self.folded)
+        return _run_eval(list(layer.children()), x, self.folded, lifted)
 
     @_eager
     def block(self, block: DenseBlock, x: Tensor) -> Tensor:
+        """A block called on its own: in the caller's layout and rank."""
+        return self._block(block, x)
+
+    def _block(self, block: DenseBlock, x: Tensor, lifted: bool = False) -> Tensor:
         """Zero-copy concatenation for DenseNet's table: one output tensor, each layer reads a
         prefix and writes its slice. Any other table gathers each layer's reads (one concat a
         layer) and the block's emits, every layer still run with its norms folded."""
@@ -360,21 +398,21 @@ class InferenceEngine:
             features = [x]
             for j, layer in enumerate(layers, start=1):
                 reads = [features[i] for i in table.reads_of(j)]
-                features.append(self.layer(layer, reads[0] if len(reads) == 1 else torch.cat(reads, 1)))
+                features.append(self.layer(layer, reads[0] if len(reads) == 1 else torch.cat(reads, 1), lifted))
             emitted = [features[i] for i in table.emits]
             return emitted[0] if len(emitted) == 1 else torch.cat(emitted, 1)
-        first = self.layer(layers[0], x)
+        first = self.layer(layers[0], x, lifted)
         c = x.shape[1]
         out = _empty((x.shape[0], block.out_channels, *x.shape[2:]), x, _is_channels_last(x),
                      torch.promote_types(x.dtype, first.dtype))
         out[:, :c].copy_(x)
         for j, layer in enumerate(layers):
             width = table.widths[j]
-            out[:, c:c + width].copy_(first if j == 0 else self.layer(layer, out[:, :c]))
+            out[:, c:c + width].copy_(first if j == 0 else self.layer(layer, out[:, :c], lifted))
             c += width
         return out
 
-    def transition(self, t: Transition, x: Tensor) -> Tensor:
+    def transition(self, t: Transition, x: Tensor, lifted: bool = False) -> Tensor:
         # avg-pool(conv1x1(x)) == conv1x1(avg-pool(x)) when no padding mixes in zeros.
         pool = getattr(t, "pool", None)  # `pool=none` transitions have none
         # (BN-ReLU-Conv only: a post-activation transition, Conv-BN-ReLU, runs as it is built)
@@ -386,51 +424,54 @@ class InferenceEngine:
             fused = self.folded.relu_conv(id(t.conv), t.norm, cast(_Conv, t.conv))
             if fused is not None:
                 shift, weight, bias = fused
-                pooled = t.pool(torch.maximum(x, shift.to(x.dtype), out=_empty_like_layout(x)))
-                return _conv(_same_layout(pooled, x), weight, bias)
+                shifted = torch.maximum(x, shift.to(x.dtype).reshape(_channel_shape(x)), out=_empty_like_layout(x))
+                return _conv(_apply(t.pool, shifted, lifted), weight, bias)
+        if lifted:
+            return _unlifted(t, x)
         if not pool_first:
             return t(x)
         x = F.relu(t.norm(x))
         return t.conv(t.pool(x))
 
-    def stage(self, m: nn.Module, x: Tensor) -> Tensor:
+    def stage(self, m: nn.Module, x: Tensor, lifted: bool = False) -> Tensor:
         if isinstance(m, DenseBlock):
-            return self.block(m, x)
+            return self._block(m, x, lifted)
         if isinstance(m, Transition):
-            return self.transition(m, x)
-        return m(x)
+            return self.transition(m, x, lifted)
+        return _unlifted(m, x) if lifted else m(x)
 
-    def stem(self, stem: list[nn.Module], x: Tensor) -> Tensor:
+    def stem(self, stem: list[nn.Module], x: Tensor, lifted: bool = False) -> Tensor:
         if stem and isinstance(stem[0], nn.ReLU):
             x = F.relu(x)  # the chain's first op must not overwrite the caller's tensor
             stem = stem[1:]
-        return _run_eval(stem, x, self.folded)
+        return _run_eval(stem, x, self.folded, lifted)
 
     @_eager
     def features(self, model: DenseNet, x: Tensor) -> Tensor:
         given = x
         children = list(model.features.children())
-        x = self.stem(children[:model.stem_length], _inference_format(x))
+        x, lifted = _inference_format(x)
+        x = self.stem(children[:model.stem_length], x, lifted)
         for m in children[model.stem_length:]:
-            x = self.stage(m, x)
-        return _caller_format(x, given)
+            x = self.stage(m, x, lifted)
+        return _caller_format(x, given, lifted)
 
     @_eager
     def features_only(self, model: DenseNetFeatures, x: Tensor) -> dict[str, Tensor]:
         given = x
-        x = _inference_format(x)
+        x, lifted = _inference_format(x)
         out: dict[str, Tensor] = {}
         children = list(model.features.named_children())[: model.last + 1]
         stem = [m for _, m in children[:model.stem_length]]
         if model.stem_tap is not None:  # the stem in two chains, so that BN folding stops at the tap
-            x = self.stem(stem[:model.stem_tap + 1], x)
-            out["stem"] = _caller_format(x, given)
+            x = self.stem(stem[:model.stem_tap + 1], x, lifted)
+            out["stem"] = _caller_format(x, given, lifted)
             stem = stem[model.stem_tap + 1:]
-        x = self.stem(stem, x)
+        x = self.stem(stem, x, lifted)
         for name, m in children[model.stem_length:]:
-            x = self.stage(m, x)
+            x = self.stage(m, x, lifted)
             if isinstance(m, DenseBlock):
-                out[name] = _caller_format(x, given)
+                out[name] = _caller_format(x, given, lifted)
         return out
 
 
