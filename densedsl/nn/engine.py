@@ -14,11 +14,13 @@ the plain path):
   one `maximum` with the BN folded into the conv;
 - a transition's average pool runs before its 1x1 conv (both are linear and commute; 4x fewer
   MACs);
-- on CPU the maps are channels_last (oneDNN's native layout), given back in the caller's.
+- on CPU the maps are channels_last (oneDNN's native layout: NHWC, NDHWC; a 1-D signal runs as
+  an (N, C, 1, L) NHWC image through conv2d's 1 x k kernels, faster than conv1d in either
+  layout), given back in the caller's rank and layout (CHANNELS_INNER holds the measurements).
 
-Like torch.ao's fusion passes, it rewrites modules it knows and runs every other one as it is,
-so a new kind of op works (in training and in inference) before anyone teaches the engine about
-it. It knows 2-D networks: `accelerate` leaves 1-D and 3-D models on the plain path.
+Every rank: Conv1d/2d/3d, BatchNorm1d/2d/3d, the 1-D, 2-D and 3-D average pools. Like torch.ao's
+fusion passes, it rewrites modules it knows and runs every other one as it is, so a new kind of
+op works (in training and in inference) before anyone teaches the engine about it.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ _BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
 _CONV_FN = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by the weight's (and the map's) dim
 
 # Whether CPU inference lays a map of this dim out channels-innermost (NHWC, NDHWC; a 1-D map
-# runs as (N, C, 1, L) NHWC, "lifted", since conv1d on N, L, C strides is no faster than on NCL
-# while conv2d on NHWC is), measured per rank on DenseNet-121 against contiguous (issue 25).
+# runs as (N, C, 1, L) NHWC, "lifted": conv1d on N, L, C strides is slower than on NCL, while
+# conv2d on NHWC is 1.5-2.4x faster than conv1d for DenseNet's 3-wide and 1x1 convs). Measured
+# against contiguous maps, DenseNet-121 inference, MONAI's time over ours, interleaved rounds,
+# 2 threads (issue 25): 1-D batch 16 1x1024: lifted NHWC 1.32x, NCL 1.11x; 3-D batch 2 1x64^3:
+# NDHWC 1.33x, NCDHW 1.09x; 2-D: bench/bench_compiler.py.
 CHANNELS_INNER = {3: True, 4: True, 5: True}
 
 
@@ -326,8 +331,8 @@ def _run_eval(ops: list[nn.Module], x: Tensor, folded: _Folded, lifted: bool = F
             x = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=_empty_like_layout(x))
         elif isinstance(m, nn.ReLU):
             x = F.relu(x, inplace=m.inplace)
-        elif isinstance(m, _CONVS) and x.device.type == "cpu" and _is_channels_last(x) \
-                and m.padding_mode == "zeros":
+        elif isinstance(m, _CONVS) and m.padding_mode == "zeros" and (
+                lifted or (x.device.type == "cpu" and _is_channels_last(x))):
             x = _conv(x, folded.channels_last(name, m), m.bias, m.stride, m.padding, m.dilation,
                       m.groups)
         elif not isinstance(m, nn.Dropout):
@@ -426,8 +431,8 @@ class InferenceEngine:
                 shift, weight, bias = fused
                 shifted = torch.maximum(x, shift.to(x.dtype).reshape(_channel_shape(x)), out=_empty_like_layout(x))
                 return _conv(_apply(t.pool, shifted, lifted), weight, bias)
-        if lifted:
-            return _unlifted(t, x)
+        if lifted:  # the transition's modules one by one: BN, ReLU, conv and pool lifted
+            return _run_eval(list(t.children()), x, self.folded, lifted)
         if not pool_first:
             return t(x)
         x = F.relu(t.norm(x))
@@ -438,7 +443,7 @@ class InferenceEngine:
             return self._block(m, x, lifted)
         if isinstance(m, Transition):
             return self.transition(m, x, lifted)
-        return _unlifted(m, x) if lifted else m(x)
+        return _run_eval([m], x, self.folded, lifted) if lifted else m(x)
 
     def stem(self, stem: list[nn.Module], x: Tensor, lifted: bool = False) -> Tensor:
         if stem and isinstance(stem[0], nn.ReLU):
