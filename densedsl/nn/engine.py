@@ -110,6 +110,8 @@ def _apply(m: nn.Module, x: Tensor, lifted: bool) -> Tensor:
     """A module the engine does not rewrite. On a lifted map the 1-D pools run as their 2-D
     equivalents (1 x k windows) in place of a round trip through (N, C, L)."""
     if not lifted:
+        if isinstance(m, nn.AvgPool3d) and _is_channels_last(x) and _window_is_stride(m):
+            return _avg_pool_channels_last(x, _triple(m.kernel_size))
         return _same_layout(m(x), x)
     if isinstance(m, nn.MaxPool1d) and not m.return_indices:
         return F.max_pool2d(x, (1, *_pair1(m.kernel_size)), (1, *_pair1(m.stride)), (0, *_pair1(m.padding)),
@@ -118,6 +120,34 @@ def _apply(m: nn.Module, x: Tensor, lifted: bool) -> Tensor:
         return F.avg_pool2d(x, (1, *_pair1(m.kernel_size)), (1, *_pair1(m.stride)), (0, *_pair1(m.padding)),
                             m.ceil_mode, m.count_include_pad)
     return _unlifted(m, x)
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return cast(tuple[int, int, int], tuple(v) if isinstance(v, tuple) else (v, v, v))
+
+
+def _window_is_stride(pool: nn.AvgPool3d) -> bool:
+    """Non-overlapping, unpadded windows in floor mode averaging what they cover (a transition's)."""
+    return (_triple(pool.kernel_size) == _triple(pool.stride if pool.stride is not None else pool.kernel_size)
+            and _unpadded(pool) and not pool.ceil_mode and pool.divisor_override is None)
+
+
+def _avg_pool_channels_last(x: Tensor, kernel: tuple[int, int, int]) -> Tensor:
+    """A non-overlapping average pool of a channels_last_3d volume as the sum of its kernel's
+    strided slices, in the volume's layout. CPU avg_pool3d copies channels_last input to NCDHW
+    first and gives NCDHW back (at DenseNet-121's first transition, 1x64^3: 5 ms with the copy
+    back against 0.7-1 ms here)."""
+    kd, kh, kw = kernel
+    n, c, d, h, w = x.shape
+    x = x[:, :, :d - d % kd, :h - h % kh, :w - w % kw]  # floor mode: a partial window is dropped
+    out: Tensor | None = None
+    for a in range(kd):
+        for b in range(kh):
+            for e in range(kw):
+                part = x[:, :, a::kd, b::kh, e::kw]
+                out = part.clone(memory_format=torch.channels_last_3d) if out is None else out.add_(part)
+    assert out is not None  # every kernel has a window
+    return out.mul_(1.0 / (kd * kh * kw))
 
 
 def _pair1(v) -> tuple[int, ...]:
