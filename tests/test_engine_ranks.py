@@ -148,11 +148,12 @@ def test_the_caller_layout_comes_back(rank):
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_one_channel_inputs_run_in_the_ranks_layout(rank, monkeypatch):
+def test_one_channel_inputs_run_in_the_ranks_layout(rank, monkeypatch, one_thread):
     """torch counts a 1-channel NCHW map as channels_last already, so `contiguous(memory_format=)`
     keeps its strides and oneDNN then computes every later map NCHW (a 1-channel volume ran the
     whole network NCDHW). The engine's input has the channel innermost for real where the rank
-    runs channels_last (engine.CHANNELS_INNER), and every block's buffer follows."""
+    runs channels_last (engine.CHANNELS_INNER), and every block's buffer follows, on one thread
+    too (where torch's own 1x1x1 conv kernel gives NCDHW back)."""
     network = _network("post_bias", rank)
     assert network.input[0] == 1
     fast, _ = _pair(network, negative_scales=False)

@@ -183,7 +183,10 @@ def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, d
         return F.conv2d(x, weight.unsqueeze(2), bias, (1, *_pair1(stride)),
                         padding if isinstance(padding, str) else (0, *_pair1(padding)),
                         (1, *_pair1(dilation)), groups)
-    return _CONV_FN[weight.dim()](x, weight, bias, stride, padding, dilation, groups)
+    y = _CONV_FN[weight.dim()](x, weight, bias, stride, padding, dilation, groups)
+    # On one thread torch runs a 1x1x1 conv of a small batch with its own kernel (oneDNN only
+    # from two threads or a batch of 16), which gives NCDHW back: every later block would run so.
+    return _same_layout(y, x) if y.dim() == 5 else y
 
 
 def _channel_shape(x: Tensor | int) -> tuple[int, ...]:
