@@ -175,6 +175,13 @@ def _same_layout(y: Tensor, x: Tensor) -> Tensor:
     return y
 
 
+def _onednn(x: Tensor, padding) -> bool:
+    """A channels_last_3d float volume on the CPU, which oneDNN convolves in its layout."""
+    return (x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32
+            and not isinstance(padding, str) and _is_channels_last(x)
+            and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled))
+
+
 def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, dilation=1,
           groups: int = 1) -> Tensor:
     """A conv by the weight's rank; a 1-D conv on a lifted map as a 1 x k conv2d (a 1-D weight
@@ -183,6 +190,11 @@ def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, d
         return F.conv2d(x, weight.unsqueeze(2), bias, (1, *_pair1(stride)),
                         padding if isinstance(padding, str) else (0, *_pair1(padding)),
                         (1, *_pair1(dilation)), groups)
+    if _onednn(x, padding):
+        # torch picks its own kernel for a batch of one (or a 1x1x1 conv on one thread) below a
+        # size (ConvParams::use_mkldnn): 3-4x slower on DenseNet-121 3-D's later blocks, and NCDHW
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, _triple(padding), _triple(stride),
+                                                 _triple(dilation), groups)
     y = _CONV_FN[weight.dim()](x, weight, bias, stride, padding, dilation, groups)
     # On one thread torch runs a 1x1x1 conv of a small batch with its own kernel (oneDNN only
     # from two threads or a batch of 16), which gives NCDHW back: every later block would run so.
