@@ -45,8 +45,9 @@ _CONV_FN = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by the weight's (and the m
 # runs as (N, C, 1, L) NHWC, "lifted": conv1d on N, L, C strides is slower than on NCL, while
 # conv2d on NHWC is 1.5-2.4x faster than conv1d for DenseNet's 3-wide and 1x1 convs). Measured
 # against contiguous maps, DenseNet-121 inference, MONAI's time over ours, interleaved rounds,
-# 2 threads (issue 25): 1-D batch 16 1x1024: lifted NHWC 1.32x, NCL 1.11x; 3-D batch 2 1x64^3:
-# NDHWC 1.33x, NCDHW 1.09x; 2-D: bench/bench_compiler.py.
+# 2 threads (issue 25): 1-D batch 16 1x1024: lifted NHWC 1.32-1.46x, NCL 1.09-1.11x; 3-D batch
+# 2 1x64^3: NDHWC 1.34-1.45x, NCDHW 1.02-1.11x; batch 1 1x96^3: NDHWC 1.72x, NCDHW 1.05x
+# (with `_onednn`); 2-D: bench/bench_compiler.py.
 CHANNELS_INNER = {3: True, 4: True, 5: True}
 
 
