@@ -14,7 +14,8 @@ Forward paths that compute the same function:
 - training (module in train mode, autograd on): a block whose layers start BN-ReLU-conv keeps its
   features in one shared buffer and runs each layer's concat-BN-ReLU as one autograd Function
   (`shared.py`, Pleiss et al. 2017); on CPU a rank-2 NCHW input is converted to channels_last
-  first (faster kernels; the output comes back NCHW). In memory-efficient mode the Function also
+  first (faster kernels; the output comes back NCHW; 1-D and 3-D maps train as given, see
+  `_converts_to_channels_last`). In memory-efficient mode the Function also
   takes the layer's first conv and recomputes only the concatenation and BN-ReLU in backward;
 - the plain path (any other layer, eval mode, no autograd, tracing and `torch.compile`, or
   `DENSEDSL_TRAINING_PATH=plain`): every layer concatenates its inputs with `torch.cat`
@@ -22,8 +23,8 @@ Forward paths that compute the same function:
   dropout in backward via non-reentrant checkpointing that keeps the conv outputs (under
   torch.compile too, where AOT autograd's partitioner recomputes the region; not in a graph that
   torch.jit or torch.export records: `exporting()`).
-Fast inference is an opt-in pass, `engine.accelerate`, that `compile` applies by default (under
-torch.compile it runs eagerly, behind one graph break).
+Fast inference is an opt-in pass, `engine.accelerate`, that `compile` applies by default, for maps
+of every rank (under torch.compile it runs eagerly, behind one graph break).
 """
 
 from __future__ import annotations
@@ -490,7 +491,11 @@ class DenseNet(nn.Module):
 
     def _converts_to_channels_last(self, x: Tensor) -> bool:
         # CPU convolutions and BN train faster on channels_last maps (measured in
-        # bench/bench_train.py); CUDA training is already channels_last (train.py).
+        # bench/bench_train.py); CUDA training is already channels_last (train.py). Rank 2 only:
+        # a 3-D step gained nothing from channels_last_3d (DenseNet-121 3-D, batch 2, 1x64^3,
+        # one SGD step, 2 threads, interleaved rounds, fastest of 9 / 11: 515 / 463 ms against
+        # 488 / 498 ms NCDHW, MONAI 490 / 471 ms): CPU avg_pool3d gives NCDHW back, so every
+        # block after the first runs NCDHW anyway, and the conversions cost what block 1 gains.
         return (self.train_channels_last and self.training and torch.is_grad_enabled()
                 and x.dim() == 4 and x.device.type == "cpu" and x.is_contiguous()
                 and not x.is_contiguous(memory_format=torch.channels_last)

@@ -237,9 +237,21 @@ def _inputs(batch: torch.Tensor, data: datasets.Data, mean: torch.Tensor, std: t
         return batch
     x = datasets.prepare_batch(batch, pixel_max=data.pixel_max, mean=mean, std=std, augment=augment,
                                generator=generator)
-    if batch.device.type == "cuda":
+    if batch.device.type == "cuda" and x.dim() == 4:  # see cuda_channels_last
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def cuda_channels_last(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """A 2-D network's model laid out channels_last for CUDA (cudnn's NHWC kernels; `_inputs`
+    lays the batches out alike). A 1-D or 3-D network is left as it is: torch's channels_last
+    needs rank-4 tensors (it raises for a Conv3d's weights and for a batch of volumes), and
+    channels_last_3d on CUDA is unmeasured (issue 25 had no GPU); on the CPU, 3-D training gained
+    nothing from it (DenseNet._converts_to_channels_last)."""
+    if len(input_shape) != 3:
+        return model
+    # the ignore: torch's stub for Module.to lacks memory_format, which it takes
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _loss(outputs: torch.Tensor, y: torch.Tensor, regression: bool, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -57,6 +57,7 @@ from .config import (
 from .distributed import Dist, setup
 from .loop import (
     Run,
+    cuda_channels_last,
     derived_seed,
     evaluate_regression,
     evaluate_split,
@@ -358,8 +359,7 @@ def _run(net: Network, record: dict | None, desc: datasets.Description, dd: Dist
     model = model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        # the ignore: torch's stub for Module.to lacks memory_format, which it takes
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = cuda_channels_last(model, net.input)
     torch.manual_seed(derived_seed(config.seed, "rank", dd.rank))
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -557,7 +557,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | None = None, *, split: s
                              pixel_max=float(saved["pixel_max"]))
         model = model.to(dev)
         if dev.type == "cuda" and not loaded.tabular:
-            model = model.to(memory_format=torch.channels_last)
+            model = cuda_channels_last(model, net.input)
         rmse = log_rmse = None
         if loaded.task == "regression":
             loss, rmse, log_rmse, total = evaluate_regression(model, loaded, device=dev, amp=amp, batch_size=batch_size,
