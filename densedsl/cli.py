@@ -156,8 +156,8 @@ def _add_compile(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.pt, OUT.py or OUT.onnx")
     p.add_argument("--weights", metavar="CHECKPOINT",
                    help="export trained weights: a densedsl checkpoint (or its run directory), or a "
-                        "state_dict / torchvision, timm or MONAI DenseNet checkpoint (.pt/.pth); every "
-                        "tensor must fit the spec")
+                        "state_dict / torchvision, timm, MONAI, pytorchcv DenseNet, timm VoVNet, pytorchcv "
+                        "SparseNet/HarDNet checkpoint (.pt/.pth); every tensor must fit the spec")
     p.add_argument("--memory", choices=("standard", "efficient"), default="standard",
                    help="efficient: recompute concat, BN and ReLU in backward, keep conv outputs (memory linear in depth)")
     _add_memory_limit_option(p)
@@ -601,7 +601,7 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="start from these weights: a densedsl checkpoint (or run directory), a state_dict "
-                        "or a torchvision/timm/MONAI DenseNet checkpoint; tensors of another shape (the "
+                        "or a torchvision/timm/MONAI/pytorchcv checkpoint of the same network; tensors of another shape (the "
                         "classifier) stay at their initialisation, and the run lists them")
     p.add_argument("--init-partial", action="store_true",
                    help="with --init: tensors the model or the weights lack are left at their "

@@ -163,7 +163,7 @@ def train(spec: Any, data: str = "digits", *, epochs: int | None = None, batch_s
     the processes train one DistributedDataParallel model; only rank 0 logs and writes.
 
     `init` starts from the weights of a file (`transfer.initialise`): a densedsl checkpoint, a
-    state_dict or a torchvision/timm/MONAI DenseNet checkpoint. Tensors whose shape differs (the
+    state_dict or a torchvision/timm/MONAI/pytorchcv checkpoint. Tensors whose shape differs (the
     classifier, when the classes differ) stay at their initialisation; tensors the model or the
     file lacks are an error unless `init_partial`. The log names every tensor not taken.
 
