@@ -56,6 +56,9 @@ class _Engine(Protocol):
     def block(self, block: DenseBlock, x: Tensor) -> Tensor: ...
     def features(self, model: DenseNet, x: Tensor) -> Tensor: ...
     def features_only(self, model: DenseNetFeatures, x: Tensor) -> dict[str, Tensor]: ...
+    def lifts(self, module: DenseNet | DenseNetFeatures, x: Tensor) -> bool: ...
+    def train_features(self, model: DenseNet, x: Tensor) -> Tensor: ...
+    def train_features_only(self, model: DenseNetFeatures, x: Tensor) -> dict[str, Tensor]: ...
     def clear(self) -> None: ...
 
 
@@ -504,6 +507,8 @@ class DenseNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         if self.engine is not None and self.engine.applies(self, x):
             return self.final_act(self.engine.features(self, x))
+        if self.engine is not None and self.engine.lifts(self, x):  # 1-D training (lifted.py)
+            return self.final_act(self.engine.train_features(self, x))
         converted = self._converts_to_channels_last(x)
         if converted:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -541,6 +546,8 @@ class DenseNetFeatures(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if self.engine is not None and self.engine.applies(self, x):
             return self.engine.features_only(self, x)
+        if self.engine is not None and self.engine.lifts(self, x):  # 1-D training (lifted.py)
+            return self.engine.train_features_only(self, x)
         out: dict[str, Tensor] = {}
         for i, (name, m) in enumerate(self.features.named_children()):
             if i > self.last:
