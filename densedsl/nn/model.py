@@ -14,7 +14,8 @@ Forward paths that compute the same function:
 - training (module in train mode, autograd on): a block whose layers start BN-ReLU-conv keeps its
   features in one shared buffer and runs each layer's concat-BN-ReLU as one autograd Function
   (`shared.py`, Pleiss et al. 2017); on CPU a rank-2 NCHW input is converted to channels_last
-  first (faster kernels; the output comes back NCHW; 1-D and 3-D maps train as given, see
+  first (faster kernels; the output comes back NCHW; 1-D maps train lifted through the engine,
+  `lifted.py`; 3-D maps train as given, see
   `_converts_to_channels_last`). In memory-efficient mode the Function also
   takes the layer's first conv and recomputes only the concatenation and BN-ReLU in backward;
 - the plain path (any other layer, eval mode, no autograd, tracing and `torch.compile`, or
