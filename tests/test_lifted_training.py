@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from networks import randomise_every_tensor  # noqa: E402
 from twins import without_engine  # noqa: E402
-from torch import nn  # noqa: E402
+from torch import Tensor, memory_format, nn  # noqa: E402
 
 import densedsl  # noqa: E402
 from densedsl.nn import lifted, shared  # noqa: E402
@@ -80,7 +80,7 @@ class _Seen:
 
     def __init__(self, monkeypatch) -> None:
         self.conv1d = 0
-        self.buffers: list[tuple[int, torch.memory_format]] = []
+        self.buffers: list[tuple[int, memory_format]] = []
         forward, buffer = nn.Conv1d.forward, shared.Buffer
 
         def conv1d(module, x):
@@ -99,7 +99,7 @@ class _Seen:
         self.conv1d, self.buffers = 0, []
 
 
-def _loss(y) -> torch.Tensor:
+def _loss(y) -> Tensor:
     """Every value of every output matters, each with its own weight."""
     maps = list(y.values()) if isinstance(y, dict) else [y]
     return sum((m * torch.linspace(-1, 1, m.numel(), dtype=m.dtype).view_as(m)).sum() for m in maps)
