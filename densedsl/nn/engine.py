@@ -18,6 +18,9 @@ the plain path):
   an (N, C, 1, L) NHWC image through conv2d's 1 x k kernels, faster than conv1d in either
   layout), given back in the caller's rank and layout (CHANNELS_INNER holds the measurements).
 
+The engine also lets a 1-D network train lifted (`lifts`, `train_features`: `lifted.py`, which
+holds the lifted ops and layout helpers both share).
+
 Every rank: Conv1d/2d/3d, BatchNorm1d/2d/3d, the 1-D, 2-D and 3-D average pools. Like torch.ao's
 fusion passes, it rewrites modules it knows and runs every other one as it is, so a new kind of
 op works (in training and in inference) before anyone teaches the engine about it.

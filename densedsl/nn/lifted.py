@@ -136,9 +136,9 @@ def trains_lifted(model: DenseNet | DenseNetFeatures, x: Tensor) -> bool:
     trains, or a gradient is needed): a float (N, C, L) signal on the CPU, a 1-D network of
     modules this file knows, eagerly (a tracer, torch.compile and DENSEDSL_TRAINING_PATH=plain
     see the modules' own forward), without autocast (as the shared-storage Function)."""
-    if not (x.dim() == 3 and x.device.type == "cpu" and x.is_floating_point()):
-        return False
-    if compiling() or plain_training() or _autocasting(x):
+    if compiling() or not (x.dim() == 3 and x.device.type == "cpu" and x.is_floating_point()):
+        return False  # (a tracer first: dynamo then never reads the modules below)
+    if plain_training() or _autocasting(x):
         return False
     modules = list(model.features.modules())
     return any(type(m) is nn.Conv1d for m in modules) and all(_known(m) for m in modules)
