@@ -18,6 +18,9 @@ the plain path):
   an (N, C, 1, L) NHWC image through conv2d's 1 x k kernels, faster than conv1d in either
   layout), given back in the caller's rank and layout (CHANNELS_INNER holds the measurements).
 
+The engine also lets a 1-D network train lifted (`lifts`, `train_features`: `lifted.py`, which
+holds the lifted ops and layout helpers both share).
+
 Every rank: Conv1d/2d/3d, BatchNorm1d/2d/3d, the 1-D, 2-D and 3-D average pools. Like torch.ao's
 fusion passes, it rewrites modules it knows and runs every other one as it is, so a new kind of
 op works (in training and in inference) before anyone teaches the engine about it.
@@ -33,6 +36,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .model import DenseBlock, DenseLayer, DenseNet, DenseNetFeatures, Transition, exporting
+from .lifted import channels_last as _channels_last
+from .lifted import conv as lifted_conv
+from .lifted import empty as _empty
+from .lifted import features as lifted_features
+from .lifted import features_only as lifted_features_only
+from .lifted import is_channels_last as _is_channels_last
+from .lifted import pool as lifted_pool
+from .lifted import same_layout as _same_layout
+from .lifted import trains_lifted, unlift, unlifted
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -51,36 +63,6 @@ _CONV_FN = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by the weight's (and the m
 CHANNELS_INNER = {3: True, 4: True, 5: True}
 
 
-def _channels_inner_order(dim: int) -> tuple[int, ...]:
-    return (0, *range(2, dim), 1)
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    """Channels innermost and not plain contiguous (a map of dim 3, 4 or 5)."""
-    return (3 <= x.dim() <= 5 and not x.is_contiguous()
-            and x.permute(_channels_inner_order(x.dim())).is_contiguous())
-
-
-def _channels_last(x: Tensor) -> Tensor:
-    """`x` with channels innermost (N, *spatial, C in memory; torch's channels_last(_3d) for 4-D
-    and 5-D, strides torch has no memory_format for in 3-D). Always real channels_last strides:
-    with one channel torch's `contiguous(memory_format=...)` keeps NCHW strides (it counts them
-    as channels_last), and oneDNN then lays every later map out NCHW (a 1-channel volume or
-    image ran the whole network NCDHW)."""
-    if x.stride(1) == 1 and x.permute(_channels_inner_order(x.dim())).is_contiguous():
-        return x
-    return _empty(tuple(x.shape), x, True).copy_(x)
-
-
-def _empty(shape: tuple[int, ...], like: Tensor, channels_inner: bool, dtype: torch.dtype | None = None) -> Tensor:
-    dtype = like.dtype if dtype is None else dtype
-    if not channels_inner:
-        return torch.empty(shape, dtype=dtype, device=like.device)
-    order = _channels_inner_order(len(shape))
-    back = sorted(range(len(shape)), key=order.__getitem__)
-    return torch.empty([shape[i] for i in order], dtype=dtype, device=like.device).permute(back)
-
-
 def _inference_format(x: Tensor) -> tuple[Tensor, bool]:
     """CPU inference runs channels_last whatever the caller's layout: oneDNN convolves NHWC /
     NDHWC directly, while NCHW costs a reorder around every conv (DenseNet-121, batch 8: about
@@ -96,15 +78,10 @@ def _inference_format(x: Tensor) -> tuple[Tensor, bool]:
 
 def _caller_format(y: Tensor, x: Tensor, lifted: bool = False) -> Tensor:
     if lifted:
-        y = y.squeeze(2)
+        return unlift(y, x)
     if y.dim() == x.dim() and 3 <= x.dim() <= 5 and x.is_contiguous() and not y.is_contiguous():
         return y.contiguous()
     return y
-
-
-def _unlifted(m: nn.Module, x: Tensor) -> Tensor:
-    """A 1-D module on a lifted (N, C, 1, L) map: run on (N, C, L), lifted back, the layout kept."""
-    return _same_layout(m(x.squeeze(2)).unsqueeze(2), x)
 
 
 def _apply(m: nn.Module, x: Tensor, lifted: bool) -> Tensor:
@@ -114,13 +91,8 @@ def _apply(m: nn.Module, x: Tensor, lifted: bool) -> Tensor:
         if isinstance(m, nn.AvgPool3d) and _is_channels_last(x) and _window_is_stride(m):
             return _avg_pool_channels_last(x, _triple(m.kernel_size))
         return _same_layout(m(x), x)
-    if isinstance(m, nn.MaxPool1d) and not m.return_indices:
-        return F.max_pool2d(x, (1, *_pair1(m.kernel_size)), (1, *_pair1(m.stride)), (0, *_pair1(m.padding)),
-                            (1, *_pair1(m.dilation)), m.ceil_mode)
-    if isinstance(m, nn.AvgPool1d):
-        return F.avg_pool2d(x, (1, *_pair1(m.kernel_size)), (1, *_pair1(m.stride)), (0, *_pair1(m.padding)),
-                            m.ceil_mode, m.count_include_pad)
-    return _unlifted(m, x)
+    pooled = lifted_pool(m, x)
+    return unlifted(m, x) if pooled is None else pooled
 
 
 def _triple(v) -> tuple[int, int, int]:
@@ -151,10 +123,6 @@ def _avg_pool_channels_last(x: Tensor, kernel: tuple[int, int, int]) -> Tensor:
     return out.mul_(1.0 / (kd * kh * kw))
 
 
-def _pair1(v) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, tuple) else (v,)
-
-
 def _unpadded(pool: nn.Module) -> bool:
     padding = getattr(pool, "padding", None)  # an int, or a tuple (AvgPool1d keeps (p,))
     return padding is not None and all(p == 0 for p in (padding if isinstance(padding, tuple) else (padding,)))
@@ -166,14 +134,6 @@ def _inference_weight(weight: Tensor, like: Tensor) -> Tensor:
     if (weight.device.type == "cpu" and CHANNELS_INNER.get(weight.dim(), False)) or _is_channels_last(like):
         return _channels_last(weight)
     return weight
-
-
-def _same_layout(y: Tensor, x: Tensor) -> Tensor:
-    """`y` channels_last where `x` was: CPU's avg_pool3d and max_pool1d give channels_last
-    input back NCDHW / NCL, and every later conv would then run NCDHW (or reorder)."""
-    if y.dim() == x.dim() and y.size(1) > 1 and _is_channels_last(x) and not _is_channels_last(y):
-        return _channels_last(y)
-    return y
 
 
 def _onednn(x: Tensor, padding) -> bool:
@@ -188,9 +148,7 @@ def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, d
     """A conv by the weight's rank; a 1-D conv on a lifted map as a 1 x k conv2d (a 1-D weight
     with channels innermost is, unsqueezed, a channels_last 2-D one: no copy)."""
     if x.dim() == weight.dim() + 1:
-        return F.conv2d(x, weight.unsqueeze(2), bias, (1, *_pair1(stride)),
-                        padding if isinstance(padding, str) else (0, *_pair1(padding)),
-                        (1, *_pair1(dilation)), groups)
+        return lifted_conv(x, weight, bias, stride, padding, dilation, groups)
     if _onednn(x, padding):
         # torch picks its own kernel for a batch of one (or a 1x1x1 conv on one thread) below a
         # size (ConvParams::use_mkldnn): 3-4x slower on DenseNet-121 3-D's later blocks, and NCDHW
@@ -427,6 +385,22 @@ class InferenceEngine:
         # 0.98x for the compiled plain path (BENCHMARKS.md, dynamo). torch.jit and torch.export
         # record a graph, so they get the plain path.
         return not module.training and not exporting() and not _needs_autograd(module, x)
+
+    @staticmethod
+    def lifts(module: DenseNet | DenseNetFeatures, x: Tensor) -> bool:
+        """Whether the model's features train lifted for `x` (a 1-D CPU map; `lifted.py`): called
+        where `applies` is False."""
+        return trains_lifted(module, x)
+
+    @staticmethod
+    def train_features(model: DenseNet, x: Tensor) -> Tensor:
+        """`model.features(x)` in training, lifted (`lifts`)."""
+        return lifted_features(model, x)
+
+    @staticmethod
+    def train_features_only(model: DenseNetFeatures, x: Tensor) -> dict[str, Tensor]:
+        """`DenseNetFeatures.forward` in training, lifted (`lifts`)."""
+        return lifted_features_only(model, x)
 
     def layer(self, layer: DenseLayer, x: Tensor, lifted: bool = False) -> Tensor:
         """Eval-mode forward on the already concatenated input, BNs after convs folded."""

@@ -14,7 +14,8 @@ Forward paths that compute the same function:
 - training (module in train mode, autograd on): a block whose layers start BN-ReLU-conv keeps its
   features in one shared buffer and runs each layer's concat-BN-ReLU as one autograd Function
   (`shared.py`, Pleiss et al. 2017); on CPU a rank-2 NCHW input is converted to channels_last
-  first (faster kernels; the output comes back NCHW; 1-D and 3-D maps train as given, see
+  first (faster kernels; the output comes back NCHW; 1-D maps train lifted through the engine,
+  `lifted.py`; 3-D maps train as given, see
   `_converts_to_channels_last`). In memory-efficient mode the Function also
   takes the layer's first conv and recomputes only the concatenation and BN-ReLU in backward;
 - the plain path (any other layer, eval mode, no autograd, tracing and `torch.compile`, or
@@ -56,6 +57,9 @@ class _Engine(Protocol):
     def block(self, block: DenseBlock, x: Tensor) -> Tensor: ...
     def features(self, model: DenseNet, x: Tensor) -> Tensor: ...
     def features_only(self, model: DenseNetFeatures, x: Tensor) -> dict[str, Tensor]: ...
+    def lifts(self, module: DenseNet | DenseNetFeatures, x: Tensor) -> bool: ...
+    def train_features(self, model: DenseNet, x: Tensor) -> Tensor: ...
+    def train_features_only(self, model: DenseNetFeatures, x: Tensor) -> dict[str, Tensor]: ...
     def clear(self) -> None: ...
 
 
@@ -504,6 +508,8 @@ class DenseNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         if self.engine is not None and self.engine.applies(self, x):
             return self.final_act(self.engine.features(self, x))
+        if self.engine is not None and self.engine.lifts(self, x):  # 1-D training (lifted.py)
+            return self.final_act(self.engine.train_features(self, x))
         converted = self._converts_to_channels_last(x)
         if converted:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -541,6 +547,8 @@ class DenseNetFeatures(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if self.engine is not None and self.engine.applies(self, x):
             return self.engine.features_only(self, x)
+        if self.engine is not None and self.engine.lifts(self, x):  # 1-D training (lifted.py)
+            return self.engine.train_features_only(self, x)
         out: dict[str, Tensor] = {}
         for i, (name, m) in enumerate(self.features.named_children()):
             if i > self.last:
