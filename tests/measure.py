@@ -54,3 +54,34 @@ def kept_bytes(model, x) -> int:
     y.float().sum().backward()
     left_out = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     return sum(v for k, v in used.items() if k not in left_out)
+
+
+def held_bytes(model, x) -> int:
+    """Bytes of the distinct storages the forward of `model` on `x` made (the input's copy
+    included) that are still alive when only the output is held: what the autograd graph keeps
+    for backward. Saved-tensor hooks (`saved_bytes`) cannot see inside a checkpointed region,
+    whose own hooks pack its tensors (efficient mode's stem and transitions); this sees what such
+    a region keeps too (its input, the conv outputs its selective policy stores). Parameters,
+    buffers and the output are left out."""
+    import torch
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    made: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    class Made(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    s = t.untyped_storage()
+                    made[s.data_ptr()] = (StorageWeakRef(s), s.nbytes())
+            return out
+
+    with Made():
+        x = x.clone()  # the model's input, held by nothing but what the forward keeps
+        y = model(x)
+    del x
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), y)}
+    return sum(n for k, (ref, n) in made.items() if not ref.expired() and k not in own)

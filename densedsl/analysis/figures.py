@@ -173,9 +173,9 @@ class Analysis:
         """Predicted activation bytes of one step; docs/analysis.md states what is counted.
 
         "standard": tensors autograd keeps for backward in a straightforward (torchvision-style)
-        implementation, quadratic in block depth. "efficient": each dense layer keeps only its
-        inputs and its conv outputs; its concatenation, BN, ReLU and dropout are recomputed in
-        backward (Pleiss et al.), linear in depth.
+        implementation, quadratic in block depth. "efficient": each dense layer, the stem and each
+        transition keep only their inputs and conv outputs; concatenation, BN, ReLU, pooling and
+        dropout are recomputed in backward (Pleiss et al.), linear in depth.
         "inference": the peak of live tensors in a forward pass without autograd.
         `weights=True` adds the parameters and buffers, and for training their gradients.
         """
@@ -647,18 +647,46 @@ def _shared_features(g: Graph, blocks: dict[str, dict[str, list[str]]]) -> dict[
     return out
 
 
+_NORMS = ("norm", "groupnorm")  # what makes a stem or transition worth recomputing
+
+
+def _stage_region(node: str) -> str | None:
+    """`stem` or `transition3` for any op of the stem or a transition (the compiler checkpoints
+    each whole in efficient mode: `model._Features`, `Transition`), else None."""
+    stage, dot, _ = node.partition(".")
+    return stage if dot and (stage == "stem" or stage.startswith("transition")) else None
+
+
 def _recomputed(g: Graph, blocks: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
     """The regions memory-efficient mode recomputes in backward, in graph order: in a shared-
     buffer block each layer's entry (concat, BN, ReLU, and the conv whose input they make: the
     Function keeps the conv's output only); elsewhere every dense layer whole, from its concat to
-    its last op (the compiler checkpoints `DenseLayer._layer`)."""
+    its last op (the compiler checkpoints `DenseLayer._layer`); the stem and every transition
+    whole when it has a norm (`model._recomputes`: they keep their conv outputs and input)."""
     shared = {layer: entry for layers in blocks.values() for layer, entry in layers.items()}
     regions: dict[str, list[str]] = {}
     for n in g.nodes:
         layer = _layer_of(n)
         if layer is not None and (layer not in shared or n in shared[layer]):
             regions.setdefault(layer, []).append(n)
-    return regions
+        elif (stage := _stage_region(n)) is not None:
+            regions.setdefault(stage, []).append(n)
+    return {name: nodes for name, nodes in regions.items()  # a stage without a norm: not replayed
+            if _layer_of(nodes[0]) is not None or any(g.nodes[n]["kind"] in _NORMS for n in nodes)}
+
+
+def _region_inputs(g: Graph, regions: dict[str, list[str]], storage: dict[str, str],
+                   recorded: set[str]) -> set[str]:
+    """Storages a recomputed region keeps to replay itself: what its recorded ops read from
+    outside it (a dense layer's concat saves these anyway; a stem keeps the network input, a
+    transition its block's output)."""
+    kept: set[str] = set()
+    for nodes in regions.values():
+        inside = set(nodes)
+        for n in nodes:
+            if n in recorded:
+                kept.update(storage[p] for p in g.pred[n] if p not in inside)
+    return kept
 
 
 def _memory_model(g: Graph, mode: str, shared: frozenset[str]) -> _MemoryModel:
@@ -672,9 +700,10 @@ def _training_memory(g: Graph, *, efficient: bool, shared: frozenset[str]) -> _M
 
     The op table says what each kind saves (conv, BN, pooling and linear their input; ReLU its
     output; dropout its mask; max pooling its indices; BN its per-channel statistics). In
-    efficient mode a dense layer keeps only its inputs (the block's feature maps) and its conv
-    outputs; its concat, BN and ReLU outputs and dropout masks are recomputed, so backward needs
-    the largest layer's recomputed tensors once more, at a time.
+    efficient mode a dense layer, the stem and each transition keep only their inputs (the
+    block's feature maps; the network input; the block's output) and their conv outputs; their
+    concat, BN, ReLU and pool outputs, max-pool indices and dropout masks are recomputed, so
+    backward needs the largest region's recomputed tensors once more, at a time.
     """
     blocks = _shared_blocks(g, shared) if efficient else {}  # found once, read by both walks below
     storage = _storages(g, training=True, efficient=efficient, blocks=blocks)
@@ -699,6 +728,8 @@ def _training_memory(g: Graph, *, efficient: bool, shared: frozenset[str]) -> _M
             saved.add(storage[n])
         if n not in region:
             mask_bytes += spec.saved_bytes(a)
+    if efficient:
+        saved |= _region_inputs(g, regions, storage, live & tracked)
     elements = sum(numel(g.nodes[s]["out_shape"]) for s in saved)
     if efficient:
         elements += max((_region_elements(g, nodes, storage, saved) for nodes in regions.values()),

@@ -136,15 +136,7 @@ class DenseLayer(nn.Module):
 
     def _layer(self, *inputs: Tensor) -> Tensor:
         x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
-        for m in self.children():
-            if self._recomputing and isinstance(m, _BatchNorm) and m.training:
-                # Recomputation in backward: same batch statistics, but the running statistics
-                # were already updated by the forward pass and must not move twice (momentum 0
-                # leaves them as they are and keeps the op, hence the saved tensors, the same).
-                x = F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, True, 0.0, m.eps)
-            else:
-                x = m(x)
-        return x
+        return _run(self.children(), x, self._recomputing)
 
     def entry(self) -> shared.Entry | None:
         """The BN-ReLU-conv start that the shared-storage Function runs for this layer, if any."""
@@ -161,8 +153,7 @@ class DenseLayer(nn.Module):
         return y
 
     def _checkpoint_contexts(self):
-        forward_ctx, recompute_ctx = _keep_convolutions()
-        return forward_ctx, _Recomputing(self, recompute_ctx)
+        return _checkpoint_contexts(self)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         if (self.memory_efficient and torch.is_grad_enabled() and not exporting()
@@ -178,6 +169,43 @@ class DenseLayer(nn.Module):
         return self._layer(*features)
 
 
+def _run(modules, x: Tensor, recomputing: bool) -> Tensor:
+    """Run `modules` in order; in a checkpoint's recomputation a training BN runs with momentum 0."""
+    for m in modules:
+        if recomputing and isinstance(m, _BatchNorm) and m.training:
+            # Recomputation in backward: same batch statistics, but the running statistics
+            # were already updated by the forward pass and must not move twice (momentum 0
+            # leaves them as they are and keeps the op, hence the saved tensors, the same).
+            x = F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, True, 0.0, m.eps)
+        else:
+            x = m(x)
+    return x
+
+
+def _recomputes(efficient: bool, x: Tensor, modules) -> bool:
+    """Whether a stem or transition runs as a checkpointed region: efficient mode, autograd on,
+    no graph recorder, something in it to differentiate (the network input never requires grad,
+    the stem's weights do), and a norm to recompute (a stem of one conv would only keep its
+    output longer: `figures._stage_region` states the same rule)."""
+    modules = list(modules)
+    return (efficient and torch.is_grad_enabled() and not exporting()
+            and any(isinstance(m, (_BatchNorm, nn.GroupNorm)) for m in modules)
+            and (x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())))
+
+
+def _checkpointed(owner, fn, x: Tensor) -> Tensor:
+    """`fn(x)` as one non-reentrant checkpointed region that keeps its conv outputs (and the
+    input, which the first conv keeps anyway), as a dense layer does; `owner._recomputing` marks
+    the recomputation so BN's running statistics move once."""
+    contexts = _keep_convolutions if torch.compiler.is_compiling() else (lambda: _checkpoint_contexts(owner))
+    return checkpoint(fn, x, use_reentrant=False, context_fn=contexts)
+
+
+def _checkpoint_contexts(owner):
+    forward_ctx, recompute_ctx = _keep_convolutions()
+    return forward_ctx, _Recomputing(owner, recompute_ctx)
+
+
 def _keep_convolutions():
     """Selective-checkpoint contexts that keep the conv outputs (they are needed anyway as the next
     op's input) and recompute the concatenation and the BN-ReLU around them: Pleiss et al.'s
@@ -190,7 +218,7 @@ def _keep_convolutions():
 class _Recomputing:
     """The recompute-side checkpoint context: marks the layer, then enters torch's SAC context."""
 
-    def __init__(self, layer: DenseLayer, inner) -> None:
+    def __init__(self, layer: Any, inner) -> None:
         self.layer, self.inner = layer, inner
 
     def __enter__(self):
@@ -297,7 +325,11 @@ class DenseBlock(nn.ModuleDict):
 
 
 class Transition(nn.Sequential):
-    """BN-ReLU-Conv1x1-(Dropout)-Pool between two dense blocks; `ops` overrides the recipe."""
+    """BN-ReLU-Conv1x1-(Dropout)-Pool between two dense blocks; `ops` overrides the recipe.
+
+    In memory-efficient training it is one checkpointed region that keeps its input (the block's
+    output, kept anyway) and its conv output; BN-ReLU (and dropout) are recomputed in backward.
+    """
 
     if TYPE_CHECKING:  # children added by _add from the lowered ops; no pool with pool=none
         norm: nn.Module
@@ -306,12 +338,44 @@ class Transition(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, *, bias: bool = False, dropout: float = 0.0,
                  pool: n.Pool = n.Pool(), rank: int = 2, ops: Sequence[ops.Op] | None = None,
-                 device=None, dtype=None) -> None:
+                 memory_efficient: bool = False, device=None, dtype=None) -> None:
         super().__init__()
         if ops is None:
             recipe = n.Transition(index=1, channels=out_channels, bias=bias, dropout=dropout, pool=pool)
             ops = lowering.transition_ops(recipe, (in_channels,) + (_ANY_SIZE,) * rank, None)
         _add(self, ops, {"device": device, "dtype": dtype})
+        self.memory_efficient = memory_efficient
+        self._recomputing = False
+
+    def _run(self, x: Tensor) -> Tensor:
+        return _run(self.children(), x, self._recomputing)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _recomputes(self.memory_efficient, x, self.children()):
+            return _checkpointed(self, self._run, x)
+        return self._run(x)
+
+
+class _Features(nn.Sequential):
+    """`features`: in memory-efficient training the stem's first `stem_length` modules run as one
+    checkpointed region that keeps its conv outputs (at full resolution, in 3-D the largest maps:
+    BN, ReLU and max-pool indices are recomputed in backward instead)."""
+
+    stem_length = 0
+    memory_efficient = False
+    _recomputing = False
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return _run(list(self)[:self.stem_length], x, self._recomputing)
+
+    def forward(self, x: Tensor) -> Tensor:
+        modules = list(self)
+        if self.stem_length and _recomputes(self.memory_efficient, x, modules[:self.stem_length]):
+            x = _checkpointed(self, self._stem, x)
+            modules = modules[self.stem_length:]
+        for m in modules:
+            x = m(x)
+        return x
 
 
 # --- the network --------------------------------------------------------------------------------
@@ -391,7 +455,8 @@ class DenseNet(nn.Module):
         dd = {"device": "meta", "dtype": dtype}
         self.network_name = network.name
         self.input_shape = network.input
-        self.features = nn.Sequential()
+        self.features = _Features()
+        self.features.memory_efficient = memory == "efficient"
         self.final_act = nn.Sequential()   # the head's ReLU after norm5 (timm: part of features)
         self.pre_logits = nn.Sequential()  # the head's pool, flatten and dropout
         self.feature_info: list[dict] = []
@@ -409,7 +474,7 @@ class DenseNet(nn.Module):
             match stage:
                 case lowering.LoweredStem():
                     _add(self.features, stage.ops, dd)
-                    self.stem_length = len(stage.ops)
+                    self.stem_length = self.features.stem_length = len(stage.ops)
                     self.stem_tap = stage.tap
                     if stage.tap is not None:  # timm's first entry: the stem before its pool
                         tapped = stage.ops[:stage.tap + 1]
@@ -428,7 +493,8 @@ class DenseNet(nn.Module):
                                               "module": f"features.{stage.name}"})
                 case lowering.LoweredTransition():
                     self.features.add_module(stage.name, Transition(
-                        stage.ops[0].in_shape[0], stage.ops[-1].out_shape[0], ops=stage.ops, **dd))
+                        stage.ops[0].in_shape[0], stage.ops[-1].out_shape[0], ops=stage.ops,
+                        memory_efficient=memory == "efficient", **dd))
                     self.num_features = stage.ops[-1].out_shape[0]
                     reduction = _reduction(stage.ops, reduction)
                 case lowering.LoweredHead():
@@ -465,9 +531,10 @@ class DenseNet(nn.Module):
         return hasattr(self, "classifier")
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Switch memory-efficient recomputation on or off for every dense layer."""
+        """Switch memory-efficient recomputation on or off for every dense layer, the stem and
+        the transitions."""
         for m in self.modules():
-            if isinstance(m, DenseLayer):
+            if isinstance(m, (DenseLayer, Transition, _Features)):
                 m.memory_efficient = enable
 
     def get_classifier(self) -> nn.Module:
