@@ -31,8 +31,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ir import lowering
 from . import shared
-from .model import (DenseBlock, DenseLayer, DenseNet, DenseNetFeatures, Transition, _autocasting, compiling,
-                    plain_training, run_block)
+from .model import (DenseBlock, DenseLayer, DenseNet, DenseNetFeatures, Transition, _autocasting, _checkpointed,
+                    _Features, _recomputes, compiling, plain_training, run_block)
 
 # --- layouts ------------------------------------------------------------------------------------
 
@@ -166,16 +166,34 @@ def _op(m: nn.Module, x: Tensor, recomputing: bool = False) -> Tensor:
     children)."""
     if isinstance(m, DenseBlock):
         return _block(m, x)
-    if isinstance(m, nn.Sequential):  # a transition, or any other chain
-        for child in m:
-            x = _op(child, x, recomputing)
-        return x
+    if isinstance(m, Transition):  # efficient mode's checkpointed region, as `Transition.forward`
+        if _recomputes(m.memory_efficient, x, m.children()):
+            return _checkpointed(m, functools.partial(_chain, list(m), owner=m), x)
+        return _chain(list(m), x, owner=m)
+    if isinstance(m, _Features) and m.stem_length:  # the stem's region, as `_Features.forward`
+        stem, rest = list(m)[:m.stem_length], list(m)[m.stem_length:]
+        if _recomputes(m.memory_efficient, x, stem):
+            x = _checkpointed(m, functools.partial(_chain, stem, owner=m), x)
+        else:
+            x = _chain(stem, x, recomputing)
+        return _chain(rest, x, recomputing)
+    if isinstance(m, nn.Sequential):  # any other chain
+        return _chain(list(m), x, recomputing)
     if isinstance(m, nn.Conv1d):
         return conv(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
     if isinstance(m, nn.BatchNorm1d):
         return _batch_norm(m, x, recomputing)
     pooled = pool(m, x)
     return m(x) if pooled is None else pooled  # otherwise pointwise (`_known`)
+
+
+def _chain(modules: list[nn.Module], x: Tensor, recomputing: bool = False, *, owner: nn.Module | None = None) -> Tensor:
+    """`modules` in order on a lifted map; with an `owner`, recomputing while its checkpoint
+    recomputes (`_Recomputing` marks it), so BN's running statistics move once."""
+    recomputing = recomputing or bool(getattr(owner, "_recomputing", False))
+    for child in modules:
+        x = _op(child, x, recomputing)
+    return x
 
 
 def _layer(layer: DenseLayer, *inputs: Tensor) -> Tensor:
