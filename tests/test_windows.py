@@ -158,3 +158,28 @@ def test_a_setting_named_x_still_explains_itself():
         densedsl.parse("network n {\n    input 3x8x8\n    dense layers=3 x=1 growth=2\n}\n")
     (diag,) = e.value.diagnostics
     assert diag.code is d.SYNTAX and "separates dimensions" in diag.hint
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 0), (3, 3, 0), (4, 3, 1)])
+def test_a_ceil_mode_pool_accepts_what_pytorch_accepts(kernel, stride, padding):
+    """ceil_mode keeps a window that starts inside the input however far it overhangs, so a
+    ceil pool takes inputs smaller than its kernel (found by test_promises drawing ceil=true):
+    the predicted minimum runs, one less is refused by PyTorch itself."""
+    import torch
+
+    import densedsl
+
+    def spec(size: int, ceil: bool) -> str:
+        return (f"network n {{\n input 2x{size}x{size}\n stem {{\n conv 4 kernel=1\n"
+                f" maxpool kernel={kernel} stride={stride} padding={padding} ceil={str(ceil).lower()}\n }}\n"
+                " dense layers=1 growth=2\n}\n")
+
+    least = densedsl.analyze(spec(8, True)).min_input_size.eval
+    floor_least = densedsl.analyze(spec(8, False)).min_input_size.eval
+    assert least == max(1, kernel - 2 * padding - stride + 1) < floor_least == kernel - 2 * padding
+    model = densedsl.compile(spec(least, True)).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 2, least, least))
+        if least > 1:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(1, 2, least - 1, least - 1))

@@ -442,8 +442,15 @@ class Pool(OpKind):
         return None if a["global"] else (a["kernel"], a["stride"], a["padding"])
 
     def least_input(self, a):
-        if a["mode"] == "avg" and rank(a["in_shape"]) == 3:
+        r = rank(a["in_shape"])
+        if a["mode"] == "avg" and r == 3:
             return per_axis(a["kernel"], 3)  # PyTorch's avg_pool3d checks the unpadded input against the kernel
+        if a.get("ceil") and not a["global"]:
+            # ceil_mode keeps a window that starts inside the input however far it overhangs:
+            # one output while size + 2p − k > −s (PyTorch's pooling_output_shape; checked
+            # against torch for every kernel ≤ 4, stride ≤ 3, pad ≤ k/2, rank and mode)
+            return tuple(max(1, k - 2 * p - s + 1) for k, s, p in
+                         zip(per_axis(a["kernel"], r), per_axis(a["stride"], r), per_axis(a["padding"], r)))
         return super().least_input(a)
 
     def _mode(self, a) -> str:
