@@ -593,7 +593,8 @@ def _storages(g: Graph, *, training: bool, efficient: bool = False,
     """Which allocation holds each node's output, as the op table states each kind's storage:
     a ReLU runs in place where the lowering allowed it (`lowering.in_place_where_safe`, the one
     rule the model and the engine follow too), flatten is a view, feature nodes and the output
-    name tensors made elsewhere, and dropout is the identity outside training."""
+    name tensors made elsewhere, and dropout is the identity outside training, where a batch norm
+    right after a conv is folded into it (the inference engine's `_Folded`): one tensor."""
     storage: dict[str, str] = {}
     # In standard mode the shared-buffer path keeps what the plain one keeps (each layer's staged
     # concatenation and BN-ReLU output), so only efficient mode's model reads the features as
@@ -605,7 +606,9 @@ def _storages(g: Graph, *, training: bool, efficient: bool = False,
             continue
         rule = kind_of(a["kind"]).storage_of(a)
         preds = g.pred[n]
-        alias = rule in ("view", "in_place") or (rule == "identity_in_eval" and not training)
+        alias = rule in ("view", "in_place") or (rule == "identity_in_eval" and not training) or (
+            not training and a["kind"] == "norm" and a["buffers"] > 0 and len(preds) == 1
+            and g.nodes[p := next(iter(preds))]["kind"] == "conv" and len(g.succ[p]) == 1)
         storage[n] = storage[next(iter(preds))] if alias and preds else n
     return storage
 
