@@ -16,8 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from networks import randomise_every_tensor  # noqa: E402
+from twins import forward_backward as _run  # noqa: E402
 from twins import without_engine  # noqa: E402
-from torch import Tensor, memory_format, nn  # noqa: E402
+from torch import memory_format, nn  # noqa: E402
 
 import densedsl  # noqa: E402
 from densedsl.nn import lifted, shared  # noqa: E402
@@ -97,26 +98,6 @@ class _Seen:
 
     def clear(self) -> None:
         self.conv1d, self.buffers = 0, []
-
-
-def _loss(y) -> Tensor:
-    """Every value of every output matters, each with its own weight."""
-    maps = list(y.values()) if isinstance(y, dict) else [y]
-    return sum((m * torch.linspace(-1, 1, m.numel(), dtype=m.dtype).view_as(m)).sum() for m in maps)
-
-
-def _run(model, x, plain: bool, monkeypatch):
-    """One forward and backward: (output, input gradient, parameter gradients)."""
-    if plain:
-        monkeypatch.setenv("DENSEDSL_TRAINING_PATH", "plain")
-    else:
-        monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
-    x = x.clone().requires_grad_(True)
-    model.zero_grad(set_to_none=True)
-    y = model(x)
-    _loss(y).backward()
-    out = {k: v.detach() for k, v in y.items()} if isinstance(y, dict) else y.detach()
-    return out, x.grad, {k: p.grad for k, p in model.named_parameters()}
 
 
 def _assert_same(plain, fast, want, got, rtol=RTOL, atol=ATOL) -> None:

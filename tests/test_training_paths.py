@@ -18,6 +18,7 @@ import copy
 
 import pytest
 from measure import held_bytes
+from twins import forward_backward as run
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -47,19 +48,6 @@ def network(key: str):
 
 def zoo(name: str):
     return densedsl.load(f"specs/{name}.dense").network
-
-
-def run(model: nn.Module, x: torch.Tensor, plain: bool, monkeypatch) -> tuple:
-    """One forward and backward; returns (output, input grad, parameter grads)."""
-    if plain:
-        monkeypatch.setenv("DENSEDSL_TRAINING_PATH", "plain")
-    else:
-        monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
-    x = x.clone().requires_grad_(True)
-    model.zero_grad(set_to_none=True)
-    y = model(x)
-    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()  # every logit matters
-    return y.detach(), x.grad, {k.removeprefix("_orig_mod."): p.grad for k, p in model.named_parameters()}
 
 
 def assert_same(model_a, model_b, a, b, exact=None) -> None:

@@ -23,3 +23,27 @@ def without_engine(model):
         if getattr(m, "engine", None) is not None:
             m.engine = None
     return model
+
+
+def weighted_loss(y):
+    """Every value of every output matters, each with its own weight (a dict: every map)."""
+    import torch
+
+    maps = list(y.values()) if isinstance(y, dict) else [y]
+    return sum((m * torch.linspace(-1, 1, m.numel(), dtype=m.dtype).view_as(m)).sum() for m in maps)
+
+
+def forward_backward(model, x, plain: bool, monkeypatch) -> tuple:
+    """One forward and backward on the plain training path (`DENSEDSL_TRAINING_PATH=plain`) or
+    the fast one: (output, input gradient, parameter gradients by name, torch.compile's
+    `_orig_mod.` prefix removed)."""
+    if plain:
+        monkeypatch.setenv("DENSEDSL_TRAINING_PATH", "plain")
+    else:
+        monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
+    x = x.clone().requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    y = model(x)
+    weighted_loss(y).backward()
+    out = {k: v.detach() for k, v in y.items()} if isinstance(y, dict) else y.detach()
+    return out, x.grad, {k.removeprefix("_orig_mod."): p.grad for k, p in model.named_parameters()}
