@@ -134,7 +134,7 @@ def test_the_cycle_check_is_exact_whatever_the_node_order(a121):
 def test_each_closed_form_and_walk_is_made_once_per_analysis(monkeypatch, a121):
     """The parameter prediction `graph.check` makes is the one analysis' ceiling reads, and an
     efficient memory model finds the shared-buffer blocks once (both were made twice)."""
-    import densedsl.analysis.figures as analysis_
+    import densedsl.analysis.memory as memory_
 
     calls = {"predict": 0, "shared": 0}
     efficient = a121.memory(mode="efficient")
@@ -146,7 +146,7 @@ def test_each_closed_form_and_walk_is_made_once_per_analysis(monkeypatch, a121):
         return call
 
     monkeypatch.setattr(lowering, "predict", counted("predict", lowering.predict))
-    monkeypatch.setattr(analysis_, "_shared_blocks", counted("shared", analysis_._shared_blocks))
+    monkeypatch.setattr(memory_, "_shared_blocks", counted("shared", memory_._shared_blocks))
     a = analyze(a121.network)
     assert calls == {"predict": 1, "shared": 0}
     assert a.memory(mode="efficient") == efficient

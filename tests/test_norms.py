@@ -217,7 +217,7 @@ def test_without_a_norm_the_memory_model_counts_the_relus_own_output():
     from densedsl.analysis.figures import analyze
     g = analyze(network("none")).graph
     assert g.nodes["denseblock1.denselayer1.relu1"].get("inplace") is False
-    from densedsl.analysis.figures import _storages
+    from densedsl.analysis.memory import _storages
     storage = _storages(g, training=True)
     assert storage["denseblock1.denselayer1.relu1"] == "denseblock1.denselayer1.relu1"
     assert storage["denseblock1.denselayer1.relu2"] == "denseblock1.denselayer1.relu2"

@@ -238,21 +238,18 @@ def test_torch_compile_trains_and_infers_like_eager(monkeypatch):
 
 
 def test_efficient_memory_model_is_what_the_shared_path_keeps():
-    """The analysis' efficient mode, less the one layer's recomputation it adds for backward
-    (the staged concatenation and the BN-ReLU output of the widest layer), against what the
-    shared-storage path keeps: features only once (the block's buffer), conv outputs, BN-ReLU
-    of the bottleneck."""
+    """The analysis' efficient mode, less what it adds for backward's peak (`MemoryModel.
+    transient`), against what the shared-storage path keeps: features only once (the block's
+    buffer) and each layer's bottleneck conv output; the BN-ReLU-conv tail after it keeps
+    nothing more."""
     from densedsl.analysis.figures import analyze
-    from densedsl.ir.ops import numel
     net = densedsl.parse("network m {\n input 3x16x16\n stem {\n conv 8\n }\n dense layers=6 growth=4"
                          " bottleneck=2\n transition\n dense layers=6 growth=4\n head classes=2\n}\n").network
     a = analyze(net)
     torch.manual_seed(0)
     # held_bytes: the transition is a checkpointed region, whose tensors saved-tensor hooks miss
     measured = held_bytes(DenseNet(net, memory="efficient").train(), torch.randn(2, *net.input))
-    widest = max(numel(s["out_shape"]) for n, s in a.graph.nodes(data=True)
-                 if s["kind"] == "concat" and ".denselayer" in n)
-    predicted = a.memory(2, "float32", "efficient") - 2 * widest * 2 * 4
+    predicted = a.memory_model("efficient").bytes(2, "float32", kept=True)
     assert abs(predicted - measured) / measured < 0.05
 
 
@@ -275,8 +272,8 @@ def test_one_value_per_channel_is_refused_as_batch_norm_refuses_it(monkeypatch):
 
 
 def test_efficient_mode_reuses_one_scratch_per_block_that_autograd_never_saves(monkeypatch):
-    """Efficient mode stages each layer's concatenation and BN-ReLU output into one block-wide
-    scratch allocation (fewer large malloc/free cycles: BENCHMARKS.md, training section): the same
+    """Efficient mode stages each layer's concatenation and BN-ReLU output, and its tail's
+    BN-ReLU output, into one block-wide scratch allocation (fewer large malloc/free cycles: BENCHMARKS.md, training section): the same
     storage for every layer in forward and again in backward, released between the two and after
     backward, and never among the tensors autograd saves (the next layer overwrites it)."""
     monkeypatch.delenv("DENSEDSL_TRAINING_PATH", raising=False)
@@ -297,14 +294,17 @@ def test_efficient_mode_reuses_one_scratch_per_block_that_autograd_never_saves(m
         out = block(torch.randn(2, 3, 5, 5, requires_grad=True))
     holder = calls[0][0]
     storages = {t.untyped_storage().data_ptr() for _, x, y in calls for t in (x, y)}
-    assert len(calls) == 4 and len(storages) == 1 and holder._scratch is None
+    # each layer's entry, then its BN-ReLU-conv tail (bottleneck 2 x growth 2: 4 channels)
+    assert [x.shape[1] for _, x, _ in calls] == [3, 4, 5, 4, 7, 4, 9, 4]
+    assert len(storages) == 1 and holder._scratch is None
     assert not storages & saved
     forward_calls = len(calls)
     out.sum().backward()
     backward = calls[forward_calls:]
-    assert len(backward) == 4 and holder._scratch is None
+    assert holder._scratch is None
     assert len({t.untyped_storage().data_ptr() for _, x, y in backward for t in (x, y)}) == 1
-    assert [x.shape[1] for _, x, _ in backward] == [9, 7, 5, 3]  # widest first: one allocation fits all
+    # in reverse, each layer's tail first; one allocation (twice the block's output) fits all
+    assert [x.shape[1] for _, x, _ in backward] == [4, 9, 4, 7, 4, 5, 4, 3]
 
 
 def test_efficient_mode_trains_a_bfloat16_model_like_the_plain_path(monkeypatch):

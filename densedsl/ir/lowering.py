@@ -304,6 +304,10 @@ def head_ops(head: Head, shape: Shape) -> tuple[Op, ...]:
 # What the shared-storage Function (nn/shared.py) runs at a layer's start: batch norm over the
 # concatenation, ReLU, and the conv they feed (efficient mode keeps only that conv's output).
 SHARED_ENTRY = ("norm", "relu", "conv")
+# What efficient mode runs as a second Function when a shared layer's rest after its entry is
+# exactly this (DenseNet-BC's norm2 relu2 conv2): it keeps only its input, the entry's conv
+# output, and recomputes the BN-ReLU output in backward (`analysis.memory._recomputed` counts so).
+RECOMPUTED_TAIL = ("norm", "relu", "conv")
 
 @dataclass(frozen=True, slots=True)
 class LoweredStem:

@@ -254,9 +254,12 @@ def _shared_forward(block: DenseBlock, x: Tensor, entries: list[shared.Entry]) -
         buffer, y = shared.write_enter(buffer, new, holder, offset, layer.in_channels,
                                        _lifted_entry(entry, efficient), efficient)
         offset += new.shape[1]
-        skip = len(lowering.SHARED_ENTRY) - (0 if efficient else 1)  # as `DenseLayer.rest`
-        for i, m in enumerate(layer.children()):
-            if i >= skip:
+        rest = list(layer.children())[len(lowering.SHARED_ENTRY) - (0 if efficient else 1):]  # as `DenseLayer.rest`
+        tail = shared.tail_of(rest) if efficient else None
+        if tail is not None:
+            y = shared.norm_relu_conv(y, _lifted_entry(tail, True), holder)
+        else:
+            for m in rest:
                 y = _op(m, y)
         new = y
     buffer, _ = shared.write_enter(buffer, new, holder, offset, block.out_channels, None, False)

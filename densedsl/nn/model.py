@@ -17,7 +17,8 @@ Forward paths that compute the same function:
   first (faster kernels; the output comes back NCHW; 1-D maps train lifted through the engine,
   `lifted.py`; 3-D maps train as given, see
   `_converts_to_channels_last`). In memory-efficient mode the Function also
-  takes the layer's first conv and recomputes only the concatenation and BN-ReLU in backward;
+  takes the layer's first conv and recomputes only the concatenation and BN-ReLU in backward,
+  and a BN-ReLU-conv tail after it runs as a second Function that keeps only its input;
 - the plain path (any other layer, eval mode, no autograd, tracing and `torch.compile`, or
   `DENSEDSL_TRAINING_PATH=plain`): every layer concatenates its inputs with `torch.cat`
   (torchvision); memory-efficient mode recomputes each layer's concatenation, BN, ReLU and
@@ -143,13 +144,16 @@ class DenseLayer(nn.Module):
         entry = shared.entry_of(list(self.children()))
         return entry if entry is not None and entry.norm.training else None
 
-    def rest(self, y: Tensor, efficient: bool) -> Tensor:
+    def rest(self, y: Tensor, efficient: bool, holder: shared.Buffer | None = None) -> Tensor:
         """The layer after its entry (`lowering.SHARED_ENTRY`): after BN-ReLU, or after
-        BN-ReLU-conv in efficient mode, where the Function runs the conv too."""
-        skip = len(lowering.SHARED_ENTRY) - (0 if efficient else 1)
-        for i, m in enumerate(self.children()):
-            if i >= skip:
-                y = m(y)
+        BN-ReLU-conv in efficient mode, where the Function runs the conv too and a BN-ReLU-conv
+        tail runs as a second one (`shared.tail_of`) that keeps only its input."""
+        rest = list(self.children())[len(lowering.SHARED_ENTRY) - (0 if efficient else 1):]
+        tail = shared.tail_of(rest) if efficient and holder is not None else None
+        if tail is not None:
+            return shared.norm_relu_conv(y, tail, cast(shared.Buffer, holder))
+        for m in rest:
+            y = m(y)
         return y
 
     def _checkpoint_contexts(self):
@@ -186,7 +190,7 @@ def _recomputes(efficient: bool, x: Tensor, modules) -> bool:
     """Whether a stem or transition runs as a checkpointed region: efficient mode, autograd on,
     no graph recorder, something in it to differentiate (the network input never requires grad,
     the stem's weights do), and a norm to recompute (a stem of one conv would only keep its
-    output longer: `figures._stage_region` states the same rule)."""
+    output longer: `analysis.memory._stage_region` states the same rule)."""
     modules = list(modules)
     return (efficient and torch.is_grad_enabled() and not exporting()
             and any(isinstance(m, (_BatchNorm, nn.GroupNorm)) for m in modules)
@@ -318,7 +322,7 @@ class DenseBlock(nn.ModuleDict):
             buffer, y = shared.write_enter(buffer, new, holder, offset, layer.in_channels, entry,
                                            layer.memory_efficient)
             offset += new.shape[1]
-            new = layer.rest(y, layer.memory_efficient)
+            new = layer.rest(y, layer.memory_efficient, holder)
         buffer, _ = shared.write_enter(buffer, new, holder, offset, self.out_channels, None, False)
         holder.version = buffer._version
         return buffer

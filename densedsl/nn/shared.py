@@ -23,9 +23,13 @@ Standard mode saves the staged concatenation and the BN-ReLU output (what BN and
 the plain path). Efficient mode folds the layer's first conv into the Function and saves only the
 BN statistics: backward stages the concatenation again from the buffer and recomputes BN-ReLU
 with the saved statistics (one pass, no new statistics, the running ones untouched); the
-convolution is never recomputed.
+convolution is never recomputed. A bottleneck layer's tail after that conv, BN → ReLU → conv
+(norm2 relu2 conv2), is a second Function (`norm_relu_conv`) that saves only its input, the first
+conv's output, and BN's statistics, and recomputes the BN-ReLU output in backward: a layer keeps
+its bottleneck map and nothing else (3-D DenseNet-121 at 2x1x96^3: efficient peak 0.57x of
+standard before, 0.48x with it; BENCHMARKS.md, MONAI section).
 
-Efficient mode's temporaries (the staged concatenation and the BN-ReLU output, in forward and
+Efficient mode's temporaries (the staged concatenation and the BN-ReLU outputs, in forward and
 again in backward) go into one scratch allocation per block, the paper's second shared storage:
 every layer of the block reuses it (`Buffer.scratch`), it is freed when the block's forward ends
 and allocated again for its backward. Nothing autograd saves is ever in it. Fresh tensors per
@@ -40,13 +44,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import overload
+from typing import cast, overload
 
 import torch
 from torch import Tensor, nn
 
+from ..ir import lowering
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# the op kinds (`ops.py`) of the modules a tail may hold
+_KINDS: dict[type, str] = {**{c: "conv" for c in _CONVS}, **{b: "norm" for b in _NORMS}, nn.ReLU: "relu"}
 
 
 @dataclass
@@ -102,6 +110,15 @@ class Buffer:
         return (_view(self._scratch[:half], self.tensor, width, self.memory_format),
                 _view(self._scratch[half:], self.tensor, width, self.memory_format))
 
+    def scratch_like(self, x: Tensor) -> Tensor:
+        """A temporary shaped and laid out like `x` (a map of the block's size): the start of the
+        scratch's second half when `x` fits in it (the layer tail's BN-ReLU output, which the
+        entry's scratch no longer holds then), else a fresh tensor."""
+        if x.shape[0] == self.tensor.shape[0] and x.shape[2:] == self.tensor.shape[2:] \
+                and x.shape[1] <= self.tensor.shape[1] and x.dtype == self.tensor.dtype:
+            return self.scratch(x.shape[1])[1]
+        return torch.empty_like(x, memory_format=self.memory_format)
+
     def release_scratch(self) -> None:
         """Between the block's forward and its backward nothing needs the scratch: free it."""
         self._scratch = None
@@ -146,6 +163,35 @@ def _normalize(x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, invstd: Te
     return torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
 
 
+def _bn_relu_conv(x: Tensor, y: Tensor, norm_weight, norm_bias, conv_weight, conv_bias, norm, conv
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """BN in training (batch statistics; the running ones updated) then ReLU, into `y`, then the
+    conv: (the conv's output, the batch mean, the inverse std)."""
+    stats = (norm.running_mean, norm.running_var)
+    mean, invstd = stats[0].new_empty(0), stats[0].new_empty(0)  # BN's dtype: float for bf16 input
+    torch.ops.aten.native_batch_norm.out(x, norm_weight, norm_bias, *stats, True, _bn_factor(norm),
+                                         norm.eps, out=y, save_mean=mean, save_invstd=invstd)
+    y.relu_()
+    z = torch.ops.aten.convolution(y, conv_weight, conv_bias, conv.stride, conv.padding,
+                                   conv.dilation, False, [0] * len(conv.stride), conv.groups)
+    return z, mean, invstd
+
+
+def _relu_conv_backward(grad_out: Tensor, x: Tensor, y: Tensor, weight, bias, mean, invstd, conv_weight,
+                        conv_bias, conv, needs: tuple[bool, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward through `_bn_relu_conv`'s conv and ReLU: recompute the BN-ReLU output into `y` from
+    the saved statistics, then (the gradient at BN's output, the conv's weight and bias
+    gradients)."""
+    _normalize(x, weight, bias, mean, invstd, out=y).relu_()
+    grad_y, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_out, y, conv_weight, None if conv_bias is None else [conv_bias.shape[0]],
+        conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups,
+        [True, needs[0], conv_bias is not None and needs[1]])
+    # convolution_backward's fresh result: masked in place, one allocation fewer
+    grad_y = torch.ops.aten.threshold_backward.grad_input(grad_y, y, 0, grad_input=grad_y)
+    return grad_y, grad_weight, grad_bias
+
+
 class _WriteEnter(torch.autograd.Function):
 
     @staticmethod
@@ -170,13 +216,8 @@ class _WriteEnter(torch.autograd.Function):
             return buffer, y
         x, y = holder.scratch(width)  # nothing saves them: the next layer overwrites both
         x.copy_(buffer.narrow(1, 0, width))
-        mean, invstd = stats[0].new_empty(0), stats[0].new_empty(0)  # BN's dtype: float for bf16 input
-        torch.ops.aten.native_batch_norm.out(x, norm_weight, norm_bias, *stats, True, _bn_factor(norm),
-                                             norm.eps, out=y, save_mean=mean, save_invstd=invstd)
-        y.relu_()
+        z, mean, invstd = _bn_relu_conv(x, y, norm_weight, norm_bias, conv_weight, conv_bias, norm, conv)
         ctx.save_for_backward(mean, invstd, norm_weight, norm_bias, conv_weight, conv_bias, *stats)
-        z = torch.ops.aten.convolution(y, conv_weight, conv_bias, conv.stride, conv.padding,
-                                       conv.dilation, False, [0] * len(conv.stride), conv.groups)
         return buffer, z
 
     # the ignore: mypy 1.10 holds this against torch's backward(ctx, *grad_outputs), which torch
@@ -188,7 +229,7 @@ class _WriteEnter(torch.autograd.Function):
             grad_buffer = torch.zeros_like(holder.tensor, memory_format=holder.memory_format)
         elif ctx.last:  # the caller's gradient: never written in place
             grad_buffer = grad_buffer.clone(memory_format=holder.memory_format)
-        grads = [None] * 4  # norm weight, norm bias, conv weight, conv bias
+        grads: list[Tensor | None] = [None] * 4  # norm weight, norm bias, conv weight, conv bias
         if ctx.norm is not None and grad_out is not None:
             norm, conv = ctx.norm, ctx.conv
             if conv is None:
@@ -199,13 +240,9 @@ class _WriteEnter(torch.autograd.Function):
                 holder.check(holder.tensor)
                 x, y = holder.scratch(ctx.width)
                 x.copy_(holder.tensor.narrow(1, 0, ctx.width))
-                _normalize(x, weight, bias, mean, invstd, out=y).relu_()
-                grad_y, grads[2], grads[3] = torch.ops.aten.convolution_backward(
-                    grad_out, y, conv_weight, None if conv_bias is None else [conv_bias.shape[0]],
-                    conv.stride, conv.padding, conv.dilation, False, [0] * len(conv.stride), conv.groups,
-                    [True, ctx.needs_input_grad[4], conv_bias is not None and ctx.needs_input_grad[5]])
-                # convolution_backward's fresh result: masked in place, one allocation fewer
-                grad_y = torch.ops.aten.threshold_backward.grad_input(grad_y, y, 0, grad_input=grad_y)
+                grad_y, grads[2], grads[3] = _relu_conv_backward(
+                    grad_out, x, y, weight, bias, mean, invstd, conv_weight, conv_bias, conv,
+                    ctx.needs_input_grad[4:6])
             grad_x, grads[0], grads[1] = torch.ops.aten.native_batch_norm_backward(
                 grad_y, x, weight, running_mean, running_var, mean, invstd, True, norm.eps,
                 [True, ctx.needs_input_grad[2], ctx.needs_input_grad[3]])
@@ -214,6 +251,45 @@ class _WriteEnter(torch.autograd.Function):
                 holder.release_scratch()
         grad_new = grad_buffer.narrow(1, ctx.offset, ctx.channels)
         return (grad_buffer, grad_new, *grads, None, None, None, None, None, None)
+
+
+class _NormReluConv(torch.autograd.Function):
+    """Efficient mode's layer tail, BN → ReLU → conv on the layer's bottleneck map (DenseNet-BC's
+    norm2 relu2 conv2): saves its input (the entry's conv output, which nothing else keeps) and
+    BN's statistics, and recomputes the BN-ReLU output in backward, into the block's scratch."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, norm_weight, norm_bias, conv_weight, conv_bias, holder: Buffer, norm, conv):
+        y = holder.scratch_like(x)
+        z, mean, invstd = _bn_relu_conv(x, y, norm_weight, norm_bias, conv_weight, conv_bias, norm, conv)
+        ctx.holder, ctx.norm, ctx.conv = holder, norm, conv
+        ctx.save_for_backward(x, mean, invstd, norm_weight, norm_bias, conv_weight, conv_bias,
+                              norm.running_mean, norm.running_var)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override, unused-ignore]
+        x, mean, invstd, weight, bias, conv_weight, conv_bias, running_mean, running_var = ctx.saved_tensors
+        grad_y, grad_conv_weight, grad_conv_bias = _relu_conv_backward(
+            grad_out, x, ctx.holder.scratch_like(x), weight, bias, mean, invstd, conv_weight, conv_bias,
+            ctx.conv, ctx.needs_input_grad[3:5])
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, weight, running_mean, running_var, mean, invstd, True, ctx.norm.eps,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+        return grad_x, grad_weight, grad_bias, grad_conv_weight, grad_conv_bias, None, None, None
+
+
+def tail_of(rest: list[nn.Module]) -> Entry | None:
+    """A layer's rest after its efficient entry, when it is exactly BN → ReLU → conv (`entry_of`'s
+    modules; `lowering.RECOMPUTED_TAIL`): efficient mode runs it as one Function."""
+    entry = entry_of(rest) if tuple(_KINDS.get(type(m), '') for m in rest) == lowering.RECOMPUTED_TAIL else None
+    return entry if entry is not None and entry.norm.training else None
+
+
+def norm_relu_conv(x: Tensor, tail: Entry, holder: Buffer) -> Tensor:
+    """`tail` on `x` (`tail_of`), keeping only `x` and BN's statistics for backward."""
+    norm, conv = tail.norm, cast(nn.Module, tail.conv)
+    return _NormReluConv.apply(x, norm.weight, norm.bias, conv.weight, conv.bias, holder, norm, conv)
 
 
 @overload
@@ -239,4 +315,4 @@ def write_enter(buffer: Tensor, new: Tensor, holder: Buffer, offset: int, width:
                              holder, offset, width, norm, conv, False)
 
 
-__all__ = ["Buffer", "Entry", "entry_of", "memory_format_of", "write_enter"]
+__all__ = ["Buffer", "Entry", "entry_of", "memory_format_of", "norm_relu_conv", "tail_of", "write_enter"]
