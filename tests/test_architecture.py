@@ -12,7 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "densedsl"
 
 # What each folder may import (besides itself), lowest layer first. The top-level modules
-# (`__init__`, `__main__`, `cli`) may import anything; nothing imports them but `__version__`.
+# (`__init__`, `__main__`) and the command line (`cli/`) may import anything; nothing imports them
+# but `__version__`.
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "language": {"core"},
@@ -23,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"core", "language", "ir", "analysis", "views", "nn"},
     "lsp": {"core", "language", "ir", "analysis"},
     "testing": {"core", "language", "ir", "analysis"},
+    "cli": {"core", "language", "ir", "analysis", "views", "nn", "training", "lsp", "testing"},
 }
 MAX_LINES = 800
 
@@ -114,7 +116,7 @@ def test_the_checker_sees_imports_inside_functions():
     """The graph above must include imports made inside functions, or the rules check nothing:
     cli imports the build only inside a command; and it must leave out `if TYPE_CHECKING:`
     imports (loaded.py names the readers' set types only for annotations)."""
-    assert "densedsl.nn.build" in GRAPH["densedsl.cli"]
+    assert "densedsl.nn.build" in GRAPH["densedsl.cli.spec"]
     assert "densedsl.training.datasets" not in GRAPH["densedsl.training.loaded"]
     assert "densedsl.training.loaded" in GRAPH["densedsl.training.datasets"]
 

@@ -248,7 +248,7 @@ def test_malformed_set_is_bad_override(capsys):
 
 
 def test_a_missing_optional_package_is_e911_with_the_extra(capsys, monkeypatch):
-    import densedsl.cli as cli
+    import densedsl.cli.spec as cli
 
     def needs_tqdm(args):
         raise ModuleNotFoundError("No module named 'tqdm'", name="tqdm")

@@ -1,5 +1,5 @@
 """The `densedsl train` options of issue 23 (model selection, fine-tuning, tabular columns),
-defined here so that cli.py stays within its size; cli passes in its argparse types. Plain
+defined here so that the command line (`cli/`) stays within its size; cli passes in its argparse types. Plain
 argparse: importing this module imports no torch."""
 
 from __future__ import annotations
