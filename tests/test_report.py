@@ -142,3 +142,44 @@ def test_diff_spells_no_bottleneck_as_the_language_does():
     new = analyze(parse(SMALL_WITH_BOTTLENECK.replace("bottleneck=4", "bottleneck=off")).network)
     text = diff(old, new).text()
     assert "4 → off bottleneck" in text and "None" not in text
+
+
+SMALL_OPS = """network n {
+    input 3x16x16
+    stem { conv 16 kernel=3 padding=1 }
+    dense layers=3 growth=8 bottleneck=4
+    transition compression=0.5
+    dense layers=2 growth=8
+    head classes=10
+}
+"""
+
+
+def test_diff_names_ops_that_change_where_every_figure_agrees():
+    """An activation, a pool and a dropout rate change no parameter, MAC or shape: the figures
+    alone said "no stage changed" (HarDNet-68 `--set act=relu` printed only a memory total)."""
+    old = analyze(densedsl.parse(SMALL_OPS).network)
+    new = analyze(densedsl.parse(SMALL_OPS.replace("bottleneck=4", "bottleneck=4 activation=silu")
+                                 .replace("compression=0.5", "compression=0.5 pool=max")
+                                 .replace("layers=2 growth=8", "layers=2 growth=8 dropout=0.2")).network)
+    assert {k: v for k, v in old.figures().items()} == {k: v for k, v in new.figures().items()}
+    d = report.diff(old, new)
+    text = d.text()
+    assert "denseblock1: ops BN-ReLU-Conv1x1-BN-ReLU-Conv3x3 → BN-SiLU-Conv1x1-BN-SiLU-Conv3x3" in text
+    assert "transition1: ops BN-ReLU-Conv1x1-AvgPool2x2/2 → BN-ReLU-Conv1x1-MaxPool2x2/2" in text
+    assert "denseblock2: ops BN-ReLU-Conv3x3 → BN-ReLU-Conv3x3-Dropout(0.2)" in text
+    assert "no stage changed" not in text and "stem" not in text and "head" not in text
+    row = next(r for r in d.as_json()["stages"] if r["name"] == "denseblock2")
+    assert row["changes"] == ["ops BN-ReLU-Conv3x3 → BN-ReLU-Conv3x3-Dropout(0.2)"]
+
+
+def test_diff_leaves_channel_counts_to_growth_and_counts_layers_whose_ops_differ():
+    """A growth change is the row's `growth` (and params) change, not an ops change too; layers
+    that differ in some layers only are counted, with the first as example."""
+    old = analyze(densedsl.parse(SMALL_OPS).network)
+    new = analyze(densedsl.parse(SMALL_OPS.replace("layers=3 growth=8", "layers=3 growth=12")).network)
+    assert not any(c.startswith("ops") for r in report.diff(old, new).rows for c in r.changes)
+    from densedsl.views.diff import op_changes
+    assert op_changes(("A-B", "A-B", "A-B"), ("A-B", "A-C", "A-C")) == \
+        ["ops differ in 2 of 3 layers (2, 3; layer 2: A-B → A-C)"]
+    assert op_changes(("A",), ("A", "B")) == []  # an added layer is the row's layer count

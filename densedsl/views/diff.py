@@ -1,21 +1,28 @@
-"""What differs between two dense blocks' connectivity tables: `diff`'s part for DenseNet's
-relatives (`links=`, `emit=`, `width_factor=`, `widths=`).
+"""What differs between two networks beyond their figures: dense blocks' connectivity tables
+(`diff`'s part for DenseNet's relatives: `links=`, `emit=`, `width_factor=`, `widths=`) and every
+stage's ops (`recipes`: an activation, a dropout rate, a separable or post-order layer, a pool).
 
 Two specs that differ only in their tables can have the same layers, growth and output shape,
 so the stage figures alone would hide the difference; this compares the tables themselves, layer
 by layer over the layers both blocks have (a change in the layer count is the row's own change),
 and words it compactly: each differing layer while there are few, a count and the first one
 otherwise. Lists of output indexes are written with runs shortened (`0…23`), so DenseNet's reads
-of a 24-layer block fit on one line.
+of a 24-layer block fit on one line. Ops are compared the same way, as recipe lines
+(`BN-SiLU-Conv3x3`) without channel counts, which growth, bottleneck and widths already state.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.units import index_list as indexes
 from ..ir.connectivity import Table
+from ..ir.ops import kind_of
+
+if TYPE_CHECKING:
+    from ..analysis.graph import ArchGraph
 
 DETAIL = 3      # differing layers worded one by one; more are counted, with the first as example
 
@@ -82,3 +89,37 @@ def compare(old: Table, new: Table, old_growth: int, new_growth: int) -> TableDi
         widths = tuple(j for j, (a, b) in enumerate(zip(old.widths, new.widths), start=1) if a != b)
     everything = old.emits == tuple(range(old.layers + 1)) and new.emits == tuple(range(new.layers + 1))
     return TableDiff(old, new, common, reads, widths, not everything and old.emits != new.emits)
+
+
+_CHANNELS = re.compile(r"\(\d+\)")  # `Conv3x3(32)`'s width: growth, bottleneck, widths state it
+
+
+def recipes(g: ArchGraph) -> dict[str, tuple[str, ...]]:
+    """Each stage's ops as recipe lines without channel counts, by stage name: a dense block's
+    one per layer, any other stage's one (`BN-ReLU-Conv1x1-AvgPool2x2/2`)."""
+    tokens: dict[tuple[str, str], list[str]] = {}
+    for n, a in g.nodes(data=True):
+        spec = kind_of(a["kind"])
+        stage, _, rest = n.partition(".")
+        if not rest or a["kind"] == "concat" or not spec.computes:
+            continue
+        layer = rest.partition(".")[0] if rest.startswith("denselayer") else ""
+        tokens.setdefault((stage, layer), []).append(_CHANNELS.sub("", spec.token(a)))
+    out: dict[str, list[str]] = {}
+    for (stage, _), ops in tokens.items():  # graph order: layer 1 first
+        out.setdefault(stage, []).append("-".join(ops))
+    return {stage: tuple(lines) for stage, lines in out.items()}
+
+
+def op_changes(old: tuple[str, ...], new: tuple[str, ...]) -> list[str]:
+    """A stage's recipe lines compared, over the layers both have: `ops A → B` when every line
+    changed alike, else the differing layers counted, with the first as example."""
+    common = min(len(old), len(new))
+    differ = [j for j in range(common) if old[j] != new[j]]
+    if not differ:
+        return []
+    j = differ[0]
+    if len(differ) == common and len(set(old[:common])) == 1 and len(set(new[:common])) == 1:
+        return [f"ops {old[j]} → {new[j]}"]
+    return [f"ops differ in {len(differ)} of {common} layers ({indexes([k + 1 for k in differ])}; "
+            f"layer {j + 1}: {old[j]} → {new[j]})"]

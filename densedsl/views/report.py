@@ -203,6 +203,9 @@ class DiffRow:
     old_table: Table | None = field(default=None, repr=False, compare=False)
     new_table: Table | None = field(default=None, repr=False, compare=False)
     tables: table_diff.TableDiff | None = field(default=None, repr=False, compare=False)
+    # each side's recipe lines (`table_diff.recipes`): ops can differ where every figure agrees
+    old_ops: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    new_ops: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def changes(self) -> list[str]:
@@ -220,6 +223,7 @@ class DiffRow:
             tables = self.tables
             if tables is not None:
                 out += tables.changes()
+        out += table_diff.op_changes(self.old_ops, self.new_ops)
         if o.out_shape != n.out_shape:
             out.append(f"{shape_text(o.out_shape)} → {shape_text(n.out_shape)}")
         if o.params != n.params:
@@ -295,17 +299,19 @@ def diff(old: Analysis, new: Analysis, *, old_label: str | None = None, new_labe
         if s.name not in new_by:
             names.insert(min(i, len(names)), s.name)
     old_tables, new_tables = _tables(old), _tables(new)
-    rows = tuple(_diff_row(n, old_by.get(n), new_by.get(n), old_tables.get(n), new_tables.get(n))
+    old_ops, new_ops = table_diff.recipes(old.arch), table_diff.recipes(new.arch)
+    rows = tuple(_diff_row(n, old_by.get(n), new_by.get(n), old_tables.get(n), new_tables.get(n),
+                           old_ops.get(n, ()), new_ops.get(n, ()))
                  for n in names)
     return Diff(old, new, old_label or old.name, new_label or new.name, rows, batch, dtype)
 
 
 def _diff_row(name: str, old: StageFigures | None, new: StageFigures | None, old_table: Table | None,
-              new_table: Table | None) -> DiffRow:
+              new_table: Table | None, old_ops: tuple[str, ...] = (), new_ops: tuple[str, ...] = ()) -> DiffRow:
     tables = (table_diff.compare(old_table, new_table, old.growth, new.growth)
               if isinstance(old, BlockFigures) and isinstance(new, BlockFigures)
               and old_table is not None and new_table is not None else None)
-    return DiffRow(name, old, new, old_table, new_table, tables)
+    return DiffRow(name, old, new, old_table, new_table, tables, old_ops, new_ops)
 
 
 # --- explain -----------------------------------------------------------------------------------
