@@ -277,3 +277,34 @@ def test_group_norm_volumes_train_on_both_layouts():
     import sys
     done = subprocess.run([sys.executable, "-c", GROUP_NORM_VOLUME], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3], ids=["1d", "2d", "3d"])
+def test_small_pointwise_convs_run_as_one_matrix_product(rank, monkeypatch):
+    """A 1x1 conv over at most MATMUL_POSITIONS positions is addmm on the map's (positions,
+    channels) view, given back channels-last (oneDNN's per-call cost dominates there); the
+    output stays the plain path's, and above the limit the conv runs as before."""
+    network = _network("pre_bias", rank)
+    fast, plain = _pair(network, negative_scales=False)
+    products = []
+    original = engine._matmul_conv
+
+    def counted(x, weight, bias):
+        y = original(x, weight, bias)
+        if y is not None:
+            assert engine._is_channels_last(y) and y.shape[1] == weight.shape[0]
+            products.append(x.shape)
+        return y
+
+    monkeypatch.setattr(engine, "_matmul_conv", counted)
+    x = torch.randn(2, *network.input, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = plain(x)
+        torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-4)
+        # 7 bottlenecks and the transition's conv; in 3-D block 1's 2x10^3 map is above the limit
+        assert len(products) == {1: 8, 2: 8, 3: 4}[rank]
+        assert all(s.numel() // s[1] <= engine.MATMUL_POSITIONS for s in products)
+        monkeypatch.setattr(engine, "MATMUL_POSITIONS", 0)
+        products.clear()
+        torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-4)
+        assert products == []

@@ -14,6 +14,8 @@ the plain path):
   one `maximum` with the BN folded into the conv;
 - a transition's average pool runs before its 1x1 conv (both are linear and commute; 4x fewer
   MACs);
+- a 1x1 conv over a small map (at most MATMUL_POSITIONS positions, batch included: the last
+  blocks, a batch of one) runs as one addmm on the map's (positions, channels) view;
 - on CPU the maps are channels_last (oneDNN's native layout: NHWC, NDHWC; a 1-D signal runs as
   an (N, C, 1, L) NHWC image through conv2d's 1 x k kernels, faster than conv1d in either
   layout), given back in the caller's rank and layout (CHANNELS_INNER holds the measurements).
@@ -143,10 +145,35 @@ def _onednn(x: Tensor, padding) -> bool:
             and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled))
 
 
+# A 1x1 conv over at most this many positions (batch x map) runs as one matrix product: oneDNN's
+# per-call cost dominates there (DenseNet-121's last blocks: 2x992x2^3 -> 128 channels 103 us as a
+# conv, 38 us as addmm; at 2x128x8^3 both take ~190 us).
+MATMUL_POSITIONS = 512
+
+
+def _matmul_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
+    """A pointwise conv of a small channels-last CPU map as addmm on its (positions, channels)
+    view, given back channels-last; None where it does not apply."""
+    positions = x.numel() // max(x.shape[1], 1)
+    if (x.device.type != "cpu" or positions > MATMUL_POSITIONS or not _is_channels_last(x)
+            or weight.dim() < 3 or any(k != 1 for k in weight.shape[2:]) or weight.shape[1] != x.shape[1]):
+        return None
+    order = (0, *range(2, x.dim()), 1)
+    rows = x.permute(order).reshape(positions, x.shape[1])
+    w = weight.reshape(weight.shape[0], weight.shape[1]).t()
+    y = torch.mm(rows, w) if bias is None else torch.addmm(bias, rows, w)
+    return y.view(x.shape[0], *x.shape[2:], weight.shape[0]).permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+
+
 def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, dilation=1,
           groups: int = 1) -> Tensor:
     """A conv by the weight's rank; a 1-D conv on a lifted map as a 1 x k conv2d (a 1-D weight
     with channels innermost is, unsqueezed, a channels_last 2-D one: no copy)."""
+    if (groups == 1 and _unit(stride) and _unit(dilation) and not isinstance(padding, str)
+            and not any(_ints(padding))):
+        y = _matmul_conv(x, weight, bias)
+        if y is not None:
+            return y
     if x.dim() == weight.dim() + 1:
         return lifted_conv(x, weight, bias, stride, padding, dilation, groups)
     if _onednn(x, padding):
@@ -158,6 +185,14 @@ def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, d
     # On one thread torch runs a 1x1x1 conv of a small batch with its own kernel (oneDNN only
     # from two threads or a batch of 16), which gives NCDHW back: every later block would run so.
     return _same_layout(y, x) if y.dim() == 5 else y
+
+
+def _ints(v) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _unit(v) -> bool:
+    return all(i == 1 for i in _ints(v))
 
 
 def _channel_shape(x: Tensor | int) -> tuple[int, ...]:
