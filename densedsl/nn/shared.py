@@ -53,8 +53,6 @@ from ..ir import lowering
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# the op kinds (`ops.py`) of the modules a tail may hold
-_KINDS: dict[type, str] = {**{c: "conv" for c in _CONVS}, **{b: "norm" for b in _NORMS}, nn.ReLU: "relu"}
 
 
 @dataclass
@@ -282,7 +280,8 @@ class _NormReluConv(torch.autograd.Function):
 def tail_of(rest: list[nn.Module]) -> Entry | None:
     """A layer's rest after its efficient entry, when it is exactly BN → ReLU → conv (`entry_of`'s
     modules; `lowering.RECOMPUTED_TAIL`): efficient mode runs it as one Function."""
-    entry = entry_of(rest) if tuple(_KINDS.get(type(m), '') for m in rest) == lowering.RECOMPUTED_TAIL else None
+    # entry_of checks the kinds (BN, ReLU, conv) in order; the tail is those and nothing after
+    entry = entry_of(rest) if len(rest) == len(lowering.RECOMPUTED_TAIL) else None
     return entry if entry is not None and entry.norm.training else None
 
 
